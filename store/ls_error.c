@@ -1,0 +1,91 @@
+/* Error text for store codes and errno values. */
+#include "ls_error.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+struct ls_code_text {
+	int code;
+	const char *name;
+	const char *text;
+};
+
+static const struct ls_code_text ls_codes[] = {
+	{LS_E_TRUNCATED, "truncated", "file truncated"},
+	{LS_E_HEADER_BOUNDS, "header_bounds", "header length past the end of the file"},
+	{LS_E_HEADER_TOO_LARGE, "header_too_large", "header larger than the 100,000,000-byte cap"},
+	{LS_E_HEADER_JSON, "header_json", "header is not valid JSON"},
+	{LS_E_HEADER_SCHEMA, "header_schema", "header is not a safetensors header"},
+	{LS_E_DTYPE_UNKNOWN, "dtype_unknown", "unknown dtype"},
+	{LS_E_DTYPE_UNSUPPORTED, "dtype_unsupported", "dtype not allowed for LoRA tensors"},
+	{LS_E_SHAPE_SIZE, "shape_size", "shape and dtype do not match the byte range"},
+	{LS_E_OFFSET_BOUNDS, "offset_bounds", "tensor data out of bounds"},
+	{LS_E_OFFSET_OVERLAP, "offset_overlap", "tensor data ranges overlap"},
+	{LS_E_OFFSET_GAP, "offset_gap", "gap in tensor data"},
+	{LS_E_NONFINITE, "nonfinite", "tensor holds NaN or infinity"},
+	{LS_E_LORA_UNPAIRED, "lora_unpaired", "LoRA A without B, or B without A"},
+	{LS_E_LORA_RANK, "lora_rank", "LoRA rank mismatch"},
+	{LS_E_LORA_SHAPE, "lora_shape", "LoRA tensor of an impossible shape"},
+	{LS_E_TENSOR_NAME, "tensor_name", "tensor name not understood"},
+	{LS_E_NO_TENSORS, "no_tensors", "adapter has no LoRA tensors"},
+	{LS_E_CONFIG_MISSING, "config_missing", "adapter_config.json missing"},
+	{LS_E_CONFIG_INVALID, "config_invalid", "adapter_config.json invalid"},
+	{LS_E_NAME_INVALID, "name_invalid", "invalid adapter name"},
+	{LS_E_NOT_FOUND, "not_found", "no such adapter or version"},
+	{LS_E_CORRUPT, "corrupt", "blob corrupt (checksum mismatch)"},
+	{LS_E_BLOB_FORMAT, "blob_format", "not a lorastore blob, or an unreadable format version"},
+	{LS_E_CATALOG, "catalog", "catalog failure"},
+	{LS_E_CATALOG_SCHEMA, "catalog_schema", "catalog written by an incompatible version"},
+	{LS_E_BUSY, "busy", "state directory in use by another process"},
+};
+
+static const struct ls_code_text *ls_code_find(int code)
+{
+	for (size_t i = 0; i < sizeof(ls_codes) / sizeof(ls_codes[0]); i++)
+		if (ls_codes[i].code == code)
+			return &ls_codes[i];
+	return NULL;
+}
+
+const char *ls_strerror(int code)
+{
+	if (code == 0)
+		return "success";
+	const struct ls_code_text *t = ls_code_find(code);
+	if (t)
+		return t->text;
+	if (code < 0 && code > -4096)
+		return strerror(-code);
+	return "unknown error";
+}
+
+const char *ls_error_name(int code)
+{
+	if (code == 0)
+		return "ok";
+	const struct ls_code_text *t = ls_code_find(code);
+	if (t)
+		return t->name;
+	return "system";
+}
+
+int ls_err_set(struct ls_err *err, int code, const char *fmt, ...)
+{
+	if (!err)
+		return code;
+	err->code = code;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+	va_end(ap);
+	return code;
+}
+
+void ls_err_clear(struct ls_err *err)
+{
+	if (!err)
+		return;
+	err->code = 0;
+	err->msg[0] = '\0';
+}
