@@ -30,7 +30,11 @@ struct ls_peft_config {
 	char *bias;                      /* "none", "all" or "lora_only" */
 	char *base_model;                /* base_model_name_or_path; NULL for null */
 
-	/* target_modules: either a list of names or one regex string. */
+	/*
+	 * target_modules: either a list of names or one regex string.  A list
+	 * in the file leaves target_modules non-NULL even when it is empty;
+	 * both NULL means the key was missing or null.
+	 */
 	size_t n_target_modules;
 	char **target_modules;
 	char *target_regex;              /* non-NULL when target_modules is a string */
@@ -42,6 +46,9 @@ struct ls_peft_config {
 	struct ls_peft_pattern *rank_pattern;   /* in file order */
 	size_t n_alpha_pattern;
 	struct ls_peft_pattern *alpha_pattern;  /* in file order */
+
+	/* Private to peft_config.c: the compiled regexes; NULL until parsed. */
+	void *priv;
 };
 
 /*
@@ -54,7 +61,11 @@ struct ls_peft_config {
 int ls_peft_config_parse(const char *json, size_t len, const char *what,
 			 struct ls_peft_config *out, struct ls_err *err);
 
-/* Read the whole file open on fd and parse it. */
+/*
+ * Read the whole file open on fd (from its current offset) and parse it.
+ * Returns what ls_peft_config_parse returns, LS_E_CONFIG_INVALID for a file
+ * over 16 MiB, or -errno when fstat or read fails.
+ */
 int ls_peft_config_read_fd(int fd, const char *what, struct ls_peft_config *out,
 			   struct ls_err *err);
 
@@ -74,8 +85,9 @@ double ls_peft_scale_for(const struct ls_peft_config *cfg, const char *module);
 /*
  * Whether target_modules selects a module as PEFT does: a regex string must
  * match the whole path; a list entry t matches when the path equals t or ends
- * with "." t; the list ["all-linear"] selects every module.  A config with no
- * target_modules selects everything.
+ * with "." t; PEFT's shorthand "all-linear" (any case, as the string or as a
+ * list entry) selects every module.  A config with no target_modules selects
+ * everything; an empty list selects nothing.
  */
 bool ls_peft_targets(const struct ls_peft_config *cfg, const char *module);
 
