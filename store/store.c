@@ -1,0 +1,507 @@
+/* The adapter store: state directory, import, lookup, delete, verify, gc, rebuild. */
+#include "store.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "blob.h"
+#include "fsutil.h"
+#include "manifest.h"
+#include "store_internal.h"
+
+
+static int ls_open_subdir(const char *dir, const char *sub, int *fd, struct ls_err *err)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/%s", dir, sub);
+	int rc = ls_mkdir(path, 0750);
+	if (rc)
+		return ls_err_set(err, rc, "%s: %s", path, strerror(-rc));
+	*fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (*fd < 0)
+		return ls_err_set(err, -errno, "%s: %s", path, strerror(errno));
+	return 0;
+}
+
+static int ls_catalog_path(const struct ls_store *s, const char *leaf, char *buf, size_t len)
+{
+	int n = snprintf(buf, len, "%s/%s", s->dir, leaf);
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+/*
+ * A rebuild swaps catalog directories with renames: catalog.rebuild is
+ * complete before catalog moves to catalog.old.  Finish or undo an
+ * interrupted swap.
+ */
+static int ls_catalog_recover(struct ls_store *s)
+{
+	char cur[PATH_MAX], old[PATH_MAX], next[PATH_MAX];
+	ls_catalog_path(s, "catalog", cur, sizeof(cur));
+	ls_catalog_path(s, "catalog.old", old, sizeof(old));
+	ls_catalog_path(s, "catalog.rebuild", next, sizeof(next));
+	struct stat st;
+	bool have_cur = stat(cur, &st) == 0;
+	bool have_old = stat(old, &st) == 0;
+	bool have_next = stat(next, &st) == 0;
+	if (!have_cur && have_next) {
+		/* Crashed between the two renames: the new catalog was complete. */
+		if (rename(next, cur) != 0)
+			return -errno;
+		have_next = false;
+	}
+	if (!have_cur && !have_next && have_old && rename(old, cur) != 0)
+		return -errno;
+	char cmd_path[PATH_MAX];
+	const char *leftovers[] = {"catalog.old", "catalog.rebuild"};
+	for (size_t i = 0; i < 2; i++) {
+		ls_catalog_path(s, leftovers[i], cmd_path, sizeof(cmd_path));
+		if (stat(cmd_path, &st) != 0)
+			continue;
+		DIR *d = opendir(cmd_path);
+		struct dirent *e;
+		while (d && (e = readdir(d)))
+			if (e->d_name[0] != '.') {
+				char f[PATH_MAX + 256];
+				snprintf(f, sizeof(f), "%s/%s", cmd_path, e->d_name);
+				unlink(f);
+			}
+		if (d)
+			closedir(d);
+		rmdir(cmd_path);
+	}
+	return 0;
+}
+
+int ls_store_open(const char *dir, struct ls_store **out, struct ls_err *err)
+{
+	*out = NULL;
+	struct ls_store *s = calloc(1, sizeof(*s));
+	if (!s)
+		return ls_err_set(err, -ENOMEM, "out of memory");
+	s->lock_fd = s->blobs_fd = s->refs_fd = s->tmp_fd = -1;
+	pthread_rwlock_init(&s->gc_lock, NULL);
+	int rc = ls_mkdir(dir, 0750);
+	if (rc) {
+		ls_err_set(err, rc, "%s: %s", dir, strerror(-rc));
+		goto fail;
+	}
+	s->dir = realpath(dir, NULL);
+	if (!s->dir) {
+		rc = ls_err_set(err, -errno, "%s: %s", dir, strerror(errno));
+		goto fail;
+	}
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/lock", s->dir);
+	s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+	if (s->lock_fd < 0) {
+		rc = ls_err_set(err, -errno, "%s: %s", path, strerror(errno));
+		goto fail;
+	}
+	if (flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+		rc = errno == EWOULDBLOCK
+			     ? ls_err_set(err, LS_E_BUSY, "%s: state directory in use by another process",
+					  s->dir)
+			     : ls_err_set(err, -errno, "%s: %s", path, strerror(errno));
+		goto fail;
+	}
+	if ((rc = ls_open_subdir(s->dir, "blobs", &s->blobs_fd, err)) ||
+	    (rc = ls_open_subdir(s->dir, "refs", &s->refs_fd, err)) ||
+	    (rc = ls_open_subdir(s->dir, "tmp", &s->tmp_fd, err)))
+		goto fail;
+	rc = ls_catalog_recover(s);
+	if (rc) {
+		ls_err_set(err, rc, "%s: recovering an interrupted rebuild: %s", s->dir,
+			   strerror(-rc));
+		goto fail;
+	}
+	snprintf(path, sizeof(path), "%s/catalog", s->dir);
+	if ((rc = ls_mkdir(path, 0750))) {
+		ls_err_set(err, rc, "%s: %s", path, strerror(-rc));
+		goto fail;
+	}
+	if ((rc = ls_catalog_open(path, &s->cat, err)))
+		goto fail;
+	*out = s;
+	return 0;
+fail:
+	ls_store_close(s);
+	return rc;
+}
+
+void ls_store_close(struct ls_store *s)
+{
+	if (!s)
+		return;
+	ls_catalog_close(s->cat);
+	int fds[] = {s->blobs_fd, s->refs_fd, s->tmp_fd, s->lock_fd};
+	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	pthread_rwlock_destroy(&s->gc_lock);
+	free(s->dir);
+	free(s);
+}
+
+struct ls_catalog *ls_store_catalog(struct ls_store *s)
+{
+	return s->cat;
+}
+
+void ls_store_blob_path(const struct ls_store *s, const uint8_t *digest, char *buf, size_t len)
+{
+	char hex[LS_DIGEST_HEX];
+	ls_digest_hex(digest, hex);
+	snprintf(buf, len, "%s/blobs/%s.blob", s->dir, hex);
+}
+
+int ls_ref_parse(const char *ref, char *name, uint32_t *version, struct ls_err *err)
+{
+	const char *at = strrchr(ref, '@');
+	size_t len = at ? (size_t)(at - ref) : strlen(ref);
+	*version = 0;
+	if (len == 0 || len > LS_NAME_MAX)
+		return ls_err_set(err, LS_E_NAME_INVALID,
+				  "'%s': a name has 1 to %d characters of [A-Za-z0-9._/-]", ref,
+				  LS_NAME_MAX);
+	memcpy(name, ref, len);
+	name[len] = '\0';
+	if (!ls_name_valid(name))
+		return ls_err_set(err, LS_E_NAME_INVALID,
+				  "'%s': a name has 1 to %d characters of [A-Za-z0-9._/-]", name,
+				  LS_NAME_MAX);
+	if (at) {
+		char *end;
+		errno = 0;
+		unsigned long v = strtoul(at + 1, &end, 10);
+		if (at[1] < '1' || at[1] > '9' || *end || errno || v > UINT32_MAX)
+			return ls_err_set(err, LS_E_NAME_INVALID,
+					  "'%s': a version is a positive number after '@'", ref);
+		*version = (uint32_t)v;
+	}
+	return 0;
+}
+
+static int64_t ls_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Write a small file atomically into dir_fd: temporary, fsync, rename, fsync dir. */
+static int ls_write_atomic(struct ls_store *s, int dir_fd, const char *name, const void *buf,
+			   size_t len)
+{
+	char tmp[64];
+	int fd = ls_tmpfile_create(s->tmp_fd, "ref", tmp, sizeof(tmp));
+	if (fd < 0)
+		return fd;
+	int rc = ls_write_all(fd, buf, len, 0);
+	if (rc == 0 && fsync(fd) != 0)
+		rc = -errno;
+	close(fd);
+	if (rc == 0 && renameat(s->tmp_fd, tmp, dir_fd, name) != 0)
+		rc = -errno;
+	if (rc == 0 && fsync(dir_fd) != 0)
+		rc = -errno;
+	if (rc)
+		unlinkat(s->tmp_fd, tmp, 0);
+	return rc;
+}
+
+static void ls_ref_name(uint64_t generation, char *buf, size_t len)
+{
+	snprintf(buf, len, "%020llu.ref", (unsigned long long)generation);
+}
+
+/* Inside the catalog's write transaction: record the version's name beside the blobs. */
+static int ls_write_ref(void *ud, const Lorastore__VersionRecord *rec, struct ls_err *err)
+{
+	struct ls_store *s = ud;
+	Lorastore__RefRecord ref;
+	lorastore__ref_record__init(&ref);
+	ref.schema = LS_CATALOG_SCHEMA;
+	ref.name = rec->name;
+	ref.version = rec->version;
+	ref.digest = rec->digest;
+	ref.generation = rec->generation;
+	ref.created_unix_ns = rec->created_unix_ns;
+	ref.source = rec->source;
+	size_t len = lorastore__ref_record__get_packed_size(&ref);
+	uint8_t *buf = malloc(len ? len : 1);
+	if (!buf)
+		return ls_err_set(err, -ENOMEM, "out of memory");
+	lorastore__ref_record__pack(&ref, buf);
+	char name[32];
+	ls_ref_name(rec->generation, name, sizeof(name));
+	int rc = ls_write_atomic(s, s->refs_fd, name, buf, len);
+	free(buf);
+	if (rc)
+		return ls_err_set(err, rc, "%s/refs/%s: %s", s->dir, name, strerror(-rc));
+	return 0;
+}
+
+/* A deep copy of a record (pack and unpack: protobuf-c owns every field). */
+static Lorastore__VersionRecord *ls_record_copy(const Lorastore__VersionRecord *rec)
+{
+	size_t len = lorastore__version_record__get_packed_size(rec);
+	uint8_t *buf = malloc(len ? len : 1);
+	if (!buf)
+		return NULL;
+	lorastore__version_record__pack(rec, buf);
+	Lorastore__VersionRecord *copy = lorastore__version_record__unpack(NULL, len, buf);
+	free(buf);
+	return copy;
+}
+
+/* A record whose content fields point into the manifest (no copies). */
+static void ls_record_from_manifest(Lorastore__VersionRecord *rec,
+				    const Lorastore__BlobManifest *m,
+				    const struct ls_blob_header *hdr)
+{
+	lorastore__version_record__init(rec);
+	rec->digest.data = (uint8_t *)hdr->digest;
+	rec->digest.len = LS_DIGEST_LEN;
+	rec->config = m->config;
+	rec->n_scales = m->n_scales;
+	rec->scales = m->scales;
+	rec->n_tensors = m->n_tensors;
+	rec->tensors = m->tensors;
+	rec->blob_length = hdr->file_length;
+	rec->data_length = m->data_length;
+	rec->dtype = m->dtype;
+	rec->rank = m->config ? m->config->r : 0;
+	for (size_t i = 0; i < m->n_scales; i++)
+		if (m->scales[i]->rank > rec->rank)
+			rec->rank = m->scales[i]->rank;
+	rec->scale = ls_scale_of_config(m->config);
+}
+
+double ls_scale_of_config(const Lorastore__AdapterConfig *c)
+{
+	if (!c || c->r == 0)
+		return 0.0;
+	return c->use_rslora ? c->lora_alpha / sqrt((double)c->r) : c->lora_alpha / (double)c->r;
+}
+
+int ls_store_import(struct ls_store *s, const char *name, int config_fd, int st_fd,
+		    const char *label, const struct ls_import_opts *opts,
+		    Lorastore__VersionRecord **out, struct ls_err *err)
+{
+	static const struct ls_import_opts defaults = {0};
+	if (!opts)
+		opts = &defaults;
+	if (out)
+		*out = NULL;
+	if (!ls_name_valid(name))
+		return ls_err_set(err, LS_E_NAME_INVALID,
+				  "'%s': a name has 1 to %d characters of [A-Za-z0-9._/-]", name,
+				  LS_NAME_MAX);
+	struct ls_adapter ad;
+	struct ls_adapter_opts aopts = {.convert = opts->convert,
+					.allow_nonfinite = opts->allow_nonfinite};
+	int rc = ls_adapter_analyze(config_fd, st_fd, label ? label : name, &aopts, &ad, err);
+	if (rc) {
+		ls_adapter_free(&ad);
+		return rc;
+	}
+	Lorastore__BlobManifest *m = NULL;
+	void *data = NULL;
+	uint64_t data_length = 0;
+	rc = ls_manifest_build(&ad, opts->allow_nonfinite, &m, &data, &data_length, err);
+	ls_adapter_free(&ad);
+	if (rc)
+		return rc;
+
+	pthread_rwlock_rdlock(&s->gc_lock);
+	struct ls_blob_header hdr;
+	rc = ls_blob_write(s->tmp_fd, s->blobs_fd, m, data, data_length, &hdr, err);
+	free(data);
+	if (rc == 0) {
+		Lorastore__VersionRecord rec;
+		ls_record_from_manifest(&rec, m, &hdr);
+		rec.name = (char *)name;
+		rec.created_unix_ns = ls_now_ns();
+		rec.source = (char *)(opts->source ? opts->source : "");
+		rc = ls_catalog_add(s->cat, &rec, ls_write_ref, s, err);
+		if (rc == 0 && out && !(*out = ls_record_copy(&rec)))
+			rc = ls_err_set(err, -ENOMEM, "out of memory");
+	}
+	pthread_rwlock_unlock(&s->gc_lock);
+	lorastore__blob_manifest__free_unpacked(m, NULL);
+	return rc;
+}
+
+int ls_store_lookup(struct ls_store *s, const char *ref, Lorastore__VersionRecord **out,
+		    struct ls_err *err)
+{
+	char name[LS_NAME_MAX + 1];
+	uint32_t version;
+	int rc = ls_ref_parse(ref, name, &version, err);
+	if (rc)
+		return rc;
+	return ls_catalog_get(s->cat, name, version, out, err);
+}
+
+struct ls_list_page {
+	ls_catalog_record_fn fn;
+	void *ud;
+	char last[LS_NAME_MAX + 16];
+};
+
+static int ls_list_one(void *ud, const Lorastore__VersionRecord *rec)
+{
+	struct ls_list_page *p = ud;
+	snprintf(p->last, sizeof(p->last), "%s@%u", rec->name, rec->version);
+	return p->fn(p->ud, rec);
+}
+
+int ls_store_list(struct ls_store *s, const char *prefix, const char *cursor, size_t limit,
+		  ls_catalog_record_fn fn, void *ud, char *next, struct ls_err *err)
+{
+	char after[LS_NAME_MAX + 1];
+	uint32_t after_version = 0;
+	const char *after_name = NULL;
+	if (cursor && *cursor) {
+		int rc = ls_ref_parse(cursor, after, &after_version, err);
+		if (rc)
+			return rc;
+		after_name = after;
+	}
+	struct ls_list_page page = {.fn = fn, .ud = ud, .last = ""};
+	bool more = false;
+	int rc = ls_catalog_list(s->cat, prefix ? prefix : "", after_name, after_version, limit,
+				 ls_list_one, &page, &more, err);
+	if (next)
+		strcpy(next, rc == 0 && more ? page.last : "");
+	return rc;
+}
+
+struct ls_deleted {
+	struct ls_store *s;
+	int rc;
+};
+
+static int ls_unlink_ref(void *ud, const Lorastore__VersionRecord *rec)
+{
+	struct ls_deleted *d = ud;
+	char name[32];
+	ls_ref_name(rec->generation, name, sizeof(name));
+	if (unlinkat(d->s->refs_fd, name, 0) != 0 && errno != ENOENT && d->rc == 0)
+		d->rc = -errno;
+	return 0;
+}
+
+int ls_store_delete(struct ls_store *s, const char *ref, struct ls_err *err)
+{
+	char name[LS_NAME_MAX + 1];
+	uint32_t version;
+	int rc = ls_ref_parse(ref, name, &version, err);
+	if (rc)
+		return rc;
+	struct ls_deleted d = {.s = s, .rc = 0};
+	rc = ls_catalog_delete(s->cat, name, version, ls_unlink_ref, &d, err);
+	if (rc)
+		return rc;
+	/* A ref left behind by a failed unlink is removed by gc: the catalog decides. */
+	if (d.rc == 0)
+		fsync(s->refs_fd);
+	return 0;
+}
+
+static int ls_verify_record(struct ls_store *s, const Lorastore__VersionRecord *rec,
+			    struct ls_err *err)
+{
+	char path[PATH_MAX];
+	if (rec->digest.len != LS_DIGEST_LEN)
+		return ls_err_set(err, LS_E_CATALOG, "%s@%u: record has no digest", rec->name,
+				  rec->version);
+	ls_store_blob_path(s, rec->digest.data, path, sizeof(path));
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return ls_err_set(err, errno == ENOENT ? LS_E_CORRUPT : -errno,
+				  "%s@%u: blob %s: %s", rec->name, rec->version, path,
+				  strerror(errno));
+	struct ls_blob_header hdr;
+	int rc = ls_blob_read_header(fd, path, &hdr, err);
+	if (rc == 0 && memcmp(hdr.digest, rec->digest.data, LS_DIGEST_LEN) != 0)
+		rc = ls_err_set(err, LS_E_CORRUPT, "%s: digest in the header differs from its name",
+				path);
+	if (rc == 0)
+		rc = ls_blob_verify(fd, path, &hdr, 1, err);
+	close(fd);
+	return rc;
+}
+
+struct ls_verify_walk {
+	const char *name;              /* only this name, or NULL */
+	uint32_t version;              /* only this version, or 0 */
+	size_t n;
+	Lorastore__VersionRecord **recs;
+	int rc;
+};
+
+static int ls_collect_record(void *ud, const Lorastore__VersionRecord *rec)
+{
+	struct ls_verify_walk *w = ud;
+	if (w->name && strcmp(w->name, rec->name) != 0)
+		return 0;
+	if (w->version && w->version != rec->version)
+		return 0;
+	Lorastore__VersionRecord **r = realloc(w->recs, (w->n + 1) * sizeof(*r));
+	if (!r || !(r[w->n] = ls_record_copy(rec))) {
+		if (r)
+			w->recs = r;
+		w->rc = -ENOMEM;
+		return 1;
+	}
+	w->recs = r;
+	w->n++;
+	return 0;
+}
+
+int ls_store_verify(struct ls_store *s, const char *ref, ls_verify_fn fn, void *ud, size_t *bad,
+		    struct ls_err *err)
+{
+	char name[LS_NAME_MAX + 1];
+	struct ls_verify_walk w = {0};
+	*bad = 0;
+	if (ref) {
+		int rc = ls_ref_parse(ref, name, &w.version, err);
+		if (rc)
+			return rc;
+		w.name = name;
+	}
+	/* Collect first: the read transaction stays short while blobs are hashed. */
+	int rc = ls_catalog_walk(s->cat, ls_collect_record, &w, err);
+	if (rc == 0 && w.rc)
+		rc = ls_err_set(err, w.rc, "out of memory");
+	if (rc == 0 && ref && w.n == 0)
+		rc = ls_err_set(err, LS_E_NOT_FOUND, "%s: no such adapter or version", ref);
+	for (size_t i = 0; i < w.n; i++) {
+		if (rc == 0) {
+			struct ls_err one;
+			ls_err_clear(&one);
+			int vrc = ls_verify_record(s, w.recs[i], &one);
+			if (vrc)
+				(*bad)++;
+			if (fn)
+				fn(ud, w.recs[i], vrc, vrc ? one.msg : "ok");
+		}
+		lorastore__version_record__free_unpacked(w.recs[i], NULL);
+	}
+	free(w.recs);
+	return rc;
+}

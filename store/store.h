@@ -1,0 +1,129 @@
+/*
+ * The adapter store: a state directory holding the catalog and the blobs.
+ *
+ *   STATE/lock        held with flock(LOCK_EX) by the one process that owns it
+ *   STATE/catalog/    the LMDB catalog (catalog.h)
+ *   STATE/blobs/      <sha256 hex>.blob, content-addressed (blob.h)
+ *   STATE/refs/       <generation>.ref: name and version of each version, so
+ *                     the catalog can be rebuilt from this directory alone
+ *   STATE/tmp/        files of imports in progress
+ *
+ * Crash safety of an import: the blob is written under tmp/, fsync'ed and
+ * renamed into blobs/ (directory fsync'ed); then one LMDB write transaction
+ * assigns the version, writes the ref file the same way, and commits.  A crash
+ * before the commit leaves no new version (only files that gc removes); after
+ * it, a complete one.
+ *
+ * Thread safety: a store may be used from several threads at once.  gc
+ * excludes imports while it runs, so that it never removes a blob an import is
+ * about to commit.
+ */
+#ifndef LS_STORE_H
+#define LS_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "adapter.h"
+#include "catalog.h"
+#include "lorastore.pb-c.h"
+#include "ls_error.h"
+
+struct ls_store;
+
+/*
+ * Open the state directory dir, creating it and its parts if needed.
+ * Returns 0, LS_E_BUSY when another process holds it, the catalog's errors,
+ * or -errno.
+ */
+int ls_store_open(const char *dir, struct ls_store **out, struct ls_err *err);
+void ls_store_close(struct ls_store *store);
+
+struct ls_import_opts {
+	enum ls_convert convert;   /* dtype conversion (default: keep) */
+	bool allow_nonfinite;      /* accept NaN and infinity */
+	const char *source;        /* recorded as the version's source; may be NULL */
+};
+
+/*
+ * Import an adapter from open file descriptors: config_fd is its
+ * adapter_config.json (-1 when it has none, which is an error), st_fd its
+ * safetensors file.  label names the adapter in messages.  The new version's
+ * record goes to *out when out is not NULL (free with
+ * lorastore__version_record__free_unpacked).  Errors: those of
+ * ls_adapter_analyze, LS_E_NAME_INVALID, the catalog's, -errno.  On any error
+ * the catalog is unchanged.
+ */
+int ls_store_import(struct ls_store *store, const char *name, int config_fd, int st_fd,
+		    const char *label, const struct ls_import_opts *opts,
+		    Lorastore__VersionRecord **out, struct ls_err *err);
+
+/*
+ * Split a reference "name" or "name@N" into the name (copied into name, at
+ * least LS_NAME_MAX + 1 bytes) and the version (0 for the latest).  Returns 0
+ * or LS_E_NAME_INVALID.
+ */
+int ls_ref_parse(const char *ref, char *name, uint32_t *version, struct ls_err *err);
+
+/* Look up a reference; LS_E_NOT_FOUND when there is no such version. */
+int ls_store_lookup(struct ls_store *store, const char *ref, Lorastore__VersionRecord **out,
+		    struct ls_err *err);
+
+/*
+ * One page of the versions whose name begins with prefix, after the cursor
+ * (a "name@version" returned by the previous page, or NULL for the first).
+ * When more remain, the cursor of the next page is written to next (at least
+ * LS_NAME_MAX + 16 bytes), else next is set to "".
+ */
+int ls_store_list(struct ls_store *store, const char *prefix, const char *cursor,
+		  size_t limit, ls_catalog_record_fn fn, void *ud, char *next,
+		  struct ls_err *err);
+
+/*
+ * Delete a version ("name@N") or every version of a name ("name").  The ref
+ * files go at once; the blob stays until gc finds no version using it.
+ */
+int ls_store_delete(struct ls_store *store, const char *ref, struct ls_err *err);
+
+/* Path of the blob of a digest into buf (PATH_MAX bytes). */
+void ls_store_blob_path(const struct ls_store *store, const uint8_t *digest, char *buf,
+			size_t len);
+
+/* Result of verifying one version: code 0 when its blob is intact. */
+typedef void (*ls_verify_fn)(void *ud, const Lorastore__VersionRecord *rec, int code,
+			     const char *message);
+
+/*
+ * Verify the blobs of every version (ref NULL), of one name, or of one
+ * name@version: header, manifest and data checksums and the SHA-256 digest.
+ * fn is called for each version.  *bad counts the versions that failed.
+ */
+int ls_store_verify(struct ls_store *store, const char *ref, ls_verify_fn fn, void *ud,
+		    size_t *bad, struct ls_err *err);
+
+struct ls_gc_stats {
+	size_t blobs_removed;        /* blobs no version references */
+	uint64_t bytes_removed;
+	size_t refs_removed;         /* ref files of versions not in the catalog */
+	size_t temps_removed;        /* files left in tmp/ by interrupted imports */
+};
+
+/* Remove what no version references and what interrupted imports left. */
+int ls_store_gc(struct ls_store *store, struct ls_gc_stats *stats, struct ls_err *err);
+
+struct ls_rebuild_stats {
+	size_t versions;             /* versions restored */
+	size_t skipped;              /* ref files whose blob is missing or corrupt */
+};
+
+/*
+ * Build a new catalog from refs/ and blobs/ and put it in place of the old
+ * one (which is kept until the new one is complete).
+ */
+int ls_store_rebuild(struct ls_store *store, struct ls_rebuild_stats *stats, struct ls_err *err);
+
+/* The catalog, for statistics and walks. */
+struct ls_catalog *ls_store_catalog(struct ls_store *store);
+
+#endif

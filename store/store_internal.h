@@ -1,0 +1,24 @@
+/* What store.c and store_gc.c share: the store's state. */
+#ifndef LS_STORE_INTERNAL_H
+#define LS_STORE_INTERNAL_H
+
+#include <pthread.h>
+
+#include "catalog.h"
+
+struct ls_store {
+	char *dir;
+	int lock_fd;                 /* STATE/lock, flock'ed for the store's life */
+	int blobs_fd, refs_fd, tmp_fd;
+	struct ls_catalog *cat;
+	/*
+	 * Imports hold it shared from their first temporary file to their commit;
+	 * gc and rebuild hold it exclusively, so they never see half an import.
+	 */
+	pthread_rwlock_t gc_lock;
+};
+
+/* Scale of modules without a pattern: alpha / r, or alpha / sqrt(r) with rslora. */
+double ls_scale_of_config(const Lorastore__AdapterConfig *config);
+
+#endif
