@@ -117,6 +117,24 @@ static int ls_sha256(const void *a, size_t alen, const void *b, size_t blen,
 	return ok && len == LS_DIGEST_LEN ? 0 : -ENOMEM;
 }
 
+/*
+ * Whether dir_fd/name is an intact blob of the same content as hdr describes.
+ * A damaged copy is replaced by the new write rather than trusted.
+ */
+static bool ls_blob_intact(int dir_fd, const char *name, const struct ls_blob_header *want)
+{
+	int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	struct ls_blob_header have;
+	bool ok = ls_blob_read_header(fd, name, &have, NULL) == 0 &&
+		  memcmp(have.digest, want->digest, LS_DIGEST_LEN) == 0 &&
+		  have.data_xxh3 == want->data_xxh3 && have.file_length == want->file_length &&
+		  ls_blob_verify(fd, name, &have, 0, NULL) == 0;
+	close(fd);
+	return ok;
+}
+
 int ls_blob_write(int tmp_dir_fd, int dir_fd, const Lorastore__BlobManifest *manifest,
 		  const void *data, uint64_t data_length, struct ls_blob_header *hdr,
 		  struct ls_err *err)
@@ -154,8 +172,7 @@ int ls_blob_write(int tmp_dir_fd, int dir_fd, const Lorastore__BlobManifest *man
 	ls_digest_hex(hdr->digest, hex);
 	snprintf(final_name, sizeof(final_name), "%s.blob", hex);
 
-	struct stat st;
-	if (fstatat(dir_fd, final_name, &st, 0) == 0 && (uint64_t)st.st_size == hdr->file_length) {
+	if (ls_blob_intact(dir_fd, final_name, hdr)) {
 		/* Same content is already stored (blobs are content-addressed). */
 		free(head);
 		return 0;

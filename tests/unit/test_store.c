@@ -408,3 +408,28 @@ Test(store, invalid_name_is_refused_before_reading_files)
 	cr_assert_eq(import_dir("a@2", make_adapter("n", &o), NULL, NULL, &err), LS_E_NAME_INVALID);
 	cr_assert_eq(count_files("blobs"), 0);
 }
+
+Test(store, reimport_of_same_content_replaces_a_damaged_blob)
+{
+	struct synth_opts o = {.family = SYNTH_LLAMA, .seed = 3};
+	const char *dir = make_adapter("dmg", &o);
+	Lorastore__VersionRecord *rec = NULL;
+	struct ls_err err;
+	cr_assert_eq(import_dir("dmg", dir, NULL, &rec, &err), 0, "%s", err.msg);
+	char path[PATH_MAX];
+	ls_store_blob_path(store, rec->digest.data, path, sizeof(path));
+	int fd = open(path, O_RDWR);
+	struct ls_blob_header hdr;
+	cr_assert_eq(ls_blob_read_header(fd, path, &hdr, &err), 0);
+	unsigned char zero[64] = {0};
+	cr_assert_eq(pwrite(fd, zero, sizeof(zero), (off_t)hdr.data_offset), (ssize_t)sizeof(zero));
+	close(fd);
+	size_t bad = 0;
+	cr_assert_eq(ls_store_verify(store, NULL, NULL, NULL, &bad, &err), 0, "%s", err.msg);
+	cr_assert_eq(bad, 1);
+
+	cr_assert_eq(import_dir("dmg", dir, NULL, NULL, &err), 0, "%s", err.msg);
+	cr_assert_eq(ls_store_verify(store, NULL, NULL, NULL, &bad, &err), 0, "%s", err.msg);
+	cr_assert_eq(bad, 0, "the second import wrote a good copy for both versions");
+	lorastore__version_record__free_unpacked(rec, NULL);
+}
