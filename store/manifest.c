@@ -119,7 +119,7 @@ static size_t ls_place(enum ls_dtype from, const void *src, enum ls_dtype to, vo
 	return ls_count_nonfinite(to, dst, (size_t)n);
 }
 
-int ls_manifest_build(const struct ls_adapter *ad, bool allow_nonfinite,
+int ls_manifest_build(const struct ls_adapter *ad, const char *label, bool allow_nonfinite,
 		      Lorastore__BlobManifest **out, void **data_out, uint64_t *data_length,
 		      struct ls_err *err)
 {
@@ -219,9 +219,9 @@ int ls_manifest_build(const struct ls_adapter *ad, bool allow_nonfinite,
 			free(data);
 			lorastore__blob_manifest__free_unpacked(m, NULL);
 			return ls_err_set(err, LS_E_NONFINITE,
-					  "tensor '%s': %zu value%s overflow%s %s on conversion "
-					  "from %s",
-					  t->source_name, bad - t->nonfinite,
+					  "%s/adapter_model.safetensors: tensor '%s': %zu value%s "
+					  "overflow%s %s on conversion from %s",
+					  label, t->source_name, bad - t->nonfinite,
 					  bad - t->nonfinite == 1 ? "" : "s",
 					  bad - t->nonfinite == 1 ? "s" : "", ls_dtype_name(t->dtype),
 					  ls_dtype_name(t->source_dtype));

@@ -14,9 +14,9 @@
  * padded to a multiple of LS_BLOB_PAGE (free with free()); the manifest is
  * freed with lorastore__blob_manifest__free_unpacked(m, NULL).  Returns 0,
  * LS_E_NONFINITE when a conversion overflowed and allow_nonfinite is false,
- * or -ENOMEM.
+ * or -ENOMEM.  label names the adapter (its directory) in messages.
  */
-int ls_manifest_build(const struct ls_adapter *ad, bool allow_nonfinite,
+int ls_manifest_build(const struct ls_adapter *ad, const char *label, bool allow_nonfinite,
 		      Lorastore__BlobManifest **out, void **data, uint64_t *data_length,
 		      struct ls_err *err);
 

@@ -320,7 +320,8 @@ int ls_store_import(struct ls_store *s, const char *name, int config_fd, int st_
 	Lorastore__BlobManifest *m = NULL;
 	void *data = NULL;
 	uint64_t data_length = 0;
-	rc = ls_manifest_build(&ad, opts->allow_nonfinite, &m, &data, &data_length, err);
+	rc = ls_manifest_build(&ad, label ? label : name, opts->allow_nonfinite, &m, &data,
+			       &data_length, err);
 	ls_adapter_free(&ad);
 	if (rc)
 		return rc;
