@@ -1,7 +1,8 @@
 /*
- * Error codes and error reports of the store.
+ * Error codes and error reports shared by the store, the daemon and the client.
+ * The values equal the LORASTORE_E_* codes of the public header lorastore.h.
  *
- * Every store function returns an int: 0 on success, a negative errno for a
+ * Every function returns an int: 0 on success, a negative errno for a
  * system failure, or one of the negative LS_E_* codes below for lorastore's own
  * failures.  Functions that can fail on user input also fill a struct ls_err
  * with a message in full words naming the file, the tensor and the reason.
@@ -49,7 +50,17 @@ enum ls_error_code {
 	LS_E_CATALOG_SCHEMA,           /* catalog written by an incompatible version */
 	LS_E_BUSY,                     /* state directory opened by another process */
 
-	LS_E_LAST = LS_E_BUSY,
+	/* daemon and protocol */
+	LS_E_PROTOCOL,                 /* malformed message */
+	LS_E_FRAME_TOO_LARGE,          /* message over the frame cap */
+	LS_E_VERSION,                  /* protocol version not supported */
+	LS_E_NO_SPACE,                 /* budget exhausted by pinned adapters */
+	LS_E_PIN_LIMIT,                /* the client's pinned-bytes limit reached */
+	LS_E_DELETED,                  /* the adapter was deleted */
+	LS_E_CLOSED,                   /* the connection is closed */
+	LS_E_BACKEND,                  /* the memory backend is not available */
+
+	LS_E_LAST = LS_E_BACKEND,
 };
 
 /* Longest message an ls_err holds, including the terminating NUL. */

@@ -38,6 +38,14 @@ static const struct ls_code_text ls_codes[] = {
 	{LS_E_CATALOG, "catalog", "catalog failure"},
 	{LS_E_CATALOG_SCHEMA, "catalog_schema", "catalog written by an incompatible version"},
 	{LS_E_BUSY, "busy", "state directory in use by another process"},
+	{LS_E_PROTOCOL, "protocol", "malformed message"},
+	{LS_E_FRAME_TOO_LARGE, "frame_too_large", "message larger than the frame cap"},
+	{LS_E_VERSION, "version", "protocol version not supported"},
+	{LS_E_NO_SPACE, "no_space", "memory budget exhausted by pinned adapters"},
+	{LS_E_PIN_LIMIT, "pin_limit", "the client's pinned-bytes limit is reached"},
+	{LS_E_DELETED, "deleted", "the adapter was deleted"},
+	{LS_E_CLOSED, "closed", "the connection is closed"},
+	{LS_E_BACKEND, "backend", "memory backend not available"},
 };
 
 static const struct ls_code_text *ls_code_find(int code)
