@@ -1032,7 +1032,7 @@ int ls_catalog_walk(struct ls_catalog *cat, ls_catalog_record_fn fn, void *ud,
 	int ret = 0;
 	rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
 	while (rc == 0) {
-		Lorastore__VersionRecord *rec;
+		Lorastore__VersionRecord *rec = NULL;
 		ret = version_decode(&k, &v, &rec, err);
 		if (ret)
 			break;

@@ -99,8 +99,10 @@ int ls_store_gc(struct ls_store *s, struct ls_gc_stats *stats, struct ls_err *er
 		rc = ls_err_set(err, live.rc, "out of memory");
 	if (rc)
 		goto out;
-	qsort(live.generations, live.n, sizeof(*live.generations), ls_cmp_u64);
-	qsort(live.digests, live.n, sizeof(*live.digests), ls_cmp_hex);
+	if (live.n) {
+		qsort(live.generations, live.n, sizeof(*live.generations), ls_cmp_u64);
+		qsort(live.digests, live.n, sizeof(*live.digests), ls_cmp_hex);
+	}
 
 	int fds[3] = {s->blobs_fd, s->refs_fd, s->tmp_fd};
 	for (int which = 0; which < 3 && rc == 0; which++) {
@@ -122,10 +124,10 @@ int ls_store_gc(struct ls_store *s, struct ls_gc_stats *stats, struct ls_err *er
 			struct stat st;
 			bool remove = false;
 			if (which == 0 && ls_blob_name(e->d_name, hex))
-				remove = !bsearch(hex, live.digests, live.n, sizeof(*live.digests),
+				remove = !live.n || !bsearch(hex, live.digests, live.n, sizeof(*live.digests),
 						  ls_cmp_hex);
 			else if (which == 1 && ls_ref_file(e->d_name, &gen))
-				remove = !bsearch(&gen, live.generations, live.n,
+				remove = !live.n || !bsearch(&gen, live.generations, live.n,
 						  sizeof(*live.generations), ls_cmp_u64);
 			else if (which == 2)
 				/* The exclusive lock keeps imports out: every temporary is a leftover. */
