@@ -1,0 +1,289 @@
+/* Configuration of lorastored: command-line options and the config file. */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char ls_usage[] =
+	"Usage: lorastored [OPTIONS]\n"
+	"\n"
+	"lorastored keeps LoRA adapters resident in host (or GPU) memory and shares\n"
+	"them with inference processes through liblorastore.\n"
+	"\n"
+	"Options (each also a key of the config file, without the dashes):\n"
+	"  --socket PATH          Unix socket to serve (default $LORASTORE_SOCKET or\n"
+	"                         /run/lorastore/lorastored.sock); ignored when systemd\n"
+	"                         passes a listening socket\n"
+	"  --state-dir DIR        catalog and blobs (default $LORASTORE_STATE_DIR or\n"
+	"                         /var/lib/lorastore)\n"
+	"  --backend KIND         auto, host or cuda (default auto: cuda when built and\n"
+	"                         a GPU is usable, else host)\n"
+	"  --host-budget SIZE     bytes of resident adapters in host memory (default 1GiB)\n"
+	"  --device-budget SIZE   bytes of resident adapters in GPU memory (default 4GiB)\n"
+	"  --client-pin-limit SIZE\n"
+	"                         bytes one connection may hold leased (default 0: the\n"
+	"                         whole budget)\n"
+	"  --admin-group GROUP    members may import, delete, evict and gc (root and the\n"
+	"                         daemon's own user always may)\n"
+	"  --workers N            threads for imports, checksums and gc (default 2)\n"
+	"  --config FILE          read options from FILE (\"key = value\" lines);\n"
+	"                         options given on the command line win\n"
+	"  --log-level LEVEL      error, warning, info (default) or debug\n"
+	"  -h, --help             print this help\n"
+	"  --version              print the version\n"
+	"\n"
+	"SIZE is a number with an optional unit: K, M, G, T (powers of 1000) or\n"
+	"KiB, MiB, GiB, TiB (powers of 1024).\n"
+	"\n"
+	"Signals: SIGTERM and SIGINT drain (finish imports, close clients) and exit 0.\n"
+	"Under systemd (Type=notify) READY is sent once the socket serves.\n";
+
+enum {
+	OPT_SOCKET = 256,
+	OPT_STATE_DIR,
+	OPT_BACKEND,
+	OPT_HOST_BUDGET,
+	OPT_DEVICE_BUDGET,
+	OPT_PIN_LIMIT,
+	OPT_ADMIN_GROUP,
+	OPT_WORKERS,
+	OPT_CONFIG,
+	OPT_LOG_LEVEL,
+	OPT_VERSION,
+};
+
+static const struct option ls_options[] = {
+	{"socket", required_argument, NULL, OPT_SOCKET},
+	{"state-dir", required_argument, NULL, OPT_STATE_DIR},
+	{"backend", required_argument, NULL, OPT_BACKEND},
+	{"host-budget", required_argument, NULL, OPT_HOST_BUDGET},
+	{"device-budget", required_argument, NULL, OPT_DEVICE_BUDGET},
+	{"client-pin-limit", required_argument, NULL, OPT_PIN_LIMIT},
+	{"admin-group", required_argument, NULL, OPT_ADMIN_GROUP},
+	{"workers", required_argument, NULL, OPT_WORKERS},
+	{"config", required_argument, NULL, OPT_CONFIG},
+	{"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+	{"help", no_argument, NULL, 'h'},
+	{"version", no_argument, NULL, OPT_VERSION},
+	{NULL, 0, NULL, 0},
+};
+
+int ls_size_parse(const char *s, uint64_t *out)
+{
+	char *end;
+	errno = 0;
+	if (!isdigit((unsigned char)*s))
+		return -EINVAL;
+	double v = strtod(s, &end);
+	if (errno || end == s || v < 0)
+		return -EINVAL;
+	while (*end == ' ')
+		end++;
+	static const struct {
+		const char *unit;
+		double factor;
+	} units[] = {
+		{"", 1},
+		{"B", 1},
+		{"K", 1e3},
+		{"M", 1e6},
+		{"G", 1e9},
+		{"T", 1e12},
+		{"KB", 1e3},
+		{"MB", 1e6},
+		{"GB", 1e9},
+		{"TB", 1e12},
+		{"KiB", 1024.0},
+		{"MiB", 1024.0 * 1024},
+		{"GiB", 1024.0 * 1024 * 1024},
+		{"TiB", 1024.0 * 1024 * 1024 * 1024},
+	};
+	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+		if (strcmp(end, units[i].unit) == 0) {
+			double bytes = v * units[i].factor;
+			if (bytes > 1.8e19)
+				return -EINVAL;
+			*out = (uint64_t)bytes;
+			return 0;
+		}
+	return -EINVAL;
+}
+
+void ls_config_defaults(struct ls_config *c)
+{
+	memset(c, 0, sizeof(*c));
+	const char *s = getenv("LORASTORE_SOCKET");
+	snprintf(c->socket, sizeof(c->socket), "%s",
+		 s && *s ? s : "/run/lorastore/lorastored.sock");
+	s = getenv("LORASTORE_STATE_DIR");
+	snprintf(c->state_dir, sizeof(c->state_dir), "%s", s && *s ? s : "/var/lib/lorastore");
+	c->backend = LS_BACKEND_AUTO;
+	c->host_budget = 1ull << 30;
+	c->device_budget = 4ull << 30;
+	c->log_level = LS_LOG_INFO;
+	c->workers = 2;
+}
+
+/* Apply one option (from argv or the file); where names the source in messages. */
+static int ls_config_apply(struct ls_config *c, int opt, const char *val, const char *where)
+{
+	int rc = 0;
+	uint64_t size;
+	switch (opt) {
+	case OPT_SOCKET:
+		rc = snprintf(c->socket, sizeof(c->socket), "%s", val) >= (int)sizeof(c->socket)
+			     ? -EINVAL
+			     : 0;
+		break;
+	case OPT_STATE_DIR:
+		rc = snprintf(c->state_dir, sizeof(c->state_dir), "%s", val) >=
+				     (int)sizeof(c->state_dir)
+			     ? -EINVAL
+			     : 0;
+		break;
+	case OPT_BACKEND:
+		if (strcmp(val, "auto") == 0)
+			c->backend = LS_BACKEND_AUTO;
+		else if (strcmp(val, "host") == 0)
+			c->backend = LS_BACKEND_HOST;
+		else if (strcmp(val, "cuda") == 0)
+			c->backend = LS_BACKEND_CUDA;
+		else
+			rc = -EINVAL;
+		break;
+	case OPT_HOST_BUDGET:
+	case OPT_DEVICE_BUDGET:
+	case OPT_PIN_LIMIT:
+		rc = ls_size_parse(val, &size);
+		if (rc == 0 && opt == OPT_HOST_BUDGET)
+			c->host_budget = size;
+		else if (rc == 0 && opt == OPT_DEVICE_BUDGET)
+			c->device_budget = size;
+		else if (rc == 0)
+			c->client_pin_limit = size;
+		break;
+	case OPT_ADMIN_GROUP:
+		rc = snprintf(c->admin_group, sizeof(c->admin_group), "%s", val) >=
+				     (int)sizeof(c->admin_group)
+			     ? -EINVAL
+			     : 0;
+		break;
+	case OPT_WORKERS: {
+		char *end;
+		long n = strtol(val, &end, 10);
+		if (*end || n < 1 || n > 64)
+			rc = -EINVAL;
+		else
+			c->workers = (unsigned)n;
+		break;
+	}
+	case OPT_LOG_LEVEL:
+		rc = ls_log_level_parse(val, &c->log_level);
+		break;
+	default:
+		rc = -EINVAL;
+	}
+	if (rc)
+		fprintf(stderr, "lorastored: %s: invalid value '%s'\n", where, val);
+	return rc;
+}
+
+static char *ls_trim(char *s)
+{
+	while (isspace((unsigned char)*s))
+		s++;
+	char *e = s + strlen(s);
+	while (e > s && isspace((unsigned char)e[-1]))
+		*--e = '\0';
+	return s;
+}
+
+static int ls_config_file(struct ls_config *c, const char *path)
+{
+	FILE *f = fopen(path, "re");
+	if (!f) {
+		fprintf(stderr, "lorastored: --config %s: %s\n", path, strerror(errno));
+		return -EINVAL;
+	}
+	char line[PATH_MAX + 128];
+	int lineno = 0, rc = 0;
+	while (rc == 0 && fgets(line, sizeof(line), f)) {
+		lineno++;
+		char *hash = strchr(line, '#');
+		if (hash)
+			*hash = '\0';
+		char *s = ls_trim(line);
+		if (!*s)
+			continue;
+		char *eq = strchr(s, '=');
+		char where[PATH_MAX + 32];
+		snprintf(where, sizeof(where), "%s:%d", path, lineno);
+		if (!eq) {
+			fprintf(stderr, "lorastored: %s: expected 'key = value'\n", where);
+			rc = -EINVAL;
+			break;
+		}
+		*eq = '\0';
+		char *key = ls_trim(s), *val = ls_trim(eq + 1);
+		int opt = 0;
+		for (const struct option *o = ls_options; o->name; o++)
+			if (strcmp(o->name, key) == 0 && o->has_arg == required_argument &&
+			    o->val != OPT_CONFIG)
+				opt = o->val;
+		if (!opt) {
+			fprintf(stderr, "lorastored: %s: unknown key '%s'\n", where, key);
+			rc = -EINVAL;
+			break;
+		}
+		rc = ls_config_apply(c, opt, val, where);
+	}
+	fclose(f);
+	return rc;
+}
+
+int ls_config_parse(struct ls_config *c, int argc, char **argv)
+{
+	/* First pass: --config, --help and --version; the file loads before the flags. */
+	int opt;
+	opterr = 0;
+	optind = 1;
+	while ((opt = getopt_long(argc, argv, "h", ls_options, NULL)) != -1) {
+		if (opt == 'h') {
+			fputs(ls_usage, stdout);
+			return 1;
+		}
+		if (opt == OPT_VERSION) {
+			printf("lorastored %s\n", LS_VERSION);
+			return 1;
+		}
+		if (opt == OPT_CONFIG)
+			snprintf(c->config_file, sizeof(c->config_file), "%s", optarg);
+		if (opt == '?' || opt == ':') {
+			fprintf(stderr, "lorastored: unknown or incomplete option '%s'\n"
+					"Try 'lorastored --help'.\n",
+				argv[optind - 1]);
+			return -EINVAL;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "lorastored: unexpected argument '%s'\nTry 'lorastored --help'.\n",
+			argv[optind]);
+		return -EINVAL;
+	}
+	if (c->config_file[0] && ls_config_file(c, c->config_file))
+		return -EINVAL;
+	optind = 1;
+	while ((opt = getopt_long(argc, argv, "h", ls_options, NULL)) != -1) {
+		if (opt == OPT_CONFIG)
+			continue;
+		char where[64];
+		snprintf(where, sizeof(where), "--%s", ls_options[opt - OPT_SOCKET].name);
+		if (ls_config_apply(c, opt, optarg, where))
+			return -EINVAL;
+	}
+	return 0;
+}

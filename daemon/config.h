@@ -1,0 +1,43 @@
+/* Configuration of lorastored: command-line options and the config file. */
+#ifndef LS_CONFIG_H
+#define LS_CONFIG_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "log.h"
+
+enum ls_backend_kind { LS_BACKEND_AUTO, LS_BACKEND_HOST, LS_BACKEND_CUDA };
+
+struct ls_config {
+	char socket[PATH_MAX];           /* --socket / socket */
+	char state_dir[PATH_MAX];        /* --state-dir / state-dir */
+	enum ls_backend_kind backend;    /* --backend / backend */
+	uint64_t host_budget;            /* bytes; --host-budget / host-budget */
+	uint64_t device_budget;          /* bytes; --device-budget / device-budget */
+	uint64_t client_pin_limit;       /* bytes one connection may pin; 0: no limit */
+	char admin_group[64];            /* --admin-group / admin-group; "" for none */
+	enum ls_log_level log_level;     /* --log-level / log-level */
+	unsigned workers;                /* threads of the worker pool */
+	char config_file[PATH_MAX];      /* --config, "" when none */
+};
+
+/*
+ * Parse a size: a number with an optional unit K, M, G, T (powers of 1000),
+ * KiB, MiB, GiB, TiB (powers of 1024), or B.  0 or -EINVAL.
+ */
+int ls_size_parse(const char *s, uint64_t *out);
+
+/* The defaults: socket and state from LORASTORE_SOCKET / LORASTORE_STATE_DIR or /run, /var/lib. */
+void ls_config_defaults(struct ls_config *c);
+
+/*
+ * Fill c from argv and, when --config names one, from the file ("key = value"
+ * lines with the option names without dashes, '#' comments); options on the
+ * command line win over the file.  Returns 0, 1 when --help or --version was
+ * printed, or -EINVAL after printing a usage error to stderr.
+ */
+int ls_config_parse(struct ls_config *c, int argc, char **argv);
+
+#endif

@@ -1,0 +1,779 @@
+/* Requests of lorastored's protocol and their answers. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "server.h"
+
+#define LS_LIST_PAGE_DEFAULT 100u
+#define LS_LIST_PAGE_MAX 1000u
+#define LS_VERSION_STRING "0.1.0"
+
+static void ls_send_done(struct ls_session *s, uint64_t id)
+{
+	Lorastore__Empty empty = LORASTORE__EMPTY__INIT;
+	Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
+	resp.id = id;
+	resp.body_case = LORASTORE__RESPONSE__BODY_DONE;
+	resp.done = &empty;
+	ls_session_send(s, &resp, -1);
+}
+
+static bool ls_need_admin(struct ls_session *s, uint64_t id, const char *what)
+{
+	if (s->admin)
+		return true;
+	ls_session_error(s, id, -EPERM,
+			 "%s needs an admin peer (root, the daemon's user or its admin group); "
+			 "uid %u is not",
+			 what, (unsigned)s->cred.uid);
+	return false;
+}
+
+static const char *ls_tier_name(struct ls_server *srv)
+{
+	return strcmp(ls_backend_name(&srv->backend), "cuda") == 0 ? "device" : "host";
+}
+
+/* ---- Hello */
+
+static void ls_on_hello(struct ls_session *s, Lorastore__Request *req)
+{
+	if (req->hello->protocol_version != LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_1) {
+		ls_session_error(s, req->id, LS_E_VERSION,
+				 "protocol version %u is not supported; this daemon speaks 1",
+				 req->hello->protocol_version);
+		s->close_after_send = true;
+		return;
+	}
+	s->hello_done = true;
+	Lorastore__HelloReply hr = LORASTORE__HELLO_REPLY__INIT;
+	hr.protocol_version = LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+	hr.daemon_version = LS_VERSION_STRING;
+	hr.admin = s->admin;
+	hr.backend = (char *)ls_backend_name(&s->srv->backend);
+	Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
+	resp.id = req->id;
+	resp.body_case = LORASTORE__RESPONSE__BODY_HELLO;
+	resp.hello = &hr;
+	ls_session_send(s, &resp, -1);
+}
+
+/* ---- Worker jobs: import, delete, verify, gc */
+
+enum ls_job_kind { LS_JOB_IMPORT, LS_JOB_DELETE, LS_JOB_VERIFY, LS_JOB_GC };
+
+struct ls_req_job {
+	struct ls_job job;
+	enum ls_job_kind kind;
+	struct ls_session *s;
+	uint64_t id;
+	int rc;
+	struct ls_err err;
+	/* import */
+	char name[LS_NAME_MAX + 1];
+	char source[4096];
+	int cfg_fd, st_fd;
+	struct ls_import_opts opts;
+	Lorastore__VersionRecord *rec;
+	/* delete, verify */
+	char ref[LS_NAME_MAX + 16];
+	uint64_t *generations;
+	size_t n_generations;
+	/* verify */
+	Lorastore__VerifyItem **items;
+	size_t n_items;
+	size_t bad;
+	/* gc */
+	struct ls_gc_stats gc;
+};
+
+static void ls_verify_item(void *ud, const Lorastore__VersionRecord *rec, int code,
+			   const char *message)
+{
+	struct ls_req_job *j = ud;
+	if (code == 0)
+		return;
+	Lorastore__VerifyItem **items = realloc(j->items, (j->n_items + 1) * sizeof(*items));
+	Lorastore__VerifyItem *it = malloc(sizeof(*it));
+	if (!items || !it) {
+		free(it);
+		if (items)
+			j->items = items;
+		return;
+	}
+	j->items = items;
+	lorastore__verify_item__init(it);
+	it->name = strdup(rec->name);
+	it->version = rec->version;
+	it->code = code;
+	it->message = strdup(message);
+	j->items[j->n_items++] = it;
+}
+
+static void ls_job_run(struct ls_job *job)
+{
+	struct ls_req_job *j = (struct ls_req_job *)job;
+	ls_err_clear(&j->err);
+	switch (j->kind) {
+	case LS_JOB_IMPORT:
+		j->rc = ls_store_import(j->s->srv->store, j->name, j->cfg_fd, j->st_fd, j->source,
+					&j->opts, &j->rec, &j->err);
+		break;
+	case LS_JOB_DELETE:
+		j->rc = ls_store_delete(j->s->srv->store, j->ref, &j->err);
+		break;
+	case LS_JOB_VERIFY:
+		j->rc = ls_store_verify(j->s->srv->store, j->ref[0] ? j->ref : NULL, ls_verify_item,
+					j, &j->bad, &j->err);
+		break;
+	case LS_JOB_GC:
+		j->rc = ls_store_gc(j->s->srv->store, &j->gc, &j->err);
+		break;
+	}
+}
+
+static void ls_job_done(struct ls_job *job)
+{
+	struct ls_req_job *j = (struct ls_req_job *)job;
+	struct ls_session *s = j->s;
+	struct ls_server *srv = s->srv;
+	s->jobs--;
+	if (j->cfg_fd >= 0)
+		close(j->cfg_fd);
+	if (j->st_fd >= 0)
+		close(j->st_fd);
+	if (j->kind == LS_JOB_DELETE && j->rc == 0)
+		for (size_t i = 0; i < j->n_generations; i++)
+			ls_res_deleted(&srv->res, j->generations[i]);
+	if (j->rc) {
+		ls_session_error(s, j->id, j->rc, "%s", j->err.msg[0] ? j->err.msg : ls_strerror(j->rc));
+	} else {
+		Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
+		resp.id = j->id;
+		Lorastore__VerifyReply vr = LORASTORE__VERIFY_REPLY__INIT;
+		Lorastore__GcReply gr = LORASTORE__GC_REPLY__INIT;
+		switch (j->kind) {
+		case LS_JOB_IMPORT:
+			ls_info("imported %s@%u (%llu bytes) for uid %u", j->rec->name,
+				j->rec->version, (unsigned long long)j->rec->data_length,
+				(unsigned)s->cred.uid);
+			resp.body_case = LORASTORE__RESPONSE__BODY_RECORD;
+			resp.record = j->rec;
+			ls_session_send(s, &resp, -1);
+			break;
+		case LS_JOB_DELETE:
+			ls_info("deleted %s", j->ref);
+			ls_send_done(s, j->id);
+			break;
+		case LS_JOB_VERIFY:
+			vr.n_items = j->n_items;
+			vr.items = j->items;
+			vr.bad = (uint32_t)j->bad;
+			resp.body_case = LORASTORE__RESPONSE__BODY_VERIFY;
+			resp.verify = &vr;
+			ls_session_send(s, &resp, -1);
+			break;
+		case LS_JOB_GC:
+			gr.blobs_removed = j->gc.blobs_removed;
+			gr.bytes_removed = j->gc.bytes_removed;
+			gr.refs_removed = j->gc.refs_removed;
+			gr.temps_removed = j->gc.temps_removed;
+			resp.body_case = LORASTORE__RESPONSE__BODY_GC;
+			resp.gc = &gr;
+			ls_session_send(s, &resp, -1);
+			break;
+		}
+	}
+	if (j->rec)
+		lorastore__version_record__free_unpacked(j->rec, NULL);
+	for (size_t i = 0; i < j->n_items; i++)
+		lorastore__verify_item__free_unpacked(j->items[i], NULL);
+	free(j->items);
+	free(j->generations);
+	free(j);
+}
+
+static struct ls_req_job *ls_job_new(struct ls_session *s, uint64_t id, enum ls_job_kind kind)
+{
+	struct ls_req_job *j = calloc(1, sizeof(*j));
+	if (!j) {
+		ls_session_error(s, id, -ENOMEM, "out of memory");
+		return NULL;
+	}
+	j->job.run = ls_job_run;
+	j->job.done = ls_job_done;
+	j->kind = kind;
+	j->s = s;
+	j->id = id;
+	j->cfg_fd = j->st_fd = -1;
+	return j;
+}
+
+static void ls_job_submit(struct ls_req_job *j)
+{
+	j->s->jobs++;
+	ls_workers_submit(j->s->srv->workers, &j->job);
+}
+
+static void ls_on_import(struct ls_session *s, Lorastore__Request *req)
+{
+	Lorastore__ImportRequest *im = req->import;
+	/* The descriptors came with this frame: take them even when refusing. */
+	int cfg_fd = im->has_config ? ls_session_take_fd(s) : -1;
+	int st_fd = ls_session_take_fd(s);
+	if (st_fd < 0 || (im->has_config && cfg_fd < 0)) {
+		if (cfg_fd >= 0)
+			close(cfg_fd);
+		ls_session_error(s, req->id, LS_E_PROTOCOL,
+				 "import needs the descriptors of its files with the request");
+		s->close_after_send = true;
+		return;
+	}
+	struct ls_req_job *j = NULL;
+	enum ls_convert conv = LS_CONVERT_KEEP;
+	if (!ls_need_admin(s, req->id, "import"))
+		goto refuse;
+	if (im->dtype && im->dtype[0] && ls_convert_from_name(im->dtype, &conv) != 0) {
+		ls_session_error(s, req->id, -EINVAL, "dtype '%s': expected keep, f16, bf16 or f32",
+				 im->dtype);
+		goto refuse;
+	}
+	if (!ls_name_valid(im->name)) {
+		ls_session_error(s, req->id, LS_E_NAME_INVALID,
+				 "'%s': a name has 1 to %d characters of [A-Za-z0-9._/-]", im->name,
+				 LS_NAME_MAX);
+		goto refuse;
+	}
+	j = ls_job_new(s, req->id, LS_JOB_IMPORT);
+	if (!j)
+		goto refuse;
+	snprintf(j->name, sizeof(j->name), "%s", im->name);
+	snprintf(j->source, sizeof(j->source), "%s", im->source && im->source[0] ? im->source : im->name);
+	j->cfg_fd = cfg_fd;
+	j->st_fd = st_fd;
+	j->opts.convert = conv;
+	j->opts.allow_nonfinite = im->allow_nonfinite;
+	j->opts.source = j->source;
+	ls_job_submit(j);
+	return;
+refuse:
+	if (cfg_fd >= 0)
+		close(cfg_fd);
+	close(st_fd);
+}
+
+/* Generations that a delete of ref will remove (for residency after the commit). */
+struct ls_gen_list {
+	const char *name;
+	uint64_t *gens;
+	size_t n;
+};
+
+static int ls_collect_gen(void *ud, const Lorastore__VersionRecord *rec)
+{
+	struct ls_gen_list *l = ud;
+	if (strcmp(rec->name, l->name) != 0)
+		return 0;
+	uint64_t *g = realloc(l->gens, (l->n + 1) * sizeof(*g));
+	if (!g)
+		return -ENOMEM;
+	l->gens = g;
+	l->gens[l->n++] = rec->generation;
+	return 0;
+}
+
+static void ls_on_delete(struct ls_session *s, Lorastore__Request *req)
+{
+	if (!ls_need_admin(s, req->id, "delete"))
+		return;
+	char name[LS_NAME_MAX + 1];
+	uint32_t version;
+	struct ls_err err;
+	int rc = ls_ref_parse(req->delete_->ref, name, &version, &err);
+	if (rc) {
+		ls_session_error(s, req->id, rc, "%s", err.msg);
+		return;
+	}
+	struct ls_gen_list l = {.name = name};
+	if (version) {
+		Lorastore__VersionRecord *rec = NULL;
+		rc = ls_store_lookup(s->srv->store, req->delete_->ref, &rec, &err);
+		if (rc == 0) {
+			ls_collect_gen(&l, rec);
+			lorastore__version_record__free_unpacked(rec, NULL);
+		}
+	} else {
+		char cursor[LS_NAME_MAX + 16] = "", next[LS_NAME_MAX + 16];
+		do {
+			rc = ls_store_list(s->srv->store, name, cursor, 1000, ls_collect_gen, &l, next,
+					   &err);
+			snprintf(cursor, sizeof(cursor), "%s", next);
+		} while (rc == 0 && cursor[0]);
+	}
+	if (rc) {
+		free(l.gens);
+		ls_session_error(s, req->id, rc, "%s", err.msg);
+		return;
+	}
+	struct ls_req_job *j = ls_job_new(s, req->id, LS_JOB_DELETE);
+	if (!j) {
+		free(l.gens);
+		return;
+	}
+	snprintf(j->ref, sizeof(j->ref), "%s", req->delete_->ref);
+	j->generations = l.gens;
+	j->n_generations = l.n;
+	ls_job_submit(j);
+}
+
+static void ls_on_verify(struct ls_session *s, Lorastore__Request *req)
+{
+	struct ls_req_job *j = ls_job_new(s, req->id, LS_JOB_VERIFY);
+	if (!j)
+		return;
+	snprintf(j->ref, sizeof(j->ref), "%s", req->verify->ref ? req->verify->ref : "");
+	ls_job_submit(j);
+}
+
+static void ls_on_gc(struct ls_session *s, Lorastore__Request *req)
+{
+	if (!ls_need_admin(s, req->id, "gc"))
+		return;
+	struct ls_req_job *j = ls_job_new(s, req->id, LS_JOB_GC);
+	if (j)
+		ls_job_submit(j);
+}
+
+/* ---- Show and list */
+
+static void ls_entry_fill(struct ls_server *srv, Lorastore__AdapterEntry *e,
+			  Lorastore__VersionRecord *rec)
+{
+	lorastore__adapter_entry__init(e);
+	e->record = rec;
+	struct ls_resident *r = ls_res_find(&srv->res, rec->generation);
+	e->resident = r && r->state == LS_RES_RESIDENT;
+	e->tier = e->resident ? (char *)ls_tier_name(srv) : "disk";
+	e->pins = r ? r->pins : 0;
+	e->tensor_count = (uint32_t)rec->n_tensors;
+	e->resident_bytes = ls_align_up(rec->data_length ? rec->data_length : 1, LS_BLOB_PAGE);
+}
+
+static void ls_on_show(struct ls_session *s, Lorastore__Request *req)
+{
+	Lorastore__VersionRecord *rec = NULL;
+	struct ls_err err;
+	int rc = ls_store_lookup(s->srv->store, req->show->ref, &rec, &err);
+	if (rc) {
+		ls_session_error(s, req->id, rc, "%s", err.msg);
+		return;
+	}
+	Lorastore__AdapterEntry entry, *entries[1] = {&entry};
+	ls_entry_fill(s->srv, &entry, rec);
+	Lorastore__ListReply lr = LORASTORE__LIST_REPLY__INIT;
+	lr.n_adapters = 1;
+	lr.adapters = entries;
+	lr.next_cursor = "";
+	Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
+	resp.id = req->id;
+	resp.body_case = LORASTORE__RESPONSE__BODY_LIST;
+	resp.list = &lr;
+	ls_session_send(s, &resp, -1);
+	lorastore__version_record__free_unpacked(rec, NULL);
+}
+
+struct ls_page {
+	struct ls_server *srv;
+	size_t n;
+	Lorastore__AdapterEntry **entries;
+	Lorastore__VersionRecord **recs;
+	int rc;
+};
+
+/* Keep a listed record without its tensor table (pages stay small). */
+static int ls_page_add(void *ud, const Lorastore__VersionRecord *rec)
+{
+	struct ls_page *p = ud;
+	Lorastore__VersionRecord shallow = *rec;
+	shallow.n_tensors = 0;
+	shallow.tensors = NULL;
+	size_t len = lorastore__version_record__get_packed_size(&shallow);
+	uint8_t *buf = malloc(len ? len : 1);
+	Lorastore__AdapterEntry *e = malloc(sizeof(*e));
+	Lorastore__AdapterEntry **entries = realloc(p->entries, (p->n + 1) * sizeof(*entries));
+	if (entries)
+		p->entries = entries;
+	Lorastore__VersionRecord **recs = realloc(p->recs, (p->n + 1) * sizeof(*recs));
+	if (recs)
+		p->recs = recs;
+	if (!buf || !e || !entries || !recs) {
+		free(buf);
+		free(e);
+		p->rc = -ENOMEM;
+		return -ENOMEM;
+	}
+	lorastore__version_record__pack(&shallow, buf);
+	Lorastore__VersionRecord *copy = lorastore__version_record__unpack(NULL, len, buf);
+	free(buf);
+	if (!copy) {
+		free(e);
+		p->rc = -ENOMEM;
+		return -ENOMEM;
+	}
+	ls_entry_fill(p->srv, e, copy);
+	e->tensor_count = (uint32_t)rec->n_tensors;
+	p->entries[p->n] = e;
+	p->recs[p->n] = copy;
+	p->n++;
+	return 0;
+}
+
+static void ls_on_list(struct ls_session *s, Lorastore__Request *req)
+{
+	Lorastore__ListRequest *lq = req->list;
+	unsigned limit = lq->limit ? lq->limit : LS_LIST_PAGE_DEFAULT;
+	if (limit > LS_LIST_PAGE_MAX)
+		limit = LS_LIST_PAGE_MAX;
+	struct ls_page page = {.srv = s->srv};
+	char next[LS_NAME_MAX + 16];
+	struct ls_err err;
+	int rc = ls_store_list(s->srv->store, lq->prefix ? lq->prefix : "",
+			       lq->cursor && lq->cursor[0] ? lq->cursor : NULL, limit, ls_page_add,
+			       &page, next, &err);
+	if (rc || page.rc) {
+		ls_session_error(s, req->id, rc ? rc : page.rc, "%s",
+				 rc ? err.msg : "out of memory listing");
+	} else {
+		Lorastore__ListReply lr = LORASTORE__LIST_REPLY__INIT;
+		lr.n_adapters = page.n;
+		lr.adapters = page.entries;
+		lr.next_cursor = next;
+		Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
+		resp.id = req->id;
+		resp.body_case = LORASTORE__RESPONSE__BODY_LIST;
+		resp.list = &lr;
+		ls_session_send(s, &resp, -1);
+	}
+	for (size_t i = 0; i < page.n; i++) {
+		lorastore__version_record__free_unpacked(page.recs[i], NULL);
+		free(page.entries[i]);
+	}
+	free(page.recs);
+	free(page.entries);
+}
+
+/* ---- Acquire, load, release, prefetch, evict */
+
+/* Grant a lease on a resident version and answer the acquire. */
+static void ls_grant(struct ls_session *s, uint64_t id, struct ls_resident *e)
+{
+	struct ls_server *srv = s->srv;
+	uint64_t limit = srv->cfg->client_pin_limit;
+	if (limit && s->pinned_bytes + e->length > limit) {
+		ls_session_error(s, id, LS_E_PIN_LIMIT,
+				 "%s@%u needs %llu bytes; this connection pins %llu of its %llu",
+				 e->rec->name, e->rec->version, (unsigned long long)e->length,
+				 (unsigned long long)s->pinned_bytes, (unsigned long long)limit);
+		return;
+	}
+	struct ls_lease *l = calloc(1, sizeof(*l));
+	if (e->slab >= s->n_slabs_sent) {
+		uint8_t *sent = realloc(s->slabs_sent, srv->res.n_slabs);
+		if (sent) {
+			memset(sent + s->n_slabs_sent, 0, srv->res.n_slabs - s->n_slabs_sent);
+			s->slabs_sent = sent;
+			s->n_slabs_sent = srv->res.n_slabs;
+		}
+	}
+	if (!l || e->slab >= s->n_slabs_sent) {
+		free(l);
+		ls_session_error(s, id, -ENOMEM, "out of memory");
+		return;
+	}
+	l->id = ++srv->next_lease_id;
+	l->res = e;
+	l->next = s->leases;
+	s->leases = l;
+	s->pinned_bytes += e->length;
+	s->lease_count++;
+	srv->leases++;
+	ls_res_pin(&srv->res, e);
+
+	struct ls_slab_slot *slot = ls_res_slab(&srv->res, e);
+	bool send_fd = !s->slabs_sent[e->slab];
+	s->slabs_sent[e->slab] = 1;
+	Lorastore__AcquireReply ar = LORASTORE__ACQUIRE_REPLY__INIT;
+	ar.lease_id = l->id;
+	ar.record = e->rec;
+	ar.slab_id = slot->slab.id;
+	ar.slab_size = slot->slab.size;
+	ar.offset = e->offset;
+	ar.fd_attached = send_fd;
+	ar.tier = (char *)ls_tier_name(srv);
+	Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
+	resp.id = id;
+	resp.body_case = LORASTORE__RESPONSE__BODY_ACQUIRE;
+	resp.acquire = &ar;
+	ls_session_send(s, &resp, send_fd ? slot->slab.fd : -1);
+}
+
+static void ls_pending_remove(struct ls_session *s, struct ls_pending *p)
+{
+	if (p->prev)
+		p->prev->next = p->next;
+	else
+		s->pending = p->next;
+	if (p->next)
+		p->next->prev = p->prev;
+}
+
+/* The residency finished (or failed) the load a pending request waited on. */
+static void ls_pending_woken(struct ls_waiter *w, struct ls_resident *e, int rc, const char *msg)
+{
+	struct ls_pending *p = (struct ls_pending *)w;
+	struct ls_session *s = p->session;
+	ls_pending_remove(s, p);
+	if (rc)
+		ls_session_error(s, p->request_id, rc, "%s", msg);
+	else if (p->lease)
+		ls_grant(s, p->request_id, e);
+	else
+		ls_send_done(s, p->request_id);
+	free(p);
+}
+
+static void ls_on_acquire_or_load(struct ls_session *s, uint64_t id, const char *ref,
+				  int64_t timeout_ms, bool lease)
+{
+	struct ls_server *srv = s->srv;
+	Lorastore__VersionRecord *rec = NULL;
+	struct ls_err err;
+	int rc = ls_store_lookup(srv->store, ref, &rec, &err);
+	if (rc) {
+		ls_session_error(s, id, rc, "%s", err.msg);
+		return;
+	}
+	if (lease && timeout_ms == 0) {
+		struct ls_resident *e = ls_res_find(&srv->res, rec->generation);
+		if (!e || e->state != LS_RES_RESIDENT) {
+			ls_session_error(s, id, -ETIMEDOUT, "%s@%u is not resident", rec->name,
+					 rec->version);
+			lorastore__version_record__free_unpacked(rec, NULL);
+			return;
+		}
+	}
+	struct ls_pending *p = calloc(1, sizeof(*p));
+	if (!p) {
+		lorastore__version_record__free_unpacked(rec, NULL);
+		ls_session_error(s, id, -ENOMEM, "out of memory");
+		return;
+	}
+	p->waiter.fn = ls_pending_woken;
+	p->session = s;
+	p->request_id = id;
+	p->lease = lease;
+	p->deadline_ms = timeout_ms > 0 ? ls_now_ms() + timeout_ms : -1;
+	struct ls_resident *e = NULL;
+	rc = ls_res_request(&srv->res, rec, &p->waiter, &e, &err);
+	lorastore__version_record__free_unpacked(rec, NULL);
+	if (rc == 1) {
+		p->next = s->pending;
+		if (s->pending)
+			s->pending->prev = p;
+		s->pending = p;
+		return;
+	}
+	free(p);
+	if (rc < 0)
+		ls_session_error(s, id, rc, "%s", err.msg);
+	else if (lease)
+		ls_grant(s, id, e);
+	else
+		ls_send_done(s, id);
+}
+
+static void ls_on_release(struct ls_session *s, Lorastore__Request *req)
+{
+	struct ls_lease **pl = &s->leases;
+	while (*pl && (*pl)->id != req->release->lease_id)
+		pl = &(*pl)->next;
+	if (!*pl) {
+		ls_session_error(s, req->id, LS_E_NOT_FOUND, "no lease %llu on this connection",
+				 (unsigned long long)req->release->lease_id);
+		return;
+	}
+	struct ls_lease *l = *pl;
+	*pl = l->next;
+	s->pinned_bytes -= l->res->length;
+	s->lease_count--;
+	s->srv->leases--;
+	ls_res_unpin(&s->srv->res, l->res);
+	free(l);
+	ls_send_done(s, req->id);
+}
+
+void ls_session_release_all(struct ls_session *s)
+{
+	while (s->leases) {
+		struct ls_lease *l = s->leases;
+		s->leases = l->next;
+		s->srv->leases--;
+		ls_res_unpin(&s->srv->res, l->res);
+		free(l);
+	}
+	s->pinned_bytes = 0;
+	s->lease_count = 0;
+}
+
+static void ls_on_prefetch(struct ls_session *s, Lorastore__Request *req)
+{
+	for (size_t i = 0; i < req->prefetch->n_refs; i++) {
+		Lorastore__VersionRecord *rec = NULL;
+		struct ls_err err;
+		int rc = ls_store_lookup(s->srv->store, req->prefetch->refs[i], &rec, &err);
+		if (rc) {
+			ls_session_error(s, req->id, rc, "%s", err.msg);
+			return;
+		}
+		struct ls_resident *e;
+		rc = ls_res_request(&s->srv->res, rec, NULL, &e, &err);
+		lorastore__version_record__free_unpacked(rec, NULL);
+		if (rc < 0) {
+			ls_session_error(s, req->id, rc, "%s", err.msg);
+			return;
+		}
+	}
+	ls_send_done(s, req->id);
+}
+
+static void ls_on_evict(struct ls_session *s, Lorastore__Request *req)
+{
+	if (!ls_need_admin(s, req->id, "evict"))
+		return;
+	Lorastore__VersionRecord *rec = NULL;
+	struct ls_err err;
+	int rc = ls_store_lookup(s->srv->store, req->evict->ref, &rec, &err);
+	if (rc) {
+		ls_session_error(s, req->id, rc, "%s", err.msg);
+		return;
+	}
+	rc = ls_res_evict(&s->srv->res, rec->generation);
+	if (rc == -EBUSY)
+		ls_session_error(s, req->id, rc, "%s@%u is leased or loading", rec->name,
+				 rec->version);
+	else if (rc == LS_E_NOT_FOUND)
+		ls_session_error(s, req->id, rc, "%s@%u is not resident", rec->name, rec->version);
+	else
+		ls_send_done(s, req->id);
+	lorastore__version_record__free_unpacked(rec, NULL);
+}
+
+static void ls_on_stats(struct ls_session *s, Lorastore__Request *req)
+{
+	struct ls_server *srv = s->srv;
+	struct ls_catalog_stats cs = {0};
+	struct ls_err err;
+	ls_catalog_stats(ls_store_catalog(srv->store), &cs, &err);
+	Lorastore__TierStats tier = LORASTORE__TIER_STATS__INIT, *tiers[1] = {&tier};
+	tier.name = (char *)ls_tier_name(srv);
+	tier.budget = srv->res.budget;
+	tier.used = srv->res.used;
+	tier.adapters = srv->res.count;
+	tier.slab_bytes = srv->res.slab_bytes;
+	Lorastore__StatsReply sr = LORASTORE__STATS_REPLY__INIT;
+	sr.n_tiers = 1;
+	sr.tiers = tiers;
+	sr.clients = srv->n_sessions;
+	sr.leases = srv->leases;
+	sr.loads = srv->res.stats.loads;
+	sr.hits = srv->res.stats.hits;
+	sr.misses = srv->res.stats.misses;
+	sr.evictions = srv->res.stats.evictions;
+	sr.load_errors = srv->res.stats.load_errors;
+	sr.catalog_versions = cs.versions;
+	Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
+	resp.id = req->id;
+	resp.body_case = LORASTORE__RESPONSE__BODY_STATS;
+	resp.stats = &sr;
+	ls_session_send(s, &resp, -1);
+}
+
+void ls_dispatch(struct ls_session *s, Lorastore__Request *req)
+{
+	if (!s->hello_done && req->body_case != LORASTORE__REQUEST__BODY_HELLO) {
+		/* Descriptors sent before the handshake are not ours to keep. */
+		while (s->n_fds)
+			close(ls_session_take_fd(s));
+		ls_session_error(s, req->id, LS_E_PROTOCOL, "the first request must be Hello");
+		s->close_after_send = true;
+		return;
+	}
+	switch (req->body_case) {
+	case LORASTORE__REQUEST__BODY_HELLO:
+		ls_on_hello(s, req);
+		break;
+	case LORASTORE__REQUEST__BODY_IMPORT:
+		ls_on_import(s, req);
+		break;
+	case LORASTORE__REQUEST__BODY_SHOW:
+		ls_on_show(s, req);
+		break;
+	case LORASTORE__REQUEST__BODY_LIST:
+		ls_on_list(s, req);
+		break;
+	case LORASTORE__REQUEST__BODY_DELETE:
+		ls_on_delete(s, req);
+		break;
+	case LORASTORE__REQUEST__BODY_LOAD:
+		ls_on_acquire_or_load(s, req->id, req->load->ref, -1, false);
+		break;
+	case LORASTORE__REQUEST__BODY_EVICT:
+		ls_on_evict(s, req);
+		break;
+	case LORASTORE__REQUEST__BODY_ACQUIRE:
+		ls_on_acquire_or_load(s, req->id, req->acquire->ref, req->acquire->timeout_ms, true);
+		break;
+	case LORASTORE__REQUEST__BODY_RELEASE:
+		ls_on_release(s, req);
+		break;
+	case LORASTORE__REQUEST__BODY_PREFETCH:
+		ls_on_prefetch(s, req);
+		break;
+	case LORASTORE__REQUEST__BODY_STATS:
+		ls_on_stats(s, req);
+		break;
+	case LORASTORE__REQUEST__BODY_VERIFY:
+		ls_on_verify(s, req);
+		break;
+	case LORASTORE__REQUEST__BODY_GC:
+		ls_on_gc(s, req);
+		break;
+	default:
+		ls_session_error(s, req->id, LS_E_PROTOCOL, "unknown request");
+		break;
+	}
+}
+
+/* Expire acquires whose timeout passed. */
+void ls_server_tick(struct ls_server *srv)
+{
+	int64_t now = ls_now_ms();
+	for (struct ls_session *s = srv->sessions; s; s = s->next) {
+		struct ls_pending *p = s->pending;
+		while (p) {
+			struct ls_pending *next = p->next;
+			if (p->deadline_ms >= 0 && now >= p->deadline_ms) {
+				ls_res_cancel(&srv->res, &p->waiter);
+				ls_pending_remove(s, p);
+				ls_session_error(s, p->request_id, -ETIMEDOUT,
+						 "the adapter did not finish loading in time");
+				free(p);
+			}
+			p = next;
+		}
+	}
+}

@@ -1,0 +1,283 @@
+/* lorastored: set up the store, the backend and the socket, then run the loop. */
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <systemd/sd-daemon.h>
+
+#include "log.h"
+#include "server.h"
+
+#define LS_TICK_MS 100
+
+static void ls_signal_submit(struct ls_server *srv);
+static void ls_tick_submit(struct ls_server *srv);
+static void ls_workers_submit_read(struct ls_server *srv);
+
+static void ls_begin_stop(struct ls_server *srv, const char *why)
+{
+	if (srv->stopping)
+		return;
+	srv->stopping = true;
+	ls_info("%s: draining (%u client%s, %u job%s)", why, srv->n_sessions,
+		srv->n_sessions == 1 ? "" : "s", ls_workers_busy(srv->workers),
+		ls_workers_busy(srv->workers) == 1 ? "" : "s");
+	sd_notify(0, "STOPPING=1\nSTATUS=draining");
+	if (srv->accepting) {
+		struct io_uring_sqe *sqe = io_uring_get_sqe(&srv->loop.ring);
+		if (sqe) {
+			io_uring_prep_cancel(sqe, &srv->accept_op, 0);
+			io_uring_sqe_set_data(sqe, NULL);
+		}
+	}
+	/* Idle sessions close now; sessions with jobs in flight close when answered. */
+	for (struct ls_session *s = srv->sessions; s; s = s->next)
+		if (s->jobs == 0)
+			ls_session_close(s, "daemon stopping");
+		else
+			s->close_after_send = true;
+}
+
+static void ls_signal_done(struct ls_loop *loop, struct ls_op *op, int res, unsigned flags)
+{
+	struct ls_server *srv = (struct ls_server *)((char *)op - offsetof(struct ls_server, signal_op));
+	(void)loop;
+	(void)flags;
+	if (res == (int)sizeof(srv->siginfo)) {
+		int sig = (int)srv->siginfo.ssi_signo;
+		ls_begin_stop(srv, sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT" : "signal");
+	}
+	if (!srv->stopping)
+		ls_signal_submit(srv);
+}
+
+static void ls_signal_submit(struct ls_server *srv)
+{
+	struct io_uring_sqe *sqe = ls_loop_sqe(&srv->loop, &srv->signal_op, ls_signal_done);
+	io_uring_prep_read(sqe, srv->signal_fd, &srv->siginfo, sizeof(srv->siginfo), 0);
+}
+
+static void ls_tick_done(struct ls_loop *loop, struct ls_op *op, int res, unsigned flags)
+{
+	struct ls_server *srv = (struct ls_server *)((char *)op - offsetof(struct ls_server, tick_op));
+	(void)loop;
+	(void)res;
+	(void)flags;
+	ls_server_tick(srv);
+	if (!srv->stopping)
+		ls_tick_submit(srv);
+}
+
+static void ls_tick_submit(struct ls_server *srv)
+{
+	srv->tick_ts.tv_sec = 0;
+	srv->tick_ts.tv_nsec = LS_TICK_MS * 1000000LL;
+	struct io_uring_sqe *sqe = ls_loop_sqe(&srv->loop, &srv->tick_op, ls_tick_done);
+	io_uring_prep_timeout(sqe, &srv->tick_ts, 0, 0);
+}
+
+static void ls_workers_ready(struct ls_loop *loop, struct ls_op *op, int res, unsigned flags)
+{
+	struct ls_server *srv = (struct ls_server *)((char *)op - offsetof(struct ls_server, workers_op));
+	(void)loop;
+	(void)res;
+	(void)flags;
+	ls_workers_reap(srv->workers);
+	ls_workers_submit_read(srv);
+}
+
+static void ls_workers_submit_read(struct ls_server *srv)
+{
+	/* A poll, not a read: ls_workers_reap reads the counter itself. */
+	struct io_uring_sqe *sqe = ls_loop_sqe(&srv->loop, &srv->workers_op, ls_workers_ready);
+	io_uring_prep_poll_add(sqe, srv->workers_efd, POLLIN);
+}
+
+/*
+ * The listening socket: inherited from systemd, or created with mode 0660
+ * (group: the admin group when one is set).  A stale socket file nobody
+ * listens on is replaced; a live one means another daemon runs there.
+ */
+static int ls_listen(struct ls_server *srv)
+{
+	int n = sd_listen_fds(1);
+	if (n > 1) {
+		ls_error("systemd passed %d sockets; lorastored takes one", n);
+		return -EINVAL;
+	}
+	if (n == 1) {
+		if (sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_STREAM, 1, NULL, 0) <= 0) {
+			ls_error("the socket systemd passed is not a listening Unix stream socket");
+			return -EINVAL;
+		}
+		srv->listen_fd = SD_LISTEN_FDS_START;
+		srv->listen_inherited = true;
+		fcntl(srv->listen_fd, F_SETFD, FD_CLOEXEC);
+		ls_info("serving the socket systemd passed");
+		return 0;
+	}
+	const char *path = srv->cfg->socket;
+	struct sockaddr_un addr = {.sun_family = AF_UNIX};
+	if (strlen(path) >= sizeof(addr.sun_path)) {
+		ls_error("socket path too long: %s", path);
+		return -ENAMETOOLONG;
+	}
+	strcpy(addr.sun_path, path);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	struct stat st;
+	if (lstat(path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode)) {
+			ls_error("%s exists and is not a socket", path);
+			close(fd);
+			return -EEXIST;
+		}
+		int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		int live = probe >= 0 && connect(probe, (struct sockaddr *)&addr, sizeof(addr)) == 0;
+		if (probe >= 0)
+			close(probe);
+		if (live) {
+			ls_error("another lorastored serves %s", path);
+			close(fd);
+			return -EADDRINUSE;
+		}
+		unlink(path);
+	}
+	mode_t old = umask(0117);
+	int rc = bind(fd, (struct sockaddr *)&addr, sizeof(addr));
+	umask(old);
+	if (rc != 0 || chmod(path, 0660) != 0 || listen(fd, SOMAXCONN) != 0) {
+		rc = -errno;
+		ls_error("%s: %s", path, strerror(-rc));
+		close(fd);
+		return rc;
+	}
+	if (srv->have_admin_gid && chown(path, (uid_t)-1, srv->admin_gid) != 0)
+		ls_warn("%s: cannot give the socket to the admin group: %s", path, strerror(errno));
+	srv->listen_fd = fd;
+	ls_info("listening on %s", path);
+	return 0;
+}
+
+static int ls_choose_backend(struct ls_server *srv)
+{
+	struct ls_err err;
+	enum ls_backend_kind kind = srv->cfg->backend;
+	if (kind == LS_BACKEND_CUDA) {
+		ls_error("--backend cuda: this lorastored was built without the CUDA backend");
+		return LS_E_BACKEND;
+	}
+	if (kind == LS_BACKEND_AUTO)
+		ls_info("backend auto: using host memory (this build has no CUDA backend)");
+	int rc = ls_backend_host_create(&srv->backend, &err);
+	if (rc)
+		ls_error("host backend: %s", err.msg);
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	struct ls_config cfg;
+	ls_config_defaults(&cfg);
+	int rc = ls_config_parse(&cfg, argc, argv);
+	if (rc)
+		return rc > 0 ? 0 : 2;
+	ls_log_set_level(cfg.log_level);
+
+	struct ls_server srv;
+	memset(&srv, 0, sizeof(srv));
+	srv.cfg = &cfg;
+	srv.listen_fd = srv.signal_fd = srv.workers_efd = -1;
+	if (cfg.admin_group[0]) {
+		struct group *g = getgrnam(cfg.admin_group);
+		if (!g) {
+			ls_error("admin group '%s' does not exist", cfg.admin_group);
+			return 1;
+		}
+		srv.admin_gid = g->gr_gid;
+		srv.have_admin_gid = true;
+	}
+
+	sigset_t mask;
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	srv.signal_fd = signalfd(-1, &mask, SFD_CLOEXEC);
+
+	struct ls_err err;
+	int status = 1;
+	if (ls_store_open(cfg.state_dir, &srv.store, &err)) {
+		ls_error("state directory: %s", err.msg);
+		goto out;
+	}
+	if (ls_choose_backend(&srv))
+		goto out;
+	if ((rc = ls_workers_start(cfg.workers, &srv.workers, &srv.workers_efd))) {
+		ls_error("worker threads: %s", strerror(-rc));
+		goto out;
+	}
+	if ((rc = ls_loop_init(&srv.loop, 1024))) {
+		ls_error("io_uring: %s", strerror(-rc));
+		goto out;
+	}
+	if (ls_residency_init(&srv.res, &srv.backend, cfg.host_budget, &srv.loop, srv.workers,
+			      srv.store, &err)) {
+		ls_error("%s", err.msg);
+		goto out;
+	}
+	if (ls_listen(&srv))
+		goto out;
+
+	ls_server_accept(&srv);
+	ls_signal_submit(&srv);
+	ls_tick_submit(&srv);
+	ls_workers_submit_read(&srv);
+	io_uring_submit(&srv.loop.ring);
+	ls_info("ready: state %s, backend %s, budget %llu bytes, %u workers", cfg.state_dir,
+		ls_backend_name(&srv.backend), (unsigned long long)cfg.host_budget, cfg.workers);
+	sd_notifyf(0, "READY=1\nSTATUS=serving, backend %s", ls_backend_name(&srv.backend));
+
+	for (;;) {
+		rc = ls_loop_run_once(&srv.loop, LS_TICK_MS);
+		if (rc < 0) {
+			ls_error("event loop: %s", strerror(-rc));
+			goto out;
+		}
+		ls_server_reap_sessions(&srv);
+		if (srv.stopping && srv.n_sessions == 0 && ls_workers_busy(srv.workers) == 0)
+			break;
+	}
+	ls_info("stopped");
+	status = 0;
+out:
+	if (srv.listen_fd >= 0) {
+		close(srv.listen_fd);
+		if (!srv.listen_inherited && status == 0)
+			unlink(cfg.socket);
+	}
+	if (srv.workers)
+		ls_workers_stop(srv.workers);
+	if (srv.res.buckets)
+		ls_residency_destroy(&srv.res);
+	if (srv.loop.ring.ring_fd > 0)
+		ls_loop_destroy(&srv.loop);
+	if (srv.backend.iface)
+		ls_backend_destroy(&srv.backend);
+	ls_store_close(srv.store);
+	if (srv.signal_fd >= 0)
+		close(srv.signal_fd);
+	return status;
+}

@@ -1,0 +1,462 @@
+/* Residency of adapter versions: slabs, budget, LRU, loads. */
+#include "residency.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <xxhash.h>
+
+#include "log.h"
+
+/* A regular slab: large enough for many adapters, small enough to share well. */
+#define LS_SLAB_DEFAULT (256ull << 20)
+#define LS_RES_BUCKETS 4096u
+
+static Lorastore__VersionRecord *ls_rec_copy(const Lorastore__VersionRecord *rec)
+{
+	size_t len = lorastore__version_record__get_packed_size(rec);
+	uint8_t *buf = malloc(len ? len : 1);
+	if (!buf)
+		return NULL;
+	lorastore__version_record__pack(rec, buf);
+	Lorastore__VersionRecord *copy = lorastore__version_record__unpack(NULL, len, buf);
+	free(buf);
+	return copy;
+}
+
+int ls_residency_init(struct ls_residency *r, struct ls_backend *backend, uint64_t budget,
+		      struct ls_loop *loop, struct ls_workers *workers, struct ls_store *store,
+		      struct ls_err *err)
+{
+	memset(r, 0, sizeof(*r));
+	r->backend = backend;
+	r->loop = loop;
+	r->workers = workers;
+	r->store = store;
+	r->budget = budget;
+	uint64_t gran = ls_backend_granularity(backend);
+	r->slab_size = ls_align_up(budget < LS_SLAB_DEFAULT ? budget : LS_SLAB_DEFAULT, gran);
+	if (r->slab_size == 0)
+		r->slab_size = gran;
+	r->n_buckets = LS_RES_BUCKETS;
+	r->buckets = calloc(r->n_buckets, sizeof(*r->buckets));
+	r->direct_io = true;
+	if (!r->buckets)
+		return ls_err_set(err, -ENOMEM, "out of memory");
+	return 0;
+}
+
+static void ls_res_free_entry(struct ls_residency *r, struct ls_resident *e);
+
+void ls_residency_destroy(struct ls_residency *r)
+{
+	for (uint32_t b = 0; b < r->n_buckets; b++) {
+		struct ls_resident *e = r->buckets ? r->buckets[b] : NULL;
+		while (e) {
+			struct ls_resident *next = e->hnext;
+			if (e->fd >= 0)
+				close(e->fd);
+			lorastore__version_record__free_unpacked(e->rec, NULL);
+			free(e);
+			e = next;
+		}
+	}
+	free(r->buckets);
+	for (uint32_t i = 0; i < r->n_slabs; i++) {
+		ls_extents_destroy(&r->slabs[i].ext);
+		ls_backend_slab_free(r->backend, &r->slabs[i].slab);
+	}
+	free(r->slabs);
+	memset(r, 0, sizeof(*r));
+}
+
+struct ls_resident *ls_res_find(struct ls_residency *r, uint64_t generation)
+{
+	for (struct ls_resident *e = r->buckets[generation % r->n_buckets]; e; e = e->hnext)
+		if (e->generation == generation)
+			return e;
+	return NULL;
+}
+
+static void ls_hash_remove(struct ls_residency *r, struct ls_resident *e)
+{
+	struct ls_resident **p = &r->buckets[e->generation % r->n_buckets];
+	while (*p && *p != e)
+		p = &(*p)->hnext;
+	if (*p)
+		*p = e->hnext;
+}
+
+static bool ls_on_lru(struct ls_residency *r, struct ls_resident *e)
+{
+	return e->lru_prev || e->lru_next || r->lru_head == e;
+}
+
+static void ls_lru_remove(struct ls_residency *r, struct ls_resident *e)
+{
+	if (!ls_on_lru(r, e))
+		return;
+	if (e->lru_prev)
+		e->lru_prev->lru_next = e->lru_next;
+	else
+		r->lru_head = e->lru_next;
+	if (e->lru_next)
+		e->lru_next->lru_prev = e->lru_prev;
+	else
+		r->lru_tail = e->lru_prev;
+	e->lru_prev = e->lru_next = NULL;
+}
+
+/* Append as most recently used. */
+static void ls_lru_push(struct ls_residency *r, struct ls_resident *e)
+{
+	e->lru_prev = r->lru_tail;
+	e->lru_next = NULL;
+	if (r->lru_tail)
+		r->lru_tail->lru_next = e;
+	else
+		r->lru_head = e;
+	r->lru_tail = e;
+}
+
+/* Give back an entry's memory and forget it. */
+static void ls_res_free_entry(struct ls_residency *r, struct ls_resident *e)
+{
+	ls_lru_remove(r, e);
+	ls_hash_remove(r, e);
+	struct ls_slab_slot *slot = &r->slabs[e->slab];
+	ls_extents_free(&slot->ext, e->offset, e->length);
+	slot->adapters--;
+	r->used -= e->length;
+	r->count--;
+	if (e->fd >= 0)
+		close(e->fd);
+	lorastore__version_record__free_unpacked(e->rec, NULL);
+	free(e);
+}
+
+/* Evict the least recently used unpinned adapter; false when there is none. */
+static bool ls_evict_one(struct ls_residency *r)
+{
+	struct ls_resident *e = r->lru_head;
+	if (!e)
+		return false;
+	ls_debug("evicting %s@%u (%llu bytes)", e->rec->name, e->rec->version,
+		 (unsigned long long)e->length);
+	r->stats.evictions++;
+	ls_res_free_entry(r, e);
+	return true;
+}
+
+/* Find room for len bytes: evict as needed; allocate a slab when allowed. */
+static int ls_place(struct ls_residency *r, uint64_t len, uint32_t *slab, uint64_t *offset,
+		    struct ls_err *err)
+{
+	if (len > r->budget)
+		return ls_err_set(err, LS_E_NO_SPACE,
+				  "adapter needs %llu bytes but the budget is %llu",
+				  (unsigned long long)len, (unsigned long long)r->budget);
+	while (r->used + len > r->budget)
+		if (!ls_evict_one(r))
+			return ls_err_set(err, LS_E_NO_SPACE,
+					  "budget of %llu bytes is held by pinned adapters",
+					  (unsigned long long)r->budget);
+	for (;;) {
+		for (uint32_t i = 0; i < r->n_slabs; i++)
+			if (ls_extents_alloc(&r->slabs[i].ext, len, LS_BLOB_PAGE, offset) == 0) {
+				*slab = i;
+				return 0;
+			}
+		/* A new slab, as long as all slabs together stay within the budget. */
+		uint64_t gran = ls_backend_granularity(r->backend);
+		uint64_t size = ls_align_up(len > r->slab_size ? len : r->slab_size, gran);
+		uint64_t cap = ls_align_up(r->budget, gran);
+		if (r->slab_bytes + size > cap && len <= r->slab_size &&
+		    r->slab_bytes + ls_align_up(len, gran) <= cap)
+			size = ls_align_up(len, gran);
+		if (r->slab_bytes + size <= cap) {
+			struct ls_slab_slot *slots =
+				realloc(r->slabs, (r->n_slabs + 1) * sizeof(*r->slabs));
+			if (!slots)
+				return ls_err_set(err, -ENOMEM, "out of memory");
+			r->slabs = slots;
+			struct ls_slab_slot *slot = &r->slabs[r->n_slabs];
+			memset(slot, 0, sizeof(*slot));
+			int rc = ls_backend_slab_alloc(r->backend, size, &slot->slab);
+			if (rc)
+				return ls_err_set(err, rc, "allocating a slab of %llu bytes: %s",
+						  (unsigned long long)size, strerror(-rc));
+			rc = ls_extents_init(&slot->ext, slot->slab.size);
+			if (rc) {
+				ls_backend_slab_free(r->backend, &slot->slab);
+				return ls_err_set(err, rc, "out of memory");
+			}
+			r->slab_bytes += slot->slab.size;
+			r->n_slabs++;
+			ls_info("slab %u: %llu bytes (%s)", slot->slab.id,
+				(unsigned long long)slot->slab.size, ls_backend_name(r->backend));
+			continue;
+		}
+		/* Fragmented: evict and try again. */
+		if (!ls_evict_one(r))
+			return ls_err_set(err, LS_E_NO_SPACE,
+					  "no slab has %llu contiguous bytes free and nothing is "
+					  "evictable",
+					  (unsigned long long)len);
+	}
+}
+
+static void ls_wake(struct ls_residency *r, struct ls_resident *e, int rc, const char *msg)
+{
+	struct ls_waiter *w = e->waiters;
+	e->waiters = NULL;
+	while (w) {
+		struct ls_waiter *next = w->next;
+		w->next = w->prev = NULL;
+		w->res = NULL;
+		w->fn(w, rc == 0 ? e : NULL, rc, msg);
+		w = next;
+	}
+	(void)r;
+}
+
+static void ls_load_fail(struct ls_residency *r, struct ls_resident *e, int rc, const char *msg)
+{
+	ls_error("load of %s@%u failed: %s", e->rec->name, e->rec->version, msg);
+	r->stats.load_errors++;
+	/* Waiters learn of the failure (with no entry) before the entry goes. */
+	ls_wake(r, e, rc, msg);
+	ls_res_free_entry(r, e);
+}
+
+static void ls_verify_run(struct ls_job *job)
+{
+	struct ls_resident *e = (struct ls_resident *)((char *)job - offsetof(struct ls_resident, verify_job));
+	struct ls_slab_slot *slot = &e->owner->slabs[e->slab];
+	const uint8_t *p = (const uint8_t *)slot->slab.host + e->offset;
+	e->verify_rc = XXH3_64bits(p, e->hdr.data_length) == e->hdr.data_xxh3 ? 0 : LS_E_CORRUPT;
+}
+
+static void ls_verify_done(struct ls_job *job)
+{
+	struct ls_resident *e = (struct ls_resident *)((char *)job - offsetof(struct ls_resident, verify_job));
+	struct ls_residency *r = e->owner;
+	if (e->verify_rc) {
+		char msg[256];
+		snprintf(msg, sizeof(msg), "%s@%u: blob data checksum mismatch (corrupt blob)",
+			 e->rec->name, e->rec->version);
+		ls_load_fail(r, e, LS_E_CORRUPT, msg);
+		return;
+	}
+	e->state = LS_RES_RESIDENT;
+	r->stats.loads++;
+	ls_debug("loaded %s@%u (%llu bytes) into slab %u at %llu", e->rec->name, e->rec->version,
+		 (unsigned long long)e->length, r->slabs[e->slab].slab.id,
+		 (unsigned long long)e->offset);
+	if (e->deleted && e->pins == 0 && !e->waiters) {
+		ls_res_free_entry(r, e);
+		return;
+	}
+	if (e->pins == 0)
+		ls_lru_push(r, e);
+	ls_wake(r, e, 0, "ok");
+	if (e->pins == 0 && e->deleted)
+		ls_res_free_entry(r, e);
+}
+
+static void ls_read_submit(struct ls_residency *r, struct ls_resident *e);
+
+static void ls_read_done(struct ls_loop *loop, struct ls_op *op, int res, unsigned flags)
+{
+	struct ls_resident *e = (struct ls_resident *)((char *)op - offsetof(struct ls_resident, read_op));
+	struct ls_residency *r = e->owner;
+	(void)loop;
+	(void)flags;
+	if (res < 0 || res == 0) {
+		char msg[256];
+		snprintf(msg, sizeof(msg), "%s@%u: reading the blob: %s", e->rec->name,
+			 e->rec->version, res ? strerror(-res) : "unexpected end of file");
+		ls_load_fail(r, e, res ? res : LS_E_CORRUPT, msg);
+		return;
+	}
+	e->done += (uint64_t)res;
+	if (e->done < e->hdr.data_length) {
+		ls_read_submit(r, e);
+		return;
+	}
+	close(e->fd);
+	e->fd = -1;
+	e->state = LS_RES_VERIFYING;
+	e->verify_job.run = ls_verify_run;
+	e->verify_job.done = ls_verify_done;
+	ls_workers_submit(r->workers, &e->verify_job);
+}
+
+static void ls_read_submit(struct ls_residency *r, struct ls_resident *e)
+{
+	struct ls_slab_slot *slot = &r->slabs[e->slab];
+	uint8_t *dst = (uint8_t *)slot->slab.host + e->offset + e->done;
+	uint64_t left = e->hdr.data_length - e->done;
+	unsigned chunk = left > (1u << 30) ? (1u << 30) : (unsigned)left;
+	struct io_uring_sqe *sqe = ls_loop_sqe(r->loop, &e->read_op, ls_read_done);
+	io_uring_prep_read(sqe, e->fd, dst, chunk, e->hdr.data_offset + e->done);
+}
+
+/* Open the blob, check its header against the record, and start reading. */
+static int ls_load_start(struct ls_residency *r, struct ls_resident *e, struct ls_err *err)
+{
+	char path[PATH_MAX];
+	ls_store_blob_path(r->store, e->rec->digest.data, path, sizeof(path));
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return ls_err_set(err, errno == ENOENT ? LS_E_CORRUPT : -errno,
+				  "%s@%u: blob %s: %s", e->rec->name, e->rec->version, path,
+				  strerror(errno));
+	int rc = ls_blob_read_header(fd, path, &e->hdr, err);
+	if (rc == 0 && memcmp(e->hdr.digest, e->rec->digest.data, LS_DIGEST_LEN) != 0)
+		rc = ls_err_set(err, LS_E_CORRUPT, "%s: digest differs from the catalog", path);
+	if (rc == 0 && e->hdr.data_length != e->length)
+		rc = ls_err_set(err, LS_E_CORRUPT, "%s: data region of %llu bytes, expected %llu",
+				path, (unsigned long long)e->hdr.data_length,
+				(unsigned long long)e->length);
+	if (rc) {
+		close(fd);
+		return rc;
+	}
+	/* One large O_DIRECT read into the slab: offsets and sizes are page multiples. */
+	if (r->direct_io) {
+		int dfd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+		if (dfd >= 0) {
+			close(fd);
+			fd = dfd;
+		} else if (errno == EINVAL) {
+			r->direct_io = false;
+			ls_info("O_DIRECT is not supported for %s; using buffered reads", path);
+		}
+	}
+	e->fd = fd;
+	e->done = 0;
+	ls_read_submit(r, e);
+	return 0;
+}
+
+int ls_res_request(struct ls_residency *r, const Lorastore__VersionRecord *rec,
+		   struct ls_waiter *w, struct ls_resident **out, struct ls_err *err)
+{
+	*out = NULL;
+	struct ls_resident *e = ls_res_find(r, rec->generation);
+	if (e && e->state == LS_RES_RESIDENT) {
+		r->stats.hits++;
+		ls_lru_remove(r, e);
+		if (e->pins == 0)
+			ls_lru_push(r, e); /* most recently used */
+		*out = e;
+		return 0;
+	}
+	if (!e) {
+		r->stats.misses++;
+		e = calloc(1, sizeof(*e));
+		if (!e)
+			return ls_err_set(err, -ENOMEM, "out of memory");
+		e->owner = r;
+		e->fd = -1;
+		e->generation = rec->generation;
+		e->rec = ls_rec_copy(rec);
+		e->length = ls_align_up(rec->data_length ? rec->data_length : 1, LS_BLOB_PAGE);
+		e->state = LS_RES_LOADING;
+		if (!e->rec) {
+			free(e);
+			return ls_err_set(err, -ENOMEM, "out of memory");
+		}
+		int rc = ls_place(r, e->length, &e->slab, &e->offset, err);
+		if (rc) {
+			lorastore__version_record__free_unpacked(e->rec, NULL);
+			free(e);
+			return rc;
+		}
+		r->slabs[e->slab].adapters++;
+		r->used += e->length;
+		r->count++;
+		e->hnext = r->buckets[e->generation % r->n_buckets];
+		r->buckets[e->generation % r->n_buckets] = e;
+		rc = ls_load_start(r, e, err);
+		if (rc) {
+			r->stats.load_errors++;
+			ls_error("%s", err ? err->msg : "load failed");
+			ls_res_free_entry(r, e);
+			return rc;
+		}
+	}
+	if (w) {
+		w->res = e;
+		w->prev = NULL;
+		w->next = e->waiters;
+		if (e->waiters)
+			e->waiters->prev = w;
+		e->waiters = w;
+	}
+	return 1;
+}
+
+void ls_res_cancel(struct ls_residency *r, struct ls_waiter *w)
+{
+	struct ls_resident *e = w->res;
+	if (!e)
+		return;
+	if (w->prev)
+		w->prev->next = w->next;
+	else
+		e->waiters = w->next;
+	if (w->next)
+		w->next->prev = w->prev;
+	w->next = w->prev = NULL;
+	w->res = NULL;
+	(void)r;
+}
+
+void ls_res_pin(struct ls_residency *r, struct ls_resident *e)
+{
+	if (e->pins++ == 0)
+		ls_lru_remove(r, e);
+}
+
+void ls_res_unpin(struct ls_residency *r, struct ls_resident *e)
+{
+	if (--e->pins > 0 || e->state != LS_RES_RESIDENT)
+		return;
+	if (e->deleted) {
+		ls_info("freeing deleted %s@%u now that its last lease ended", e->rec->name,
+			e->rec->version);
+		ls_res_free_entry(r, e);
+		return;
+	}
+	ls_lru_push(r, e);
+}
+
+int ls_res_evict(struct ls_residency *r, uint64_t generation)
+{
+	struct ls_resident *e = ls_res_find(r, generation);
+	if (!e)
+		return LS_E_NOT_FOUND;
+	if (e->pins || e->state != LS_RES_RESIDENT)
+		return -EBUSY;
+	r->stats.evictions++;
+	ls_res_free_entry(r, e);
+	return 0;
+}
+
+void ls_res_deleted(struct ls_residency *r, uint64_t generation)
+{
+	struct ls_resident *e = ls_res_find(r, generation);
+	if (!e)
+		return;
+	e->deleted = true;
+	if (e->pins == 0 && e->state == LS_RES_RESIDENT && !e->waiters)
+		ls_res_free_entry(r, e);
+}

@@ -1,0 +1,150 @@
+/*
+ * The daemon's state: the event loop, the store, the memory backend,
+ * residency, and the client sessions.  session.c moves bytes and descriptors
+ * (receive, frame, send); dispatch.c answers requests; main.c sets it up.
+ */
+#ifndef LS_SERVER_H
+#define LS_SERVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#include "backend.h"
+#include "config.h"
+#include "frame.h"
+#include "loop.h"
+#include "residency.h"
+#include "store.h"
+#include "workers.h"
+
+/* Most descriptors one session may have received and not yet used. */
+#define LS_SESSION_MAX_FDS 8
+/* Bytes asked of one receive. */
+#define LS_RECV_CHUNK (64u << 10)
+
+struct ls_session;
+
+/* A lease: one pin of one resident version, owned by a session. */
+struct ls_lease {
+	uint64_t id;
+	struct ls_resident *res;
+	struct ls_lease *next;
+};
+
+/* A response waiting to be sent, with at most one descriptor. */
+struct ls_outmsg {
+	struct ls_outmsg *next;
+	uint8_t *buf;
+	size_t len, off;
+	int fd;                      /* sent with the first bytes; -1 for none; not owned */
+};
+
+/* An acquire or load waiting for a version to finish loading. */
+struct ls_pending {
+	struct ls_waiter waiter;     /* first: the residency calls back through it */
+	struct ls_session *session;
+	uint64_t request_id;
+	bool lease;                  /* acquire (take a lease) or load (just wait) */
+	int64_t deadline_ms;         /* CLOCK_MONOTONIC; < 0 for none */
+	struct ls_pending *next, *prev;
+};
+
+struct ls_server;
+
+struct ls_session {
+	struct ls_server *srv;
+	int fd;
+	uint32_t id;
+	struct ucred cred;
+	bool admin;
+	bool hello_done;
+	bool closing;                /* being torn down; freed when nothing refers to it */
+	bool close_after_send;       /* close once the send queue is empty */
+	struct ls_framer framer;
+
+	struct ls_op recv_op;
+	struct msghdr rmsg;
+	struct iovec riov;
+	union {
+		char buf[CMSG_SPACE(sizeof(int) * LS_SESSION_MAX_FDS)];
+		struct cmsghdr align;
+	} rcmsg;
+	int fds[LS_SESSION_MAX_FDS]; /* received descriptors, oldest first */
+	unsigned n_fds;
+
+	struct ls_op send_op;
+	struct msghdr smsg;
+	struct iovec siov;
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} scmsg;
+	struct ls_outmsg *out_head, *out_tail;
+
+	struct ls_lease *leases;
+	uint64_t pinned_bytes;
+	uint64_t lease_count;
+	uint8_t *slabs_sent;         /* one flag per slab index */
+	uint32_t n_slabs_sent;
+	struct ls_pending *pending;
+	unsigned jobs;               /* worker jobs that will answer this session */
+
+	struct ls_session *next, *prev;
+};
+
+struct ls_server {
+	struct ls_config *cfg;
+	struct ls_loop loop;
+	struct ls_workers *workers;
+	int workers_efd;
+	struct ls_op workers_op;
+	uint64_t workers_count;
+	struct ls_store *store;
+	struct ls_backend backend;
+	struct ls_residency res;
+
+	int listen_fd;
+	bool listen_inherited;       /* from systemd socket activation */
+	bool accepting;
+	struct ls_op accept_op;
+
+	int signal_fd;
+	struct ls_op signal_op;
+	struct signalfd_siginfo siginfo;
+
+	struct ls_op tick_op;
+	struct __kernel_timespec tick_ts;
+
+	struct ls_session *sessions;
+	uint32_t n_sessions;
+	uint32_t next_session_id;
+	uint64_t next_lease_id;
+	uint64_t leases;             /* held, all sessions */
+	bool stopping;
+
+	bool have_admin_gid;
+	gid_t admin_gid;
+};
+
+/* session.c */
+void ls_server_accept(struct ls_server *srv);
+void ls_session_send(struct ls_session *s, const Lorastore__Response *resp, int fd);
+void ls_session_error(struct ls_session *s, uint64_t id, int code, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+void ls_session_close(struct ls_session *s, const char *why);
+/* Take the oldest received descriptor, or -1. */
+int ls_session_take_fd(struct ls_session *s);
+/* Free sessions that are closed and no longer referred to. */
+void ls_server_reap_sessions(struct ls_server *srv);
+
+/* dispatch.c */
+void ls_dispatch(struct ls_session *s, Lorastore__Request *req);
+void ls_session_release_all(struct ls_session *s);
+void ls_server_tick(struct ls_server *srv);
+
+int64_t ls_now_ms(void);
+
+#endif

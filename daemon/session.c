@@ -1,0 +1,330 @@
+/* Client sessions: accept, receive and frame, send with descriptors, teardown. */
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "server.h"
+
+int64_t ls_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+#define LS_CONTAINER(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+
+static void ls_recv_submit(struct ls_session *s);
+static void ls_send_next(struct ls_session *s);
+
+/* Whether the peer may import, delete, evict and gc. */
+static bool ls_peer_is_admin(struct ls_server *srv, const struct ucred *cred)
+{
+	if (cred->uid == 0 || cred->uid == geteuid())
+		return true;
+	if (!srv->have_admin_gid)
+		return false;
+	if (cred->gid == srv->admin_gid)
+		return true;
+	char buf[4096];
+	struct passwd pw, *pwp = NULL;
+	if (getpwuid_r(cred->uid, &pw, buf, sizeof(buf), &pwp) != 0 || !pwp)
+		return false;
+	gid_t groups[256];
+	int n = 256;
+	if (getgrouplist(pw.pw_name, pw.pw_gid, groups, &n) < 0)
+		return false;
+	for (int i = 0; i < n; i++)
+		if (groups[i] == srv->admin_gid)
+			return true;
+	return false;
+}
+
+static void ls_accept_done(struct ls_loop *loop, struct ls_op *op, int res, unsigned flags)
+{
+	struct ls_server *srv = LS_CONTAINER(op, struct ls_server, accept_op);
+	(void)loop;
+	(void)flags;
+	if (res < 0) {
+		if (res != -ECANCELED && res != -EINVAL)
+			ls_warn("accept: %s", strerror(-res));
+		if (res == -EMFILE || res == -ENFILE)
+			ls_warn("out of descriptors; still accepting");
+	} else {
+		struct ls_session *s = calloc(1, sizeof(*s));
+		socklen_t len = sizeof(s ? s->cred : (struct ucred){0});
+		if (!s) {
+			close(res);
+		} else if (getsockopt(res, SOL_SOCKET, SO_PEERCRED, &s->cred, &len) != 0) {
+			ls_warn("SO_PEERCRED: %s", strerror(errno));
+			close(res);
+			free(s);
+		} else {
+			s->srv = srv;
+			s->fd = res;
+			s->id = ++srv->next_session_id;
+			s->admin = ls_peer_is_admin(srv, &s->cred);
+			ls_framer_init(&s->framer, LS_FRAME_MAX);
+			s->next = srv->sessions;
+			if (srv->sessions)
+				srv->sessions->prev = s;
+			srv->sessions = s;
+			srv->n_sessions++;
+			ls_debug("session %u: pid %d uid %u%s", s->id, (int)s->cred.pid,
+				 (unsigned)s->cred.uid, s->admin ? " (admin)" : "");
+			ls_recv_submit(s);
+		}
+	}
+	if (!srv->stopping)
+		ls_server_accept(srv);
+}
+
+void ls_server_accept(struct ls_server *srv)
+{
+	struct io_uring_sqe *sqe = ls_loop_sqe(&srv->loop, &srv->accept_op, ls_accept_done);
+	io_uring_prep_accept(sqe, srv->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+	srv->accepting = true;
+}
+
+/* Keep descriptors that came with a receive, oldest first. */
+static int ls_collect_fds(struct ls_session *s)
+{
+	int rc = 0;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&s->rmsg); c; c = CMSG_NXTHDR(&s->rmsg, c)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		const int *fds = (const int *)CMSG_DATA(c);
+		for (size_t i = 0; i < n; i++) {
+			int fd;
+			memcpy(&fd, fds + i, sizeof(fd));
+			if (s->n_fds < LS_SESSION_MAX_FDS) {
+				s->fds[s->n_fds++] = fd;
+			} else {
+				close(fd);
+				rc = -EMFILE;
+			}
+		}
+	}
+	return rc;
+}
+
+int ls_session_take_fd(struct ls_session *s)
+{
+	if (s->n_fds == 0)
+		return -1;
+	int fd = s->fds[0];
+	memmove(s->fds, s->fds + 1, (s->n_fds - 1) * sizeof(int));
+	s->n_fds--;
+	return fd;
+}
+
+static void ls_recv_done(struct ls_loop *loop, struct ls_op *op, int res, unsigned flags)
+{
+	struct ls_session *s = LS_CONTAINER(op, struct ls_session, recv_op);
+	(void)loop;
+	(void)flags;
+	if (s->closing)
+		return;
+	if (res <= 0) {
+		ls_session_close(s, res == 0 ? "closed by peer" : strerror(-res));
+		return;
+	}
+	ls_framer_commit(&s->framer, (size_t)res);
+	if (s->rmsg.msg_flags & MSG_CTRUNC || ls_collect_fds(s)) {
+		ls_session_close(s, "too many descriptors");
+		return;
+	}
+	for (;;) {
+		const uint8_t *payload;
+		size_t len;
+		int rc = ls_framer_next(&s->framer, &payload, &len);
+		if (rc == 0)
+			break;
+		if (rc < 0) {
+			ls_session_close(s, "frame over the size cap");
+			return;
+		}
+		Lorastore__Request *req = NULL;
+		struct ls_err err;
+		rc = ls_request_decode(payload, len, &req, &err);
+		if (rc) {
+			ls_warn("session %u: %s; closing", s->id, err.msg);
+			ls_session_close(s, "malformed request");
+			return;
+		}
+		ls_dispatch(s, req);
+		lorastore__request__free_unpacked(req, NULL);
+		if (s->closing)
+			return;
+	}
+	ls_recv_submit(s);
+}
+
+static void ls_recv_submit(struct ls_session *s)
+{
+	size_t avail = 0;
+	uint8_t *space = ls_framer_space(&s->framer, LS_RECV_CHUNK, &avail);
+	if (!space) {
+		ls_session_close(s, "out of memory");
+		return;
+	}
+	s->riov.iov_base = space;
+	s->riov.iov_len = avail;
+	memset(&s->rmsg, 0, sizeof(s->rmsg));
+	s->rmsg.msg_iov = &s->riov;
+	s->rmsg.msg_iovlen = 1;
+	s->rmsg.msg_control = s->rcmsg.buf;
+	s->rmsg.msg_controllen = sizeof(s->rcmsg.buf);
+	struct io_uring_sqe *sqe = ls_loop_sqe(&s->srv->loop, &s->recv_op, ls_recv_done);
+	io_uring_prep_recvmsg(sqe, s->fd, &s->rmsg, MSG_CMSG_CLOEXEC);
+}
+
+static void ls_send_done(struct ls_loop *loop, struct ls_op *op, int res, unsigned flags)
+{
+	struct ls_session *s = LS_CONTAINER(op, struct ls_session, send_op);
+	(void)loop;
+	(void)flags;
+	if (s->closing)
+		return;
+	if (res < 0) {
+		ls_session_close(s, strerror(-res));
+		return;
+	}
+	struct ls_outmsg *m = s->out_head;
+	m->off += (size_t)res;
+	m->fd = -1; /* the descriptor went with the first bytes */
+	if (m->off >= m->len) {
+		s->out_head = m->next;
+		if (!s->out_head)
+			s->out_tail = NULL;
+		free(m->buf);
+		free(m);
+	}
+	ls_send_next(s);
+}
+
+static void ls_send_next(struct ls_session *s)
+{
+	struct ls_outmsg *m = s->out_head;
+	if (!m) {
+		if (s->close_after_send)
+			ls_session_close(s, "closed after the last response");
+		return;
+	}
+	s->siov.iov_base = m->buf + m->off;
+	s->siov.iov_len = m->len - m->off;
+	memset(&s->smsg, 0, sizeof(s->smsg));
+	s->smsg.msg_iov = &s->siov;
+	s->smsg.msg_iovlen = 1;
+	if (m->fd >= 0) {
+		s->smsg.msg_control = s->scmsg.buf;
+		s->smsg.msg_controllen = sizeof(s->scmsg.buf);
+		struct cmsghdr *c = CMSG_FIRSTHDR(&s->smsg);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &m->fd, sizeof(int));
+	}
+	struct io_uring_sqe *sqe = ls_loop_sqe(&s->srv->loop, &s->send_op, ls_send_done);
+	io_uring_prep_sendmsg(sqe, s->fd, &s->smsg, MSG_NOSIGNAL);
+}
+
+void ls_session_send(struct ls_session *s, const Lorastore__Response *resp, int fd)
+{
+	if (s->closing)
+		return;
+	struct ls_outmsg *m = calloc(1, sizeof(*m));
+	if (!m || ls_response_encode(resp, &m->buf, &m->len) != 0) {
+		free(m);
+		ls_session_close(s, "cannot encode a response");
+		return;
+	}
+	m->fd = fd;
+	bool idle = s->out_head == NULL;
+	if (s->out_tail)
+		s->out_tail->next = m;
+	else
+		s->out_head = m;
+	s->out_tail = m;
+	if (idle)
+		ls_send_next(s);
+}
+
+void ls_session_error(struct ls_session *s, uint64_t id, int code, const char *fmt, ...)
+{
+	char msg[LS_ERR_MSG_MAX];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	Lorastore__Error e = LORASTORE__ERROR__INIT;
+	e.code = code;
+	e.message = msg;
+	Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
+	resp.id = id;
+	resp.error = &e;
+	ls_session_send(s, &resp, -1);
+}
+
+void ls_session_close(struct ls_session *s, const char *why)
+{
+	if (s->closing)
+		return;
+	ls_debug("session %u: %s", s->id, why);
+	s->closing = true;
+	/* Leases end with the connection, crashes included. */
+	ls_session_release_all(s);
+	while (s->pending) {
+		struct ls_pending *p = s->pending;
+		s->pending = p->next;
+		ls_res_cancel(&s->srv->res, &p->waiter);
+		free(p);
+	}
+	while (s->n_fds)
+		close(ls_session_take_fd(s));
+	/* Completions of operations still in flight come back with errors. */
+	shutdown(s->fd, SHUT_RDWR);
+	if (s->recv_op.pending || s->send_op.pending) {
+		struct io_uring_sqe *sqe = io_uring_get_sqe(&s->srv->loop.ring);
+		if (sqe) {
+			io_uring_prep_cancel_fd(sqe, s->fd, IORING_ASYNC_CANCEL_ALL);
+			io_uring_sqe_set_data(sqe, NULL);
+		}
+	}
+}
+
+void ls_server_reap_sessions(struct ls_server *srv)
+{
+	struct ls_session *s = srv->sessions;
+	while (s) {
+		struct ls_session *next = s->next;
+		if (s->closing && !s->recv_op.pending && !s->send_op.pending && s->jobs == 0) {
+			if (s->prev)
+				s->prev->next = s->next;
+			else
+				srv->sessions = s->next;
+			if (s->next)
+				s->next->prev = s->prev;
+			srv->n_sessions--;
+			close(s->fd);
+			while (s->out_head) {
+				struct ls_outmsg *m = s->out_head;
+				s->out_head = m->next;
+				free(m->buf);
+				free(m);
+			}
+			ls_framer_free(&s->framer);
+			free(s->slabs_sent);
+			free(s);
+		}
+		s = next;
+	}
+}

@@ -1,0 +1,183 @@
+/* A real lorastored child process for integration tests. */
+#include "daemon_proc.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "synth.h"
+
+#ifndef LS_BINARY_DIR
+#error "LS_BINARY_DIR must be defined by the build"
+#endif
+
+const char *ls_daemon_binary(void)
+{
+	return LS_BINARY_DIR "/daemon/lorastored";
+}
+
+const char *ls_cli_binary(void)
+{
+	return LS_BINARY_DIR "/cli/lorastore";
+}
+
+static long ls_ms_since(const struct timespec *t0)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (t.tv_sec - t0->tv_sec) * 1000 + (t.tv_nsec - t0->tv_nsec) / 1000000;
+}
+
+bool ls_daemon_wait_notify(struct ls_daemon_proc *d, const char *text, int timeout_ms)
+{
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		long left = timeout_ms - ls_ms_since(&t0);
+		if (left <= 0)
+			return false;
+		struct pollfd p = {.fd = d->notify_fd, .events = POLLIN};
+		if (poll(&p, 1, (int)(left > 200 ? 200 : left)) <= 0) {
+			int status;
+			if (d->pid > 0 && waitpid(d->pid, &status, WNOHANG) == d->pid) {
+				d->pid = -1;
+				return false;
+			}
+			continue;
+		}
+		char buf[4096];
+		ssize_t n = recv(d->notify_fd, buf, sizeof(buf) - 1, 0);
+		if (n <= 0)
+			continue;
+		buf[n] = '\0';
+		const char *st = strstr(buf, "STATUS=");
+		if (st) {
+			size_t len = strcspn(st + 7, "\n");
+			if (len >= sizeof(d->status))
+				len = sizeof(d->status) - 1;
+			memcpy(d->status, st + 7, len);
+			d->status[len] = '\0';
+		}
+		if (strstr(buf, text))
+			return true;
+	}
+}
+
+int ls_daemon_start(struct ls_daemon_proc *d, const char *dir_or_null, const char *const *args)
+{
+	memset(d, 0, sizeof(*d));
+	d->pid = -1;
+	d->notify_fd = -1;
+	if (dir_or_null) {
+		snprintf(d->dir, sizeof(d->dir), "%s", dir_or_null);
+	} else {
+		char *dir = synth_mkdtemp("daemon");
+		snprintf(d->dir, sizeof(d->dir), "%s", dir);
+		free(dir);
+	}
+	snprintf(d->socket, sizeof(d->socket), "%s/sock", d->dir);
+	snprintf(d->state, sizeof(d->state), "%s/state", d->dir);
+	snprintf(d->notify, sizeof(d->notify), "%s/notify", d->dir);
+	snprintf(d->log, sizeof(d->log), "%s/daemon.log", d->dir);
+
+	unlink(d->notify);
+	d->notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un addr = {.sun_family = AF_UNIX};
+	if (strlen(d->notify) >= sizeof(addr.sun_path)) {
+		fprintf(stderr, "notify socket path too long: %s\n", d->notify);
+		return -1;
+	}
+	memcpy(addr.sun_path, d->notify, strlen(d->notify) + 1);
+	if (d->notify_fd < 0 || bind(d->notify_fd, (struct sockaddr *)&addr, sizeof(addr)) != 0) {
+		fprintf(stderr, "notify socket %s: %s\n", d->notify, strerror(errno));
+		return -1;
+	}
+
+	const char *argv[64];
+	int argc = 0;
+	argv[argc++] = ls_daemon_binary();
+	argv[argc++] = "--socket";
+	argv[argc++] = d->socket;
+	argv[argc++] = "--state-dir";
+	argv[argc++] = d->state;
+	for (int i = 0; args && args[i] && argc < 62; i++)
+		argv[argc++] = args[i];
+	argv[argc] = NULL;
+
+	d->pid = fork();
+	if (d->pid == 0) {
+		int log = open(d->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		if (log >= 0) {
+			dup2(log, STDERR_FILENO);
+			close(log);
+		}
+		setenv("NOTIFY_SOCKET", d->notify, 1);
+		unsetenv("LISTEN_FDS");
+		unsetenv("LISTEN_PID");
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	if (d->pid < 0)
+		return -1;
+	if (!ls_daemon_wait_notify(d, "READY=1", 10000)) {
+		fprintf(stderr, "lorastored did not report READY=1 (log: %s)\n", d->log);
+		char cmd[512];
+		snprintf(cmd, sizeof(cmd), "tail -n 20 %s >&2", d->log);
+		if (system(cmd)) {
+		}
+		if (d->pid > 0)
+			ls_daemon_kill(d);
+		return -1;
+	}
+	return 0;
+}
+
+static int ls_reap(struct ls_daemon_proc *d)
+{
+	int status = 0;
+	if (d->pid <= 0)
+		return -1;
+	while (waitpid(d->pid, &status, 0) < 0 && errno == EINTR)
+		;
+	d->pid = -1;
+	if (WIFEXITED(status))
+		return WEXITSTATUS(status);
+	return 128 + WTERMSIG(status);
+}
+
+int ls_daemon_stop(struct ls_daemon_proc *d)
+{
+	if (d->pid <= 0)
+		return -1;
+	kill(d->pid, SIGTERM);
+	return ls_reap(d);
+}
+
+void ls_daemon_kill(struct ls_daemon_proc *d)
+{
+	if (d->pid <= 0)
+		return;
+	kill(d->pid, SIGKILL);
+	ls_reap(d);
+}
+
+void ls_daemon_cleanup(struct ls_daemon_proc *d)
+{
+	if (d->pid > 0)
+		ls_daemon_kill(d);
+	if (d->notify_fd >= 0)
+		close(d->notify_fd);
+	d->notify_fd = -1;
+	if (d->dir[0])
+		synth_rm_rf(d->dir);
+	d->dir[0] = '\0';
+}

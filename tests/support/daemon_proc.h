@@ -1,0 +1,46 @@
+/*
+ * A real lorastored for integration tests: started as a child process on a
+ * temporary socket and state directory, ready when it says READY=1 on a
+ * NOTIFY_SOCKET the test owns (as systemd would see it).
+ */
+#ifndef LS_DAEMON_PROC_H
+#define LS_DAEMON_PROC_H
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+struct ls_daemon_proc {
+	pid_t pid;
+	char dir[256];          /* temporary directory holding what follows */
+	char socket[300];       /* dir/sock */
+	char state[300];        /* dir/state */
+	char notify[300];       /* dir/notify: the NOTIFY_SOCKET */
+	char log[300];          /* dir/daemon.log: its standard error */
+	int notify_fd;
+	char status[256];       /* last STATUS= it sent */
+};
+
+/*
+ * Start lorastored with extra arguments (NULL-terminated, may be NULL) and
+ * wait up to 10 s for READY=1.  dir_or_null reuses a directory (for restarts);
+ * NULL makes a new one.  Returns 0, or -1 with the reason on stderr.
+ */
+int ls_daemon_start(struct ls_daemon_proc *d, const char *dir_or_null, const char *const *args);
+
+/* SIGTERM and wait; returns the exit status (or 128 + signal). */
+int ls_daemon_stop(struct ls_daemon_proc *d);
+
+/* SIGKILL and wait. */
+void ls_daemon_kill(struct ls_daemon_proc *d);
+
+/* Wait up to timeout_ms for a notify message containing text (e.g. "STOPPING=1"). */
+bool ls_daemon_wait_notify(struct ls_daemon_proc *d, const char *text, int timeout_ms);
+
+/* Remove the directory (after stop or kill). */
+void ls_daemon_cleanup(struct ls_daemon_proc *d);
+
+/* Path of the built daemon and CLI (from LS_BINARY_DIR). */
+const char *ls_daemon_binary(void);
+const char *ls_cli_binary(void);
+
+#endif
