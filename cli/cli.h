@@ -6,6 +6,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <cjson/cJSON.h>
+
+#include "lorastore.h"
+
 /* Exit statuses: 0 success, 1 error (message on stderr), 2 bad usage. */
 enum { LS_EXIT_OK = 0, LS_EXIT_ERROR = 1, LS_EXIT_USAGE = 2 };
 
@@ -13,16 +17,67 @@ enum { LS_EXIT_OK = 0, LS_EXIT_ERROR = 1, LS_EXIT_USAGE = 2 };
 struct ls_cli {
 	bool json;                 /* --json: one JSON document on stdout */
 	const char *prog;          /* argv[0] for messages */
+	const char *socket;        /* --socket PATH, or NULL: $LORASTORE_SOCKET, the default */
 };
 
 /* Print a usage error ("lorastore: ...", then a hint) and return LS_EXIT_USAGE. */
 int ls_cli_usage_error(const struct ls_cli *cli, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
+/* Same for a command: "lorastore: CMD: ...", then "Try 'lorastore CMD --help'." */
+int ls_cli_cmd_usage_error(const char *cmd, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
 /* Format a byte count as "32.0 MiB" (binary units, one decimal). */
 void ls_format_size(uint64_t bytes, char *buf, size_t len);
 
+/* ---- output.c: what the daemon commands share */
+
+/*
+ * Parse a command that takes no option but --help and between min and max
+ * operands (max < 0: any number).  Returns -1 to go on (operands from
+ * argv[optind]), or an exit status: LS_EXIT_OK after --help, LS_EXIT_USAGE.
+ */
+int ls_cli_parse_plain(const char *cmd, const char *help, int argc, char **argv, int min,
+		       int max);
+
+/* Connect as the global options say; prints the failure and returns LS_EXIT_ERROR. */
+int ls_cli_connect(const struct ls_cli *cli, const char *cmd, lorastore **out);
+
+/* Print "lorastore: CMD: message" for rc on conn; returns LS_EXIT_ERROR. */
+int ls_cli_fail(const char *cmd, const lorastore *conn, int rc);
+
+/* Print doc on stdout, delete it; LS_EXIT_OK, or LS_EXIT_ERROR when out of memory. */
+int ls_json_emit(cJSON *doc);
+
+/* Text of a kind: "A", "B", "extra", "magnitude" ("?" otherwise). */
+const char *ls_kind_label(lorastore_kind k);
+
+/* "[8, 4096]" */
+void ls_format_shape(const uint64_t *shape, unsigned ndim, char *buf, size_t len);
+
+/* "2024-05-01 12:00:00 UTC" (iso false) or "2024-05-01T12:00:00Z" (iso true). */
+void ls_format_time(int64_t unix_ns, bool iso, char *buf, size_t len);
+
+/* ---- commands */
+
 /* lorastore inspect DIR */
 int ls_cmd_inspect(const struct ls_cli *cli, int argc, char **argv);
+/* lorastore import DIR... [--name NAME] [--dtype D] [--allow-nonfinite] */
+int ls_cmd_import(const struct ls_cli *cli, int argc, char **argv);
+/* lorastore ls [PREFIX] */
+int ls_cmd_ls(const struct ls_cli *cli, int argc, char **argv);
+/* lorastore show NAME[@V] */
+int ls_cmd_show(const struct ls_cli *cli, int argc, char **argv);
+/* lorastore rm | load | evict NAME[@V] */
+int ls_cmd_rm(const struct ls_cli *cli, int argc, char **argv);
+int ls_cmd_load(const struct ls_cli *cli, int argc, char **argv);
+int ls_cmd_evict(const struct ls_cli *cli, int argc, char **argv);
+/* lorastore stats */
+int ls_cmd_stats(const struct ls_cli *cli, int argc, char **argv);
+/* lorastore verify [NAME[@V]] */
+int ls_cmd_verify(const struct ls_cli *cli, int argc, char **argv);
+/* lorastore gc */
+int ls_cmd_gc(const struct ls_cli *cli, int argc, char **argv);
 
 #endif

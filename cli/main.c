@@ -7,27 +7,84 @@
 #include "cli.h"
 
 static const char ls_usage[] =
-	"Usage: lorastore [--json] COMMAND [ARGS...]\n"
-	"       lorastore --help | --version\n"
+	"NAME\n"
+	"    lorastore - manage the LoRA adapters of lorastored\n"
 	"\n"
-	"Manage LoRA adapters for lorastore.\n"
+	"SYNOPSIS\n"
+	"    lorastore [--socket PATH] [--json] COMMAND [ARGS...]\n"
+	"    lorastore COMMAND --help\n"
+	"    lorastore --help | --version\n"
 	"\n"
-	"Global options (before the command):\n"
-	"  --json        print one JSON document on standard output instead of text\n"
-	"  -h, --help    print this help and exit\n"
-	"  --version     print the version and exit\n"
+	"DESCRIPTION\n"
+	"    lorastore imports Hugging Face PEFT adapters into lorastored, lists,\n"
+	"    shows, loads, evicts and deletes them, and reports the daemon's memory\n"
+	"    and counters.  Every command but inspect talks to the daemon over its\n"
+	"    Unix socket.\n"
 	"\n"
-	"Commands:\n"
-	"  inspect DIR   validate a Hugging Face PEFT adapter directory\n"
-	"                (adapter_config.json + adapter_model.safetensors) without a\n"
-	"                daemon: base model, rank, alpha, scales, dtypes, the tensor\n"
-	"                table (module path, layer, kind, shape, dtype), total bytes\n"
-	"                and every problem found.\n"
+	"OPTIONS (before the command)\n"
+	"    --socket PATH\n"
+	"        The daemon's socket.  Default: $LORASTORE_SOCKET, else\n"
+	"        " LORASTORE_DEFAULT_SOCKET ".\n"
+	"    --json\n"
+	"        Print one JSON document on standard output instead of text.\n"
+	"    -h, --help\n"
+	"        Print this manual and exit.\n"
+	"    --version\n"
+	"        Print the version and exit.\n"
 	"\n"
-	"Exit status:\n"
-	"  0  success\n"
-	"  1  error: invalid input or a failure (message on standard error)\n"
-	"  2  bad usage\n";
+	"COMMANDS\n"
+	"    import DIR... [--name NAME] [--dtype keep|f16|bf16|f32] [--allow-nonfinite]\n"
+	"        Import PEFT adapter directories as new versions (needs an admin).\n"
+	"    ls [PREFIX]\n"
+	"        List every version whose name begins with PREFIX.\n"
+	"    show NAME[@V]\n"
+	"        Show one version's record and its tensor table.\n"
+	"    rm NAME[@V]\n"
+	"        Delete one version, or every version of NAME (needs an admin).\n"
+	"    load NAME[@V]\n"
+	"        Make a version resident without holding it.\n"
+	"    evict NAME[@V]\n"
+	"        Drop a version from memory (needs an admin; refused while held).\n"
+	"    stats\n"
+	"        Memory tiers, budgets, clients, leases and counters.\n"
+	"    verify [NAME[@V]]\n"
+	"        Check the blobs of one adapter, or of all, against their checksums.\n"
+	"    gc\n"
+	"        Remove unreferenced blobs and what interrupted imports left.\n"
+	"    inspect DIR\n"
+	"        Validate a PEFT adapter directory without a daemon.\n"
+	"\n"
+	"    'lorastore COMMAND --help' prints the manual of a command.\n"
+	"\n"
+	"ENVIRONMENT\n"
+	"    LORASTORE_SOCKET\n"
+	"        The daemon's socket when --socket is not given.\n"
+	"\n"
+	"EXIT STATUS\n"
+	"    0   success\n"
+	"    1   error: invalid input, a refusal of the daemon, or a failure\n"
+	"        (message on standard error: 'lorastore: COMMAND: MESSAGE')\n"
+	"    2   bad usage\n";
+
+struct ls_command {
+	const char *name;
+	int (*run)(const struct ls_cli *cli, int argc, char **argv);
+};
+
+static const struct ls_command ls_commands[] = {
+	{"import", ls_cmd_import}, {"ls", ls_cmd_ls},         {"show", ls_cmd_show},
+	{"rm", ls_cmd_rm},         {"load", ls_cmd_load},     {"evict", ls_cmd_evict},
+	{"stats", ls_cmd_stats},   {"verify", ls_cmd_verify}, {"gc", ls_cmd_gc},
+	{"inspect", ls_cmd_inspect},
+};
+
+static const struct ls_command *ls_command_find(const char *name)
+{
+	for (size_t i = 0; i < sizeof(ls_commands) / sizeof(ls_commands[0]); i++)
+		if (strcmp(ls_commands[i].name, name) == 0)
+			return &ls_commands[i];
+	return NULL;
+}
 
 void ls_format_size(uint64_t bytes, char *buf, size_t len)
 {
@@ -57,22 +114,40 @@ int ls_cli_usage_error(const struct ls_cli *cli, const char *fmt, ...)
 	return LS_EXIT_USAGE;
 }
 
+int ls_cli_cmd_usage_error(const char *cmd, const char *fmt, ...)
+{
+	va_list ap;
+	fprintf(stderr, "lorastore: %s: ", cmd);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nTry 'lorastore %s --help'.\n", cmd);
+	return LS_EXIT_USAGE;
+}
+
 int main(int argc, char **argv)
 {
-	struct ls_cli cli = {.json = false, .prog = argv[0]};
+	struct ls_cli cli = {.json = false, .prog = argv[0], .socket = NULL};
 	static const struct option opts[] = {
 		{"json", no_argument, NULL, 'j'},
+		{"socket", required_argument, NULL, 's'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
 	};
-	/* '+' stops at the command: its own options belong to it. */
+	/* '+' stops at the command: its own options belong to it.  ':' tells a
+	 * missing argument apart from an unknown option. */
 	int c;
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "+:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'j':
 			cli.json = true;
+			break;
+		case 's':
+			if (!*optarg)
+				return ls_cli_usage_error(&cli, "--socket needs a path");
+			cli.socket = optarg;
 			break;
 		case 'h':
 			fputs(ls_usage, stdout);
@@ -80,6 +155,9 @@ int main(int argc, char **argv)
 		case 'V':
 			printf("lorastore %s\n", LS_VERSION);
 			return LS_EXIT_OK;
+		case ':':
+			return ls_cli_usage_error(&cli, "option '%s' needs an argument",
+						  argv[optind - 1]);
 		default:
 			return ls_cli_usage_error(&cli, "unknown option '%s'", argv[optind - 1]);
 		}
@@ -89,12 +167,24 @@ int main(int argc, char **argv)
 	const char *cmd = argv[optind];
 	int cargc = argc - optind;
 	char **cargv = argv + optind;
-	optind = 1; /* each command parses its own arguments from cargv[0] */
-	if (strcmp(cmd, "inspect") == 0)
-		return ls_cmd_inspect(&cli, cargc, cargv);
+	/*
+	 * Each command parses its own arguments from cargv[1]; optind 0 makes
+	 * glibc start afresh, in its default order (options may follow operands).
+	 */
+	optind = 0;
 	if (strcmp(cmd, "help") == 0) {
+		const struct ls_command *sub = cargc > 1 ? ls_command_find(cargv[1]) : NULL;
+		if (sub) {
+			char *help_argv[] = {cargv[1], "--help", NULL};
+			return sub->run(&cli, 2, help_argv);
+		}
+		if (cargc > 1)
+			return ls_cli_usage_error(&cli, "unknown command '%s'", cargv[1]);
 		fputs(ls_usage, stdout);
 		return LS_EXIT_OK;
 	}
-	return ls_cli_usage_error(&cli, "unknown command '%s'", cmd);
+	const struct ls_command *command = ls_command_find(cmd);
+	if (!command)
+		return ls_cli_usage_error(&cli, "unknown command '%s'", cmd);
+	return command->run(&cli, cargc, cargv);
 }

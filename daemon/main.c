@@ -145,6 +145,16 @@ static int ls_listen(struct ls_server *srv)
 		}
 		int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		int live = probe >= 0 && connect(probe, (struct sockaddr *)&addr, sizeof(addr)) == 0;
+		/*
+		 * A daemon killed a moment ago can leave its socket accepting while
+		 * the kernel tears down its io_uring: it is stale when the process
+		 * behind it no longer exists.
+		 */
+		struct ucred peer;
+		socklen_t plen = sizeof(peer);
+		if (live && getsockopt(probe, SOL_SOCKET, SO_PEERCRED, &peer, &plen) == 0 &&
+		    peer.pid > 0 && kill(peer.pid, 0) != 0 && errno == ESRCH)
+			live = 0;
 		if (probe >= 0)
 			close(probe);
 		if (live) {

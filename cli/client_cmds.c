@@ -1,0 +1,562 @@
+/*
+ * The CLI commands that ask the daemon: ls, show, rm, load, evict, stats,
+ * verify, gc.  Import is in import.c.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "ls_error.h"
+
+#define LS_EXIT_STATUS_TEXT                                                               \
+	"EXIT STATUS\n"                                                                   \
+	"    0 success, 1 error (message on standard error), 2 bad usage.\n"
+
+/* ---- ls */
+
+static const char ls_ls_help[] =
+	"NAME\n"
+	"    lorastore ls - list adapter versions\n"
+	"\n"
+	"SYNOPSIS\n"
+	"    lorastore [--json] ls [PREFIX]\n"
+	"\n"
+	"DESCRIPTION\n"
+	"    List every version whose name begins with PREFIX (all when none), in\n"
+	"    name and version order, one per line: name, version, the first 12 hex\n"
+	"    digits of the digest, rank, dtype, size in memory, tier (host, device,\n"
+	"    or disk when not resident) and the number of leases held on it.\n"
+	"    With --json: {\"adapters\": [{\"name\", \"version\", \"digest\", \"rank\",\n"
+	"    \"bytes\", \"resident\", \"tier\", \"pins\"}]}.\n"
+	"\n" LS_EXIT_STATUS_TEXT;
+
+struct ls_pages {
+	lorastore_list **pages;
+	size_t n, cap;
+};
+
+static void ls_pages_free(struct ls_pages *p)
+{
+	for (size_t i = 0; i < p->n; i++)
+		lorastore_list_free(p->pages[i]);
+	free(p->pages);
+}
+
+/* Every page of the listing, following the cursor. */
+static int ls_pages_fetch(lorastore *conn, const char *prefix, struct ls_pages *p)
+{
+	const char *cursor = NULL;
+	for (;;) {
+		lorastore_list *l = NULL;
+		int rc = lorastore_list_page(conn, prefix, cursor, 0, &l);
+		if (rc)
+			return rc;
+		if (p->n == p->cap) {
+			size_t cap = p->cap ? p->cap * 2 : 4;
+			lorastore_list **np = realloc(p->pages, cap * sizeof(*np));
+			if (!np) {
+				lorastore_list_free(l);
+				return -ENOMEM;
+			}
+			p->pages = np;
+			p->cap = cap;
+		}
+		p->pages[p->n++] = l;
+		cursor = lorastore_list_next(l);
+		if (!cursor)
+			return 0;
+	}
+}
+
+static void ls_print_ls(const struct ls_pages *p)
+{
+	int w = (int)strlen("NAME");
+	for (size_t i = 0; i < p->n; i++)
+		for (size_t j = 0; j < lorastore_list_count(p->pages[i]); j++) {
+			int len = (int)strlen(lorastore_list_entry(p->pages[i], j)->name);
+			if (len > w)
+				w = len;
+		}
+	printf("%-*s %7s  %-12s %5s %-6s %10s  %-6s %4s\n", w, "NAME", "VERSION", "DIGEST", "RANK",
+	       "DTYPE", "SIZE", "TIER", "PINS");
+	for (size_t i = 0; i < p->n; i++)
+		for (size_t j = 0; j < lorastore_list_count(p->pages[i]); j++) {
+			const lorastore_entry *e = lorastore_list_entry(p->pages[i], j);
+			char size[32];
+			ls_format_size(e->bytes, size, sizeof(size));
+			printf("%-*s %7u  %-12.12s %5u %-6s %10s  %-6s %4u\n", w, e->name, e->version,
+			       e->digest, e->rank, e->dtype, size, e->tier, e->pins);
+		}
+}
+
+static cJSON *ls_json_ls(const struct ls_pages *p)
+{
+	cJSON *doc = cJSON_CreateObject();
+	cJSON *arr = cJSON_AddArrayToObject(doc, "adapters");
+	for (size_t i = 0; i < p->n; i++)
+		for (size_t j = 0; j < lorastore_list_count(p->pages[i]); j++) {
+			const lorastore_entry *e = lorastore_list_entry(p->pages[i], j);
+			cJSON *o = cJSON_CreateObject();
+			cJSON_AddStringToObject(o, "name", e->name);
+			cJSON_AddNumberToObject(o, "version", e->version);
+			cJSON_AddStringToObject(o, "digest", e->digest);
+			cJSON_AddNumberToObject(o, "rank", e->rank);
+			cJSON_AddNumberToObject(o, "bytes", (double)e->bytes);
+			cJSON_AddBoolToObject(o, "resident", e->resident);
+			cJSON_AddStringToObject(o, "tier", e->tier);
+			cJSON_AddNumberToObject(o, "pins", e->pins);
+			cJSON_AddItemToArray(arr, o);
+		}
+	return doc;
+}
+
+int ls_cmd_ls(const struct ls_cli *cli, int argc, char **argv)
+{
+	int st = ls_cli_parse_plain("ls", ls_ls_help, argc, argv, 0, 1);
+	if (st >= 0)
+		return st;
+	const char *prefix = optind < argc ? argv[optind] : "";
+	lorastore *conn;
+	if (ls_cli_connect(cli, "ls", &conn))
+		return LS_EXIT_ERROR;
+	struct ls_pages p = {0};
+	int rc = ls_pages_fetch(conn, prefix, &p);
+	if (rc) {
+		st = ls_cli_fail("ls", conn, rc);
+	} else if (cli->json) {
+		st = ls_json_emit(ls_json_ls(&p));
+	} else {
+		ls_print_ls(&p);
+		st = LS_EXIT_OK;
+	}
+	ls_pages_free(&p);
+	lorastore_close(conn);
+	return st;
+}
+
+/* ---- show */
+
+static const char ls_show_help[] =
+	"NAME\n"
+	"    lorastore show - show one adapter version\n"
+	"\n"
+	"SYNOPSIS\n"
+	"    lorastore [--json] show NAME[@V]\n"
+	"\n"
+	"DESCRIPTION\n"
+	"    Print the record of NAME@V (the latest version of NAME without @V):\n"
+	"    digest, generation, rank, scale, dtype, size, residency, creation time,\n"
+	"    source and base model, then the tensor table (module, layer, kind,\n"
+	"    shape, dtype, offset in the data region, size).  With --json one object\n"
+	"    with those fields and \"tensors\": [{\"module\", \"layer\", \"kind\", \"shape\",\n"
+	"    \"dtype\", \"offset\", \"bytes\"}]; \"created\" is an ISO 8601 UTC time.\n"
+	"\n" LS_EXIT_STATUS_TEXT;
+
+static void ls_print_show(const lorastore_list *l)
+{
+	const lorastore_entry *e = lorastore_list_entry(l, 0);
+	char size[32], when[64];
+	ls_format_size(e->bytes, size, sizeof(size));
+	ls_format_time(e->created_unix_ns, false, when, sizeof(when));
+	printf("name         %s\n", e->name);
+	printf("version      %u\n", e->version);
+	printf("digest       %s\n", e->digest);
+	printf("generation   %llu\n", (unsigned long long)e->generation);
+	printf("rank         %u\n", e->rank);
+	printf("scale        %g\n", e->scale);
+	printf("dtype        %s\n", e->dtype);
+	printf("bytes        %s (%llu)\n", size, (unsigned long long)e->bytes);
+	printf("resident     %s\n", e->resident ? "yes" : "no");
+	printf("tier         %s\n", e->tier);
+	printf("pins         %u\n", e->pins);
+	printf("created      %s\n", when);
+	printf("source       %s\n", *e->source ? e->source : "-");
+	printf("base model   %s\n", *e->base_model ? e->base_model : "(none)");
+
+	size_t n = lorastore_list_tensor_count(l, 0);
+	if (!n)
+		return;
+	int w = (int)strlen("MODULE");
+	lorastore_tensor t;
+	for (size_t j = 0; j < n; j++)
+		if (lorastore_list_tensor(l, 0, j, &t) == 0 && (int)strlen(t.module) > w)
+			w = (int)strlen(t.module);
+	printf("\n%-*s %5s %-9s %-16s %-5s %10s %10s\n", w, "MODULE", "LAYER", "KIND", "SHAPE",
+	       "DTYPE", "OFFSET", "SIZE");
+	for (size_t j = 0; j < n; j++) {
+		if (lorastore_list_tensor(l, 0, j, &t))
+			continue;
+		char shape[128], layer[16], tsize[32];
+		ls_format_shape(t.shape, t.ndim, shape, sizeof(shape));
+		ls_format_size(t.bytes, tsize, sizeof(tsize));
+		if (t.layer >= 0)
+			snprintf(layer, sizeof(layer), "%d", t.layer);
+		else
+			snprintf(layer, sizeof(layer), "-");
+		printf("%-*s %5s %-9s %-16s %-5s %10llu %10s\n", w, t.module, layer,
+		       ls_kind_label(t.kind), shape, t.dtype_name, (unsigned long long)t.offset,
+		       tsize);
+	}
+}
+
+static cJSON *ls_json_show(const lorastore_list *l)
+{
+	const lorastore_entry *e = lorastore_list_entry(l, 0);
+	char when[64];
+	ls_format_time(e->created_unix_ns, true, when, sizeof(when));
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "name", e->name);
+	cJSON_AddNumberToObject(o, "version", e->version);
+	cJSON_AddStringToObject(o, "digest", e->digest);
+	cJSON_AddNumberToObject(o, "generation", (double)e->generation);
+	cJSON_AddNumberToObject(o, "rank", e->rank);
+	cJSON_AddNumberToObject(o, "scale", e->scale);
+	cJSON_AddStringToObject(o, "dtype", e->dtype);
+	cJSON_AddNumberToObject(o, "bytes", (double)e->bytes);
+	cJSON_AddBoolToObject(o, "resident", e->resident);
+	cJSON_AddStringToObject(o, "tier", e->tier);
+	cJSON_AddNumberToObject(o, "pins", e->pins);
+	if (*when)
+		cJSON_AddStringToObject(o, "created", when);
+	else
+		cJSON_AddNullToObject(o, "created");
+	cJSON_AddStringToObject(o, "source", e->source);
+	if (*e->base_model)
+		cJSON_AddStringToObject(o, "base_model", e->base_model);
+	else
+		cJSON_AddNullToObject(o, "base_model");
+	cJSON *arr = cJSON_AddArrayToObject(o, "tensors");
+	size_t n = lorastore_list_tensor_count(l, 0);
+	for (size_t j = 0; j < n; j++) {
+		lorastore_tensor t;
+		if (lorastore_list_tensor(l, 0, j, &t))
+			continue;
+		cJSON *jt = cJSON_CreateObject();
+		cJSON_AddStringToObject(jt, "module", t.module);
+		if (t.layer >= 0)
+			cJSON_AddNumberToObject(jt, "layer", t.layer);
+		else
+			cJSON_AddNullToObject(jt, "layer");
+		cJSON_AddStringToObject(jt, "kind", ls_kind_label(t.kind));
+		cJSON *shape = cJSON_AddArrayToObject(jt, "shape");
+		for (unsigned k = 0; k < t.ndim; k++)
+			cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t.shape[k]));
+		cJSON_AddStringToObject(jt, "dtype", t.dtype_name);
+		cJSON_AddNumberToObject(jt, "offset", (double)t.offset);
+		cJSON_AddNumberToObject(jt, "bytes", (double)t.bytes);
+		cJSON_AddItemToArray(arr, jt);
+	}
+	return o;
+}
+
+int ls_cmd_show(const struct ls_cli *cli, int argc, char **argv)
+{
+	int st = ls_cli_parse_plain("show", ls_show_help, argc, argv, 1, 1);
+	if (st >= 0)
+		return st;
+	lorastore *conn;
+	if (ls_cli_connect(cli, "show", &conn))
+		return LS_EXIT_ERROR;
+	lorastore_list *l = NULL;
+	int rc = lorastore_show(conn, argv[optind], &l);
+	if (rc) {
+		st = ls_cli_fail("show", conn, rc);
+	} else if (cli->json) {
+		st = ls_json_emit(ls_json_show(l));
+	} else {
+		ls_print_show(l);
+		st = LS_EXIT_OK;
+	}
+	lorastore_list_free(l);
+	lorastore_close(conn);
+	return st;
+}
+
+/* ---- rm, load, evict */
+
+static const char ls_rm_help[] =
+	"NAME\n"
+	"    lorastore rm - delete adapter versions\n"
+	"\n"
+	"SYNOPSIS\n"
+	"    lorastore [--json] rm NAME[@V]\n"
+	"\n"
+	"DESCRIPTION\n"
+	"    Delete version V of NAME, or every version of NAME without @V.  A\n"
+	"    version held by a client is deleted when its last lease ends.  Version\n"
+	"    numbers are never reused.  Needs an admin peer (root, the daemon's\n"
+	"    user, or its admin group).\n"
+	"\n" LS_EXIT_STATUS_TEXT;
+
+static const char ls_load_help[] =
+	"NAME\n"
+	"    lorastore load - make an adapter version resident\n"
+	"\n"
+	"SYNOPSIS\n"
+	"    lorastore [--json] load NAME[@V]\n"
+	"\n"
+	"DESCRIPTION\n"
+	"    Load NAME@V (the latest version without @V) into memory and wait until\n"
+	"    it is resident.  No lease is taken: it may be evicted again when space\n"
+	"    is needed.\n"
+	"\n" LS_EXIT_STATUS_TEXT;
+
+static const char ls_evict_help[] =
+	"NAME\n"
+	"    lorastore evict - drop an adapter version from memory\n"
+	"\n"
+	"SYNOPSIS\n"
+	"    lorastore [--json] evict NAME[@V]\n"
+	"\n"
+	"DESCRIPTION\n"
+	"    Evict NAME@V (the latest version without @V) from memory; it stays in\n"
+	"    the store.  Refused while a client holds it.  Needs an admin peer.\n"
+	"\n" LS_EXIT_STATUS_TEXT;
+
+static int ls_ref_cmd(const struct ls_cli *cli, const char *cmd, const char *help, const char *done,
+		      int (*fn)(lorastore *, const char *), int argc, char **argv)
+{
+	int st = ls_cli_parse_plain(cmd, help, argc, argv, 1, 1);
+	if (st >= 0)
+		return st;
+	const char *ref = argv[optind];
+	lorastore *conn;
+	if (ls_cli_connect(cli, cmd, &conn))
+		return LS_EXIT_ERROR;
+	int rc = fn(conn, ref);
+	if (rc) {
+		st = ls_cli_fail(cmd, conn, rc);
+	} else if (cli->json) {
+		cJSON *o = cJSON_CreateObject();
+		cJSON_AddStringToObject(o, "ref", ref);
+		cJSON_AddStringToObject(o, "result", done);
+		st = ls_json_emit(o);
+	} else {
+		printf("%s %s\n", done, ref);
+		st = LS_EXIT_OK;
+	}
+	lorastore_close(conn);
+	return st;
+}
+
+int ls_cmd_rm(const struct ls_cli *cli, int argc, char **argv)
+{
+	return ls_ref_cmd(cli, "rm", ls_rm_help, "deleted", lorastore_delete, argc, argv);
+}
+
+int ls_cmd_load(const struct ls_cli *cli, int argc, char **argv)
+{
+	return ls_ref_cmd(cli, "load", ls_load_help, "loaded", lorastore_load, argc, argv);
+}
+
+int ls_cmd_evict(const struct ls_cli *cli, int argc, char **argv)
+{
+	return ls_ref_cmd(cli, "evict", ls_evict_help, "evicted", lorastore_evict, argc, argv);
+}
+
+/* ---- stats */
+
+static const char ls_stats_help[] =
+	"NAME\n"
+	"    lorastore stats - the daemon's memory and counters\n"
+	"\n"
+	"SYNOPSIS\n"
+	"    lorastore [--json] stats\n"
+	"\n"
+	"DESCRIPTION\n"
+	"    Print each memory tier (host, device) with its budget, the bytes used\n"
+	"    by resident adapters, the bytes of slabs allocated and the number of\n"
+	"    resident adapters; then clients connected, leases held, loads, hits,\n"
+	"    misses, evictions, failed loads and versions in the catalog.  With\n"
+	"    --json: {\"tiers\": [{\"name\", \"budget\", \"used\", \"slab_bytes\",\n"
+	"    \"adapters\"}], \"clients\", \"leases\", \"loads\", \"hits\", \"misses\",\n"
+	"    \"evictions\", \"load_errors\", \"catalog_versions\"}.\n"
+	"\n" LS_EXIT_STATUS_TEXT;
+
+static cJSON *ls_json_stats(const lorastore_stats *s)
+{
+	cJSON *o = cJSON_CreateObject();
+	cJSON *tiers = cJSON_AddArrayToObject(o, "tiers");
+	for (size_t i = 0; i < s->tier_count; i++) {
+		const lorastore_tier_stats *t = &s->tiers[i];
+		cJSON *jt = cJSON_CreateObject();
+		cJSON_AddStringToObject(jt, "name", t->name);
+		cJSON_AddNumberToObject(jt, "budget", (double)t->budget);
+		cJSON_AddNumberToObject(jt, "used", (double)t->used);
+		cJSON_AddNumberToObject(jt, "slab_bytes", (double)t->slab_bytes);
+		cJSON_AddNumberToObject(jt, "adapters", t->adapters);
+		cJSON_AddItemToArray(tiers, jt);
+	}
+	cJSON_AddNumberToObject(o, "clients", s->clients);
+	cJSON_AddNumberToObject(o, "leases", (double)s->leases);
+	cJSON_AddNumberToObject(o, "loads", (double)s->loads);
+	cJSON_AddNumberToObject(o, "hits", (double)s->hits);
+	cJSON_AddNumberToObject(o, "misses", (double)s->misses);
+	cJSON_AddNumberToObject(o, "evictions", (double)s->evictions);
+	cJSON_AddNumberToObject(o, "load_errors", (double)s->load_errors);
+	cJSON_AddNumberToObject(o, "catalog_versions", (double)s->catalog_versions);
+	return o;
+}
+
+static void ls_print_stats(const lorastore_stats *s)
+{
+	printf("%-8s %10s %10s %10s %8s\n", "TIER", "BUDGET", "USED", "SLABS", "ADAPTERS");
+	for (size_t i = 0; i < s->tier_count; i++) {
+		const lorastore_tier_stats *t = &s->tiers[i];
+		char budget[32], used[32], slabs[32];
+		ls_format_size(t->budget, budget, sizeof(budget));
+		ls_format_size(t->used, used, sizeof(used));
+		ls_format_size(t->slab_bytes, slabs, sizeof(slabs));
+		printf("%-8s %10s %10s %10s %8u\n", t->name, budget, used, slabs, t->adapters);
+	}
+	printf("\nclients      %u\n", s->clients);
+	printf("leases       %llu\n", (unsigned long long)s->leases);
+	printf("loads        %llu\n", (unsigned long long)s->loads);
+	printf("hits         %llu\n", (unsigned long long)s->hits);
+	printf("misses       %llu\n", (unsigned long long)s->misses);
+	printf("evictions    %llu\n", (unsigned long long)s->evictions);
+	printf("load errors  %llu\n", (unsigned long long)s->load_errors);
+	printf("versions     %llu\n", (unsigned long long)s->catalog_versions);
+}
+
+int ls_cmd_stats(const struct ls_cli *cli, int argc, char **argv)
+{
+	int st = ls_cli_parse_plain("stats", ls_stats_help, argc, argv, 0, 0);
+	if (st >= 0)
+		return st;
+	lorastore *conn;
+	if (ls_cli_connect(cli, "stats", &conn))
+		return LS_EXIT_ERROR;
+	lorastore_stats s;
+	int rc = lorastore_stats_get(conn, &s);
+	if (rc) {
+		st = ls_cli_fail("stats", conn, rc);
+	} else if (cli->json) {
+		st = ls_json_emit(ls_json_stats(&s));
+	} else {
+		ls_print_stats(&s);
+		st = LS_EXIT_OK;
+	}
+	lorastore_close(conn);
+	return st;
+}
+
+/* ---- verify */
+
+static const char ls_verify_help[] =
+	"NAME\n"
+	"    lorastore verify - check stored adapters against their checksums\n"
+	"\n"
+	"SYNOPSIS\n"
+	"    lorastore [--json] verify [NAME[@V]]\n"
+	"\n"
+	"DESCRIPTION\n"
+	"    Read the blob of every version (or of NAME's versions, or of NAME@V)\n"
+	"    and check its manifest and data checksums.  Each broken version is\n"
+	"    printed with the reason.  With --json: {\"bad\": N, \"items\": [{\"name\",\n"
+	"    \"version\", \"code\", \"message\"}]}.\n"
+	"\n"
+	"EXIT STATUS\n"
+	"    0 every version checked is intact, 1 a version is broken or an error\n"
+	"    occurred, 2 bad usage.\n";
+
+struct ls_verify_out {
+	cJSON *items; /* with --json */
+};
+
+static void ls_verify_item(void *ud, const char *name, uint32_t version, int code,
+			   const char *message)
+{
+	struct ls_verify_out *o = ud;
+	if (o->items) {
+		cJSON *it = cJSON_CreateObject();
+		cJSON_AddStringToObject(it, "name", name);
+		cJSON_AddNumberToObject(it, "version", version);
+		cJSON_AddStringToObject(it, "code", ls_error_name(code));
+		cJSON_AddStringToObject(it, "message", message);
+		cJSON_AddItemToArray(o->items, it);
+	} else {
+		printf("%s@%u: %s\n", name, version, *message ? message : lorastore_strerror(code));
+	}
+}
+
+int ls_cmd_verify(const struct ls_cli *cli, int argc, char **argv)
+{
+	int st = ls_cli_parse_plain("verify", ls_verify_help, argc, argv, 0, 1);
+	if (st >= 0)
+		return st;
+	const char *ref = optind < argc ? argv[optind] : NULL;
+	lorastore *conn;
+	if (ls_cli_connect(cli, "verify", &conn))
+		return LS_EXIT_ERROR;
+	cJSON *doc = cli->json ? cJSON_CreateObject() : NULL;
+	struct ls_verify_out o = {.items = doc ? cJSON_AddArrayToObject(doc, "items") : NULL};
+	size_t bad = 0;
+	int rc = lorastore_verify(conn, ref, &bad, ls_verify_item, &o);
+	if (rc) {
+		cJSON_Delete(doc);
+		st = ls_cli_fail("verify", conn, rc);
+	} else {
+		if (doc) {
+			cJSON_AddNumberToObject(doc, "bad", (double)bad);
+			st = ls_json_emit(doc);
+		} else {
+			if (bad == 0)
+				printf("%s: intact\n", ref ? ref : "every version");
+			st = LS_EXIT_OK;
+		}
+		if (bad) {
+			fprintf(stderr, "lorastore: verify: %zu broken version%s\n", bad,
+				bad == 1 ? "" : "s");
+			st = LS_EXIT_ERROR;
+		}
+	}
+	lorastore_close(conn);
+	return st;
+}
+
+/* ---- gc */
+
+static const char ls_gc_help[] =
+	"NAME\n"
+	"    lorastore gc - remove what no version needs\n"
+	"\n"
+	"SYNOPSIS\n"
+	"    lorastore [--json] gc\n"
+	"\n"
+	"DESCRIPTION\n"
+	"    Remove blobs that no version references and the files interrupted\n"
+	"    imports left, and print how many blobs and bytes were removed.  With\n"
+	"    --json: {\"blobs_removed\", \"bytes_removed\"}.  Needs an admin peer.\n"
+	"\n" LS_EXIT_STATUS_TEXT;
+
+int ls_cmd_gc(const struct ls_cli *cli, int argc, char **argv)
+{
+	int st = ls_cli_parse_plain("gc", ls_gc_help, argc, argv, 0, 0);
+	if (st >= 0)
+		return st;
+	lorastore *conn;
+	if (ls_cli_connect(cli, "gc", &conn))
+		return LS_EXIT_ERROR;
+	uint64_t blobs = 0, bytes = 0;
+	int rc = lorastore_gc(conn, &blobs, &bytes);
+	if (rc) {
+		st = ls_cli_fail("gc", conn, rc);
+	} else if (cli->json) {
+		cJSON *o = cJSON_CreateObject();
+		cJSON_AddNumberToObject(o, "blobs_removed", (double)blobs);
+		cJSON_AddNumberToObject(o, "bytes_removed", (double)bytes);
+		st = ls_json_emit(o);
+	} else {
+		char size[32];
+		ls_format_size(bytes, size, sizeof(size));
+		printf("removed %llu blob%s (%s)\n", (unsigned long long)blobs, blobs == 1 ? "" : "s",
+		       size);
+		st = LS_EXIT_OK;
+	}
+	lorastore_close(conn);
+	return st;
+}

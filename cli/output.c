@@ -1,0 +1,103 @@
+/* What the daemon commands of the CLI share: parsing, connecting, output. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+
+int ls_cli_parse_plain(const char *cmd, const char *help, int argc, char **argv, int min,
+		       int max)
+{
+	static const struct option opts[] = {
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	int c;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		if (c == 'h') {
+			fputs(help, stdout);
+			return LS_EXIT_OK;
+		}
+		return ls_cli_cmd_usage_error(cmd, "unknown option '%s'", argv[optind - 1]);
+	}
+	int n = argc - optind;
+	if (n < min)
+		return ls_cli_cmd_usage_error(cmd, "missing %s", min == 1 && max == 1 ? "NAME[@V]"
+											 : "operand");
+	if (max >= 0 && n > max)
+		return ls_cli_cmd_usage_error(cmd, "unexpected argument '%s'", argv[optind + max]);
+	return -1;
+}
+
+int ls_cli_fail(const char *cmd, const lorastore *conn, int rc)
+{
+	const char *msg = conn ? lorastore_errmsg(conn) : "";
+	if (!msg || !*msg)
+		msg = lorastore_strerror(rc);
+	fprintf(stderr, "lorastore: %s: %s\n", cmd, msg);
+	return LS_EXIT_ERROR;
+}
+
+int ls_cli_connect(const struct ls_cli *cli, const char *cmd, lorastore **out)
+{
+	lorastore *conn = NULL;
+	int rc = lorastore_connect(cli->socket, &conn);
+	if (rc) {
+		ls_cli_fail(cmd, conn, rc);
+		lorastore_close(conn);
+		*out = NULL;
+		return LS_EXIT_ERROR;
+	}
+	*out = conn;
+	return LS_EXIT_OK;
+}
+
+int ls_json_emit(cJSON *doc)
+{
+	char *text = doc ? cJSON_Print(doc) : NULL;
+	cJSON_Delete(doc);
+	if (!text) {
+		fprintf(stderr, "lorastore: out of memory for the JSON output\n");
+		return LS_EXIT_ERROR;
+	}
+	puts(text);
+	free(text);
+	return LS_EXIT_OK;
+}
+
+const char *ls_kind_label(lorastore_kind k)
+{
+	switch (k) {
+	case LORASTORE_KIND_A:
+		return "A";
+	case LORASTORE_KIND_B:
+		return "B";
+	case LORASTORE_KIND_EXTRA:
+		return "extra";
+	case LORASTORE_KIND_MAGNITUDE:
+		return "magnitude";
+	}
+	return "?";
+}
+
+void ls_format_shape(const uint64_t *shape, unsigned ndim, char *buf, size_t len)
+{
+	size_t off = (size_t)snprintf(buf, len, "[");
+	for (unsigned i = 0; i < ndim && off < len; i++)
+		off += (size_t)snprintf(buf + off, len - off, "%s%llu", i ? ", " : "",
+					(unsigned long long)shape[i]);
+	if (off < len)
+		snprintf(buf + off, len - off, "]");
+}
+
+void ls_format_time(int64_t unix_ns, bool iso, char *buf, size_t len)
+{
+	time_t t = (time_t)(unix_ns / 1000000000);
+	struct tm tm;
+	if (unix_ns <= 0 || !gmtime_r(&t, &tm) ||
+	    !strftime(buf, len, iso ? "%Y-%m-%dT%H:%M:%SZ" : "%Y-%m-%d %H:%M:%S UTC", &tm))
+		snprintf(buf, len, "%s", iso ? "" : "-");
+}

@@ -1,0 +1,225 @@
+/*
+ * liblorastore: administration (import, delete, load, evict, verify, gc).
+ * The daemon decides who may do what; the client only asks.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "client_internal.h"
+
+#define LS_CONFIG_FILE "adapter_config.json"
+#define LS_WEIGHTS_FILE "adapter_model.safetensors"
+
+/* Open dir/file for reading: a regular file, or -errno. */
+static int ls_open_regular(int dirfd, const char *file, int *out)
+{
+	int fd = openat(dirfd, file, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0)
+		return -errno;
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		int e = errno;
+		close(fd);
+		return -e;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		close(fd);
+		return -EINVAL;
+	}
+	*out = fd;
+	return 0;
+}
+
+static bool ls_dtype_option_ok(const char *d)
+{
+	return strcmp(d, "keep") == 0 || strcmp(d, "f16") == 0 || strcmp(d, "bf16") == 0 ||
+	       strcmp(d, "f32") == 0;
+}
+
+LS_PUBLIC int lorastore_import_dir_entry(lorastore *conn, const char *dir,
+					 const lorastore_import_opts *opts, lorastore_list **out)
+{
+	if (!conn || !out)
+		return -EINVAL;
+	*out = NULL;
+	if (!dir || !*dir || !opts)
+		return ls_conn_error(conn, -EINVAL, "import: no directory or no options");
+	if (!opts->name || !*opts->name)
+		return ls_conn_error(conn, LS_E_NAME_INVALID, "import: no adapter name given");
+	const char *dtype = opts->dtype ? opts->dtype : "keep";
+	if (!ls_dtype_option_ok(dtype))
+		return ls_conn_error(conn, -EINVAL,
+				     "import: dtype \"%s\" is not one of keep, f16, bf16, f32", dtype);
+	int rc = ls_conn_check(conn);
+	if (rc)
+		return rc;
+
+	int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dirfd < 0) {
+		int e = errno;
+		return ls_conn_error(conn, -e, "%s: %s", dir, strerror(e));
+	}
+	int cfg = -1, weights = -1;
+	char *abs = NULL;
+	rc = ls_open_regular(dirfd, LS_CONFIG_FILE, &cfg);
+	if (rc && rc != -ENOENT) {
+		rc = ls_conn_error(conn, rc, "%s/%s: %s", dir, LS_CONFIG_FILE,
+				   rc == -EINVAL ? "not a regular file" : strerror(-rc));
+		goto out;
+	}
+	rc = ls_open_regular(dirfd, LS_WEIGHTS_FILE, &weights);
+	if (rc) {
+		rc = ls_conn_error(conn, rc, "%s/%s: %s", dir, LS_WEIGHTS_FILE,
+				   rc == -EINVAL ? "not a regular file" : strerror(-rc));
+		goto out;
+	}
+	abs = realpath(dir, NULL);
+
+	Lorastore__ImportRequest ir = LORASTORE__IMPORT_REQUEST__INIT;
+	ir.name = (char *)opts->name;
+	ir.has_config = cfg >= 0;
+	ir.dtype = (char *)dtype;
+	ir.allow_nonfinite = opts->allow_nonfinite != 0;
+	ir.source = abs ? abs : (char *)dir;
+	Lorastore__Request req = LORASTORE__REQUEST__INIT;
+	req.body_case = LORASTORE__REQUEST__BODY_IMPORT;
+	req.import = &ir;
+	int fds[2];
+	size_t nfds = 0;
+	if (cfg >= 0)
+		fds[nfds++] = cfg;
+	fds[nfds++] = weights;
+	Lorastore__Response *resp = NULL;
+	rc = ls_conn_call(conn, &req, fds, nfds, LORASTORE__RESPONSE__BODY_RECORD, &resp);
+	if (rc == 0)
+		rc = ls_list_from_response(conn, resp, out);
+out:
+	free(abs);
+	if (cfg >= 0)
+		close(cfg);
+	if (weights >= 0)
+		close(weights);
+	close(dirfd);
+	return rc;
+}
+
+LS_PUBLIC int lorastore_import_dir(lorastore *conn, const char *dir,
+				   const lorastore_import_opts *opts, uint32_t *version)
+{
+	lorastore_list *l = NULL;
+	int rc = lorastore_import_dir_entry(conn, dir, opts, &l);
+	if (rc)
+		return rc;
+	if (version)
+		*version = lorastore_list_entry(l, 0)->version;
+	lorastore_list_free(l);
+	return 0;
+}
+
+/* A request whose body is a RefRequest and whose answer is done. */
+static int ls_ref_call(lorastore *conn, Lorastore__Request__BodyCase body, const char *what,
+		       const char *ref)
+{
+	if (!conn)
+		return -EINVAL;
+	if (!ref || !*ref)
+		return ls_conn_error(conn, LS_E_NAME_INVALID, "%s: no adapter named", what);
+	Lorastore__RefRequest rr = LORASTORE__REF_REQUEST__INIT;
+	rr.ref = (char *)ref;
+	Lorastore__Request req = LORASTORE__REQUEST__INIT;
+	req.body_case = body;
+	switch (body) {
+	case LORASTORE__REQUEST__BODY_DELETE:
+		req.delete_ = &rr;
+		break;
+	case LORASTORE__REQUEST__BODY_LOAD:
+		req.load = &rr;
+		break;
+	default:
+		req.evict = &rr;
+		break;
+	}
+	Lorastore__Response *resp = NULL;
+	int rc = ls_conn_call(conn, &req, NULL, 0, LORASTORE__RESPONSE__BODY_DONE, &resp);
+	if (resp)
+		lorastore__response__free_unpacked(resp, NULL);
+	return rc;
+}
+
+LS_PUBLIC int lorastore_delete(lorastore *conn, const char *ref)
+{
+	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_DELETE, "delete", ref);
+}
+
+LS_PUBLIC int lorastore_load(lorastore *conn, const char *ref)
+{
+	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_LOAD, "load", ref);
+}
+
+LS_PUBLIC int lorastore_evict(lorastore *conn, const char *ref)
+{
+	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_EVICT, "evict", ref);
+}
+
+LS_PUBLIC int lorastore_verify(lorastore *conn, const char *ref, size_t *bad,
+			       void (*fn)(void *ud, const char *name, uint32_t version, int code,
+					  const char *message),
+			       void *ud)
+{
+	if (!conn)
+		return -EINVAL;
+	Lorastore__RefRequest rr = LORASTORE__REF_REQUEST__INIT;
+	rr.ref = (char *)(ref ? ref : "");
+	Lorastore__Request req = LORASTORE__REQUEST__INIT;
+	req.body_case = LORASTORE__REQUEST__BODY_VERIFY;
+	req.verify = &rr;
+	Lorastore__Response *resp = NULL;
+	int rc = ls_conn_call(conn, &req, NULL, 0, LORASTORE__RESPONSE__BODY_VERIFY, &resp);
+	if (rc)
+		return rc;
+	const Lorastore__VerifyReply *v = resp->verify;
+	if (!v) {
+		lorastore__response__free_unpacked(resp, NULL);
+		return ls_conn_error(conn, LS_E_PROTOCOL, "verify reply without a body");
+	}
+	if (bad)
+		*bad = v->bad;
+	for (size_t i = 0; fn && i < v->n_items; i++) {
+		const Lorastore__VerifyItem *it = v->items[i];
+		if (it)
+			fn(ud, it->name ? it->name : "", it->version, it->code,
+			   it->message ? it->message : "");
+	}
+	lorastore__response__free_unpacked(resp, NULL);
+	return 0;
+}
+
+LS_PUBLIC int lorastore_gc(lorastore *conn, uint64_t *blobs_removed, uint64_t *bytes_removed)
+{
+	if (!conn)
+		return -EINVAL;
+	Lorastore__Empty e = LORASTORE__EMPTY__INIT;
+	Lorastore__Request req = LORASTORE__REQUEST__INIT;
+	req.body_case = LORASTORE__REQUEST__BODY_GC;
+	req.gc = &e;
+	Lorastore__Response *resp = NULL;
+	int rc = ls_conn_call(conn, &req, NULL, 0, LORASTORE__RESPONSE__BODY_GC, &resp);
+	if (rc)
+		return rc;
+	if (!resp->gc) {
+		lorastore__response__free_unpacked(resp, NULL);
+		return ls_conn_error(conn, LS_E_PROTOCOL, "gc reply without a body");
+	}
+	if (blobs_removed)
+		*blobs_removed = resp->gc->blobs_removed;
+	if (bytes_removed)
+		*bytes_removed = resp->gc->bytes_removed;
+	lorastore__response__free_unpacked(resp, NULL);
+	return 0;
+}

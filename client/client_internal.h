@@ -1,0 +1,143 @@
+/*
+ * liblorastore internals: the connection, its socket I/O and the pieces the
+ * public functions share.  Nothing here is exported from the shared library.
+ */
+#ifndef LS_CLIENT_INTERNAL_H
+#define LS_CLIENT_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "frame.h"
+#include "lorastore.h"
+
+/* Marks the definitions of public functions: the only exported symbols. */
+#define LS_PUBLIC __attribute__((visibility("default")))
+
+/* Longest message lorastore_errmsg() gives, including the NUL. */
+#define LS_CLIENT_ERRMSG_MAX 512
+
+/* A slab mapped read-only into this process. */
+struct ls_slab_map {
+	uint32_t id;
+	const uint8_t *addr;
+	size_t size;               /* bytes mapped */
+};
+
+struct lorastore {
+	int fd;                    /* the socket, -1 once the connection failed */
+	int dead_code;             /* why it failed (0 while usable) */
+	char errmsg[LS_CLIENT_ERRMSG_MAX];
+	uint64_t next_id;          /* id of the next request */
+	struct ls_framer framer;
+
+	/* Descriptors received and not yet claimed by a response, oldest first. */
+	int *fdq;
+	size_t fdq_head, fdq_len, fdq_cap;
+
+	/* Slabs mapped so far; a later entry with the same id shadows an earlier. */
+	struct ls_slab_map *slabs;
+	size_t n_slabs, cap_slabs;
+
+	/* Adapters held on this connection (doubly linked). */
+	struct lorastore_adapter *adapters;
+
+	/* From the daemon's HelloReply. */
+	bool admin;
+	char backend[16];
+	char daemon_version[64];
+};
+
+struct lorastore_adapter {
+	lorastore *conn;
+	struct lorastore_adapter *prev, *next;
+	uint64_t lease_id;
+	Lorastore__Response *resp;            /* owns every string below */
+	lorastore_adapter_info info;
+	lorastore_tensor *tensors;            /* info.tensor_count of them */
+	lorastore_tensor **order;             /* the tensors sorted by (module, kind) */
+};
+
+struct lorastore_list {
+	Lorastore__Response *resp;            /* owns every string of the entries */
+	size_t n;
+	lorastore_entry *entries;
+	const Lorastore__VersionRecord **records;
+	const char *next;                     /* NULL after the last page */
+};
+
+/* ---- errors (conn.c) */
+
+/* Record a failure's message on conn and return code. */
+int ls_conn_error(lorastore *conn, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/*
+ * The connection cannot go on: close the socket, keep code and message.
+ * Every later call fails with LORASTORE_E_CLOSED.  Returns code.
+ */
+int ls_conn_fail(lorastore *conn, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* LORASTORE_E_CLOSED (message kept) when conn failed earlier, else 0. */
+int ls_conn_check(lorastore *conn);
+
+/* ---- socket I/O (conn.c) */
+
+/* Open the socket at path (connect only, no Hello); 0 or -errno with message. */
+int ls_conn_open(lorastore *conn, const char *path);
+
+/*
+ * Send req (its id is assigned here), with fds[0..nfds) attached to the
+ * frame, and wait for its response.  On success *resp holds a response whose
+ * body is of the case expected (free with lorastore__response__free_unpacked);
+ * a Response.error comes back as its code with the message kept.
+ */
+int ls_conn_call(lorastore *conn, Lorastore__Request *req, const int *fds, size_t nfds,
+		 Lorastore__Response__BodyCase expected, Lorastore__Response **resp);
+
+/* The oldest descriptor received and not yet claimed, or -1 when none. */
+int ls_conn_take_fd(lorastore *conn);
+
+/* Close every descriptor still queued and free the framer. */
+void ls_conn_teardown_io(lorastore *conn);
+
+/* ---- records (list.c) */
+
+/* lorastore_dtype for a safetensors dtype name (0 when not one of ours). */
+lorastore_dtype ls_dtype_from_str(const char *s);
+
+/* lorastore_kind for a wire TensorKind (0 when unspecified). */
+lorastore_kind ls_kind_from_pb(Lorastore__TensorKind k);
+
+/*
+ * Describe tensor j of rec into out, data = base + offset when base is not
+ * NULL.  scale is the module's ModuleScale, or NULL.  LORASTORE_E_PROTOCOL
+ * when the tensor does not fit the public struct.
+ */
+int ls_tensor_fill(const Lorastore__VersionRecord *rec, size_t j,
+		   const Lorastore__ModuleScale *scale, const uint8_t *base, lorastore_tensor *out);
+
+/* The ModuleScale of module in rec by a linear search, or NULL. */
+const Lorastore__ModuleScale *ls_record_scale(const Lorastore__VersionRecord *rec,
+					      const char *module);
+
+/* Lower-case hex of a digest into out[65] ("" when it is not 32 bytes). */
+void ls_digest_hex(const ProtobufCBinaryData *d, char out[65]);
+
+/*
+ * Wrap resp (taken over, even on failure) in a list: the entries of its
+ * ListReply, or its VersionRecord as one entry.
+ */
+int ls_list_from_response(lorastore *conn, Lorastore__Response *resp, lorastore_list **out);
+
+/* ---- adapters (adapter.c) */
+
+/* Free every adapter handle of conn without telling the daemon. */
+void ls_adapters_drop(lorastore *conn);
+
+/* Unmap every slab of conn. */
+void ls_slabs_unmap(lorastore *conn);
+
+#endif

@@ -1,0 +1,315 @@
+/*
+ * liblorastore: the client library of lorastore.
+ *
+ * A process connects to lorastored over its Unix socket, acquires adapters by
+ * name ("tenant/name") or by name and version ("tenant/name@3"), and reads
+ * their tensors in place: the daemon's memory is mapped read-only into the
+ * process, so no tensor is ever copied.
+ *
+ * Caveats
+ * - Threads: a connection (lorastore *) may be used by one thread at a time;
+ *   callers serialize calls on it (a mutex around the calls is enough).
+ *   Separate connections are independent.  An acquired adapter
+ *   (lorastore_adapter *) may be read from any number of threads at once
+ *   while it is held; releasing it must not race with those reads.
+ * - What a lease pins: from lorastore_acquire until lorastore_adapter_release
+ *   (or the connection's close or the process's exit, crashes included), the
+ *   adapter's memory stays resident and unchanged and cannot be evicted or
+ *   deleted.  Tensor pointers are valid exactly that long.
+ * - fork: a connection must not be used in both parent and child.  A child
+ *   that needs lorastore opens its own connection; mappings inherited across
+ *   fork stay readable but the child holds no lease on them.
+ * - Mappings are read-only: a write through a tensor pointer faults.
+ *
+ * Errors: functions return 0 on success, a negative errno for a system
+ * failure, or a negative LORASTORE_E_* code.  lorastore_strerror() describes
+ * any of them; lorastore_errmsg() gives the detailed message of the last
+ * failure on a connection (hiredis-style).
+ */
+#ifndef LORASTORE_H
+#define LORASTORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LORASTORE_VERSION_MAJOR 0
+#define LORASTORE_VERSION_MINOR 1
+
+/* Socket used when none is given and LORASTORE_SOCKET is unset. */
+#define LORASTORE_DEFAULT_SOCKET "/run/lorastore/lorastored.sock"
+
+/* lorastore's own error codes (the range [-31000, -30900)). */
+enum lorastore_error {
+	LORASTORE_E_TRUNCATED = -31000,     /* safetensors file truncated */
+	LORASTORE_E_HEADER_BOUNDS,          /* header length past the end of the file */
+	LORASTORE_E_HEADER_TOO_LARGE,       /* header over the 100,000,000-byte cap */
+	LORASTORE_E_HEADER_JSON,            /* header is not valid JSON */
+	LORASTORE_E_HEADER_SCHEMA,          /* header is not a safetensors header */
+	LORASTORE_E_DTYPE_UNKNOWN,          /* unknown dtype */
+	LORASTORE_E_DTYPE_UNSUPPORTED,      /* dtype not allowed for LoRA tensors */
+	LORASTORE_E_SHAPE_SIZE,             /* shape and dtype do not match the byte range */
+	LORASTORE_E_OFFSET_BOUNDS,          /* tensor data out of bounds */
+	LORASTORE_E_OFFSET_OVERLAP,         /* tensor data ranges overlap */
+	LORASTORE_E_OFFSET_GAP,             /* gap in tensor data */
+	LORASTORE_E_NONFINITE,              /* NaN or infinity in a tensor */
+	LORASTORE_E_LORA_UNPAIRED,          /* lora_A without lora_B or the reverse */
+	LORASTORE_E_LORA_RANK,              /* rank mismatch */
+	LORASTORE_E_LORA_SHAPE,             /* LoRA tensor of an impossible shape */
+	LORASTORE_E_TENSOR_NAME,            /* tensor name not understood */
+	LORASTORE_E_NO_TENSORS,             /* adapter without LoRA tensors */
+	LORASTORE_E_CONFIG_MISSING,         /* adapter_config.json missing */
+	LORASTORE_E_CONFIG_INVALID,         /* adapter_config.json invalid */
+	LORASTORE_E_NAME_INVALID,           /* adapter name or reference malformed */
+	LORASTORE_E_NOT_FOUND,              /* no such adapter, version, lease or tensor */
+	LORASTORE_E_CORRUPT,                /* blob checksum mismatch */
+	LORASTORE_E_BLOB_FORMAT,            /* unreadable blob format */
+	LORASTORE_E_CATALOG,                /* catalog failure in the daemon */
+	LORASTORE_E_CATALOG_SCHEMA,         /* catalog of an incompatible version */
+	LORASTORE_E_BUSY,                   /* state directory in use */
+	LORASTORE_E_PROTOCOL,               /* malformed message */
+	LORASTORE_E_FRAME_TOO_LARGE,        /* message over the frame cap */
+	LORASTORE_E_VERSION,                /* protocol version not supported */
+	LORASTORE_E_NO_SPACE,               /* budget exhausted by pinned adapters */
+	LORASTORE_E_PIN_LIMIT,              /* the client's pinned-bytes limit reached */
+	LORASTORE_E_DELETED,                /* the adapter was deleted */
+	LORASTORE_E_CLOSED,                 /* the connection is closed */
+	LORASTORE_E_BACKEND,                /* the memory backend is not available */
+};
+
+/* Element types, as safetensors names them. */
+typedef enum lorastore_dtype {
+	LORASTORE_DTYPE_F32 = 1,
+	LORASTORE_DTYPE_F16 = 2,
+	LORASTORE_DTYPE_BF16 = 3,
+} lorastore_dtype;
+
+/* Kinds of tensors in an adapter. */
+typedef enum lorastore_kind {
+	LORASTORE_KIND_A = 1,          /* lora_A: [r, in] */
+	LORASTORE_KIND_B = 2,          /* lora_B: [out, r] */
+	LORASTORE_KIND_EXTRA = 3,      /* a full tensor saved beside (a head, a bias) */
+	LORASTORE_KIND_MAGNITUDE = 4,  /* DoRA magnitude: [out] */
+} lorastore_kind;
+
+#define LORASTORE_MAX_DIMS 8
+
+/* A connection to lorastored. */
+typedef struct lorastore lorastore;
+/* An acquired adapter: a lease on one resident version. */
+typedef struct lorastore_adapter lorastore_adapter;
+
+typedef struct lorastore_adapter_info {
+	const char *name;              /* valid while the adapter is held */
+	uint32_t version;
+	uint8_t digest[32];            /* SHA-256 content digest: the identity */
+	uint64_t generation;           /* unique across the store, never reused */
+	uint32_t rank;                 /* config r (largest rank with rank_pattern) */
+	double scale;                  /* alpha / r (or / sqrt(r)) of modules without a pattern */
+	lorastore_dtype dtype;         /* of the LoRA tensors; 0 when mixed */
+	size_t tensor_count;
+	uint64_t bytes;                /* resident bytes */
+	const char *tier;              /* "host" or "device" */
+} lorastore_adapter_info;
+
+typedef struct lorastore_tensor {
+	const void *data;              /* read-only, in the shared mapping */
+	const char *module;            /* e.g. "model.layers.3.self_attn.q_proj" */
+	lorastore_kind kind;
+	lorastore_dtype dtype;
+	int layer;                     /* -1 when the module has none */
+	unsigned ndim;
+	uint64_t shape[LORASTORE_MAX_DIMS];
+	uint64_t bytes;
+	uint32_t rank;                 /* of the module (A and B tensors), else 0 */
+	double scale;                  /* of the module after the patterns, else 0 */
+	const char *dtype_name;        /* safetensors name ("F16", "I64", ...); dtype is 0
+					  for those outside lorastore_dtype */
+	uint64_t offset;               /* bytes from the start of the adapter's data region */
+} lorastore_tensor;
+
+/*
+ * Connect to the daemon at socket_path, or at $LORASTORE_SOCKET, or at
+ * LORASTORE_DEFAULT_SOCKET when socket_path is NULL, and shake hands.
+ * As in hiredis, *out is set even on failure (to a failed connection whose
+ * lorastore_errmsg() says why, to be closed with lorastore_close), except
+ * when the handle itself could not be allocated (-ENOMEM, *out NULL).
+ * Errors: -ENOENT or -ECONNREFUSED (no daemon), -EACCES, -ENAMETOOLONG,
+ * LORASTORE_E_VERSION, LORASTORE_E_PROTOCOL, LORASTORE_E_CLOSED, -ENOMEM.
+ */
+int lorastore_connect(const char *socket_path, lorastore **out);
+
+/*
+ * Close the connection (NULL is a no-op).  Every adapter still held on it is
+ * released and its handle freed: do not call lorastore_adapter_release on it
+ * afterwards.  Tensor pointers become invalid.
+ */
+void lorastore_close(lorastore *conn);
+
+/* The message of the last failure on conn ("" when none). */
+const char *lorastore_errmsg(const lorastore *conn);
+
+/*
+ * Acquire ref ("name" for the latest version, or "name@N"), loading it first
+ * when it is not resident.  timeout_ms < 0 waits as long as the load takes;
+ * 0 succeeds only when it is already resident.  Errors: LORASTORE_E_NOT_FOUND,
+ * LORASTORE_E_NAME_INVALID, -ETIMEDOUT, LORASTORE_E_NO_SPACE,
+ * LORASTORE_E_PIN_LIMIT, LORASTORE_E_CORRUPT, LORASTORE_E_CLOSED, -errno.
+ */
+int lorastore_acquire(lorastore *conn, const char *ref, int timeout_ms,
+		      lorastore_adapter **out);
+
+/*
+ * Release an adapter; its tensor pointers become invalid.  Errors:
+ * LORASTORE_E_CLOSED (the lease ended with the connection; the handle is
+ * freed anyway).
+ */
+int lorastore_adapter_release(lorastore_adapter *adapter);
+
+/* Facts about an acquired adapter.  Never fails on a held adapter. */
+int lorastore_adapter_info_get(const lorastore_adapter *adapter, lorastore_adapter_info *out);
+
+/*
+ * The tensor of module and kind.  Errors: LORASTORE_E_NOT_FOUND, -EINVAL.
+ */
+int lorastore_adapter_tensor(const lorastore_adapter *adapter, const char *module,
+			     lorastore_kind kind, lorastore_tensor *out);
+
+/* The i-th tensor (0 <= i < tensor_count).  Errors: -EINVAL. */
+int lorastore_adapter_tensor_at(const lorastore_adapter *adapter, size_t i,
+				lorastore_tensor *out);
+
+/*
+ * Ask the daemon to load refs[0..n) in the background (no lease is taken).
+ * Errors: LORASTORE_E_NOT_FOUND for the first unknown ref, -errno.
+ */
+int lorastore_prefetch(lorastore *conn, const char *const *refs, size_t n);
+
+/* One adapter version in a listing. */
+typedef struct lorastore_entry {
+	const char *name;
+	uint32_t version;
+	char digest[65];               /* hex */
+	uint64_t generation;
+	uint32_t rank;
+	double scale;
+	const char *dtype;             /* "F16", ..., or "mixed" */
+	uint64_t bytes;                /* resident size (blob data region) */
+	size_t tensor_count;
+	int resident;
+	const char *tier;              /* "host", "device" or "disk" */
+	uint32_t pins;                 /* leases held, all clients together */
+	int64_t created_unix_ns;
+	const char *base_model;        /* "" when none */
+	const char *source;
+} lorastore_entry;
+
+typedef struct lorastore_list lorastore_list;
+
+/*
+ * One page of the versions whose name begins with prefix (NULL or "" for
+ * all), after cursor (NULL for the first page); limit 0 takes the daemon's
+ * page size.  Free with lorastore_list_free.
+ */
+int lorastore_list_page(lorastore *conn, const char *prefix, const char *cursor,
+			unsigned limit, lorastore_list **out);
+size_t lorastore_list_count(const lorastore_list *list);
+const lorastore_entry *lorastore_list_entry(const lorastore_list *list, size_t i);
+/* Cursor of the next page, or NULL after the last page. */
+const char *lorastore_list_next(const lorastore_list *list);
+/*
+ * Tensors of entry i when the list came from lorastore_show (a listing
+ * carries none): their descriptions, with data NULL.
+ */
+size_t lorastore_list_tensor_count(const lorastore_list *list, size_t i);
+int lorastore_list_tensor(const lorastore_list *list, size_t i, size_t j, lorastore_tensor *out);
+void lorastore_list_free(lorastore_list *list);
+
+/*
+ * The record of one version with its tensor table, as a list of one entry.
+ * Errors: LORASTORE_E_NOT_FOUND, LORASTORE_E_NAME_INVALID.
+ */
+int lorastore_show(lorastore *conn, const char *ref, lorastore_list **out);
+
+typedef struct lorastore_tier_stats {
+	char name[16];                 /* "host" or "device" */
+	uint64_t budget;               /* bytes */
+	uint64_t used;                 /* bytes held by resident adapters */
+	uint64_t slab_bytes;           /* bytes of slabs allocated */
+	uint32_t adapters;             /* resident adapters */
+} lorastore_tier_stats;
+
+typedef struct lorastore_stats {
+	size_t tier_count;
+	lorastore_tier_stats tiers[2];
+	uint32_t clients;
+	uint64_t leases;
+	uint64_t loads;
+	uint64_t hits;
+	uint64_t misses;
+	uint64_t evictions;
+	uint64_t load_errors;
+	uint64_t catalog_versions;
+} lorastore_stats;
+
+int lorastore_stats_get(lorastore *conn, lorastore_stats *out);
+
+/* ---- Administration (needs an admin peer: root, the daemon's user, or its admin group) */
+
+typedef struct lorastore_import_opts {
+	const char *name;              /* adapter name (required) */
+	const char *dtype;             /* "keep" (NULL), "f16", "bf16" or "f32" */
+	int allow_nonfinite;
+} lorastore_import_opts;
+
+/*
+ * Import the PEFT adapter in directory dir.  The files are opened here, with
+ * this process's permissions, and passed to the daemon as descriptors.  The
+ * new version goes to *version when version is not NULL.  Errors: every
+ * import error of the LORASTORE_E_* list, -EPERM (not an admin), -errno.
+ */
+int lorastore_import_dir(lorastore *conn, const char *dir, const lorastore_import_opts *opts,
+			 uint32_t *version);
+
+/*
+ * Same as lorastore_import_dir, but the new version's record (digest, sizes,
+ * tensor table) goes to *out as a list of one entry, as lorastore_show gives
+ * it (not resident, tier "disk").  Free it with lorastore_list_free.
+ */
+int lorastore_import_dir_entry(lorastore *conn, const char *dir,
+			       const lorastore_import_opts *opts, lorastore_list **out);
+
+/* Delete name@N, or every version of name.  Deletion waits for leases to end. */
+int lorastore_delete(lorastore *conn, const char *ref);
+
+/* Make ref resident without taking a lease. */
+int lorastore_load(lorastore *conn, const char *ref);
+
+/* Evict ref from memory (refused while leases exist: -EBUSY). */
+int lorastore_evict(lorastore *conn, const char *ref);
+
+/*
+ * Verify blobs (ref NULL: all).  *bad counts the broken versions; details
+ * for each broken one go to fn when fn is not NULL.
+ */
+int lorastore_verify(lorastore *conn, const char *ref, size_t *bad,
+		     void (*fn)(void *ud, const char *name, uint32_t version, int code,
+				const char *message),
+		     void *ud);
+
+/* Remove unreferenced blobs and what interrupted imports left. */
+int lorastore_gc(lorastore *conn, uint64_t *blobs_removed, uint64_t *bytes_removed);
+
+/* ---- Errors */
+
+/* Static description of any error code this library returns. */
+const char *lorastore_strerror(int err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

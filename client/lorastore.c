@@ -1,0 +1,212 @@
+/*
+ * liblorastore: connection set-up and teardown, errors, and the small
+ * requests (prefetch, stats).  Adapters are in adapter.c, listings in list.c,
+ * administration in admin.c, socket I/O in conn.c.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "client_internal.h"
+
+/* The public codes are the shared ones, value for value. */
+#define LS_SAME(x) _Static_assert((int)LORASTORE_E_##x == (int)LS_E_##x, "LORASTORE_E_" #x)
+LS_SAME(TRUNCATED);
+LS_SAME(HEADER_BOUNDS);
+LS_SAME(HEADER_TOO_LARGE);
+LS_SAME(HEADER_JSON);
+LS_SAME(HEADER_SCHEMA);
+LS_SAME(DTYPE_UNKNOWN);
+LS_SAME(DTYPE_UNSUPPORTED);
+LS_SAME(SHAPE_SIZE);
+LS_SAME(OFFSET_BOUNDS);
+LS_SAME(OFFSET_OVERLAP);
+LS_SAME(OFFSET_GAP);
+LS_SAME(NONFINITE);
+LS_SAME(LORA_UNPAIRED);
+LS_SAME(LORA_RANK);
+LS_SAME(LORA_SHAPE);
+LS_SAME(TENSOR_NAME);
+LS_SAME(NO_TENSORS);
+LS_SAME(CONFIG_MISSING);
+LS_SAME(CONFIG_INVALID);
+LS_SAME(NAME_INVALID);
+LS_SAME(NOT_FOUND);
+LS_SAME(CORRUPT);
+LS_SAME(BLOB_FORMAT);
+LS_SAME(CATALOG);
+LS_SAME(CATALOG_SCHEMA);
+LS_SAME(BUSY);
+LS_SAME(PROTOCOL);
+LS_SAME(FRAME_TOO_LARGE);
+LS_SAME(VERSION);
+LS_SAME(NO_SPACE);
+LS_SAME(PIN_LIMIT);
+LS_SAME(DELETED);
+LS_SAME(CLOSED);
+LS_SAME(BACKEND);
+/* Both lists end at the same code, so neither has one the other lacks. */
+_Static_assert((int)LORASTORE_E_BACKEND == (int)LS_E_LAST, "a code missing from lorastore.h");
+_Static_assert((int)LORASTORE_E_TRUNCATED == (int)LS_E_FIRST, "lorastore.h starts elsewhere");
+#undef LS_SAME
+
+/* Wire dtype and kind values equal the public ones too. */
+_Static_assert((int)LORASTORE_KIND_A == (int)LORASTORE__TENSOR_KIND__TENSOR_KIND_A, "kind A");
+_Static_assert((int)LORASTORE_KIND_B == (int)LORASTORE__TENSOR_KIND__TENSOR_KIND_B, "kind B");
+_Static_assert((int)LORASTORE_KIND_EXTRA == (int)LORASTORE__TENSOR_KIND__TENSOR_KIND_EXTRA,
+	       "kind extra");
+_Static_assert((int)LORASTORE_KIND_MAGNITUDE == (int)LORASTORE__TENSOR_KIND__TENSOR_KIND_MAGNITUDE,
+	       "kind magnitude");
+
+LS_PUBLIC const char *lorastore_strerror(int err)
+{
+	/* ls_strerror knows every LS_E_* code and falls back to strerror(-err). */
+	return ls_strerror(err);
+}
+
+static int ls_hello(lorastore *c)
+{
+	Lorastore__Hello hello = LORASTORE__HELLO__INIT;
+	hello.protocol_version = LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+	hello.client_name = program_invocation_short_name ? program_invocation_short_name : "";
+	Lorastore__Request req = LORASTORE__REQUEST__INIT;
+	req.body_case = LORASTORE__REQUEST__BODY_HELLO;
+	req.hello = &hello;
+	Lorastore__Response *resp = NULL;
+	int rc = ls_conn_call(c, &req, NULL, 0, LORASTORE__RESPONSE__BODY_HELLO, &resp);
+	if (rc) {
+		/* No request is possible on a connection that has not shaken hands. */
+		if (c->fd >= 0) {
+			char why[sizeof(c->errmsg)];
+			memcpy(why, c->errmsg, sizeof(why));
+			ls_conn_fail(c, rc, "handshake with lorastored: %s", why);
+		}
+		return rc;
+	}
+	const Lorastore__HelloReply *h = resp->hello;
+	if (!h || h->protocol_version != LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_1) {
+		unsigned v = h ? h->protocol_version : 0;
+		lorastore__response__free_unpacked(resp, NULL);
+		return ls_conn_fail(c, LS_E_VERSION, "lorastored speaks protocol version %u, not %d", v,
+				    LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_1);
+	}
+	c->admin = h->admin;
+	snprintf(c->backend, sizeof(c->backend), "%s", h->backend ? h->backend : "");
+	snprintf(c->daemon_version, sizeof(c->daemon_version), "%s",
+		 h->daemon_version ? h->daemon_version : "");
+	lorastore__response__free_unpacked(resp, NULL);
+	return 0;
+}
+
+LS_PUBLIC int lorastore_connect(const char *socket_path, lorastore **out)
+{
+	if (!out)
+		return -EINVAL;
+	*out = NULL;
+	lorastore *c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->fd = -1;
+	c->next_id = 1;
+	ls_framer_init(&c->framer, 0);
+	*out = c;
+
+	const char *path = socket_path;
+	if (!path || !*path)
+		path = getenv("LORASTORE_SOCKET");
+	if (!path || !*path)
+		path = LORASTORE_DEFAULT_SOCKET;
+	int rc = ls_conn_open(c, path);
+	if (rc)
+		return rc;
+	return ls_hello(c);
+}
+
+LS_PUBLIC void lorastore_close(lorastore *conn)
+{
+	if (!conn)
+		return;
+	/* Closing the socket ends every lease; the daemon needs no release. */
+	ls_adapters_drop(conn);
+	if (conn->fd >= 0)
+		close(conn->fd);
+	conn->fd = -1;
+	ls_slabs_unmap(conn);
+	ls_conn_teardown_io(conn);
+	free(conn);
+}
+
+LS_PUBLIC const char *lorastore_errmsg(const lorastore *conn)
+{
+	if (!conn)
+		return "no connection (out of memory)";
+	return conn->errmsg;
+}
+
+LS_PUBLIC int lorastore_prefetch(lorastore *conn, const char *const *refs, size_t n)
+{
+	if (!conn)
+		return -EINVAL;
+	if (n > 0 && !refs)
+		return ls_conn_error(conn, -EINVAL, "prefetch: no refs");
+	for (size_t i = 0; i < n; i++)
+		if (!refs[i] || !*refs[i])
+			return ls_conn_error(conn, LS_E_NAME_INVALID, "prefetch: ref %zu is empty", i);
+	/* Nothing to ask for (the daemon refuses an empty prefetch). */
+	if (n == 0)
+		return ls_conn_check(conn);
+	Lorastore__PrefetchRequest p = LORASTORE__PREFETCH_REQUEST__INIT;
+	p.n_refs = n;
+	p.refs = (char **)refs;
+	Lorastore__Request req = LORASTORE__REQUEST__INIT;
+	req.body_case = LORASTORE__REQUEST__BODY_PREFETCH;
+	req.prefetch = &p;
+	Lorastore__Response *resp = NULL;
+	int rc = ls_conn_call(conn, &req, NULL, 0, LORASTORE__RESPONSE__BODY_DONE, &resp);
+	if (resp)
+		lorastore__response__free_unpacked(resp, NULL);
+	return rc;
+}
+
+LS_PUBLIC int lorastore_stats_get(lorastore *conn, lorastore_stats *out)
+{
+	if (!conn || !out)
+		return -EINVAL;
+	Lorastore__Empty e = LORASTORE__EMPTY__INIT;
+	Lorastore__Request req = LORASTORE__REQUEST__INIT;
+	req.body_case = LORASTORE__REQUEST__BODY_STATS;
+	req.stats = &e;
+	Lorastore__Response *resp = NULL;
+	int rc = ls_conn_call(conn, &req, NULL, 0, LORASTORE__RESPONSE__BODY_STATS, &resp);
+	if (rc)
+		return rc;
+	const Lorastore__StatsReply *s = resp->stats;
+	if (!s) {
+		lorastore__response__free_unpacked(resp, NULL);
+		return ls_conn_error(conn, LS_E_PROTOCOL, "stats reply without a body");
+	}
+	memset(out, 0, sizeof(*out));
+	size_t max = sizeof(out->tiers) / sizeof(out->tiers[0]);
+	for (size_t i = 0; i < s->n_tiers && out->tier_count < max; i++) {
+		const Lorastore__TierStats *t = s->tiers[i];
+		lorastore_tier_stats *o = &out->tiers[out->tier_count++];
+		snprintf(o->name, sizeof(o->name), "%s", t->name ? t->name : "");
+		o->budget = t->budget;
+		o->used = t->used;
+		o->slab_bytes = t->slab_bytes;
+		o->adapters = t->adapters;
+	}
+	out->clients = s->clients;
+	out->leases = s->leases;
+	out->loads = s->loads;
+	out->hits = s->hits;
+	out->misses = s->misses;
+	out->evictions = s->evictions;
+	out->load_errors = s->load_errors;
+	out->catalog_versions = s->catalog_versions;
+	lorastore__response__free_unpacked(resp, NULL);
+	return 0;
+}
