@@ -1,5 +1,6 @@
 /* Requests of lorastored's protocol and their answers. */
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -194,7 +195,14 @@ static void ls_job_done(struct ls_job *job)
 		lorastore__verify_item__free_unpacked(j->items[i], NULL);
 	free(j->items);
 	free(j->generations);
+	bool big = j->kind != LS_JOB_DELETE;
 	free(j);
+	/*
+	 * Imports and verifies allocate whole adapters on worker threads, whose
+	 * malloc arenas would otherwise keep that memory after the job.
+	 */
+	if (big && ls_workers_busy(srv->workers) == 0)
+		malloc_trim(0);
 }
 
 static struct ls_req_job *ls_job_new(struct ls_session *s, uint64_t id, enum ls_job_kind kind)

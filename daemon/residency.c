@@ -62,6 +62,8 @@ void ls_residency_destroy(struct ls_residency *r)
 			struct ls_resident *next = e->hnext;
 			if (e->fd >= 0)
 				close(e->fd);
+			if (e->xxh)
+				XXH3_freeState(e->xxh);
 			lorastore__version_record__free_unpacked(e->rec, NULL);
 			free(e);
 			e = next;
@@ -137,6 +139,8 @@ static void ls_res_free_entry(struct ls_residency *r, struct ls_resident *e)
 	r->count--;
 	if (e->fd >= 0)
 		close(e->fd);
+	if (e->xxh)
+		XXH3_freeState(e->xxh);
 	lorastore__version_record__free_unpacked(e->rec, NULL);
 	free(e);
 }
@@ -235,34 +239,36 @@ static void ls_load_fail(struct ls_residency *r, struct ls_resident *e, int rc, 
 	ls_res_free_entry(r, e);
 }
 
-static void ls_verify_run(struct ls_job *job)
+/* Bytes asked of one read: large enough for the device, small enough to overlap hashing. */
+#define LS_READ_CHUNK (8u << 20)
+
+static void ls_load_step(struct ls_residency *r, struct ls_resident *e);
+
+static void ls_hash_run(struct ls_job *job)
 {
-	struct ls_resident *e = (struct ls_resident *)((char *)job - offsetof(struct ls_resident, verify_job));
+	struct ls_resident *e = (struct ls_resident *)((char *)job - offsetof(struct ls_resident, hash_job));
 	struct ls_slab_slot *slot = &e->owner->slabs[e->slab];
-	const uint8_t *p = (const uint8_t *)slot->slab.host + e->offset;
-	e->verify_rc = XXH3_64bits(p, e->hdr.data_length) == e->hdr.data_xxh3 ? 0 : LS_E_CORRUPT;
+	const uint8_t *p = (const uint8_t *)slot->slab.host + e->offset + e->hashed;
+	XXH3_64bits_update(e->xxh, p, e->hash_len);
 }
 
-static void ls_verify_done(struct ls_job *job)
+static void ls_hash_done(struct ls_job *job)
 {
-	struct ls_resident *e = (struct ls_resident *)((char *)job - offsetof(struct ls_resident, verify_job));
-	struct ls_residency *r = e->owner;
-	if (e->verify_rc) {
-		char msg[256];
-		snprintf(msg, sizeof(msg), "%s@%u: blob data checksum mismatch (corrupt blob)",
-			 e->rec->name, e->rec->version);
-		ls_load_fail(r, e, LS_E_CORRUPT, msg);
-		return;
-	}
+	struct ls_resident *e = (struct ls_resident *)((char *)job - offsetof(struct ls_resident, hash_job));
+	e->hashing = false;
+	e->hashed += e->hash_len;
+	ls_load_step(e->owner, e);
+}
+
+static void ls_load_finish(struct ls_residency *r, struct ls_resident *e)
+{
+	XXH3_freeState(e->xxh);
+	e->xxh = NULL;
 	e->state = LS_RES_RESIDENT;
 	r->stats.loads++;
 	ls_debug("loaded %s@%u (%llu bytes) into slab %u at %llu", e->rec->name, e->rec->version,
 		 (unsigned long long)e->length, r->slabs[e->slab].slab.id,
 		 (unsigned long long)e->offset);
-	if (e->deleted && e->pins == 0 && !e->waiters) {
-		ls_res_free_entry(r, e);
-		return;
-	}
 	if (e->pins == 0)
 		ls_lru_push(r, e);
 	ls_wake(r, e, 0, "ok");
@@ -270,42 +276,66 @@ static void ls_verify_done(struct ls_job *job)
 		ls_res_free_entry(r, e);
 }
 
-static void ls_read_submit(struct ls_residency *r, struct ls_resident *e);
-
 static void ls_read_done(struct ls_loop *loop, struct ls_op *op, int res, unsigned flags)
 {
 	struct ls_resident *e = (struct ls_resident *)((char *)op - offsetof(struct ls_resident, read_op));
-	struct ls_residency *r = e->owner;
 	(void)loop;
 	(void)flags;
-	if (res < 0 || res == 0) {
-		char msg[256];
-		snprintf(msg, sizeof(msg), "%s@%u: reading the blob: %s", e->rec->name,
-			 e->rec->version, res ? strerror(-res) : "unexpected end of file");
-		ls_load_fail(r, e, res ? res : LS_E_CORRUPT, msg);
-		return;
+	e->reading = false;
+	if (res <= 0 && !e->fail_rc) {
+		e->fail_rc = res ? res : LS_E_CORRUPT;
+		snprintf(e->fail_msg, sizeof(e->fail_msg), "%s@%u: reading the blob: %s",
+			 e->rec->name, e->rec->version, res ? strerror(-res) : "unexpected end of file");
+	} else if (res > 0) {
+		e->done += (uint64_t)res;
 	}
-	e->done += (uint64_t)res;
-	if (e->done < e->hdr.data_length) {
-		ls_read_submit(r, e);
-		return;
-	}
-	close(e->fd);
-	e->fd = -1;
-	e->state = LS_RES_VERIFYING;
-	e->verify_job.run = ls_verify_run;
-	e->verify_job.done = ls_verify_done;
-	ls_workers_submit(r->workers, &e->verify_job);
+	ls_load_step(e->owner, e);
 }
 
-static void ls_read_submit(struct ls_residency *r, struct ls_resident *e)
+/*
+ * Advance a load: keep one read and one hash job going until the whole
+ * region is read and hashed, then compare the checksum.  Failures wait for
+ * whatever is in flight before the entry goes.
+ */
+static void ls_load_step(struct ls_residency *r, struct ls_resident *e)
 {
-	struct ls_slab_slot *slot = &r->slabs[e->slab];
-	uint8_t *dst = (uint8_t *)slot->slab.host + e->offset + e->done;
-	uint64_t left = e->hdr.data_length - e->done;
-	unsigned chunk = left > (1u << 30) ? (1u << 30) : (unsigned)left;
-	struct io_uring_sqe *sqe = ls_loop_sqe(r->loop, &e->read_op, ls_read_done);
-	io_uring_prep_read(sqe, e->fd, dst, chunk, e->hdr.data_offset + e->done);
+	uint64_t len = e->hdr.data_length;
+	if (e->fail_rc) {
+		if (!e->reading && !e->hashing)
+			ls_load_fail(r, e, e->fail_rc, e->fail_msg);
+		return;
+	}
+	if (!e->reading && e->done < len) {
+		struct ls_slab_slot *slot = &r->slabs[e->slab];
+		uint8_t *dst = (uint8_t *)slot->slab.host + e->offset + e->done;
+		uint64_t left = len - e->done;
+		unsigned chunk = left > LS_READ_CHUNK ? LS_READ_CHUNK : (unsigned)left;
+		struct io_uring_sqe *sqe = ls_loop_sqe(r->loop, &e->read_op, ls_read_done);
+		io_uring_prep_read(sqe, e->fd, dst, chunk, e->hdr.data_offset + e->done);
+		e->reading = true;
+	}
+	if (!e->hashing && e->hashed < e->done) {
+		e->hash_len = e->done - e->hashed;
+		e->hash_job.run = ls_hash_run;
+		e->hash_job.done = ls_hash_done;
+		e->hashing = true;
+		if (e->hashed == 0 && e->done == len)
+			e->state = LS_RES_VERIFYING;
+		ls_workers_submit(r->workers, &e->hash_job);
+		return;
+	}
+	if (e->reading || e->hashing || e->hashed < len)
+		return;
+	close(e->fd);
+	e->fd = -1;
+	if (XXH3_64bits_digest(e->xxh) != e->hdr.data_xxh3) {
+		char msg[256];
+		snprintf(msg, sizeof(msg), "%s@%u: blob data checksum mismatch (corrupt blob)",
+			 e->rec->name, e->rec->version);
+		ls_load_fail(r, e, LS_E_CORRUPT, msg);
+		return;
+	}
+	ls_load_finish(r, e);
 }
 
 /* Open the blob, check its header against the record, and start reading. */
@@ -340,9 +370,15 @@ static int ls_load_start(struct ls_residency *r, struct ls_resident *e, struct l
 			ls_info("O_DIRECT is not supported for %s; using buffered reads", path);
 		}
 	}
+	e->xxh = XXH3_createState();
+	if (!e->xxh) {
+		close(fd);
+		return ls_err_set(err, -ENOMEM, "out of memory");
+	}
+	XXH3_64bits_reset(e->xxh);
 	e->fd = fd;
-	e->done = 0;
-	ls_read_submit(r, e);
+	e->done = e->hashed = 0;
+	ls_load_step(r, e);
 	return 0;
 }
 

@@ -48,13 +48,22 @@ struct ls_resident {
 	struct ls_resident *lru_prev, *lru_next;  /* on the LRU while unpinned and resident */
 	struct ls_resident *hnext;
 	struct ls_waiter *waiters;
-	/* Load in progress. */
+	/*
+	 * Load in progress: the data region is read in chunks, and each chunk
+	 * read is hashed (XXH3, streaming) on the worker pool while the next
+	 * one is read.
+	 */
 	int fd;
 	struct ls_blob_header hdr;
 	uint64_t done;                  /* bytes read so far */
+	uint64_t hashed;                /* bytes hashed so far */
+	uint64_t hash_len;              /* bytes the hash job in flight covers */
+	void *xxh;                      /* XXH3_state_t */
+	bool reading, hashing;          /* a read / a hash job in flight */
+	int fail_rc;                    /* first failure; reported once nothing is in flight */
+	char fail_msg[256];
 	struct ls_op read_op;
-	struct ls_job verify_job;
-	int verify_rc;
+	struct ls_job hash_job;
 	struct ls_residency *owner;
 };
 
