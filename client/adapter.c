@@ -131,8 +131,6 @@ static int ls_cmp_tensor(const void *a, const void *b)
 
 static void ls_adapter_free(lorastore_adapter *ad)
 {
-	if (ad->resp)
-		lorastore__response__free_unpacked(ad->resp, NULL);
 	free(ad->tensors);
 	free(ad->order);
 	free(ad);
@@ -151,11 +149,46 @@ static int ls_check_bounds(lorastore *c, const Lorastore__VersionRecord *rec, ui
 	return 0;
 }
 
-/* Fill ad's info and tensor table from its AcquireReply. */
-static int ls_adapter_build(lorastore *c, lorastore_adapter *ad, const uint8_t *base)
+/* The cached record of a generation, or NULL. */
+static const Lorastore__VersionRecord *ls_record_find(const lorastore *c, uint64_t gen)
 {
-	const Lorastore__AcquireReply *a = ad->resp->acquire;
-	const Lorastore__VersionRecord *rec = a->record;
+	for (size_t i = 0; i < c->n_records; i++)
+		if (c->records[i].generation == gen)
+			return c->records[i].resp->acquire->record;
+	return NULL;
+}
+
+/* Keep resp (whose acquire reply carries a record) for later acquires of its generation. */
+static int ls_record_keep(lorastore *c, uint64_t gen, Lorastore__Response *resp)
+{
+	if (c->n_records == c->cap_records) {
+		size_t cap = c->cap_records ? 2 * c->cap_records : 16;
+		struct ls_record_cache *r = realloc(c->records, cap * sizeof(*r));
+		if (!r)
+			return ls_conn_error(c, -ENOMEM, "out of memory");
+		c->records = r;
+		c->cap_records = cap;
+	}
+	c->records[c->n_records].generation = gen;
+	c->records[c->n_records].resp = resp;
+	c->n_records++;
+	return 0;
+}
+
+void ls_records_drop(lorastore *c)
+{
+	for (size_t i = 0; i < c->n_records; i++)
+		lorastore__response__free_unpacked(c->records[i].resp, NULL);
+	free(c->records);
+	c->records = NULL;
+	c->n_records = c->cap_records = 0;
+}
+
+/* Fill ad's info and tensor table from its record. */
+static int ls_adapter_build(lorastore *c, lorastore_adapter *ad, const uint8_t *base,
+			    const char *tier)
+{
+	const Lorastore__VersionRecord *rec = ad->rec;
 	size_t n = rec->n_tensors;
 	if (rec->digest.len != 32)
 		return ls_conn_error(c, LS_E_PROTOCOL, "digest of %zu bytes, not 32", rec->digest.len);
@@ -203,7 +236,7 @@ static int ls_adapter_build(lorastore *c, lorastore_adapter *ad, const uint8_t *
 	info->dtype = ls_dtype_from_str(rec->dtype);
 	info->tensor_count = n;
 	info->bytes = rec->data_length;
-	info->tier = a->tier && *a->tier ? a->tier : "host";
+	info->tier = tier && strcmp(tier, "device") == 0 ? "device" : "host";
 	return 0;
 }
 
@@ -243,23 +276,39 @@ LS_PUBLIC int lorastore_acquire(lorastore *conn, const char *ref, int timeout_ms
 	}
 	lorastore_adapter *ad = NULL;
 	const struct ls_slab_map *slab = NULL;
+	const Lorastore__VersionRecord *rec = a->record;
+	bool cached = false;
 	rc = ls_slab_get(conn, a->slab_id, a->slab_size, fd, &slab);
 	if (rc)
 		goto fail;
-	if (!a->record) {
-		rc = ls_conn_error(conn, LS_E_PROTOCOL, "acquire reply without a record");
+	if (!rec) {
+		rec = ls_record_find(conn, a->generation);
+		if (!rec) {
+			rc = ls_conn_error(conn, LS_E_PROTOCOL,
+					   "acquire reply without a record for generation %llu",
+					   (unsigned long long)a->generation);
+			goto fail;
+		}
+	} else if (a->generation && rec->generation != a->generation) {
+		rc = ls_conn_error(conn, LS_E_PROTOCOL, "acquire reply names two generations");
 		goto fail;
 	}
-	if (a->offset > slab->size || a->record->data_length > slab->size - a->offset) {
+	if (a->offset > slab->size || rec->data_length > slab->size - a->offset) {
 		rc = ls_conn_error(conn, LS_E_PROTOCOL,
 				   "adapter at %llu + %llu bytes lies outside slab %u (%zu bytes)",
 				   (unsigned long long)a->offset,
-				   (unsigned long long)a->record->data_length, a->slab_id, slab->size);
+				   (unsigned long long)rec->data_length, a->slab_id, slab->size);
 		goto fail;
 	}
-	rc = ls_check_bounds(conn, a->record, slab->size - a->offset);
+	rc = ls_check_bounds(conn, rec, slab->size - a->offset);
 	if (rc)
 		goto fail;
+	if (a->record) {
+		rc = ls_record_keep(conn, rec->generation, resp);
+		if (rc)
+			goto fail;
+		cached = true;
+	}
 	ad = calloc(1, sizeof(*ad));
 	if (!ad) {
 		rc = ls_conn_error(conn, -ENOMEM, "out of memory");
@@ -267,10 +316,13 @@ LS_PUBLIC int lorastore_acquire(lorastore *conn, const char *ref, int timeout_ms
 	}
 	ad->conn = conn;
 	ad->lease_id = lease;
-	ad->resp = resp;
-	rc = ls_adapter_build(conn, ad, slab->addr + a->offset);
+	ad->rec = rec;
+	ad->base = slab->addr + a->offset;
+	rc = ls_adapter_build(conn, ad, NULL, a->tier);
 	if (rc)
 		goto fail;
+	if (!cached)
+		lorastore__response__free_unpacked(resp, NULL);
 	ad->next = conn->adapters;
 	if (conn->adapters)
 		conn->adapters->prev = ad;
@@ -280,8 +332,8 @@ LS_PUBLIC int lorastore_acquire(lorastore *conn, const char *ref, int timeout_ms
 
 fail:
 	if (ad)
-		ls_adapter_free(ad); /* frees resp too */
-	else
+		ls_adapter_free(ad);
+	if (!cached)
 		lorastore__response__free_unpacked(resp, NULL);
 	ls_release_quietly(conn, lease);
 	return rc;
@@ -343,6 +395,7 @@ LS_PUBLIC int lorastore_adapter_tensor(const lorastore_adapter *adapter, const c
 	if (!hit)
 		return LS_E_NOT_FOUND;
 	*out = **hit;
+	out->data = adapter->base + out->offset;
 	return 0;
 }
 
@@ -352,5 +405,6 @@ LS_PUBLIC int lorastore_adapter_tensor_at(const lorastore_adapter *adapter, size
 	if (!adapter || !out || i >= adapter->info.tensor_count)
 		return -EINVAL;
 	*out = adapter->tensors[i];
+	out->data = adapter->base + out->offset;
 	return 0;
 }

@@ -39,6 +39,80 @@ static const char *ls_tier_name(struct ls_server *srv)
 	return strcmp(ls_backend_name(&srv->backend), "cuda") == 0 ? "device" : "host";
 }
 
+/* ---- Reference cache */
+
+static uint32_t ls_ref_hash(const char *ref)
+{
+	uint32_t h = 2166136261u;
+	for (const unsigned char *p = (const unsigned char *)ref; *p; p++)
+		h = (h ^ *p) * 16777619u;
+	return h % LS_REFCACHE_SIZE;
+}
+
+static uint64_t ls_refcache_get(struct ls_server *srv, const char *ref)
+{
+	if (!srv->refcache)
+		return 0;
+	struct ls_refcache_entry *e = &srv->refcache[ls_ref_hash(ref)];
+	return e->generation && strcmp(e->ref, ref) == 0 ? e->generation : 0;
+}
+
+static void ls_refcache_put(struct ls_server *srv, const char *ref, uint64_t generation)
+{
+	if (!srv->refcache || strlen(ref) >= sizeof(srv->refcache[0].ref))
+		return;
+	struct ls_refcache_entry *e = &srv->refcache[ls_ref_hash(ref)];
+	e->generation = generation;
+	strcpy(e->ref, ref);
+}
+
+/* Forget the references of name: "name" always, "name@N" too when all is set. */
+static void ls_refcache_drop(struct ls_server *srv, const char *name, bool all)
+{
+	if (!srv->refcache)
+		return;
+	size_t len = strlen(name);
+	for (uint32_t i = 0; i < LS_REFCACHE_SIZE; i++) {
+		struct ls_refcache_entry *e = &srv->refcache[i];
+		if (!e->generation || strncmp(e->ref, name, len) != 0)
+			continue;
+		if (e->ref[len] == '\0' || (all && e->ref[len] == '@'))
+			e->generation = 0;
+	}
+}
+
+/* Whether this connection already has the record of a generation; marks it when not. */
+static bool ls_gen_sent(struct ls_session *s, uint64_t gen)
+{
+	if (s->n_gens_sent * 2 >= s->cap_gens_sent) {
+		size_t cap = s->cap_gens_sent ? 2 * s->cap_gens_sent : 64;
+		uint64_t *t = calloc(cap, sizeof(*t));
+		if (!t)
+			return false; /* send the record again: correct, only slower */
+		for (size_t i = 0; i < s->cap_gens_sent; i++) {
+			uint64_t g = s->gens_sent[i];
+			if (!g)
+				continue;
+			size_t j = g & (cap - 1);
+			while (t[j])
+				j = (j + 1) & (cap - 1);
+			t[j] = g;
+		}
+		free(s->gens_sent);
+		s->gens_sent = t;
+		s->cap_gens_sent = cap;
+	}
+	size_t j = gen & (s->cap_gens_sent - 1);
+	while (s->gens_sent[j]) {
+		if (s->gens_sent[j] == gen)
+			return true;
+		j = (j + 1) & (s->cap_gens_sent - 1);
+	}
+	s->gens_sent[j] = gen;
+	s->n_gens_sent++;
+	return false;
+}
+
 /* ---- Hello */
 
 static void ls_on_hello(struct ls_session *s, Lorastore__Request *req)
@@ -147,9 +221,16 @@ static void ls_job_done(struct ls_job *job)
 		close(j->cfg_fd);
 	if (j->st_fd >= 0)
 		close(j->st_fd);
-	if (j->kind == LS_JOB_DELETE && j->rc == 0)
+	if (j->kind == LS_JOB_DELETE && j->rc == 0) {
+		char name[LS_NAME_MAX + 1];
+		uint32_t version;
+		if (ls_ref_parse(j->ref, name, &version, NULL) == 0)
+			ls_refcache_drop(srv, name, true);
 		for (size_t i = 0; i < j->n_generations; i++)
 			ls_res_deleted(&srv->res, j->generations[i]);
+	}
+	if (j->kind == LS_JOB_IMPORT && j->rc == 0)
+		ls_refcache_drop(srv, j->name, false);
 	if (j->rc) {
 		ls_session_error(s, j->id, j->rc, "%s", j->err.msg[0] ? j->err.msg : ls_strerror(j->rc));
 	} else {
@@ -516,7 +597,8 @@ static void ls_grant(struct ls_session *s, uint64_t id, struct ls_resident *e)
 	s->slabs_sent[e->slab] = 1;
 	Lorastore__AcquireReply ar = LORASTORE__ACQUIRE_REPLY__INIT;
 	ar.lease_id = l->id;
-	ar.record = e->rec;
+	ar.generation = e->generation;
+	ar.record = ls_gen_sent(s, e->generation) ? NULL : e->rec;
 	ar.slab_id = slot->slab.id;
 	ar.slab_size = slot->slab.size;
 	ar.offset = e->offset;
@@ -558,13 +640,27 @@ static void ls_on_acquire_or_load(struct ls_session *s, uint64_t id, const char 
 				  int64_t timeout_ms, bool lease)
 {
 	struct ls_server *srv = s->srv;
-	Lorastore__VersionRecord *rec = NULL;
 	struct ls_err err;
+	/* Warm: a resident version found through the reference cache, no catalog read. */
+	uint64_t gen = ls_refcache_get(srv, ref);
+	struct ls_resident *warm = gen ? ls_res_find(&srv->res, gen) : NULL;
+	if (warm && warm->state == LS_RES_RESIDENT && !warm->deleted) {
+		struct ls_resident *e = NULL;
+		if (ls_res_request(&srv->res, warm->rec, NULL, &e, &err) == 0) {
+			if (lease)
+				ls_grant(s, id, e);
+			else
+				ls_send_done(s, id);
+			return;
+		}
+	}
+	Lorastore__VersionRecord *rec = NULL;
 	int rc = ls_store_lookup(srv->store, ref, &rec, &err);
 	if (rc) {
 		ls_session_error(s, id, rc, "%s", err.msg);
 		return;
 	}
+	ls_refcache_put(srv, ref, rec->generation);
 	if (lease && timeout_ms == 0) {
 		struct ls_resident *e = ls_res_find(&srv->res, rec->generation);
 		if (!e || e->state != LS_RES_RESIDENT) {

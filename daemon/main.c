@@ -248,6 +248,11 @@ int main(int argc, char **argv)
 		ls_error("%s", err.msg);
 		goto out;
 	}
+	srv.refcache = calloc(LS_REFCACHE_SIZE, sizeof(*srv.refcache));
+	if (!srv.refcache) {
+		ls_error("out of memory");
+		goto out;
+	}
 	if (ls_listen(&srv))
 		goto out;
 
@@ -287,6 +292,7 @@ out:
 	if (srv.backend.iface)
 		ls_backend_destroy(&srv.backend);
 	ls_store_close(srv.store);
+	free(srv.refcache);
 	if (srv.signal_fd >= 0)
 		close(srv.signal_fd);
 	return status;

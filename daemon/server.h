@@ -91,6 +91,9 @@ struct ls_session {
 	uint32_t n_slabs_sent;
 	struct ls_pending *pending;
 	unsigned jobs;               /* worker jobs that will answer this session */
+	/* Generations whose record this connection has (open addressing; 0 = empty). */
+	uint64_t *gens_sent;
+	size_t n_gens_sent, cap_gens_sent;
 
 	struct ls_session *next, *prev;
 };
@@ -127,7 +130,19 @@ struct ls_server {
 
 	bool have_admin_gid;
 	gid_t admin_gid;
+
+	/*
+	 * References ("name", "name@3") resolved to generations, so a warm
+	 * acquire needs no catalog read.  Direct-mapped; entries for a name are
+	 * dropped when it gets a new version or loses one.
+	 */
+	struct ls_refcache_entry {
+		uint64_t generation;      /* 0: empty */
+		char ref[LS_NAME_MAX + 16];
+	} *refcache;
 };
+
+#define LS_REFCACHE_SIZE 4096u
 
 /* session.c */
 void ls_server_accept(struct ls_server *srv);

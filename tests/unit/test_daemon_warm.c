@@ -1,0 +1,133 @@
+/*
+ * Warm acquires through a real lorastored: the record of a generation travels
+ * once per connection and the daemon resolves references from its cache, yet
+ * every acquire still sees the right version and the right bytes.
+ */
+#include <criterion/criterion.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <lorastore.h>
+
+#include "daemon_proc.h"
+#include "synth.h"
+
+static struct ls_daemon_proc dp;
+static char *work_dir;
+static lorastore *conn;
+
+static void setup(void)
+{
+	work_dir = synth_mkdtemp("warm");
+	const char *args[] = {"--host-budget", "64MiB", NULL};
+	cr_assert_eq(ls_daemon_start(&dp, NULL, args), 0, "the daemon did not start");
+	cr_assert_eq(lorastore_connect(dp.socket, &conn), 0, "connect: %s", lorastore_errmsg(conn));
+}
+
+static void teardown(void)
+{
+	lorastore_close(conn);
+	cr_expect_eq(ls_daemon_stop(&dp), 0, "lorastored did not exit 0");
+	ls_daemon_cleanup(&dp);
+	synth_rm_rf(work_dir);
+	free(work_dir);
+}
+
+TestSuite(warm, .init = setup, .fini = teardown, .timeout = 60);
+
+static void import(const char *name, uint64_t seed)
+{
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s/a%llu", work_dir, (unsigned long long)seed);
+	mkdir(dir, 0755);
+	struct synth_opts o = {.family = SYNTH_LLAMA, .layers = 2, .rank = 4, .seed = seed};
+	cr_assert_eq(synth_adapter_dir(dir, &o), 0);
+	lorastore_import_opts io = {.name = name};
+	cr_assert_eq(lorastore_import_dir(conn, dir, &io, NULL), 0, "import %s: %s", name,
+		     lorastore_errmsg(conn));
+}
+
+/* A checksum of every tensor's bytes. */
+static uint64_t tensor_sum(const lorastore_adapter *ad)
+{
+	lorastore_adapter_info info;
+	cr_assert_eq(lorastore_adapter_info_get(ad, &info), 0);
+	uint64_t h = 1469598103934665603ull;
+	for (size_t i = 0; i < info.tensor_count; i++) {
+		lorastore_tensor t;
+		cr_assert_eq(lorastore_adapter_tensor_at(ad, i, &t), 0);
+		const unsigned char *p = t.data;
+		for (uint64_t k = 0; k < t.bytes; k++)
+			h = (h ^ p[k]) * 1099511628211ull;
+	}
+	return h;
+}
+
+Test(warm, second_acquire_on_a_connection_uses_the_cached_record_and_the_same_bytes)
+{
+	import("w/a", 1);
+	lorastore_adapter *a1, *a2;
+	cr_assert_eq(lorastore_acquire(conn, "w/a", -1, &a1), 0, "%s", lorastore_errmsg(conn));
+	cr_assert_eq(lorastore_acquire(conn, "w/a", -1, &a2), 0, "%s", lorastore_errmsg(conn));
+	lorastore_adapter_info i1, i2;
+	lorastore_adapter_info_get(a1, &i1);
+	lorastore_adapter_info_get(a2, &i2);
+	cr_assert_eq(i1.generation, i2.generation);
+	cr_assert_eq(i1.tensor_count, i2.tensor_count);
+	cr_assert_str_eq(i2.name, "w/a");
+	lorastore_tensor t;
+	cr_assert_eq(lorastore_adapter_tensor(a2, "model.layers.1.self_attn.v_proj", LORASTORE_KIND_B,
+					      &t),
+		     0);
+	cr_assert_eq(tensor_sum(a1), tensor_sum(a2));
+	cr_assert_eq(lorastore_adapter_release(a1), 0);
+	cr_assert_eq(lorastore_adapter_release(a2), 0);
+}
+
+Test(warm, a_reloaded_adapter_reads_right_with_the_cached_record)
+{
+	import("w/a", 1);
+	import("w/b", 2);
+	lorastore_adapter *ad;
+	cr_assert_eq(lorastore_acquire(conn, "w/a", -1, &ad), 0, "%s", lorastore_errmsg(conn));
+	uint64_t before = tensor_sum(ad);
+	lorastore_adapter_release(ad);
+	/* Evict a, load b where a was, then load a again elsewhere. */
+	cr_assert_eq(lorastore_evict(conn, "w/a"), 0, "%s", lorastore_errmsg(conn));
+	cr_assert_eq(lorastore_load(conn, "w/b"), 0, "%s", lorastore_errmsg(conn));
+	cr_assert_eq(lorastore_acquire(conn, "w/a", -1, &ad), 0, "%s", lorastore_errmsg(conn));
+	cr_assert_eq(tensor_sum(ad), before);
+	lorastore_adapter_release(ad);
+}
+
+Test(warm, a_new_version_is_acquired_by_name_right_after_its_import)
+{
+	import("w/v", 1);
+	lorastore_adapter *ad;
+	lorastore_adapter_info info;
+	cr_assert_eq(lorastore_acquire(conn, "w/v", -1, &ad), 0, "%s", lorastore_errmsg(conn));
+	lorastore_adapter_info_get(ad, &info);
+	cr_assert_eq(info.version, 1);
+	lorastore_adapter_release(ad);
+	import("w/v", 2);
+	cr_assert_eq(lorastore_acquire(conn, "w/v", -1, &ad), 0, "%s", lorastore_errmsg(conn));
+	lorastore_adapter_info_get(ad, &info);
+	cr_assert_eq(info.version, 2, "the name still resolved to version %u", info.version);
+	lorastore_adapter_release(ad);
+}
+
+Test(warm, a_deleted_adapter_is_not_served_from_the_reference_cache)
+{
+	import("w/d", 1);
+	lorastore_adapter *ad;
+	cr_assert_eq(lorastore_acquire(conn, "w/d", -1, &ad), 0, "%s", lorastore_errmsg(conn));
+	lorastore_adapter_release(ad);
+	cr_assert_eq(lorastore_acquire(conn, "w/d@1", -1, &ad), 0, "%s", lorastore_errmsg(conn));
+	lorastore_adapter_release(ad);
+	cr_assert_eq(lorastore_delete(conn, "w/d"), 0, "%s", lorastore_errmsg(conn));
+	cr_assert_eq(lorastore_acquire(conn, "w/d", -1, &ad), LORASTORE_E_NOT_FOUND);
+	cr_assert_eq(lorastore_acquire(conn, "w/d@1", -1, &ad), LORASTORE_E_NOT_FOUND);
+}
