@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -198,6 +199,12 @@ static int ls_choose_backend(struct ls_server *srv)
 
 int main(int argc, char **argv)
 {
+	/*
+	 * Imports allocate whole adapters (megabytes) on worker threads.  A fixed
+	 * mmap threshold gives such blocks back to the system when freed, where
+	 * glibc's adaptive threshold would keep them in the threads' arenas.
+	 */
+	mallopt(M_MMAP_THRESHOLD, 256 << 10);
 	struct ls_config cfg;
 	ls_config_defaults(&cfg);
 	int rc = ls_config_parse(&cfg, argc, argv);
