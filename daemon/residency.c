@@ -18,18 +18,6 @@
 #define LS_SLAB_DEFAULT (256ull << 20)
 #define LS_RES_BUCKETS 4096u
 
-static Lorastore__VersionRecord *ls_rec_copy(const Lorastore__VersionRecord *rec)
-{
-	size_t len = lorastore__version_record__get_packed_size(rec);
-	uint8_t *buf = malloc(len ? len : 1);
-	if (!buf)
-		return NULL;
-	lorastore__version_record__pack(rec, buf);
-	Lorastore__VersionRecord *copy = lorastore__version_record__unpack(NULL, len, buf);
-	free(buf);
-	return copy;
-}
-
 int ls_residency_init(struct ls_residency *r, struct ls_backend *backend, uint64_t budget,
 		      struct ls_loop *loop, struct ls_workers *workers, struct ls_store *store,
 		      struct ls_err *err)
@@ -403,7 +391,7 @@ int ls_res_request(struct ls_residency *r, const Lorastore__VersionRecord *rec,
 		e->owner = r;
 		e->fd = -1;
 		e->generation = rec->generation;
-		e->rec = ls_rec_copy(rec);
+		e->rec = ls_record_copy(rec);
 		e->length = ls_align_up(rec->data_length ? rec->data_length : 1, LS_BLOB_PAGE);
 		e->state = LS_RES_LOADING;
 		if (!e->rec) {

@@ -1,7 +1,9 @@
 /* Small file helpers of the store. */
 #include "fsutil.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <sys/random.h>
@@ -80,4 +82,20 @@ int ls_fsync_path(const char *path)
 	int rc = fsync(fd) == 0 ? 0 : -errno;
 	close(fd);
 	return rc;
+}
+
+void ls_remove_dir(const char *path)
+{
+	DIR *d = opendir(path);
+	struct dirent *e;
+	while (d && (e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		char f[PATH_MAX + 256];
+		snprintf(f, sizeof(f), "%s/%s", path, e->d_name);
+		unlink(f);
+	}
+	if (d)
+		closedir(d);
+	rmdir(path);
 }

@@ -21,6 +21,9 @@ int ls_tmpfile_create(int dir_fd, const char *tag, char *name, size_t name_len);
 /* mkdir that accepts an existing directory; 0 or -errno. */
 int ls_mkdir(const char *path, unsigned mode);
 
+/* Remove a flat directory and the files in it (best effort; for leftovers). */
+void ls_remove_dir(const char *path);
+
 /* fsync a directory by path; 0 or -errno. */
 int ls_fsync_path(const char *path);
 

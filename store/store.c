@@ -63,24 +63,8 @@ static int ls_catalog_recover(struct ls_store *s)
 	}
 	if (!have_cur && !have_next && have_old && rename(old, cur) != 0)
 		return -errno;
-	char cmd_path[PATH_MAX];
-	const char *leftovers[] = {"catalog.old", "catalog.rebuild"};
-	for (size_t i = 0; i < 2; i++) {
-		ls_catalog_path(s, leftovers[i], cmd_path, sizeof(cmd_path));
-		if (stat(cmd_path, &st) != 0)
-			continue;
-		DIR *d = opendir(cmd_path);
-		struct dirent *e;
-		while (d && (e = readdir(d)))
-			if (e->d_name[0] != '.') {
-				char f[PATH_MAX + 256];
-				snprintf(f, sizeof(f), "%s/%s", cmd_path, e->d_name);
-				unlink(f);
-			}
-		if (d)
-			closedir(d);
-		rmdir(cmd_path);
-	}
+	ls_remove_dir(old);
+	ls_remove_dir(next);
 	return 0;
 }
 
@@ -253,8 +237,7 @@ static int ls_write_ref(void *ud, const Lorastore__VersionRecord *rec, struct ls
 	return 0;
 }
 
-/* A deep copy of a record (pack and unpack: protobuf-c owns every field). */
-static Lorastore__VersionRecord *ls_record_copy(const Lorastore__VersionRecord *rec)
+Lorastore__VersionRecord *ls_record_copy(const Lorastore__VersionRecord *rec)
 {
 	size_t len = lorastore__version_record__get_packed_size(rec);
 	uint8_t *buf = malloc(len ? len : 1);
@@ -266,8 +249,7 @@ static Lorastore__VersionRecord *ls_record_copy(const Lorastore__VersionRecord *
 	return copy;
 }
 
-/* A record whose content fields point into the manifest (no copies). */
-static void ls_record_from_manifest(Lorastore__VersionRecord *rec,
+void ls_record_from_manifest(Lorastore__VersionRecord *rec,
 				    const Lorastore__BlobManifest *m,
 				    const struct ls_blob_header *hdr)
 {

@@ -123,6 +123,9 @@ struct ls_rebuild_stats {
  */
 int ls_store_rebuild(struct ls_store *store, struct ls_rebuild_stats *stats, struct ls_err *err);
 
+/* A deep copy of a record (free with lorastore__version_record__free_unpacked). */
+Lorastore__VersionRecord *ls_record_copy(const Lorastore__VersionRecord *rec);
+
 /* The catalog, for statistics and walks. */
 struct ls_catalog *ls_store_catalog(struct ls_store *store);
 

@@ -210,7 +210,7 @@ static int ls_rebuild_one(struct ls_store *s, struct ls_catalog *cat, const char
 	}
 	if (rc == 0) {
 		Lorastore__VersionRecord rec;
-		lorastore__version_record__init(&rec);
+		ls_record_from_manifest(&rec, m, &hdr);
 		rec.schema = LS_CATALOG_SCHEMA;
 		rec.name = ref->name;
 		rec.version = ref->version;
@@ -218,39 +218,11 @@ static int ls_rebuild_one(struct ls_store *s, struct ls_catalog *cat, const char
 		rec.generation = ref->generation;
 		rec.created_unix_ns = ref->created_unix_ns;
 		rec.source = ref->source;
-		rec.config = m->config;
-		rec.n_scales = m->n_scales;
-		rec.scales = m->scales;
-		rec.n_tensors = m->n_tensors;
-		rec.tensors = m->tensors;
-		rec.blob_length = hdr.file_length;
-		rec.data_length = m->data_length;
-		rec.dtype = m->dtype;
-		rec.rank = m->config ? m->config->r : 0;
-		for (size_t i = 0; i < m->n_scales; i++)
-			if (m->scales[i]->rank > rec.rank)
-				rec.rank = m->scales[i]->rank;
-		rec.scale = ls_scale_of_config(m->config);
 		rc = ls_catalog_restore(cat, &rec, err);
 		lorastore__blob_manifest__free_unpacked(m, NULL);
 	}
 	lorastore__ref_record__free_unpacked(ref, NULL);
 	return rc;
-}
-
-static void ls_empty_dir(const char *path)
-{
-	DIR *d = opendir(path);
-	struct dirent *e;
-	while (d && (e = readdir(d))) {
-		if (e->d_name[0] == '.')
-			continue;
-		char f[PATH_MAX + 256];
-		snprintf(f, sizeof(f), "%s/%s", path, e->d_name);
-		unlink(f);
-	}
-	if (d)
-		closedir(d);
 }
 
 int ls_store_rebuild(struct ls_store *s, struct ls_rebuild_stats *stats, struct ls_err *err)
@@ -265,8 +237,7 @@ int ls_store_rebuild(struct ls_store *s, struct ls_rebuild_stats *stats, struct 
 	snprintf(next, sizeof(next), "%s/catalog.rebuild", s->dir);
 
 	pthread_rwlock_wrlock(&s->gc_lock);
-	ls_empty_dir(next);
-	rmdir(next);
+	ls_remove_dir(next);
 	int rc = ls_mkdir(next, 0750);
 	struct ls_catalog *cat = NULL;
 	if (rc)
@@ -317,8 +288,7 @@ int ls_store_rebuild(struct ls_store *s, struct ls_rebuild_stats *stats, struct 
 		rename(old, cur);
 	} else {
 		ls_fsync_path(s->dir);
-		ls_empty_dir(old);
-		rmdir(old);
+		ls_remove_dir(old);
 	}
 	int orc = ls_catalog_open(cur, &s->cat, rc ? NULL : err);
 	if (rc == 0)

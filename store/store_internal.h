@@ -4,6 +4,7 @@
 
 #include <pthread.h>
 
+#include "blob.h"
 #include "catalog.h"
 
 struct ls_store {
@@ -17,6 +18,13 @@ struct ls_store {
 	 */
 	pthread_rwlock_t gc_lock;
 };
+
+/*
+ * A record whose content fields point into the manifest and header (no
+ * copies): the caller sets name, version, generation, time and source.
+ */
+void ls_record_from_manifest(Lorastore__VersionRecord *rec, const Lorastore__BlobManifest *m,
+			     const struct ls_blob_header *hdr);
 
 /* Scale of modules without a pattern: alpha / r, or alpha / sqrt(r) with rslora. */
 double ls_scale_of_config(const Lorastore__AdapterConfig *config);
