@@ -112,132 +112,26 @@ static void ls_release_quietly(lorastore *c, uint64_t lease_id)
 	memcpy(c->errmsg, why, sizeof(why));
 }
 
-static int ls_cmp_scale(const void *a, const void *b)
-{
-	const Lorastore__ModuleScale *x = *(const Lorastore__ModuleScale *const *)a;
-	const Lorastore__ModuleScale *y = *(const Lorastore__ModuleScale *const *)b;
-	return strcmp(x->module, y->module);
-}
-
-static int ls_cmp_tensor(const void *a, const void *b)
-{
-	const lorastore_tensor *x = *(const lorastore_tensor *const *)a;
-	const lorastore_tensor *y = *(const lorastore_tensor *const *)b;
-	int c = strcmp(x->module, y->module);
-	if (c)
-		return c;
-	return (int)x->kind - (int)y->kind;
-}
-
 static void ls_adapter_free(lorastore_adapter *ad)
 {
-	free(ad->tensors);
-	free(ad->order);
 	free(ad);
 }
 
-/* Check every tensor of rec lies inside the `room` bytes after the data region's start. */
-static int ls_check_bounds(lorastore *c, const Lorastore__VersionRecord *rec, uint64_t room)
+/* Fill ad's info from its table. */
+static void ls_adapter_info_fill(lorastore_adapter *ad, const char *tier)
 {
-	for (size_t j = 0; j < rec->n_tensors; j++) {
-		const Lorastore__Tensor *t = rec->tensors[j];
-		if (!t || t->offset > room || t->length > room - t->offset)
-			return ls_conn_error(c, LS_E_PROTOCOL,
-					     "tensor %zu of %s lies outside its slab", j,
-					     rec->name ? rec->name : "");
-	}
-	return 0;
-}
-
-/* The cached record of a generation, or NULL. */
-static const Lorastore__VersionRecord *ls_record_find(const lorastore *c, uint64_t gen)
-{
-	for (size_t i = 0; i < c->n_records; i++)
-		if (c->records[i].generation == gen)
-			return c->records[i].resp->acquire->record;
-	return NULL;
-}
-
-/* Keep resp (whose acquire reply carries a record) for later acquires of its generation. */
-static int ls_record_keep(lorastore *c, uint64_t gen, Lorastore__Response *resp)
-{
-	if (c->n_records == c->cap_records) {
-		size_t cap = c->cap_records ? 2 * c->cap_records : 16;
-		struct ls_record_cache *r = realloc(c->records, cap * sizeof(*r));
-		if (!r)
-			return ls_conn_error(c, -ENOMEM, "out of memory");
-		c->records = r;
-		c->cap_records = cap;
-	}
-	c->records[c->n_records].generation = gen;
-	c->records[c->n_records].resp = resp;
-	c->n_records++;
-	return 0;
-}
-
-void ls_records_drop(lorastore *c)
-{
-	for (size_t i = 0; i < c->n_records; i++)
-		lorastore__response__free_unpacked(c->records[i].resp, NULL);
-	free(c->records);
-	c->records = NULL;
-	c->n_records = c->cap_records = 0;
-}
-
-/* Fill ad's info and tensor table from its record. */
-static int ls_adapter_build(lorastore *c, lorastore_adapter *ad, const uint8_t *base,
-			    const char *tier)
-{
-	const Lorastore__VersionRecord *rec = ad->rec;
-	size_t n = rec->n_tensors;
-	if (rec->digest.len != 32)
-		return ls_conn_error(c, LS_E_PROTOCOL, "digest of %zu bytes, not 32", rec->digest.len);
-	ad->tensors = calloc(n ? n : 1, sizeof(*ad->tensors));
-	lorastore_tensor **order = calloc(n ? n : 1, sizeof(*order));
-	const Lorastore__ModuleScale **scales = calloc(rec->n_scales ? rec->n_scales : 1,
-						       sizeof(*scales));
-	ad->order = order;
-	if (!ad->tensors || !order || !scales) {
-		free(scales);
-		return ls_conn_error(c, -ENOMEM, "out of memory for %zu tensors", n);
-	}
-	size_t ns = 0;
-	for (size_t i = 0; i < rec->n_scales; i++)
-		if (rec->scales[i] && rec->scales[i]->module)
-			scales[ns++] = rec->scales[i];
-	qsort(scales, ns, sizeof(*scales), ls_cmp_scale);
-	for (size_t j = 0; j < n; j++) {
-		const Lorastore__ModuleScale *s = NULL;
-		if (rec->tensors[j]->module) {
-			Lorastore__ModuleScale key = LORASTORE__MODULE_SCALE__INIT;
-			key.module = rec->tensors[j]->module;
-			const Lorastore__ModuleScale *kp = &key;
-			const Lorastore__ModuleScale **hit =
-				bsearch(&kp, scales, ns, sizeof(*scales), ls_cmp_scale);
-			s = hit ? *hit : NULL;
-		}
-		if (ls_tensor_fill(rec, j, s, base, &ad->tensors[j])) {
-			free(scales);
-			return ls_conn_error(c, LS_E_PROTOCOL, "tensor %zu of %s is malformed", j,
-					     rec->name ? rec->name : "");
-		}
-		order[j] = &ad->tensors[j];
-	}
-	free(scales);
-	qsort(order, n, sizeof(*order), ls_cmp_tensor);
-
+	const struct ls_table_hdr *h = ad->table;
 	lorastore_adapter_info *info = &ad->info;
-	info->name = rec->name ? rec->name : "";
-	info->version = rec->version;
-	memcpy(info->digest, rec->digest.data, 32);
-	info->generation = rec->generation;
-	info->rank = rec->rank;
-	info->scale = rec->scale;
-	info->dtype = ls_dtype_from_str(rec->dtype);
-	info->tensor_count = n;
-	info->bytes = rec->data_length;
+	info->name = ls_table_str(h, h->name);
+	info->version = h->version;
+	memcpy(info->digest, h->digest, 32);
+	info->generation = h->generation;
+	info->rank = h->rank;
+	info->scale = h->scale;
+	info->dtype = ls_dtype_from_str(ls_table_str(h, h->dtype));
+	info->tensor_count = h->n_tensors;
+	info->bytes = h->data_length;
 	info->tier = tier && strcmp(tier, "device") == 0 ? "device" : "host";
-	return 0;
 }
 
 LS_PUBLIC int lorastore_acquire(lorastore *conn, const char *ref, int timeout_ms,
@@ -276,38 +170,18 @@ LS_PUBLIC int lorastore_acquire(lorastore *conn, const char *ref, int timeout_ms
 	}
 	lorastore_adapter *ad = NULL;
 	const struct ls_slab_map *slab = NULL;
-	const Lorastore__VersionRecord *rec = a->record;
-	bool cached = false;
+	const struct ls_table_hdr *table = NULL;
 	rc = ls_slab_get(conn, a->slab_id, a->slab_size, fd, &slab);
 	if (rc)
 		goto fail;
-	if (!rec) {
-		rec = ls_record_find(conn, a->generation);
-		if (!rec) {
-			rc = ls_conn_error(conn, LS_E_PROTOCOL,
-					   "acquire reply without a record for generation %llu",
-					   (unsigned long long)a->generation);
-			goto fail;
-		}
-	} else if (a->generation && rec->generation != a->generation) {
-		rc = ls_conn_error(conn, LS_E_PROTOCOL, "acquire reply names two generations");
-		goto fail;
-	}
-	if (a->offset > slab->size || rec->data_length > slab->size - a->offset) {
+	if (a->offset > slab->size || a->table_offset > slab->size ||
+	    a->table_length > slab->size - a->table_offset ||
+	    !(table = ls_table_open(slab->addr + a->table_offset, (size_t)a->table_length,
+				    a->generation, slab->size - a->offset))) {
 		rc = ls_conn_error(conn, LS_E_PROTOCOL,
-				   "adapter at %llu + %llu bytes lies outside slab %u (%zu bytes)",
-				   (unsigned long long)a->offset,
-				   (unsigned long long)rec->data_length, a->slab_id, slab->size);
+				   "the tensor table of generation %llu in slab %u is not valid",
+				   (unsigned long long)a->generation, a->slab_id);
 		goto fail;
-	}
-	rc = ls_check_bounds(conn, rec, slab->size - a->offset);
-	if (rc)
-		goto fail;
-	if (a->record) {
-		rc = ls_record_keep(conn, rec->generation, resp);
-		if (rc)
-			goto fail;
-		cached = true;
 	}
 	ad = calloc(1, sizeof(*ad));
 	if (!ad) {
@@ -316,13 +190,10 @@ LS_PUBLIC int lorastore_acquire(lorastore *conn, const char *ref, int timeout_ms
 	}
 	ad->conn = conn;
 	ad->lease_id = lease;
-	ad->rec = rec;
+	ad->table = table;
 	ad->base = slab->addr + a->offset;
-	rc = ls_adapter_build(conn, ad, NULL, a->tier);
-	if (rc)
-		goto fail;
-	if (!cached)
-		lorastore__response__free_unpacked(resp, NULL);
+	ls_adapter_info_fill(ad, a->tier);
+	lorastore__response__free_unpacked(resp, NULL);
 	ad->next = conn->adapters;
 	if (conn->adapters)
 		conn->adapters->prev = ad;
@@ -333,8 +204,7 @@ LS_PUBLIC int lorastore_acquire(lorastore *conn, const char *ref, int timeout_ms
 fail:
 	if (ad)
 		ls_adapter_free(ad);
-	if (!cached)
-		lorastore__response__free_unpacked(resp, NULL);
+	lorastore__response__free_unpacked(resp, NULL);
 	ls_release_quietly(conn, lease);
 	return rc;
 }
@@ -382,20 +252,44 @@ LS_PUBLIC int lorastore_adapter_info_get(const lorastore_adapter *adapter,
 	return 0;
 }
 
+_Static_assert((int)LORASTORE_KIND_A == (int)LORASTORE__TENSOR_KIND__TENSOR_KIND_A &&
+		       (int)LORASTORE_KIND_B == (int)LORASTORE__TENSOR_KIND__TENSOR_KIND_B &&
+		       (int)LORASTORE_KIND_EXTRA == (int)LORASTORE__TENSOR_KIND__TENSOR_KIND_EXTRA &&
+		       (int)LORASTORE_KIND_MAGNITUDE == (int)LORASTORE__TENSOR_KIND__TENSOR_KIND_MAGNITUDE,
+	       "lorastore_kind and the table's kinds differ");
+
+/* A public tensor from a checked table entry. */
+static void ls_tensor_from_entry(const lorastore_adapter *ad, const struct ls_table_entry *e,
+				 lorastore_tensor *out)
+{
+	const struct ls_table_hdr *h = ad->table;
+	memset(out, 0, sizeof(*out));
+	out->data = ad->base + e->offset;
+	out->module = ls_table_str(h, e->module);
+	out->kind = (lorastore_kind)e->kind;
+	out->dtype_name = ls_table_str(h, e->dtype);
+	out->dtype = ls_dtype_from_str(out->dtype_name);
+	out->layer = e->layer;
+	out->ndim = e->ndim;
+	const uint64_t *dims = ls_table_dims(h, e);
+	for (unsigned k = 0; k < e->ndim; k++)
+		out->shape[k] = dims[k];
+	out->bytes = e->bytes;
+	out->offset = e->offset;
+	out->rank = e->rank;
+	out->scale = e->scale;
+}
+
 LS_PUBLIC int lorastore_adapter_tensor(const lorastore_adapter *adapter, const char *module,
 				       lorastore_kind kind, lorastore_tensor *out)
 {
 	/* No message is recorded: lookups may run in many threads at once. */
 	if (!adapter || !module || !out || kind < LORASTORE_KIND_A || kind > LORASTORE_KIND_MAGNITUDE)
 		return -EINVAL;
-	lorastore_tensor key = {.module = module, .kind = kind};
-	const lorastore_tensor *kp = &key;
-	lorastore_tensor *const *hit = bsearch(&kp, adapter->order, adapter->info.tensor_count,
-					       sizeof(*adapter->order), ls_cmp_tensor);
-	if (!hit)
+	const struct ls_table_entry *e = ls_table_find(adapter->table, module, (int)kind);
+	if (!e)
 		return LS_E_NOT_FOUND;
-	*out = **hit;
-	out->data = adapter->base + out->offset;
+	ls_tensor_from_entry(adapter, e, out);
 	return 0;
 }
 
@@ -404,7 +298,9 @@ LS_PUBLIC int lorastore_adapter_tensor_at(const lorastore_adapter *adapter, size
 {
 	if (!adapter || !out || i >= adapter->info.tensor_count)
 		return -EINVAL;
-	*out = adapter->tensors[i];
-	out->data = adapter->base + out->offset;
+	const struct ls_table_entry *e = ls_table_entry(adapter->table, (uint32_t)i);
+	if (!e)
+		return LS_E_PROTOCOL;
+	ls_tensor_from_entry(adapter, e, out);
 	return 0;
 }

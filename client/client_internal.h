@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "frame.h"
+#include "table.h"
 #include "lorastore.h"
 
 /* Marks the definitions of public functions: the only exported symbols. */
@@ -43,17 +44,6 @@ struct lorastore {
 	/* Adapters held on this connection (doubly linked). */
 	struct lorastore_adapter *adapters;
 
-	/*
-	 * Records of the generations acquired on this connection: the daemon
-	 * sends a generation's record once per connection, and later acquire
-	 * replies name the generation only.  Kept until the connection closes.
-	 */
-	struct ls_record_cache {
-		uint64_t generation;
-		Lorastore__Response *resp;        /* owns the record */
-	} *records;
-	size_t n_records, cap_records;
-
 	/* From the daemon's HelloReply. */
 	bool admin;
 	char backend[16];
@@ -64,11 +54,9 @@ struct lorastore_adapter {
 	lorastore *conn;
 	struct lorastore_adapter *prev, *next;
 	uint64_t lease_id;
-	const Lorastore__VersionRecord *rec;  /* in conn->records; owns every string below */
+	const struct ls_table_hdr *table;     /* in the slab mapping, shared by every client */
 	const uint8_t *base;                  /* the data region in the slab mapping */
-	lorastore_adapter_info info;
-	lorastore_tensor *tensors;            /* info.tensor_count of them */
-	lorastore_tensor **order;             /* the tensors sorted by (module, kind) */
+	lorastore_adapter_info info;          /* its strings point into the table */
 };
 
 struct lorastore_list {
@@ -151,8 +139,5 @@ void ls_adapters_drop(lorastore *conn);
 
 /* Unmap every slab of conn. */
 void ls_slabs_unmap(lorastore *conn);
-
-/* Free the cached records (at close, after the adapters are dropped). */
-void ls_records_drop(lorastore *conn);
 
 #endif

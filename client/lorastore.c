@@ -131,7 +131,6 @@ LS_PUBLIC void lorastore_close(lorastore *conn)
 		return;
 	/* Closing the socket ends every lease; the daemon needs no release. */
 	ls_adapters_drop(conn);
-	ls_records_drop(conn);
 	if (conn->fd >= 0)
 		close(conn->fd);
 	conn->fd = -1;

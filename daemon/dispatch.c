@@ -81,38 +81,6 @@ static void ls_refcache_drop(struct ls_server *srv, const char *name, bool all)
 	}
 }
 
-/* Whether this connection already has the record of a generation; marks it when not. */
-static bool ls_gen_sent(struct ls_session *s, uint64_t gen)
-{
-	if (s->n_gens_sent * 2 >= s->cap_gens_sent) {
-		size_t cap = s->cap_gens_sent ? 2 * s->cap_gens_sent : 64;
-		uint64_t *t = calloc(cap, sizeof(*t));
-		if (!t)
-			return false; /* send the record again: correct, only slower */
-		for (size_t i = 0; i < s->cap_gens_sent; i++) {
-			uint64_t g = s->gens_sent[i];
-			if (!g)
-				continue;
-			size_t j = g & (cap - 1);
-			while (t[j])
-				j = (j + 1) & (cap - 1);
-			t[j] = g;
-		}
-		free(s->gens_sent);
-		s->gens_sent = t;
-		s->cap_gens_sent = cap;
-	}
-	size_t j = gen & (s->cap_gens_sent - 1);
-	while (s->gens_sent[j]) {
-		if (s->gens_sent[j] == gen)
-			return true;
-		j = (j + 1) & (s->cap_gens_sent - 1);
-	}
-	s->gens_sent[j] = gen;
-	s->n_gens_sent++;
-	return false;
-}
-
 /* ---- Hello */
 
 static void ls_on_hello(struct ls_session *s, Lorastore__Request *req)
@@ -449,7 +417,7 @@ static void ls_entry_fill(struct ls_server *srv, Lorastore__AdapterEntry *e,
 	e->tier = e->resident ? (char *)ls_tier_name(srv) : "disk";
 	e->pins = r ? r->pins : 0;
 	e->tensor_count = (uint32_t)rec->n_tensors;
-	e->resident_bytes = ls_align_up(rec->data_length ? rec->data_length : 1, LS_BLOB_PAGE);
+	e->resident_bytes = ls_res_footprint(rec);
 }
 
 static void ls_on_show(struct ls_session *s, Lorastore__Request *req)
@@ -565,7 +533,8 @@ static void ls_grant(struct ls_session *s, uint64_t id, struct ls_resident *e)
 	if (limit && s->pinned_bytes + e->length > limit) {
 		ls_session_error(s, id, LS_E_PIN_LIMIT,
 				 "%s@%u needs %llu bytes; this connection pins %llu of its %llu",
-				 e->rec->name, e->rec->version, (unsigned long long)e->length,
+				 ls_res_name(&srv->res, e), ls_res_version(&srv->res, e),
+				 (unsigned long long)e->length,
 				 (unsigned long long)s->pinned_bytes, (unsigned long long)limit);
 		return;
 	}
@@ -598,7 +567,8 @@ static void ls_grant(struct ls_session *s, uint64_t id, struct ls_resident *e)
 	Lorastore__AcquireReply ar = LORASTORE__ACQUIRE_REPLY__INIT;
 	ar.lease_id = l->id;
 	ar.generation = e->generation;
-	ar.record = ls_gen_sent(s, e->generation) ? NULL : e->rec;
+	ar.table_offset = e->offset + e->data_length;
+	ar.table_length = e->table_length;
 	ar.slab_id = slot->slab.id;
 	ar.slab_size = slot->slab.size;
 	ar.offset = e->offset;
@@ -645,14 +615,12 @@ static void ls_on_acquire_or_load(struct ls_session *s, uint64_t id, const char 
 	uint64_t gen = ls_refcache_get(srv, ref);
 	struct ls_resident *warm = gen ? ls_res_find(&srv->res, gen) : NULL;
 	if (warm && warm->state == LS_RES_RESIDENT && !warm->deleted) {
-		struct ls_resident *e = NULL;
-		if (ls_res_request(&srv->res, warm->rec, NULL, &e, &err) == 0) {
-			if (lease)
-				ls_grant(s, id, e);
-			else
-				ls_send_done(s, id);
-			return;
-		}
+		ls_res_touch(&srv->res, warm);
+		if (lease)
+			ls_grant(s, id, warm);
+		else
+			ls_send_done(s, id);
+		return;
 	}
 	Lorastore__VersionRecord *rec = NULL;
 	int rc = ls_store_lookup(srv->store, ref, &rec, &err);

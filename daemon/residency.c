@@ -52,7 +52,6 @@ void ls_residency_destroy(struct ls_residency *r)
 				close(e->fd);
 			if (e->xxh)
 				XXH3_freeState(e->xxh);
-			lorastore__version_record__free_unpacked(e->rec, NULL);
 			free(e);
 			e = next;
 		}
@@ -129,7 +128,6 @@ static void ls_res_free_entry(struct ls_residency *r, struct ls_resident *e)
 		close(e->fd);
 	if (e->xxh)
 		XXH3_freeState(e->xxh);
-	lorastore__version_record__free_unpacked(e->rec, NULL);
 	free(e);
 }
 
@@ -139,7 +137,7 @@ static bool ls_evict_one(struct ls_residency *r)
 	struct ls_resident *e = r->lru_head;
 	if (!e)
 		return false;
-	ls_debug("evicting %s@%u (%llu bytes)", e->rec->name, e->rec->version,
+	ls_debug("evicting %s@%u (%llu bytes)", ls_res_name(r, e), ls_res_version(r, e),
 		 (unsigned long long)e->length);
 	r->stats.evictions++;
 	ls_res_free_entry(r, e);
@@ -220,7 +218,7 @@ static void ls_wake(struct ls_residency *r, struct ls_resident *e, int rc, const
 
 static void ls_load_fail(struct ls_residency *r, struct ls_resident *e, int rc, const char *msg)
 {
-	ls_error("load of %s@%u failed: %s", e->rec->name, e->rec->version, msg);
+	ls_error("load of %s@%u failed: %s", ls_res_name(r, e), ls_res_version(r, e), msg);
 	r->stats.load_errors++;
 	/* Waiters learn of the failure (with no entry) before the entry goes. */
 	ls_wake(r, e, rc, msg);
@@ -254,7 +252,8 @@ static void ls_load_finish(struct ls_residency *r, struct ls_resident *e)
 	e->xxh = NULL;
 	e->state = LS_RES_RESIDENT;
 	r->stats.loads++;
-	ls_debug("loaded %s@%u (%llu bytes) into slab %u at %llu", e->rec->name, e->rec->version,
+	ls_debug("loaded %s@%u (%llu bytes) into slab %u at %llu", ls_res_name(r, e),
+		 ls_res_version(r, e),
 		 (unsigned long long)e->length, r->slabs[e->slab].slab.id,
 		 (unsigned long long)e->offset);
 	if (e->pins == 0)
@@ -273,7 +272,8 @@ static void ls_read_done(struct ls_loop *loop, struct ls_op *op, int res, unsign
 	if (res <= 0 && !e->fail_rc) {
 		e->fail_rc = res ? res : LS_E_CORRUPT;
 		snprintf(e->fail_msg, sizeof(e->fail_msg), "%s@%u: reading the blob: %s",
-			 e->rec->name, e->rec->version, res ? strerror(-res) : "unexpected end of file");
+			 ls_res_name(e->owner, e), ls_res_version(e->owner, e),
+			 res ? strerror(-res) : "unexpected end of file");
 	} else if (res > 0) {
 		e->done += (uint64_t)res;
 	}
@@ -319,7 +319,7 @@ static void ls_load_step(struct ls_residency *r, struct ls_resident *e)
 	if (XXH3_64bits_digest(e->xxh) != e->hdr.data_xxh3) {
 		char msg[256];
 		snprintf(msg, sizeof(msg), "%s@%u: blob data checksum mismatch (corrupt blob)",
-			 e->rec->name, e->rec->version);
+			 ls_res_name(r, e), ls_res_version(r, e));
 		ls_load_fail(r, e, LS_E_CORRUPT, msg);
 		return;
 	}
@@ -330,19 +330,20 @@ static void ls_load_step(struct ls_residency *r, struct ls_resident *e)
 static int ls_load_start(struct ls_residency *r, struct ls_resident *e, struct ls_err *err)
 {
 	char path[PATH_MAX];
-	ls_store_blob_path(r->store, e->rec->digest.data, path, sizeof(path));
+	const struct ls_table_hdr *t = ls_res_table(r, e);
+	ls_store_blob_path(r->store, t->digest, path, sizeof(path));
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return ls_err_set(err, errno == ENOENT ? LS_E_CORRUPT : -errno,
-				  "%s@%u: blob %s: %s", e->rec->name, e->rec->version, path,
+				  "%s@%u: blob %s: %s", ls_res_name(r, e), t->version, path,
 				  strerror(errno));
 	int rc = ls_blob_read_header(fd, path, &e->hdr, err);
-	if (rc == 0 && memcmp(e->hdr.digest, e->rec->digest.data, LS_DIGEST_LEN) != 0)
+	if (rc == 0 && memcmp(e->hdr.digest, t->digest, LS_DIGEST_LEN) != 0)
 		rc = ls_err_set(err, LS_E_CORRUPT, "%s: digest differs from the catalog", path);
-	if (rc == 0 && e->hdr.data_length != e->length)
+	if (rc == 0 && e->hdr.data_length != e->data_length)
 		rc = ls_err_set(err, LS_E_CORRUPT, "%s: data region of %llu bytes, expected %llu",
 				path, (unsigned long long)e->hdr.data_length,
-				(unsigned long long)e->length);
+				(unsigned long long)e->data_length);
 	if (rc) {
 		close(fd);
 		return rc;
@@ -370,39 +371,54 @@ static int ls_load_start(struct ls_residency *r, struct ls_resident *e, struct l
 	return 0;
 }
 
+uint64_t ls_res_footprint(const Lorastore__VersionRecord *rec)
+{
+	size_t table = ls_table_size(rec);
+	if (table == 0)
+		return 0;
+	return ls_align_up(rec->data_length ? rec->data_length : 1, LS_BLOB_PAGE) +
+	       ls_align_up(table, LS_BLOB_PAGE);
+}
+
 int ls_res_request(struct ls_residency *r, const Lorastore__VersionRecord *rec,
 		   struct ls_waiter *w, struct ls_resident **out, struct ls_err *err)
 {
 	*out = NULL;
 	struct ls_resident *e = ls_res_find(r, rec->generation);
 	if (e && e->state == LS_RES_RESIDENT) {
-		r->stats.hits++;
-		ls_lru_remove(r, e);
-		if (e->pins == 0)
-			ls_lru_push(r, e); /* most recently used */
+		ls_res_touch(r, e);
 		*out = e;
 		return 0;
 	}
 	if (!e) {
 		r->stats.misses++;
+		size_t table = ls_table_size(rec);
+		if (table == 0)
+			return ls_err_set(err, LS_E_CATALOG, "%s@%u: malformed catalog record",
+					  rec->name, rec->version);
 		e = calloc(1, sizeof(*e));
 		if (!e)
 			return ls_err_set(err, -ENOMEM, "out of memory");
 		e->owner = r;
 		e->fd = -1;
 		e->generation = rec->generation;
-		e->rec = ls_record_copy(rec);
-		e->length = ls_align_up(rec->data_length ? rec->data_length : 1, LS_BLOB_PAGE);
+		e->data_length = ls_align_up(rec->data_length ? rec->data_length : 1, LS_BLOB_PAGE);
+		e->table_length = table;
+		e->length = ls_res_footprint(rec);
 		e->state = LS_RES_LOADING;
-		if (!e->rec) {
-			free(e);
-			return ls_err_set(err, -ENOMEM, "out of memory");
-		}
 		int rc = ls_place(r, e->length, &e->slab, &e->offset, err);
 		if (rc) {
-			lorastore__version_record__free_unpacked(e->rec, NULL);
 			free(e);
 			return rc;
+		}
+		/* The table first: messages about the load name the adapter from it. */
+		rc = ls_table_write(rec, (uint8_t *)r->slabs[e->slab].slab.host + e->offset +
+						 e->data_length, e->length - e->data_length);
+		if (rc) {
+			ls_extents_free(&r->slabs[e->slab].ext, e->offset, e->length);
+			free(e);
+			return ls_err_set(err, rc, "%s@%u: writing its tensor table: %s", rec->name,
+					  rec->version, strerror(-rc));
 		}
 		r->slabs[e->slab].adapters++;
 		r->used += e->length;
@@ -426,6 +442,14 @@ int ls_res_request(struct ls_residency *r, const Lorastore__VersionRecord *rec,
 		e->waiters = w;
 	}
 	return 1;
+}
+
+void ls_res_touch(struct ls_residency *r, struct ls_resident *e)
+{
+	r->stats.hits++;
+	ls_lru_remove(r, e);
+	if (e->pins == 0)
+		ls_lru_push(r, e); /* most recently used */
 }
 
 void ls_res_cancel(struct ls_residency *r, struct ls_waiter *w)
@@ -455,8 +479,8 @@ void ls_res_unpin(struct ls_residency *r, struct ls_resident *e)
 	if (--e->pins > 0 || e->state != LS_RES_RESIDENT)
 		return;
 	if (e->deleted) {
-		ls_info("freeing deleted %s@%u now that its last lease ended", e->rec->name,
-			e->rec->version);
+		ls_info("freeing deleted %s@%u now that its last lease ended", ls_res_name(r, e),
+			ls_res_version(r, e));
 		ls_res_free_entry(r, e);
 		return;
 	}

@@ -2,8 +2,10 @@
  * Residency: which adapter versions are in memory, where, and for whom.
  *
  * Adapters are sub-allocated inside large slabs of one backend (host memfd
- * slabs, or CUDA VMM slabs), exactly their blob's data region long: admission
- * is by bytes against a budget, never by count, and ranks are never padded.
+ * slabs, or CUDA VMM slabs), exactly their blob's data region long, followed
+ * by their tensor table (proto/table.h), which clients read in place:
+ * admission is by bytes against a budget, never by count, and ranks are
+ * never padded.
  * Unpinned resident adapters sit on an LRU list and are evicted oldest first
  * when space is needed.  A load reads the blob's data region with io_uring
  * straight into the slab, then verifies its XXH3 checksum on the worker pool;
@@ -23,6 +25,7 @@
 #include "loop.h"
 #include "lorastore.pb-c.h"
 #include "store.h"
+#include "table.h"
 #include "workers.h"
 
 struct ls_resident;
@@ -38,11 +41,12 @@ enum ls_res_state { LS_RES_LOADING, LS_RES_VERIFYING, LS_RES_RESIDENT };
 
 struct ls_resident {
 	uint64_t generation;
-	Lorastore__VersionRecord *rec;  /* owned; tensors with offsets in the data region */
 	enum ls_res_state state;
 	uint32_t slab;                  /* index into the residency's slabs */
 	uint64_t offset;                /* bytes from the slab's start */
-	uint64_t length;                /* bytes: the blob's data region */
+	uint64_t length;                /* bytes of the extent: data region and table */
+	uint64_t data_length;           /* bytes of the blob's data region (page multiple) */
+	uint64_t table_length;          /* bytes of the table, at offset + data_length */
 	uint32_t pins;                  /* leases */
 	bool deleted;                   /* removed from the catalog: free at pins == 0 */
 	struct ls_resident *lru_prev, *lru_next;  /* on the LRU while unpinned and resident */
@@ -105,12 +109,22 @@ void ls_residency_destroy(struct ls_residency *r);
 struct ls_resident *ls_res_find(struct ls_residency *r, uint64_t generation);
 
 /*
- * Make rec's version resident.  rec is copied.  Returns 0 with *out when it is
+ * Make rec's version resident; its table is written into the slab at once,
+ * and rec is not kept.  Returns 0 with *out when it is
  * resident now (a hit), 1 when it is loading and w (if not NULL) will be
  * called, or an error (LS_E_NO_SPACE, LS_E_CORRUPT, -errno) with err.
  */
 int ls_res_request(struct ls_residency *r, const Lorastore__VersionRecord *rec,
 		   struct ls_waiter *w, struct ls_resident **out, struct ls_err *err);
+
+/*
+ * Bytes rec's version takes when resident: its data region and its table,
+ * each to whole pages; 0 when rec is malformed.
+ */
+uint64_t ls_res_footprint(const Lorastore__VersionRecord *rec);
+
+/* A hit on a resident entry: count it and make it the most recently used. */
+void ls_res_touch(struct ls_residency *r, struct ls_resident *e);
 
 /* Stop waiting (the waiter's owner is going away). */
 void ls_res_cancel(struct ls_residency *r, struct ls_waiter *w);
@@ -128,6 +142,29 @@ void ls_res_deleted(struct ls_residency *r, uint64_t generation);
 static inline struct ls_slab_slot *ls_res_slab(struct ls_residency *r, const struct ls_resident *e)
 {
 	return &r->slabs[e->slab];
+}
+
+/*
+ * The entry's table, in the daemon's mapping of the slab.  A host slab has
+ * one; a device tier keeps its tables in host memory of its own.
+ */
+static inline const struct ls_table_hdr *ls_res_table(const struct ls_residency *r,
+						      const struct ls_resident *e)
+{
+	return (const struct ls_table_hdr *)((const uint8_t *)r->slabs[e->slab].slab.host +
+					     e->offset + e->data_length);
+}
+
+/* The entry's name, from its table (for messages). */
+static inline const char *ls_res_name(const struct ls_residency *r, const struct ls_resident *e)
+{
+	const struct ls_table_hdr *h = ls_res_table(r, e);
+	return (const char *)h + h->pool + h->name;
+}
+
+static inline uint32_t ls_res_version(const struct ls_residency *r, const struct ls_resident *e)
+{
+	return ls_res_table(r, e)->version;
 }
 
 #endif

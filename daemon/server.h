@@ -91,9 +91,6 @@ struct ls_session {
 	uint32_t n_slabs_sent;
 	struct ls_pending *pending;
 	unsigned jobs;               /* worker jobs that will answer this session */
-	/* Generations whose record this connection has (open addressing; 0 = empty). */
-	uint64_t *gens_sent;
-	size_t n_gens_sent, cap_gens_sent;
 
 	struct ls_session *next, *prev;
 };

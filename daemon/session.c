@@ -323,7 +323,6 @@ void ls_server_reap_sessions(struct ls_server *srv)
 			}
 			ls_framer_free(&s->framer);
 			free(s->slabs_sent);
-			free(s->gens_sent);
 			free(s);
 		}
 		s = next;

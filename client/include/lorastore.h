@@ -19,7 +19,9 @@
  * - fork: a connection must not be used in both parent and child.  A child
  *   that needs lorastore opens its own connection; mappings inherited across
  *   fork stay readable but the child holds no lease on them.
- * - Mappings are read-only: a write through a tensor pointer faults.
+ * - Mappings are read-only: a write through a tensor pointer faults.  The
+ *   adapter's name and its tensor table are read from the same mapping, so
+ *   their strings are valid exactly as long as the tensor pointers.
  *
  * Errors: functions return 0 on success, a negative errno for a system
  * failure, or a negative LORASTORE_E_* code.  lorastore_strerror() describes
@@ -197,7 +199,7 @@ typedef struct lorastore_entry {
 	uint32_t rank;
 	double scale;
 	const char *dtype;             /* "F16", ..., or "mixed" */
-	uint64_t bytes;                /* resident size (blob data region) */
+	uint64_t bytes;                /* resident size (data region and tensor table) */
 	size_t tensor_count;
 	int resident;
 	const char *tier;              /* "host", "device" or "disk" */

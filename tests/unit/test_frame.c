@@ -1020,14 +1020,11 @@ Test(round_trip, done_response)
 
 Test(round_trip, acquire_response)
 {
-	Lorastore__VersionRecord rec;
-	Lorastore__Tensor t, *tp[1];
-	uint64_t shape[2];
-	uint8_t digest[32];
-	fill_record(&rec, &t, tp, shape, digest);
 	Lorastore__AcquireReply acq = LORASTORE__ACQUIRE_REPLY__INIT;
 	acq.lease_id = 99;
-	acq.record = &rec;
+	acq.generation = 17;
+	acq.table_offset = 4096 + 65536;
+	acq.table_length = 9000;
 	acq.slab_id = 2;
 	acq.slab_size = 1u << 30;
 	acq.offset = 4096;
