@@ -7,10 +7,28 @@
 
 #include "log.h"
 
+/*
+ * Only the loop thread submits, and it reaps completions only when it waits
+ * for them: with DEFER_TASKRUN the kernel runs completion work then, in one
+ * batch, instead of interrupting the loop (an IPI and a task-work run) for
+ * every message a client sends.  Kernels before 6.1 lack it; the ring then
+ * falls back to cooperative task running, then to none.
+ */
 int ls_loop_init(struct ls_loop *loop, unsigned entries)
 {
+	static const unsigned tries[] = {
+		IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+		IORING_SETUP_COOP_TASKRUN,
+		0,
+	};
 	memset(loop, 0, sizeof(*loop));
-	return io_uring_queue_init(entries, &loop->ring, 0);
+	int rc = -EINVAL;
+	for (size_t i = 0; i < sizeof(tries) / sizeof(tries[0]); i++) {
+		rc = io_uring_queue_init(entries, &loop->ring, tries[i]);
+		if (rc != -EINVAL)
+			break;
+	}
+	return rc;
 }
 
 void ls_loop_destroy(struct ls_loop *loop)
