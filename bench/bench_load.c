@@ -565,10 +565,14 @@ int main(int argc, char **argv)
 	fprintf(stderr, "generated %zu adapters (%.1f MB of safetensors) in %.1f s\n", args.count,
 		(double)st_bytes / 1e6, bench_now() - g0);
 
-	/* Room for every adapter at once, so that no load evicts another. */
+	/*
+	 * Room for every adapter at once, so that no load evicts another: each
+	 * adapter's data and table, plus one slab (256 MiB) of slack, since
+	 * adapters of just over a quarter slab leave the rest of a slab unused.
+	 */
 	uint64_t per = (uint64_t)args.layers * 4 * 2 * (uint64_t)args.rank *
 		       (uint64_t)args.hidden * 2;
-	uint64_t budget = (per + (1u << 20)) * args.count + (64ull << 20);
+	uint64_t budget = (per + (1u << 20)) * args.count + (256ull << 20);
 	char budget_s[32], ddir[PATH_MAX];
 	snprintf(budget_s, sizeof(budget_s), "%llu", (unsigned long long)budget);
 	bench_path(ddir, sizeof(ddir), "%s/daemon", work);

@@ -1,7 +1,8 @@
 /*
- * Warm acquires through a real lorastored: the record of a generation travels
- * once per connection and the daemon resolves references from its cache, yet
- * every acquire still sees the right version and the right bytes.
+ * Warm acquires through a real lorastored: the client reads each adapter's
+ * tensor table in the shared mapping and the daemon resolves references from
+ * its cache, yet every acquire still sees the right version and the right
+ * bytes, also after the adapter moved.
  */
 #include <criterion/criterion.h>
 #include <limits.h>
@@ -66,7 +67,7 @@ static uint64_t tensor_sum(const lorastore_adapter *ad)
 	return h;
 }
 
-Test(warm, second_acquire_on_a_connection_uses_the_cached_record_and_the_same_bytes)
+Test(warm, second_acquire_on_a_connection_sees_the_same_table_and_the_same_bytes)
 {
 	import("w/a", 1);
 	lorastore_adapter *a1, *a2;
@@ -87,7 +88,7 @@ Test(warm, second_acquire_on_a_connection_uses_the_cached_record_and_the_same_by
 	cr_assert_eq(lorastore_adapter_release(a2), 0);
 }
 
-Test(warm, a_reloaded_adapter_reads_right_with_the_cached_record)
+Test(warm, a_reloaded_adapter_reads_right_through_its_new_table)
 {
 	import("w/a", 1);
 	import("w/b", 2);
