@@ -48,8 +48,13 @@ LS_SAME(PIN_LIMIT);
 LS_SAME(DELETED);
 LS_SAME(CLOSED);
 LS_SAME(BACKEND);
+LS_SAME(SHAPE);
+LS_SAME(DTYPE);
+LS_SAME(NOT_BUILT);
+LS_SAME(NO_DEVICE);
+LS_SAME(DEVICE);
 /* Both lists end at the same code, so neither has one the other lacks. */
-_Static_assert((int)LORASTORE_E_BACKEND == (int)LS_E_LAST, "a code missing from lorastore.h");
+_Static_assert((int)LORASTORE_E_DEVICE == (int)LS_E_LAST, "a code missing from lorastore.h");
 _Static_assert((int)LORASTORE_E_TRUNCATED == (int)LS_E_FIRST, "lorastore.h starts elsewhere");
 #undef LS_SAME
 

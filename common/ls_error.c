@@ -46,6 +46,11 @@ static const struct ls_code_text ls_codes[] = {
 	{LS_E_DELETED, "deleted", "the adapter was deleted"},
 	{LS_E_CLOSED, "closed", "the connection is closed"},
 	{LS_E_BACKEND, "backend", "memory backend not available"},
+	{LS_E_SHAPE, "shape", "shapes or ranks do not fit together"},
+	{LS_E_DTYPE, "dtype", "dtypes do not fit together"},
+	{LS_E_NOT_BUILT, "not_built", "path not built into this binary"},
+	{LS_E_NO_DEVICE, "no_device", "no usable GPU"},
+	{LS_E_DEVICE, "device", "CUDA or cuBLAS call failed"},
 };
 
 static const struct ls_code_text *ls_code_find(int code)

@@ -60,7 +60,14 @@ enum ls_error_code {
 	LS_E_CLOSED,                   /* the connection is closed */
 	LS_E_BACKEND,                  /* the memory backend is not available */
 
-	LS_E_LAST = LS_E_BACKEND,
+	/* kernels (applying adapters) */
+	LS_E_SHAPE,                    /* shapes or ranks that do not fit together */
+	LS_E_DTYPE,                    /* dtypes that do not fit together */
+	LS_E_NOT_BUILT,                /* the path (CUDA) is not built into this binary */
+	LS_E_NO_DEVICE,                /* no usable GPU */
+	LS_E_DEVICE,                   /* a CUDA or cuBLAS call failed */
+
+	LS_E_LAST = LS_E_DEVICE,
 };
 
 /* Longest message an ls_err holds, including the terminating NUL. */

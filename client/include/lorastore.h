@@ -80,6 +80,11 @@ enum lorastore_error {
 	LORASTORE_E_DELETED,                /* the adapter was deleted */
 	LORASTORE_E_CLOSED,                 /* the connection is closed */
 	LORASTORE_E_BACKEND,                /* the memory backend is not available */
+	LORASTORE_E_SHAPE,                  /* shapes or ranks do not fit together */
+	LORASTORE_E_DTYPE,                  /* dtypes do not fit together */
+	LORASTORE_E_NOT_BUILT,              /* path (CUDA) not built into this library */
+	LORASTORE_E_NO_DEVICE,              /* no usable GPU */
+	LORASTORE_E_DEVICE,                 /* a CUDA or cuBLAS call failed */
 };
 
 /* Element types, as safetensors names them. */
@@ -258,6 +263,86 @@ typedef struct lorastore_stats {
 } lorastore_stats;
 
 int lorastore_stats_get(lorastore *conn, lorastore_stats *out);
+
+/* ---- Applying adapters (y += scale * (x A^T) B^T for a batch of many adapters) */
+
+/*
+ * One module of a layer that the plan applies: its lora_A/lora_B tensors in
+ * every adapter, and where its output lies in y.  A fused projection (q, k
+ * and v packed in one output) is several slices over one x.
+ */
+typedef struct lorastore_slice {
+	const char *module;            /* e.g. "model.layers.3.self_attn.q_proj" */
+	uint64_t out_offset;           /* first column of y this module adds into */
+	uint64_t out;                  /* its columns: rows of lora_B */
+} lorastore_slice;
+
+/*
+ * A set of held adapters prepared for one layer: the tensor pointers, ranks
+ * and scales of every (adapter, slice), looked up and checked once, and
+ * reused for every batch.  Build one per layer and set of adapters; it
+ * borrows the adapters, which must stay held while it is used.
+ */
+typedef struct lorastore_plan lorastore_plan;
+
+/*
+ * Prepare adapters[0..n_adapters) (indices 0..n-1 in batches) for the
+ * slices[0..n_slices) (at most 8) of a layer whose input has `in` columns.
+ * factors (NULL: all 1) multiplies each adapter's scale, per request.  An
+ * adapter without a slice's module adds nothing there.  Every lora_A must
+ * be [r, in] and every lora_B [out, r] with r at most 512, in one dtype
+ * (F32, F16 or BF16) across all adapters; slices must not overlap.
+ * Errors: -EINVAL (null pointer, no slice, too many), LORASTORE_E_SHAPE (a
+ * tensor of another shape, overlapping slices), LORASTORE_E_DTYPE (weights
+ * of different or unsupported dtypes), LORASTORE_E_NOT_BUILT (adapters in
+ * device memory: the CUDA path is not in this library), -ENOMEM.
+ */
+int lorastore_plan_create(lorastore_adapter *const *adapters, size_t n_adapters,
+			  const float *factors, uint64_t in, const lorastore_slice *slices,
+			  size_t n_slices, lorastore_plan **out);
+
+/* Free a plan (NULL is a no-op).  The adapters stay held. */
+void lorastore_plan_free(lorastore_plan *plan);
+
+/* Consecutive tokens [start, start + len) that use adapter `adapter` (-1: none). */
+typedef struct lorastore_segment {
+	int32_t start;
+	int32_t len;
+	int32_t adapter;
+} lorastore_segment;
+
+/*
+ * The tokens of one call: rows 0..n_tokens-1 of x and y.  Decode gives one
+ * adapter index per token (token_adapter, -1: none); prefill gives segments
+ * (sorted by start, not overlapping).  Exactly one of the two is set,
+ * unless n_tokens is 0.
+ */
+typedef struct lorastore_batch {
+	size_t n_tokens;
+	const int32_t *token_adapter;
+	size_t n_segments;
+	const lorastore_segment *segments;
+} lorastore_batch;
+
+/* Workspace bytes lorastore_apply needs for batches of up to n_tokens tokens. */
+size_t lorastore_plan_workspace_size(const lorastore_plan *plan, size_t n_tokens);
+
+/*
+ * y[t, slice columns] += scale_a * (x[t, :] A_a^T) B_a^T for every token t
+ * of adapter a, where scale_a is the module's scale (alpha / r after the
+ * patterns) times the adapter's factor.  x is [n_tokens][ldx] and y
+ * [n_tokens][ldy] elements of act_dtype (F32, F16 or BF16), in host memory;
+ * accumulation is F32 and y is rounded once.  workspace is
+ * lorastore_plan_workspace_size(plan, n_tokens) bytes aligned to 64, which
+ * lets a call allocate nothing; n_threads > 1 splits the work.  Columns of y
+ * outside the slices, and tokens of adapter -1, are left untouched.
+ * Errors: -EINVAL (null pointer), LORASTORE_E_SHAPE (ldx < in, a slice past
+ * ldy, an index or segment out of range, a small workspace),
+ * LORASTORE_E_DTYPE (act_dtype).  On an error y is unchanged.
+ */
+int lorastore_apply(const lorastore_plan *plan, const lorastore_batch *batch,
+		    lorastore_dtype act_dtype, const void *x, size_t ldx, void *y, size_t ldy,
+		    void *workspace, size_t workspace_size, int n_threads);
 
 /* ---- Administration (needs an admin peer: root, the daemon's user, or its admin group) */
 

@@ -1142,6 +1142,44 @@ Test(daemon_ops, the_readme_c_example_acquires_an_adapter, .timeout = 30)
 	cr_assert_eq(ls_daemon_stop(d), 0);
 }
 
+Test(daemon_ops, the_readme_apply_example_applies_two_adapters_to_one_batch, .timeout = 30)
+{
+	struct ls_daemon_proc *d = daemon_start(0, NULL);
+	lorastore *conn = connect_to(d);
+	const char *names[2] = {"demo/a", "demo/b"};
+	for (int i = 0; i < 2; i++) {
+		char dir[PATH_MAX];
+		snprintf(dir, sizeof(dir), "%s/apply%d", work_dir, i);
+		make_adapter(dir, &(struct synth_opts){.family = SYNTH_LLAMA, .rank = 4 + 4 * i,
+						      .seed = 30 + (uint64_t)i});
+		cr_assert_eq(lorastore_import_dir(conn, dir, &(lorastore_import_opts){.name = names[i]},
+						  NULL),
+			     0, "%s", lorastore_errmsg(conn));
+	}
+	lorastore_close(conn);
+
+	char env[PATH_MAX + 32];
+	snprintf(env, sizeof(env), "LORASTORE_SOCKET=%s", d->socket);
+	struct proc_out p;
+	run_argv((const char *const[]){LS_BINARY_DIR "/client/lorastore_example_apply", "demo/a",
+				       "demo/b", "model.layers.0.self_attn.q_proj", NULL},
+		 (const char *const[]){env, NULL}, &p);
+	cr_assert_eq(p.status, 0, "the example exited %d: %s", p.status, p.err);
+	double norm[4];
+	const char *at = p.out;
+	for (int t = 0; t < 4; t++) {
+		at = strstr(at, "|delta y| = ");
+		cr_assert_not_null(at, "token %d missing in:\n%s", t, p.out);
+		at += strlen("|delta y| = ");
+		norm[t] = strtod(at, NULL);
+	}
+	cr_assert(norm[0] > 0 && norm[1] > 0 && norm[2] > 0, "an adapter added nothing:\n%s", p.out);
+	cr_assert_eq(norm[3], 0.0, "the token without adapter changed:\n%s", p.out);
+	cr_assert_not_null(strstr(p.out, "token 1 (adapter demo/b)"), "%s", p.out);
+	proc_out_free(&p);
+	cr_assert_eq(ls_daemon_stop(d), 0);
+}
+
 /* ---- 9. a program built with pkg-config against the installed library */
 
 static const char pc_program[] =
