@@ -165,6 +165,28 @@ __device__ __forceinline__ void lsk_cu_tile_adapters(const lsk_dev_batch &b, int
 }
 
 /*
+ * The tokens of the tile that share token j's adapter, as a bit mask, when j
+ * is the first of them; 0 when an earlier token of the tile has the same
+ * adapter (that token's group covers j).  Each adapter of a tile is then
+ * handled once, at its first token.
+ */
+template <int NT>
+__device__ __forceinline__ uint32_t lsk_cu_group_mask(const int32_t *adapter, int j)
+{
+	const int32_t a = adapter[j];
+	uint32_t mask = 0;
+#pragma unroll
+	for (int i = 0; i < NT; i++) {
+		if (adapter[i] == a) {
+			if (i < j)
+				return 0;
+			mask |= 1u << i;
+		}
+	}
+	return mask;
+}
+
+/*
  * The rank of adapter a in slice sl as the device may use it: 0 when a < 0,
  * when a pointer is missing, or when the rank is outside [0, max_rank] (so
  * that no index computed from it leaves the workspace).  Shrink and expand

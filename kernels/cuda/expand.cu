@@ -132,17 +132,8 @@ lsk_expand_kernel(const lsk_lora l, const lsk_dev_batch b, const float *__restri
 		const int32_t a = adapter[j];
 		if (rank[j] == 0)
 			continue;
-		uint32_t mask = 0;
-		bool first = true;
-#pragma unroll
-		for (int i = 0; i < NT; i++) {
-			if (adapter[i] == a) {
-				mask |= 1u << i;
-				if (i < j)
-					first = false;
-			}
-		}
-		if (!first)
+		const uint32_t mask = lsk_cu_group_mask<NT>(adapter, j);
+		if (!mask)
 			continue;
 		expand_tile<TA, TW, NT>(static_cast<const TW *>(sl.b[a]), rank[j], l.scale[a], vsl, v_tok,
 		                        vs, y, l.ldy, sl.out_offset, sl.out, t0, mask, ob, n_ob);

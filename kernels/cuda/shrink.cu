@@ -164,17 +164,8 @@ lsk_shrink_kernel(const lsk_lora l, const lsk_dev_batch b, const TA *__restrict_
 		const int32_t a = adapter[j];
 		if (r0 >= rank[j])
 			continue;
-		uint32_t mask = 0;
-		bool first = true;
-#pragma unroll
-		for (int i = 0; i < NT; i++) {
-			if (adapter[i] == a) {
-				mask |= 1u << i;
-				if (i < j)
-					first = false;
-			}
-		}
-		if (!first)
+		const uint32_t mask = lsk_cu_group_mask<NT>(adapter, j);
+		if (!mask)
 			continue;
 		const TW *A = static_cast<const TW *>(sl.a[a]);
 		shrink_tile<TA, TW, NT>(x, l.ldx, l.in, A, r0, min(R, rank[j] - r0), t0, mask, j,
