@@ -281,7 +281,8 @@ typedef struct lorastore_slice {
  * A set of held adapters prepared for one layer: the tensor pointers, ranks
  * and scales of every (adapter, slice), looked up and checked once, and
  * reused for every batch.  Build one per layer and set of adapters; it
- * borrows the adapters, which must stay held while it is used.
+ * borrows the adapters, which must stay held while it is used.  Several
+ * threads may apply one plan at once, each with its own workspace and y.
  */
 typedef struct lorastore_plan lorastore_plan;
 
