@@ -407,8 +407,12 @@ static void ls_on_gc(struct ls_session *s, Lorastore__Request *req)
 
 /* ---- Show and list */
 
+/*
+ * An entry for rec.  full is the same version with its tensors (rec may be a
+ * listing's copy without them): the resident size counts the tensor table.
+ */
 static void ls_entry_fill(struct ls_server *srv, Lorastore__AdapterEntry *e,
-			  Lorastore__VersionRecord *rec)
+			  Lorastore__VersionRecord *rec, const Lorastore__VersionRecord *full)
 {
 	lorastore__adapter_entry__init(e);
 	e->record = rec;
@@ -417,7 +421,7 @@ static void ls_entry_fill(struct ls_server *srv, Lorastore__AdapterEntry *e,
 	e->tier = e->resident ? (char *)ls_tier_name(srv) : "disk";
 	e->pins = r ? r->pins : 0;
 	e->tensor_count = (uint32_t)rec->n_tensors;
-	e->resident_bytes = ls_res_footprint(rec);
+	e->resident_bytes = ls_res_footprint(full);
 }
 
 static void ls_on_show(struct ls_session *s, Lorastore__Request *req)
@@ -430,7 +434,7 @@ static void ls_on_show(struct ls_session *s, Lorastore__Request *req)
 		return;
 	}
 	Lorastore__AdapterEntry entry, *entries[1] = {&entry};
-	ls_entry_fill(s->srv, &entry, rec);
+	ls_entry_fill(s->srv, &entry, rec, rec);
 	Lorastore__ListReply lr = LORASTORE__LIST_REPLY__INIT;
 	lr.n_adapters = 1;
 	lr.adapters = entries;
@@ -481,7 +485,7 @@ static int ls_page_add(void *ud, const Lorastore__VersionRecord *rec)
 		p->rc = -ENOMEM;
 		return -ENOMEM;
 	}
-	ls_entry_fill(p->srv, e, copy);
+	ls_entry_fill(p->srv, e, copy, rec);
 	e->tensor_count = (uint32_t)rec->n_tensors;
 	p->entries[p->n] = e;
 	p->recs[p->n] = copy;

@@ -39,16 +39,21 @@ static void teardown(void)
 
 TestSuite(warm, .init = setup, .fini = teardown, .timeout = 60);
 
-static void import(const char *name, uint64_t seed)
+static void import_layers(const char *name, uint64_t seed, int layers)
 {
 	char dir[PATH_MAX];
 	snprintf(dir, sizeof(dir), "%s/a%llu", work_dir, (unsigned long long)seed);
 	mkdir(dir, 0755);
-	struct synth_opts o = {.family = SYNTH_LLAMA, .layers = 2, .rank = 4, .seed = seed};
+	struct synth_opts o = {.family = SYNTH_LLAMA, .layers = layers, .rank = 4, .seed = seed};
 	cr_assert_eq(synth_adapter_dir(dir, &o), 0);
 	lorastore_import_opts io = {.name = name};
 	cr_assert_eq(lorastore_import_dir(conn, dir, &io, NULL), 0, "import %s: %s", name,
 		     lorastore_errmsg(conn));
+}
+
+static void import(const char *name, uint64_t seed)
+{
+	import_layers(name, seed, 2);
 }
 
 /* A checksum of every tensor's bytes. */
@@ -131,4 +136,27 @@ Test(warm, a_deleted_adapter_is_not_served_from_the_reference_cache)
 	cr_assert_eq(lorastore_delete(conn, "w/d"), 0, "%s", lorastore_errmsg(conn));
 	cr_assert_eq(lorastore_acquire(conn, "w/d", -1, &ad), LORASTORE_E_NOT_FOUND);
 	cr_assert_eq(lorastore_acquire(conn, "w/d@1", -1, &ad), LORASTORE_E_NOT_FOUND);
+}
+
+/* Bug fixed: listings counted the tensor table of a record without its tensors. */
+Test(warm, listing_and_show_give_the_resident_size_the_tier_holds_once_loaded)
+{
+	/* 48 layers: a table of several pages, where the record's tensors count. */
+	import_layers("w/size", 3, 48);
+	lorastore_list *ls = NULL, *show = NULL;
+	cr_assert_eq(lorastore_list_page(conn, "w/size", NULL, 0, &ls), 0, "%s",
+		     lorastore_errmsg(conn));
+	cr_assert_eq(lorastore_show(conn, "w/size", &show), 0, "%s", lorastore_errmsg(conn));
+	cr_assert_eq(lorastore_list_count(ls), 1);
+	uint64_t listed = lorastore_list_entry(ls, 0)->bytes;
+	uint64_t shown = lorastore_list_entry(show, 0)->bytes;
+	lorastore_list_free(ls);
+	lorastore_list_free(show);
+	cr_assert_eq(listed, shown, "ls says %llu bytes, show %llu", (unsigned long long)listed,
+		     (unsigned long long)shown);
+	cr_assert_eq(lorastore_load(conn, "w/size"), 0, "%s", lorastore_errmsg(conn));
+	lorastore_stats st;
+	cr_assert_eq(lorastore_stats_get(conn, &st), 0);
+	cr_assert_eq(st.tiers[0].used, listed, "the tier holds %llu bytes, ls says %llu",
+		     (unsigned long long)st.tiers[0].used, (unsigned long long)listed);
 }
