@@ -18,7 +18,9 @@
  * copy moves), and the peak FMA rate of the cores (a loop of independent
  * 8-lane fused multiply-adds in registers): "fma us" is the time the call's
  * arithmetic takes at that peak, so where it exceeds the floor, the floor
- * cannot be reached with these threads.
+ * cannot be reached with these threads.  "roof%" compares the call with the
+ * larger of the two (a roofline: bytes at the copy rate, or FLOPs at the
+ * FMA peak, whichever takes longer).
  *
  * Shape: one projection 4096 -> 4096, rank 16, BF16 activations and BF16
  * weights (a Llama-7B-like layer).  Decode: one token per request, requests
@@ -574,18 +576,20 @@ static void bench_fill_row(struct bench_row *row, const struct bench_spec *c, do
 
 static void bench_print_header(void)
 {
-	printf("%-8s %6s %8s | %9s %7s %9s %7s %8s %8s | %9s %8s %8s\n", "case", "tokens",
-	       "adapters", "ours us", "GB/s", "floor us", "floor%", "fma us", "GFLOP/s",
+	printf("%-8s %6s %8s | %9s %7s %9s %7s %8s %7s %8s | %9s %8s %8s\n", "case", "tokens",
+	       "adapters", "ours us", "GB/s", "floor us", "floor%", "fma us", "roof%", "GFLOP/s",
 	       "sgemm us", "GFLOP/s", "vs sgemm");
 }
 
 static void bench_print_row(const struct bench_row *r)
 {
-	printf("%-8s %6lld %8d | %9.1f %7.2f %9.1f %6.0f%% %8.1f %8.2f | %9.1f %8.2f %7.2fx\n",
+	double roof_s = r->fma_s > r->floor_s ? r->fma_s : r->floor_s;
+	printf("%-8s %6lld %8d | %9.1f %7.2f %9.1f %6.0f%% %8.1f %6.0f%% %8.2f | %9.1f %8.2f "
+	       "%7.2fx\n",
 	       r->kind, (long long)r->tokens, r->adapters, r->ours_s * 1e6,
 	       r->bytes / r->ours_s / 1e9, r->floor_s * 1e6, 100.0 * r->floor_s / r->ours_s,
-	       r->fma_s * 1e6, r->flops / r->ours_s / 1e9, r->sgemm_s * 1e6,
-	       r->flops / r->sgemm_s / 1e9, r->sgemm_s / r->ours_s);
+	       r->fma_s * 1e6, 100.0 * roof_s / r->ours_s, r->flops / r->ours_s / 1e9,
+	       r->sgemm_s * 1e6, r->flops / r->sgemm_s / 1e9, r->sgemm_s / r->ours_s);
 }
 
 static void bench_usage(FILE *f, const char *argv0)
@@ -725,7 +729,7 @@ int main(int argc, char **argv)
 		rows[i].sgemm_s = bench_run_sgemm(&specs[i], &pool, reps);
 
 	double worst = 1e9;
-	int n_decode = 0, n_compute = 0;
+	int n_decode = 0, n_compute = 0, n_met = 0;
 	for (int i = 0; i < n; i++) {
 		bench_print_row(&rows[i]);
 		if (specs[i].idx) {
@@ -733,6 +737,7 @@ int main(int argc, char **argv)
 			if (frac < worst)
 				worst = frac;
 			n_decode++;
+			n_met += frac >= 0.5;
 			/* At the peak FMA rate the call would still take more than
 			 * twice its floor: 50% of the floor is out of reach. */
 			if (rows[i].fma_s > 2.0 * rows[i].floor_s)
@@ -741,9 +746,9 @@ int main(int argc, char **argv)
 		free(specs[i].idx);
 	}
 	printf("\ndecode target (every decode case at >= 50%% of its floor): %s "
-	       "(worst %.0f%% over %d cases; in %d of them fma us > 2 x floor us, so the "
-	       "target is out of reach at the peak FMA rate)\n",
-	       worst >= 0.5 ? "met" : "NOT met", 100.0 * worst, n_decode, n_compute);
+	       "(%d of %d cases at >= 50%%, worst %.0f%%; in %d of them fma us > 2 x floor us, "
+	       "so the target is out of reach at the peak FMA rate)\n",
+	       worst >= 0.5 ? "met" : "NOT met", n_met, n_decode, 100.0 * worst, n_compute);
 	bench_pool_free(&pool);
 	return 0;
 }
