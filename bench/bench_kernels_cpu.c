@@ -601,6 +601,11 @@ static void bench_usage(FILE *f, const char *argv0)
 		"for decode and prefill batches against the memory-bandwidth floor and\n"
 		"OpenBLAS sgemm, measured in the same run.\n"
 		"\n"
+		"Columns: floor%% is the floor's time over ours; fma us is the call's\n"
+		"FLOPs at the measured peak FMA rate; roof%% is the larger of the floor\n"
+		"and fma us over ours.  The last line says whether every decode case\n"
+		"reaches 50%% of its floor.\n"
+		"\n"
 		"  --quick      fewer cases and repetitions, a smaller weight pool (smoke run)\n"
 		"  --threads N  threads for lsk_cpu_apply, OpenBLAS and the copy (default 1)\n"
 		"  --help       this text\n",
