@@ -409,6 +409,22 @@ LSK_INLINE void kv_rows_f32(lsk_dtype wdt, const void *b, int64_t o, int64_t ov,
 	}
 }
 
+/* Lane q: the dot product of the n elements of b (dtype wdt) from element
+ * row[q] with v (n a multiple of 8), for the eight rows of an expand step. */
+LSK_INLINE lsk_v8f kv_dot8(lsk_dtype wdt, const void *b, const int64_t row[8], int64_t n,
+			   const float *v)
+{
+	lsk_v8f acc[8];
+	for (int q = 0; q < 8; q++)
+		acc[q] = (lsk_v8f){0};
+	for (int64_t c = 0; c < n; c += 8) {
+		lsk_v8f vv = kv_load(LSK_F32, v, c);
+		for (int q = 0; q < 8; q++)
+			acc[q] += kv_load(wdt, b, row[q] + c) * vv;
+	}
+	return kv_reduce8(acc);
+}
+
 /*
  * Expand with few tokens and a rank that is a multiple of 8: eight outputs
  * per step straight from B (its rows then start on whole vectors), reduced
@@ -425,17 +441,8 @@ LSK_INLINE void kv_expand_direct(const struct lsk_cpu_job *j, int64_t o0, int64_
 			row[q] = (o + (q < ov ? q : ov - 1)) * rank;
 		for (int64_t i = 0; i < j->n; i++) {
 			int64_t t = lsk_cpu_token(j, i);
-			const float *vt = j->v + t * j->v_ld;
-			lsk_v8f acc[8];
-			for (int q = 0; q < 8; q++)
-				acc[q] = (lsk_v8f){0};
-			for (int64_t c = 0; c < rank; c += 8) {
-				lsk_v8f vv = kv_load(LSK_F32, vt, c);
-				for (int q = 0; q < 8; q++)
-					acc[q] += kv_load(wdt, j->b, row[q] + c) * vv;
-			}
 			kv_update_y(adt, j->y, t * j->ldy + j->y_col + o, ov, j->scale,
-				    kv_reduce8(acc));
+				    kv_dot8(wdt, j->b, row, rank, j->v + t * j->v_ld));
 		}
 	}
 }
@@ -527,22 +534,16 @@ LSK_INLINE void kv_expand_reduce(const struct lsk_cpu_job *j, int64_t o0, int64_
 {
 	float bt[8 * LSK_MAX_RANK] __attribute__((aligned(32)));
 	const int64_t rp = (j->rank + 7) & ~(int64_t)7;
+	int64_t row[8];
+	for (int64_t q = 0; q < 8; q++)
+		row[q] = q * rp;
 	for (int64_t o = o0; o < o1; o += 8) {
 		int64_t ov = o1 - o < 8 ? o1 - o : 8;
 		kv_rows_f32(wdt, j->b, o, ov, j->rank, rp, bt);
 		for (int64_t i = 0; i < j->n; i++) {
 			int64_t t = lsk_cpu_token(j, i);
-			const float *vt = j->v + t * j->v_ld;
-			lsk_v8f acc[8];
-			for (int q = 0; q < 8; q++)
-				acc[q] = (lsk_v8f){0};
-			for (int64_t c = 0; c < rp; c += 8) {
-				lsk_v8f vv = kv_load(LSK_F32, vt, c);
-				for (int q = 0; q < 8; q++)
-					acc[q] += kv_load(LSK_F32, bt, q * rp + c) * vv;
-			}
 			kv_update_y(adt, j->y, t * j->ldy + j->y_col + o, ov, j->scale,
-				    kv_reduce8(acc));
+				    kv_dot8(LSK_F32, bt, row, rp, j->v + t * j->v_ld));
 		}
 	}
 }
