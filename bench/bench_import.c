@@ -34,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_args.h"
 #include "store.h"
 #include "synth.h"
 
@@ -122,10 +123,8 @@ static int bench_parse(int argc, char **argv, struct bench_args *a)
 	while ((c = getopt_long(argc, argv, "n:d:kh", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'n': {
-			char *end;
-			errno = 0;
-			unsigned long long v = strtoull(optarg, &end, 10);
-			if (errno || *end || v == 0 || v > 1000000) {
+			unsigned long long v;
+			if (!bench_parse_num(optarg, 1, 1000000, &v)) {
 				fprintf(stderr, "%s: --count wants 1 to 1000000\n", argv[0]);
 				return 2;
 			}

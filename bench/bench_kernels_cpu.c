@@ -48,6 +48,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_args.h"
 #include "lsk.h"
 
 #define BENCH_IN 4096
@@ -630,10 +631,8 @@ static int bench_parse(int argc, char **argv, struct bench_args *a)
 			a->quick = true;
 			break;
 		case 't': {
-			char *end;
-			errno = 0;
-			long v = strtol(optarg, &end, 10);
-			if (errno || *end || v < 1 || v > 64) {
+			unsigned long long v;
+			if (!bench_parse_num(optarg, 1, 64, &v)) {
 				fprintf(stderr, "%s: --threads wants 1 to 64\n", argv[0]);
 				return 2;
 			}

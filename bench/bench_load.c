@@ -59,6 +59,7 @@
 #include <liburing.h>
 #include <xxhash.h>
 
+#include "bench_args.h"
 #include "daemon_proc.h"
 #include "lorastore.h"
 #include "synth.h"
@@ -144,18 +145,6 @@ static void bench_usage(FILE *f, const char *argv0)
 		"  --trace     print every timed load or read on stderr\n"
 		"  --help      this text\n",
 		argv0);
-}
-
-static bool bench_parse_num(const char *s, unsigned long long lo, unsigned long long hi,
-			    unsigned long long *out)
-{
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 10);
-	if (errno || end == s || *end || v < lo || v > hi)
-		return false;
-	*out = v;
-	return true;
 }
 
 static int bench_parse(int argc, char **argv, struct bench_args *a)

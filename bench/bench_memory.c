@@ -39,6 +39,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_args.h"
 #include "daemon_proc.h"
 #include "lorastore.h"
 #include "synth.h"
@@ -101,18 +102,6 @@ static void bench_usage(FILE *f, const char *argv0)
 		"  --keep        keep the work directory (inputs, daemon state and log)\n"
 		"  --help        this text\n",
 		argv0, BENCH_MAX_WORKERS);
-}
-
-static bool bench_parse_num(const char *s, unsigned long long lo, unsigned long long hi,
-			    unsigned long long *out)
-{
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 10);
-	if (errno || end == s || *end || v < lo || v > hi)
-		return false;
-	*out = v;
-	return true;
 }
 
 static int bench_parse(int argc, char **argv, struct bench_args *a)
