@@ -18,6 +18,10 @@
  * so the bytes liblorastore puts on and takes off its socket are counted for
  * one acquire and one release before the runs.
  *
+ * --event-loop both starts two daemons, one per event-loop engine (io_uring
+ * and epoll), and alternates floor, io_uring and epoll runs in one process,
+ * so that both engines are measured against the same floors.
+ *
  * Latency is per round trip (acquire + release), wall clock (CLOCK_MONOTONIC),
  * measured inside each client process.  "cpu" is the user + system time of
  * every process of a run (clients, floor servers, and for lorastore the
@@ -100,6 +104,8 @@ struct bench_args {
 	int layers;         /* of the adapter: 8 tensors a layer */
 	const char *dir;    /* parent of the work directory, or NULL for $TMPDIR or /tmp */
 	bool keep;          /* leave the work directory in place */
+	const char *engines[2]; /* --event-loop of each daemon */
+	unsigned n_engines;
 };
 
 /* The bytes of one acquire and one release, as liblorastore sends and receives them. */
@@ -145,7 +151,8 @@ static void bench_path(char *buf, size_t len, const char *fmt, ...)
 static void bench_usage(FILE *f, const char *argv0)
 {
 	fprintf(f,
-		"usage: %s [--iters N] [--clients N] [--warmup N] [--layers N] [--dir DIR] [--keep]\n"
+		"usage: %s [--iters N] [--clients N] [--warmup N] [--layers N]\n"
+		"       [--event-loop auto|io_uring|epoll|both] [--dir DIR] [--keep]\n"
 		"\n"
 		"Time warm lorastore_acquire + lorastore_adapter_release round trips on one\n"
 		"resident adapter (rank %d, %d wide, F16, q/k/v/o) with 1 client and with N\n"
@@ -156,6 +163,10 @@ static void bench_usage(FILE *f, const char *argv0)
 		"  --clients N  processes of the concurrent runs (default 16)\n"
 		"  --warmup N   untimed round trips per client first (default 200)\n"
 		"  --layers N   layers of the adapter, 8 tensors each (default 16)\n"
+		"  --event-loop ENGINE\n"
+		"               the daemon's event-loop engine (default auto: the daemon's\n"
+		"               choice); both: one daemon per engine, their runs alternated\n"
+		"               with the floor's\n"
 		"  --dir DIR    create the work directory under DIR (default $TMPDIR or /tmp)\n"
 		"  --keep       keep the work directory (input, daemon state and log)\n"
 		"  --help       this text\n",
@@ -169,6 +180,7 @@ static int bench_parse(int argc, char **argv, struct bench_args *a)
 		{"clients", required_argument, NULL, 'c'},
 		{"warmup", required_argument, NULL, 'w'},
 		{"layers", required_argument, NULL, 'l'},
+		{"event-loop", required_argument, NULL, 'e'},
 		{"dir", required_argument, NULL, 'd'},
 		{"keep", no_argument, NULL, 'k'},
 		{"help", no_argument, NULL, 'h'},
@@ -180,9 +192,11 @@ static int bench_parse(int argc, char **argv, struct bench_args *a)
 	a->layers = 16;
 	a->dir = NULL;
 	a->keep = false;
+	a->engines[0] = "auto";
+	a->n_engines = 1;
 	int c;
 	unsigned long long v;
-	while ((c = getopt_long(argc, argv, "n:c:w:l:d:kh", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "n:c:w:l:e:d:kh", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'n':
 			if (!bench_parse_num(optarg, 1, 10000000, &v)) {
@@ -211,6 +225,21 @@ static int bench_parse(int argc, char **argv, struct bench_args *a)
 				return 2;
 			}
 			a->layers = (int)v;
+			break;
+		case 'e':
+			if (strcmp(optarg, "both") == 0) {
+				a->engines[0] = "io_uring";
+				a->engines[1] = "epoll";
+				a->n_engines = 2;
+			} else if (strcmp(optarg, "auto") == 0 || strcmp(optarg, "io_uring") == 0 ||
+				   strcmp(optarg, "epoll") == 0) {
+				a->engines[0] = optarg;
+				a->n_engines = 1;
+			} else {
+				fprintf(stderr, "%s: --event-loop wants auto, io_uring, epoll or both\n",
+					argv[0]);
+				return 2;
+			}
 			break;
 		case 'd':
 			a->dir = optarg;
@@ -729,38 +758,45 @@ int main(int argc, char **argv)
 	fprintf(stderr, "work directory %s\n", work);
 
 	int ret = 1;
-	struct ls_daemon_proc d = {.pid = -1, .notify_fd = -1};
-	char ddir[PATH_MAX];
-	bench_path(ddir, sizeof(ddir), "%s/daemon", work);
-	struct bench_run runs[4];
+	unsigned ne = args.n_engines;
+	struct ls_daemon_proc d[2] = {{.pid = -1, .notify_fd = -1}, {.pid = -1, .notify_fd = -1}};
+	char labels[2][64];
+	/* For 1 client, then for N: the floor, then each engine. */
+	unsigned n_runs = 2 * (1 + ne);
+	struct bench_run runs[6];
 	memset(runs, 0, sizeof(runs));
-	if (mkdir(ddir, 0755) != 0) {
-		fprintf(stderr, "%s: %s\n", ddir, strerror(errno));
-		goto out;
-	}
-	static const char *const dargs[] = {"--host-budget", "256MiB", "--log-level", "warning", NULL};
-	if (ls_daemon_start(&d, ddir, dargs) != 0)
-		goto out;
-
 	struct bench_frames f = {0};
 	size_t tensors = 0;
 	uint64_t bytes = 0;
-	if (bench_setup(work, d.socket, &args, &f, &tensors, &bytes) != 0)
-		goto out;
+	for (unsigned e = 0; e < ne; e++) {
+		char ddir[PATH_MAX], sub[PATH_MAX];
+		bench_path(ddir, sizeof(ddir), "%s/daemon-%u", work, e);
+		bench_path(sub, sizeof(sub), "%s/e%u", work, e);
+		if (mkdir(ddir, 0755) != 0 || mkdir(sub, 0755) != 0) {
+			fprintf(stderr, "%s: %s\n", ddir, strerror(errno));
+			goto out;
+		}
+		const char *const dargs[] = {"--host-budget", "256MiB", "--log-level", "warning",
+					     "--event-loop", args.engines[e], NULL};
+		if (ls_daemon_start(&d[e], ddir, dargs) != 0)
+			goto out;
+		snprintf(labels[e], sizeof(labels[e]), "lorastore (%s)", d[e].engine);
+		if (bench_setup(sub, d[e].socket, &args, &f, &tensors, &bytes) != 0)
+			goto out;
+	}
 
 	/* Alternate floor and lorastore so that drift on the machine hits both. */
-	static const char *const labels[4] = {
-		"floor (AF_UNIX ping-pong)", "lorastore acquire+release",
-		"floor (AF_UNIX ping-pong)", "lorastore acquire+release"};
-	for (int i = 0; i < 4; i++) {
-		unsigned n = i < 2 ? 1 : args.clients;
-		if (bench_run_alloc(&runs[i], labels[i], n, args.iters) != 0) {
+	for (unsigned i = 0; i < n_runs; i++) {
+		unsigned n = i < n_runs / 2 ? 1 : args.clients;
+		unsigned slot = i % (1 + ne); /* 0: floor; e + 1: engine e */
+		const char *label = slot == 0 ? "floor (AF_UNIX ping-pong)" : labels[slot - 1];
+		if (bench_run_alloc(&runs[i], label, n, args.iters) != 0) {
 			fprintf(stderr, "mmap: %s\n", strerror(errno));
 			goto out;
 		}
-		bool ls = i % 2 == 1;
-		fprintf(stderr, "running %s with %u client%s...\n", labels[i], n, n == 1 ? "" : "s");
-		if (bench_run(&runs[i], &args, &f, ls ? d.socket : NULL, ls ? d.pid : 0) != 0)
+		fprintf(stderr, "running %s with %u client%s...\n", label, n, n == 1 ? "" : "s");
+		struct ls_daemon_proc *dp = slot ? &d[slot - 1] : NULL;
+		if (bench_run(&runs[i], &args, &f, dp ? dp->socket : NULL, dp ? dp->pid : 0) != 0)
 			goto out;
 	}
 
@@ -775,35 +811,48 @@ int main(int argc, char **argv)
 	       args.iters, args.warmup);
 	printf("%7s  %-30s %9s %9s %9s %9s %9s %9s\n", "clients", "what", "rt/s", "median", "p99",
 	       "acq med", "rel med", "cpu");
-	struct bench_summary s[4];
-	for (int i = 0; i < 4; i++) {
+	struct bench_summary s[6];
+	for (unsigned i = 0; i < n_runs; i++) {
 		s[i] = bench_summarize(&runs[i]);
 		bench_print_row(&runs[i], &s[i]);
 	}
-	printf("\nmedian lorastore/floor: %.2f with 1 client, %.2f with %u clients (target <= 2)\n",
-	       s[0].med > 0 ? s[1].med / s[0].med : 0.0, s[2].med > 0 ? s[3].med / s[2].med : 0.0,
-	       args.clients);
-	printf("p99 lorastore/floor:    %.2f with 1 client, %.2f with %u clients\n",
-	       s[0].p99 > 0 ? s[1].p99 / s[0].p99 : 0.0, s[2].p99 > 0 ? s[3].p99 / s[2].p99 : 0.0,
-	       args.clients);
-	printf("lorastored's share of the lorastore cpu: %.1f us per round trip with 1 client, "
-	       "%.1f us with %u clients\n",
-	       runs[1].daemon_cpu_s * 1e6 / (double)args.iters,
-	       runs[3].daemon_cpu_s * 1e6 / ((double)args.iters * args.clients), args.clients);
+	printf("\n");
+	unsigned half = n_runs / 2;
+	for (unsigned e = 0; e < ne; e++) {
+		const struct bench_summary *a1 = &s[e + 1], *an = &s[half + e + 1];
+		printf("%-10s median lorastore/floor: %.2f with 1 client, %.2f with %u clients "
+		       "(target <= 2)\n",
+		       d[e].engine, s[0].med > 0 ? a1->med / s[0].med : 0.0,
+		       s[half].med > 0 ? an->med / s[half].med : 0.0, args.clients);
+		printf("%-10s p99 lorastore/floor:    %.2f with 1 client, %.2f with %u clients\n",
+		       d[e].engine, s[0].p99 > 0 ? a1->p99 / s[0].p99 : 0.0,
+		       s[half].p99 > 0 ? an->p99 / s[half].p99 : 0.0, args.clients);
+		printf("%-10s lorastored's cpu: %.1f us per round trip with 1 client, %.1f us with "
+		       "%u clients\n",
+		       d[e].engine, runs[e + 1].daemon_cpu_s * 1e6 / (double)args.iters,
+		       runs[half + e + 1].daemon_cpu_s * 1e6 / ((double)args.iters * args.clients),
+		       args.clients);
+	}
+	if (ne == 2)
+		printf("median %s/%s: %.2f with 1 client, %.2f with %u clients (target <= 1.3)\n",
+		       d[1].engine, d[0].engine, s[1].med > 0 ? s[2].med / s[1].med : 0.0,
+		       s[half + 1].med > 0 ? s[half + 2].med / s[half + 1].med : 0.0, args.clients);
 	ret = 0;
 
 out:
-	for (int i = 0; i < 4; i++)
+	for (unsigned i = 0; i < 6; i++)
 		bench_run_free(&runs[i]);
-	if (d.pid > 0) {
-		int st = ls_daemon_stop(&d);
-		if (st != 0) {
-			fprintf(stderr, "lorastored exited with %d (log: %s)\n", st, d.log);
-			ret = 1;
+	for (unsigned e = 0; e < 2; e++) {
+		if (d[e].pid > 0) {
+			int st = ls_daemon_stop(&d[e]);
+			if (st != 0) {
+				fprintf(stderr, "lorastored exited with %d (log: %s)\n", st, d[e].log);
+				ret = 1;
+			}
 		}
+		if (d[e].notify_fd >= 0)
+			close(d[e].notify_fd);
 	}
-	if (d.notify_fd >= 0)
-		close(d.notify_fd);
 	if (args.keep) {
 		fprintf(stderr, "kept %s\n", work);
 	} else {

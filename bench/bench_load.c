@@ -21,6 +21,10 @@
  *                    for: the daemon's read, without the daemon (on the
  *                    machine this was written on, (b) and (d) agree within a
  *                    few percent).
+ * --event-loop both starts two daemons, one per event-loop engine (io_uring
+ * and epoll, each with its own state directory holding the same adapters),
+ * and their loads take turns with the floors like any other method; on the
+ * epoll engine the daemon's read is a pread(2) on an I/O thread.
  * Each adapter has its own destination, on both sides: the floors read
  * adapter i into buffer i, and the daemon keeps a round's adapters resident
  * (so each lands in its own part of the slabs) and they are all evicted, not
@@ -73,6 +77,8 @@ struct bench_args {
 	const char *dir;    /* parent of the work directory, or NULL for $TMPDIR or /tmp */
 	bool keep;          /* leave the work directory in place */
 	bool trace;         /* print every timed load on stderr */
+	const char *engines[2]; /* --event-loop of each daemon */
+	unsigned n_engines;
 };
 
 struct bench_adapter {
@@ -82,9 +88,14 @@ struct bench_adapter {
 	uint64_t blob_bytes;   /* the blob file */
 };
 
-enum bench_method { M_LORASTORE, M_DIRECT, M_CACHE, M_DIRECT_XXH3, M_URING, M_COUNT };
+/* M_LORASTORE is the first daemon's load, M_LORASTORE2 the second's (--event-loop both). */
+enum bench_method {
+	M_LORASTORE, M_LORASTORE2, M_DIRECT, M_CACHE, M_DIRECT_XXH3, M_URING, M_COUNT
+};
 
-static const char *const bench_method_label[M_COUNT] = {
+/* The daemons' labels are filled in once their engines are known. */
+static const char *bench_method_label[M_COUNT] = {
+	"lorastore_load (not resident)",
 	"lorastore_load (not resident)",
 	"floor (b) O_DIRECT read(2)",
 	"floor (a) page-cache read(2)",
@@ -126,10 +137,10 @@ static void bench_usage(FILE *f, const char *argv0)
 {
 	fprintf(f,
 		"usage: %s [--count N] [--rounds N] [--layers N] [--rank N] [--hidden N]\n"
-		"       [--dir DIR] [--keep] [--trace]\n"
+		"       [--event-loop auto|io_uring|epoll|both] [--dir DIR] [--keep] [--trace]\n"
 		"\n"
 		"Import N synthetic adapters (q/k/v/o, F16) into a real lorastored, then time\n"
-		"evict + lorastore_load of each (io_uring O_DIRECT read into a memfd slab and an\n"
+		"evict + lorastore_load of each (O_DIRECT read into a memfd slab and an\n"
 		"XXH3 check) against reading the same blob files with read(2) from the page\n"
 		"cache, with O_DIRECT, and with O_DIRECT plus XXH3 (the floors).\n"
 		"\n"
@@ -140,6 +151,10 @@ static void bench_usage(FILE *f, const char *argv0)
 		"  --hidden N  width of the q/k/v/o modules (default 4096)\n"
 		"              bytes per adapter: layers * 4 * 2 * rank * hidden * 2\n"
 		"              (default 67.1 MB)\n"
+		"  --event-loop ENGINE\n"
+		"              the daemon's event-loop engine (default auto: the daemon's\n"
+		"              choice); both: one daemon per engine, taking turns with the\n"
+		"              floors\n"
 		"  --dir DIR   create the work directory under DIR (default $TMPDIR or /tmp)\n"
 		"  --keep      keep the work directory (inputs, daemon state and log)\n"
 		"  --trace     print every timed load or read on stderr\n"
@@ -158,6 +173,7 @@ static int bench_parse(int argc, char **argv, struct bench_args *a)
 		{"dir", required_argument, NULL, 'd'},
 		{"keep", no_argument, NULL, 'k'},
 		{"trace", no_argument, NULL, 't'},
+		{"event-loop", required_argument, NULL, 'e'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -169,9 +185,11 @@ static int bench_parse(int argc, char **argv, struct bench_args *a)
 	a->dir = NULL;
 	a->keep = false;
 	a->trace = false;
+	a->engines[0] = "auto";
+	a->n_engines = 1;
 	int c;
 	unsigned long long v;
-	while ((c = getopt_long(argc, argv, "n:r:l:R:H:d:kth", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "n:r:l:R:H:d:kte:h", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'n':
 			if (!bench_parse_num(optarg, 1, 10000, &v)) {
@@ -218,6 +236,21 @@ static int bench_parse(int argc, char **argv, struct bench_args *a)
 			break;
 		case 't':
 			a->trace = true;
+			break;
+		case 'e':
+			if (strcmp(optarg, "both") == 0) {
+				a->engines[0] = "io_uring";
+				a->engines[1] = "epoll";
+				a->n_engines = 2;
+			} else if (strcmp(optarg, "auto") == 0 || strcmp(optarg, "io_uring") == 0 ||
+				   strcmp(optarg, "epoll") == 0) {
+				a->engines[0] = optarg;
+				a->n_engines = 1;
+			} else {
+				fprintf(stderr, "%s: --event-loop wants auto, io_uring, epoll or both\n",
+					argv[0]);
+				return 2;
+			}
 			break;
 		case 'h':
 			bench_usage(stdout, argv[0]);
@@ -427,11 +460,15 @@ static int bench_one(enum bench_method m, lorastore *conn, struct io_uring *ring
 		     const struct bench_adapter *ad, uint8_t *buf, size_t cap, double *ms,
 		     uint64_t *bytes)
 {
+	/* Both daemons' loads are the same call, on their own connections. */
+	if (m == M_LORASTORE2)
+		m = M_LORASTORE;
 	double t0 = bench_now();
 	int64_t n = 0;
 	int rc = 0;
 	switch (m) {
 	case M_LORASTORE:
+	case M_LORASTORE2:
 		rc = lorastore_load(conn, ad->ref);
 		n = (int64_t)ad->data_bytes;
 		break;
@@ -531,15 +568,20 @@ int main(int argc, char **argv)
 	fprintf(stderr, "work directory %s\n", work);
 
 	int ret = 1;
-	struct ls_daemon_proc d = {.pid = -1, .notify_fd = -1};
-	lorastore *conn = NULL;
+	unsigned ne = args.n_engines;
+	struct ls_daemon_proc d[2] = {{.pid = -1, .notify_fd = -1}, {.pid = -1, .notify_fd = -1}};
+	lorastore *conns[2] = {NULL, NULL};
+	char labels[2][64];
 	struct io_uring ring;
 	bool ring_up = false;
 	uint8_t **bufs = NULL;   /* one destination buffer per adapter */
 	struct bench_result res[M_COUNT];
 	memset(res, 0, sizeof(res));
-	struct bench_adapter *ad = calloc(args.count, sizeof(*ad));
-	bool alloc_ok = ad != NULL;
+	/* The adapters as each daemon has them: the same refs, each its own blobs. */
+	struct bench_adapter *ads[2] = {calloc(args.count, sizeof(struct bench_adapter)),
+					calloc(args.count, sizeof(struct bench_adapter))};
+	struct bench_adapter *ad = ads[0];
+	bool alloc_ok = ads[0] && ads[1];
 	for (int m = 0; m < M_COUNT; m++) {
 		res[m].lat_ms = calloc(args.count * args.rounds, sizeof(double));
 		alloc_ok = alloc_ok && res[m].lat_ms;
@@ -562,25 +604,36 @@ int main(int argc, char **argv)
 	uint64_t per = (uint64_t)args.layers * 4 * 2 * (uint64_t)args.rank *
 		       (uint64_t)args.hidden * 2;
 	uint64_t budget = (per + (1u << 20)) * args.count + (256ull << 20);
-	char budget_s[32], ddir[PATH_MAX];
+	char budget_s[32];
 	snprintf(budget_s, sizeof(budget_s), "%llu", (unsigned long long)budget);
-	bench_path(ddir, sizeof(ddir), "%s/daemon", work);
-	if (mkdir(ddir, 0755) != 0) {
-		fprintf(stderr, "%s: %s\n", ddir, strerror(errno));
-		goto out;
+	for (unsigned e = 0; e < ne; e++) {
+		char ddir[PATH_MAX];
+		bench_path(ddir, sizeof(ddir), "%s/daemon-%u", work, e);
+		if (mkdir(ddir, 0755) != 0) {
+			fprintf(stderr, "%s: %s\n", ddir, strerror(errno));
+			goto out;
+		}
+		const char *const dargs[] = {"--host-budget", budget_s, "--log-level", "warning",
+					     "--event-loop", args.engines[e], NULL};
+		if (ls_daemon_start(&d[e], ddir, dargs) != 0)
+			goto out;
+		snprintf(labels[e], sizeof(labels[e]), "lorastore_load (%s)", d[e].engine);
+		bench_method_label[e == 0 ? M_LORASTORE : M_LORASTORE2] = labels[e];
+		int rc = lorastore_connect(d[e].socket, &conns[e]);
+		if (rc) {
+			fprintf(stderr, "connect: %s\n", lorastore_errmsg(conns[e]));
+			goto out;
+		}
+		g0 = bench_now();
+		if (bench_import(conns[e], work, d[e].state, &args, ads[e]) != 0)
+			goto out;
+		fprintf(stderr, "imported into the %s daemon in %.1f s\n", d[e].engine,
+			bench_now() - g0);
 	}
-	const char *const dargs[] = {"--host-budget", budget_s, "--log-level", "warning", NULL};
-	if (ls_daemon_start(&d, ddir, dargs) != 0)
-		goto out;
-	int rc = lorastore_connect(d.socket, &conn);
-	if (rc) {
-		fprintf(stderr, "connect: %s\n", lorastore_errmsg(conn));
-		goto out;
-	}
-	g0 = bench_now();
-	if (bench_import(conn, work, d.state, &args, ad) != 0)
-		goto out;
-	fprintf(stderr, "imported in %.1f s\n", bench_now() - g0);
+	/* The methods of this run: the second daemon's only with two engines. */
+	bool used[M_COUNT];
+	for (int m = 0; m < M_COUNT; m++)
+		used[m] = m != M_LORASTORE2 || ne == 2;
 
 	size_t cap = 0;
 	for (size_t i = 0; i < args.count; i++)
@@ -608,26 +661,33 @@ int main(int argc, char **argv)
 	/* Warm-up, not timed: every method once on every adapter. */
 	for (size_t i = 0; i < args.count; i++)
 		for (int m = 0; m < M_COUNT; m++) {
+			if (!used[m])
+				continue;
 			double ms;
 			uint64_t b = 0;
-			if (bench_one((enum bench_method)m, conn, &ring, &ad[i], bufs[i], cap, &ms,
-				      &b) != 0)
+			unsigned e = m == M_LORASTORE2;
+			if (bench_one((enum bench_method)m, conns[e], &ring, &ads[e][i], bufs[i], cap,
+				      &ms, &b) != 0)
 				goto out;
 		}
-	if (bench_evict_all(conn, ad, args.count) != 0)
-		goto out;
+	for (unsigned e = 0; e < ne; e++)
+		if (bench_evict_all(conns[e], ads[e], args.count) != 0)
+			goto out;
 
-	double dcpu0 = bench_proc_cpu(d.pid);
+	double dcpu0[2] = {bench_proc_cpu(d[0].pid), ne == 2 ? bench_proc_cpu(d[1].pid) : 0.0};
 	for (size_t r = 0; r < args.rounds; r++) {
 		for (size_t i = 0; i < args.count; i++)
 			for (int k = 0; k < M_COUNT; k++) {
 				enum bench_method m = (enum bench_method)((k + r + i) % M_COUNT);
+				if (!used[m])
+					continue;
+				unsigned e = m == M_LORASTORE2;
 				struct bench_result *x = &res[m];
-				pid_t who = m == M_LORASTORE ? d.pid : getpid();
+				pid_t who = m == M_LORASTORE || m == M_LORASTORE2 ? d[e].pid : getpid();
 				uint64_t dev0 = bench_proc_dev_read(who);
 				double ms;
-				if (bench_one(m, conn, &ring, &ad[i], bufs[i], cap, &ms, &x->bytes) !=
-				    0)
+				if (bench_one(m, conns[e], &ring, &ads[e][i], bufs[i], cap, &ms,
+					      &x->bytes) != 0)
 					goto out;
 				x->dev_bytes += bench_proc_dev_read(who) - dev0;
 				if (args.trace)
@@ -636,10 +696,12 @@ int main(int argc, char **argv)
 				x->lat_ms[x->n++] = ms;
 				x->total_s += ms / 1e3;
 			}
-		if (bench_evict_all(conn, ad, args.count) != 0)
-			goto out;
+		for (unsigned e = 0; e < ne; e++)
+			if (bench_evict_all(conns[e], ads[e], args.count) != 0)
+				goto out;
 	}
-	double dcpu = bench_proc_cpu(d.pid) - dcpu0;
+	double dcpu[2] = {bench_proc_cpu(d[0].pid) - dcpu0[0],
+			  ne == 2 ? bench_proc_cpu(d[1].pid) - dcpu0[1] : 0.0};
 
 	printf("bench_load: %zu distinct adapters (Llama q/k/v/o, %d layers, rank %d, %d wide, "
 	       "F16), %.1f MB resident each, %.1f MB blob files; %zu rounds\n",
@@ -651,43 +713,53 @@ int main(int argc, char **argv)
 	       "0 means the page cache served it)\n\n");
 	printf("%-34s %6s %9s %9s %10s %9s %9s %12s\n", "what", "loads", "MB/s", "MB/s@med",
 	       "median ms", "min ms", "max ms", "device MB/ld");
-	static const int order[M_COUNT] = {M_LORASTORE, M_DIRECT, M_CACHE, M_DIRECT_XXH3,
-					   M_URING};
+	static const int order[M_COUNT] = {M_LORASTORE, M_LORASTORE2, M_DIRECT,
+					   M_CACHE,     M_DIRECT_XXH3, M_URING};
 	for (int k = 0; k < M_COUNT; k++) {
 		struct bench_result *x = &res[order[k]];
+		if (!used[order[k]])
+			continue;
 		qsort(x->lat_ms, x->n, sizeof(double), bench_cmp_double);
 		printf("%-34s %6zu %9.1f %9.1f %10.2f %9.2f %9.2f %12.1f\n",
 		       bench_method_label[order[k]], x->n, bench_mbps(x), bench_mbps_median(x),
 		       bench_percentile(x->lat_ms, x->n, 50.0), x->lat_ms[0], x->lat_ms[x->n - 1],
 		       (double)x->dev_bytes / 1e6 / (double)x->n);
 	}
-	double ls = bench_mbps(&res[M_LORASTORE]), lsm = bench_mbps_median(&res[M_LORASTORE]);
-	printf("\nlorastore / floor, in MB/s and in MB/s@med (target >= 0.80 of (b)):\n");
 	static const int floors[] = {M_DIRECT, M_DIRECT_XXH3, M_URING, M_CACHE};
-	for (size_t k = 0; k < sizeof(floors) / sizeof(floors[0]); k++)
-		printf("  %-34s %5.2f %5.2f\n", bench_method_label[floors[k]],
-		       ls / bench_mbps(&res[floors[k]]), lsm / bench_mbps_median(&res[floors[k]]));
-	printf("daemon cpu: %.2f ms per load (user + system, all threads, /proc tick resolution)\n",
-	       res[M_LORASTORE].n ? dcpu * 1e3 / (double)res[M_LORASTORE].n : 0.0);
+	for (unsigned e = 0; e < ne; e++) {
+		const struct bench_result *l = &res[e == 0 ? M_LORASTORE : M_LORASTORE2];
+		double ls = bench_mbps(l), lsm = bench_mbps_median(l);
+		printf("\n%s / floor, in MB/s and in MB/s@med (target >= 0.80 of (b)):\n",
+		       labels[e]);
+		for (size_t k = 0; k < sizeof(floors) / sizeof(floors[0]); k++)
+			printf("  %-34s %5.2f %5.2f\n", bench_method_label[floors[k]],
+			       ls / bench_mbps(&res[floors[k]]), lsm / bench_mbps_median(&res[floors[k]]));
+		printf("daemon cpu (%s): %.2f ms per load (user + system, all threads, /proc tick "
+		       "resolution)\n",
+		       d[e].engine, l->n ? dcpu[e] * 1e3 / (double)l->n : 0.0);
+	}
 	ret = 0;
 
 out:
-	lorastore_close(conn);
-	if (d.pid > 0) {
-		int st = ls_daemon_stop(&d);
-		if (st != 0) {
-			fprintf(stderr, "lorastored exited with %d (log: %s)\n", st, d.log);
-			ret = 1;
+	for (unsigned e = 0; e < 2; e++) {
+		lorastore_close(conns[e]);
+		if (d[e].pid > 0) {
+			int st = ls_daemon_stop(&d[e]);
+			if (st != 0) {
+				fprintf(stderr, "lorastored exited with %d (log: %s)\n", st, d[e].log);
+				ret = 1;
+			}
 		}
+		if (d[e].notify_fd >= 0)
+			close(d[e].notify_fd);
 	}
-	if (d.notify_fd >= 0)
-		close(d.notify_fd);
 	if (ring_up)
 		io_uring_queue_exit(&ring);
 	for (size_t i = 0; bufs && i < args.count; i++)
 		free(bufs[i]);
 	free(bufs);
-	free(ad);
+	free(ads[0]);
+	free(ads[1]);
 	for (int m = 0; m < M_COUNT; m++)
 		free(res[m].lat_ms);
 	if (args.keep) {

@@ -370,10 +370,12 @@ static const char ls_stats_help[] =
 	"    Print each memory tier (host, device) with its budget, the bytes used\n"
 	"    by resident adapters, the bytes of slabs allocated and the number of\n"
 	"    resident adapters; then clients connected, leases held, loads, hits,\n"
-	"    misses, evictions, failed loads and versions in the catalog.  With\n"
-	"    --json: {\"tiers\": [{\"name\", \"budget\", \"used\", \"slab_bytes\",\n"
-	"    \"adapters\"}], \"clients\", \"leases\", \"loads\", \"hits\", \"misses\",\n"
-	"    \"evictions\", \"load_errors\", \"catalog_versions\"}.\n"
+	"    misses, evictions, failed loads, versions in the catalog and the\n"
+	"    daemon's event-loop engine (io_uring, or epoll where io_uring is\n"
+	"    refused).  With --json: {\"tiers\": [{\"name\", \"budget\", \"used\",\n"
+	"    \"slab_bytes\", \"adapters\"}], \"clients\", \"leases\", \"loads\",\n"
+	"    \"hits\", \"misses\", \"evictions\", \"load_errors\", \"catalog_versions\",\n"
+	"    \"event_loop\"}.\n"
 	"\n" LS_EXIT_STATUS_TEXT;
 
 static cJSON *ls_json_stats(const lorastore_stats *s)
@@ -398,6 +400,7 @@ static cJSON *ls_json_stats(const lorastore_stats *s)
 	cJSON_AddNumberToObject(o, "evictions", (double)s->evictions);
 	cJSON_AddNumberToObject(o, "load_errors", (double)s->load_errors);
 	cJSON_AddNumberToObject(o, "catalog_versions", (double)s->catalog_versions);
+	cJSON_AddStringToObject(o, "event_loop", s->event_loop);
 	return o;
 }
 
@@ -420,6 +423,7 @@ static void ls_print_stats(const lorastore_stats *s)
 	printf("evictions    %llu\n", (unsigned long long)s->evictions);
 	printf("load errors  %llu\n", (unsigned long long)s->load_errors);
 	printf("versions     %llu\n", (unsigned long long)s->catalog_versions);
+	printf("event loop   %s\n", s->event_loop);
 }
 
 int ls_cmd_stats(const struct ls_cli *cli, int argc, char **argv)

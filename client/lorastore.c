@@ -212,6 +212,7 @@ LS_PUBLIC int lorastore_stats_get(lorastore *conn, lorastore_stats *out)
 	out->evictions = s->evictions;
 	out->load_errors = s->load_errors;
 	out->catalog_versions = s->catalog_versions;
+	snprintf(out->event_loop, sizeof(out->event_loop), "%s", s->event_loop ? s->event_loop : "");
 	lorastore__response__free_unpacked(resp, NULL);
 	return 0;
 }

@@ -33,6 +33,11 @@ static const char ls_usage[] =
 	"  --config FILE          read options from FILE (\"key = value\" lines);\n"
 	"                         options given on the command line win\n"
 	"  --log-level LEVEL      error, warning, info (default) or debug\n"
+	"  --event-loop ENGINE    auto, io_uring or epoll (default auto: io_uring, or\n"
+	"                         epoll with one log line naming the cause where\n"
+	"                         io_uring is refused: a seccomp profile such as\n"
+	"                         Docker's default, gVisor, kernel.io_uring_disabled);\n"
+	"                         io_uring where it is refused fails at start\n"
 	"  -h, --help             print this help\n"
 	"  --version              print the version\n"
 	"\n"
@@ -53,6 +58,7 @@ enum {
 	OPT_WORKERS,
 	OPT_CONFIG,
 	OPT_LOG_LEVEL,
+	OPT_EVENT_LOOP,
 	OPT_VERSION,
 };
 
@@ -67,6 +73,7 @@ static const struct option ls_options[] = {
 	{"workers", required_argument, NULL, OPT_WORKERS},
 	{"config", required_argument, NULL, OPT_CONFIG},
 	{"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+	{"event-loop", required_argument, NULL, OPT_EVENT_LOOP},
 	{"help", no_argument, NULL, 'h'},
 	{"version", no_argument, NULL, OPT_VERSION},
 	{NULL, 0, NULL, 0},
@@ -183,6 +190,9 @@ static int ls_config_apply(struct ls_config *c, int opt, const char *val, const 
 	}
 	case OPT_LOG_LEVEL:
 		rc = ls_log_level_parse(val, &c->log_level);
+		break;
+	case OPT_EVENT_LOOP:
+		rc = ls_loop_kind_parse(val, &c->event_loop);
 		break;
 	default:
 		rc = -EINVAL;

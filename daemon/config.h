@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "log.h"
+#include "loop.h"
 
 enum ls_backend_kind { LS_BACKEND_AUTO, LS_BACKEND_HOST, LS_BACKEND_CUDA };
 
@@ -19,6 +20,7 @@ struct ls_config {
 	uint64_t client_pin_limit;       /* bytes one connection may pin; 0: no limit */
 	char admin_group[64];            /* --admin-group / admin-group; "" for none */
 	enum ls_log_level log_level;     /* --log-level / log-level */
+	enum ls_loop_kind event_loop;    /* --event-loop / event-loop */
 	unsigned workers;                /* threads of the worker pool */
 	char config_file[PATH_MAX];      /* --config, "" when none */
 };

@@ -771,6 +771,7 @@ static void ls_on_stats(struct ls_session *s, Lorastore__Request *req)
 	sr.evictions = srv->res.stats.evictions;
 	sr.load_errors = srv->res.stats.load_errors;
 	sr.catalog_versions = cs.versions;
+	sr.event_loop = (char *)ls_loop_name(&srv->loop);
 	Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
 	resp.id = req->id;
 	resp.body_case = LORASTORE__RESPONSE__BODY_STATS;

@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <malloc.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,13 +33,8 @@ static void ls_begin_stop(struct ls_server *srv, const char *why)
 		srv->n_sessions == 1 ? "" : "s", ls_workers_busy(srv->workers),
 		ls_workers_busy(srv->workers) == 1 ? "" : "s");
 	sd_notify(0, "STOPPING=1\nSTATUS=draining");
-	if (srv->accepting) {
-		struct io_uring_sqe *sqe = io_uring_get_sqe(&srv->loop.ring);
-		if (sqe) {
-			io_uring_prep_cancel(sqe, &srv->accept_op, 0);
-			io_uring_sqe_set_data(sqe, NULL);
-		}
-	}
+	if (srv->accepting)
+		ls_loop_cancel(&srv->loop, &srv->accept_op);
 	/* Idle sessions close now; sessions with jobs in flight close when answered. */
 	for (struct ls_session *s = srv->sessions; s; s = s->next)
 		if (s->jobs == 0)
@@ -49,13 +43,15 @@ static void ls_begin_stop(struct ls_server *srv, const char *why)
 			s->close_after_send = true;
 }
 
-static void ls_signal_done(struct ls_loop *loop, struct ls_op *op, int res, unsigned flags)
+/* The signalfd is nonblocking: read every signal queued, then wait again. */
+static void ls_signal_done(struct ls_loop *loop, struct ls_op *op, int res)
 {
 	struct ls_server *srv = (struct ls_server *)((char *)op - offsetof(struct ls_server, signal_op));
 	(void)loop;
-	(void)flags;
-	if (res == (int)sizeof(srv->siginfo)) {
-		int sig = (int)srv->siginfo.ssi_signo;
+	(void)res;
+	struct signalfd_siginfo si;
+	while (read(srv->signal_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+		int sig = (int)si.ssi_signo;
 		ls_begin_stop(srv, sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT" : "signal");
 	}
 	if (!srv->stopping)
@@ -64,16 +60,14 @@ static void ls_signal_done(struct ls_loop *loop, struct ls_op *op, int res, unsi
 
 static void ls_signal_submit(struct ls_server *srv)
 {
-	struct io_uring_sqe *sqe = ls_loop_sqe(&srv->loop, &srv->signal_op, ls_signal_done);
-	io_uring_prep_read(sqe, srv->signal_fd, &srv->siginfo, sizeof(srv->siginfo), 0);
+	ls_loop_poll_in(&srv->loop, &srv->signal_op, ls_signal_done, srv->signal_fd);
 }
 
-static void ls_tick_done(struct ls_loop *loop, struct ls_op *op, int res, unsigned flags)
+static void ls_tick_done(struct ls_loop *loop, struct ls_op *op, int res)
 {
 	struct ls_server *srv = (struct ls_server *)((char *)op - offsetof(struct ls_server, tick_op));
 	(void)loop;
 	(void)res;
-	(void)flags;
 	ls_server_tick(srv);
 	if (!srv->stopping)
 		ls_tick_submit(srv);
@@ -81,18 +75,14 @@ static void ls_tick_done(struct ls_loop *loop, struct ls_op *op, int res, unsign
 
 static void ls_tick_submit(struct ls_server *srv)
 {
-	srv->tick_ts.tv_sec = 0;
-	srv->tick_ts.tv_nsec = LS_TICK_MS * 1000000LL;
-	struct io_uring_sqe *sqe = ls_loop_sqe(&srv->loop, &srv->tick_op, ls_tick_done);
-	io_uring_prep_timeout(sqe, &srv->tick_ts, 0, 0);
+	ls_loop_timeout(&srv->loop, &srv->tick_op, ls_tick_done, LS_TICK_MS);
 }
 
-static void ls_workers_ready(struct ls_loop *loop, struct ls_op *op, int res, unsigned flags)
+static void ls_workers_ready(struct ls_loop *loop, struct ls_op *op, int res)
 {
 	struct ls_server *srv = (struct ls_server *)((char *)op - offsetof(struct ls_server, workers_op));
 	(void)loop;
 	(void)res;
-	(void)flags;
 	ls_workers_reap(srv->workers);
 	ls_workers_submit_read(srv);
 }
@@ -100,8 +90,7 @@ static void ls_workers_ready(struct ls_loop *loop, struct ls_op *op, int res, un
 static void ls_workers_submit_read(struct ls_server *srv)
 {
 	/* A poll, not a read: ls_workers_reap reads the counter itself. */
-	struct io_uring_sqe *sqe = ls_loop_sqe(&srv->loop, &srv->workers_op, ls_workers_ready);
-	io_uring_prep_poll_add(sqe, srv->workers_efd, POLLIN);
+	ls_loop_poll_in(&srv->loop, &srv->workers_op, ls_workers_ready, srv->workers_efd);
 }
 
 /*
@@ -148,7 +137,7 @@ static int ls_listen(struct ls_server *srv)
 		int live = probe >= 0 && connect(probe, (struct sockaddr *)&addr, sizeof(addr)) == 0;
 		/*
 		 * A daemon killed a moment ago can leave its socket accepting while
-		 * the kernel tears down its io_uring: it is stale when the process
+		 * the kernel tears down its event loop: it is stale when the process
 		 * behind it no longer exists.
 		 */
 		struct ucred peer;
@@ -232,7 +221,7 @@ int main(int argc, char **argv)
 	sigaddset(&mask, SIGINT);
 	sigprocmask(SIG_BLOCK, &mask, NULL);
 	signal(SIGPIPE, SIG_IGN);
-	srv.signal_fd = signalfd(-1, &mask, SFD_CLOEXEC);
+	srv.signal_fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
 
 	struct ls_err err;
 	int status = 1;
@@ -246,8 +235,8 @@ int main(int argc, char **argv)
 		ls_error("worker threads: %s", strerror(-rc));
 		goto out;
 	}
-	if ((rc = ls_loop_init(&srv.loop, 1024))) {
-		ls_error("io_uring: %s", strerror(-rc));
+	if (ls_loop_init(&srv.loop, cfg.event_loop, 1024, &err)) {
+		ls_error("event loop: %s", err.msg);
 		goto out;
 	}
 	if (ls_residency_init(&srv.res, &srv.backend, cfg.host_budget, &srv.loop, srv.workers,
@@ -267,10 +256,11 @@ int main(int argc, char **argv)
 	ls_signal_submit(&srv);
 	ls_tick_submit(&srv);
 	ls_workers_submit_read(&srv);
-	io_uring_submit(&srv.loop.ring);
-	ls_info("ready: state %s, backend %s, budget %llu bytes, %u workers", cfg.state_dir,
-		ls_backend_name(&srv.backend), (unsigned long long)cfg.host_budget, cfg.workers);
-	sd_notifyf(0, "READY=1\nSTATUS=serving, backend %s", ls_backend_name(&srv.backend));
+	ls_info("ready: state %s, backend %s, budget %llu bytes, %u workers, event loop %s",
+		cfg.state_dir, ls_backend_name(&srv.backend), (unsigned long long)cfg.host_budget,
+		cfg.workers, ls_loop_name(&srv.loop));
+	sd_notifyf(0, "READY=1\nSTATUS=serving, backend %s, event loop %s",
+		   ls_backend_name(&srv.backend), ls_loop_name(&srv.loop));
 
 	for (;;) {
 		rc = ls_loop_run_once(&srv.loop, LS_TICK_MS);
@@ -294,8 +284,7 @@ out:
 		ls_workers_stop(srv.workers);
 	if (srv.res.buckets)
 		ls_residency_destroy(&srv.res);
-	if (srv.loop.ring.ring_fd > 0)
-		ls_loop_destroy(&srv.loop);
+	ls_loop_destroy(&srv.loop);
 	if (srv.backend.iface)
 		ls_backend_destroy(&srv.backend);
 	ls_store_close(srv.store);

@@ -263,11 +263,10 @@ static void ls_load_finish(struct ls_residency *r, struct ls_resident *e)
 		ls_res_free_entry(r, e);
 }
 
-static void ls_read_done(struct ls_loop *loop, struct ls_op *op, int res, unsigned flags)
+static void ls_read_done(struct ls_loop *loop, struct ls_op *op, int res)
 {
 	struct ls_resident *e = (struct ls_resident *)((char *)op - offsetof(struct ls_resident, read_op));
 	(void)loop;
-	(void)flags;
 	e->reading = false;
 	if (res <= 0 && !e->fail_rc) {
 		e->fail_rc = res ? res : LS_E_CORRUPT;
@@ -298,8 +297,8 @@ static void ls_load_step(struct ls_residency *r, struct ls_resident *e)
 		uint8_t *dst = (uint8_t *)slot->slab.host + e->offset + e->done;
 		uint64_t left = len - e->done;
 		unsigned chunk = left > LS_READ_CHUNK ? LS_READ_CHUNK : (unsigned)left;
-		struct io_uring_sqe *sqe = ls_loop_sqe(r->loop, &e->read_op, ls_read_done);
-		io_uring_prep_read(sqe, e->fd, dst, chunk, e->hdr.data_offset + e->done);
+		ls_loop_read(r->loop, &e->read_op, ls_read_done, e->fd, dst, chunk,
+			     e->hdr.data_offset + e->done);
 		e->reading = true;
 	}
 	if (!e->hashing && e->hashed < e->done) {

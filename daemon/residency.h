@@ -7,9 +7,9 @@
  * admission is by bytes against a budget, never by count, and ranks are
  * never padded.
  * Unpinned resident adapters sit on an LRU list and are evicted oldest first
- * when space is needed.  A load reads the blob's data region with io_uring
- * straight into the slab, then verifies its XXH3 checksum on the worker pool;
- * every request for an adapter that is loading waits on that one load.
+ * when space is needed.  A load reads the blob's data region through the
+ * event loop straight into the slab, then verifies its XXH3 checksum on the
+ * worker pool; every request for an adapter that is loading waits on that one load.
  *
  * Everything here runs on the loop thread.
  */

@@ -111,12 +111,10 @@ struct ls_server {
 	bool accepting;
 	struct ls_op accept_op;
 
-	int signal_fd;
+	int signal_fd;                /* nonblocking */
 	struct ls_op signal_op;
-	struct signalfd_siginfo siginfo;
 
 	struct ls_op tick_op;
-	struct __kernel_timespec tick_ts;
 
 	struct ls_session *sessions;
 	uint32_t n_sessions;

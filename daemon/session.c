@@ -47,11 +47,10 @@ static bool ls_peer_is_admin(struct ls_server *srv, const struct ucred *cred)
 	return false;
 }
 
-static void ls_accept_done(struct ls_loop *loop, struct ls_op *op, int res, unsigned flags)
+static void ls_accept_done(struct ls_loop *loop, struct ls_op *op, int res)
 {
 	struct ls_server *srv = LS_CONTAINER(op, struct ls_server, accept_op);
 	(void)loop;
-	(void)flags;
 	if (res < 0) {
 		if (res != -ECANCELED && res != -EINVAL)
 			ls_warn("accept: %s", strerror(-res));
@@ -88,8 +87,7 @@ static void ls_accept_done(struct ls_loop *loop, struct ls_op *op, int res, unsi
 
 void ls_server_accept(struct ls_server *srv)
 {
-	struct io_uring_sqe *sqe = ls_loop_sqe(&srv->loop, &srv->accept_op, ls_accept_done);
-	io_uring_prep_accept(sqe, srv->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+	ls_loop_accept(&srv->loop, &srv->accept_op, ls_accept_done, srv->listen_fd);
 	srv->accepting = true;
 }
 
@@ -126,11 +124,10 @@ int ls_session_take_fd(struct ls_session *s)
 	return fd;
 }
 
-static void ls_recv_done(struct ls_loop *loop, struct ls_op *op, int res, unsigned flags)
+static void ls_recv_done(struct ls_loop *loop, struct ls_op *op, int res)
 {
 	struct ls_session *s = LS_CONTAINER(op, struct ls_session, recv_op);
 	(void)loop;
-	(void)flags;
 	if (s->closing)
 		return;
 	if (res <= 0) {
@@ -183,15 +180,13 @@ static void ls_recv_submit(struct ls_session *s)
 	s->rmsg.msg_iovlen = 1;
 	s->rmsg.msg_control = s->rcmsg.buf;
 	s->rmsg.msg_controllen = sizeof(s->rcmsg.buf);
-	struct io_uring_sqe *sqe = ls_loop_sqe(&s->srv->loop, &s->recv_op, ls_recv_done);
-	io_uring_prep_recvmsg(sqe, s->fd, &s->rmsg, MSG_CMSG_CLOEXEC);
+	ls_loop_recvmsg(&s->srv->loop, &s->recv_op, ls_recv_done, s->fd, &s->rmsg, MSG_CMSG_CLOEXEC);
 }
 
-static void ls_send_done(struct ls_loop *loop, struct ls_op *op, int res, unsigned flags)
+static void ls_send_done(struct ls_loop *loop, struct ls_op *op, int res)
 {
 	struct ls_session *s = LS_CONTAINER(op, struct ls_session, send_op);
 	(void)loop;
-	(void)flags;
 	if (s->closing)
 		return;
 	if (res < 0) {
@@ -233,8 +228,7 @@ static void ls_send_next(struct ls_session *s)
 		c->cmsg_len = CMSG_LEN(sizeof(int));
 		memcpy(CMSG_DATA(c), &m->fd, sizeof(int));
 	}
-	struct io_uring_sqe *sqe = ls_loop_sqe(&s->srv->loop, &s->send_op, ls_send_done);
-	io_uring_prep_sendmsg(sqe, s->fd, &s->smsg, MSG_NOSIGNAL);
+	ls_loop_sendmsg(&s->srv->loop, &s->send_op, ls_send_done, s->fd, &s->smsg, MSG_NOSIGNAL);
 }
 
 void ls_session_send(struct ls_session *s, const Lorastore__Response *resp, int fd)
@@ -292,13 +286,8 @@ void ls_session_close(struct ls_session *s, const char *why)
 		close(ls_session_take_fd(s));
 	/* Completions of operations still in flight come back with errors. */
 	shutdown(s->fd, SHUT_RDWR);
-	if (s->recv_op.pending || s->send_op.pending) {
-		struct io_uring_sqe *sqe = io_uring_get_sqe(&s->srv->loop.ring);
-		if (sqe) {
-			io_uring_prep_cancel_fd(sqe, s->fd, IORING_ASYNC_CANCEL_ALL);
-			io_uring_sqe_set_data(sqe, NULL);
-		}
-	}
+	if (s->recv_op.pending || s->send_op.pending)
+		ls_loop_cancel_fd(&s->srv->loop, s->fd);
 }
 
 void ls_server_reap_sessions(struct ls_server *srv)
@@ -314,7 +303,7 @@ void ls_server_reap_sessions(struct ls_server *srv)
 			if (s->next)
 				s->next->prev = s->prev;
 			srv->n_sessions--;
-			close(s->fd);
+			ls_loop_close_fd(&srv->loop, s->fd);
 			while (s->out_head) {
 				struct ls_outmsg *m = s->out_head;
 				s->out_head = m->next;

@@ -260,6 +260,7 @@ typedef struct lorastore_stats {
 	uint64_t evictions;
 	uint64_t load_errors;
 	uint64_t catalog_versions;
+	char event_loop[16];           /* the daemon's event-loop engine: "io_uring" or "epoll" */
 } lorastore_stats;
 
 int lorastore_stats_get(lorastore *conn, lorastore_stats *out);

@@ -3,12 +3,18 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <poll.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -72,7 +78,54 @@ bool ls_daemon_wait_notify(struct ls_daemon_proc *d, const char *text, int timeo
 	}
 }
 
+const char *ls_daemon_test_engine(void)
+{
+	const char *e = getenv("LS_TEST_EVENT_LOOP");
+	return e && *e ? e : NULL;
+}
+
+#if defined(__x86_64__)
+#define LS_AUDIT_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define LS_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#endif
+
+/*
+ * In the child before exec: a seccomp filter that answers the three io_uring
+ * system calls with EPERM and allows everything else, the way Docker's
+ * default profile treats them.  It survives exec (with no_new_privs set).
+ */
+static int ls_refuse_io_uring(void)
+{
+#ifdef LS_AUDIT_ARCH
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, LS_AUDIT_ARCH, 1, 0),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 3, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_enter, 2, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_register, 1, 0),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+	};
+	struct sock_fprog prog = {.len = (unsigned short)(sizeof(f) / sizeof(f[0])), .filter = f};
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+		return -1;
+	return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
+#else
+	errno = ENOSYS;
+	return -1;
+#endif
+}
+
 int ls_daemon_start(struct ls_daemon_proc *d, const char *dir_or_null, const char *const *args)
+{
+	return ls_daemon_start_ex(d, dir_or_null, args, 0);
+}
+
+int ls_daemon_start_ex(struct ls_daemon_proc *d, const char *dir_or_null, const char *const *args,
+		       unsigned flags)
 {
 	memset(d, 0, sizeof(*d));
 	d->pid = -1;
@@ -109,8 +162,19 @@ int ls_daemon_start(struct ls_daemon_proc *d, const char *dir_or_null, const cha
 	argv[argc++] = d->socket;
 	argv[argc++] = "--state-dir";
 	argv[argc++] = d->state;
-	for (int i = 0; args && args[i] && argc < 62; i++)
+	const char *want = NULL; /* the engine asked for, when not auto */
+	for (int i = 0; args && args[i] && argc < 60; i++) {
+		if (strcmp(args[i], "--event-loop") == 0 && args[i + 1])
+			want = args[i + 1];
 		argv[argc++] = args[i];
+	}
+	if (!want && ls_daemon_test_engine()) {
+		want = ls_daemon_test_engine();
+		argv[argc++] = "--event-loop";
+		argv[argc++] = want;
+	}
+	if (want && strcmp(want, "auto") == 0)
+		want = NULL;
 	argv[argc] = NULL;
 
 	d->pid = fork();
@@ -123,6 +187,10 @@ int ls_daemon_start(struct ls_daemon_proc *d, const char *dir_or_null, const cha
 		setenv("NOTIFY_SOCKET", d->notify, 1);
 		unsetenv("LISTEN_FDS");
 		unsetenv("LISTEN_PID");
+		if ((flags & LS_DAEMON_NO_IO_URING) && ls_refuse_io_uring() != 0) {
+			fprintf(stderr, "seccomp filter: %s\n", strerror(errno));
+			_exit(126);
+		}
 		execv(argv[0], (char *const *)argv);
 		_exit(127);
 	}
@@ -136,6 +204,16 @@ int ls_daemon_start(struct ls_daemon_proc *d, const char *dir_or_null, const cha
 		}
 		if (d->pid > 0)
 			ls_daemon_kill(d);
+		return -1;
+	}
+	/* "serving, backend host, event loop epoll" */
+	const char *e = strstr(d->status, "event loop ");
+	if (e)
+		snprintf(d->engine, sizeof(d->engine), "%.*s", (int)strcspn(e + 11, ", "), e + 11);
+	if (want && strcmp(d->engine, want) != 0) {
+		fprintf(stderr, "lorastored was asked for the %s event loop but reports '%s' (%s)\n",
+			want, d->engine, d->status);
+		ls_daemon_kill(d);
 		return -1;
 	}
 	return 0;

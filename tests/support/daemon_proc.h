@@ -18,14 +18,35 @@ struct ls_daemon_proc {
 	char log[300];          /* dir/daemon.log: its standard error */
 	int notify_fd;
 	char status[256];       /* last STATUS= it sent */
+	char engine[16];        /* the event-loop engine it reported at READY */
 };
 
 /*
  * Start lorastored with extra arguments (NULL-terminated, may be NULL) and
  * wait up to 10 s for READY=1.  dir_or_null reuses a directory (for restarts);
  * NULL makes a new one.  Returns 0, or -1 with the reason on stderr.
+ *
+ * The event-loop engine: LS_TEST_EVENT_LOOP (io_uring or epoll; ctest runs
+ * every daemon test once with each) adds --event-loop unless args name one.
+ * Whichever engine was asked for, the start fails unless the daemon's READY
+ * status names that engine, so a run proves the engine it claims.
  */
 int ls_daemon_start(struct ls_daemon_proc *d, const char *dir_or_null, const char *const *args);
+
+/* What ls_daemon_start_ex does besides. */
+enum ls_daemon_flags {
+	/*
+	 * Refuse io_uring_setup, io_uring_enter and io_uring_register with
+	 * EPERM through a seccomp filter, as Docker's default profile does.
+	 */
+	LS_DAEMON_NO_IO_URING = 1,
+};
+
+int ls_daemon_start_ex(struct ls_daemon_proc *d, const char *dir_or_null, const char *const *args,
+		       unsigned flags);
+
+/* The engine this run asks daemons for: LS_TEST_EVENT_LOOP, or NULL (the default, auto). */
+const char *ls_daemon_test_engine(void);
 
 /* SIGTERM and wait; returns the exit status (or 128 + signal). */
 int ls_daemon_stop(struct ls_daemon_proc *d);
