@@ -26,14 +26,27 @@
 #error "LS_BINARY_DIR must be defined by the build"
 #endif
 
+/*
+ * The build tree, or LS_TEST_BINARY_DIR: a tree of the same layout elsewhere
+ * (the folder scripts/gpu-check prepares and runs on another machine).
+ */
+static const char *ls_binary_path(char *buf, size_t cap, const char *rel)
+{
+	const char *dir = getenv("LS_TEST_BINARY_DIR");
+	snprintf(buf, cap, "%s%s", dir && *dir ? dir : LS_BINARY_DIR, rel);
+	return buf;
+}
+
 const char *ls_daemon_binary(void)
 {
-	return LS_BINARY_DIR "/daemon/lorastored";
+	static char path[4096];
+	return ls_binary_path(path, sizeof(path), "/daemon/lorastored");
 }
 
 const char *ls_cli_binary(void)
 {
-	return LS_BINARY_DIR "/cli/lorastore";
+	static char path[4096];
+	return ls_binary_path(path, sizeof(path), "/cli/lorastore");
 }
 
 static long ls_ms_since(const struct timespec *t0)

@@ -60,7 +60,7 @@ bool ls_daemon_wait_notify(struct ls_daemon_proc *d, const char *text, int timeo
 /* Remove the directory (after stop or kill). */
 void ls_daemon_cleanup(struct ls_daemon_proc *d);
 
-/* Path of the built daemon and CLI (from LS_BINARY_DIR). */
+/* Path of the built daemon and CLI (LS_BINARY_DIR, or $LS_TEST_BINARY_DIR when set). */
 const char *ls_daemon_binary(void);
 const char *ls_cli_binary(void);
 
