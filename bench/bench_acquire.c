@@ -227,15 +227,7 @@ static int bench_parse(int argc, char **argv, struct bench_args *a)
 			a->layers = (int)v;
 			break;
 		case 'e':
-			if (strcmp(optarg, "both") == 0) {
-				a->engines[0] = "io_uring";
-				a->engines[1] = "epoll";
-				a->n_engines = 2;
-			} else if (strcmp(optarg, "auto") == 0 || strcmp(optarg, "io_uring") == 0 ||
-				   strcmp(optarg, "epoll") == 0) {
-				a->engines[0] = optarg;
-				a->n_engines = 1;
-			} else {
+			if (!bench_parse_engines(optarg, a->engines, &a->n_engines)) {
 				fprintf(stderr, "%s: --event-loop wants auto, io_uring, epoll or both\n",
 					argv[0]);
 				return 2;
