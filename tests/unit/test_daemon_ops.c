@@ -15,12 +15,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/io_uring.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -926,6 +928,41 @@ Test(daemon_ops, config_file_sets_options_and_command_line_wins, .timeout = 60)
 	proc_out_free(&p);
 }
 
+static const char *engine_of(struct ls_daemon_proc *d)
+{
+	static lorastore_stats st;
+	lorastore *conn = connect_to(d);
+	cr_assert_eq(lorastore_stats_get(conn, &st), 0, "%s", lorastore_errmsg(conn));
+	lorastore_close(conn);
+	return st.event_loop;
+}
+
+Test(daemon_ops, event_loop_from_the_config_file_and_the_command_line_wins, .timeout = 60)
+{
+	/* This test chooses the engines itself, whatever its ctest run asks for. */
+	unsetenv("LS_TEST_EVENT_LOOP");
+	char conf[PATH_MAX];
+	snprintf(conf, sizeof(conf), "%s/engine.conf", work_dir);
+	cr_assert_eq(synth_write_text(conf, "event-loop = epoll\n"), 0);
+
+	struct ls_daemon_proc *d = daemon_start(0, (const char *const[]){"--config", conf, NULL});
+	cr_assert_str_eq(engine_of(d), "epoll", "the file's event-loop is not used");
+	cr_assert_str_eq(d->engine, "epoll", "READY status: %s", d->status);
+	cr_assert_eq(ls_daemon_stop(d), 0);
+
+	d = daemon_start(1, (const char *const[]){"--config", conf, "--event-loop", "auto", NULL});
+	cr_assert_str_neq(d->engine, "", "READY status names no engine: %s", d->status);
+	cr_assert_str_eq(engine_of(d), d->engine);
+	/* auto is io_uring wherever the kernel allows it (as on the test machines). */
+	struct io_uring_params params = {0};
+	int probe = (int)syscall(__NR_io_uring_setup, 1, &params);
+	if (probe >= 0) {
+		close(probe);
+		cr_assert_str_eq(d->engine, "io_uring", "--event-loop auto did not win over the file");
+	}
+	cr_assert_eq(ls_daemon_stop(d), 0);
+}
+
 /* ---- 6. bad options */
 
 Test(daemon_ops, bad_options_exit_with_usage_status, .timeout = 30)
@@ -947,6 +984,14 @@ Test(daemon_ops, bad_options_exit_with_usage_status, .timeout = 30)
 		 NULL, &p);
 	cr_assert(p.status != 0 && p.status < 128, "--backend cuda exited %d", p.status);
 	cr_assert_not_null(strstr(p.err, "cuda"), "no clear message: %s", p.err);
+	proc_out_free(&p);
+
+	run_argv((const char *const[]){ls_daemon_binary(), "--state-dir", state, "--socket", sock,
+				       "--event-loop", "kqueue", NULL},
+		 NULL, &p);
+	cr_assert_eq(p.status, 2, "--event-loop kqueue exited %d", p.status);
+	cr_assert_not_null(strstr(p.err, "--event-loop") && strstr(p.err, "kqueue"),
+			   "the message names neither the option nor the value: %s", p.err);
 	proc_out_free(&p);
 
 	run_argv((const char *const[]){ls_daemon_binary(), "--help", NULL}, NULL, &p);
@@ -1057,6 +1102,8 @@ Test(daemon_ops, cli_end_to_end_json_shapes, .timeout = 60)
 	json_num(doc, "hits");
 	json_num(doc, "misses");
 	cr_assert_eq(json_num(doc, "evictions"), 0);
+	cr_assert_str_eq(json_str(doc, "event_loop"), d->engine,
+			 "stats --json names another engine than the daemon's READY status");
 	cJSON_Delete(doc);
 	proc_out_free(&p);
 
