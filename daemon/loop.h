@@ -122,9 +122,9 @@ void ls_loop_cancel_fd(struct ls_loop *loop, int fd);
 void ls_loop_close_fd(struct ls_loop *loop, int fd);
 
 /*
- * Wait for at least one completion (or until timeout_ms passes) and
- * dispatch every completion available.  Returns the number dispatched or
- * -errno.
+ * Wait for at least one completion (or until timeout_ms passes; < 0: no
+ * limit) and dispatch every completion available.  Returns the number
+ * dispatched or -errno.
  */
 int ls_loop_run_once(struct ls_loop *loop, int timeout_ms);
 

@@ -53,6 +53,7 @@ struct ls_ep_fd {
 	struct ls_op *in, *out;  /* parked: waiting to read / to write */
 	uint8_t mode;            /* enum ls_ep_mode */
 	bool drained;            /* edge mode: nothing to read since the last edge */
+	bool hup;                /* the peer hung up: no edge will come again */
 };
 
 struct ls_ep_queue {
@@ -260,8 +261,13 @@ static int ls_ep_step(struct ls_loop *loop, struct ls_epoll *ep, struct ls_op *o
 		if (res == 0)
 			return 0;
 	} else if (op->kind == LS_OP_RECVMSG && ls_ep_recv_drained(op, res)) {
+		/*
+		 * Not after a hang-up: data and the end of the stream can come
+		 * with one edge, and the receive that reads the data must not
+		 * leave the end unread for an edge that never comes.
+		 */
 		f = ls_ep_fd(ep, op->fd);
-		if (f)
+		if (f && !f->hup)
 			f->drained = true;
 	}
 	op->state = 0;
@@ -377,12 +383,17 @@ static void ls_epoll_submit(struct ls_loop *loop, struct ls_op *op)
 		pthread_cond_signal(&ep->io_cond);
 		pthread_mutex_unlock(&ep->io_lock);
 		break;
-	case LS_OP_TIMEOUT:
+	case LS_OP_TIMEOUT: {
+		/* Kept in deadline order, so that timers due together complete in it. */
 		op->state = LS_EP_TIMER;
 		op->deadline_ns = ls_now_ns() + op->u.timeout.sec * 1000000000 + op->u.timeout.nsec;
-		op->next = ep->timers;
-		ep->timers = op;
+		struct ls_op **p = &ep->timers;
+		while (*p && (*p)->deadline_ns <= op->deadline_ns)
+			p = &(*p)->next;
+		op->next = *p;
+		*p = op;
 		break;
+	}
 	}
 }
 
@@ -473,6 +484,8 @@ static void ls_ep_event(struct ls_epoll *ep, const struct epoll_event *ev)
 	struct ls_ep_fd *f = &ep->fds[fd];
 	uint32_t e = ev->events;
 	bool err = e & (EPOLLERR | EPOLLHUP);
+	if (err || e & EPOLLRDHUP)
+		f->hup = true;
 	if (err || e & (EPOLLIN | EPOLLRDHUP))
 		f->drained = false;
 	if (f->in && (err || e & (EPOLLIN | EPOLLRDHUP))) {
@@ -523,8 +536,8 @@ static int ls_epoll_run_once(struct ls_loop *loop, int timeout_ms)
 	int next = ls_ep_timers(ep);
 	if (n > 0)
 		return n + ls_ep_run_queue(loop, ep);
-	int wait = ep->run.head ? 0 : timeout_ms;
-	if (next >= 0 && next < wait)
+	int wait = ep->run.head ? 0 : timeout_ms < 0 ? -1 : timeout_ms;
+	if (next >= 0 && (wait < 0 || next < wait))
 		wait = next;
 	struct epoll_event evs[LS_EPOLL_EVENTS];
 	int nev = epoll_wait(ep->epfd, evs, LS_EPOLL_EVENTS, wait);

@@ -156,7 +156,7 @@ static int ls_uring_run_once(struct ls_loop *loop, int timeout_ms)
 	struct io_uring_cqe *cqe;
 	struct __kernel_timespec ts = {.tv_sec = timeout_ms / 1000,
 				       .tv_nsec = (long long)(timeout_ms % 1000) * 1000000};
-	int rc = io_uring_submit_and_wait_timeout(ring, &cqe, 1, &ts, NULL);
+	int rc = io_uring_submit_and_wait_timeout(ring, &cqe, 1, timeout_ms < 0 ? NULL : &ts, NULL);
 	if (rc < 0 && rc != -ETIME && rc != -EINTR)
 		return rc;
 	int n = 0;
