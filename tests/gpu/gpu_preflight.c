@@ -1,6 +1,6 @@
 /*
  * gpu_preflight: the facts lorastore's CUDA backend relies on, one "FACT
- * <key>: <value>" line each, in well under 30 seconds.  It runs first on a
+ * <key>: <value>" line each, in under 30 seconds.  It runs first on a
  * bare GPU machine (a VM or a gVisor sandbox), so it must not hang or crash,
  * and must say why a fact is missing.
  *
@@ -9,11 +9,17 @@
  * CUDA check runs in children started by fork() and execv("/proc/self/exe",
  * "--role", ...), which start with a clean driver state; they talk over
  * socketpairs the parent made, and write to a memfd the parent reads once
- * they are done (or killed at their deadline).  The checks run at the same
- * time; the parent prints each one's facts in a fixed order, and a stand-in
- * "unavailable (<why>)" for any fact that no child printed.  libcuda.so.1 is
- * opened with dlopen, so that the program runs where there is no driver;
- * <cuda.h> gives only types, constants, and the functions' prototypes.
+ * they are done (or killed at their deadline).  The functional checks run
+ * at the same time; then the timed one runs alone, so that no other
+ * traffic skews it.  The parent prints each check's facts in a fixed
+ * order, and a stand-in "unavailable (<why>)" for any fact that no child
+ * printed.  libcuda.so.1 is opened with dlopen, so that the program runs
+ * where there is no driver; <cuda.h> gives only types, constants, and the
+ * functions' prototypes.  Last come whether memory shared as an fd
+ * outlives its exporter (vmm_outlives_exporter,
+ * vmm_import_after_exporter_exit) and the timed facts: vmm_slab_setup_ms,
+ * host_register_ms, htod_pinned_memfd_gbps, htod_async_pinned_gbps,
+ * htod_pageable_gbps, dtod_gbps.
  */
 #define _GNU_SOURCE
 #include <cuda.h>
@@ -39,15 +45,21 @@
 
 /*
  * Seconds one check may take: each child sets alarm() to it and the parent
- * sends SIGKILL a second later.  The checks run at the same time, so a run
- * takes at most this, plus GIVE_UP_S for a child that even SIGKILL cannot
- * end while it sits in the driver (the parent then stops waiting for it).
+ * sends SIGKILL a second later.  The checks of a round run at the same
+ * time, so a round takes at most this plus one, plus GIVE_UP_S for a child
+ * that even SIGKILL cannot end while it sits in the driver (the parent then
+ * stops waiting for it); two rounds, 26 s in all.
  */
 #define CHECK_TIMEOUT_S 10
 #define GIVE_UP_S 2
 
 #define HOST_REGISTER_BYTES ((size_t)64 << 20)
 #define LEGACY_IPC_BYTES ((size_t)1 << 20)
+/* The daemon's default device slab, and the size of every timed copy. */
+#define SLAB_BYTES ((size_t)256 << 20)
+#define TIMED_COPIES 5
+/* How long an importer waits after the exporter is gone, for any deferred teardown. */
+#define SETTLE_MS 200
 /* What the read-only store writes at word 0; the pattern differs there. */
 #define STORE_VALUE 0x5eedf00du
 
@@ -59,7 +71,8 @@
 /*
  * Every entry point used, spelt as the API is.  cuda.h #defines many of
  * these names to their versioned exports (cuMemAlloc to cuMemAlloc_v2,
- * cuMemcpyHtoD to cuMemcpyHtoD_v2, cuIpcOpenMemHandle to ..._v2); the macro
+ * cuMemcpyHtoD to cuMemcpyHtoD_v2, cuMemcpyHtoDAsync to ..._v2,
+ * cuStreamDestroy to ..._v2, cuIpcOpenMemHandle to ..._v2); the macro
  * renames the member, its __typeof__ and the string XSTR() makes alike, so
  * the symbol looked up is always the one whose prototype the header gives.
  */
@@ -74,7 +87,8 @@
 	X(cuMemsetD32) X(cuMemAlloc) X(cuMemFree) X(cuIpcGetMemHandle)                   \
 	X(cuIpcOpenMemHandle) X(cuIpcCloseMemHandle) X(cuMemHostRegister)               \
 	X(cuMemHostUnregister) X(cuModuleLoadData) X(cuModuleGetFunction)                \
-	X(cuModuleUnload) X(cuLaunchKernel)
+	X(cuModuleUnload) X(cuLaunchKernel) X(cuStreamCreate) X(cuStreamDestroy)         \
+	X(cuStreamSynchronize) X(cuMemcpyHtoDAsync) X(cuMemcpyDtoD)
 
 #define CU_MEMBER(fn) __typeof__(fn) *fn;
 static struct {
@@ -179,11 +193,17 @@ static int child_unavailable(const char *why)
 	return 3;
 }
 
-static int64_t now_ms(void)
+/* CLOCK_MONOTONIC in nanoseconds, for the timed facts, and in milliseconds. */
+static int64_t now_ns(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int64_t now_ms(void)
+{
+	return now_ns() / 1000000;
 }
 
 static int64_t g_start_ms;
@@ -217,6 +237,22 @@ static long pattern(uint32_t *w, size_t bytes, bool fill)
 			return (long)i;
 	}
 	return -1;
+}
+
+/*
+ * Reads a mapping back: the first word unlike the pattern (its value in
+ * *word), -1 when none is, or -2 with g_why set when the read failed.
+ */
+static long read_back(CUdeviceptr va, size_t size, uint32_t *word)
+{
+	uint32_t *host = calloc(1, size);
+	long bad = -2;
+	if (host == NULL)
+		snprintf(g_why, sizeof g_why, "calloc(%zu) failed", size);
+	else if (CU(cuMemcpyDtoH, host, va, size) && (bad = pattern(host, size, false)) >= 0)
+		*word = host[bad];
+	free(host);
+	return bad;
 }
 
 /*
@@ -377,15 +413,21 @@ static int role_probe(void)
 
 /* ---- Children "vmm-a", "vmm-b", "vmm-b2": an allocation shared as an fd ---- */
 
-/* Reserves an address range for the allocation, maps it there, and sets access. */
-static bool vmm_map(CUmemGenericAllocationHandle h, size_t size, CUdevice dev,
-		    CUmemAccess_flags flags, CUdeviceptr *va)
+static CUmemAccessDesc vmm_access(CUdevice dev, CUmemAccess_flags flags)
 {
 	CUmemAccessDesc d;
 	memset(&d, 0, sizeof d);
 	d.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
 	d.location.id = dev;
 	d.flags = flags;
+	return d;
+}
+
+/* Reserves an address range for the allocation, maps it there, and sets access. */
+static bool vmm_map(CUmemGenericAllocationHandle h, size_t size, CUdevice dev,
+		    CUmemAccess_flags flags, CUdeviceptr *va)
+{
+	CUmemAccessDesc d = vmm_access(dev, flags);
 	return CU(cuMemAddressReserve, va, size, 0, 0, 0) && CU(cuMemMap, *va, size, 0, h, 0) &&
 	       CU(cuMemSetAccess, *va, size, &d, 1);
 }
@@ -395,6 +437,27 @@ static void vmm_unmap(CUdeviceptr va, size_t size, CUmemGenericAllocationHandle 
 	CU_TIDY(cuMemUnmap, va, size);
 	CU_TIDY(cuMemAddressFree, va, size);
 	CU_TIDY(cuMemRelease, h);
+}
+
+/* The exporter's half: one granule, mapped read-write, filled with the pattern, exported. */
+static bool vmm_export_pattern(CUdevice dev, CUmemGenericAllocationHandle *h, CUdeviceptr *va,
+			       uint64_t *size, int *fd)
+{
+	CUmemAllocationProp prop = vmm_prop(dev);
+	uint32_t *host = NULL;
+	bool ok = CU(cuMemGetAllocationGranularity, size, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM);
+	if (ok && (host = malloc(*size)) == NULL) {
+		snprintf(g_why, sizeof g_why, "malloc(%zu) failed", (size_t)*size);
+		ok = false;
+	}
+	if (ok)
+		pattern(host, *size, true);
+	ok = ok && CU(cuMemCreate, h, *size, &prop, 0) &&
+	     vmm_map(*h, *size, dev, CU_MEM_ACCESS_FLAGS_PROT_READWRITE, va) &&
+	     CU(cuMemcpyHtoD, *va, host, *size) &&
+	     CU(cuMemExportToShareableHandle, fd, *h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
+	free(host);
+	return ok;
 }
 
 /*
@@ -410,25 +473,13 @@ static int role_vmm_a(CUdevice dev)
 	static const char *const later[] = {"vmm_read_only_access", "vmm_fd_read_only",
 					    "vmm_read_only_write_faults",
 					    "vmm_read_only_owner_unchanged"};
-	CUmemAllocationProp prop = vmm_prop(dev);
 	CUmemGenericAllocationHandle h;
 	CUdeviceptr va = 0;
 	uint64_t size = 0;
 	int fd = -1;
 	long bad;
-	uint32_t *host = NULL;
-	bool ok = CU(cuMemGetAllocationGranularity, &size, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM);
-	if (ok && (host = malloc(size)) == NULL) {
-		snprintf(g_why, sizeof g_why, "malloc(%zu) failed", (size_t)size);
-		ok = false;
-	}
-	if (ok)
-		pattern(host, size, true);
-	ok = ok && CU(cuMemCreate, &h, size, &prop, 0) &&
-	     vmm_map(h, size, dev, CU_MEM_ACCESS_FLAGS_PROT_READWRITE, &va) &&
-	     CU(cuMemcpyHtoD, va, host, size) &&
-	     CU(cuMemExportToShareableHandle, &fd, h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
-	if (!ok) {
+	uint32_t w = 0;
+	if (!vmm_export_pattern(dev, &h, &va, &size, &fd)) {
 		/* vmm-b and vmm-b2 see their socket close and leave every fact to this one. */
 		fact("vmm_fd_cross_process", "no -- in the exporting process: %s", g_why);
 		for (size_t i = 0; i < sizeof later / sizeof later[0]; i++)
@@ -439,22 +490,31 @@ static int role_vmm_a(CUdevice dev)
 		wait_byte(g_link[0]);
 	char b2 = pass_fd(g_link[1], fd, &size) >= 0 ? wait_byte(g_link[1]) : 0;
 
-	memset(host, 0, size);
 	if (b2 == 'r')
 		fact("vmm_read_only_owner_unchanged", "unavailable (vmm-b2 attempted no store)");
-	else if (!CU(cuMemcpyDtoH, host, va, size))
+	else if ((bad = read_back(va, size, &w)) == -2)
 		fact("vmm_read_only_owner_unchanged", "unavailable (%s)", g_why);
-	else if ((bad = pattern(host, size, false)) < 0)
+	else if (bad < 0)
 		fact("vmm_read_only_owner_unchanged", "yes -- the exporter reads its pattern intact%s",
 		     b2 == 'w' ? " after vmm-b2's store through a read-only mapping"
 			       : "; vmm-b2 did not report (it may have died before its store)");
 	else
 		fact("vmm_read_only_owner_unchanged", "no -- word %ld is now 0x%08x (the store "
-		     "writes 0x%08x at word 0)", bad, host[bad], STORE_VALUE);
+		     "writes 0x%08x at word 0)", bad, w, STORE_VALUE);
 	close(fd);
 	vmm_unmap(va, size, h);
-	free(host);
 	return 0;
+}
+
+/* Imports fd, closes it, and maps the allocation with the access given. */
+static bool vmm_import_fd(int fd, CUdevice dev, CUmemAccess_flags flags,
+			  CUmemGenericAllocationHandle *h, CUdeviceptr *va, uint64_t size)
+{
+	/* The fd travels in the pointer argument itself, as an integer. */
+	bool ok = CU(cuMemImportFromShareableHandle, h, (void *)(uintptr_t)fd,
+		     CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR) && vmm_map(*h, size, dev, flags, va);
+	close(fd);
+	return ok;
 }
 
 /*
@@ -467,11 +527,7 @@ static bool vmm_import(CUdevice dev, CUmemAccess_flags flags, CUmemGenericAlloca
 	int fd = pass_fd(g_link[0], -1, size);
 	if (!(*got_fd = fd >= 0))
 		return false;
-	/* The fd travels in the pointer argument itself, as an integer. */
-	bool ok = CU(cuMemImportFromShareableHandle, h, (void *)(uintptr_t)fd,
-		     CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR) && vmm_map(*h, *size, dev, flags, va);
-	close(fd);
-	return ok;
+	return vmm_import_fd(fd, dev, flags, h, va, *size);
 }
 
 /* vmm-b, a client: imports, maps read-write, and reads the pattern back. */
@@ -480,26 +536,23 @@ static int role_vmm_b(CUdevice dev)
 	CUmemGenericAllocationHandle h;
 	CUdeviceptr va = 0;
 	uint64_t size = 0;
+	uint32_t w = 0;
 	bool got_fd;
-	long bad;
-	uint32_t *host = NULL;
 	bool ok = vmm_import(dev, CU_MEM_ACCESS_FLAGS_PROT_READWRITE, &h, &va, &size, &got_fd);
 	if (!got_fd)
 		return 0;
-	if (ok && (host = calloc(1, size)) == NULL)
-		snprintf(g_why, sizeof g_why, "calloc(%zu) failed", (size_t)size);
-	if (host == NULL || !CU(cuMemcpyDtoH, host, va, size))
+	long bad = ok ? read_back(va, size, &w) : -2;
+	if (bad == -2)
 		fact("vmm_fd_cross_process", "no -- in the importing process: %s", g_why);
-	else if ((bad = pattern(host, size, false)) >= 0)
+	else if (bad >= 0)
 		fact("vmm_fd_cross_process", "no -- imported and mapped, but word %ld reads 0x%08x, "
-		     "not 0x%08x", bad, host[bad], pattern_word((size_t)bad));
+		     "not 0x%08x", bad, w, pattern_word((size_t)bad));
 	else
 		fact("vmm_fd_cross_process", "yes -- a %zu B cuMemCreate allocation, exported as a "
 		     "POSIX fd and passed with SCM_RIGHTS, was imported, mapped read-write and read "
 		     "back intact in another process", (size_t)size);
-	if (host != NULL)
+	if (ok)
 		vmm_unmap(va, size, h);
-	free(host);
 	send_byte(g_link[0], 'y');
 	return 0;
 }
@@ -717,6 +770,287 @@ static int role_host_register(CUdevice dev)
 	return 0;
 }
 
+/* ---- Children "outlive-a", "outlive-b", "outlive-c": after the exporter is gone ---- */
+
+/*
+ * What a daemon that frees a slab, or dies, leaves its clients.  outlive-a
+ * exports one granule and sends the fd, then its pid, to outlive-b and
+ * outlive-c.  outlive-b imports and reads it, and says so; outlive-a then
+ * unmaps, frees the range, releases the handle, closes its fd, says 'r' to
+ * both ('x' when one of those failed) and exits.  Only once it is gone
+ * does outlive-b read again, and outlive-c import, map and read.
+ */
+static int role_outlive_a(CUdevice dev)
+{
+	static const char *const keys[] = {"vmm_outlives_exporter",
+					   "vmm_import_after_exporter_exit"};
+	CUmemGenericAllocationHandle h;
+	CUdeviceptr va = 0;
+	uint64_t size = 0;
+	int fd = -1;
+	int32_t pid = (int32_t)getpid();
+	if (!vmm_export_pattern(dev, &h, &va, &size, &fd)) {
+		/* outlive-b and outlive-c see their sockets close and leave the facts to this. */
+		for (int i = 0; i < 2; i++)
+			fact(keys[i], "unavailable (nothing exported: %s)", g_why);
+		return 0;
+	}
+	for (int i = 0; i < 2; i++)
+		if (pass_fd(g_link[i], fd, &size) < 0 ||
+		    send(g_link[i], &pid, sizeof pid, MSG_NOSIGNAL) != (ssize_t)sizeof pid)
+			printf("note (%s): sending the fd failed: %s\n", g_role, strerror(errno));
+	char b = wait_byte(g_link[0]); /* 'y': outlive-b has read the pattern, and waits */
+	bool ok = CU(cuMemUnmap, va, size) && CU(cuMemAddressFree, va, size) && CU(cuMemRelease, h);
+	if (ok && close(fd) != 0) {
+		snprintf(g_why, sizeof g_why, "close of the exported fd: %s", strerror(errno));
+		ok = false;
+	}
+	for (int i = 0; !ok && i < 2; i++)
+		fact(keys[i], "unavailable (the exporter could not let go: %s)", g_why);
+	for (int i = b == 'y' ? 0 : 1; i < 2; i++)
+		send_byte(g_link[i], ok ? 'r' : 'x');
+	/* Gone at once, with nothing left to tidy at exit: that is what is checked. */
+	fflush(stdout);
+	_exit(0);
+}
+
+/*
+ * Waits until outlive-a has let go and exited: its 'r', then its pid gone
+ * (the parent reaped it, so every file it held is closed), then SETTLE_MS
+ * for any teardown the driver defers.  False when it did not, with g_why
+ * set, or empty when outlive-a has said why.
+ */
+static bool await_exporter_exit(int sock, pid_t a)
+{
+	char c = wait_byte(sock);
+	g_why[0] = '\0';
+	if (c != 'r' && c != 'x')
+		snprintf(g_why, sizeof g_why, "the exporter ended or timed out without saying "
+			 "that it had let go");
+	if (c != 'r')
+		return false;
+	while ((kill(a, 0) == 0 || errno != ESRCH) && child_ms_left() > 0)
+		nanosleep(&(struct timespec){.tv_nsec = 5 * 1000000}, NULL);
+	if (kill(a, 0) == 0 || errno != ESRCH) {
+		snprintf(g_why, sizeof g_why, "the exporter, pid %d, had not exited in time", a);
+		return false;
+	}
+	nanosleep(&(struct timespec){.tv_nsec = SETTLE_MS * 1000000L}, NULL);
+	return true;
+}
+
+/*
+ * outlive-b imports, maps read-only and reads while the exporter lives,
+ * and reads again once it has exited; outlive-c holds the fd unimported
+ * until then, and only then imports, maps read-only and reads.
+ */
+static int role_outlive_client(CUdevice dev)
+{
+	const bool early = strcmp(g_role, "outlive-b") == 0;
+	const char *key = early ? "vmm_outlives_exporter" : "vmm_import_after_exporter_exit";
+	CUmemGenericAllocationHandle h;
+	CUdeviceptr va = 0;
+	uint64_t size = 0;
+	uint32_t w = 0;
+	int32_t a = 0;
+	long bad = -1;
+	int fd = pass_fd(g_link[0], -1, &size);
+	if (fd < 0)
+		return 0; /* the exporter failed, and said why */
+	bool ok = recv(g_link[0], &a, sizeof a, MSG_WAITALL) == (ssize_t)sizeof a && a > 0;
+	if (!ok)
+		snprintf(g_why, sizeof g_why, "the exporter sent no pid");
+	if (early) {
+		ok = ok && vmm_import_fd(fd, dev, CU_MEM_ACCESS_FLAGS_PROT_READ, &h, &va, size);
+		if (ok && (bad = read_back(va, size, &w)) >= 0)
+			snprintf(g_why, sizeof g_why, "word %ld reads 0x%08x, not 0x%08x", bad, w,
+				 pattern_word((size_t)bad));
+		ok = ok && bad == -1;
+		send_byte(g_link[0], ok ? 'y' : 'n');
+	}
+	if (!ok || !await_exporter_exit(g_link[0], a)) {
+		if (g_why[0] != '\0')
+			fact(key, "unavailable (%s: %s)", ok ? "waiting" : "before the exporter "
+			     "let go", g_why);
+		return 0;
+	}
+	if (!early && !vmm_import_fd(fd, dev, CU_MEM_ACCESS_FLAGS_PROT_READ, &h, &va, size))
+		bad = -3;
+	else
+		bad = read_back(va, size, &w);
+	if (bad < -1)
+		fact(key, "no -- after the exporter exited: %s", g_why);
+	else if (bad >= 0)
+		fact(key, "no -- after the exporter exited, word %ld reads 0x%08x, not 0x%08x", bad,
+		     w, pattern_word((size_t)bad));
+	else
+		fact(key, "yes -- a %zu B allocation whose fd came while the exporter lived, %s, "
+		     "read back intact once the exporter had unmapped it, freed the range, "
+		     "released its handle, closed its fd and exited", (size_t)size,
+		     early ? "imported and mapped read-only then" : "imported and mapped "
+		     "read-only only after that");
+	if (bad > -2)
+		vmm_unmap(va, size, h);
+	return 0;
+}
+
+/* ---- Child "copy-bandwidth": copies and setup costs, timed, alone on the device ---- */
+
+/* Stores the milliseconds since *t in *ms and restarts *t; true, to sit in a chain of calls. */
+static bool lap(int64_t *t, double *ms)
+{
+	int64_t now = now_ns();
+	*ms = (double)(now - *t) / 1e6;
+	*t = now;
+	return true;
+}
+
+/* A slab as the daemon makes it, exported once (the fd closed here); each call's ms in ms[]. */
+static bool slab_create(CUdevice dev, CUmemGenericAllocationHandle *h, CUdeviceptr *va,
+			double ms[5])
+{
+	CUmemAllocationProp prop = vmm_prop(dev);
+	CUmemAccessDesc d = vmm_access(dev, CU_MEM_ACCESS_FLAGS_PROT_READWRITE);
+	int fd = -1;
+	int64_t t = now_ns();
+	bool ok = CU(cuMemCreate, h, SLAB_BYTES, &prop, 0) && lap(&t, &ms[0]) &&
+		  CU(cuMemAddressReserve, va, SLAB_BYTES, 0, 0, 0) && lap(&t, &ms[1]) &&
+		  CU(cuMemMap, *va, SLAB_BYTES, 0, *h, 0) && lap(&t, &ms[2]) &&
+		  CU(cuMemSetAccess, *va, SLAB_BYTES, &d, 1) && lap(&t, &ms[3]) &&
+		  CU(cuMemExportToShareableHandle, &fd, *h,
+		     CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0) && lap(&t, &ms[4]);
+	if (fd >= 0)
+		close(fd);
+	return ok;
+}
+
+/*
+ * Copies SLAB_BYTES to dst from host (on stream, if any) or else from the
+ * slab at src, once to warm up and TIMED_COPIES times timed, each waited
+ * for (cuMemcpyDtoD, and cuMemcpyHtoD from pageable memory, may return
+ * before the copy is done).  dst is cleared first and its last 4 KiB
+ * checked after, so that a copy that did nothing reports no rate.
+ */
+static void report_copy(const char *key, CUdeviceptr dst, const void *host, CUdeviceptr src,
+			CUstream stream, double moved, const char *what)
+{
+	double gbps[TIMED_COPIES];
+	uint32_t tail[1024];
+	const size_t first = (SLAB_BYTES - sizeof tail) / 4, n = sizeof tail / 4; /* tail's words */
+	size_t i = 0;
+	bool ok = CU(cuMemsetD32, dst, 0, SLAB_BYTES / 4) && CU(cuCtxSynchronize);
+	for (int k = -1; ok && k < TIMED_COPIES; k++) {
+		int64_t t = now_ns();
+		if (host == NULL)
+			ok = CU(cuMemcpyDtoD, dst, src, SLAB_BYTES) && CU(cuCtxSynchronize);
+		else if (stream != NULL)
+			ok = CU(cuMemcpyHtoDAsync, dst, host, SLAB_BYTES, stream) &&
+			     CU(cuStreamSynchronize, stream);
+		else
+			ok = CU(cuMemcpyHtoD, dst, host, SLAB_BYTES) && CU(cuCtxSynchronize);
+		double rate = moved / (double)(now_ns() - t); /* bytes per ns is 10^9 B/s */
+		/* Kept sorted as it goes, for the median; k = -1 is the warm-up. */
+		int j = k;
+		for (; j > 0 && gbps[j - 1] > rate; j--)
+			gbps[j] = gbps[j - 1];
+		if (k >= 0)
+			gbps[j] = rate;
+	}
+	ok = ok && CU(cuMemcpyDtoH, tail, dst + SLAB_BYTES - sizeof tail, sizeof tail);
+	while (ok && i < n && tail[i] == pattern_word(first + i))
+		i++;
+	if (!ok)
+		fact(key, "unavailable (%s)", g_why);
+	else if (i < n)
+		fact(key, "unavailable (the copy did not land: word %zu reads 0x%08x, not 0x%08x)",
+		     first + i, tail[i], pattern_word(first + i));
+	else
+		fact(key, "%.1f -- %s; the median of %d copies of %zu B after one warm-up (min "
+		     "%.1f, max %.1f), each timed with CLOCK_MONOTONIC around the copy and its "
+		     "synchronize; GB/s = 10^9 B/s", gbps[TIMED_COPIES / 2], what, TIMED_COPIES,
+		     SLAB_BYTES, gbps[0], gbps[TIMED_COPIES - 1]);
+}
+
+/*
+ * The daemon's upload path, priced: a host slab (a memfd mapping) pinned,
+ * device slabs made, copies from pinned and pageable memory and between
+ * slabs.  It runs alone, so that no other check's traffic is timed.
+ */
+static int role_copy_bandwidth(CUdevice dev)
+{
+	static const char *const gbps_keys[] = {"htod_pinned_memfd_gbps", "htod_async_pinned_gbps",
+						"htod_pageable_gbps", "dtod_gbps"};
+	CUmemGenericAllocationHandle h[2];
+	CUdeviceptr va[2] = {0, 0};
+	double ms[2][5], reg = 0, unreg = 0;
+	CUstream stream = NULL;
+	int fd = memfd_create("lorastore-preflight-slab", MFD_CLOEXEC);
+	void *pinned = MAP_FAILED, *pageable = malloc(SLAB_BYTES);
+	if (fd < 0 || ftruncate(fd, (off_t)SLAB_BYTES) != 0 || pageable == NULL ||
+	    (pinned = mmap(NULL, SLAB_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) ==
+		    MAP_FAILED) {
+		snprintf(g_why, sizeof g_why, "memfd, mmap or malloc of 256 MiB: %s",
+			 strerror(errno));
+		return child_unavailable(g_why);
+	}
+	/* Every page of both sources written: no zero page, no first touch in a timed copy. */
+	pattern(pinned, SLAB_BYTES, true);
+	memcpy(pageable, pinned, SLAB_BYTES);
+
+	int64_t t = now_ns();
+	if (CU(cuMemHostRegister, pinned, SLAB_BYTES, CU_MEMHOSTREGISTER_PORTABLE) &&
+	    lap(&t, &reg) && CU(cuMemHostUnregister, pinned) && lap(&t, &unreg))
+		fact("host_register_ms", "%.3f -- cuMemHostRegister(PORTABLE) of a 256 MiB "
+		     "MAP_SHARED memfd mapping, every page written; cuMemHostUnregister %.3f ms",
+		     reg, unreg);
+	else
+		fact("host_register_ms", "unavailable (%s)", g_why);
+
+	if (!slab_create(dev, &h[0], &va[0], ms[0]) || !slab_create(dev, &h[1], &va[1], ms[1])) {
+		fact("vmm_slab_setup_ms", "unavailable (%s)", g_why);
+		for (int i = 0; i < 4; i++)
+			fact(gbps_keys[i], "unavailable (no 256 MiB slab: %s)", g_why);
+		return 0;
+	}
+	fact("vmm_slab_setup_ms", "%.3f -- a 256 MiB slab: cuMemCreate %.3f + cuMemAddressReserve "
+	     "%.3f + cuMemMap %.3f + cuMemSetAccess(READWRITE) %.3f ms; then "
+	     "cuMemExportToShareableHandle (POSIX fd) %.3f ms; a second slab: %.3f ms, export "
+	     "%.3f ms", ms[0][0] + ms[0][1] + ms[0][2] + ms[0][3], ms[0][0], ms[0][1], ms[0][2],
+	     ms[0][3], ms[0][4], ms[1][0] + ms[1][1] + ms[1][2] + ms[1][3], ms[1][4]);
+
+	bool pin = CU(cuMemHostRegister, pinned, SLAB_BYTES, CU_MEMHOSTREGISTER_PORTABLE);
+	for (int i = 0; !pin && i < 2; i++)
+		fact(gbps_keys[i], "unavailable (%s)", g_why);
+	if (pin) {
+		report_copy(gbps_keys[0], va[0], pinned, 0, NULL, SLAB_BYTES, "cuMemcpyHtoD from a "
+			    "256 MiB memfd mapping registered PORTABLE into a slab");
+		if (CU(cuStreamCreate, &stream, CU_STREAM_NON_BLOCKING)) {
+			report_copy(gbps_keys[1], va[0], pinned, 0, stream, SLAB_BYTES,
+				    "cuMemcpyHtoDAsync of the same, on a CU_STREAM_NON_BLOCKING "
+				    "stream, waited with cuStreamSynchronize");
+			CU_TIDY(cuStreamDestroy, stream);
+		} else {
+			fact(gbps_keys[1], "unavailable (%s)", g_why);
+		}
+		CU_TIDY(cuMemHostUnregister, pinned);
+	}
+	report_copy(gbps_keys[2], va[0], pageable, 0, NULL, SLAB_BYTES, "cuMemcpyHtoD from a "
+		    "malloc'd 256 MiB buffer, not registered (pageable), into a slab");
+	/* The source slab is filled here, whatever became of the copies above. */
+	if (CU(cuMemcpyHtoD, va[0], pageable, SLAB_BYTES))
+		report_copy(gbps_keys[3], va[1], NULL, va[0], NULL, 2.0 * SLAB_BYTES,
+			    "cuMemcpyDtoD from one slab to another, counting the bytes read and "
+			    "the bytes written (2 x 256 MiB a copy)");
+	else
+		fact(gbps_keys[3], "unavailable (filling the source slab: %s)", g_why);
+	for (int i = 0; i < 2; i++)
+		vmm_unmap(va[i], SLAB_BYTES, h[i]);
+	munmap(pinned, SLAB_BYTES);
+	close(fd);
+	free(pageable);
+	return 0;
+}
+
 /* ---- Parent: the facts that need no GPU ---- */
 
 static void report_kernel(void)
@@ -833,6 +1167,8 @@ static const struct role {
 } g_roles[] = {
 	{"vmm-a", role_vmm_a},   {"vmm-b", role_vmm_b}, {"vmm-b2", role_vmm_b2},
 	{"ipc-c", role_ipc_c},   {"ipc-d", role_ipc_d}, {"host-register", role_host_register},
+	{"outlive-a", role_outlive_a}, {"outlive-b", role_outlive_client},
+	{"outlive-c", role_outlive_client}, {"copy-bandwidth", role_copy_bandwidth},
 };
 
 struct child {
@@ -850,6 +1186,7 @@ struct child {
 struct check {
 	const char *roles[3];
 	const char *keys[6];
+	int round; /* 0 with the others at once; 1 alone, after them (the timed check) */
 	struct child kids[3];
 	char reason[sizeof g_why]; /* from an @unavailable line, or why a start failed */
 };
@@ -864,6 +1201,11 @@ static struct check g_checks[] = {
 	{.roles = {"host-register"},
 	 .keys = {"host_register_memfd", "host_register_read_only_supported",
 		  "host_register_read_only"}},
+	{.roles = {"outlive-a", "outlive-b", "outlive-c"},
+	 .keys = {"vmm_outlives_exporter", "vmm_import_after_exporter_exit"}},
+	{.roles = {"copy-bandwidth"}, .round = 1,
+	 .keys = {"vmm_slab_setup_ms", "host_register_ms", "htod_pinned_memfd_gbps",
+		  "htod_async_pinned_gbps", "htod_pageable_gbps", "dtod_gbps"}},
 };
 #define N_CHECKS (sizeof g_checks / sizeof g_checks[0])
 
@@ -918,15 +1260,15 @@ static void start_check(struct check *c)
 				close(links[i][j]);
 }
 
-/* Reaps the children, killing those past the deadline; gives up on any SIGKILL cannot end. */
-static void wait_children(int64_t start_ms)
+/* Reaps a round's children, killing those past the deadline; gives up on any SIGKILL can't end. */
+static void wait_children(int round, int64_t start_ms)
 {
 	const int64_t kill_at = start_ms + (CHECK_TIMEOUT_S + 1) * 1000;
 	for (;;) {
 		bool running = false;
 		int64_t now = now_ms();
 		for (size_t c = 0; c < N_CHECKS; c++) {
-			for (int i = 0; i < 3; i++) {
+			for (int i = 0; g_checks[c].round == round && i < 3; i++) {
 				struct child *k = &g_checks[c].kids[i];
 				if (k->pid <= 0 || k->reaped)
 					continue;
@@ -1050,9 +1392,14 @@ static void usage(FILE *f, const char *argv0)
 		"libcuda.so.1 opened at run time, the driver and runtime versions, the device,\n"
 		"VMM and POSIX-fd support and granularity, a cuMemCreate allocation shared\n"
 		"with other processes as a POSIX fd (read-write, and read-only with a store\n"
-		"that should fault), legacy CUDA IPC, and cuMemHostRegister of memfd pages\n"
-		"(read-write, and READ_ONLY).  The CUDA checks run in child processes, all at\n"
-		"once, for at most %d s; a fact that cannot be had reads \"unavailable (<why>)\".\n"
+		"that should fault), legacy CUDA IPC, cuMemHostRegister of memfd pages\n"
+		"(read-write, and READ_ONLY), whether memory shared as an fd outlives its\n"
+		"exporter (vmm_outlives_exporter, vmm_import_after_exporter_exit); then, timed\n"
+		"with 256 MiB buffers, vmm_slab_setup_ms, host_register_ms and, in GB/s\n"
+		"(10^9 B/s), htod_pinned_memfd_gbps, htod_async_pinned_gbps, htod_pageable_gbps\n"
+		"and dtod_gbps (read plus write).  The CUDA checks run in child processes, the\n"
+		"timed one alone after the others, each round for at most %d s; a fact that\n"
+		"cannot be had reads \"unavailable (<why>)\".\n"
 		"The last line is \"PREFLIGHT gpu=<yes|no> facts=<n> elapsed_ms=<n>\".\n"
 		"\n"
 		"  --device N  the device ordinal to check (default 0)\n"
@@ -1095,10 +1442,13 @@ int main(int argc, char **argv)
 	report_kernel();
 	report_io_uring();
 	report_memlock();
-	int64_t checks_start = now_ms();
-	for (size_t c = 0; c < N_CHECKS; c++)
-		start_check(&g_checks[c]);
-	wait_children(checks_start);
+	for (int round = 0; round < 2; round++) {
+		int64_t round_start = now_ms();
+		for (size_t c = 0; c < N_CHECKS; c++)
+			if (g_checks[c].round == round)
+				start_check(&g_checks[c]);
+		wait_children(round, round_start);
+	}
 	for (size_t c = 0; c < N_CHECKS; c++)
 		print_check(&g_checks[c]);
 	if (!g_gpu_found) {
