@@ -102,6 +102,9 @@ static struct io_uring_sqe *ls_uring_sqe(struct io_uring *ring)
 	return sqe;
 }
 
+_Static_assert(sizeof(((struct ls_op *)0)->u.timeout) == sizeof(struct __kernel_timespec),
+	       "the timeout is laid out as a __kernel_timespec");
+
 static void ls_uring_submit(struct ls_loop *loop, struct ls_op *op)
 {
 	struct io_uring_sqe *sqe = ls_uring_sqe(loop->ctx);
@@ -122,8 +125,6 @@ static void ls_uring_submit(struct ls_loop *loop, struct ls_op *op)
 		io_uring_prep_poll_add(sqe, op->fd, POLLIN);
 		break;
 	case LS_OP_TIMEOUT:
-		_Static_assert(sizeof(op->u.timeout) == sizeof(struct __kernel_timespec),
-			       "the timeout is laid out as a __kernel_timespec");
 		io_uring_prep_timeout(sqe, (struct __kernel_timespec *)&op->u.timeout, 0, 0);
 		break;
 	}
