@@ -367,13 +367,15 @@ static const char ls_stats_help[] =
 	"    lorastore [--json] stats\n"
 	"\n"
 	"DESCRIPTION\n"
-	"    Print each memory tier (host, device) with its budget, the bytes used\n"
-	"    by resident adapters, the bytes of slabs allocated and the number of\n"
+	"    Print each memory tier (host, and a device tier per GPU the daemon\n"
+	"    serves, named by the GPU's UUID) with its budget, the bytes used by\n"
+	"    resident adapters, the bytes of slabs allocated and the number of\n"
 	"    resident adapters; then clients connected, leases held, loads, hits,\n"
 	"    misses, evictions, failed loads, versions in the catalog and the\n"
 	"    daemon's event-loop engine (io_uring, or epoll where io_uring is\n"
-	"    refused).  With --json: {\"tiers\": [{\"name\", \"budget\", \"used\",\n"
-	"    \"slab_bytes\", \"adapters\"}], \"clients\", \"leases\", \"loads\",\n"
+	"    refused).  With --json: {\"tiers\": [{\"name\", \"device\" (UUID, \"\" on\n"
+	"    host), \"ordinal\" (-1 on host), \"budget\", \"used\", \"slab_bytes\",\n"
+	"    \"table_bytes\", \"adapters\"}], \"clients\", \"leases\", \"loads\",\n"
 	"    \"hits\", \"misses\", \"evictions\", \"load_errors\", \"catalog_versions\",\n"
 	"    \"event_loop\"}.\n"
 	"\n" LS_EXIT_STATUS_TEXT;
@@ -386,6 +388,9 @@ static cJSON *ls_json_stats(const lorastore_stats *s)
 		const lorastore_tier_stats *t = &s->tiers[i];
 		cJSON *jt = cJSON_CreateObject();
 		cJSON_AddStringToObject(jt, "name", t->name);
+		cJSON_AddStringToObject(jt, "device", t->device);
+		cJSON_AddNumberToObject(jt, "ordinal", t->ordinal);
+		cJSON_AddNumberToObject(jt, "table_bytes", (double)t->table_bytes);
 		cJSON_AddNumberToObject(jt, "budget", (double)t->budget);
 		cJSON_AddNumberToObject(jt, "used", (double)t->used);
 		cJSON_AddNumberToObject(jt, "slab_bytes", (double)t->slab_bytes);
@@ -406,14 +411,16 @@ static cJSON *ls_json_stats(const lorastore_stats *s)
 
 static void ls_print_stats(const lorastore_stats *s)
 {
-	printf("%-8s %10s %10s %10s %8s\n", "TIER", "BUDGET", "USED", "SLABS", "ADAPTERS");
+	printf("%-8s %10s %10s %10s %8s  %s\n", "TIER", "BUDGET", "USED", "SLABS", "ADAPTERS",
+	       "DEVICE");
 	for (size_t i = 0; i < s->tier_count; i++) {
 		const lorastore_tier_stats *t = &s->tiers[i];
 		char budget[32], used[32], slabs[32];
 		ls_format_size(t->budget, budget, sizeof(budget));
 		ls_format_size(t->used, used, sizeof(used));
 		ls_format_size(t->slab_bytes, slabs, sizeof(slabs));
-		printf("%-8s %10s %10s %10s %8u\n", t->name, budget, used, slabs, t->adapters);
+		printf("%-8s %10s %10s %10s %8u  %s\n", t->name, budget, used, slabs, t->adapters,
+		       t->device);
 	}
 	printf("\nclients      %u\n", s->clients);
 	printf("leases       %llu\n", (unsigned long long)s->leases);

@@ -4,7 +4,8 @@
  * Each slab is mapped once per connection, read-only, when the daemon first
  * sends its descriptor; later leases in the same slab only add an offset.
  * Mappings stay until lorastore_close, since a slab outlives the adapters
- * placed in it.
+ * placed in it.  A device tier's data slab is imported through the CUDA
+ * driver (device.c); its tensor table is in a host slab mapped as any other.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -28,9 +29,10 @@ static const struct ls_slab_map *ls_slab_find(const lorastore *c, uint32_t id)
 
 /*
  * The mapping of slab id: mapped now from fd (which is closed here) when the
- * reply brought one, else the one mapped earlier.
+ * reply brought one, else the one mapped earlier.  uuid names the GPU of a
+ * device slab, NULL for a host slab.
  */
-static int ls_slab_get(lorastore *c, uint32_t id, uint64_t size, int fd,
+static int ls_slab_get(lorastore *c, uint32_t id, uint64_t size, int fd, const char *uuid,
 		       const struct ls_slab_map **out)
 {
 	const struct ls_slab_map *known = ls_slab_find(c, id);
@@ -63,16 +65,25 @@ static int ls_slab_get(lorastore *c, uint32_t id, uint64_t size, int fd,
 		c->slabs = s;
 		c->cap_slabs = cap;
 	}
-	void *addr = mmap(NULL, (size_t)size, PROT_READ, MAP_SHARED, fd, 0);
-	int e = errno;
-	close(fd);
-	if (addr == MAP_FAILED)
-		return ls_conn_error(c, -e, "map slab %u (%llu bytes): %s", id,
-				     (unsigned long long)size, strerror(e));
-	struct ls_slab_map *m = &c->slabs[c->n_slabs++];
-	m->id = id;
-	m->addr = addr;
-	m->size = (size_t)size;
+	struct ls_slab_map *m = &c->slabs[c->n_slabs];
+	if (uuid) {
+		int rc = ls_device_import(c, id, size, fd, uuid, m);
+		if (rc)
+			return rc;
+	} else {
+		void *addr = mmap(NULL, (size_t)size, PROT_READ, MAP_SHARED, fd, 0);
+		int e = errno;
+		close(fd);
+		if (addr == MAP_FAILED)
+			return ls_conn_error(c, -e, "map slab %u (%llu bytes): %s", id,
+					     (unsigned long long)size, strerror(e));
+		memset(m, 0, sizeof(*m));
+		m->id = id;
+		m->addr = addr;
+		m->size = (size_t)size;
+		m->device = -1;
+	}
+	c->n_slabs++;
 	*out = m;
 	return 0;
 }
@@ -80,7 +91,10 @@ static int ls_slab_get(lorastore *c, uint32_t id, uint64_t size, int fd,
 void ls_slabs_unmap(lorastore *c)
 {
 	for (size_t i = 0; i < c->n_slabs; i++)
-		munmap((void *)c->slabs[i].addr, c->slabs[i].size);
+		if (c->slabs[i].device >= 0)
+			ls_device_unmap(&c->slabs[i]);
+		else
+			munmap((void *)c->slabs[i].addr, c->slabs[i].size);
 	free(c->slabs);
 	c->slabs = NULL;
 	c->n_slabs = c->cap_slabs = 0;
@@ -117,8 +131,8 @@ static void ls_adapter_free(lorastore_adapter *ad)
 	free(ad);
 }
 
-/* Fill ad's info from its table. */
-static void ls_adapter_info_fill(lorastore_adapter *ad, const char *tier)
+/* Fill ad's info from its table; data is the slab map of its data region. */
+static void ls_adapter_info_fill(lorastore_adapter *ad, const struct ls_slab_map *data)
 {
 	const struct ls_table_hdr *h = ad->table;
 	lorastore_adapter_info *info = &ad->info;
@@ -131,13 +145,35 @@ static void ls_adapter_info_fill(lorastore_adapter *ad, const char *tier)
 	info->dtype = ls_dtype_from_str(ls_table_str(h, h->dtype));
 	info->tensor_count = h->n_tensors;
 	info->bytes = h->data_length;
-	info->tier = tier && strcmp(tier, "device") == 0 ? "device" : "host";
+	info->tier = data->device >= 0 ? "device" : "host";
+	info->device = data->device;
+	info->device_uuid = data->device >= 0 ? data->uuid : "";
+	info->device_read_only = data->device >= 0 && data->read_only;
+}
+
+/* Take the reply's descriptor when it says one came, else -1; < -1 on a protocol break. */
+static int ls_reply_fd(lorastore *conn, bool attached, const char *what)
+{
+	if (!attached)
+		return -1;
+	int fd = ls_conn_take_fd(conn);
+	if (fd < 0)
+		/* Descriptors and replies are out of step: nothing after is trustworthy. */
+		return ls_conn_fail(conn, LS_E_PROTOCOL, "acquire reply said %s came with it, "
+				    "but none did", what);
+	return fd;
 }
 
 LS_PUBLIC int lorastore_acquire(lorastore *conn, const char *ref, int timeout_ms,
 				lorastore_adapter **out)
 {
-	if (!conn || !out)
+	return lorastore_acquire_tier(conn, ref, LORASTORE_TIER_HOST, NULL, timeout_ms, out);
+}
+
+LS_PUBLIC int lorastore_acquire_tier(lorastore *conn, const char *ref, lorastore_tier tier,
+				     const char *device, int timeout_ms, lorastore_adapter **out)
+{
+	if (!conn || !out || (tier != LORASTORE_TIER_HOST && tier != LORASTORE_TIER_DEVICE))
 		return -EINVAL;
 	*out = NULL;
 	if (!ref || !*ref)
@@ -145,6 +181,13 @@ LS_PUBLIC int lorastore_acquire(lorastore *conn, const char *ref, int timeout_ms
 	Lorastore__AcquireRequest ar = LORASTORE__ACQUIRE_REQUEST__INIT;
 	ar.ref = (char *)ref;
 	ar.timeout_ms = timeout_ms < 0 ? -1 : timeout_ms;
+	char current[48] = "";
+	if (tier == LORASTORE_TIER_DEVICE) {
+		ar.tier = "device";
+		if (!device)
+			ls_device_current_uuid(current, sizeof(current));
+		ar.device = (char *)(device ? device : current);
+	}
 	Lorastore__Request req = LORASTORE__REQUEST__INIT;
 	req.body_case = LORASTORE__REQUEST__BODY_ACQUIRE;
 	req.acquire = &ar;
@@ -158,25 +201,42 @@ LS_PUBLIC int lorastore_acquire(lorastore *conn, const char *ref, int timeout_ms
 		return ls_conn_fail(conn, LS_E_PROTOCOL, "acquire reply without a body");
 	}
 	uint64_t lease = a->lease_id;
-	int fd = -1;
-	if (a->fd_attached) {
-		fd = ls_conn_take_fd(conn);
-		if (fd < 0) {
-			/* Descriptors and replies are out of step: nothing after is trustworthy. */
-			lorastore__response__free_unpacked(resp, NULL);
-			return ls_conn_fail(conn, LS_E_PROTOCOL,
-					    "acquire reply said a slab came with it, but none did");
-		}
+	bool on_device = a->tier && strcmp(a->tier, "device") == 0;
+	/* An older daemon names no table slab: the table is in the data slab. */
+	uint32_t tslab_id = a->table_slab_id ? a->table_slab_id : a->slab_id;
+	uint64_t tslab_size = a->table_slab_id ? a->table_slab_size : a->slab_size;
+	if (on_device != (tier == LORASTORE_TIER_DEVICE) || (on_device && tslab_id == a->slab_id)) {
+		lorastore__response__free_unpacked(resp, NULL);
+		return ls_conn_fail(conn, LS_E_PROTOCOL, "acquire reply of the wrong tier");
+	}
+	int fd = ls_reply_fd(conn, a->fd_attached, "a slab");
+	int tfd = fd < -1 ? -1 : ls_reply_fd(conn, a->table_fd_attached, "a table slab");
+	if (fd < -1 || tfd < -1) {
+		if (fd >= 0)
+			close(fd);
+		lorastore__response__free_unpacked(resp, NULL);
+		return fd < -1 ? fd : tfd;
 	}
 	lorastore_adapter *ad = NULL;
-	const struct ls_slab_map *slab = NULL;
+	const struct ls_slab_map *slab = NULL, *tslab = NULL;
 	const struct ls_table_hdr *table = NULL;
-	rc = ls_slab_get(conn, a->slab_id, a->slab_size, fd, &slab);
+	rc = ls_slab_get(conn, a->slab_id, a->slab_size, fd, on_device ? a->device : NULL, &slab);
+	fd = -1;
+	if (rc == 0 && tslab_id != a->slab_id) {
+		rc = ls_slab_get(conn, tslab_id, tslab_size, tfd, NULL, &tslab);
+		tfd = -1;
+		/* The second may have moved the slab table: look the first up again. */
+		slab = ls_slab_find(conn, a->slab_id);
+	} else if (rc == 0) {
+		tslab = slab;
+	}
+	if (tfd >= 0)
+		close(tfd);
 	if (rc)
 		goto fail;
-	if (a->offset > slab->size || a->table_offset > slab->size ||
-	    a->table_length > slab->size - a->table_offset ||
-	    !(table = ls_table_open(slab->addr + a->table_offset, (size_t)a->table_length,
+	if (a->offset > slab->size || a->table_offset > tslab->size ||
+	    a->table_length > tslab->size - a->table_offset ||
+	    !(table = ls_table_open(tslab->addr + a->table_offset, (size_t)a->table_length,
 				    a->generation, slab->size - a->offset))) {
 		rc = ls_conn_error(conn, LS_E_PROTOCOL,
 				   "the tensor table of generation %llu in slab %u is not valid",
@@ -192,7 +252,7 @@ LS_PUBLIC int lorastore_acquire(lorastore *conn, const char *ref, int timeout_ms
 	ad->lease_id = lease;
 	ad->table = table;
 	ad->base = slab->addr + a->offset;
-	ls_adapter_info_fill(ad, a->tier);
+	ls_adapter_info_fill(ad, slab);
 	lorastore__response__free_unpacked(resp, NULL);
 	ad->next = conn->adapters;
 	if (conn->adapters)
@@ -278,6 +338,7 @@ static void ls_tensor_from_entry(const lorastore_adapter *ad, const struct ls_ta
 	out->offset = e->offset;
 	out->rank = e->rank;
 	out->scale = e->scale;
+	out->device = ad->info.device;
 }
 
 LS_PUBLIC int lorastore_adapter_tensor(const lorastore_adapter *adapter, const char *module,

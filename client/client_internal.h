@@ -19,11 +19,15 @@
 /* Longest message lorastore_errmsg() gives, including the NUL. */
 #define LS_CLIENT_ERRMSG_MAX 512
 
-/* A slab mapped read-only into this process. */
+/* A slab mapped into this process: a host memfd, or a device slab imported. */
 struct ls_slab_map {
 	uint32_t id;
-	const uint8_t *addr;
+	const uint8_t *addr;       /* host: the read-only mapping; device: the device address */
 	size_t size;               /* bytes mapped */
+	int device;                /* device: this process's CUDA ordinal of its GPU; -1 on host */
+	bool read_only;            /* device: mapped with read access only */
+	uint64_t handle;           /* device: the imported allocation */
+	char uuid[48];             /* device: its GPU */
 };
 
 struct lorastore {
@@ -139,5 +143,25 @@ void ls_adapters_drop(lorastore *conn);
 
 /* Unmap every slab of conn. */
 void ls_slabs_unmap(lorastore *conn);
+
+/* ---- device slabs (device.c; the only client file that sees the CUDA driver) */
+
+/*
+ * Import device slab id of size bytes from fd (closed here, whatever
+ * happens) for the GPU whose UUID is uuid, and map it for reading into this
+ * process: fills m.  LORASTORE_E_NO_DEVICE, LORASTORE_E_NOT_BUILT,
+ * LORASTORE_E_DEVICE with the message on conn.
+ */
+int ls_device_import(lorastore *conn, uint32_t id, uint64_t size, int fd, const char *uuid,
+		     struct ls_slab_map *m);
+
+/* Unmap and release an imported device slab. */
+void ls_device_unmap(struct ls_slab_map *m);
+
+/*
+ * The UUID of the GPU of the calling thread's current CUDA context into buf,
+ * or "" when there is no driver or no current context.
+ */
+void ls_device_current_uuid(char *buf, size_t cap);
 
 #endif

@@ -199,6 +199,9 @@ LS_PUBLIC int lorastore_stats_get(lorastore *conn, lorastore_stats *out)
 		const Lorastore__TierStats *t = s->tiers[i];
 		lorastore_tier_stats *o = &out->tiers[out->tier_count++];
 		snprintf(o->name, sizeof(o->name), "%s", t->name ? t->name : "");
+		snprintf(o->device, sizeof(o->device), "%s", t->device ? t->device : "");
+		o->ordinal = t->ordinal;
+		o->table_bytes = t->table_bytes;
 		o->budget = t->budget;
 		o->used = t->used;
 		o->slab_bytes = t->slab_bytes;

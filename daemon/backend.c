@@ -18,42 +18,79 @@ const char *ls_backend_name(const struct ls_backend *b)
 	return b->iface->name(b->ctx);
 }
 
-int ls_backend_slab_alloc(const struct ls_backend *b, uint64_t size, struct ls_slab *out)
+int ls_backend_slab_alloc(const struct ls_backend *b, uint64_t size, struct ls_slab *out,
+			  struct ls_err *err)
 {
 	if (!out)
-		return -EINVAL;
+		return ls_err_set(err, -EINVAL, "no slab to fill");
 	/* A failed allocation leaves a slab that slab_free and callers can tell is empty. */
 	memset(out, 0, sizeof(*out));
 	out->fd = -1;
 	if (size == 0)
-		return -EINVAL;
-	return b->iface->slab_alloc(b->ctx, size, out);
+		return ls_err_set(err, -EINVAL, "a slab of 0 bytes");
+	return b->iface->slab_alloc(b->ctx, size, out, err);
 }
 
 void ls_backend_slab_free(const struct ls_backend *b, struct ls_slab *slab)
 {
-	if (!slab)
+	if (!slab || slab->size == 0)
 		return;
 	b->iface->slab_free(b->ctx, slab);
 }
 
-int ls_backend_upload(const struct ls_backend *b, struct ls_slab *slab, uint64_t offset,
-		      const void *src, uint64_t len)
+/* Whether [offset, offset + len) lies inside the slab, written so that it cannot overflow. */
+static bool ls_in_slab(const struct ls_slab *slab, uint64_t offset, uint64_t len)
 {
-	if (!slab || (!src && len > 0))
-		return -EINVAL;
-	/* Written so that offset + len cannot overflow. */
-	if (offset > slab->size || len > slab->size - offset)
-		return -EINVAL;
-	if (b->iface->upload)
-		return b->iface->upload(b->ctx, slab, offset, src, len);
+	return slab && offset <= slab->size && len <= slab->size - offset;
+}
 
-	/* Default: the slab has a host mapping and the copy is a memcpy. */
-	if (!slab->host)
-		return -EINVAL;
-	if (len > 0)
-		memcpy((unsigned char *)slab->host + offset, src, (size_t)len);
-	return 0;
+void *ls_backend_host_ptr(const struct ls_backend *b, struct ls_slab *slab, uint64_t offset,
+			  uint64_t len)
+{
+	if (!ls_in_slab(slab, offset, len))
+		return NULL;
+	/* Default: no host memory; the slab is filled by upload. */
+	return b->iface->host_ptr ? b->iface->host_ptr(b->ctx, slab, offset, len) : NULL;
+}
+
+int ls_backend_upload(const struct ls_backend *b, struct ls_slab *slab, uint64_t offset,
+		      const void *src, uint64_t len, struct ls_upload *up, struct ls_err *err)
+{
+	if (!ls_in_slab(slab, offset, len) || (!src && len > 0) || !up || !up->done)
+		return ls_err_set(err, -EINVAL, "upload of %llu bytes at %llu: outside the slab",
+				  (unsigned long long)len, (unsigned long long)offset);
+	/* Default: this backend's slabs are filled through host_ptr only. */
+	if (!b->iface->upload)
+		return ls_err_set(err, -ENOTSUP, "the %s backend does not upload",
+				  ls_backend_name(b));
+	up->next = NULL;
+	up->rc = 0;
+	return b->iface->upload(b->ctx, slab, offset, src, len, up, err);
+}
+
+int ls_backend_completion_fd(const struct ls_backend *b)
+{
+	/* Default: nothing completes asynchronously. */
+	return b->iface->completion_fd ? b->iface->completion_fd(b->ctx) : -1;
+}
+
+void ls_backend_reap(const struct ls_backend *b)
+{
+	if (b->iface->reap)
+		b->iface->reap(b->ctx);
+}
+
+int ls_backend_host_register(const struct ls_backend *b, void *p, uint64_t len,
+			     struct ls_err *err)
+{
+	/* Default: nothing to register; uploads read pageable memory. */
+	return b->iface->host_register ? b->iface->host_register(b->ctx, p, len, err) : 0;
+}
+
+void ls_backend_host_unregister(const struct ls_backend *b, void *p)
+{
+	if (b->iface->host_unregister)
+		b->iface->host_unregister(b->ctx, p);
 }
 
 int ls_backend_query_memory(const struct ls_backend *b, uint64_t *free_bytes,

@@ -2,13 +2,16 @@
  * Memory backends of lorastored: where resident adapters live.
  *
  * One interface struct per backend (host: memfd slabs; cuda: VMM allocations
- * exported as POSIX file descriptors), a table of functions plus a context,
- * chosen at start-up.  Optional members say their default; ls_backend_*()
- * below are the only callers and apply those defaults.
+ * on one GPU, exported as POSIX file descriptors), a table of functions plus
+ * a context.  Optional members say their default; ls_backend_*() below are
+ * the only callers and apply those defaults.  The residency reaches slab
+ * memory only through these calls: where a read lands and a table is written
+ * (host_ptr), an asynchronous copy from host memory (upload, completed
+ * through completion_fd and reap), memory queries, granularity.
  *
  * A slab is one large allocation that adapters are sub-allocated in.  Its
  * descriptor is sent once per connection (SCM_RIGHTS); clients map it
- * read-only and address adapters by offset.
+ * read-only (host) or import it (cuda) and address adapters by offset.
  */
 #ifndef LS_BACKEND_H
 #define LS_BACKEND_H
@@ -20,12 +23,18 @@
 #include "ls_error.h"
 
 struct ls_slab {
-	uint32_t id;            /* unique within the daemon's life */
+	uint32_t id;            /* set by the residency: unique among the daemon's slabs */
 	uint64_t size;          /* bytes */
-	int fd;                 /* the descriptor clients map; owned by the slab */
-	void *host;             /* the daemon's writable mapping (host tier), or NULL */
-	uint64_t device;        /* device address (cuda tier), or 0 */
-	void *priv;             /* backend's own state */
+	int fd;                 /* the descriptor clients map or import; owned by the slab */
+	void *priv;             /* the backend's own state */
+};
+
+/* An asynchronous copy into a slab; done is called once, on the loop thread. */
+struct ls_upload {
+	void (*done)(struct ls_upload *up, int rc);
+	struct ls_upload *next; /* the backend's, while in flight */
+	void *owner;            /* the backend's, while in flight */
+	int rc;
 };
 
 struct ls_backend_i {
@@ -34,30 +43,57 @@ struct ls_backend_i {
 
 	/*
 	 * Allocate a slab of at least size bytes (rounded up to the backend's
-	 * granularity) with a descriptor to share.  0, -ENOMEM, or -errno.
+	 * granularity) with a descriptor to share.  0, or -ENOMEM / -errno /
+	 * LS_E_DEVICE with err.
 	 */
-	int (*slab_alloc)(void *ctx, uint64_t size, struct ls_slab *out);
+	int (*slab_alloc)(void *ctx, uint64_t size, struct ls_slab *out, struct ls_err *err);
 
-	/* Release a slab; mappings clients still hold stay valid until unmapped. */
+	/*
+	 * Release a slab.  Clients that mapped or imported it keep what they
+	 * mapped until they unmap it (the kernel's and the driver's own
+	 * references).
+	 */
 	void (*slab_free)(void *ctx, struct ls_slab *slab);
 
 	/*
-	 * Copy len bytes from host memory src into the slab at offset.
-	 * Optional: default memcpy into slab->host.
+	 * The daemon's host mapping of [offset, offset + len) of the slab,
+	 * writable: where blob reads land, what the checksum reads, where tables
+	 * are written.  Optional: default NULL (no host memory: fill the slab
+	 * with upload).
 	 */
-	int (*upload)(void *ctx, struct ls_slab *slab, uint64_t offset, const void *src,
-		      uint64_t len);
+	void *(*host_ptr)(void *ctx, struct ls_slab *slab, uint64_t offset, uint64_t len);
 
 	/*
-	 * Bytes the backend could still allocate and its total.
-	 * Optional: default reports 0 / 0 (unknown).
+	 * Copy len bytes of host memory src into the slab at offset.  Returns 0
+	 * when the copy is on its way (up->done follows, from reap) or an error
+	 * (done is then never called).  src must stay unchanged until done.
+	 * Optional: default -ENOTSUP.
 	 */
+	int (*upload)(void *ctx, struct ls_slab *slab, uint64_t offset, const void *src,
+		      uint64_t len, struct ls_upload *up, struct ls_err *err);
+
+	/*
+	 * A descriptor that becomes readable when uploads have finished; then
+	 * reap calls their done.  Optional: default -1 and nothing.
+	 */
+	int (*completion_fd)(void *ctx);
+	void (*reap)(void *ctx);
+
+	/*
+	 * Register host memory that uploads will read from (pinned, so copies
+	 * run at the bus's speed), and undo it before that memory goes.
+	 * Optional: default nothing (the copy works, slower).
+	 */
+	int (*host_register)(void *ctx, void *p, uint64_t len, struct ls_err *err);
+	void (*host_unregister)(void *ctx, void *p);
+
+	/* Bytes the backend could still allocate and its total. Optional: 0 / 0 (unknown). */
 	int (*query_memory)(void *ctx, uint64_t *free_bytes, uint64_t *total_bytes);
 
 	/* Granularity of slab sizes in bytes. Optional: default 4096. */
 	uint64_t (*granularity)(void *ctx);
 
-	/* Tear the backend down. Optional: default nothing. */
+	/* Tear the backend down (no upload in flight). Optional: default nothing. */
 	void (*destroy)(void *ctx);
 };
 
@@ -71,10 +107,18 @@ int ls_backend_host_create(struct ls_backend *out, struct ls_err *err);
 
 /* Dispatchers: the one place where optional members get their defaults. */
 const char *ls_backend_name(const struct ls_backend *b);
-int ls_backend_slab_alloc(const struct ls_backend *b, uint64_t size, struct ls_slab *out);
+int ls_backend_slab_alloc(const struct ls_backend *b, uint64_t size, struct ls_slab *out,
+			  struct ls_err *err);
 void ls_backend_slab_free(const struct ls_backend *b, struct ls_slab *slab);
+void *ls_backend_host_ptr(const struct ls_backend *b, struct ls_slab *slab, uint64_t offset,
+			  uint64_t len);
 int ls_backend_upload(const struct ls_backend *b, struct ls_slab *slab, uint64_t offset,
-		      const void *src, uint64_t len);
+		      const void *src, uint64_t len, struct ls_upload *up, struct ls_err *err);
+int ls_backend_completion_fd(const struct ls_backend *b);
+void ls_backend_reap(const struct ls_backend *b);
+int ls_backend_host_register(const struct ls_backend *b, void *p, uint64_t len,
+			     struct ls_err *err);
+void ls_backend_host_unregister(const struct ls_backend *b, void *p);
 int ls_backend_query_memory(const struct ls_backend *b, uint64_t *free_bytes,
 			    uint64_t *total_bytes);
 uint64_t ls_backend_granularity(const struct ls_backend *b);

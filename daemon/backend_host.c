@@ -23,7 +23,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,11 +36,6 @@
 /* The seals every slab carries once the daemon's writable mapping exists. */
 #define LS_HOST_SEALS (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL)
 
-struct ls_host_ctx {
-	/* Next slab id; 0 is never handed out so that it can mean "no slab". */
-	_Atomic uint32_t next_id;
-};
-
 static const char *host_name(void *ctx)
 {
 	(void)ctx;
@@ -54,33 +48,35 @@ static uint64_t host_granularity(void *ctx)
 	return LS_HOST_GRANULARITY;
 }
 
-static int host_slab_alloc(void *ctx, uint64_t size, struct ls_slab *out)
+static int host_slab_alloc(void *ctx, uint64_t size, struct ls_slab *out, struct ls_err *err)
 {
-	struct ls_host_ctx *hc = ctx;
+	(void)ctx;
 	const uint64_t g = LS_HOST_GRANULARITY;
 	int rc;
 
-	if (size == 0)
-		return -EINVAL;
 	/* Round up without overflow; anything past off_t or size_t cannot exist. */
 	if (size > UINT64_MAX - (g - 1))
-		return -ENOMEM;
+		return ls_err_set(err, -ENOMEM, "a host slab of %llu bytes cannot exist",
+				  (unsigned long long)size);
 	uint64_t rounded = (size + g - 1) / g * g;
 	if (rounded > (uint64_t)INT64_MAX || rounded > (uint64_t)SIZE_MAX)
-		return -ENOMEM;
+		return ls_err_set(err, -ENOMEM, "a host slab of %llu bytes cannot exist",
+				  (unsigned long long)size);
 
 	int fd = memfd_create("lorastore-slab", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (fd < 0)
-		return -errno;
+		return ls_err_set(err, -errno, "memfd_create: %s", strerror(errno));
 	if (ftruncate(fd, (off_t)rounded) < 0) {
-		rc = -errno;
+		rc = ls_err_set(err, -errno, "a host slab of %llu bytes: %s",
+				(unsigned long long)rounded, strerror(errno));
 		goto fail_fd;
 	}
 
 	/* The daemon's writable mapping must exist before F_SEAL_FUTURE_WRITE. */
 	void *host = mmap(NULL, (size_t)rounded, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	if (host == MAP_FAILED) {
-		rc = -errno;
+		rc = ls_err_set(err, -errno, "mapping a host slab of %llu bytes: %s",
+				(unsigned long long)rounded, strerror(errno));
 		goto fail_fd;
 	}
 	/*
@@ -92,20 +88,13 @@ static int host_slab_alloc(void *ctx, uint64_t size, struct ls_slab *out)
 	(void)madvise(host, (size_t)rounded, MADV_DONTDUMP);
 
 	if (fcntl(fd, F_ADD_SEALS, LS_HOST_SEALS) < 0) {
-		rc = -errno;
+		rc = ls_err_set(err, -errno, "sealing a host slab: %s", strerror(errno));
 		goto fail_map;
 	}
 
-	uint32_t id = atomic_fetch_add(&hc->next_id, 1);
-	if (id == 0) /* wrapped after 2^32 slabs; skip the reserved 0 */
-		id = atomic_fetch_add(&hc->next_id, 1);
-
-	out->id = id;
 	out->size = rounded;
 	out->fd = fd;
-	out->host = host;
-	out->device = 0;
-	out->priv = NULL;
+	out->priv = host; /* the daemon's writable mapping */
 	return 0;
 
 fail_map:
@@ -123,13 +112,20 @@ static void host_slab_free(void *ctx, struct ls_slab *slab)
 	 * they stay readable after this; the memory goes when the last one is
 	 * unmapped and the last descriptor is closed.
 	 */
-	if (slab->host)
-		munmap(slab->host, (size_t)slab->size);
+	if (slab->priv)
+		munmap(slab->priv, (size_t)slab->size);
 	if (slab->fd >= 0)
 		close(slab->fd);
-	slab->host = NULL;
+	slab->priv = NULL;
 	slab->fd = -1;
 	slab->size = 0;
+}
+
+static void *host_host_ptr(void *ctx, struct ls_slab *slab, uint64_t offset, uint64_t len)
+{
+	(void)ctx;
+	(void)len;
+	return slab->priv ? (uint8_t *)slab->priv + offset : NULL;
 }
 
 /* Parse "Key:   12345 kB" lines of /proc/meminfo; 0, or -errno. */
@@ -172,19 +168,19 @@ static int host_query_memory(void *ctx, uint64_t *free_bytes, uint64_t *total_by
 	return 0;
 }
 
-static void host_destroy(void *ctx)
-{
-	free(ctx);
-}
-
 static const struct ls_backend_i host_iface = {
-	/* .name         = */ host_name,
-	/* .slab_alloc   = */ host_slab_alloc,
-	/* .slab_free    = */ host_slab_free,
-	/* .upload       = */ NULL, /* the default memcpy into slab->host */
-	/* .query_memory = */ host_query_memory,
-	/* .granularity  = */ host_granularity,
-	/* .destroy      = */ host_destroy,
+	/* .name            = */ host_name,
+	/* .slab_alloc      = */ host_slab_alloc,
+	/* .slab_free       = */ host_slab_free,
+	/* .host_ptr        = */ host_host_ptr,
+	/* .upload          = */ NULL, /* reads land in the slab itself */
+	/* .completion_fd   = */ NULL,
+	/* .reap            = */ NULL,
+	/* .host_register   = */ NULL,
+	/* .host_unregister = */ NULL,
+	/* .query_memory    = */ host_query_memory,
+	/* .granularity     = */ host_granularity,
+	/* .destroy         = */ NULL,
 };
 
 /*
@@ -217,11 +213,7 @@ int ls_backend_host_create(struct ls_backend *out, struct ls_err *err)
 	int rc = host_probe(err);
 	if (rc < 0)
 		return rc;
-	struct ls_host_ctx *hc = calloc(1, sizeof(*hc));
-	if (!hc)
-		return ls_err_set(err, -ENOMEM, "host backend: out of memory");
-	atomic_init(&hc->next_id, 1);
 	out->iface = &host_iface;
-	out->ctx = hc;
+	out->ctx = NULL;
 	return 0;
 }

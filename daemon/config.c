@@ -20,10 +20,21 @@ static const char ls_usage[] =
 	"                         passes a listening socket\n"
 	"  --state-dir DIR        catalog and blobs (default $LORASTORE_STATE_DIR or\n"
 	"                         /var/lib/lorastore)\n"
-	"  --backend KIND         auto, host or cuda (default auto: cuda when built and\n"
-	"                         a GPU is usable, else host)\n"
+	"  --backend KIND         auto, host or cuda.  Host memory is always a tier;\n"
+	"                         auto (the default) adds a device tier for every\n"
+	"                         selected GPU that is usable, and logs why when none\n"
+	"                         is; cuda does the same but fails at start without\n"
+	"                         a usable GPU; host serves host memory only\n"
 	"  --host-budget SIZE     bytes of resident adapters in host memory (default 1GiB)\n"
-	"  --device-budget SIZE   bytes of resident adapters in GPU memory (default 4GiB)\n"
+	"  --device-budget SIZE|N%\n"
+	"                         bytes of resident adapters in each GPU's memory, or\n"
+	"                         a percentage of its free memory at start (default\n"
+	"                         4GiB)\n"
+	"  --devices LIST         the GPUs to serve: all (default), or ordinals and\n"
+	"                         UUIDs (GPU-...) separated by commas\n"
+	"  --device-slab-size SIZE\n"
+	"                         bytes of one device slab, a multiple of the GPU's\n"
+	"                         allocation granularity (default 256MiB)\n"
 	"  --client-pin-limit SIZE\n"
 	"                         bytes one connection may hold leased (default 0: the\n"
 	"                         whole budget)\n"
@@ -59,6 +70,8 @@ enum {
 	OPT_CONFIG,
 	OPT_LOG_LEVEL,
 	OPT_EVENT_LOOP,
+	OPT_DEVICES,
+	OPT_DEVICE_SLAB,
 	OPT_VERSION,
 };
 
@@ -74,6 +87,8 @@ static const struct option ls_options[] = {
 	{"config", required_argument, NULL, OPT_CONFIG},
 	{"log-level", required_argument, NULL, OPT_LOG_LEVEL},
 	{"event-loop", required_argument, NULL, OPT_EVENT_LOOP},
+	{"devices", required_argument, NULL, OPT_DEVICES},
+	{"device-slab-size", required_argument, NULL, OPT_DEVICE_SLAB},
 	{"help", no_argument, NULL, 'h'},
 	{"version", no_argument, NULL, OPT_VERSION},
 	{NULL, 0, NULL, 0},
@@ -131,6 +146,8 @@ void ls_config_defaults(struct ls_config *c)
 	c->backend = LS_BACKEND_AUTO;
 	c->host_budget = 1ull << 30;
 	c->device_budget = 4ull << 30;
+	c->device_slab_size = 256ull << 20;
+	snprintf(c->devices, sizeof(c->devices), "all");
 	c->log_level = LS_LOG_INFO;
 	c->workers = 2;
 }
@@ -162,14 +179,42 @@ static int ls_config_apply(struct ls_config *c, int opt, const char *val, const 
 		else
 			rc = -EINVAL;
 		break;
+	case OPT_DEVICE_BUDGET: {
+		size_t n = strlen(val);
+		if (n > 1 && val[n - 1] == '%') {
+			char *end;
+			long pct = strtol(val, &end, 10);
+			if (end != val + n - 1 || pct < 1 || pct > 100)
+				rc = -EINVAL;
+			else
+				c->device_budget_pct = (unsigned)pct;
+			break;
+		}
+		rc = ls_size_parse(val, &size);
+		if (rc == 0) {
+			c->device_budget = size;
+			c->device_budget_pct = 0;
+		}
+		break;
+	}
+	case OPT_DEVICE_SLAB:
+		rc = ls_size_parse(val, &size);
+		if (rc == 0 && size == 0)
+			rc = -EINVAL;
+		if (rc == 0)
+			c->device_slab_size = size;
+		break;
+	case OPT_DEVICES:
+		rc = !*val || snprintf(c->devices, sizeof(c->devices), "%s", val) >=
+				      (int)sizeof(c->devices)
+			     ? -EINVAL
+			     : 0;
+		break;
 	case OPT_HOST_BUDGET:
-	case OPT_DEVICE_BUDGET:
 	case OPT_PIN_LIMIT:
 		rc = ls_size_parse(val, &size);
 		if (rc == 0 && opt == OPT_HOST_BUDGET)
 			c->host_budget = size;
-		else if (rc == 0 && opt == OPT_DEVICE_BUDGET)
-			c->device_budget = size;
 		else if (rc == 0)
 			c->client_pin_limit = size;
 		break;

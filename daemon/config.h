@@ -16,7 +16,10 @@ struct ls_config {
 	char state_dir[PATH_MAX];        /* --state-dir / state-dir */
 	enum ls_backend_kind backend;    /* --backend / backend */
 	uint64_t host_budget;            /* bytes; --host-budget / host-budget */
-	uint64_t device_budget;          /* bytes; --device-budget / device-budget */
+	uint64_t device_budget;          /* bytes per GPU; --device-budget / device-budget */
+	unsigned device_budget_pct;      /* or this % of each GPU's free memory (0: bytes) */
+	uint64_t device_slab_size;       /* bytes of a regular device slab */
+	char devices[512];               /* --devices: "all", or ordinals and UUIDs, commas */
 	uint64_t client_pin_limit;       /* bytes one connection may pin; 0: no limit */
 	char admin_group[64];            /* --admin-group / admin-group; "" for none */
 	enum ls_log_level log_level;     /* --log-level / log-level */

@@ -34,9 +34,40 @@ static bool ls_need_admin(struct ls_session *s, uint64_t id, const char *what)
 	return false;
 }
 
-static const char *ls_tier_name(struct ls_server *srv)
+/*
+ * The tier a request names: host (tier "" or "host"), or the device tier of
+ * the GPU with that UUID ("" when the daemon serves one GPU).  NULL with the
+ * reason sent as the error.
+ */
+static struct ls_tier *ls_request_tier(struct ls_session *s, uint64_t id, const char *tier,
+				       const char *device)
 {
-	return strcmp(ls_backend_name(&srv->backend), "cuda") == 0 ? "device" : "host";
+	struct ls_residency *r = &s->srv->res;
+	if (!tier || !*tier || strcmp(tier, "host") == 0)
+		return ls_res_host(r);
+	if (strcmp(tier, "device") != 0) {
+		ls_session_error(s, id, LS_E_PROTOCOL, "unknown tier '%s' (host or device)", tier);
+		return NULL;
+	}
+	if (r->n_tiers == 1) {
+		ls_session_error(s, id, LS_E_BACKEND,
+				 "this lorastored has no device tier: it serves host memory only "
+				 "(no usable GPU, or --backend host)");
+		return NULL;
+	}
+	struct ls_tier *t = ls_res_device_tier(r, device);
+	if (!t) {
+		char served[LS_ERR_MSG_MAX / 2] = "";
+		size_t len = 0;
+		for (uint32_t i = 1; i < r->n_tiers && len < sizeof(served); i++)
+			len += (size_t)snprintf(served + len, sizeof(served) - len, "%s%s",
+						i > 1 ? ", " : "", r->tiers[i].uuid);
+		ls_session_error(s, id, LS_E_NOT_FOUND,
+				 device && *device ? "no device tier for %s; this lorastored serves %s"
+						   : "%sname the GPU: this lorastored serves %s",
+				 device && *device ? device : "", served);
+	}
+	return t;
 }
 
 /* ---- Reference cache */
@@ -97,7 +128,7 @@ static void ls_on_hello(struct ls_session *s, Lorastore__Request *req)
 	hr.protocol_version = LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
 	hr.daemon_version = LS_VERSION_STRING;
 	hr.admin = s->admin;
-	hr.backend = (char *)ls_backend_name(&s->srv->backend);
+	hr.backend = s->srv->n_devices ? "cuda" : "host";
 	Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
 	resp.id = req->id;
 	resp.body_case = LORASTORE__RESPONSE__BODY_HELLO;
@@ -416,10 +447,18 @@ static void ls_entry_fill(struct ls_server *srv, Lorastore__AdapterEntry *e,
 {
 	lorastore__adapter_entry__init(e);
 	e->record = rec;
-	struct ls_resident *r = ls_res_find(&srv->res, rec->generation);
-	e->resident = r && r->state == LS_RES_RESIDENT;
-	e->tier = e->resident ? (char *)ls_tier_name(srv) : "disk";
-	e->pins = r ? r->pins : 0;
+	/* "host", "device", "host,device": every tier the version is resident in. */
+	bool host = false, device = false;
+	for (uint32_t i = 0; i < srv->res.n_tiers; i++) {
+		struct ls_resident *r = ls_res_find(&srv->res.tiers[i], rec->generation);
+		if (!r)
+			continue;
+		if (r->state == LS_RES_RESIDENT)
+			*(i == 0 ? &host : &device) = true;
+		e->pins += r->pins;
+	}
+	e->resident = host || device;
+	e->tier = host && device ? "host,device" : host ? "host" : device ? "device" : "disk";
 	e->tensor_count = (uint32_t)rec->n_tensors;
 	e->resident_bytes = ls_res_footprint(full);
 }
@@ -537,21 +576,15 @@ static void ls_grant(struct ls_session *s, uint64_t id, struct ls_resident *e)
 	if (limit && s->pinned_bytes + e->length > limit) {
 		ls_session_error(s, id, LS_E_PIN_LIMIT,
 				 "%s@%u needs %llu bytes; this connection pins %llu of its %llu",
-				 ls_res_name(&srv->res, e), ls_res_version(&srv->res, e),
-				 (unsigned long long)e->length,
+				 ls_res_name(e), ls_res_version(e), (unsigned long long)e->length,
 				 (unsigned long long)s->pinned_bytes, (unsigned long long)limit);
 		return;
 	}
+	struct ls_slab_slot *slot = ls_res_slab(e), *tslot = ls_res_table_slab(e);
 	struct ls_lease *l = calloc(1, sizeof(*l));
-	if (e->slab >= s->n_slabs_sent) {
-		uint8_t *sent = realloc(s->slabs_sent, srv->res.n_slabs);
-		if (sent) {
-			memset(sent + s->n_slabs_sent, 0, srv->res.n_slabs - s->n_slabs_sent);
-			s->slabs_sent = sent;
-			s->n_slabs_sent = srv->res.n_slabs;
-		}
-	}
-	if (!l || e->slab >= s->n_slabs_sent) {
+	int send_data = ls_session_slab_unsent(s, slot->slab.id);
+	int send_table = tslot == slot ? 0 : ls_session_slab_unsent(s, tslot->slab.id);
+	if (!l || send_data < 0 || send_table < 0) {
 		free(l);
 		ls_session_error(s, id, -ENOMEM, "out of memory");
 		return;
@@ -563,26 +596,33 @@ static void ls_grant(struct ls_session *s, uint64_t id, struct ls_resident *e)
 	s->pinned_bytes += e->length;
 	s->lease_count++;
 	srv->leases++;
-	ls_res_pin(&srv->res, e);
+	ls_res_pin(e);
 
-	struct ls_slab_slot *slot = ls_res_slab(&srv->res, e);
-	bool send_fd = !s->slabs_sent[e->slab];
-	s->slabs_sent[e->slab] = 1;
 	Lorastore__AcquireReply ar = LORASTORE__ACQUIRE_REPLY__INIT;
 	ar.lease_id = l->id;
 	ar.generation = e->generation;
-	ar.table_offset = e->offset + e->data_length;
-	ar.table_length = e->table_length;
 	ar.slab_id = slot->slab.id;
 	ar.slab_size = slot->slab.size;
 	ar.offset = e->offset;
-	ar.fd_attached = send_fd;
-	ar.tier = (char *)ls_tier_name(srv);
+	ar.fd_attached = send_data;
+	ar.table_slab_id = tslot->slab.id;
+	ar.table_slab_size = tslot->slab.size;
+	ar.table_offset = e->table_offset;
+	ar.table_length = e->table_length;
+	ar.table_fd_attached = send_table;
+	ar.tier = (char *)ls_tier_kind_name(e->tier);
+	ar.device = e->tier->uuid;
+	int fds[2];
+	unsigned n_fds = 0;
+	if (send_data)
+		fds[n_fds++] = slot->slab.fd;
+	if (send_table)
+		fds[n_fds++] = tslot->slab.fd;
 	Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
 	resp.id = id;
 	resp.body_case = LORASTORE__RESPONSE__BODY_ACQUIRE;
 	resp.acquire = &ar;
-	ls_session_send(s, &resp, send_fd ? slot->slab.fd : -1);
+	ls_session_send_fds(s, &resp, fds, n_fds);
 }
 
 static void ls_pending_remove(struct ls_session *s, struct ls_pending *p)
@@ -611,15 +651,19 @@ static void ls_pending_woken(struct ls_waiter *w, struct ls_resident *e, int rc,
 }
 
 static void ls_on_acquire_or_load(struct ls_session *s, uint64_t id, const char *ref,
-				  int64_t timeout_ms, bool lease)
+				  int64_t timeout_ms, bool lease, const char *tier_name,
+				  const char *device)
 {
 	struct ls_server *srv = s->srv;
 	struct ls_err err;
+	struct ls_tier *tier = ls_request_tier(s, id, tier_name, device);
+	if (!tier)
+		return;
 	/* Warm: a resident version found through the reference cache, no catalog read. */
 	uint64_t gen = ls_refcache_get(srv, ref);
-	struct ls_resident *warm = gen ? ls_res_find(&srv->res, gen) : NULL;
+	struct ls_resident *warm = gen ? ls_res_find(tier, gen) : NULL;
 	if (warm && warm->state == LS_RES_RESIDENT && !warm->deleted) {
-		ls_res_touch(&srv->res, warm);
+		ls_res_touch(warm);
 		if (lease)
 			ls_grant(s, id, warm);
 		else
@@ -634,7 +678,7 @@ static void ls_on_acquire_or_load(struct ls_session *s, uint64_t id, const char 
 	}
 	ls_refcache_put(srv, ref, rec->generation);
 	if (lease && timeout_ms == 0) {
-		struct ls_resident *e = ls_res_find(&srv->res, rec->generation);
+		struct ls_resident *e = ls_res_find(tier, rec->generation);
 		if (!e || e->state != LS_RES_RESIDENT) {
 			ls_session_error(s, id, -ETIMEDOUT, "%s@%u is not resident", rec->name,
 					 rec->version);
@@ -654,7 +698,7 @@ static void ls_on_acquire_or_load(struct ls_session *s, uint64_t id, const char 
 	p->lease = lease;
 	p->deadline_ms = timeout_ms > 0 ? ls_now_ms() + timeout_ms : -1;
 	struct ls_resident *e = NULL;
-	rc = ls_res_request(&srv->res, rec, &p->waiter, &e, &err);
+	rc = ls_res_request(tier, rec, &p->waiter, &e, &err);
 	lorastore__version_record__free_unpacked(rec, NULL);
 	if (rc == 1) {
 		p->next = s->pending;
@@ -687,7 +731,7 @@ static void ls_on_release(struct ls_session *s, Lorastore__Request *req)
 	s->pinned_bytes -= l->res->length;
 	s->lease_count--;
 	s->srv->leases--;
-	ls_res_unpin(&s->srv->res, l->res);
+	ls_res_unpin(l->res);
 	free(l);
 	ls_send_done(s, req->id);
 }
@@ -698,7 +742,7 @@ void ls_session_release_all(struct ls_session *s)
 		struct ls_lease *l = s->leases;
 		s->leases = l->next;
 		s->srv->leases--;
-		ls_res_unpin(&s->srv->res, l->res);
+		ls_res_unpin(l->res);
 		free(l);
 	}
 	s->pinned_bytes = 0;
@@ -716,7 +760,7 @@ static void ls_on_prefetch(struct ls_session *s, Lorastore__Request *req)
 			return;
 		}
 		struct ls_resident *e;
-		rc = ls_res_request(&s->srv->res, rec, NULL, &e, &err);
+		rc = ls_res_request(ls_res_host(&s->srv->res), rec, NULL, &e, &err);
 		lorastore__version_record__free_unpacked(rec, NULL);
 		if (rc < 0) {
 			ls_session_error(s, req->id, rc, "%s", err.msg);
@@ -754,22 +798,31 @@ static void ls_on_stats(struct ls_session *s, Lorastore__Request *req)
 	struct ls_catalog_stats cs = {0};
 	struct ls_err err;
 	ls_catalog_stats(ls_store_catalog(srv->store), &cs, &err);
-	Lorastore__TierStats tier = LORASTORE__TIER_STATS__INIT, *tiers[1] = {&tier};
-	tier.name = (char *)ls_tier_name(srv);
-	tier.budget = srv->res.budget;
-	tier.used = srv->res.used;
-	tier.adapters = srv->res.count;
-	tier.slab_bytes = srv->res.slab_bytes;
+	struct ls_residency *r = &srv->res;
+	Lorastore__TierStats ts[LS_RES_MAX_TIERS], *tiers[LS_RES_MAX_TIERS];
 	Lorastore__StatsReply sr = LORASTORE__STATS_REPLY__INIT;
-	sr.n_tiers = 1;
+	for (uint32_t i = 0; i < r->n_tiers; i++) {
+		const struct ls_tier *t = &r->tiers[i];
+		lorastore__tier_stats__init(&ts[i]);
+		tiers[i] = &ts[i];
+		ts[i].name = (char *)ls_tier_kind_name(t);
+		ts[i].device = (char *)t->uuid;
+		ts[i].ordinal = t->ordinal;
+		ts[i].budget = t->budget;
+		ts[i].used = t->used;
+		ts[i].adapters = t->count;
+		ts[i].slab_bytes = t->slab_bytes;
+		ts[i].table_bytes = t->table_bytes;
+		sr.loads += t->stats.loads;
+		sr.hits += t->stats.hits;
+		sr.misses += t->stats.misses;
+		sr.evictions += t->stats.evictions;
+		sr.load_errors += t->stats.load_errors;
+	}
+	sr.n_tiers = r->n_tiers;
 	sr.tiers = tiers;
 	sr.clients = srv->n_sessions;
 	sr.leases = srv->leases;
-	sr.loads = srv->res.stats.loads;
-	sr.hits = srv->res.stats.hits;
-	sr.misses = srv->res.stats.misses;
-	sr.evictions = srv->res.stats.evictions;
-	sr.load_errors = srv->res.stats.load_errors;
 	sr.catalog_versions = cs.versions;
 	sr.event_loop = (char *)ls_loop_name(&srv->loop);
 	Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
@@ -806,13 +859,15 @@ void ls_dispatch(struct ls_session *s, Lorastore__Request *req)
 		ls_on_delete(s, req);
 		break;
 	case LORASTORE__REQUEST__BODY_LOAD:
-		ls_on_acquire_or_load(s, req->id, req->load->ref, -1, false);
+		ls_on_acquire_or_load(s, req->id, req->load->ref, -1, false, req->load->tier,
+				      req->load->device);
 		break;
 	case LORASTORE__REQUEST__BODY_EVICT:
 		ls_on_evict(s, req);
 		break;
 	case LORASTORE__REQUEST__BODY_ACQUIRE:
-		ls_on_acquire_or_load(s, req->id, req->acquire->ref, req->acquire->timeout_ms, true);
+		ls_on_acquire_or_load(s, req->id, req->acquire->ref, req->acquire->timeout_ms, true,
+				      req->acquire->tier, req->acquire->device);
 		break;
 	case LORASTORE__REQUEST__BODY_RELEASE:
 		ls_on_release(s, req);
@@ -844,7 +899,7 @@ void ls_server_tick(struct ls_server *srv)
 		while (p) {
 			struct ls_pending *next = p->next;
 			if (p->deadline_ms >= 0 && now >= p->deadline_ms) {
-				ls_res_cancel(&srv->res, &p->waiter);
+				ls_res_cancel(&p->waiter);
 				ls_pending_remove(s, p);
 				ls_session_error(s, p->request_id, -ETIMEDOUT,
 						 "the adapter did not finish loading in time");

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -15,6 +16,7 @@
 
 #include <systemd/sd-daemon.h>
 
+#include "backend_cuda.h"
 #include "log.h"
 #include "server.h"
 
@@ -170,20 +172,80 @@ static int ls_listen(struct ls_server *srv)
 	return 0;
 }
 
-static int ls_choose_backend(struct ls_server *srv)
+/* Whether GPU dev is in the --devices list ("all", or ordinals and UUIDs). */
+static bool ls_device_selected(const char *list, const struct ls_cuda_device *dev)
 {
-	struct ls_err err;
-	enum ls_backend_kind kind = srv->cfg->backend;
-	if (kind == LS_BACKEND_CUDA) {
-		ls_error("--backend cuda: this lorastored was built without the CUDA backend");
-		return LS_E_BACKEND;
+	if (strcmp(list, "all") == 0)
+		return true;
+	char buf[sizeof(((struct ls_config *)0)->devices)];
+	snprintf(buf, sizeof(buf), "%s", list);
+	char *save = NULL;
+	for (char *tok = strtok_r(buf, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
+		char *end;
+		long n = strtol(tok, &end, 10);
+		if ((*end == '\0' && n == dev->ordinal) || strcasecmp(tok, dev->uuid) == 0)
+			return true;
 	}
-	if (kind == LS_BACKEND_AUTO)
-		ls_info("backend auto: using host memory (this build has no CUDA backend)");
-	int rc = ls_backend_host_create(&srv->backend, &err);
-	if (rc)
-		ls_error("host backend: %s", err.msg);
-	return rc;
+	return false;
+}
+
+/*
+ * The device tiers: one per selected, usable GPU.  auto without any logs why
+ * and serves host memory; cuda without any fails.
+ */
+static int ls_setup_devices(struct ls_server *srv)
+{
+	struct ls_config *cfg = srv->cfg;
+	if (cfg->backend == LS_BACKEND_HOST)
+		return 0;
+	bool must = cfg->backend == LS_BACKEND_CUDA;
+	struct ls_cuda_device devs[LS_CUDA_MAX_DEVICES];
+	int n = 0;
+	struct ls_err err;
+	if (ls_cuda_devices(devs, &n, &err)) {
+		if (must) {
+			ls_error("--backend cuda: %s", err.msg);
+			return LS_E_BACKEND;
+		}
+		ls_info("backend auto: host memory only (%s)", err.msg);
+		return 0;
+	}
+	for (int i = 0; i < n; i++) {
+		if (!ls_device_selected(cfg->devices, &devs[i]))
+			continue;
+		if (!devs[i].usable) {
+			ls_warn("GPU %d (%s, %s) has no VMM with POSIX file descriptors; not served",
+				devs[i].ordinal, devs[i].uuid, devs[i].name);
+			continue;
+		}
+		struct ls_backend *b = &srv->devices[srv->n_devices];
+		if (ls_backend_cuda_create(devs[i].ordinal, b, &err)) {
+			ls_error("GPU %d (%s): %s", devs[i].ordinal, devs[i].uuid, err.msg);
+			return LS_E_BACKEND;
+		}
+		srv->n_devices++;
+		uint64_t budget = cfg->device_budget;
+		if (cfg->device_budget_pct)
+			budget = devs[i].free_bytes / 100 * cfg->device_budget_pct;
+		if (ls_residency_add_device(&srv->res, b, devs[i].ordinal, devs[i].uuid, budget,
+					    cfg->device_slab_size, &err)) {
+			ls_error("GPU %d (%s): %s", devs[i].ordinal, devs[i].uuid, err.msg);
+			return LS_E_BACKEND;
+		}
+		ls_info("device tier %u: GPU %d, %s, %s, budget %llu of %llu bytes free",
+			srv->res.n_tiers - 1, devs[i].ordinal, devs[i].uuid, devs[i].name,
+			(unsigned long long)budget, (unsigned long long)devs[i].free_bytes);
+	}
+	if (srv->n_devices == 0) {
+		const char *why = n == 0 ? "the driver reports no GPU"
+				  : "no selected GPU is usable (--devices)";
+		if (must) {
+			ls_error("--backend cuda: %s", why);
+			return LS_E_BACKEND;
+		}
+		ls_info("backend auto: host memory only (%s)", why);
+	}
+	return 0;
 }
 
 int main(int argc, char **argv)
@@ -229,8 +291,10 @@ int main(int argc, char **argv)
 		ls_error("state directory: %s", err.msg);
 		goto out;
 	}
-	if (ls_choose_backend(&srv))
+	if (ls_backend_host_create(&srv.backend, &err)) {
+		ls_error("host backend: %s", err.msg);
 		goto out;
+	}
 	if ((rc = ls_workers_start(cfg.workers, &srv.workers, &srv.workers_efd))) {
 		ls_error("worker threads: %s", strerror(-rc));
 		goto out;
@@ -244,6 +308,8 @@ int main(int argc, char **argv)
 		ls_error("%s", err.msg);
 		goto out;
 	}
+	if (ls_setup_devices(&srv))
+		goto out;
 	srv.refcache = calloc(LS_REFCACHE_SIZE, sizeof(*srv.refcache));
 	if (!srv.refcache) {
 		ls_error("out of memory");
@@ -256,11 +322,13 @@ int main(int argc, char **argv)
 	ls_signal_submit(&srv);
 	ls_tick_submit(&srv);
 	ls_workers_submit_read(&srv);
-	ls_info("ready: state %s, backend %s, budget %llu bytes, %u workers, event loop %s",
-		cfg.state_dir, ls_backend_name(&srv.backend), (unsigned long long)cfg.host_budget,
-		cfg.workers, ls_loop_name(&srv.loop));
-	sd_notifyf(0, "READY=1\nSTATUS=serving, backend %s, event loop %s",
-		   ls_backend_name(&srv.backend), ls_loop_name(&srv.loop));
+	const char *backend = srv.n_devices ? "cuda" : "host";
+	ls_info("ready: state %s, backend %s (%u GPU%s), host budget %llu bytes, %u workers, "
+		"event loop %s",
+		cfg.state_dir, backend, srv.n_devices, srv.n_devices == 1 ? "" : "s",
+		(unsigned long long)cfg.host_budget, cfg.workers, ls_loop_name(&srv.loop));
+	sd_notifyf(0, "READY=1\nSTATUS=serving, backend %s, event loop %s", backend,
+		   ls_loop_name(&srv.loop));
 
 	for (;;) {
 		rc = ls_loop_run_once(&srv.loop, LS_TICK_MS);
@@ -282,8 +350,10 @@ out:
 	}
 	if (srv.workers)
 		ls_workers_stop(srv.workers);
-	if (srv.res.buckets)
+	if (srv.res.n_tiers)
 		ls_residency_destroy(&srv.res);
+	for (unsigned i = 0; i < srv.n_devices; i++)
+		ls_backend_destroy(&srv.devices[i]);
 	ls_loop_destroy(&srv.loop);
 	if (srv.backend.iface)
 		ls_backend_destroy(&srv.backend);

@@ -1,4 +1,4 @@
-/* Residency of adapter versions: slabs, budget, LRU, loads. */
+/* Residency of adapter versions: tiers, slabs, budgets, LRU, loads, uploads. */
 #include "residency.h"
 
 #include <errno.h>
@@ -14,38 +14,131 @@
 
 #include "log.h"
 
-/* A regular slab: large enough for many adapters, small enough to share well. */
+/* A regular host slab: large enough for many adapters, small enough to share well. */
 #define LS_SLAB_DEFAULT (256ull << 20)
+/* A table slab of a device tier (host memory): tables are kilobytes each. */
+#define LS_TABLE_SLAB (8ull << 20)
 #define LS_RES_BUCKETS 4096u
 
-int ls_residency_init(struct ls_residency *r, struct ls_backend *backend, uint64_t budget,
-		      struct ls_loop *loop, struct ls_workers *workers, struct ls_store *store,
-		      struct ls_err *err)
+static int ls_tier_init(struct ls_residency *r, struct ls_tier *t, enum ls_tier_kind kind,
+			struct ls_backend *backend, uint64_t budget, uint64_t slab_size,
+			struct ls_err *err)
 {
-	memset(r, 0, sizeof(*r));
-	r->backend = backend;
-	r->loop = loop;
-	r->workers = workers;
-	r->store = store;
-	r->budget = budget;
+	memset(t, 0, sizeof(*t));
+	t->owner = r;
+	t->kind = kind;
+	t->index = (uint32_t)(t - r->tiers);
+	t->ordinal = -1;
+	t->backend = backend;
+	t->budget = budget;
 	uint64_t gran = ls_backend_granularity(backend);
-	r->slab_size = ls_align_up(budget < LS_SLAB_DEFAULT ? budget : LS_SLAB_DEFAULT, gran);
-	if (r->slab_size == 0)
-		r->slab_size = gran;
-	r->n_buckets = LS_RES_BUCKETS;
-	r->buckets = calloc(r->n_buckets, sizeof(*r->buckets));
-	r->direct_io = true;
-	if (!r->buckets)
+	t->slab_size = ls_align_up(budget < slab_size ? budget : slab_size, gran);
+	if (t->slab_size == 0)
+		t->slab_size = gran;
+	t->n_buckets = LS_RES_BUCKETS;
+	t->buckets = calloc(t->n_buckets, sizeof(*t->buckets));
+	if (!t->buckets)
 		return ls_err_set(err, -ENOMEM, "out of memory");
 	return 0;
 }
 
-static void ls_res_free_entry(struct ls_residency *r, struct ls_resident *e);
-
-void ls_residency_destroy(struct ls_residency *r)
+int ls_residency_init(struct ls_residency *r, struct ls_backend *host_backend,
+		      uint64_t host_budget, struct ls_loop *loop, struct ls_workers *workers,
+		      struct ls_store *store, struct ls_err *err)
 {
-	for (uint32_t b = 0; b < r->n_buckets; b++) {
-		struct ls_resident *e = r->buckets ? r->buckets[b] : NULL;
+	memset(r, 0, sizeof(*r));
+	r->host_backend = host_backend;
+	r->loop = loop;
+	r->workers = workers;
+	r->store = store;
+	r->direct_io = true;
+	r->n_tiers = 1;
+	return ls_tier_init(r, &r->tiers[0], LS_TIER_HOST, host_backend, host_budget,
+			    LS_SLAB_DEFAULT, err);
+}
+
+/* Pin a host slab with the driver of the first device tier, so uploads from it run fast. */
+static void ls_host_slab_register(struct ls_residency *r, struct ls_slab *slab)
+{
+	if (!r->register_backend)
+		return;
+	struct ls_err err;
+	void *p = ls_backend_host_ptr(r->host_backend, slab, 0, slab->size);
+	if (p && ls_backend_host_register(r->register_backend, p, slab->size, &err))
+		ls_warn("host slab %u stays pageable (uploads from it are slower): %s", slab->id,
+			err.msg);
+}
+
+static void ls_host_slab_unregister(struct ls_residency *r, struct ls_slab *slab)
+{
+	if (!r->register_backend)
+		return;
+	void *p = ls_backend_host_ptr(r->host_backend, slab, 0, slab->size);
+	if (p)
+		ls_backend_host_unregister(r->register_backend, p);
+}
+
+static void ls_completion_ready(struct ls_loop *loop, struct ls_op *op, int res);
+
+static void ls_completion_watch(struct ls_tier *t)
+{
+	int fd = ls_backend_completion_fd(t->backend);
+	if (fd < 0)
+		return;
+	ls_loop_poll_in(t->owner->loop, &t->completion_op, ls_completion_ready, fd);
+	t->watching = true;
+}
+
+static void ls_completion_ready(struct ls_loop *loop, struct ls_op *op, int res)
+{
+	struct ls_tier *t = (struct ls_tier *)((char *)op - offsetof(struct ls_tier, completion_op));
+	(void)loop;
+	t->watching = false;
+	if (res == -ECANCELED)
+		return;
+	ls_backend_reap(t->backend);
+	ls_completion_watch(t);
+}
+
+int ls_residency_add_device(struct ls_residency *r, struct ls_backend *backend, int ordinal,
+			    const char *uuid, uint64_t budget, uint64_t slab_size,
+			    struct ls_err *err)
+{
+	if (r->n_tiers >= LS_RES_MAX_TIERS)
+		return ls_err_set(err, -E2BIG, "at most %d GPUs", LS_RES_MAX_TIERS - 1);
+	struct ls_tier *t = &r->tiers[r->n_tiers];
+	int rc = ls_tier_init(r, t, LS_TIER_DEVICE, backend, budget, slab_size, err);
+	if (rc)
+		return rc;
+	t->ordinal = ordinal;
+	snprintf(t->uuid, sizeof(t->uuid), "%s", uuid);
+	r->n_tiers++;
+	if (!r->register_backend) {
+		r->register_backend = backend;
+		struct ls_tier *h = ls_res_host(r);
+		for (uint32_t i = 0; i < h->n_slabs; i++)
+			ls_host_slab_register(r, &h->slabs[i].slab);
+	}
+	if (r->loop)
+		ls_completion_watch(t);
+	return 0;
+}
+
+struct ls_tier *ls_res_device_tier(struct ls_residency *r, const char *uuid)
+{
+	struct ls_tier *only = r->n_tiers == 2 ? &r->tiers[1] : NULL;
+	if (!uuid || !*uuid)
+		return only;
+	for (uint32_t i = 1; i < r->n_tiers; i++)
+		if (strcmp(r->tiers[i].uuid, uuid) == 0)
+			return &r->tiers[i];
+	return NULL;
+}
+
+static void ls_tier_destroy(struct ls_residency *r, struct ls_tier *t)
+{
+	for (uint32_t b = 0; t->buckets && b < t->n_buckets; b++) {
+		struct ls_resident *e = t->buckets[b];
 		while (e) {
 			struct ls_resident *next = e->hnext;
 			if (e->fd >= 0)
@@ -56,74 +149,104 @@ void ls_residency_destroy(struct ls_residency *r)
 			e = next;
 		}
 	}
-	free(r->buckets);
-	for (uint32_t i = 0; i < r->n_slabs; i++) {
-		ls_extents_destroy(&r->slabs[i].ext);
-		ls_backend_slab_free(r->backend, &r->slabs[i].slab);
+	free(t->buckets);
+	for (uint32_t i = 0; i < t->n_slabs; i++) {
+		ls_extents_destroy(&t->slabs[i].ext);
+		if (t->kind == LS_TIER_HOST)
+			ls_host_slab_unregister(r, &t->slabs[i].slab);
+		ls_backend_slab_free(t->backend, &t->slabs[i].slab);
 	}
-	free(r->slabs);
+	free(t->slabs);
+	for (uint32_t i = 0; i < t->n_table_slabs; i++) {
+		ls_extents_destroy(&t->table_slabs[i].ext);
+		ls_backend_slab_free(r->host_backend, &t->table_slabs[i].slab);
+	}
+	free(t->table_slabs);
+	memset(t, 0, sizeof(*t));
+}
+
+void ls_residency_destroy(struct ls_residency *r)
+{
+	/* Device tiers first: the host tier's slabs are registered with their driver. */
+	for (uint32_t i = r->n_tiers; i-- > 0;)
+		ls_tier_destroy(r, &r->tiers[i]);
 	memset(r, 0, sizeof(*r));
 }
 
-struct ls_resident *ls_res_find(struct ls_residency *r, uint64_t generation)
+const struct ls_table_hdr *ls_res_table(const struct ls_resident *e)
 {
-	for (struct ls_resident *e = r->buckets[generation % r->n_buckets]; e; e = e->hnext)
+	struct ls_slab_slot *slot = ls_res_table_slab(e);
+	return ls_backend_host_ptr(e->tier->owner->host_backend, &slot->slab, e->table_offset,
+				   e->table_length);
+}
+
+struct ls_resident *ls_res_find(struct ls_tier *t, uint64_t generation)
+{
+	for (struct ls_resident *e = t->buckets[generation % t->n_buckets]; e; e = e->hnext)
 		if (e->generation == generation)
 			return e;
 	return NULL;
 }
 
-static void ls_hash_remove(struct ls_residency *r, struct ls_resident *e)
+static void ls_hash_remove(struct ls_tier *t, struct ls_resident *e)
 {
-	struct ls_resident **p = &r->buckets[e->generation % r->n_buckets];
+	struct ls_resident **p = &t->buckets[e->generation % t->n_buckets];
 	while (*p && *p != e)
 		p = &(*p)->hnext;
 	if (*p)
 		*p = e->hnext;
 }
 
-static bool ls_on_lru(struct ls_residency *r, struct ls_resident *e)
+static bool ls_on_lru(struct ls_tier *t, struct ls_resident *e)
 {
-	return e->lru_prev || e->lru_next || r->lru_head == e;
+	return e->lru_prev || e->lru_next || t->lru_head == e;
 }
 
-static void ls_lru_remove(struct ls_residency *r, struct ls_resident *e)
+static void ls_lru_remove(struct ls_tier *t, struct ls_resident *e)
 {
-	if (!ls_on_lru(r, e))
+	if (!ls_on_lru(t, e))
 		return;
 	if (e->lru_prev)
 		e->lru_prev->lru_next = e->lru_next;
 	else
-		r->lru_head = e->lru_next;
+		t->lru_head = e->lru_next;
 	if (e->lru_next)
 		e->lru_next->lru_prev = e->lru_prev;
 	else
-		r->lru_tail = e->lru_prev;
+		t->lru_tail = e->lru_prev;
 	e->lru_prev = e->lru_next = NULL;
 }
 
 /* Append as most recently used. */
-static void ls_lru_push(struct ls_residency *r, struct ls_resident *e)
+static void ls_lru_push(struct ls_tier *t, struct ls_resident *e)
 {
-	e->lru_prev = r->lru_tail;
+	e->lru_prev = t->lru_tail;
 	e->lru_next = NULL;
-	if (r->lru_tail)
-		r->lru_tail->lru_next = e;
+	if (t->lru_tail)
+		t->lru_tail->lru_next = e;
 	else
-		r->lru_head = e;
-	r->lru_tail = e;
+		t->lru_head = e;
+	t->lru_tail = e;
 }
 
 /* Give back an entry's memory and forget it. */
-static void ls_res_free_entry(struct ls_residency *r, struct ls_resident *e)
+static void ls_res_free_entry(struct ls_resident *e)
 {
-	ls_lru_remove(r, e);
-	ls_hash_remove(r, e);
-	struct ls_slab_slot *slot = &r->slabs[e->slab];
+	struct ls_tier *t = e->tier;
+	ls_lru_remove(t, e);
+	ls_hash_remove(t, e);
+	struct ls_slab_slot *slot = &t->slabs[e->slab];
 	ls_extents_free(&slot->ext, e->offset, e->length);
 	slot->adapters--;
-	r->used -= e->length;
-	r->count--;
+	if (t->kind == LS_TIER_DEVICE)
+		ls_extents_free(&t->table_slabs[e->table_slab].ext, e->table_offset,
+				ls_align_up(e->table_length, LS_BLOB_PAGE));
+	t->used -= e->length;
+	t->count--;
+	if (e->staging_wait.res)
+		ls_res_cancel(&e->staging_wait);
+	if (e->staging)
+		ls_res_unpin(e->staging);
 	if (e->fd >= 0)
 		close(e->fd);
 	if (e->xxh)
@@ -131,78 +254,116 @@ static void ls_res_free_entry(struct ls_residency *r, struct ls_resident *e)
 	free(e);
 }
 
-/* Evict the least recently used unpinned adapter; false when there is none. */
-static bool ls_evict_one(struct ls_residency *r)
+/* Evict the least recently used unpinned entry of a tier; false when there is none. */
+static bool ls_evict_one(struct ls_tier *t)
 {
-	struct ls_resident *e = r->lru_head;
+	struct ls_resident *e = t->lru_head;
 	if (!e)
 		return false;
-	ls_debug("evicting %s@%u (%llu bytes)", ls_res_name(r, e), ls_res_version(r, e),
-		 (unsigned long long)e->length);
-	r->stats.evictions++;
-	ls_res_free_entry(r, e);
+	ls_debug("evicting %s@%u (%llu bytes) from %s tier %u", ls_res_name(e), ls_res_version(e),
+		 (unsigned long long)e->length, ls_tier_kind_name(t), t->index);
+	t->stats.evictions++;
+	ls_res_free_entry(e);
 	return true;
 }
 
-/* Find room for len bytes: evict as needed; allocate a slab when allowed. */
-static int ls_place(struct ls_residency *r, uint64_t len, uint32_t *slab, uint64_t *offset,
+/* A new slab for a tier's slot array (data or tables); 0 or an error. */
+static int ls_slab_add(struct ls_tier *t, struct ls_backend *b, struct ls_slab_slot **slots,
+		       uint32_t *n, uint64_t size, struct ls_err *err)
+{
+	struct ls_residency *r = t->owner;
+	struct ls_slab_slot *grown = realloc(*slots, (*n + 1) * sizeof(**slots));
+	if (!grown)
+		return ls_err_set(err, -ENOMEM, "out of memory");
+	*slots = grown;
+	struct ls_slab_slot *slot = &grown[*n];
+	memset(slot, 0, sizeof(*slot));
+	struct ls_err berr;
+	int rc = ls_backend_slab_alloc(b, size, &slot->slab, &berr);
+	if (rc)
+		return ls_err_set(err, rc, "allocating a %s slab of %llu bytes: %s",
+				  ls_backend_name(b), (unsigned long long)size, berr.msg);
+	rc = ls_extents_init(&slot->ext, slot->slab.size);
+	if (rc) {
+		ls_backend_slab_free(b, &slot->slab);
+		return ls_err_set(err, rc, "out of memory");
+	}
+	slot->slab.id = ++r->next_slab_id;
+	if (b == r->host_backend)
+		ls_host_slab_register(r, &slot->slab);
+	(*n)++;
+	ls_info("slab %u: %llu bytes (%s, %s tier %u)", slot->slab.id,
+		(unsigned long long)slot->slab.size, ls_backend_name(b), ls_tier_kind_name(t),
+		t->index);
+	return 0;
+}
+
+/* Find room for len bytes of data in tier t: evict as needed; allocate a slab when allowed. */
+static int ls_place(struct ls_tier *t, uint64_t len, uint32_t *slab, uint64_t *offset,
 		    struct ls_err *err)
 {
-	if (len > r->budget)
+	if (len > t->budget)
 		return ls_err_set(err, LS_E_NO_SPACE,
-				  "adapter needs %llu bytes but the budget is %llu",
-				  (unsigned long long)len, (unsigned long long)r->budget);
-	while (r->used + len > r->budget)
-		if (!ls_evict_one(r))
+				  "adapter needs %llu bytes but the %s budget is %llu",
+				  (unsigned long long)len, ls_tier_kind_name(t),
+				  (unsigned long long)t->budget);
+	while (t->used + len > t->budget)
+		if (!ls_evict_one(t))
 			return ls_err_set(err, LS_E_NO_SPACE,
-					  "budget of %llu bytes is held by pinned adapters",
-					  (unsigned long long)r->budget);
+					  "the %s budget of %llu bytes is held by pinned adapters",
+					  ls_tier_kind_name(t), (unsigned long long)t->budget);
 	for (;;) {
-		for (uint32_t i = 0; i < r->n_slabs; i++)
-			if (ls_extents_alloc(&r->slabs[i].ext, len, LS_BLOB_PAGE, offset) == 0) {
+		for (uint32_t i = 0; i < t->n_slabs; i++)
+			if (ls_extents_alloc(&t->slabs[i].ext, len, LS_BLOB_PAGE, offset) == 0) {
 				*slab = i;
 				return 0;
 			}
 		/* A new slab, as long as all slabs together stay within the budget. */
-		uint64_t gran = ls_backend_granularity(r->backend);
-		uint64_t size = ls_align_up(len > r->slab_size ? len : r->slab_size, gran);
-		uint64_t cap = ls_align_up(r->budget, gran);
-		if (r->slab_bytes + size > cap && len <= r->slab_size &&
-		    r->slab_bytes + ls_align_up(len, gran) <= cap)
+		uint64_t gran = ls_backend_granularity(t->backend);
+		uint64_t size = ls_align_up(len > t->slab_size ? len : t->slab_size, gran);
+		uint64_t cap = ls_align_up(t->budget, gran);
+		if (t->slab_bytes + size > cap && len <= t->slab_size &&
+		    t->slab_bytes + ls_align_up(len, gran) <= cap)
 			size = ls_align_up(len, gran);
-		if (r->slab_bytes + size <= cap) {
-			struct ls_slab_slot *slots =
-				realloc(r->slabs, (r->n_slabs + 1) * sizeof(*r->slabs));
-			if (!slots)
-				return ls_err_set(err, -ENOMEM, "out of memory");
-			r->slabs = slots;
-			struct ls_slab_slot *slot = &r->slabs[r->n_slabs];
-			memset(slot, 0, sizeof(*slot));
-			int rc = ls_backend_slab_alloc(r->backend, size, &slot->slab);
+		if (t->slab_bytes + size <= cap) {
+			int rc = ls_slab_add(t, t->backend, &t->slabs, &t->n_slabs, size, err);
 			if (rc)
-				return ls_err_set(err, rc, "allocating a slab of %llu bytes: %s",
-						  (unsigned long long)size, strerror(-rc));
-			rc = ls_extents_init(&slot->ext, slot->slab.size);
-			if (rc) {
-				ls_backend_slab_free(r->backend, &slot->slab);
-				return ls_err_set(err, rc, "out of memory");
-			}
-			r->slab_bytes += slot->slab.size;
-			r->n_slabs++;
-			ls_info("slab %u: %llu bytes (%s)", slot->slab.id,
-				(unsigned long long)slot->slab.size, ls_backend_name(r->backend));
+				return rc;
+			t->slab_bytes += t->slabs[t->n_slabs - 1].slab.size;
 			continue;
 		}
 		/* Fragmented: evict and try again. */
-		if (!ls_evict_one(r))
+		if (!ls_evict_one(t))
 			return ls_err_set(err, LS_E_NO_SPACE,
-					  "no slab has %llu contiguous bytes free and nothing is "
-					  "evictable",
-					  (unsigned long long)len);
+					  "no %s slab has %llu contiguous bytes free and nothing "
+					  "is evictable",
+					  ls_tier_kind_name(t), (unsigned long long)len);
 	}
 }
 
-static void ls_wake(struct ls_residency *r, struct ls_resident *e, int rc, const char *msg)
+/* Room for a device tier's table of len bytes in its host table slabs. */
+static int ls_place_table(struct ls_tier *t, uint64_t len, uint32_t *slab, uint64_t *offset,
+			  struct ls_err *err)
+{
+	len = ls_align_up(len, LS_BLOB_PAGE);
+	for (uint32_t i = 0; i < t->n_table_slabs; i++)
+		if (ls_extents_alloc(&t->table_slabs[i].ext, len, LS_BLOB_PAGE, offset) == 0) {
+			*slab = i;
+			return 0;
+		}
+	uint64_t size = len > LS_TABLE_SLAB ? len : LS_TABLE_SLAB;
+	int rc = ls_slab_add(t, t->owner->host_backend, &t->table_slabs, &t->n_table_slabs, size,
+			     err);
+	if (rc)
+		return rc;
+	t->table_bytes += t->table_slabs[t->n_table_slabs - 1].slab.size;
+	*slab = t->n_table_slabs - 1;
+	return ls_extents_alloc(&t->table_slabs[*slab].ext, len, LS_BLOB_PAGE, offset) == 0
+		       ? 0
+		       : ls_err_set(err, -ENOMEM, "a new table slab has no room");
+}
+
+static void ls_wake(struct ls_resident *e, int rc, const char *msg)
 {
 	struct ls_waiter *w = e->waiters;
 	e->waiters = NULL;
@@ -213,29 +374,51 @@ static void ls_wake(struct ls_residency *r, struct ls_resident *e, int rc, const
 		w->fn(w, rc == 0 ? e : NULL, rc, msg);
 		w = next;
 	}
-	(void)r;
 }
 
-static void ls_load_fail(struct ls_residency *r, struct ls_resident *e, int rc, const char *msg)
+static void ls_load_fail(struct ls_resident *e, int rc, const char *msg)
 {
-	ls_error("load of %s@%u failed: %s", ls_res_name(r, e), ls_res_version(r, e), msg);
-	r->stats.load_errors++;
+	ls_error("load of %s@%u into the %s tier failed: %s", ls_res_name(e), ls_res_version(e),
+		 ls_tier_kind_name(e->tier), msg);
+	e->tier->stats.load_errors++;
 	/* Waiters learn of the failure (with no entry) before the entry goes. */
-	ls_wake(r, e, rc, msg);
-	ls_res_free_entry(r, e);
+	ls_wake(e, rc, msg);
+	ls_res_free_entry(e);
 }
+
+/* The entry is loaded: resident, on the LRU unless pinned, waiters told. */
+static void ls_load_finish(struct ls_resident *e)
+{
+	struct ls_tier *t = e->tier;
+	e->state = LS_RES_RESIDENT;
+	t->stats.loads++;
+	ls_debug("loaded %s@%u (%llu bytes) into %s slab %u at %llu", ls_res_name(e),
+		 ls_res_version(e), (unsigned long long)e->length, ls_tier_kind_name(t),
+		 t->slabs[e->slab].slab.id, (unsigned long long)e->offset);
+	if (e->pins == 0)
+		ls_lru_push(t, e);
+	ls_wake(e, 0, "ok");
+	if (e->pins == 0 && e->deleted)
+		ls_res_free_entry(e);
+}
+
+/* ---- host loads: read the blob into the slab, hash it on the workers */
 
 /* Bytes asked of one read: large enough for the device, small enough to overlap hashing. */
 #define LS_READ_CHUNK (8u << 20)
 
-static void ls_load_step(struct ls_residency *r, struct ls_resident *e);
+static void ls_load_step(struct ls_resident *e);
+
+/* The host mapping of bytes of the entry's data region. */
+static uint8_t *ls_data_ptr(struct ls_resident *e, uint64_t from, uint64_t len)
+{
+	return ls_backend_host_ptr(e->tier->backend, &ls_res_slab(e)->slab, e->offset + from, len);
+}
 
 static void ls_hash_run(struct ls_job *job)
 {
 	struct ls_resident *e = (struct ls_resident *)((char *)job - offsetof(struct ls_resident, hash_job));
-	struct ls_slab_slot *slot = &e->owner->slabs[e->slab];
-	const uint8_t *p = (const uint8_t *)slot->slab.host + e->offset + e->hashed;
-	XXH3_64bits_update(e->xxh, p, e->hash_len);
+	XXH3_64bits_update(e->xxh, ls_data_ptr(e, e->hashed, e->hash_len), e->hash_len);
 }
 
 static void ls_hash_done(struct ls_job *job)
@@ -243,24 +426,7 @@ static void ls_hash_done(struct ls_job *job)
 	struct ls_resident *e = (struct ls_resident *)((char *)job - offsetof(struct ls_resident, hash_job));
 	e->hashing = false;
 	e->hashed += e->hash_len;
-	ls_load_step(e->owner, e);
-}
-
-static void ls_load_finish(struct ls_residency *r, struct ls_resident *e)
-{
-	XXH3_freeState(e->xxh);
-	e->xxh = NULL;
-	e->state = LS_RES_RESIDENT;
-	r->stats.loads++;
-	ls_debug("loaded %s@%u (%llu bytes) into slab %u at %llu", ls_res_name(r, e),
-		 ls_res_version(r, e),
-		 (unsigned long long)e->length, r->slabs[e->slab].slab.id,
-		 (unsigned long long)e->offset);
-	if (e->pins == 0)
-		ls_lru_push(r, e);
-	ls_wake(r, e, 0, "ok");
-	if (e->pins == 0 && e->deleted)
-		ls_res_free_entry(r, e);
+	ls_load_step(e);
 }
 
 static void ls_read_done(struct ls_loop *loop, struct ls_op *op, int res)
@@ -271,12 +437,12 @@ static void ls_read_done(struct ls_loop *loop, struct ls_op *op, int res)
 	if (res <= 0 && !e->fail_rc) {
 		e->fail_rc = res ? res : LS_E_CORRUPT;
 		snprintf(e->fail_msg, sizeof(e->fail_msg), "%s@%u: reading the blob: %s",
-			 ls_res_name(e->owner, e), ls_res_version(e->owner, e),
+			 ls_res_name(e), ls_res_version(e),
 			 res ? strerror(-res) : "unexpected end of file");
 	} else if (res > 0) {
 		e->done += (uint64_t)res;
 	}
-	ls_load_step(e->owner, e);
+	ls_load_step(e);
 }
 
 /*
@@ -284,21 +450,20 @@ static void ls_read_done(struct ls_loop *loop, struct ls_op *op, int res)
  * region is read and hashed, then compare the checksum.  Failures wait for
  * whatever is in flight before the entry goes.
  */
-static void ls_load_step(struct ls_residency *r, struct ls_resident *e)
+static void ls_load_step(struct ls_resident *e)
 {
+	struct ls_residency *r = e->tier->owner;
 	uint64_t len = e->hdr.data_length;
 	if (e->fail_rc) {
 		if (!e->reading && !e->hashing)
-			ls_load_fail(r, e, e->fail_rc, e->fail_msg);
+			ls_load_fail(e, e->fail_rc, e->fail_msg);
 		return;
 	}
 	if (!e->reading && e->done < len) {
-		struct ls_slab_slot *slot = &r->slabs[e->slab];
-		uint8_t *dst = (uint8_t *)slot->slab.host + e->offset + e->done;
 		uint64_t left = len - e->done;
 		unsigned chunk = left > LS_READ_CHUNK ? LS_READ_CHUNK : (unsigned)left;
-		ls_loop_read(r->loop, &e->read_op, ls_read_done, e->fd, dst, chunk,
-			     e->hdr.data_offset + e->done);
+		ls_loop_read(r->loop, &e->read_op, ls_read_done, e->fd, ls_data_ptr(e, e->done, chunk),
+			     chunk, e->hdr.data_offset + e->done);
 		e->reading = true;
 	}
 	if (!e->hashing && e->hashed < e->done) {
@@ -315,26 +480,30 @@ static void ls_load_step(struct ls_residency *r, struct ls_resident *e)
 		return;
 	close(e->fd);
 	e->fd = -1;
-	if (XXH3_64bits_digest(e->xxh) != e->hdr.data_xxh3) {
+	uint64_t digest = XXH3_64bits_digest(e->xxh);
+	XXH3_freeState(e->xxh);
+	e->xxh = NULL;
+	if (digest != e->hdr.data_xxh3) {
 		char msg[256];
 		snprintf(msg, sizeof(msg), "%s@%u: blob data checksum mismatch (corrupt blob)",
-			 ls_res_name(r, e), ls_res_version(r, e));
-		ls_load_fail(r, e, LS_E_CORRUPT, msg);
+			 ls_res_name(e), ls_res_version(e));
+		ls_load_fail(e, LS_E_CORRUPT, msg);
 		return;
 	}
-	ls_load_finish(r, e);
+	ls_load_finish(e);
 }
 
 /* Open the blob, check its header against the record, and start reading. */
-static int ls_load_start(struct ls_residency *r, struct ls_resident *e, struct ls_err *err)
+static int ls_load_start(struct ls_resident *e, struct ls_err *err)
 {
+	struct ls_residency *r = e->tier->owner;
 	char path[PATH_MAX];
-	const struct ls_table_hdr *t = ls_res_table(r, e);
+	const struct ls_table_hdr *t = ls_res_table(e);
 	ls_store_blob_path(r->store, t->digest, path, sizeof(path));
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return ls_err_set(err, errno == ENOENT ? LS_E_CORRUPT : -errno,
-				  "%s@%u: blob %s: %s", ls_res_name(r, e), t->version, path,
+				  "%s@%u: blob %s: %s", ls_res_name(e), t->version, path,
 				  strerror(errno));
 	int rc = ls_blob_read_header(fd, path, &e->hdr, err);
 	if (rc == 0 && memcmp(e->hdr.digest, t->digest, LS_DIGEST_LEN) != 0)
@@ -366,9 +535,62 @@ static int ls_load_start(struct ls_residency *r, struct ls_resident *e, struct l
 	XXH3_64bits_reset(e->xxh);
 	e->fd = fd;
 	e->done = e->hashed = 0;
-	ls_load_step(r, e);
+	ls_load_step(e);
 	return 0;
 }
+
+/* ---- device loads: stage on the host tier, then upload */
+
+static void ls_upload_done(struct ls_upload *up, int rc)
+{
+	struct ls_resident *e = (struct ls_resident *)((char *)up - offsetof(struct ls_resident, upload));
+	struct ls_resident *h = e->staging;
+	e->staging = NULL;
+	if (h)
+		ls_res_unpin(h);
+	if (rc) {
+		char msg[256];
+		snprintf(msg, sizeof(msg), "%s@%u: copying to GPU %s failed (%s)", ls_res_name(e),
+			 ls_res_version(e), e->tier->uuid, ls_strerror(rc));
+		ls_load_fail(e, rc, msg);
+		return;
+	}
+	ls_load_finish(e);
+}
+
+/* Copy the staged host entry h's data region into the device entry e. */
+static void ls_upload_start(struct ls_resident *e, struct ls_resident *h)
+{
+	struct ls_tier *host = h->tier;
+	ls_res_pin(h);
+	e->staging = h;
+	e->state = LS_RES_UPLOADING;
+	e->upload.done = ls_upload_done;
+	struct ls_err err;
+	const void *src = ls_backend_host_ptr(host->backend, &ls_res_slab(h)->slab, h->offset,
+					      e->data_length);
+	int rc = ls_backend_upload(e->tier->backend, &ls_res_slab(e)->slab, e->offset, src,
+				   e->data_length, &e->upload, &err);
+	if (rc) {
+		e->staging = NULL;
+		ls_res_unpin(h);
+		ls_load_fail(e, rc, err.msg);
+	}
+}
+
+/* The host tier finished (or failed) staging a device entry's version. */
+static void ls_staging_ready(struct ls_waiter *w, struct ls_resident *h, int rc, const char *msg)
+{
+	struct ls_resident *e =
+		(struct ls_resident *)((char *)w - offsetof(struct ls_resident, staging_wait));
+	if (rc) {
+		ls_load_fail(e, rc, msg);
+		return;
+	}
+	ls_upload_start(e, h);
+}
+
+/* ---- requests */
 
 uint64_t ls_res_footprint(const Lorastore__VersionRecord *rec)
 {
@@ -379,57 +601,105 @@ uint64_t ls_res_footprint(const Lorastore__VersionRecord *rec)
 	       ls_align_up(table, LS_BLOB_PAGE);
 }
 
-int ls_res_request(struct ls_residency *r, const Lorastore__VersionRecord *rec,
-		   struct ls_waiter *w, struct ls_resident **out, struct ls_err *err)
+/* A new entry of tier t for rec, placed, its table written, in the tier's index. */
+static int ls_entry_new(struct ls_tier *t, const Lorastore__VersionRecord *rec,
+			struct ls_resident **out, struct ls_err *err)
+{
+	size_t table = ls_table_size(rec);
+	if (table == 0)
+		return ls_err_set(err, LS_E_CATALOG, "%s@%u: malformed catalog record", rec->name,
+				  rec->version);
+	struct ls_resident *e = calloc(1, sizeof(*e));
+	if (!e)
+		return ls_err_set(err, -ENOMEM, "out of memory");
+	e->tier = t;
+	e->fd = -1;
+	e->generation = rec->generation;
+	e->data_length = ls_align_up(rec->data_length ? rec->data_length : 1, LS_BLOB_PAGE);
+	e->table_length = table;
+	e->state = LS_RES_LOADING;
+	int rc;
+	if (t->kind == LS_TIER_HOST) {
+		/* The table right after the data, in the same extent. */
+		e->length = ls_res_footprint(rec);
+		rc = ls_place(t, e->length, &e->slab, &e->offset, err);
+		e->table_slab = e->slab;
+		e->table_offset = e->offset + e->data_length;
+	} else {
+		e->length = e->data_length;
+		rc = ls_place_table(t, table, &e->table_slab, &e->table_offset, err);
+		if (rc == 0) {
+			rc = ls_place(t, e->length, &e->slab, &e->offset, err);
+			if (rc)
+				ls_extents_free(&t->table_slabs[e->table_slab].ext, e->table_offset,
+						ls_align_up(table, LS_BLOB_PAGE));
+		}
+	}
+	if (rc) {
+		free(e);
+		return rc;
+	}
+	/* The table first: messages about the load name the adapter from it. */
+	struct ls_slab_slot *ts = ls_res_table_slab(e);
+	void *dst = ls_backend_host_ptr(t->owner->host_backend, &ts->slab, e->table_offset,
+					e->table_length);
+	rc = dst ? ls_table_write(rec, dst, e->table_length) : -EINVAL;
+	if (rc) {
+		ls_extents_free(&t->slabs[e->slab].ext, e->offset, e->length);
+		if (t->kind == LS_TIER_DEVICE)
+			ls_extents_free(&ts->ext, e->table_offset, ls_align_up(table, LS_BLOB_PAGE));
+		free(e);
+		return ls_err_set(err, rc, "%s@%u: writing its tensor table: %s", rec->name,
+				  rec->version, strerror(-rc));
+	}
+	t->slabs[e->slab].adapters++;
+	t->used += e->length;
+	t->count++;
+	e->hnext = t->buckets[e->generation % t->n_buckets];
+	t->buckets[e->generation % t->n_buckets] = e;
+	*out = e;
+	return 0;
+}
+
+int ls_res_request(struct ls_tier *t, const Lorastore__VersionRecord *rec, struct ls_waiter *w,
+		   struct ls_resident **out, struct ls_err *err)
 {
 	*out = NULL;
-	struct ls_resident *e = ls_res_find(r, rec->generation);
+	struct ls_resident *e = ls_res_find(t, rec->generation);
 	if (e && e->state == LS_RES_RESIDENT) {
-		ls_res_touch(r, e);
+		ls_res_touch(e);
 		*out = e;
 		return 0;
 	}
 	if (!e) {
-		r->stats.misses++;
-		size_t table = ls_table_size(rec);
-		if (table == 0)
-			return ls_err_set(err, LS_E_CATALOG, "%s@%u: malformed catalog record",
-					  rec->name, rec->version);
-		e = calloc(1, sizeof(*e));
-		if (!e)
-			return ls_err_set(err, -ENOMEM, "out of memory");
-		e->owner = r;
-		e->fd = -1;
-		e->generation = rec->generation;
-		e->data_length = ls_align_up(rec->data_length ? rec->data_length : 1, LS_BLOB_PAGE);
-		e->table_length = table;
-		e->length = ls_res_footprint(rec);
-		e->state = LS_RES_LOADING;
-		int rc = ls_place(r, e->length, &e->slab, &e->offset, err);
-		if (rc) {
-			free(e);
+		t->stats.misses++;
+		int rc = ls_entry_new(t, rec, &e, err);
+		if (rc)
 			return rc;
+		if (t->kind == LS_TIER_HOST) {
+			rc = ls_load_start(e, err);
+		} else {
+			/* Staged on the host tier, which reads the disk only if it must. */
+			struct ls_resident *h = NULL;
+			e->staging_wait.fn = ls_staging_ready;
+			rc = ls_res_request(ls_res_host(t->owner), rec, &e->staging_wait, &h, err);
+			if (rc == 0)
+				ls_upload_start(e, h);
+			rc = rc > 0 ? 0 : rc;
 		}
-		/* The table first: messages about the load name the adapter from it. */
-		rc = ls_table_write(rec, (uint8_t *)r->slabs[e->slab].slab.host + e->offset +
-						 e->data_length, e->length - e->data_length);
 		if (rc) {
-			ls_extents_free(&r->slabs[e->slab].ext, e->offset, e->length);
-			free(e);
-			return ls_err_set(err, rc, "%s@%u: writing its tensor table: %s", rec->name,
-					  rec->version, strerror(-rc));
-		}
-		r->slabs[e->slab].adapters++;
-		r->used += e->length;
-		r->count++;
-		e->hnext = r->buckets[e->generation % r->n_buckets];
-		r->buckets[e->generation % r->n_buckets] = e;
-		rc = ls_load_start(r, e, err);
-		if (rc) {
-			r->stats.load_errors++;
+			t->stats.load_errors++;
 			ls_error("%s", err ? err->msg : "load failed");
-			ls_res_free_entry(r, e);
+			ls_res_free_entry(e);
 			return rc;
+		}
+		/* An upload can fail at once: the entry is gone then. */
+		if (!(e = ls_res_find(t, rec->generation)))
+			return ls_err_set(err, LS_E_DEVICE, "%s@%u: the upload to GPU %s failed",
+					  rec->name, rec->version, t->uuid);
+		if (e->state == LS_RES_RESIDENT) {
+			*out = e;
+			return 0;
 		}
 	}
 	if (w) {
@@ -443,15 +713,16 @@ int ls_res_request(struct ls_residency *r, const Lorastore__VersionRecord *rec,
 	return 1;
 }
 
-void ls_res_touch(struct ls_residency *r, struct ls_resident *e)
+void ls_res_touch(struct ls_resident *e)
 {
-	r->stats.hits++;
-	ls_lru_remove(r, e);
+	struct ls_tier *t = e->tier;
+	t->stats.hits++;
+	ls_lru_remove(t, e);
 	if (e->pins == 0)
-		ls_lru_push(r, e); /* most recently used */
+		ls_lru_push(t, e); /* most recently used */
 }
 
-void ls_res_cancel(struct ls_residency *r, struct ls_waiter *w)
+void ls_res_cancel(struct ls_waiter *w)
 {
 	struct ls_resident *e = w->res;
 	if (!e)
@@ -464,46 +735,57 @@ void ls_res_cancel(struct ls_residency *r, struct ls_waiter *w)
 		w->next->prev = w->prev;
 	w->next = w->prev = NULL;
 	w->res = NULL;
-	(void)r;
 }
 
-void ls_res_pin(struct ls_residency *r, struct ls_resident *e)
+void ls_res_pin(struct ls_resident *e)
 {
 	if (e->pins++ == 0)
-		ls_lru_remove(r, e);
+		ls_lru_remove(e->tier, e);
 }
 
-void ls_res_unpin(struct ls_residency *r, struct ls_resident *e)
+void ls_res_unpin(struct ls_resident *e)
 {
 	if (--e->pins > 0 || e->state != LS_RES_RESIDENT)
 		return;
 	if (e->deleted) {
-		ls_info("freeing deleted %s@%u now that its last lease ended", ls_res_name(r, e),
-			ls_res_version(r, e));
-		ls_res_free_entry(r, e);
+		ls_info("freeing deleted %s@%u now that its last lease ended", ls_res_name(e),
+			ls_res_version(e));
+		ls_res_free_entry(e);
 		return;
 	}
-	ls_lru_push(r, e);
+	ls_lru_push(e->tier, e);
 }
 
 int ls_res_evict(struct ls_residency *r, uint64_t generation)
 {
-	struct ls_resident *e = ls_res_find(r, generation);
-	if (!e)
+	struct ls_resident *found[LS_RES_MAX_TIERS];
+	uint32_t n = 0;
+	/* Device tiers first: a device entry may be staging from the host one. */
+	for (uint32_t i = r->n_tiers; i-- > 0;) {
+		struct ls_resident *e = ls_res_find(&r->tiers[i], generation);
+		if (!e)
+			continue;
+		if (e->pins || e->state != LS_RES_RESIDENT)
+			return -EBUSY;
+		found[n++] = e;
+	}
+	if (n == 0)
 		return LS_E_NOT_FOUND;
-	if (e->pins || e->state != LS_RES_RESIDENT)
-		return -EBUSY;
-	r->stats.evictions++;
-	ls_res_free_entry(r, e);
+	for (uint32_t i = 0; i < n; i++) {
+		found[i]->tier->stats.evictions++;
+		ls_res_free_entry(found[i]);
+	}
 	return 0;
 }
 
 void ls_res_deleted(struct ls_residency *r, uint64_t generation)
 {
-	struct ls_resident *e = ls_res_find(r, generation);
-	if (!e)
-		return;
-	e->deleted = true;
-	if (e->pins == 0 && e->state == LS_RES_RESIDENT && !e->waiters)
-		ls_res_free_entry(r, e);
+	for (uint32_t i = r->n_tiers; i-- > 0;) {
+		struct ls_resident *e = ls_res_find(&r->tiers[i], generation);
+		if (!e)
+			continue;
+		e->deleted = true;
+		if (e->pins == 0 && e->state == LS_RES_RESIDENT && !e->waiters)
+			ls_res_free_entry(e);
+	}
 }

@@ -1,16 +1,29 @@
 /*
- * Residency: which adapter versions are in memory, where, and for whom.
+ * Residency: which adapter versions are in memory, in which tier, where, and
+ * for whom.
  *
- * Adapters are sub-allocated inside large slabs of one backend (host memfd
- * slabs, or CUDA VMM slabs), exactly their blob's data region long, followed
- * by their tensor table (proto/table.h), which clients read in place:
- * admission is by bytes against a budget, never by count, and ranks are
- * never padded.
- * Unpinned resident adapters sit on an LRU list and are evicted oldest first
- * when space is needed.  A load reads the blob's data region through the
- * event loop straight into the slab, then verifies its XXH3 checksum on the
- * worker pool; every request for an adapter that is loading waits on that one load.
+ * The residency has tiers: tier 0 is host memory (memfd slabs), and each GPU
+ * the daemon serves adds a device tier (CUDA VMM slabs).  Each tier has its
+ * own backend, budget, slabs, LRU and entries; a version may be resident in
+ * several tiers at once, as separate entries.
  *
+ * Adapters are sub-allocated inside a tier's slabs, exactly their blob's
+ * data region long: admission is by bytes against the tier's budget, never
+ * by count, and ranks are never padded.  Every resident version's tensor
+ * table (proto/table.h) is in host memory that clients read in place: on the
+ * host tier right after the data, on a device tier in table slabs of host
+ * memory that the tier keeps beside its device slabs.
+ *
+ * Unpinned resident entries sit on their tier's LRU list and are evicted
+ * oldest first when the tier needs space.  A host load reads the blob's data
+ * region through the event loop straight into the slab, then verifies its
+ * XXH3 checksum on the worker pool.  A device load makes the version
+ * resident on the host tier first (the staging cache: a version already
+ * there reads no disk), pins it, and uploads the data region with the
+ * device backend's asynchronous copy; its completion comes back through the
+ * loop.  Every request for an entry that is loading waits on that one load.
+ *
+ * The residency reaches slab memory only through the backends (backend.h).
  * Everything here runs on the loop thread.
  */
 #ifndef LS_RESIDENCY_H
@@ -29,6 +42,7 @@
 #include "workers.h"
 
 struct ls_resident;
+struct ls_tier;
 
 /* Someone waiting for a load: fn is called once, with 0 or an error. */
 struct ls_waiter {
@@ -37,25 +51,28 @@ struct ls_waiter {
 	void (*fn)(struct ls_waiter *w, struct ls_resident *res, int rc, const char *msg);
 };
 
-enum ls_res_state { LS_RES_LOADING, LS_RES_VERIFYING, LS_RES_RESIDENT };
+enum ls_res_state { LS_RES_LOADING, LS_RES_VERIFYING, LS_RES_UPLOADING, LS_RES_RESIDENT };
 
 struct ls_resident {
+	struct ls_tier *tier;
 	uint64_t generation;
 	enum ls_res_state state;
-	uint32_t slab;                  /* index into the residency's slabs */
-	uint64_t offset;                /* bytes from the slab's start */
-	uint64_t length;                /* bytes of the extent: data region and table */
+	uint32_t slab;                  /* index into the tier's slabs */
+	uint64_t offset;                /* bytes from the slab's start to the data region */
+	uint64_t length;                /* bytes of the extent in the slab: data (and table on host) */
 	uint64_t data_length;           /* bytes of the blob's data region (page multiple) */
-	uint64_t table_length;          /* bytes of the table, at offset + data_length */
-	uint32_t pins;                  /* leases */
+	uint32_t table_slab;            /* index into the tier's table slabs */
+	uint64_t table_offset;          /* bytes from that slab's start to the table */
+	uint64_t table_length;          /* bytes of the table */
+	uint32_t pins;                  /* leases, and device loads staging from this entry */
 	bool deleted;                   /* removed from the catalog: free at pins == 0 */
 	struct ls_resident *lru_prev, *lru_next;  /* on the LRU while unpinned and resident */
 	struct ls_resident *hnext;
 	struct ls_waiter *waiters;
 	/*
-	 * Load in progress: the data region is read in chunks, and each chunk
-	 * read is hashed (XXH3, streaming) on the worker pool while the next
-	 * one is read.
+	 * Host load in progress: the data region is read in chunks, and each
+	 * chunk read is hashed (XXH3, streaming) on the worker pool while the
+	 * next one is read.
 	 */
 	int fd;
 	struct ls_blob_header hdr;
@@ -68,7 +85,10 @@ struct ls_resident {
 	char fail_msg[256];
 	struct ls_op read_op;
 	struct ls_job hash_job;
-	struct ls_residency *owner;
+	/* Device load in progress: the host entry it stages from, and the copy. */
+	struct ls_waiter staging_wait;
+	struct ls_resident *staging;    /* pinned until the upload is done */
+	struct ls_upload upload;
 };
 
 struct ls_slab_slot {
@@ -81,90 +101,139 @@ struct ls_residency_stats {
 	uint64_t loads, hits, misses, evictions, load_errors;
 };
 
-struct ls_residency {
-	struct ls_backend *backend;
-	struct ls_loop *loop;
-	struct ls_workers *workers;
-	struct ls_store *store;
+enum ls_tier_kind { LS_TIER_HOST, LS_TIER_DEVICE };
+
+struct ls_tier {
+	struct ls_residency *owner;
+	enum ls_tier_kind kind;
+	uint32_t index;                 /* in the residency's tiers */
+	int ordinal;                    /* the daemon's CUDA ordinal of a device tier; -1 on host */
+	char uuid[48];                  /* "GPU-..." of a device tier; "" on host */
+	struct ls_backend *backend;     /* of the data slabs */
 	uint64_t budget;                /* bytes of adapters */
 	uint64_t used;                  /* bytes of resident and loading adapters */
-	uint64_t slab_bytes;            /* bytes of slabs allocated */
+	uint64_t slab_bytes;            /* bytes of data slabs allocated */
 	uint64_t slab_size;             /* size of a regular slab */
 	uint32_t n_slabs;
 	struct ls_slab_slot *slabs;
+	/* Device tiers: the tables, in host memory; on host, the data slabs hold them. */
+	uint32_t n_table_slabs;
+	struct ls_slab_slot *table_slabs;
+	uint64_t table_bytes;           /* bytes of table slabs allocated */
 	uint32_t count;                 /* entries */
 	struct ls_resident *lru_head, *lru_tail;   /* head: least recently used */
 	struct ls_resident **buckets;
 	uint32_t n_buckets;
 	struct ls_residency_stats stats;
-	bool direct_io;                 /* O_DIRECT reads work on this filesystem */
+	struct ls_op completion_op;     /* watching the backend's completion_fd */
+	bool watching;
 };
 
-int ls_residency_init(struct ls_residency *r, struct ls_backend *backend, uint64_t budget,
-		      struct ls_loop *loop, struct ls_workers *workers, struct ls_store *store,
-		      struct ls_err *err);
+struct ls_residency {
+	struct ls_loop *loop;
+	struct ls_workers *workers;
+	struct ls_store *store;
+	struct ls_backend *host_backend;      /* of the host tier and device tiers' tables */
+	struct ls_backend *register_backend;  /* pins host slabs for uploads, or NULL */
+	uint32_t n_tiers;
+	struct ls_tier tiers[9];              /* [0] host, then one per GPU */
+	uint32_t next_slab_id;                /* slab ids are unique across tiers */
+	bool direct_io;                       /* O_DIRECT reads work on this filesystem */
+};
+
+#define LS_RES_MAX_TIERS 9
+
+/* The residency with its host tier (budget in bytes). */
+int ls_residency_init(struct ls_residency *r, struct ls_backend *host_backend,
+		      uint64_t host_budget, struct ls_loop *loop, struct ls_workers *workers,
+		      struct ls_store *store, struct ls_err *err);
+
+/*
+ * Add a device tier served by backend (its slabs of slab_size bytes, rounded
+ * to the backend's granularity).  The first device tier also registers the
+ * host tier's slabs with its driver, so that uploads read pinned memory.
+ */
+int ls_residency_add_device(struct ls_residency *r, struct ls_backend *backend, int ordinal,
+			    const char *uuid, uint64_t budget, uint64_t slab_size,
+			    struct ls_err *err);
+
 void ls_residency_destroy(struct ls_residency *r);
 
-/* The entry of a generation, or NULL. */
-struct ls_resident *ls_res_find(struct ls_residency *r, uint64_t generation);
+static inline struct ls_tier *ls_res_host(struct ls_residency *r)
+{
+	return &r->tiers[0];
+}
+
+/* The device tier of a GPU by UUID ("" or NULL: the only one), or NULL. */
+struct ls_tier *ls_res_device_tier(struct ls_residency *r, const char *uuid);
+
+/* The entry of a generation in a tier, or NULL. */
+struct ls_resident *ls_res_find(struct ls_tier *t, uint64_t generation);
 
 /*
- * Make rec's version resident; its table is written into the slab at once,
- * and rec is not kept.  Returns 0 with *out when it is
- * resident now (a hit), 1 when it is loading and w (if not NULL) will be
- * called, or an error (LS_E_NO_SPACE, LS_E_CORRUPT, -errno) with err.
+ * Make rec's version resident in tier t; its table is written at once, and
+ * rec is not kept.  Returns 0 with *out when it is resident now (a hit), 1
+ * when it is loading and w (if not NULL) will be called, or an error
+ * (LS_E_NO_SPACE, LS_E_CORRUPT, LS_E_DEVICE, -errno) with err.
  */
-int ls_res_request(struct ls_residency *r, const Lorastore__VersionRecord *rec,
-		   struct ls_waiter *w, struct ls_resident **out, struct ls_err *err);
+int ls_res_request(struct ls_tier *t, const Lorastore__VersionRecord *rec, struct ls_waiter *w,
+		   struct ls_resident **out, struct ls_err *err);
 
 /*
- * Bytes rec's version takes when resident: its data region and its table,
+ * Bytes rec's version takes on the host tier: its data region and its table,
  * each to whole pages; 0 when rec is malformed.
  */
 uint64_t ls_res_footprint(const Lorastore__VersionRecord *rec);
 
 /* A hit on a resident entry: count it and make it the most recently used. */
-void ls_res_touch(struct ls_residency *r, struct ls_resident *e);
+void ls_res_touch(struct ls_resident *e);
 
 /* Stop waiting (the waiter's owner is going away). */
-void ls_res_cancel(struct ls_residency *r, struct ls_waiter *w);
+void ls_res_cancel(struct ls_waiter *w);
 
-void ls_res_pin(struct ls_residency *r, struct ls_resident *e);
-void ls_res_unpin(struct ls_residency *r, struct ls_resident *e);
-
-/* Evict one version: 0, -EBUSY while pinned or loading, LS_E_NOT_FOUND. */
-int ls_res_evict(struct ls_residency *r, uint64_t generation);
-
-/* A version left the catalog: free it now, or when its last lease ends. */
-void ls_res_deleted(struct ls_residency *r, uint64_t generation);
-
-/* The slab slot of an entry. */
-static inline struct ls_slab_slot *ls_res_slab(struct ls_residency *r, const struct ls_resident *e)
-{
-	return &r->slabs[e->slab];
-}
+void ls_res_pin(struct ls_resident *e);
+void ls_res_unpin(struct ls_resident *e);
 
 /*
- * The entry's table, in the daemon's mapping of the slab.  A host slab has
- * one; a device tier keeps its tables in host memory of its own.
+ * Evict a version from every tier: 0, -EBUSY when it is pinned or loading in
+ * one (nothing is evicted then), LS_E_NOT_FOUND when it is resident nowhere.
  */
-static inline const struct ls_table_hdr *ls_res_table(const struct ls_residency *r,
-						      const struct ls_resident *e)
+int ls_res_evict(struct ls_residency *r, uint64_t generation);
+
+/* A version left the catalog: free it now in every tier, or when its last lease ends. */
+void ls_res_deleted(struct ls_residency *r, uint64_t generation);
+
+/* The slab slot of an entry's data, and of its table. */
+static inline struct ls_slab_slot *ls_res_slab(const struct ls_resident *e)
 {
-	return (const struct ls_table_hdr *)((const uint8_t *)r->slabs[e->slab].slab.host +
-					     e->offset + e->data_length);
+	return &e->tier->slabs[e->slab];
 }
 
-/* The entry's name, from its table (for messages). */
-static inline const char *ls_res_name(const struct ls_residency *r, const struct ls_resident *e)
+static inline struct ls_slab_slot *ls_res_table_slab(const struct ls_resident *e)
 {
-	const struct ls_table_hdr *h = ls_res_table(r, e);
+	return e->tier->kind == LS_TIER_HOST ? &e->tier->slabs[e->table_slab]
+					     : &e->tier->table_slabs[e->table_slab];
+}
+
+/* The entry's table, in the daemon's host mapping. */
+const struct ls_table_hdr *ls_res_table(const struct ls_resident *e);
+
+/* The entry's name and version, from its table (for messages). */
+static inline const char *ls_res_name(const struct ls_resident *e)
+{
+	const struct ls_table_hdr *h = ls_res_table(e);
 	return (const char *)h + h->pool + h->name;
 }
 
-static inline uint32_t ls_res_version(const struct ls_residency *r, const struct ls_resident *e)
+static inline uint32_t ls_res_version(const struct ls_resident *e)
 {
-	return ls_res_table(r, e)->version;
+	return ls_res_table(e)->version;
+}
+
+/* "host", or "device" */
+static inline const char *ls_tier_kind_name(const struct ls_tier *t)
+{
+	return t->kind == LS_TIER_HOST ? "host" : "device";
 }
 
 #endif

@@ -34,12 +34,16 @@ struct ls_lease {
 	struct ls_lease *next;
 };
 
-/* A response waiting to be sent, with at most one descriptor. */
+/* Most descriptors one response carries (a data slab and a table slab). */
+#define LS_OUTMSG_MAX_FDS 2
+
+/* A response waiting to be sent, with its descriptors. */
 struct ls_outmsg {
 	struct ls_outmsg *next;
 	uint8_t *buf;
 	size_t len, off;
-	int fd;                      /* sent with the first bytes; -1 for none; not owned */
+	int fds[LS_OUTMSG_MAX_FDS];  /* sent with the first bytes; not owned */
+	unsigned n_fds;
 };
 
 /* An acquire or load waiting for a version to finish loading. */
@@ -79,7 +83,7 @@ struct ls_session {
 	struct msghdr smsg;
 	struct iovec siov;
 	union {
-		char buf[CMSG_SPACE(sizeof(int))];
+		char buf[CMSG_SPACE(sizeof(int) * LS_OUTMSG_MAX_FDS)];
 		struct cmsghdr align;
 	} scmsg;
 	struct ls_outmsg *out_head, *out_tail;
@@ -87,8 +91,8 @@ struct ls_session {
 	struct ls_lease *leases;
 	uint64_t pinned_bytes;
 	uint64_t lease_count;
-	uint8_t *slabs_sent;         /* one flag per slab index */
-	uint32_t n_slabs_sent;
+	uint8_t *slabs_sent;         /* one bit per slab id: its descriptor went to this peer */
+	uint32_t n_slabs_sent;       /* bits */
 	struct ls_pending *pending;
 	unsigned jobs;               /* worker jobs that will answer this session */
 
@@ -103,7 +107,9 @@ struct ls_server {
 	struct ls_op workers_op;
 	uint64_t workers_count;
 	struct ls_store *store;
-	struct ls_backend backend;
+	struct ls_backend backend;   /* host memory */
+	struct ls_backend devices[8];/* one per GPU served, in the order of the device tiers */
+	unsigned n_devices;
 	struct ls_residency res;
 
 	int listen_fd;
@@ -142,6 +148,14 @@ struct ls_server {
 /* session.c */
 void ls_server_accept(struct ls_server *srv);
 void ls_session_send(struct ls_session *s, const Lorastore__Response *resp, int fd);
+/* The same with up to LS_OUTMSG_MAX_FDS descriptors. */
+void ls_session_send_fds(struct ls_session *s, const Lorastore__Response *resp, const int *fds,
+			 unsigned n_fds);
+/*
+ * Whether slab id's descriptor still has to go to this peer; marks it sent.
+ * -ENOMEM when the record cannot grow.
+ */
+int ls_session_slab_unsent(struct ls_session *s, uint32_t id);
 void ls_session_error(struct ls_session *s, uint64_t id, int code, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 void ls_session_close(struct ls_session *s, const char *why);

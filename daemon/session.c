@@ -195,7 +195,7 @@ static void ls_send_done(struct ls_loop *loop, struct ls_op *op, int res)
 	}
 	struct ls_outmsg *m = s->out_head;
 	m->off += (size_t)res;
-	m->fd = -1; /* the descriptor went with the first bytes */
+	m->n_fds = 0; /* the descriptors went with the first bytes */
 	if (m->off >= m->len) {
 		s->out_head = m->next;
 		if (!s->out_head)
@@ -219,29 +219,56 @@ static void ls_send_next(struct ls_session *s)
 	memset(&s->smsg, 0, sizeof(s->smsg));
 	s->smsg.msg_iov = &s->siov;
 	s->smsg.msg_iovlen = 1;
-	if (m->fd >= 0) {
+	if (m->n_fds) {
 		s->smsg.msg_control = s->scmsg.buf;
-		s->smsg.msg_controllen = sizeof(s->scmsg.buf);
+		s->smsg.msg_controllen = CMSG_SPACE(sizeof(int) * m->n_fds);
 		struct cmsghdr *c = CMSG_FIRSTHDR(&s->smsg);
 		c->cmsg_level = SOL_SOCKET;
 		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(c), &m->fd, sizeof(int));
+		c->cmsg_len = CMSG_LEN(sizeof(int) * m->n_fds);
+		memcpy(CMSG_DATA(c), m->fds, sizeof(int) * m->n_fds);
 	}
 	ls_loop_sendmsg(&s->srv->loop, &s->send_op, ls_send_done, s->fd, &s->smsg, MSG_NOSIGNAL);
 }
 
+int ls_session_slab_unsent(struct ls_session *s, uint32_t id)
+{
+	if (id >= s->n_slabs_sent) {
+		uint32_t bits = s->n_slabs_sent ? s->n_slabs_sent : 64;
+		while (bits <= id)
+			bits *= 2;
+		uint8_t *grown = realloc(s->slabs_sent, bits / 8);
+		if (!grown)
+			return -ENOMEM;
+		memset(grown + s->n_slabs_sent / 8, 0, (bits - s->n_slabs_sent) / 8);
+		s->slabs_sent = grown;
+		s->n_slabs_sent = bits;
+	}
+	uint8_t bit = (uint8_t)(1u << (id % 8));
+	if (s->slabs_sent[id / 8] & bit)
+		return 0;
+	s->slabs_sent[id / 8] |= bit;
+	return 1;
+}
+
 void ls_session_send(struct ls_session *s, const Lorastore__Response *resp, int fd)
+{
+	ls_session_send_fds(s, resp, &fd, fd >= 0 ? 1 : 0);
+}
+
+void ls_session_send_fds(struct ls_session *s, const Lorastore__Response *resp, const int *fds,
+			 unsigned n_fds)
 {
 	if (s->closing)
 		return;
 	struct ls_outmsg *m = calloc(1, sizeof(*m));
-	if (!m || ls_response_encode(resp, &m->buf, &m->len) != 0) {
+	if (!m || n_fds > LS_OUTMSG_MAX_FDS || ls_response_encode(resp, &m->buf, &m->len) != 0) {
 		free(m);
 		ls_session_close(s, "cannot encode a response");
 		return;
 	}
-	m->fd = fd;
+	memcpy(m->fds, fds, sizeof(int) * n_fds);
+	m->n_fds = n_fds;
 	bool idle = s->out_head == NULL;
 	if (s->out_tail)
 		s->out_tail->next = m;
@@ -279,7 +306,7 @@ void ls_session_close(struct ls_session *s, const char *why)
 	while (s->pending) {
 		struct ls_pending *p = s->pending;
 		s->pending = p->next;
-		ls_res_cancel(&s->srv->res, &p->waiter);
+		ls_res_cancel(&p->waiter);
 		free(p);
 	}
 	while (s->n_fds)

@@ -22,6 +22,24 @@
  * - Mappings are read-only: a write through a tensor pointer faults.  The
  *   adapter's name and its tensor table are read from the same mapping, so
  *   their strings are valid exactly as long as the tensor pointers.
+ * - Tiers: lorastore_acquire gives host memory, readable by the CPU.  On a
+ *   daemon that serves GPUs, lorastore_acquire_tier with LORASTORE_TIER_DEVICE
+ *   gives the copy in a GPU's memory: tensor pointers are then CUDA device
+ *   addresses (CUdeviceptr values), for kernels, never to dereference on the
+ *   CPU.  Each device slab is imported into the process once per connection
+ *   and mapped into the process's unified address space with read access
+ *   for that GPU, so the pointers are valid in every context of the process
+ *   on that GPU (the primary context included).  A lease pins what the GPU
+ *   reads: release it only after the kernels that read its tensors have
+ *   finished (synchronize their stream or wait on an event first).
+ * - Device mappings are read-only where the driver accepts a read-only
+ *   mapping of imported memory (seen on CUDA 13 with an H200: a kernel's
+ *   write faults); where it does not, they are mapped read-write and a
+ *   write would change every process's copy.
+ *   lorastore_adapter_info.device_read_only says which.
+ * - The CUDA driver is loaded at run time, the first time a device tier is
+ *   acquired: a process that only uses host memory never loads it, and
+ *   liblorastore needs no CUDA library to load.
  *
  * Errors: functions return 0 on success, a negative errno for a system
  * failure, or a negative LORASTORE_E_* code.  lorastore_strerror() describes
@@ -120,10 +138,15 @@ typedef struct lorastore_adapter_info {
 	size_t tensor_count;
 	uint64_t bytes;                /* resident bytes */
 	const char *tier;              /* "host" or "device" */
+	int device;                    /* device tier: the GPU's CUDA ordinal in this
+					  process; -1 on host */
+	const char *device_uuid;       /* device tier: "GPU-..."; "" on host */
+	int device_read_only;          /* device tier: 1 when mapped read-only */
 } lorastore_adapter_info;
 
 typedef struct lorastore_tensor {
-	const void *data;              /* read-only, in the shared mapping */
+	const void *data;              /* read-only, in the shared mapping; on a device
+					  tier a CUDA device address */
 	const char *module;            /* e.g. "model.layers.3.self_attn.q_proj" */
 	lorastore_kind kind;
 	lorastore_dtype dtype;
@@ -136,6 +159,8 @@ typedef struct lorastore_tensor {
 	const char *dtype_name;        /* safetensors name ("F16", "I64", ...); dtype is 0
 					  for those outside lorastore_dtype */
 	uint64_t offset;               /* bytes from the start of the adapter's data region */
+	int device;                    /* the CUDA ordinal of the GPU that data is on; -1
+					  when data is host memory */
 } lorastore_tensor;
 
 /*
@@ -168,6 +193,29 @@ const char *lorastore_errmsg(const lorastore *conn);
  */
 int lorastore_acquire(lorastore *conn, const char *ref, int timeout_ms,
 		      lorastore_adapter **out);
+
+/* Memory tiers of lorastored. */
+typedef enum lorastore_tier {
+	LORASTORE_TIER_HOST = 0,       /* host memory, readable by the CPU */
+	LORASTORE_TIER_DEVICE = 1,     /* a GPU's memory */
+} lorastore_tier;
+
+/*
+ * Acquire ref in a tier.  LORASTORE_TIER_HOST is lorastore_acquire.
+ * LORASTORE_TIER_DEVICE acquires the copy in the memory of GPU device (its
+ * UUID, "GPU-..."), loading it there first when it is not resident (from the
+ * daemon's host tier when the version is there, else from disk); device NULL
+ * names the GPU of the calling thread's current CUDA context, or, without
+ * one, the daemon's only GPU.  Tensor pointers are then device addresses
+ * (see Caveats).  Errors: those of lorastore_acquire, and
+ * LORASTORE_E_BACKEND (the daemon serves no GPU), LORASTORE_E_NOT_FOUND (no
+ * tier for that GPU), LORASTORE_E_NO_DEVICE (no CUDA driver in this process,
+ * or the daemon's GPU is not one this process can see),
+ * LORASTORE_E_NOT_BUILT (liblorastore built without the CUDA path),
+ * LORASTORE_E_DEVICE (a driver call failed; the message names it).
+ */
+int lorastore_acquire_tier(lorastore *conn, const char *ref, lorastore_tier tier,
+			   const char *device, int timeout_ms, lorastore_adapter **out);
 
 /*
  * Release an adapter; its tensor pointers become invalid.  Errors:
@@ -243,6 +291,9 @@ int lorastore_show(lorastore *conn, const char *ref, lorastore_list **out);
 
 typedef struct lorastore_tier_stats {
 	char name[16];                 /* "host" or "device" */
+	char device[48];               /* device tier: the GPU's UUID; "" on host */
+	int ordinal;                   /* device tier: the daemon's CUDA ordinal; -1 on host */
+	uint64_t table_bytes;          /* device tier: host memory of its tensor tables */
 	uint64_t budget;               /* bytes */
 	uint64_t used;                 /* bytes held by resident adapters */
 	uint64_t slab_bytes;           /* bytes of slabs allocated */
@@ -251,7 +302,7 @@ typedef struct lorastore_tier_stats {
 
 typedef struct lorastore_stats {
 	size_t tier_count;
-	lorastore_tier_stats tiers[2];
+	lorastore_tier_stats tiers[9];     /* host, then one per GPU served */
 	uint32_t clients;
 	uint64_t leases;
 	uint64_t loads;

@@ -45,9 +45,16 @@ static void host_teardown(void)
 static struct ls_slab alloc_slab(uint64_t size)
 {
 	struct ls_slab s;
-	int rc = ls_backend_slab_alloc(&host, size, &s);
-	cr_assert_eq(rc, 0, "slab_alloc(%llu): %d", (unsigned long long)size, rc);
+	struct ls_err err;
+	int rc = ls_backend_slab_alloc(&host, size, &s, &err);
+	cr_assert_eq(rc, 0, "slab_alloc(%llu): %d %s", (unsigned long long)size, rc, err.msg);
 	return s;
+}
+
+/* The daemon's writable mapping of a whole slab, through the backend. */
+static unsigned char *host_of(struct ls_slab *s)
+{
+	return ls_backend_host_ptr(&host, s, 0, s->size);
 }
 
 /* A byte pattern that depends on the offset, so misplaced bytes are caught. */
@@ -101,7 +108,7 @@ Test(host_backend, slab_is_sealed_memfd_of_rounded_size)
 	struct ls_slab s = alloc_slab(1);
 	cr_assert_eq(s.size, 2 * MiB);
 	cr_assert_geq(s.fd, 0);
-	cr_assert_not_null(s.host);
+	cr_assert_not_null(host_of(&s));
 
 	struct stat st;
 	cr_assert_eq(fstat(s.fd, &st), 0);
@@ -142,14 +149,14 @@ Test(host_backend, seals_cannot_be_changed_after_alloc)
 Test(host_backend, bytes_written_through_host_are_visible_in_readonly_client_map)
 {
 	struct ls_slab s = alloc_slab(3 * MiB);
-	fill_pattern(s.host, s.size);
+	fill_pattern(host_of(&s), s.size);
 
 	unsigned char *client = mmap(NULL, s.size, PROT_READ, MAP_SHARED, s.fd, 0);
 	cr_assert_neq(client, MAP_FAILED, "client mmap: %s", strerror(errno));
 	cr_assert(has_pattern(client, s.size));
 
 	/* Later writes by the daemon show through the same client mapping. */
-	((unsigned char *)s.host)[12345] = 0xA5;
+	host_of(&s)[12345] = 0xA5;
 	cr_assert_eq(client[12345], 0xA5);
 	munmap(client, s.size);
 	ls_backend_slab_free(&host, &s);
@@ -226,55 +233,49 @@ Test(host_backend, write_syscall_to_slab_fd_fails)
 	errno = 0;
 	cr_assert_eq(pwrite(s.fd, &b, 1, 0), -1, "write(2) to a sealed slab succeeded");
 	cr_assert_eq(errno, EPERM, "errno %d (%s)", errno, strerror(errno));
-	cr_assert_eq(((unsigned char *)s.host)[0], 0);
+	cr_assert_eq(host_of(&s)[0], 0);
 	ls_backend_slab_free(&host, &s);
 }
 
-Test(host_backend, upload_copies_bytes_at_offset)
+Test(host_backend, host_ptr_is_the_writable_mapping_at_the_offset)
 {
 	struct ls_slab s = alloc_slab(1);
-	unsigned char src[8192];
-	fill_pattern(src, sizeof(src));
-	cr_assert_eq(ls_backend_upload(&host, &s, 4096, src, sizeof(src)), 0);
-	cr_assert_eq(memcmp((unsigned char *)s.host + 4096, src, sizeof(src)), 0);
-	cr_assert_eq(((unsigned char *)s.host)[4095], 0);
-	cr_assert_eq(((unsigned char *)s.host)[4096 + sizeof(src)], 0);
+	unsigned char *at = ls_backend_host_ptr(&host, &s, 4096, 8192);
+	cr_assert_eq(at, host_of(&s) + 4096);
+	memset(at, 0x5C, 8192);
+	cr_assert_eq(host_of(&s)[4095], 0);
+	cr_assert_eq(host_of(&s)[4096], 0x5C);
+	cr_assert_eq(host_of(&s)[4096 + 8192], 0);
 	ls_backend_slab_free(&host, &s);
 }
 
-Test(host_backend, upload_out_of_bounds_is_refused_and_writes_nothing)
+Test(host_backend, host_ptr_outside_the_slab_is_null)
 {
 	struct ls_slab s = alloc_slab(1);
-	unsigned char src[8192];
-	memset(src, 0xFF, sizeof(src));
-	cr_assert_eq(ls_backend_upload(&host, &s, s.size - 4096, src, sizeof(src)), -EINVAL);
-	cr_assert_eq(ls_backend_upload(&host, &s, s.size + 1, src, 0), -EINVAL);
-	cr_assert_eq(ls_backend_upload(&host, &s, UINT64_MAX - 10, src, 100), -EINVAL);
-	cr_assert_eq(ls_backend_upload(&host, &s, 0, NULL, 1), -EINVAL);
+	cr_assert_null(ls_backend_host_ptr(&host, &s, s.size - 4096, 8192));
+	cr_assert_null(ls_backend_host_ptr(&host, &s, s.size + 1, 0));
+	cr_assert_null(ls_backend_host_ptr(&host, &s, UINT64_MAX - 10, 100));
 	/* Exactly up to the end is in bounds. */
-	cr_assert_eq(ls_backend_upload(&host, &s, s.size - 4096, src, 4096), 0);
-	cr_assert_eq(((unsigned char *)s.host)[s.size - 4097], 0);
+	cr_assert_not_null(ls_backend_host_ptr(&host, &s, s.size - 4096, 4096));
 	ls_backend_slab_free(&host, &s);
 }
 
-Test(host_backend, slab_ids_are_unique_and_nonzero)
+static void never_done(struct ls_upload *up, int rc)
 {
-	enum { N = 16 };
-	struct ls_slab s[N];
-	for (int i = 0; i < N; i++) {
-		s[i] = alloc_slab(1);
-		cr_assert_neq(s[i].id, 0);
-		for (int j = 0; j < i; j++)
-			cr_assert_neq(s[i].id, s[j].id, "slabs %d and %d share id %u", i, j, s[i].id);
-	}
-	/* An id is not reused after its slab is freed. */
-	uint32_t first = s[0].id;
-	ls_backend_slab_free(&host, &s[0]);
-	struct ls_slab again = alloc_slab(1);
-	cr_assert_neq(again.id, first);
-	ls_backend_slab_free(&host, &again);
-	for (int i = 1; i < N; i++)
-		ls_backend_slab_free(&host, &s[i]);
+	(void)up;
+	(void)rc;
+	cr_assert_fail("a host slab completed an upload it refused");
+}
+
+Test(host_backend, does_not_upload_its_slabs_are_filled_in_place)
+{
+	struct ls_slab s = alloc_slab(1);
+	unsigned char src[64] = {0};
+	struct ls_upload up = {.done = never_done};
+	struct ls_err err;
+	cr_assert_eq(ls_backend_upload(&host, &s, 0, src, sizeof(src), &up, &err), -ENOTSUP);
+	cr_assert_eq(ls_backend_completion_fd(&host), -1);
+	ls_backend_slab_free(&host, &s);
 }
 
 Test(host_backend, query_memory_reports_plausible_numbers)
@@ -291,13 +292,14 @@ Test(host_backend, impossible_size_fails_without_leaking_a_descriptor)
 {
 	int before = count_open_fds();
 	struct ls_slab s;
-	cr_assert_eq(ls_backend_slab_alloc(&host, UINT64_MAX, &s), -ENOMEM);
+	struct ls_err err;
+	cr_assert_eq(ls_backend_slab_alloc(&host, UINT64_MAX, &s, &err), -ENOMEM);
 	cr_assert_eq(s.fd, -1);
-	cr_assert_null(s.host);
+	cr_assert_null(s.priv);
 	/* 1 PiB: the memfd can be sized, but no address space holds the mapping. */
-	int rc = ls_backend_slab_alloc(&host, 1ull << 50, &s);
+	int rc = ls_backend_slab_alloc(&host, 1ull << 50, &s, &err);
 	cr_assert_lt(rc, 0, "a 1 PiB slab was mapped");
-	cr_assert_eq(ls_backend_slab_alloc(&host, 0, &s), -EINVAL);
+	cr_assert_eq(ls_backend_slab_alloc(&host, 0, &s, &err), -EINVAL);
 	cr_assert_eq(count_open_fds(), before);
 }
 
@@ -377,7 +379,7 @@ Test(host_backend, fd_sent_to_another_process_maps_readonly_with_same_bytes)
 	close(sv[1]);
 
 	struct ls_slab s = alloc_slab(2 * MiB);
-	fill_pattern(s.host, s.size);
+	fill_pattern(host_of(&s), s.size);
 	cr_assert_eq(send_fd(sv[0], s.fd), 0, "sendmsg: %s", strerror(errno));
 
 	int status;
@@ -395,13 +397,13 @@ Test(host_backend, client_map_stays_readable_after_slab_free)
 {
 	struct ls_slab s = alloc_slab(1);
 	uint64_t size = s.size;
-	fill_pattern(s.host, size);
+	fill_pattern(host_of(&s), size);
 	unsigned char *client = mmap(NULL, size, PROT_READ, MAP_SHARED, s.fd, 0);
 	cr_assert_neq(client, MAP_FAILED, "client mmap: %s", strerror(errno));
 
 	ls_backend_slab_free(&host, &s);
 	cr_assert_eq(s.fd, -1);
-	cr_assert_null(s.host);
+	cr_assert_null(s.priv);
 	cr_assert(has_pattern(client, size), "bytes changed after the slab was freed");
 	munmap(client, size);
 }
@@ -414,10 +416,10 @@ static const char *bare_name(void *ctx)
 	return "bare";
 }
 
-static int bare_slab_alloc(void *ctx, uint64_t size, struct ls_slab *out)
+static int bare_slab_alloc(void *ctx, uint64_t size, struct ls_slab *out, struct ls_err *err)
 {
 	(void)ctx;
-	out->id = 1;
+	(void)err;
 	out->size = size;
 	return 0;
 }
@@ -429,13 +431,18 @@ static void bare_slab_free(void *ctx, struct ls_slab *slab)
 }
 
 static const struct ls_backend_i bare_iface = {
-	/* .name         = */ bare_name,
-	/* .slab_alloc   = */ bare_slab_alloc,
-	/* .slab_free    = */ bare_slab_free,
-	/* .upload       = */ NULL,
-	/* .query_memory = */ NULL,
-	/* .granularity  = */ NULL,
-	/* .destroy      = */ NULL,
+	/* .name            = */ bare_name,
+	/* .slab_alloc      = */ bare_slab_alloc,
+	/* .slab_free       = */ bare_slab_free,
+	/* .host_ptr        = */ NULL,
+	/* .upload          = */ NULL,
+	/* .completion_fd   = */ NULL,
+	/* .reap            = */ NULL,
+	/* .host_register   = */ NULL,
+	/* .host_unregister = */ NULL,
+	/* .query_memory    = */ NULL,
+	/* .granularity     = */ NULL,
+	/* .destroy         = */ NULL,
 };
 
 Test(dispatch, optional_members_get_their_defaults)
@@ -446,31 +453,28 @@ Test(dispatch, optional_members_get_their_defaults)
 	cr_assert_eq(ls_backend_query_memory(&b, &free_b, &total_b), 0);
 	cr_assert_eq(free_b, 0);
 	cr_assert_eq(total_b, 0);
+	cr_assert_eq(ls_backend_completion_fd(&b), -1);
+	ls_backend_reap(&b);
+	struct ls_err err;
+	unsigned char mem[64];
+	cr_assert_eq(ls_backend_host_register(&b, mem, sizeof(mem), &err), 0);
+	ls_backend_host_unregister(&b, mem);
 	ls_backend_destroy(&b);
 	cr_assert_null(b.iface);
 }
 
-Test(dispatch, default_upload_without_host_mapping_is_einval)
+Test(dispatch, default_host_ptr_is_null_and_default_upload_is_refused)
 {
 	struct ls_backend b = { .iface = &bare_iface, .ctx = NULL };
 	struct ls_slab s;
-	cr_assert_eq(ls_backend_slab_alloc(&b, 4096, &s), 0);
-	cr_assert_null(s.host);
+	struct ls_err err;
+	cr_assert_eq(ls_backend_slab_alloc(&b, 4096, &s, &err), 0);
+	cr_assert_null(ls_backend_host_ptr(&b, &s, 0, 16));
 	unsigned char src[16] = { 0 };
-	cr_assert_eq(ls_backend_upload(&b, &s, 0, src, sizeof(src)), -EINVAL);
-}
-
-Test(dispatch, default_upload_memcpys_into_host)
-{
-	struct ls_backend b = { .iface = &bare_iface, .ctx = NULL };
-	unsigned char mem[64] = { 0 };
-	struct ls_slab s = { .id = 1, .size = sizeof(mem), .fd = -1, .host = mem };
-	unsigned char src[16];
-	memset(src, 0x3C, sizeof(src));
-	cr_assert_eq(ls_backend_upload(&b, &s, 48, src, sizeof(src)), 0);
-	cr_assert_eq(memcmp(mem + 48, src, sizeof(src)), 0);
-	cr_assert_eq(mem[47], 0);
-	cr_assert_eq(ls_backend_upload(&b, &s, 49, src, sizeof(src)), -EINVAL);
+	struct ls_upload up = {.done = never_done};
+	cr_assert_eq(ls_backend_upload(&b, &s, 0, src, sizeof(src), &up, &err), -ENOTSUP);
+	cr_assert_eq(ls_backend_upload(&b, &s, 4090, src, sizeof(src), &up, &err), -EINVAL);
+	cr_assert_eq(ls_backend_upload(&b, &s, 0, NULL, 1, &up, &err), -EINVAL);
 }
 
 /* ---- extents ---- */

@@ -1,0 +1,199 @@
+/*
+ * liblorastore: device slabs, imported through the CUDA driver.
+ *
+ * A device tier's slab comes as a POSIX file descriptor of a CUDA VMM
+ * allocation.  It is imported once per connection
+ * (cuMemImportFromShareableHandle), mapped at an address reserved in the
+ * process's unified address space, given read access for its GPU, and the
+ * descriptor is closed: the imported handle and the mapping keep the memory.
+ * The driver is loaded at run time (common/cuda/ls_cudrv.h) only when a
+ * device tier is acquired, so liblorastore loads and serves host memory on
+ * machines without CUDA.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "client_internal.h"
+
+#ifndef LS_HAVE_CUDRV
+
+int ls_device_import(lorastore *conn, uint32_t id, uint64_t size, int fd, const char *uuid,
+		     struct ls_slab_map *m)
+{
+	(void)size;
+	(void)uuid;
+	(void)m;
+	close(fd);
+	return ls_conn_error(conn, LS_E_NOT_BUILT,
+			     "device slab %u: this liblorastore was built without the CUDA path", id);
+}
+
+void ls_device_unmap(struct ls_slab_map *m)
+{
+	(void)m;
+}
+
+void ls_device_current_uuid(char *buf, size_t cap)
+{
+	if (cap)
+		buf[0] = '\0';
+}
+
+#else
+
+#include "ls_cudrv.h"
+
+void ls_device_current_uuid(char *buf, size_t cap)
+{
+	const struct ls_cudrv *d;
+	struct ls_err err;
+	CUcontext ctx = NULL;
+	CUdevice dev;
+	CUuuid uuid;
+	if (cap)
+		buf[0] = '\0';
+	if (ls_cudrv_load(&d, &err) || d->cuCtxGetCurrent(&ctx) != CUDA_SUCCESS || !ctx ||
+	    d->cuCtxGetDevice(&dev) != CUDA_SUCCESS || d->cuDeviceGetUuid(&uuid, dev) != CUDA_SUCCESS)
+		return;
+	ls_cudrv_uuid_str(&uuid, buf, cap);
+}
+
+/* This process's ordinal of the GPU with uuid, or -1. */
+static int ls_device_ordinal(const struct ls_cudrv *d, const char *uuid)
+{
+	int n = 0;
+	if (d->cuDeviceGetCount(&n) != CUDA_SUCCESS)
+		return -1;
+	for (int i = 0; i < n; i++) {
+		CUdevice dev;
+		CUuuid u;
+		char s[48];
+		if (d->cuDeviceGet(&dev, i) != CUDA_SUCCESS || d->cuDeviceGetUuid(&u, dev) != CUDA_SUCCESS)
+			continue;
+		ls_cudrv_uuid_str(&u, s, sizeof(s));
+		if (strcasecmp(s, uuid) == 0)
+			return i;
+	}
+	return -1;
+}
+
+/* The import and mapping steps; *done counts the ones to undo. */
+static int ls_device_map(const struct ls_cudrv *d, struct ls_slab_map *m, int fd, int *done,
+			 struct ls_err *err)
+{
+	CUmemGenericAllocationHandle h;
+	LS_CU(d, err, cuMemImportFromShareableHandle, &h, (void *)(uintptr_t)fd,
+	      CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+	m->handle = h;
+	*done = 1;
+	CUdeviceptr va;
+	LS_CU(d, err, cuMemAddressReserve, &va, m->size, 0, 0, 0);
+	m->addr = (const uint8_t *)(uintptr_t)va;
+	*done = 2;
+	LS_CU(d, err, cuMemMap, va, m->size, 0, h, 0);
+	*done = 3;
+	CUmemAccessDesc access;
+	memset(&access, 0, sizeof(access));
+	access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+	access.location.id = m->device;
+	access.flags = CU_MEM_ACCESS_FLAGS_PROT_READ;
+	CUresult r = d->cuMemSetAccess(va, m->size, &access, 1);
+	m->read_only = r == CUDA_SUCCESS;
+	if (!m->read_only) {
+		/* Drivers that refuse read-only imports get read-write (the header's Caveats). */
+		access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+		LS_CU(d, err, cuMemSetAccess, va, m->size, &access, 1);
+	}
+	return 0;
+}
+
+static void ls_device_undo(const struct ls_cudrv *d, struct ls_slab_map *m, int done)
+{
+	CUdeviceptr va = (CUdeviceptr)(uintptr_t)m->addr;
+	if (done >= 3)
+		d->cuMemUnmap(va, m->size);
+	if (done >= 2)
+		d->cuMemAddressFree(va, m->size);
+	if (done >= 1)
+		d->cuMemRelease((CUmemGenericAllocationHandle)m->handle);
+}
+
+int ls_device_import(lorastore *conn, uint32_t id, uint64_t size, int fd, const char *uuid,
+		     struct ls_slab_map *m)
+{
+	const struct ls_cudrv *d;
+	struct ls_err err;
+	int rc = ls_cudrv_load(&d, &err);
+	if (rc) {
+		close(fd);
+		return ls_conn_error(conn, rc, "device slab %u: %s", id, err.msg);
+	}
+	memset(m, 0, sizeof(*m));
+	m->id = id;
+	m->size = (size_t)size;
+	snprintf(m->uuid, sizeof(m->uuid), "%s", uuid);
+	m->device = ls_device_ordinal(d, uuid);
+	if (m->device < 0) {
+		close(fd);
+		return ls_conn_error(conn, LS_E_NO_DEVICE,
+				     "device slab %u is on GPU %s, which this process cannot see "
+				     "(CUDA_VISIBLE_DEVICES?)",
+				     id, uuid);
+	}
+	/*
+	 * The GPU's primary context is retained for as long as the slab is
+	 * mapped (so that the device state the mapping lives in stays up even
+	 * if the application releases its own references) and is current on
+	 * this thread only while the driver works; the caller's current context
+	 * comes back afterwards.
+	 */
+	CUcontext prev = NULL, ctx = NULL;
+	CUdevice dev;
+	int done = 0;
+	d->cuCtxGetCurrent(&prev);
+	CUresult r = d->cuDeviceGet(&dev, m->device);
+	if (r == CUDA_SUCCESS)
+		r = d->cuDevicePrimaryCtxRetain(&ctx, dev);
+	if (r == CUDA_SUCCESS)
+		r = d->cuCtxSetCurrent(ctx);
+	if (r != CUDA_SUCCESS)
+		rc = ls_cudrv_fail(d, &err, r, "cuDevicePrimaryCtxRetain", __FILE__, __LINE__);
+	else
+		rc = ls_device_map(d, m, fd, &done, &err);
+	close(fd);
+	if (rc)
+		ls_device_undo(d, m, done);
+	if (ctx) {
+		d->cuCtxSetCurrent(prev);
+		if (rc)
+			d->cuDevicePrimaryCtxRelease(dev);
+	}
+	if (rc)
+		return ls_conn_error(conn, rc, "device slab %u on %s: %s", id, uuid, err.msg);
+	return 0;
+}
+
+void ls_device_unmap(struct ls_slab_map *m)
+{
+	const struct ls_cudrv *d;
+	struct ls_err err;
+	CUcontext prev = NULL, ctx = NULL;
+	CUdevice dev;
+	if (ls_cudrv_load(&d, &err) || d->cuDeviceGet(&dev, m->device) != CUDA_SUCCESS)
+		return;
+	d->cuCtxGetCurrent(&prev);
+	/* Retained at import: this retain only finds it, the release below ends both. */
+	if (d->cuDevicePrimaryCtxRetain(&ctx, dev) != CUDA_SUCCESS)
+		return;
+	d->cuCtxSetCurrent(ctx);
+	ls_device_undo(d, m, 3);
+	d->cuCtxSetCurrent(prev);
+	d->cuDevicePrimaryCtxRelease(dev);
+	d->cuDevicePrimaryCtxRelease(dev);
+}
+
+#endif

@@ -1,0 +1,579 @@
+/*
+ * The device tier: lorastored with GPU slabs, and clients that import them.
+ *
+ * In CI the GPU is the CUDA driver double (tests/support/cuda_double), which
+ * the daemon and this process load through LORASTORE_CUDA_DRIVER.  With
+ * LS_TEST_REAL_GPU=1 (the GPU check) both use the machine's libcuda.so.1
+ * instead; the tests that need the double (call counting, several GPUs)
+ * then skip, and with LSK_REQUIRE_GPU=1 a skip for want of a device fails.
+ * Device bytes are always read back through the driver (cuMemcpyDtoH), never
+ * by dereferencing a device address, so every test means the same on both.
+ */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <lorastore.h>
+
+#include "daemon_proc.h"
+#include "synth.h"
+
+#ifdef LS_HAVE_CUDRV
+#include "ls_cudrv.h"
+#endif
+
+static struct ls_daemon_proc dp;
+static char *work_dir;
+
+static __attribute__((unused)) bool real_gpu(void)
+{
+	const char *v = getenv("LS_TEST_REAL_GPU");
+	return v && strcmp(v, "1") == 0;
+}
+
+static void setup(void)
+{
+	memset(&dp, 0, sizeof(dp));
+	dp.pid = -1;
+	dp.notify_fd = -1;
+	work_dir = synth_mkdtemp("device");
+	chmod(work_dir, 0755);
+#ifdef LS_HAVE_CUDRV
+	if (!real_gpu())
+		setenv("LORASTORE_CUDA_DRIVER", LS_CUDA_DOUBLE_PATH, 1);
+#endif
+}
+
+static void teardown(void)
+{
+	if (dp.dir[0] || dp.pid > 0 || dp.notify_fd >= 0)
+		ls_daemon_cleanup(&dp);
+	synth_rm_rf(work_dir);
+	free(work_dir);
+	work_dir = NULL;
+}
+
+TestSuite(device, .init = setup, .fini = teardown, .timeout = 120);
+
+/* ---- helpers */
+
+static const char *daemon_log(void)
+{
+	static char text[16384];
+	text[0] = '\0';
+	FILE *f = fopen(dp.log, "r");
+	if (!f)
+		return text;
+	size_t n = fread(text, 1, sizeof(text) - 1, f);
+	text[n] = '\0';
+	fclose(f);
+	return text;
+}
+
+/* Skip unless this build has the CUDA path; with the double, unless told to use it. */
+static void need_cuda(bool double_only)
+{
+#ifndef LS_HAVE_CUDRV
+	(void)double_only;
+	cr_skip_test("this build has no CUDA path (LORASTORE_CUDA=OFF or no toolkit)");
+#else
+	if (double_only && real_gpu())
+		cr_skip_test("needs the CUDA driver double; this run uses the real driver");
+#endif
+}
+
+static void start_device_daemon(const char *const *extra)
+{
+	const char *args[24] = {"--backend", "cuda", "--device-budget", "256MiB"};
+	int n = 4;
+	for (int i = 0; extra && extra[i] && n < 22; i++)
+		args[n++] = extra[i];
+	args[n] = NULL;
+	int rc = ls_daemon_start(&dp, NULL, args);
+	cr_assert_eq(rc, 0, "lorastored did not start; log:\n%s", daemon_log());
+}
+
+static lorastore *connect_ok(void)
+{
+	lorastore *conn = NULL;
+	int rc = lorastore_connect(dp.socket, &conn);
+	cr_assert_eq(rc, 0, "connect %s: %s", dp.socket, lorastore_strerror(rc));
+	return conn;
+}
+
+/* A synthetic adapter of seed in its own folder, imported as name. */
+static void import_seed(lorastore *conn, const char *name, uint64_t seed, int layers, int hidden)
+{
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s/s%" PRIu64, work_dir, seed);
+	cr_assert_eq(mkdir(dir, 0755), 0, "mkdir %s: %s", dir, strerror(errno));
+	struct synth_opts o = {.family = SYNTH_LLAMA, .layers = layers, .rank = 16,
+			       .dtype = LS_DTYPE_F16, .hidden = hidden, .heads = 4,
+			       .kv_heads = 4, .seed = seed};
+	cr_assert_eq(synth_adapter_dir(dir, &o), 0);
+	lorastore_import_opts io = {.name = name};
+	int rc = lorastore_import_dir(conn, dir, &io, NULL);
+	cr_assert_eq(rc, 0, "import %s: %s", name, lorastore_errmsg(conn));
+}
+
+static lorastore_adapter *acquire_dev(lorastore *conn, const char *ref, const char *uuid)
+{
+	lorastore_adapter *ad = NULL;
+	int rc = lorastore_acquire_tier(conn, ref, LORASTORE_TIER_DEVICE, uuid, -1, &ad);
+	cr_assert_eq(rc, 0, "device acquire of %s: %s (%s)", ref, lorastore_errmsg(conn),
+		     lorastore_strerror(rc));
+	return ad;
+}
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+	const uint8_t *b = p;
+	for (size_t i = 0; i < n; i++) {
+		h ^= b[i];
+		h *= 0x100000001b3ull;
+	}
+	return h;
+}
+
+#ifdef LS_HAVE_CUDRV
+/* Copy n bytes at device address src of GPU ordinal dev into dst; a CUresult. */
+static int dtoh(int dev, void *dst, const void *src, size_t n)
+{
+	const struct ls_cudrv *d;
+	struct ls_err err;
+	if (ls_cudrv_load(&d, &err))
+		return -1;
+	CUdevice cd;
+	CUcontext ctx;
+	CUresult r = d->cuDeviceGet(&cd, dev);
+	if (r == CUDA_SUCCESS)
+		r = d->cuDevicePrimaryCtxRetain(&ctx, cd);
+	if (r == CUDA_SUCCESS)
+		r = d->cuCtxSetCurrent(ctx);
+	if (r == CUDA_SUCCESS)
+		r = d->cuMemcpyDtoH(dst, (CUdeviceptr)(uintptr_t)src, n);
+	return (int)r;
+}
+#endif
+
+/*
+ * FNV-1a of every tensor of an acquired adapter, read on the CPU for host
+ * adapters and through the driver for device ones.
+ */
+static uint64_t adapter_hash(const lorastore_adapter *ad)
+{
+	lorastore_adapter_info info;
+	cr_assert_eq(lorastore_adapter_info_get(ad, &info), 0);
+	cr_assert_gt(info.tensor_count, 0);
+	uint64_t h = 0xcbf29ce484222325ull;
+	for (size_t i = 0; i < info.tensor_count; i++) {
+		lorastore_tensor t;
+		cr_assert_eq(lorastore_adapter_tensor_at(ad, i, &t), 0);
+		if (t.device < 0) {
+			h = fnv(h, t.data, (size_t)t.bytes);
+			continue;
+		}
+#ifdef LS_HAVE_CUDRV
+		void *buf = malloc((size_t)t.bytes);
+		cr_assert_not_null(buf);
+		int r = dtoh(t.device, buf, t.data, (size_t)t.bytes);
+		cr_assert_eq(r, 0, "cuMemcpyDtoH of %s: CUresult %d", t.module, r);
+		h = fnv(h, buf, (size_t)t.bytes);
+		free(buf);
+#else
+		cr_assert_fail("a device tensor in a build without CUDA");
+#endif
+	}
+	return h;
+}
+
+static uint64_t host_hash(lorastore *conn, const char *ref)
+{
+	lorastore_adapter *ad = NULL;
+	int rc = lorastore_acquire(conn, ref, -1, &ad);
+	cr_assert_eq(rc, 0, "host acquire of %s: %s", ref, lorastore_errmsg(conn));
+	uint64_t h = adapter_hash(ad);
+	lorastore_adapter_release(ad);
+	return h;
+}
+
+static lorastore_stats stats_of(lorastore *conn)
+{
+	lorastore_stats s;
+	cr_assert_eq(lorastore_stats_get(conn, &s), 0, "stats: %s", lorastore_errmsg(conn));
+	return s;
+}
+
+/* The device tier's line of the stats (the first, when uuid is NULL). */
+static lorastore_tier_stats device_stats(lorastore *conn, const char *uuid)
+{
+	lorastore_stats s = stats_of(conn);
+	for (size_t i = 0; i < s.tier_count; i++)
+		if (strcmp(s.tiers[i].name, "device") == 0 &&
+		    (!uuid || strcmp(s.tiers[i].device, uuid) == 0))
+			return s.tiers[i];
+	cr_assert_fail("no device tier in the stats");
+	return s.tiers[0];
+}
+
+/* ---- bytes */
+
+Test(device, two_processes_read_the_same_device_bytes_as_the_host_tier_holds)
+{
+	need_cuda(false);
+	start_device_daemon(NULL);
+	lorastore *conn = connect_ok();
+	import_seed(conn, "dev/a", 1, 4, 512);
+	uint64_t want = host_hash(conn, "dev/a");
+	int pipes[2][2];
+	pid_t kids[2];
+	for (int k = 0; k < 2; k++) {
+		cr_assert_eq(pipe(pipes[k]), 0);
+		kids[k] = fork();
+		cr_assert_geq(kids[k], 0);
+		if (kids[k] == 0) {
+			/* A process of its own: its own connection and its own driver. */
+			lorastore *c = NULL;
+			if (lorastore_connect(dp.socket, &c))
+				_exit(2);
+			lorastore_adapter *ad = NULL;
+			if (lorastore_acquire_tier(c, "dev/a", LORASTORE_TIER_DEVICE, NULL, -1, &ad)) {
+				fprintf(stderr, "child: %s\n", lorastore_errmsg(c));
+				_exit(3);
+			}
+			uint64_t h = adapter_hash(ad);
+			if (write(pipes[k][1], &h, sizeof(h)) != sizeof(h))
+				_exit(4);
+			lorastore_adapter_release(ad);
+			lorastore_close(c);
+			_exit(0);
+		}
+		close(pipes[k][1]);
+	}
+	for (int k = 0; k < 2; k++) {
+		uint64_t got = 0;
+		cr_assert_eq(read(pipes[k][0], &got, sizeof(got)), (ssize_t)sizeof(got),
+			     "child %d sent no hash", k);
+		close(pipes[k][0]);
+		int st;
+		waitpid(kids[k], &st, 0);
+		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %d: status 0x%x", k, st);
+		cr_assert_eq(got, want, "child %d read other bytes on the device", k);
+	}
+	/* One device copy, whatever the number of readers. */
+	lorastore_tier_stats t = device_stats(conn, NULL);
+	cr_assert_eq(t.adapters, 1);
+	lorastore_close(conn);
+	cr_assert_eq(ls_daemon_stop(&dp), 0, "log:\n%s", daemon_log());
+}
+
+Test(device, device_adapter_info_names_the_tier_the_gpu_and_read_only_access)
+{
+	need_cuda(false);
+	start_device_daemon(NULL);
+	lorastore *conn = connect_ok();
+	import_seed(conn, "dev/info", 2, 2, 256);
+	lorastore_adapter *ad = acquire_dev(conn, "dev/info", NULL);
+	lorastore_adapter_info info;
+	cr_assert_eq(lorastore_adapter_info_get(ad, &info), 0);
+	cr_assert_str_eq(info.tier, "device");
+	cr_assert_geq(info.device, 0);
+	cr_assert_eq(strncmp(info.device_uuid, "GPU-", 4), 0, "uuid %s", info.device_uuid);
+	cr_assert_str_eq(info.device_uuid, device_stats(conn, NULL).device);
+	cr_assert_eq(info.device_read_only, 1, "the driver refused a read-only mapping");
+	lorastore_tensor t;
+	cr_assert_eq(lorastore_adapter_tensor_at(ad, 0, &t), 0);
+	cr_assert_eq(t.device, info.device);
+	lorastore_adapter_release(ad);
+	lorastore_close(conn);
+	cr_assert_eq(ls_daemon_stop(&dp), 0);
+}
+
+Test(device, a_write_through_a_device_mapping_fails_and_changes_nothing)
+{
+	need_cuda(false);
+	start_device_daemon(NULL);
+	lorastore *conn = connect_ok();
+	import_seed(conn, "dev/ro", 3, 2, 256);
+	uint64_t want = host_hash(conn, "dev/ro");
+	/* Forked before this process touches CUDA: the driver does not survive a fork. */
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+#ifdef LS_HAVE_CUDRV
+		/* A write faults the context on a real GPU: only in a process of its own. */
+		lorastore *c = NULL;
+		lorastore_adapter *a = NULL;
+		if (lorastore_connect(dp.socket, &c) ||
+		    lorastore_acquire_tier(c, "dev/ro", LORASTORE_TIER_DEVICE, NULL, -1, &a)) {
+			fprintf(stderr, "child: %s\n", c ? lorastore_errmsg(c) : "no connection");
+			_exit(2);
+		}
+		lorastore_tensor t;
+		lorastore_adapter_tensor_at(a, 0, &t);
+		const struct ls_cudrv *d;
+		struct ls_err err;
+		if (ls_cudrv_load(&d, &err))
+			_exit(4);
+		char junk[64];
+		memset(junk, 0x7e, sizeof(junk));
+		/* Synchronous: a fault shows in its own result. */
+		CUresult r = d->cuMemcpyHtoD((CUdeviceptr)(uintptr_t)t.data, junk, sizeof(junk));
+		_exit(r == CUDA_SUCCESS ? 3 : 0);
+#else
+		_exit(0);
+#endif
+	}
+	int st;
+	waitpid(pid, &st, 0);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+		  "a write into a read-only device mapping succeeded (status 0x%x)", st);
+	lorastore_adapter *ad = acquire_dev(conn, "dev/ro", NULL);
+	cr_assert_eq(adapter_hash(ad), want, "the device bytes changed");
+	lorastore_adapter_release(ad);
+	lorastore_close(conn);
+	cr_assert_eq(ls_daemon_stop(&dp), 0);
+}
+
+/* ---- leases and residency */
+
+Test(device, a_client_killed_with_sigkill_leaves_no_device_lease)
+{
+	need_cuda(false);
+	start_device_daemon(NULL);
+	lorastore *conn = connect_ok();
+	import_seed(conn, "dev/kill", 4, 2, 256);
+	int ready[2];
+	cr_assert_eq(pipe(ready), 0);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		lorastore *c = NULL;
+		lorastore_adapter *a = NULL;
+		if (lorastore_connect(dp.socket, &c) ||
+		    lorastore_acquire_tier(c, "dev/kill", LORASTORE_TIER_DEVICE, NULL, -1, &a))
+			_exit(2);
+		if (write(ready[1], "r", 1) != 1)
+			_exit(3);
+		pause();
+		_exit(0);
+	}
+	close(ready[1]);
+	char c;
+	cr_assert_eq(read(ready[0], &c, 1), 1, "the child did not acquire");
+	cr_assert_eq(lorastore_evict(conn, "dev/kill"), -EBUSY, "evicted while leased");
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	int rc = -EBUSY;
+	for (int i = 0; i < 200 && rc == -EBUSY; i++) {
+		rc = lorastore_evict(conn, "dev/kill");
+		if (rc == -EBUSY)
+			usleep(10000);
+	}
+	cr_assert_eq(rc, 0, "still leased after the client's death: %s", lorastore_errmsg(conn));
+	cr_assert_eq(device_stats(conn, NULL).adapters, 0);
+	lorastore_close(conn);
+	cr_assert_eq(ls_daemon_stop(&dp), 0);
+}
+
+Test(device, a_small_device_budget_evicts_the_oldest_and_reloads_it_from_the_host_tier)
+{
+	need_cuda(false);
+	/* Four 512 KiB adapters fill the 2 MiB budget (one slab of the granularity). */
+	static const char *const args[] = {"--device-budget", "2MiB", NULL};
+	start_device_daemon(args);
+	lorastore *conn = connect_ok();
+	char name[32];
+	uint64_t want[5];
+	for (int i = 0; i < 5; i++) {
+		snprintf(name, sizeof(name), "dev/lru%d", i);
+		import_seed(conn, name, 10 + (uint64_t)i, 4, 512);
+		want[i] = host_hash(conn, name);
+	}
+	lorastore_stats before = stats_of(conn);
+	for (int i = 0; i < 5; i++) {
+		snprintf(name, sizeof(name), "dev/lru%d", i);
+		lorastore_adapter *ad = acquire_dev(conn, name, NULL);
+		cr_assert_eq(adapter_hash(ad), want[i], "%s differs on the device", name);
+		lorastore_adapter_release(ad);
+	}
+	lorastore_tier_stats t = device_stats(conn, NULL);
+	cr_assert_leq(t.used, t.budget);
+	cr_assert_lt(t.adapters, 5, "nothing was evicted under a 2 MiB budget");
+	lorastore_stats mid = stats_of(conn);
+	cr_assert_gt(mid.evictions, before.evictions);
+	/* The oldest went; back on the device from the host tier, without the disk. */
+	lorastore_adapter *ad = acquire_dev(conn, "dev/lru0", NULL);
+	cr_assert_eq(adapter_hash(ad), want[0]);
+	lorastore_adapter_release(ad);
+	lorastore_stats after = stats_of(conn);
+	cr_assert_eq(after.tiers[0].adapters, 5, "the host tier lost adapters");
+	cr_assert_eq(after.loads, mid.loads + 1, "a reload from the host tier read the disk "
+		     "(loads %llu -> %llu)", (unsigned long long)mid.loads,
+		     (unsigned long long)after.loads);
+	lorastore_close(conn);
+	cr_assert_eq(ls_daemon_stop(&dp), 0);
+}
+
+Test(device, a_thousand_adapters_are_resident_on_the_device_at_once, .timeout = 300)
+{
+	need_cuda(false);
+	static const char *const args[] = {"--device-budget", "1GiB", NULL};
+	start_device_daemon(args);
+	lorastore *conn = connect_ok();
+	/* One small adapter on disk, imported a thousand times under distinct names. */
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s/tiny", work_dir);
+	cr_assert_eq(mkdir(dir, 0755), 0);
+	struct synth_opts o = {.family = SYNTH_LLAMA, .layers = 1, .rank = 4, .seed = 99};
+	cr_assert_eq(synth_adapter_dir(dir, &o), 0);
+	char name[32];
+	lorastore_adapter *held[1000];
+	for (int i = 0; i < 1000; i++) {
+		snprintf(name, sizeof(name), "many/a%04d", i);
+		lorastore_import_opts io = {.name = name};
+		cr_assert_eq(lorastore_import_dir(conn, dir, &io, NULL), 0, "import %s: %s", name,
+			     lorastore_errmsg(conn));
+		held[i] = acquire_dev(conn, name, NULL);
+	}
+	lorastore_tier_stats t = device_stats(conn, NULL);
+	cr_assert_eq(t.adapters, 1000);
+	uint64_t h0 = adapter_hash(held[0]);
+	cr_assert_eq(adapter_hash(held[999]), h0, "the same bytes read differently");
+	for (int i = 0; i < 1000; i++)
+		cr_assert_eq(lorastore_adapter_release(held[i]), 0);
+	lorastore_close(conn);
+	cr_assert_eq(ls_daemon_stop(&dp), 0);
+}
+
+Test(device, deleting_a_device_leased_adapter_defers_until_release)
+{
+	need_cuda(false);
+	start_device_daemon(NULL);
+	lorastore *conn = connect_ok();
+	import_seed(conn, "dev/del", 5, 2, 256);
+	lorastore_adapter *ad = acquire_dev(conn, "dev/del", NULL);
+	uint64_t h = adapter_hash(ad);
+	cr_assert_eq(lorastore_delete(conn, "dev/del"), 0, "delete: %s", lorastore_errmsg(conn));
+	cr_assert_eq(adapter_hash(ad), h, "the leased device bytes changed after the delete");
+	cr_assert_eq(device_stats(conn, NULL).adapters, 1);
+	cr_assert_eq(lorastore_adapter_release(ad), 0);
+	cr_assert_eq(device_stats(conn, NULL).adapters, 0, "freed only at the last release");
+	lorastore_adapter *again = NULL;
+	cr_assert_eq(lorastore_acquire_tier(conn, "dev/del", LORASTORE_TIER_DEVICE, NULL, -1, &again),
+		     LORASTORE_E_NOT_FOUND);
+	lorastore_close(conn);
+	cr_assert_eq(ls_daemon_stop(&dp), 0);
+}
+
+#ifdef LS_HAVE_CUDRV
+static unsigned long long double_calls(void)
+{
+	void *lib = dlopen(LS_CUDA_DOUBLE_PATH, RTLD_NOW | RTLD_NOLOAD);
+	cr_assert_not_null(lib, "the driver double is not loaded in this process");
+	unsigned long long (*calls)(void) = (unsigned long long (*)(void))dlsym(lib, "ls_cuda_double_calls");
+	cr_assert_not_null(calls);
+	unsigned long long n = calls();
+	dlclose(lib);
+	return n;
+}
+#endif
+
+Test(device, a_warm_device_acquire_makes_no_driver_call)
+{
+	need_cuda(true);
+#ifdef LS_HAVE_CUDRV
+	start_device_daemon(NULL);
+	lorastore *conn = connect_ok();
+	import_seed(conn, "dev/warm", 6, 2, 256);
+	/* The first acquire on a connection imports the slab: not a warm one. */
+	lorastore_adapter *ad = acquire_dev(conn, "dev/warm", NULL);
+	cr_assert_eq(lorastore_adapter_release(ad), 0);
+	unsigned long long before = double_calls();
+	for (int i = 0; i < 100; i++) {
+		ad = acquire_dev(conn, "dev/warm", "");
+		lorastore_tensor t;
+		cr_assert_eq(lorastore_adapter_tensor_at(ad, 0, &t), 0);
+		cr_assert_eq(lorastore_adapter_release(ad), 0);
+	}
+	cr_assert_eq(double_calls(), before, "100 warm device acquires made %llu driver calls",
+		     double_calls() - before);
+	lorastore_close(conn);
+	cr_assert_eq(ls_daemon_stop(&dp), 0);
+#endif
+}
+
+Test(device, two_gpus_are_two_device_tiers_named_by_uuid)
+{
+	need_cuda(true);
+	setenv("LS_CUDA_DOUBLE_DEVICES", "2", 1);
+	start_device_daemon(NULL);
+	lorastore *conn = connect_ok();
+	import_seed(conn, "dev/two", 7, 2, 256);
+	lorastore_stats s = stats_of(conn);
+	cr_assert_eq(s.tier_count, 3, "host and two GPUs");
+	cr_assert_str_neq(s.tiers[1].device, s.tiers[2].device);
+	uint64_t want = host_hash(conn, "dev/two");
+	int ordinals[2];
+	for (int k = 0; k < 2; k++) {
+		lorastore_adapter *ad = acquire_dev(conn, "dev/two", s.tiers[1 + k].device);
+		lorastore_adapter_info info;
+		lorastore_adapter_info_get(ad, &info);
+		cr_assert_str_eq(info.device_uuid, s.tiers[1 + k].device);
+		ordinals[k] = info.device;
+		cr_assert_eq(adapter_hash(ad), want);
+		lorastore_adapter_release(ad);
+	}
+	cr_assert_neq(ordinals[0], ordinals[1]);
+	cr_assert_eq(device_stats(conn, s.tiers[1].device).adapters, 1);
+	cr_assert_eq(device_stats(conn, s.tiers[2].device).adapters, 1);
+	/* With two GPUs and no context current, the daemon cannot guess which. */
+	lorastore_adapter *ad = NULL;
+	int rc = lorastore_acquire_tier(conn, "dev/two", LORASTORE_TIER_DEVICE, "", -1, &ad);
+	cr_assert_eq(rc, LORASTORE_E_NOT_FOUND);
+	cr_assert(strstr(lorastore_errmsg(conn), "name the GPU"), "%s", lorastore_errmsg(conn));
+	lorastore_close(conn);
+	cr_assert_eq(ls_daemon_stop(&dp), 0);
+}
+
+/* ---- without a GPU */
+
+Test(device, backend_cuda_without_a_driver_fails_at_start_and_says_why)
+{
+	need_cuda(false);
+	setenv("LORASTORE_CUDA_DRIVER", "/nonexistent/libcuda.so.1", 1);
+	static const char *const args[] = {"--backend", "cuda", NULL};
+	cr_assert_neq(ls_daemon_start(&dp, NULL, args), 0, "started without a driver");
+	const char *log = daemon_log();
+	cr_assert(strstr(log, "--backend cuda") && strstr(log, "no NVIDIA driver"), "log:\n%s", log);
+}
+
+Test(device, auto_without_a_driver_serves_host_memory_and_refuses_the_device_tier)
+{
+	need_cuda(false);
+	setenv("LORASTORE_CUDA_DRIVER", "/nonexistent/libcuda.so.1", 1);
+	int rc = ls_daemon_start(&dp, NULL, NULL);
+	cr_assert_eq(rc, 0, "log:\n%s", daemon_log());
+	cr_assert(strstr(daemon_log(), "host memory only"), "log:\n%s", daemon_log());
+	lorastore *conn = connect_ok();
+	import_seed(conn, "dev/nogpu", 8, 2, 256);
+	cr_assert_eq(stats_of(conn).tier_count, 1);
+	lorastore_adapter *ad = NULL;
+	rc = lorastore_acquire_tier(conn, "dev/nogpu", LORASTORE_TIER_DEVICE, NULL, -1, &ad);
+	cr_assert_eq(rc, LORASTORE_E_BACKEND, "%s", lorastore_errmsg(conn));
+	cr_assert(strstr(lorastore_errmsg(conn), "no device tier"), "%s", lorastore_errmsg(conn));
+	host_hash(conn, "dev/nogpu");
+	lorastore_close(conn);
+	cr_assert_eq(ls_daemon_stop(&dp), 0);
+}
