@@ -106,6 +106,7 @@ struct bench_args {
 	bool keep;          /* leave the work directory in place */
 	const char *engines[2]; /* --event-loop of each daemon */
 	unsigned n_engines;
+	lorastore_tier tier;    /* --tier: host, or a GPU's memory */
 };
 
 /* The bytes of one acquire and one release, as liblorastore sends and receives them. */
@@ -152,7 +153,8 @@ static void bench_usage(FILE *f, const char *argv0)
 {
 	fprintf(f,
 		"usage: %s [--iters N] [--clients N] [--warmup N] [--layers N]\n"
-		"       [--event-loop auto|io_uring|epoll|both] [--dir DIR] [--keep]\n"
+		"       [--event-loop auto|io_uring|epoll|both] [--tier host|device] [--dir DIR]\n"
+		"       [--keep]\n"
 		"\n"
 		"Time warm lorastore_acquire + lorastore_adapter_release round trips on one\n"
 		"resident adapter (rank %d, %d wide, F16, q/k/v/o) with 1 client and with N\n"
@@ -167,6 +169,9 @@ static void bench_usage(FILE *f, const char *argv0)
 		"               the daemon's event-loop engine (default auto: the daemon's\n"
 		"               choice); both: one daemon per engine, their runs alternated\n"
 		"               with the floor's\n"
+		"  --tier T     host (default), or device: the adapter in the GPU's memory\n"
+		"               (the daemon's only GPU; LORASTORE_CUDA_DRIVER names the\n"
+		"               driver, as for lorastored)\n"
 		"  --dir DIR    create the work directory under DIR (default $TMPDIR or /tmp)\n"
 		"  --keep       keep the work directory (input, daemon state and log)\n"
 		"  --help       this text\n",
@@ -181,6 +186,7 @@ static int bench_parse(int argc, char **argv, struct bench_args *a)
 		{"warmup", required_argument, NULL, 'w'},
 		{"layers", required_argument, NULL, 'l'},
 		{"event-loop", required_argument, NULL, 'e'},
+		{"tier", required_argument, NULL, 't'},
 		{"dir", required_argument, NULL, 'd'},
 		{"keep", no_argument, NULL, 'k'},
 		{"help", no_argument, NULL, 'h'},
@@ -194,9 +200,10 @@ static int bench_parse(int argc, char **argv, struct bench_args *a)
 	a->keep = false;
 	a->engines[0] = "auto";
 	a->n_engines = 1;
+	a->tier = LORASTORE_TIER_HOST;
 	int c;
 	unsigned long long v;
-	while ((c = getopt_long(argc, argv, "n:c:w:l:e:d:kh", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "n:c:w:l:e:t:d:kh", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'n':
 			if (!bench_parse_num(optarg, 1, 10000000, &v)) {
@@ -230,6 +237,16 @@ static int bench_parse(int argc, char **argv, struct bench_args *a)
 			if (!bench_parse_engines(optarg, a->engines, &a->n_engines)) {
 				fprintf(stderr, "%s: --event-loop wants auto, io_uring, epoll or both\n",
 					argv[0]);
+				return 2;
+			}
+			break;
+		case 't':
+			if (strcmp(optarg, "host") == 0) {
+				a->tier = LORASTORE_TIER_HOST;
+			} else if (strcmp(optarg, "device") == 0) {
+				a->tier = LORASTORE_TIER_DEVICE;
+			} else {
+				fprintf(stderr, "%s: --tier wants host or device\n", argv[0]);
 				return 2;
 			}
 			break;
@@ -489,7 +506,7 @@ static void bench_ls_client(struct bench_gate *g, const char *sock, const struct
 	/* The first acquire brings the slab's descriptor and maps it; later ones do not. */
 	for (size_t i = 0; ok && i < a->warmup; i++) {
 		lorastore_adapter *ad = NULL;
-		rc = lorastore_acquire(conn, BENCH_NAME, -1, &ad);
+		rc = lorastore_acquire_tier(conn, BENCH_NAME, a->tier, NULL, -1, &ad);
 		if (rc == 0)
 			rc = lorastore_adapter_release(ad);
 		if (rc) {
@@ -506,7 +523,7 @@ static void bench_ls_client(struct bench_gate *g, const char *sock, const struct
 	for (size_t i = 0; i < a->iters; i++) {
 		lorastore_adapter *ad = NULL;
 		double t0 = bench_now();
-		rc = lorastore_acquire(conn, BENCH_NAME, -1, &ad);
+		rc = lorastore_acquire_tier(conn, BENCH_NAME, a->tier, NULL, -1, &ad);
 		double t1 = bench_now();
 		if (rc == 0)
 			rc = lorastore_adapter_release(ad);
@@ -698,12 +715,12 @@ static int bench_setup(const char *work, const char *sock, const struct bench_ar
 	lorastore_adapter *ad = NULL;
 	/* The first acquire maps the slab: not what a warm acquire costs. */
 	if (rc == 0)
-		rc = lorastore_acquire(conn, BENCH_NAME, -1, &ad);
+		rc = lorastore_acquire_tier(conn, BENCH_NAME, a->tier, NULL, -1, &ad);
 	if (rc == 0)
 		rc = lorastore_adapter_release(ad);
 	if (rc == 0) {
 		uint64_t tx = bench_tx, rx = bench_rx;
-		rc = lorastore_acquire(conn, BENCH_NAME, -1, &ad);
+		rc = lorastore_acquire_tier(conn, BENCH_NAME, a->tier, NULL, -1, &ad);
 		f->acq_req = (size_t)(bench_tx - tx);
 		f->acq_resp = (size_t)(bench_rx - rx);
 		if (rc == 0) {
@@ -727,6 +744,45 @@ static int bench_setup(const char *work, const char *sock, const struct bench_ar
 	}
 	lorastore_close(conn);
 	return rc ? -1 : 0;
+}
+
+/*
+ * bench_setup in a child process: the CUDA driver (which a device-tier
+ * acquire loads) does not survive a fork, and every client is forked from
+ * this process later.
+ */
+static int bench_setup_apart(const char *work, const char *sock, const struct bench_args *a,
+			     struct bench_frames *f, size_t *tensors, uint64_t *bytes)
+{
+	struct {
+		struct bench_frames f;
+		size_t tensors;
+		uint64_t bytes;
+	} out;
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) != 0)
+		return -1;
+	fflush(stdout);
+	fflush(stderr);
+	pid_t pid = fork();
+	if (pid == 0) {
+		close(p[0]);
+		memset(&out, 0, sizeof(out));
+		int rc = bench_setup(work, sock, a, &out.f, &out.tensors, &out.bytes);
+		_exit(rc == 0 && write(p[1], &out, sizeof(out)) == (ssize_t)sizeof(out) ? 0 : 1);
+	}
+	close(p[1]);
+	ssize_t n = pid > 0 ? read(p[0], &out, sizeof(out)) : -1;
+	close(p[0]);
+	int st = 1;
+	if (pid > 0)
+		waitpid(pid, &st, 0);
+	if (n != (ssize_t)sizeof(out) || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		return -1;
+	*f = out.f;
+	*tensors = out.tensors;
+	*bytes = out.bytes;
+	return 0;
 }
 
 int main(int argc, char **argv)
@@ -772,8 +828,9 @@ int main(int argc, char **argv)
 					     "--event-loop", args.engines[e], NULL};
 		if (ls_daemon_start(&d[e], ddir, dargs) != 0)
 			goto out;
-		snprintf(labels[e], sizeof(labels[e]), "lorastore (%s)", d[e].engine);
-		if (bench_setup(sub, d[e].socket, &args, &f, &tensors, &bytes) != 0)
+		snprintf(labels[e], sizeof(labels[e]), "lorastore (%s%s)", d[e].engine,
+			 args.tier == LORASTORE_TIER_DEVICE ? ", device" : "");
+		if (bench_setup_apart(sub, d[e].socket, &args, &f, &tensors, &bytes) != 0)
 			goto out;
 	}
 
@@ -792,9 +849,10 @@ int main(int argc, char **argv)
 			goto out;
 	}
 
-	printf("bench_acquire: warm acquire + release of one resident adapter (%d layers, rank %d, "
-	       "%d wide, F16; %zu tensors, %.2f MB)\n",
-	       args.layers, BENCH_RANK, BENCH_HIDDEN, tensors, (double)bytes / 1e6);
+	printf("bench_acquire: warm acquire + release of one resident adapter in %s memory (%d "
+	       "layers, rank %d, %d wide, F16; %zu tensors, %.2f MB)\n",
+	       args.tier == LORASTORE_TIER_DEVICE ? "GPU" : "host", args.layers, BENCH_RANK,
+	       BENCH_HIDDEN, tensors, (double)bytes / 1e6);
 	printf("frames (4-byte length + protobuf): acquire %zu B -> %zu B, release %zu B -> %zu B\n",
 	       f.acq_req, f.acq_resp, f.rel_req, f.rel_resp);
 	printf("%zu timed round trips per client after %zu warm-up; latencies in us, per round trip;\n"

@@ -122,9 +122,12 @@ LS_PUBLIC int lorastore_import_dir(lorastore *conn, const char *dir,
 	return 0;
 }
 
-/* A request whose body is a RefRequest and whose answer is done. */
+/*
+ * A request whose body is a RefRequest and whose answer is done; tier names
+ * a tier (NULL: the request's default), device its GPU.
+ */
 static int ls_ref_call(lorastore *conn, Lorastore__Request__BodyCase body, const char *what,
-		       const char *ref)
+		       const char *ref, const char *tier, const char *device)
 {
 	if (!conn)
 		return -EINVAL;
@@ -132,6 +135,13 @@ static int ls_ref_call(lorastore *conn, Lorastore__Request__BodyCase body, const
 		return ls_conn_error(conn, LS_E_NAME_INVALID, "%s: no adapter named", what);
 	Lorastore__RefRequest rr = LORASTORE__REF_REQUEST__INIT;
 	rr.ref = (char *)ref;
+	char current[48] = "";
+	if (tier) {
+		rr.tier = (char *)tier;
+		if (!device && strcmp(tier, "device") == 0)
+			ls_device_current_uuid(current, sizeof(current));
+		rr.device = (char *)(device ? device : current);
+	}
 	Lorastore__Request req = LORASTORE__REQUEST__INIT;
 	req.body_case = body;
 	switch (body) {
@@ -154,17 +164,40 @@ static int ls_ref_call(lorastore *conn, Lorastore__Request__BodyCase body, const
 
 LS_PUBLIC int lorastore_delete(lorastore *conn, const char *ref)
 {
-	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_DELETE, "delete", ref);
+	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_DELETE, "delete", ref, NULL, NULL);
 }
 
 LS_PUBLIC int lorastore_load(lorastore *conn, const char *ref)
 {
-	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_LOAD, "load", ref);
+	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_LOAD, "load", ref, NULL, NULL);
 }
 
 LS_PUBLIC int lorastore_evict(lorastore *conn, const char *ref)
 {
-	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_EVICT, "evict", ref);
+	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_EVICT, "evict", ref, NULL, NULL);
+}
+
+static const char *ls_tier_word(lorastore_tier tier)
+{
+	return tier == LORASTORE_TIER_DEVICE ? "device" : tier == LORASTORE_TIER_HOST ? "host" : NULL;
+}
+
+LS_PUBLIC int lorastore_load_tier(lorastore *conn, const char *ref, lorastore_tier tier,
+				  const char *device)
+{
+	if (!ls_tier_word(tier))
+		return -EINVAL;
+	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_LOAD, "load", ref, ls_tier_word(tier),
+			   device);
+}
+
+LS_PUBLIC int lorastore_evict_tier(lorastore *conn, const char *ref, lorastore_tier tier,
+				   const char *device)
+{
+	if (!ls_tier_word(tier))
+		return -EINVAL;
+	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_EVICT, "evict", ref, ls_tier_word(tier),
+			   device);
 }
 
 LS_PUBLIC int lorastore_verify(lorastore *conn, const char *ref, size_t *bad,

@@ -781,12 +781,25 @@ static void ls_on_evict(struct ls_session *s, Lorastore__Request *req)
 		ls_session_error(s, req->id, rc, "%s", err.msg);
 		return;
 	}
-	rc = ls_res_evict(&s->srv->res, rec->generation);
+	/* No tier named: every tier; else that tier alone. */
+	const char *tier_name = req->evict->tier;
+	struct ls_tier *tier = NULL;
+	if (tier_name && *tier_name) {
+		tier = ls_request_tier(s, req->id, tier_name, req->evict->device);
+		if (!tier) {
+			lorastore__version_record__free_unpacked(rec, NULL);
+			return;
+		}
+	}
+	rc = tier ? ls_res_evict_tier(tier, rec->generation)
+		  : ls_res_evict(&s->srv->res, rec->generation);
+	const char *where = tier ? ls_tier_kind_name(tier) : "any";
 	if (rc == -EBUSY)
-		ls_session_error(s, req->id, rc, "%s@%u is leased or loading", rec->name,
-				 rec->version);
+		ls_session_error(s, req->id, rc, "%s@%u is leased or loading (%s tier)", rec->name,
+				 rec->version, where);
 	else if (rc == LS_E_NOT_FOUND)
-		ls_session_error(s, req->id, rc, "%s@%u is not resident", rec->name, rec->version);
+		ls_session_error(s, req->id, rc, "%s@%u is not resident (%s tier)", rec->name,
+				 rec->version, where);
 	else
 		ls_send_done(s, req->id);
 	lorastore__version_record__free_unpacked(rec, NULL);

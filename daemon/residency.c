@@ -778,6 +778,18 @@ int ls_res_evict(struct ls_residency *r, uint64_t generation)
 	return 0;
 }
 
+int ls_res_evict_tier(struct ls_tier *t, uint64_t generation)
+{
+	struct ls_resident *e = ls_res_find(t, generation);
+	if (!e)
+		return LS_E_NOT_FOUND;
+	if (e->pins || e->state != LS_RES_RESIDENT)
+		return -EBUSY;
+	t->stats.evictions++;
+	ls_res_free_entry(e);
+	return 0;
+}
+
 void ls_res_deleted(struct ls_residency *r, uint64_t generation)
 {
 	for (uint32_t i = r->n_tiers; i-- > 0;) {

@@ -200,6 +200,9 @@ void ls_res_unpin(struct ls_resident *e);
  */
 int ls_res_evict(struct ls_residency *r, uint64_t generation);
 
+/* Evict a version from one tier: 0, -EBUSY (pinned or loading), LS_E_NOT_FOUND. */
+int ls_res_evict_tier(struct ls_tier *t, uint64_t generation);
+
 /* A version left the catalog: free it now in every tier, or when its last lease ends. */
 void ls_res_deleted(struct ls_residency *r, uint64_t generation);
 

@@ -428,8 +428,24 @@ int lorastore_delete(lorastore *conn, const char *ref);
 /* Make ref resident without taking a lease. */
 int lorastore_load(lorastore *conn, const char *ref);
 
-/* Evict ref from memory (refused while leases exist: -EBUSY). */
+/*
+ * The same in a tier (device: NULL names the GPU as lorastore_acquire_tier
+ * does).  Errors: those of lorastore_load, LORASTORE_E_BACKEND,
+ * LORASTORE_E_NOT_FOUND (no tier for that GPU).
+ */
+int lorastore_load_tier(lorastore *conn, const char *ref, lorastore_tier tier,
+			const char *device);
+
+/* Evict ref from memory, every tier (refused while leases exist: -EBUSY). */
 int lorastore_evict(lorastore *conn, const char *ref);
+
+/*
+ * Evict ref from one tier only (a device copy, keeping the host one as the
+ * staging cache).  Errors: those of lorastore_evict (-EBUSY also while a
+ * device load stages from the host copy), LORASTORE_E_BACKEND.
+ */
+int lorastore_evict_tier(lorastore *conn, const char *ref, lorastore_tier tier,
+			 const char *device);
 
 /*
  * Verify blobs (ref NULL: all).  *bad counts the broken versions; details

@@ -477,6 +477,35 @@ Test(device, deleting_a_device_leased_adapter_defers_until_release)
 	cr_assert_eq(ls_daemon_stop(&dp), 0);
 }
 
+Test(device, evicting_the_device_copy_keeps_the_host_copy_and_reloading_reads_no_disk)
+{
+	need_cuda(false);
+	start_device_daemon(NULL);
+	lorastore *conn = connect_ok();
+	import_seed(conn, "dev/tiers", 9, 2, 256);
+	cr_assert_eq(lorastore_load_tier(conn, "dev/tiers", LORASTORE_TIER_DEVICE, NULL), 0, "%s",
+		     lorastore_errmsg(conn));
+	lorastore_list *l = NULL;
+	cr_assert_eq(lorastore_show(conn, "dev/tiers", &l), 0);
+	cr_assert_str_eq(lorastore_list_entry(l, 0)->tier, "host,device");
+	lorastore_list_free(l);
+	cr_assert_eq(lorastore_evict_tier(conn, "dev/tiers", LORASTORE_TIER_DEVICE, NULL), 0, "%s",
+		     lorastore_errmsg(conn));
+	cr_assert_eq(device_stats(conn, NULL).adapters, 0);
+	cr_assert_eq(lorastore_show(conn, "dev/tiers", &l), 0);
+	cr_assert_str_eq(lorastore_list_entry(l, 0)->tier, "host");
+	lorastore_list_free(l);
+	cr_assert_eq(lorastore_evict_tier(conn, "dev/tiers", LORASTORE_TIER_DEVICE, NULL),
+		     LORASTORE_E_NOT_FOUND);
+	lorastore_stats before = stats_of(conn);
+	cr_assert_eq(lorastore_load_tier(conn, "dev/tiers", LORASTORE_TIER_DEVICE, NULL), 0);
+	lorastore_stats after = stats_of(conn);
+	cr_assert_eq(after.loads, before.loads + 1, "the reload read the disk again");
+	cr_assert_eq(after.tiers[0].adapters, 1);
+	lorastore_close(conn);
+	cr_assert_eq(ls_daemon_stop(&dp), 0);
+}
+
 #ifdef LS_HAVE_CUDRV
 static unsigned long long double_calls(void)
 {
