@@ -650,6 +650,39 @@ static void ls_pending_woken(struct ls_waiter *w, struct ls_resident *e, int rc,
 	free(p);
 }
 
+/* An acquire or load of a device tier for a version resident on the host tier. */
+static void ls_on_staged(struct ls_session *s, uint64_t id, struct ls_tier *tier,
+			 struct ls_resident *h, int64_t timeout_ms, bool lease)
+{
+	struct ls_err err;
+	struct ls_pending *p = calloc(1, sizeof(*p));
+	if (!p) {
+		ls_session_error(s, id, -ENOMEM, "out of memory");
+		return;
+	}
+	p->waiter.fn = ls_pending_woken;
+	p->session = s;
+	p->request_id = id;
+	p->lease = lease;
+	p->deadline_ms = timeout_ms > 0 ? ls_now_ms() + timeout_ms : -1;
+	struct ls_resident *e = NULL;
+	int rc = ls_res_request_staged(tier, h, &p->waiter, &e, &err);
+	if (rc == 1) {
+		p->next = s->pending;
+		if (s->pending)
+			s->pending->prev = p;
+		s->pending = p;
+		return;
+	}
+	free(p);
+	if (rc < 0)
+		ls_session_error(s, id, rc, "%s", err.msg);
+	else if (lease)
+		ls_grant(s, id, e);
+	else
+		ls_send_done(s, id);
+}
+
 static void ls_on_acquire_or_load(struct ls_session *s, uint64_t id, const char *ref,
 				  int64_t timeout_ms, bool lease, const char *tier_name,
 				  const char *device)
@@ -668,6 +701,14 @@ static void ls_on_acquire_or_load(struct ls_session *s, uint64_t id, const char 
 			ls_grant(s, id, warm);
 		else
 			ls_send_done(s, id);
+		return;
+	}
+	/* On the host tier and wanted on a device: no catalog read, no disk. */
+	struct ls_resident *staged = gen && tier->kind == LS_TIER_DEVICE && !warm
+					     ? ls_res_find(ls_res_host(&srv->res), gen)
+					     : NULL;
+	if (staged && staged->state == LS_RES_RESIDENT && !staged->deleted && timeout_ms != 0) {
+		ls_on_staged(s, id, tier, staged, timeout_ms, lease);
 		return;
 	}
 	Lorastore__VersionRecord *rec = NULL;

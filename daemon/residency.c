@@ -601,11 +601,16 @@ uint64_t ls_res_footprint(const Lorastore__VersionRecord *rec)
 	       ls_align_up(table, LS_BLOB_PAGE);
 }
 
-/* A new entry of tier t for rec, placed, its table written, in the tier's index. */
+/*
+ * A new entry of tier t, placed, its table written, in the tier's index: for
+ * rec, or (rec NULL) for the version of from, a resident entry of another
+ * tier whose table is copied.
+ */
 static int ls_entry_new(struct ls_tier *t, const Lorastore__VersionRecord *rec,
-			struct ls_resident **out, struct ls_err *err)
+			const struct ls_resident *from, struct ls_resident **out,
+			struct ls_err *err)
 {
-	size_t table = ls_table_size(rec);
+	size_t table = rec ? ls_table_size(rec) : from->table_length;
 	if (table == 0)
 		return ls_err_set(err, LS_E_CATALOG, "%s@%u: malformed catalog record", rec->name,
 				  rec->version);
@@ -614,14 +619,15 @@ static int ls_entry_new(struct ls_tier *t, const Lorastore__VersionRecord *rec,
 		return ls_err_set(err, -ENOMEM, "out of memory");
 	e->tier = t;
 	e->fd = -1;
-	e->generation = rec->generation;
-	e->data_length = ls_align_up(rec->data_length ? rec->data_length : 1, LS_BLOB_PAGE);
+	e->generation = rec ? rec->generation : from->generation;
+	e->data_length = rec ? ls_align_up(rec->data_length ? rec->data_length : 1, LS_BLOB_PAGE)
+			     : from->data_length;
 	e->table_length = table;
 	e->state = LS_RES_LOADING;
 	int rc;
 	if (t->kind == LS_TIER_HOST) {
 		/* The table right after the data, in the same extent. */
-		e->length = ls_res_footprint(rec);
+		e->length = e->data_length + ls_align_up(table, LS_BLOB_PAGE);
 		rc = ls_place(t, e->length, &e->slab, &e->offset, err);
 		e->table_slab = e->slab;
 		e->table_offset = e->offset + e->data_length;
@@ -643,14 +649,20 @@ static int ls_entry_new(struct ls_tier *t, const Lorastore__VersionRecord *rec,
 	struct ls_slab_slot *ts = ls_res_table_slab(e);
 	void *dst = ls_backend_host_ptr(t->owner->host_backend, &ts->slab, e->table_offset,
 					e->table_length);
-	rc = dst ? ls_table_write(rec, dst, e->table_length) : -EINVAL;
+	if (!dst)
+		rc = -EINVAL;
+	else if (rec)
+		rc = ls_table_write(rec, dst, e->table_length);
+	else
+		memcpy(dst, ls_res_table(from), e->table_length);
 	if (rc) {
+		uint64_t gen = e->generation;
 		ls_extents_free(&t->slabs[e->slab].ext, e->offset, e->length);
 		if (t->kind == LS_TIER_DEVICE)
 			ls_extents_free(&ts->ext, e->table_offset, ls_align_up(table, LS_BLOB_PAGE));
 		free(e);
-		return ls_err_set(err, rc, "%s@%u: writing its tensor table: %s", rec->name,
-				  rec->version, strerror(-rc));
+		return ls_err_set(err, rc, "generation %llu: writing its tensor table: %s",
+				  (unsigned long long)gen, strerror(-rc));
 	}
 	t->slabs[e->slab].adapters++;
 	t->used += e->length;
@@ -673,7 +685,7 @@ int ls_res_request(struct ls_tier *t, const Lorastore__VersionRecord *rec, struc
 	}
 	if (!e) {
 		t->stats.misses++;
-		int rc = ls_entry_new(t, rec, &e, err);
+		int rc = ls_entry_new(t, rec, NULL, &e, err);
 		if (rc)
 			return rc;
 		if (t->kind == LS_TIER_HOST) {
@@ -697,6 +709,44 @@ int ls_res_request(struct ls_tier *t, const Lorastore__VersionRecord *rec, struc
 		if (!(e = ls_res_find(t, rec->generation)))
 			return ls_err_set(err, LS_E_DEVICE, "%s@%u: the upload to GPU %s failed",
 					  rec->name, rec->version, t->uuid);
+		if (e->state == LS_RES_RESIDENT) {
+			*out = e;
+			return 0;
+		}
+	}
+	if (w) {
+		w->res = e;
+		w->prev = NULL;
+		w->next = e->waiters;
+		if (e->waiters)
+			e->waiters->prev = w;
+		e->waiters = w;
+	}
+	return 1;
+}
+
+int ls_res_request_staged(struct ls_tier *t, struct ls_resident *h, struct ls_waiter *w,
+			  struct ls_resident **out, struct ls_err *err)
+{
+	*out = NULL;
+	struct ls_resident *e = ls_res_find(t, h->generation);
+	if (e && e->state == LS_RES_RESIDENT) {
+		ls_res_touch(e);
+		*out = e;
+		return 0;
+	}
+	if (!e) {
+		t->stats.misses++;
+		int rc = ls_entry_new(t, NULL, h, &e, err);
+		if (rc)
+			return rc;
+		/* The host copy counts as used: it is the source of this upload. */
+		ls_res_touch(h);
+		uint64_t gen = h->generation;
+		ls_upload_start(e, h);
+		if (!(e = ls_res_find(t, gen)))
+			return ls_err_set(err, LS_E_DEVICE, "generation %llu: the upload to GPU %s "
+					  "failed", (unsigned long long)gen, t->uuid);
 		if (e->state == LS_RES_RESIDENT) {
 			*out = e;
 			return 0;

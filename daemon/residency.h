@@ -180,6 +180,14 @@ int ls_res_request(struct ls_tier *t, const Lorastore__VersionRecord *rec, struc
 		   struct ls_resident **out, struct ls_err *err);
 
 /*
+ * The same for a device tier t, of the version of h, resident on the host
+ * tier: no catalog record is needed (the table is copied from h's) and the
+ * data is uploaded from h.
+ */
+int ls_res_request_staged(struct ls_tier *t, struct ls_resident *h, struct ls_waiter *w,
+			  struct ls_resident **out, struct ls_err *err);
+
+/*
  * Bytes rec's version takes on the host tier: its data region and its table,
  * each to whole pages; 0 when rec is malformed.
  */
