@@ -9,8 +9,12 @@
  * read-only and reads adapters by offset.
  *
  * Uploads are cuMemcpyHtoDAsync on the backend's copy stream, from host
- * memory the residency registered as pinned; a host function queued after
- * each copy hands the finished upload to the loop through an eventfd.
+ * memory the residency registered as pinned, each followed by an event.  A
+ * completion thread waits on those events in order and hands each finished
+ * upload, with the result of its copy, to the loop through an eventfd.  (A
+ * host function queued after the copy did the same, but the driver runs
+ * host functions on a thread of its own after a delay: on an H200, 0.2 ms
+ * per copy, a sixth of a 67 MB upload.)
  *
  * Every call makes the GPU's primary context current on the calling thread
  * first: the loop thread owns the backend, and the driver's current context
@@ -57,7 +61,12 @@ struct ls_cuda {
 	uint64_t granularity;
 	int efd;                     /* readable when uploads finished */
 	pthread_mutex_t lock;
-	struct ls_upload *done_head, *done_tail;  /* finished uploads, under lock */
+	pthread_cond_t cond;
+	struct ls_upload *wait_head, *wait_tail;  /* copies in flight, in stream order */
+	struct ls_upload *done_head, *done_tail;  /* finished uploads */
+	bool stop;
+	bool thread_started;
+	pthread_t thread;            /* waits on the events of the copies in flight */
 };
 
 /* What a slab of this backend keeps. */
@@ -184,24 +193,44 @@ static void cuda_slab_free(void *ctx, struct ls_slab *slab)
 }
 
 /*
- * Runs on a driver thread once the copies queued before it are done: it
- * must not call the driver, only hand the upload to the loop.
+ * The completion thread: waits, in stream order, on the event recorded
+ * after each copy (spinning while a copy is in flight, per the context's
+ * default scheduling, which is what makes it prompt), then hands the upload
+ * and its result to the loop.
  */
-static void CUDA_CB cuda_copied(void *arg)
+static void *cuda_completions(void *arg)
 {
-	struct ls_upload *up = arg;
-	struct ls_cuda *c = up->owner;
+	struct ls_cuda *c = arg;
+	c->d->cuCtxSetCurrent(c->ctx);
 	pthread_mutex_lock(&c->lock);
-	if (c->done_tail)
-		c->done_tail->next = up;
-	else
-		c->done_head = up;
-	c->done_tail = up;
-	pthread_mutex_unlock(&c->lock);
-	uint64_t one = 1;
-	if (write(c->efd, &one, sizeof(one)) < 0) {
-		/* The counter cannot overflow at one write per upload. */
+	for (;;) {
+		while (!c->wait_head && !c->stop)
+			pthread_cond_wait(&c->cond, &c->lock);
+		struct ls_upload *up = c->wait_head;
+		if (!up)
+			break; /* stopping, nothing in flight */
+		pthread_mutex_unlock(&c->lock);
+		CUevent ev = (CUevent)up->owner;
+		CUresult r = c->d->cuEventSynchronize(ev);
+		c->d->cuEventDestroy(ev);
+		up->rc = r == CUDA_SUCCESS ? 0 : r == CUDA_ERROR_OUT_OF_MEMORY ? -ENOMEM : LS_E_DEVICE;
+		pthread_mutex_lock(&c->lock);
+		if (!(c->wait_head = up->next))
+			c->wait_tail = NULL;
+		up->next = NULL;
+		up->owner = NULL;
+		if (c->done_tail)
+			c->done_tail->next = up;
+		else
+			c->done_head = up;
+		c->done_tail = up;
+		uint64_t one = 1;
+		if (write(c->efd, &one, sizeof(one)) < 0) {
+			/* The counter cannot overflow at one write per upload. */
+		}
 	}
+	pthread_mutex_unlock(&c->lock);
+	return NULL;
 }
 
 static int cuda_upload(void *ctx, struct ls_slab *slab, uint64_t offset, const void *src,
@@ -212,9 +241,24 @@ static int cuda_upload(void *ctx, struct ls_slab *slab, uint64_t offset, const v
 	int rc = cuda_current(c, err);
 	if (rc)
 		return rc;
-	LS_CU(c->d, err, cuMemcpyHtoDAsync, s->va + offset, src, len, c->stream);
-	up->owner = c;
-	LS_CU(c->d, err, cuLaunchHostFunc, c->stream, cuda_copied, up);
+	CUevent ev;
+	LS_CU(c->d, err, cuEventCreate, &ev, CU_EVENT_DISABLE_TIMING);
+	CUresult r = c->d->cuMemcpyHtoDAsync(s->va + offset, src, len, c->stream);
+	if (r == CUDA_SUCCESS)
+		r = c->d->cuEventRecord(ev, c->stream);
+	if (r != CUDA_SUCCESS) {
+		c->d->cuEventDestroy(ev);
+		return ls_cudrv_fail(c->d, err, r, "cuMemcpyHtoDAsync", __FILE__, __LINE__);
+	}
+	up->owner = (void *)ev;
+	pthread_mutex_lock(&c->lock);
+	if (c->wait_tail)
+		c->wait_tail->next = up;
+	else
+		c->wait_head = up;
+	c->wait_tail = up;
+	pthread_cond_signal(&c->cond);
+	pthread_mutex_unlock(&c->lock);
 	return 0;
 }
 
@@ -280,6 +324,13 @@ static void cuda_destroy(void *ctx)
 {
 	struct ls_cuda *c = ctx;
 	struct ls_err err;
+	if (c->thread_started) {
+		pthread_mutex_lock(&c->lock);
+		c->stop = true;
+		pthread_cond_signal(&c->cond);
+		pthread_mutex_unlock(&c->lock);
+		pthread_join(c->thread, NULL);
+	}
 	if (c->stream && cuda_current(c, &err) == 0) {
 		c->d->cuStreamSynchronize(c->stream);
 		c->d->cuStreamDestroy(c->stream);
@@ -288,6 +339,7 @@ static void cuda_destroy(void *ctx)
 		c->d->cuDevicePrimaryCtxRelease(c->dev);
 	if (c->efd >= 0)
 		close(c->efd);
+	pthread_cond_destroy(&c->cond);
 	pthread_mutex_destroy(&c->lock);
 	free(c);
 }
@@ -370,6 +422,10 @@ static int cuda_setup(struct ls_cuda *c, struct ls_err *err)
 	      CU_MEM_ALLOC_GRANULARITY_RECOMMENDED);
 	c->granularity = g ? g : (2u << 20);
 	LS_CU(d, err, cuStreamCreate, &c->stream, CU_STREAM_NON_BLOCKING);
+	int rc = pthread_create(&c->thread, NULL, cuda_completions, c);
+	if (rc)
+		return ls_err_set(err, -rc, "the completion thread: %s", strerror(rc));
+	c->thread_started = true;
 	return 0;
 }
 
@@ -381,6 +437,7 @@ int ls_backend_cuda_create(int ordinal, struct ls_backend *out, struct ls_err *e
 	c->ordinal = ordinal;
 	c->efd = -1;
 	pthread_mutex_init(&c->lock, NULL);
+	pthread_cond_init(&c->cond, NULL);
 	int rc = ls_cudrv_load(&c->d, err);
 	if (rc == 0) {
 		c->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -391,6 +448,7 @@ int ls_backend_cuda_create(int ordinal, struct ls_backend *out, struct ls_err *e
 		if (c->d)
 			cuda_destroy(c);
 		else {
+			pthread_cond_destroy(&c->cond);
 			pthread_mutex_destroy(&c->lock);
 			free(c);
 		}

@@ -48,6 +48,7 @@
 	X(cuMemAddressReserve) X(cuMemAddressFree) X(cuMemMap) X(cuMemUnmap)              \
 	X(cuMemSetAccess) X(cuMemcpyHtoD) X(cuMemcpyDtoH) X(cuMemcpyHtoDAsync)            \
 	X(cuStreamCreate) X(cuStreamDestroy) X(cuStreamSynchronize) X(cuLaunchHostFunc)   \
+	X(cuEventCreate) X(cuEventRecord) X(cuEventSynchronize) X(cuEventDestroy)         \
 	X(cuMemHostRegister) X(cuMemHostUnregister)
 
 #define LS_CUDRV_MEMBER(fn) __typeof__(fn) *fn;

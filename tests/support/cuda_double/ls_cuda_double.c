@@ -1036,6 +1036,86 @@ LS_EXPORT CUresult CUDAAPI cuLaunchHostFunc(CUstream hStream, CUhostFn fn, void 
 	return ls_stream_push(s, fn, userData, 0, NULL, 0);
 }
 
+/* ---- Events ---- */
+
+/*
+ * An event completes when the work queued on its stream before each
+ * cuEventRecord has run: a marker queued behind that work counts it done.
+ */
+struct ls_event {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	unsigned long long recorded, completed;
+};
+
+static void ls_event_reached(void *arg)
+{
+	struct ls_event *e = arg;
+	pthread_mutex_lock(&e->mu);
+	e->completed++;
+	pthread_cond_broadcast(&e->cv);
+	pthread_mutex_unlock(&e->mu);
+}
+
+LS_EXPORT CUresult CUDAAPI cuEventCreate(CUevent *phEvent, unsigned int Flags)
+{
+	LS_TRY(ls_enter_ctx(NULL));
+	LS_ENSURE(phEvent, CUDA_ERROR_INVALID_VALUE);
+	(void)Flags; /* how a waiter waits (spin or block) changes nothing here */
+	struct ls_event *e = calloc(1, sizeof(*e));
+	LS_ENSURE(e, CUDA_ERROR_OUT_OF_MEMORY);
+	pthread_mutex_init(&e->mu, NULL);
+	pthread_cond_init(&e->cv, NULL);
+	*phEvent = (CUevent)(void *)e;
+	return CUDA_SUCCESS;
+}
+
+LS_EXPORT CUresult CUDAAPI cuEventRecord(CUevent hEvent, CUstream hStream)
+{
+	LS_TRY(ls_enter_ctx(NULL));
+	struct ls_event *e = (struct ls_event *)(void *)hEvent;
+	LS_ENSURE(e, CUDA_ERROR_INVALID_HANDLE);
+	struct ls_stream *s = hStream ? ls_stream_find(hStream) : NULL;
+	LS_ENSURE(s || !hStream, CUDA_ERROR_INVALID_HANDLE);
+	pthread_mutex_lock(&e->mu);
+	e->recorded++;
+	pthread_mutex_unlock(&e->mu);
+	if (!s) {
+		ls_event_reached(e); /* the legacy stream has nothing pending in the double */
+		return CUDA_SUCCESS;
+	}
+	return ls_stream_push(s, ls_event_reached, e, 0, NULL, 0);
+}
+
+LS_EXPORT CUresult CUDAAPI cuEventSynchronize(CUevent hEvent)
+{
+	LS_TRY(ls_enter());
+	struct ls_event *e = (struct ls_event *)(void *)hEvent;
+	LS_ENSURE(e, CUDA_ERROR_INVALID_HANDLE);
+	/* Never recorded: done at once, as on the real driver. */
+	pthread_mutex_lock(&e->mu);
+	while (e->completed < e->recorded)
+		pthread_cond_wait(&e->cv, &e->mu);
+	pthread_mutex_unlock(&e->mu);
+	return CUDA_SUCCESS;
+}
+
+LS_EXPORT CUresult CUDAAPI cuEventDestroy(CUevent hEvent)
+{
+	LS_TRY(ls_enter());
+	struct ls_event *e = (struct ls_event *)(void *)hEvent;
+	LS_ENSURE(e, CUDA_ERROR_INVALID_HANDLE);
+	/* The real driver frees it once its work is done; the double waits for that. */
+	pthread_mutex_lock(&e->mu);
+	while (e->completed < e->recorded)
+		pthread_cond_wait(&e->cv, &e->mu);
+	pthread_mutex_unlock(&e->mu);
+	pthread_cond_destroy(&e->cv);
+	pthread_mutex_destroy(&e->mu);
+	free(e);
+	return CUDA_SUCCESS;
+}
+
 /* ---- Pinned host memory ---- */
 
 LS_EXPORT CUresult CUDAAPI cuMemHostRegister(void *p, size_t bytesize, unsigned int Flags)
