@@ -80,14 +80,14 @@ static void ls_print_ls(const struct ls_pages *p)
 			if (len > w)
 				w = len;
 		}
-	printf("%-*s %7s  %-12s %5s %-6s %10s  %-6s %4s\n", w, "NAME", "VERSION", "DIGEST", "RANK",
+	printf("%-*s %7s  %-12s %5s %-6s %10s  %-11s %4s\n", w, "NAME", "VERSION", "DIGEST", "RANK",
 	       "DTYPE", "SIZE", "TIER", "PINS");
 	for (size_t i = 0; i < p->n; i++)
 		for (size_t j = 0; j < lorastore_list_count(p->pages[i]); j++) {
 			const lorastore_entry *e = lorastore_list_entry(p->pages[i], j);
 			char size[32];
 			ls_format_size(e->bytes, size, sizeof(size));
-			printf("%-*s %7u  %-12.12s %5u %-6s %10s  %-6s %4u\n", w, e->name, e->version,
+			printf("%-*s %7u  %-12.12s %5u %-6s %10s  %-11s %4u\n", w, e->name, e->version,
 			       e->digest, e->rank, e->dtype, size, e->tier, e->pins);
 		}
 }
@@ -296,12 +296,19 @@ static const char ls_load_help[] =
 	"    lorastore load - make an adapter version resident\n"
 	"\n"
 	"SYNOPSIS\n"
-	"    lorastore [--json] load NAME[@V]\n"
+	"    lorastore [--json] load [--tier host|device] [--device UUID] NAME[@V]\n"
 	"\n"
 	"DESCRIPTION\n"
 	"    Load NAME@V (the latest version without @V) into memory and wait until\n"
 	"    it is resident.  No lease is taken: it may be evicted again when space\n"
 	"    is needed.\n"
+	"\n"
+	"OPTIONS\n"
+	"    --tier host|device\n"
+	"        Host memory (the default), or a GPU's memory.\n"
+	"    --device UUID\n"
+	"        The GPU (GPU-..., as lorastore stats shows it); implies --tier\n"
+	"        device.  Without it, the daemon's only GPU.\n"
 	"\n" LS_EXIT_STATUS_TEXT;
 
 static const char ls_evict_help[] =
@@ -309,11 +316,18 @@ static const char ls_evict_help[] =
 	"    lorastore evict - drop an adapter version from memory\n"
 	"\n"
 	"SYNOPSIS\n"
-	"    lorastore [--json] evict NAME[@V]\n"
+	"    lorastore [--json] evict [--tier host|device] [--device UUID] NAME[@V]\n"
 	"\n"
 	"DESCRIPTION\n"
-	"    Evict NAME@V (the latest version without @V) from memory; it stays in\n"
-	"    the store.  Refused while a client holds it.  Needs an admin peer.\n"
+	"    Evict NAME@V (the latest version without @V) from memory, every tier;\n"
+	"    it stays in the store.  Refused while a client holds it.  Needs an\n"
+	"    admin peer.\n"
+	"\n"
+	"OPTIONS\n"
+	"    --tier host|device\n"
+	"        Evict from that tier only (a GPU's copy, keeping the host copy).\n"
+	"    --device UUID\n"
+	"        The GPU; implies --tier device.  Without it, the daemon's only GPU.\n"
 	"\n" LS_EXIT_STATUS_TEXT;
 
 static int ls_ref_cmd(const struct ls_cli *cli, const char *cmd, const char *help, const char *done,
@@ -347,14 +361,85 @@ int ls_cmd_rm(const struct ls_cli *cli, int argc, char **argv)
 	return ls_ref_cmd(cli, "rm", ls_rm_help, "deleted", lorastore_delete, argc, argv);
 }
 
+/*
+ * load and evict: [--tier host|device] [--device UUID] NAME[@V].  Without
+ * either option, fn (every tier for evict, host for load); with them,
+ * tier_fn on that tier.
+ */
+static int ls_tier_cmd(const struct ls_cli *cli, const char *cmd, const char *help,
+		       const char *done, int (*fn)(lorastore *, const char *),
+		       int (*tier_fn)(lorastore *, const char *, lorastore_tier, const char *),
+		       int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"tier", required_argument, NULL, 't'},
+		{"device", required_argument, NULL, 'd'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *tier = NULL, *device = NULL;
+	int c;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		if (c == 'h') {
+			fputs(help, stdout);
+			return LS_EXIT_OK;
+		}
+		if (c == 't' && (strcmp(optarg, "host") == 0 || strcmp(optarg, "device") == 0))
+			tier = optarg;
+		else if (c == 't')
+			return ls_cli_cmd_usage_error(cmd, "--tier takes host or device, not '%s'",
+						      optarg);
+		else if (c == 'd')
+			device = optarg;
+		else
+			return ls_cli_cmd_usage_error(cmd, "unknown or incomplete option '%s'",
+						      argv[optind - 1]);
+	}
+	if (device && tier && strcmp(tier, "host") == 0)
+		return ls_cli_cmd_usage_error(cmd, "--device names a GPU: not with --tier host");
+	if (argc - optind < 1)
+		return ls_cli_cmd_usage_error(cmd, "missing NAME[@V]");
+	if (argc - optind > 1)
+		return ls_cli_cmd_usage_error(cmd, "unexpected argument '%s'", argv[optind + 1]);
+	const char *ref = argv[optind];
+	lorastore *conn;
+	if (ls_cli_connect(cli, cmd, &conn))
+		return LS_EXIT_ERROR;
+	int rc;
+	if (!tier && !device)
+		rc = fn(conn, ref);
+	else if (device || strcmp(tier, "device") == 0)
+		/* "": the daemon's only GPU (NULL would load the driver here to ask). */
+		rc = tier_fn(conn, ref, LORASTORE_TIER_DEVICE, device ? device : "");
+	else
+		rc = tier_fn(conn, ref, LORASTORE_TIER_HOST, NULL);
+	int st;
+	if (rc) {
+		st = ls_cli_fail(cmd, conn, rc);
+	} else if (cli->json) {
+		cJSON *o = cJSON_CreateObject();
+		cJSON_AddStringToObject(o, "ref", ref);
+		cJSON_AddStringToObject(o, "result", done);
+		st = ls_json_emit(o);
+	} else {
+		printf("%s %s\n", done, ref);
+		st = LS_EXIT_OK;
+	}
+	lorastore_close(conn);
+	return st;
+}
+
 int ls_cmd_load(const struct ls_cli *cli, int argc, char **argv)
 {
-	return ls_ref_cmd(cli, "load", ls_load_help, "loaded", lorastore_load, argc, argv);
+	return ls_tier_cmd(cli, "load", ls_load_help, "loaded", lorastore_load,
+			   lorastore_load_tier, argc, argv);
 }
 
 int ls_cmd_evict(const struct ls_cli *cli, int argc, char **argv)
 {
-	return ls_ref_cmd(cli, "evict", ls_evict_help, "evicted", lorastore_evict, argc, argv);
+	return ls_tier_cmd(cli, "evict", ls_evict_help, "evicted", lorastore_evict,
+			   lorastore_evict_tier, argc, argv);
 }
 
 /* ---- stats */

@@ -506,6 +506,35 @@ Test(device, evicting_the_device_copy_keeps_the_host_copy_and_reloading_reads_no
 	cr_assert_eq(ls_daemon_stop(&dp), 0);
 }
 
+/* The CLI against the test's daemon; its exit status. */
+static int cli(const char *args)
+{
+	char cmd[1024];
+	snprintf(cmd, sizeof(cmd), "%s --socket %s %s >/dev/null 2>&1", ls_cli_binary(), dp.socket,
+		 args);
+	int st = system(cmd);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+Test(device, the_cli_loads_into_and_evicts_from_the_device_tier)
+{
+	need_cuda(false);
+	start_device_daemon(NULL);
+	lorastore *conn = connect_ok();
+	import_seed(conn, "dev/cli", 10, 2, 256);
+	cr_assert_eq(cli("load --tier device dev/cli"), 0);
+	cr_assert_eq(device_stats(conn, NULL).adapters, 1);
+	char args[128];
+	snprintf(args, sizeof(args), "evict --device %s dev/cli", device_stats(conn, NULL).device);
+	cr_assert_eq(cli(args), 0);
+	cr_assert_eq(device_stats(conn, NULL).adapters, 0);
+	cr_assert_eq(stats_of(conn).tiers[0].adapters, 1, "the host copy went too");
+	cr_assert_eq(cli("load --device GPU-00000000-0000-0000-0000-000000000000 dev/cli"), 1);
+	cr_assert_eq(cli("load --tier gpu dev/cli"), 2);
+	lorastore_close(conn);
+	cr_assert_eq(ls_daemon_stop(&dp), 0);
+}
+
 #ifdef LS_HAVE_CUDRV
 static unsigned long long double_calls(void)
 {
