@@ -28,6 +28,7 @@ struct ls_slab_map {
 	bool read_only;            /* device: mapped with read access only */
 	uint64_t handle;           /* device: the imported allocation */
 	char uuid[48];             /* device: its GPU */
+	void *import;              /* device: the process's import it shares (device.c) */
 };
 
 struct lorastore {
@@ -49,6 +50,7 @@ struct lorastore {
 	struct lorastore_adapter *adapters;
 
 	/* From the daemon's HelloReply. */
+	uint64_t instance;         /* the daemon's run: with a slab id, a slab's identity */
 	bool admin;
 	char backend[16];
 	char daemon_version[64];

@@ -2,10 +2,13 @@
  * liblorastore: device slabs, imported through the CUDA driver.
  *
  * A device tier's slab comes as a POSIX file descriptor of a CUDA VMM
- * allocation.  It is imported once per connection
+ * allocation.  It is imported once per process
  * (cuMemImportFromShareableHandle), mapped at an address reserved in the
  * process's unified address space, given read access for its GPU, and the
  * descriptor is closed: the imported handle and the mapping keep the memory.
+ * Connections of the process to the same daemon run share the import (a
+ * slab is named by the daemon's instance and its id); the last connection
+ * that holds it unmaps it.
  * The driver is loaded at run time (common/cuda/ls_cudrv.h) only when a
  * device tier is acquired, so liblorastore loads and serves host memory on
  * machines without CUDA.
@@ -45,7 +48,21 @@ void ls_device_current_uuid(char *buf, size_t cap)
 
 #else
 
+#include <pthread.h>
+#include <stdlib.h>
+
 #include "ls_cudrv.h"
+
+/* An import of this process, shared by its connections. */
+struct ls_dev_import {
+	struct ls_dev_import *next;
+	uint64_t instance;          /* 0: a daemon too old to name its run; never shared */
+	struct ls_slab_map m;       /* what a connection's slab map copies */
+	unsigned refs;              /* connections holding it */
+};
+
+static pthread_mutex_t ls_imports_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct ls_dev_import *ls_imports;
 
 void ls_device_current_uuid(char *buf, size_t cap)
 {
@@ -122,8 +139,9 @@ static void ls_device_undo(const struct ls_cudrv *d, struct ls_slab_map *m, int 
 		d->cuMemRelease((CUmemGenericAllocationHandle)m->handle);
 }
 
-int ls_device_import(lorastore *conn, uint32_t id, uint64_t size, int fd, const char *uuid,
-		     struct ls_slab_map *m)
+/* Import and map a slab for this process (fd closed here). */
+static int ls_device_import_new(lorastore *conn, uint32_t id, uint64_t size, int fd,
+				const char *uuid, struct ls_slab_map *m)
 {
 	const struct ls_cudrv *d;
 	struct ls_err err;
@@ -177,7 +195,42 @@ int ls_device_import(lorastore *conn, uint32_t id, uint64_t size, int fd, const 
 	return 0;
 }
 
-void ls_device_unmap(struct ls_slab_map *m)
+int ls_device_import(lorastore *conn, uint32_t id, uint64_t size, int fd, const char *uuid,
+		     struct ls_slab_map *m)
+{
+	pthread_mutex_lock(&ls_imports_lock);
+	struct ls_dev_import *imp = NULL;
+	for (imp = conn->instance ? ls_imports : NULL; imp; imp = imp->next)
+		if (imp->instance == conn->instance && imp->m.id == id && imp->m.size >= size)
+			break;
+	int rc = 0;
+	if (imp) {
+		close(fd); /* imported already, by another connection */
+	} else {
+		imp = calloc(1, sizeof(*imp));
+		if (!imp) {
+			close(fd);
+			rc = ls_conn_error(conn, -ENOMEM, "out of memory");
+		} else if ((rc = ls_device_import_new(conn, id, size, fd, uuid, &imp->m))) {
+			free(imp);
+			imp = NULL;
+		} else {
+			imp->instance = conn->instance;
+			imp->next = ls_imports;
+			ls_imports = imp;
+		}
+	}
+	if (imp) {
+		imp->refs++;
+		*m = imp->m;
+		m->import = imp;
+	}
+	pthread_mutex_unlock(&ls_imports_lock);
+	return rc;
+}
+
+/* Unmap and release an import nobody holds any more. */
+static void ls_device_unmap_now(struct ls_slab_map *m)
 {
 	const struct ls_cudrv *d;
 	struct ls_err err;
@@ -194,6 +247,23 @@ void ls_device_unmap(struct ls_slab_map *m)
 	d->cuCtxSetCurrent(prev);
 	d->cuDevicePrimaryCtxRelease(dev);
 	d->cuDevicePrimaryCtxRelease(dev);
+}
+
+void ls_device_unmap(struct ls_slab_map *m)
+{
+	pthread_mutex_lock(&ls_imports_lock);
+	struct ls_dev_import *imp = m->import;
+	if (imp && --imp->refs == 0) {
+		struct ls_dev_import **p = &ls_imports;
+		while (*p && *p != imp)
+			p = &(*p)->next;
+		if (*p)
+			*p = imp->next;
+		ls_device_unmap_now(&imp->m);
+		free(imp);
+	}
+	m->import = NULL;
+	pthread_mutex_unlock(&ls_imports_lock);
 }
 
 #endif

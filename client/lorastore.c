@@ -99,6 +99,7 @@ static int ls_hello(lorastore *c)
 				    LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_1);
 	}
 	c->admin = h->admin;
+	c->instance = h->instance;
 	snprintf(c->backend, sizeof(c->backend), "%s", h->backend ? h->backend : "");
 	snprintf(c->daemon_version, sizeof(c->daemon_version), "%s",
 		 h->daemon_version ? h->daemon_version : "");

@@ -129,6 +129,7 @@ static void ls_on_hello(struct ls_session *s, Lorastore__Request *req)
 	hr.daemon_version = LS_VERSION_STRING;
 	hr.admin = s->admin;
 	hr.backend = s->srv->n_devices ? "cuda" : "host";
+	hr.instance = s->srv->instance;
 	Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
 	resp.id = req->id;
 	resp.body_case = LORASTORE__RESPONSE__BODY_HELLO;

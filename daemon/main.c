@@ -8,10 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <systemd/sd-daemon.h>
@@ -267,6 +269,15 @@ int main(int argc, char **argv)
 	memset(&srv, 0, sizeof(srv));
 	srv.cfg = &cfg;
 	srv.listen_fd = srv.signal_fd = srv.workers_efd = -1;
+	/* Clients share imports of a slab within a process by (instance, slab id). */
+	if (getrandom(&srv.instance, sizeof(srv.instance), GRND_NONBLOCK) != sizeof(srv.instance)) {
+		struct timespec now;
+		clock_gettime(CLOCK_REALTIME, &now);
+		srv.instance = ((uint64_t)now.tv_sec << 30) ^ (uint64_t)now.tv_nsec ^
+			       ((uint64_t)getpid() << 48);
+	}
+	if (srv.instance == 0)
+		srv.instance = 1;
 	if (cfg.admin_group[0]) {
 		struct group *g = getgrnam(cfg.admin_group);
 		if (!g) {

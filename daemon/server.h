@@ -125,6 +125,7 @@ struct ls_server {
 	struct ls_session *sessions;
 	uint32_t n_sessions;
 	uint32_t next_session_id;
+	uint64_t instance;           /* random at start: names this run's slabs to clients */
 	uint64_t next_lease_id;
 	uint64_t leases;             /* held, all sessions */
 	bool stopping;

@@ -26,8 +26,9 @@
  *   daemon that serves GPUs, lorastore_acquire_tier with LORASTORE_TIER_DEVICE
  *   gives the copy in a GPU's memory: tensor pointers are then CUDA device
  *   addresses (CUdeviceptr values), for kernels, never to dereference on the
- *   CPU.  Each device slab is imported into the process once per connection
- *   and mapped into the process's unified address space with read access
+ *   CPU.  Each device slab is imported into the process once (connections
+ *   to the same daemon share it; the last one to close unmaps it) and
+ *   mapped into the process's unified address space with read access
  *   for that GPU, so the pointers are valid in every context of the process
  *   on that GPU (the primary context included).  A lease pins what the GPU
  *   reads: release it only after the kernels that read its tensors have

@@ -506,6 +506,33 @@ Test(device, evicting_the_device_copy_keeps_the_host_copy_and_reloading_reads_no
 	cr_assert_eq(ls_daemon_stop(&dp), 0);
 }
 
+Test(device, two_connections_of_one_process_share_one_import_of_a_slab)
+{
+	need_cuda(false);
+	start_device_daemon(NULL);
+	lorastore *c1 = connect_ok(), *c2 = connect_ok();
+	import_seed(c1, "dev/share", 11, 2, 256);
+	lorastore_adapter *a1 = acquire_dev(c1, "dev/share", NULL);
+	lorastore_adapter *a2 = acquire_dev(c2, "dev/share", NULL);
+	lorastore_tensor t1, t2;
+	cr_assert_eq(lorastore_adapter_tensor_at(a1, 0, &t1), 0);
+	cr_assert_eq(lorastore_adapter_tensor_at(a2, 0, &t2), 0);
+	cr_assert_eq(t1.data, t2.data, "each connection imported the slab again");
+	uint64_t h = adapter_hash(a2);
+	/* The first connection's close leaves the import to the second. */
+	lorastore_close(c1);
+	cr_assert_eq(adapter_hash(a2), h, "the shared import went with the first connection");
+	lorastore_adapter_release(a2);
+	lorastore_close(c2);
+	/* A new connection imports it afresh and reads the same bytes. */
+	lorastore *c3 = connect_ok();
+	lorastore_adapter *a3 = acquire_dev(c3, "dev/share", NULL);
+	cr_assert_eq(adapter_hash(a3), h);
+	lorastore_adapter_release(a3);
+	lorastore_close(c3);
+	cr_assert_eq(ls_daemon_stop(&dp), 0);
+}
+
 /* The CLI against the test's daemon; its exit status. */
 static int cli(const char *args)
 {
