@@ -330,17 +330,11 @@ static const char ls_evict_help[] =
 	"        The GPU; implies --tier device.  Without it, the daemon's only GPU.\n"
 	"\n" LS_EXIT_STATUS_TEXT;
 
-static int ls_ref_cmd(const struct ls_cli *cli, const char *cmd, const char *help, const char *done,
-		      int (*fn)(lorastore *, const char *), int argc, char **argv)
+/* Report a command on one reference (rc its result) and close conn; the exit status. */
+static int ls_ref_report(const struct ls_cli *cli, const char *cmd, const char *done,
+			 const char *ref, lorastore *conn, int rc)
 {
-	int st = ls_cli_parse_plain(cmd, help, argc, argv, 1, 1);
-	if (st >= 0)
-		return st;
-	const char *ref = argv[optind];
-	lorastore *conn;
-	if (ls_cli_connect(cli, cmd, &conn))
-		return LS_EXIT_ERROR;
-	int rc = fn(conn, ref);
+	int st;
 	if (rc) {
 		st = ls_cli_fail(cmd, conn, rc);
 	} else if (cli->json) {
@@ -354,6 +348,19 @@ static int ls_ref_cmd(const struct ls_cli *cli, const char *cmd, const char *hel
 	}
 	lorastore_close(conn);
 	return st;
+}
+
+static int ls_ref_cmd(const struct ls_cli *cli, const char *cmd, const char *help, const char *done,
+		      int (*fn)(lorastore *, const char *), int argc, char **argv)
+{
+	int st = ls_cli_parse_plain(cmd, help, argc, argv, 1, 1);
+	if (st >= 0)
+		return st;
+	const char *ref = argv[optind];
+	lorastore *conn;
+	if (ls_cli_connect(cli, cmd, &conn))
+		return LS_EXIT_ERROR;
+	return ls_ref_report(cli, cmd, done, ref, conn, fn(conn, ref));
 }
 
 int ls_cmd_rm(const struct ls_cli *cli, int argc, char **argv)
@@ -414,20 +421,7 @@ static int ls_tier_cmd(const struct ls_cli *cli, const char *cmd, const char *he
 		rc = tier_fn(conn, ref, LORASTORE_TIER_DEVICE, device ? device : "");
 	else
 		rc = tier_fn(conn, ref, LORASTORE_TIER_HOST, NULL);
-	int st;
-	if (rc) {
-		st = ls_cli_fail(cmd, conn, rc);
-	} else if (cli->json) {
-		cJSON *o = cJSON_CreateObject();
-		cJSON_AddStringToObject(o, "ref", ref);
-		cJSON_AddStringToObject(o, "result", done);
-		st = ls_json_emit(o);
-	} else {
-		printf("%s %s\n", done, ref);
-		st = LS_EXIT_OK;
-	}
-	lorastore_close(conn);
-	return st;
+	return ls_ref_report(cli, cmd, done, ref, conn, rc);
 }
 
 int ls_cmd_load(const struct ls_cli *cli, int argc, char **argv)

@@ -651,9 +651,14 @@ static void ls_pending_woken(struct ls_waiter *w, struct ls_resident *e, int rc,
 	free(p);
 }
 
-/* An acquire or load of a device tier for a version resident on the host tier. */
-static void ls_on_staged(struct ls_session *s, uint64_t id, struct ls_tier *tier,
-			 struct ls_resident *h, int64_t timeout_ms, bool lease)
+/*
+ * Make a version resident in tier, from rec, or (rec NULL) from the host
+ * tier's entry h, and answer the acquire or load: at once when it is
+ * resident, else when the load ends (or its deadline passes).
+ */
+static void ls_request_answer(struct ls_session *s, uint64_t id, struct ls_tier *tier,
+			      const Lorastore__VersionRecord *rec, struct ls_resident *h,
+			      int64_t timeout_ms, bool lease)
 {
 	struct ls_err err;
 	struct ls_pending *p = calloc(1, sizeof(*p));
@@ -667,7 +672,8 @@ static void ls_on_staged(struct ls_session *s, uint64_t id, struct ls_tier *tier
 	p->lease = lease;
 	p->deadline_ms = timeout_ms > 0 ? ls_now_ms() + timeout_ms : -1;
 	struct ls_resident *e = NULL;
-	int rc = ls_res_request_staged(tier, h, &p->waiter, &e, &err);
+	int rc = rec ? ls_res_request(tier, rec, &p->waiter, &e, &err)
+		     : ls_res_request_staged(tier, h, &p->waiter, &e, &err);
 	if (rc == 1) {
 		p->next = s->pending;
 		if (s->pending)
@@ -709,7 +715,7 @@ static void ls_on_acquire_or_load(struct ls_session *s, uint64_t id, const char 
 					     ? ls_res_find(ls_res_host(&srv->res), gen)
 					     : NULL;
 	if (staged && staged->state == LS_RES_RESIDENT && !staged->deleted && timeout_ms != 0) {
-		ls_on_staged(s, id, tier, staged, timeout_ms, lease);
+		ls_request_answer(s, id, tier, NULL, staged, timeout_ms, lease);
 		return;
 	}
 	Lorastore__VersionRecord *rec = NULL;
@@ -728,34 +734,8 @@ static void ls_on_acquire_or_load(struct ls_session *s, uint64_t id, const char 
 			return;
 		}
 	}
-	struct ls_pending *p = calloc(1, sizeof(*p));
-	if (!p) {
-		lorastore__version_record__free_unpacked(rec, NULL);
-		ls_session_error(s, id, -ENOMEM, "out of memory");
-		return;
-	}
-	p->waiter.fn = ls_pending_woken;
-	p->session = s;
-	p->request_id = id;
-	p->lease = lease;
-	p->deadline_ms = timeout_ms > 0 ? ls_now_ms() + timeout_ms : -1;
-	struct ls_resident *e = NULL;
-	rc = ls_res_request(tier, rec, &p->waiter, &e, &err);
+	ls_request_answer(s, id, tier, rec, NULL, timeout_ms, lease);
 	lorastore__version_record__free_unpacked(rec, NULL);
-	if (rc == 1) {
-		p->next = s->pending;
-		if (s->pending)
-			s->pending->prev = p;
-		s->pending = p;
-		return;
-	}
-	free(p);
-	if (rc < 0)
-		ls_session_error(s, id, rc, "%s", err.msg);
-	else if (lease)
-		ls_grant(s, id, e);
-	else
-		ls_send_done(s, id);
 }
 
 static void ls_on_release(struct ls_session *s, Lorastore__Request *req)

@@ -673,11 +673,16 @@ static int ls_entry_new(struct ls_tier *t, const Lorastore__VersionRecord *rec,
 	return 0;
 }
 
-int ls_res_request(struct ls_tier *t, const Lorastore__VersionRecord *rec, struct ls_waiter *w,
-		   struct ls_resident **out, struct ls_err *err)
+/*
+ * ls_res_request and ls_res_request_staged: make generation gen resident in
+ * tier t, from its record rec, or (rec NULL) by uploading the host entry h.
+ */
+static int ls_request(struct ls_tier *t, uint64_t gen, const Lorastore__VersionRecord *rec,
+		      struct ls_resident *h, struct ls_waiter *w, struct ls_resident **out,
+		      struct ls_err *err)
 {
 	*out = NULL;
-	struct ls_resident *e = ls_res_find(t, rec->generation);
+	struct ls_resident *e = ls_res_find(t, gen);
 	if (e && e->state == LS_RES_RESIDENT) {
 		ls_res_touch(e);
 		*out = e;
@@ -685,14 +690,17 @@ int ls_res_request(struct ls_tier *t, const Lorastore__VersionRecord *rec, struc
 	}
 	if (!e) {
 		t->stats.misses++;
-		int rc = ls_entry_new(t, rec, NULL, &e, err);
+		int rc = ls_entry_new(t, rec, h, &e, err);
 		if (rc)
 			return rc;
-		if (t->kind == LS_TIER_HOST) {
+		if (h) {
+			/* The host copy counts as used: it is the source of this upload. */
+			ls_res_touch(h);
+			ls_upload_start(e, h);
+		} else if (t->kind == LS_TIER_HOST) {
 			rc = ls_load_start(e, err);
 		} else {
 			/* Staged on the host tier, which reads the disk only if it must. */
-			struct ls_resident *h = NULL;
 			e->staging_wait.fn = ls_staging_ready;
 			rc = ls_res_request(ls_res_host(t->owner), rec, &e->staging_wait, &h, err);
 			if (rc == 0)
@@ -706,44 +714,6 @@ int ls_res_request(struct ls_tier *t, const Lorastore__VersionRecord *rec, struc
 			return rc;
 		}
 		/* An upload can fail at once: the entry is gone then. */
-		if (!(e = ls_res_find(t, rec->generation)))
-			return ls_err_set(err, LS_E_DEVICE, "%s@%u: the upload to GPU %s failed",
-					  rec->name, rec->version, t->uuid);
-		if (e->state == LS_RES_RESIDENT) {
-			*out = e;
-			return 0;
-		}
-	}
-	if (w) {
-		w->res = e;
-		w->prev = NULL;
-		w->next = e->waiters;
-		if (e->waiters)
-			e->waiters->prev = w;
-		e->waiters = w;
-	}
-	return 1;
-}
-
-int ls_res_request_staged(struct ls_tier *t, struct ls_resident *h, struct ls_waiter *w,
-			  struct ls_resident **out, struct ls_err *err)
-{
-	*out = NULL;
-	struct ls_resident *e = ls_res_find(t, h->generation);
-	if (e && e->state == LS_RES_RESIDENT) {
-		ls_res_touch(e);
-		*out = e;
-		return 0;
-	}
-	if (!e) {
-		t->stats.misses++;
-		int rc = ls_entry_new(t, NULL, h, &e, err);
-		if (rc)
-			return rc;
-		/* The host copy counts as used: it is the source of this upload. */
-		ls_res_touch(h);
-		uint64_t gen = h->generation;
-		ls_upload_start(e, h);
 		if (!(e = ls_res_find(t, gen)))
 			return ls_err_set(err, LS_E_DEVICE, "generation %llu: the upload to GPU %s "
 					  "failed", (unsigned long long)gen, t->uuid);
@@ -761,6 +731,18 @@ int ls_res_request_staged(struct ls_tier *t, struct ls_resident *h, struct ls_wa
 		e->waiters = w;
 	}
 	return 1;
+}
+
+int ls_res_request(struct ls_tier *t, const Lorastore__VersionRecord *rec, struct ls_waiter *w,
+		   struct ls_resident **out, struct ls_err *err)
+{
+	return ls_request(t, rec->generation, rec, NULL, w, out, err);
+}
+
+int ls_res_request_staged(struct ls_tier *t, struct ls_resident *h, struct ls_waiter *w,
+			  struct ls_resident **out, struct ls_err *err)
+{
+	return ls_request(t, h->generation, NULL, h, w, out, err);
 }
 
 void ls_res_touch(struct ls_resident *e)
