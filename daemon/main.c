@@ -195,6 +195,9 @@ static bool ls_device_selected(const char *list, const struct ls_cuda_device *de
  * The device tiers: one per selected, usable GPU.  auto without any logs why
  * and serves host memory; cuda without any fails.
  */
+_Static_assert(LS_CUDA_MAX_DEVICES <= LS_RES_MAX_TIERS - 1,
+	       "every GPU the driver lists can have a device tier");
+
 static int ls_setup_devices(struct ls_server *srv)
 {
 	struct ls_config *cfg = srv->cfg;

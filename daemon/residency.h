@@ -103,6 +103,9 @@ struct ls_residency_stats {
 
 enum ls_tier_kind { LS_TIER_HOST, LS_TIER_DEVICE };
 
+/* Tiers at most: host, and one per GPU of an 8-GPU node. */
+#define LS_RES_MAX_TIERS 9
+
 struct ls_tier {
 	struct ls_residency *owner;
 	enum ls_tier_kind kind;
@@ -136,12 +139,10 @@ struct ls_residency {
 	struct ls_backend *host_backend;      /* of the host tier and device tiers' tables */
 	struct ls_backend *register_backend;  /* pins host slabs for uploads, or NULL */
 	uint32_t n_tiers;
-	struct ls_tier tiers[9];              /* [0] host, then one per GPU */
+	struct ls_tier tiers[LS_RES_MAX_TIERS]; /* [0] host, then one per GPU */
 	uint32_t next_slab_id;                /* slab ids are unique across tiers */
 	bool direct_io;                       /* O_DIRECT reads work on this filesystem */
 };
-
-#define LS_RES_MAX_TIERS 9
 
 /* The residency with its host tier (budget in bytes). */
 int ls_residency_init(struct ls_residency *r, struct ls_backend *host_backend,

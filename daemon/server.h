@@ -108,7 +108,7 @@ struct ls_server {
 	uint64_t workers_count;
 	struct ls_store *store;
 	struct ls_backend backend;   /* host memory */
-	struct ls_backend devices[8];/* one per GPU served, in the order of the device tiers */
+	struct ls_backend devices[LS_RES_MAX_TIERS - 1]; /* one per GPU served, as the device tiers */
 	unsigned n_devices;
 	struct ls_residency res;
 
