@@ -26,6 +26,7 @@ static const char ls_usage[] =
 	"                         is; cuda does the same but fails at start without\n"
 	"                         a usable GPU; host serves host memory only\n"
 	"  --host-budget SIZE     bytes of resident adapters in host memory (default 1GiB)\n"
+	"  --host-slab-size SIZE  bytes of one host slab (default 256MiB)\n"
 	"  --device-budget SIZE|N%\n"
 	"                         bytes of resident adapters in each GPU's memory, or\n"
 	"                         a percentage of its free memory at start (default\n"
@@ -35,6 +36,13 @@ static const char ls_usage[] =
 	"  --device-slab-size SIZE\n"
 	"                         bytes of one device slab, a multiple of the GPU's\n"
 	"                         allocation granularity (default 256MiB)\n"
+	"                         Adapters are packed best fit across a tier's slabs;\n"
+	"                         where the regular slabs are full, one more slab is\n"
+	"                         sized to what the budget has left, so that an\n"
+	"                         adapter is evicted only when the budget has no room.\n"
+	"                         A tier's slabs total at most its budget plus one\n"
+	"                         slab (the space between adapters that cannot be\n"
+	"                         used); stats shows both\n"
 	"  --client-pin-limit SIZE\n"
 	"                         bytes one connection may hold leased (default 0: the\n"
 	"                         whole budget)\n"
@@ -72,6 +80,7 @@ enum {
 	OPT_EVENT_LOOP,
 	OPT_DEVICES,
 	OPT_DEVICE_SLAB,
+	OPT_HOST_SLAB,
 	OPT_VERSION,
 };
 
@@ -89,6 +98,7 @@ static const struct option ls_options[] = {
 	{"event-loop", required_argument, NULL, OPT_EVENT_LOOP},
 	{"devices", required_argument, NULL, OPT_DEVICES},
 	{"device-slab-size", required_argument, NULL, OPT_DEVICE_SLAB},
+	{"host-slab-size", required_argument, NULL, OPT_HOST_SLAB},
 	{"help", no_argument, NULL, 'h'},
 	{"version", no_argument, NULL, OPT_VERSION},
 	{NULL, 0, NULL, 0},
@@ -147,6 +157,7 @@ void ls_config_defaults(struct ls_config *c)
 	c->host_budget = 1ull << 30;
 	c->device_budget = 4ull << 30;
 	c->device_slab_size = 256ull << 20;
+	c->host_slab_size = 256ull << 20;
 	snprintf(c->devices, sizeof(c->devices), "all");
 	c->log_level = LS_LOG_INFO;
 	c->workers = 2;
@@ -198,11 +209,14 @@ static int ls_config_apply(struct ls_config *c, int opt, const char *val, const 
 		break;
 	}
 	case OPT_DEVICE_SLAB:
+	case OPT_HOST_SLAB:
 		rc = ls_size_parse(val, &size);
 		if (rc == 0 && size == 0)
 			rc = -EINVAL;
-		if (rc == 0)
+		if (rc == 0 && opt == OPT_DEVICE_SLAB)
 			c->device_slab_size = size;
+		else if (rc == 0)
+			c->host_slab_size = size;
 		break;
 	case OPT_DEVICES:
 		rc = !*val || snprintf(c->devices, sizeof(c->devices), "%s", val) >=

@@ -19,6 +19,7 @@ struct ls_config {
 	uint64_t device_budget;          /* bytes per GPU; --device-budget / device-budget */
 	unsigned device_budget_pct;      /* or this % of each GPU's free memory (0: bytes) */
 	uint64_t device_slab_size;       /* bytes of a regular device slab */
+	uint64_t host_slab_size;         /* bytes of a regular host slab */
 	char devices[512];               /* --devices: "all", or ordinals and UUIDs, commas */
 	uint64_t client_pin_limit;       /* bytes one connection may pin; 0: no limit */
 	char admin_group[64];            /* --admin-group / admin-group; "" for none */

@@ -59,47 +59,95 @@ int ls_extents_init(struct ls_extents *e, uint64_t size)
 	return 0;
 }
 
+/*
+ * Where len bytes aligned to align would go in free range i: the start, and
+ * the bytes of the range left over; false when they do not fit.
+ */
+static bool extents_fit(const struct ls_extents *e, size_t i, uint64_t len, uint64_t align,
+			uint64_t *start, uint64_t *slack)
+{
+	struct ls_extent r = e->free[i];
+	uint64_t end = r.off + r.len; /* <= size, cannot overflow */
+	if (r.off > UINT64_MAX - (align - 1))
+		return false;
+	uint64_t s = (r.off + align - 1) & ~(align - 1);
+	if (s >= end || len > end - s)
+		return false;
+	*start = s;
+	*slack = r.len - len;
+	return true;
+}
+
+/* The best fit's range index (count when none fits), its start and its slack. */
+static size_t extents_best(const struct ls_extents *e, uint64_t len, uint64_t align,
+			   uint64_t *start, uint64_t *slack)
+{
+	size_t best = e->count;
+	uint64_t best_start = 0, best_slack = UINT64_MAX;
+	for (size_t i = 0; i < e->count; i++) {
+		uint64_t s, k;
+		if (extents_fit(e, i, len, align, &s, &k) && k < best_slack) {
+			best = i;
+			best_start = s;
+			best_slack = k;
+			if (k == 0)
+				break;
+		}
+	}
+	*start = best_start;
+	*slack = best_slack;
+	return best;
+}
+
+static bool extents_args_ok(uint64_t len, uint64_t *align)
+{
+	if (*align == 0)
+		*align = 1;
+	return len != 0 && (*align & (*align - 1)) == 0;
+}
+
+uint64_t ls_extents_best_slack(const struct ls_extents *e, uint64_t len, uint64_t align)
+{
+	if (!extents_args_ok(len, &align))
+		return UINT64_MAX;
+	uint64_t start, slack;
+	extents_best(e, len, align, &start, &slack);
+	return slack;
+}
+
 int ls_extents_alloc(struct ls_extents *e, uint64_t len, uint64_t align, uint64_t *off)
 {
-	if (align == 0)
-		align = 1;
-	if (len == 0 || (align & (align - 1)) != 0)
+	if (!extents_args_ok(len, &align))
 		return -EINVAL;
+	uint64_t start, slack;
+	size_t i = extents_best(e, len, align, &start, &slack);
+	if (i == e->count)
+		return -ENOSPC;
 
-	for (size_t i = 0; i < e->count; i++) {
-		struct ls_extent r = e->free[i];
-		uint64_t end = r.off + r.len; /* <= size, cannot overflow */
-		if (r.off > UINT64_MAX - (align - 1))
-			continue;
-		uint64_t start = (r.off + align - 1) & ~(align - 1);
-		if (start >= end || len > end - start)
-			continue;
-
-		/*
-		 * Cutting [start, start + len) out of r leaves a head
-		 * [r.off, start) and a tail [start + len, end), either possibly
-		 * empty.  Only both at once add a range, and need room first.
-		 */
-		uint64_t head = start - r.off;
-		uint64_t tail = end - (start + len);
-		if (head > 0 && tail > 0) {
-			if (extents_reserve_one(e) < 0)
-				return -ENOMEM;
-			e->free[i].len = head;
-			extents_insert(e, i + 1,
-				       (struct ls_extent){ .off = start + len, .len = tail });
-		} else if (head > 0) {
-			e->free[i].len = head;
-		} else if (tail > 0) {
-			e->free[i] = (struct ls_extent){ .off = start + len, .len = tail };
-		} else {
-			extents_remove(e, i);
-		}
-		e->free_bytes -= len;
-		*off = start;
-		return 0;
+	/*
+	 * Cutting [start, start + len) out of r leaves a head [r.off, start)
+	 * and a tail [start + len, end), either possibly empty.  Only both at
+	 * once add a range, and need room first.
+	 */
+	struct ls_extent r = e->free[i];
+	uint64_t end = r.off + r.len;
+	uint64_t head = start - r.off;
+	uint64_t tail = end - (start + len);
+	if (head > 0 && tail > 0) {
+		if (extents_reserve_one(e) < 0)
+			return -ENOMEM;
+		e->free[i].len = head;
+		extents_insert(e, i + 1, (struct ls_extent){ .off = start + len, .len = tail });
+	} else if (head > 0) {
+		e->free[i].len = head;
+	} else if (tail > 0) {
+		e->free[i] = (struct ls_extent){ .off = start + len, .len = tail };
+	} else {
+		extents_remove(e, i);
 	}
-	return -ENOSPC;
+	e->free_bytes -= len;
+	*off = start;
+	return 0;
 }
 
 /* Index of the first free range with off > x (count if none). */

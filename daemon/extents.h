@@ -6,7 +6,8 @@
  * space is kept as a sorted array of disjoint, non-adjacent ranges, so that
  * a slab with n free ranges costs:
  *
- *   ls_extents_alloc         O(n) first-fit scan, plus O(n) to insert a split
+ *   ls_extents_alloc         O(n) best-fit scan, plus O(n) to insert a split
+ *   ls_extents_best_slack    O(n)
  *   ls_extents_free          O(log n) search, plus O(n) to insert or merge
  *   ls_extents_free_bytes    O(1)
  *   ls_extents_largest_free  O(n)
@@ -39,9 +40,11 @@ struct ls_extents {
 int ls_extents_init(struct ls_extents *e, uint64_t size);
 
 /*
- * Take len bytes at the lowest offset that is a multiple of align and where
- * len bytes are free (first fit); the offset goes to *off.  align is a
- * power of two, counted from the start of the slab; 0 means 1.
+ * Take len bytes at an offset that is a multiple of align, from the free
+ * range that leaves the fewest bytes over (best fit; the lowest such range
+ * on a tie), at the lowest aligned offset in it; the offset goes to *off.
+ * Best fit keeps large ranges whole for large adapters.  align is a power
+ * of two, counted from the start of the slab; 0 means 1.
  * 0; -EINVAL if len is 0 or align not a power of two; -ENOSPC if no free
  * range fits; -ENOMEM if the free list could not grow (nothing changed).
  */
@@ -55,6 +58,13 @@ int ls_extents_alloc(struct ls_extents *e, uint64_t len, uint64_t align, uint64_
  * never handed out but is entirely in use cannot be detected here.
  */
 int ls_extents_free(struct ls_extents *e, uint64_t off, uint64_t len);
+
+/*
+ * The bytes ls_extents_alloc would leave over in the range it would take
+ * (0: an exact fit); UINT64_MAX when nothing fits or the arguments are bad.
+ * Nothing changes: it lets a caller pick the best of several slabs.
+ */
+uint64_t ls_extents_best_slack(const struct ls_extents *e, uint64_t len, uint64_t align);
 
 /* Total free bytes. */
 uint64_t ls_extents_free_bytes(const struct ls_extents *e);

@@ -317,8 +317,8 @@ int main(int argc, char **argv)
 		ls_error("event loop: %s", err.msg);
 		goto out;
 	}
-	if (ls_residency_init(&srv.res, &srv.backend, cfg.host_budget, &srv.loop, srv.workers,
-			      srv.store, &err)) {
+	if (ls_residency_init(&srv.res, &srv.backend, cfg.host_budget, cfg.host_slab_size,
+			      &srv.loop, srv.workers, srv.store, &err)) {
 		ls_error("%s", err.msg);
 		goto out;
 	}

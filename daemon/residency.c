@@ -14,8 +14,6 @@
 
 #include "log.h"
 
-/* A regular host slab: large enough for many adapters, small enough to share well. */
-#define LS_SLAB_DEFAULT (256ull << 20)
 /* A table slab of a device tier (host memory): tables are kilobytes each. */
 #define LS_TABLE_SLAB (8ull << 20)
 #define LS_RES_BUCKETS 4096u
@@ -35,6 +33,13 @@ static int ls_tier_init(struct ls_residency *r, struct ls_tier *t, enum ls_tier_
 	t->slab_size = ls_align_up(budget < slab_size ? budget : slab_size, gran);
 	if (t->slab_size == 0)
 		t->slab_size = gran;
+	/*
+	 * Slabs may total more than the budget by one regular slab: adapters
+	 * of mixed sizes leave gaps at slab ends that no adapter fits, and the
+	 * slab sized to what the budget has left makes up for them, so that
+	 * admission stays by the adapters' bytes.
+	 */
+	t->slab_limit = ls_align_up(budget, gran) + t->slab_size;
 	t->n_buckets = LS_RES_BUCKETS;
 	t->buckets = calloc(t->n_buckets, sizeof(*t->buckets));
 	if (!t->buckets)
@@ -43,8 +48,8 @@ static int ls_tier_init(struct ls_residency *r, struct ls_tier *t, enum ls_tier_
 }
 
 int ls_residency_init(struct ls_residency *r, struct ls_backend *host_backend,
-		      uint64_t host_budget, struct ls_loop *loop, struct ls_workers *workers,
-		      struct ls_store *store, struct ls_err *err)
+		      uint64_t host_budget, uint64_t host_slab_size, struct ls_loop *loop,
+		      struct ls_workers *workers, struct ls_store *store, struct ls_err *err)
 {
 	memset(r, 0, sizeof(*r));
 	r->host_backend = host_backend;
@@ -54,7 +59,7 @@ int ls_residency_init(struct ls_residency *r, struct ls_backend *host_backend,
 	r->direct_io = true;
 	r->n_tiers = 1;
 	return ls_tier_init(r, &r->tiers[0], LS_TIER_HOST, host_backend, host_budget,
-			    LS_SLAB_DEFAULT, err);
+			    host_slab_size, err);
 }
 
 /* Pin a host slab with the driver of the first device tier, so uploads from it run fast. */
@@ -298,7 +303,41 @@ static int ls_slab_add(struct ls_tier *t, struct ls_backend *b, struct ls_slab_s
 	return 0;
 }
 
-/* Find room for len bytes of data in tier t: evict as needed; allocate a slab when allowed. */
+/*
+ * The size of a new data slab for len bytes in tier t, or 0 when the slabs
+ * may not grow: regular, or what the budget has left when that is less (the
+ * last slab), never less than len, all to the backend's granularity.
+ */
+static uint64_t ls_new_slab_size(const struct ls_tier *t, uint64_t len)
+{
+	uint64_t gran = ls_backend_granularity(t->backend);
+	uint64_t need = ls_align_up(len, gran);
+	uint64_t left = ls_align_up(t->budget - t->used, gran);
+	uint64_t size = left < t->slab_size ? left : t->slab_size;
+	if (size < need)
+		size = need;
+	return t->slab_bytes + size <= t->slab_limit ? size : 0;
+}
+
+/* The slab whose best fit for len leaves the fewest bytes over, or UINT32_MAX. */
+static uint32_t ls_best_slab(const struct ls_tier *t, uint64_t len)
+{
+	uint32_t best = UINT32_MAX;
+	uint64_t best_slack = UINT64_MAX;
+	for (uint32_t i = 0; i < t->n_slabs && best_slack; i++) {
+		uint64_t k = ls_extents_best_slack(&t->slabs[i].ext, len, LS_BLOB_PAGE);
+		if (k < best_slack) {
+			best = i;
+			best_slack = k;
+		}
+	}
+	return best;
+}
+
+/*
+ * Find room for len bytes of data in tier t: the best fit across its slabs,
+ * else a new slab, else evict the least recently used and try again.
+ */
 static int ls_place(struct ls_tier *t, uint64_t len, uint32_t *slab, uint64_t *offset,
 		    struct ls_err *err)
 {
@@ -313,26 +352,32 @@ static int ls_place(struct ls_tier *t, uint64_t len, uint32_t *slab, uint64_t *o
 					  "the %s budget of %llu bytes is held by pinned adapters",
 					  ls_tier_kind_name(t), (unsigned long long)t->budget);
 	for (;;) {
-		for (uint32_t i = 0; i < t->n_slabs; i++)
-			if (ls_extents_alloc(&t->slabs[i].ext, len, LS_BLOB_PAGE, offset) == 0) {
-				*slab = i;
-				return 0;
-			}
-		/* A new slab, as long as all slabs together stay within the budget. */
-		uint64_t gran = ls_backend_granularity(t->backend);
-		uint64_t size = ls_align_up(len > t->slab_size ? len : t->slab_size, gran);
-		uint64_t cap = ls_align_up(t->budget, gran);
-		if (t->slab_bytes + size > cap && len <= t->slab_size &&
-		    t->slab_bytes + ls_align_up(len, gran) <= cap)
-			size = ls_align_up(len, gran);
-		if (t->slab_bytes + size <= cap) {
-			int rc = ls_slab_add(t, t->backend, &t->slabs, &t->n_slabs, size, err);
-			if (rc)
-				return rc;
-			t->slab_bytes += t->slabs[t->n_slabs - 1].slab.size;
-			continue;
+		uint32_t i = ls_best_slab(t, len);
+		if (i != UINT32_MAX && ls_extents_alloc(&t->slabs[i].ext, len, LS_BLOB_PAGE,
+							offset) == 0) {
+			*slab = i;
+			return 0;
 		}
-		/* Fragmented: evict and try again. */
+		uint64_t size = ls_new_slab_size(t, len);
+		if (size) {
+			struct ls_err aerr;
+			int rc = ls_slab_add(t, t->backend, &t->slabs, &t->n_slabs, size, &aerr);
+			if (rc == 0) {
+				t->slab_bytes += t->slabs[t->n_slabs - 1].slab.size;
+				continue;
+			}
+			/*
+			 * The memory itself ran out before the budget (another
+			 * process took it, or a budget above what the device
+			 * has): make room in the slabs there are.
+			 */
+			if (!t->lru_head) {
+				*err = aerr;
+				return rc;
+			}
+			ls_warn("%s; evicting to make room instead", aerr.msg);
+		}
+		/* Fragmented, or out of memory: evict and try again. */
 		if (!ls_evict_one(t))
 			return ls_err_set(err, LS_E_NO_SPACE,
 					  "no %s slab has %llu contiguous bytes free and nothing "

@@ -9,7 +9,11 @@
  *
  * Adapters are sub-allocated inside a tier's slabs, exactly their blob's
  * data region long: admission is by bytes against the tier's budget, never
- * by count, and ranks are never padded.  Every resident version's tensor
+ * by count, and ranks are never padded.  Placement is best fit across the
+ * tier's slabs; where no slab has room, a new slab is regular-sized, or
+ * sized to what the budget has left when that is less, so that an adapter
+ * is evicted only when the budget has no room for it (or the slabs are
+ * fragmented and at their limit: the budget plus one regular slab).  Every resident version's tensor
  * table (proto/table.h) is in host memory that clients read in place: on the
  * host tier right after the data, on a device tier in table slabs of host
  * memory that the tier keeps beside its device slabs.
@@ -117,6 +121,7 @@ struct ls_tier {
 	uint64_t used;                  /* bytes of resident and loading adapters */
 	uint64_t slab_bytes;            /* bytes of data slabs allocated */
 	uint64_t slab_size;             /* size of a regular slab */
+	uint64_t slab_limit;            /* bytes the data slabs may total: budget + slab_size */
 	uint32_t n_slabs;
 	struct ls_slab_slot *slabs;
 	/* Device tiers: the tables, in host memory; on host, the data slabs hold them. */
@@ -144,9 +149,10 @@ struct ls_residency {
 	bool direct_io;                       /* O_DIRECT reads work on this filesystem */
 };
 
-/* The residency with its host tier (budget in bytes). */
+/* The residency with its host tier (budget and regular slabs in bytes). */
 int ls_residency_init(struct ls_residency *r, struct ls_backend *host_backend,
-		      uint64_t host_budget, struct ls_loop *loop, struct ls_workers *workers,
+		      uint64_t host_budget, uint64_t host_slab_size, struct ls_loop *loop,
+		      struct ls_workers *workers,
 		      struct ls_store *store, struct ls_err *err);
 
 /*

@@ -137,7 +137,8 @@ typedef struct lorastore_adapter_info {
 	double scale;                  /* alpha / r (or / sqrt(r)) of modules without a pattern */
 	lorastore_dtype dtype;         /* of the LoRA tensors; 0 when mixed */
 	size_t tensor_count;
-	uint64_t bytes;                /* resident bytes */
+	uint64_t bytes;                /* bytes of tensor data (the blob's data region); on
+					  the host tier the table takes a page or more beside */
 	const char *tier;              /* "host" or "device" */
 	int device;                    /* device tier: the GPU's CUDA ordinal in this
 					  process; -1 on host */

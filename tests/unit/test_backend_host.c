@@ -479,23 +479,29 @@ Test(dispatch, default_host_ptr_is_null_and_default_upload_is_refused)
 
 /* ---- extents ---- */
 
-Test(extents, first_fit_takes_the_lowest_hole_that_fits)
+Test(extents, best_fit_takes_the_hole_that_leaves_least_over)
 {
 	struct ls_extents e;
-	uint64_t a, b, c, d, f;
+	uint64_t a, b, c, d, f, g, h;
 	cr_assert_eq(ls_extents_init(&e, 1 * MiB), 0);
-	cr_assert_eq(ls_extents_alloc(&e, 4096, 1, &a), 0);
-	cr_assert_eq(ls_extents_alloc(&e, 8192, 1, &b), 0);
-	cr_assert_eq(ls_extents_alloc(&e, 4096, 1, &c), 0);
+	cr_assert_eq(ls_extents_alloc(&e, 12288, 1, &a), 0);
+	cr_assert_eq(ls_extents_alloc(&e, 4096, 1, &b), 0);
+	cr_assert_eq(ls_extents_alloc(&e, 8192, 1, &c), 0);
+	cr_assert_eq(ls_extents_alloc(&e, 4096, 1, &d), 0);
 	cr_assert_eq(a, 0);
-	cr_assert_eq(b, 4096);
-	cr_assert_eq(c, 12288);
-	cr_assert_eq(ls_extents_free(&e, a, 4096), 0);
-	cr_assert_eq(ls_extents_free(&e, b, 8192), 0); /* merges: hole [0, 12288) */
-	cr_assert_eq(ls_extents_alloc(&e, 16384, 1, &d), 0);
-	cr_assert_eq(d, 16384, "a 16 KiB request does not fit the 12 KiB hole");
+	cr_assert_eq(c, 16384);
+	cr_assert_eq(ls_extents_free(&e, a, 12288), 0); /* hole [0, 12288) */
+	cr_assert_eq(ls_extents_free(&e, c, 8192), 0);  /* hole [16384, 24576) */
+	cr_assert_eq(ls_extents_best_slack(&e, 8192, 1), 0);
 	cr_assert_eq(ls_extents_alloc(&e, 8192, 1, &f), 0);
-	cr_assert_eq(f, 0, "an 8 KiB request goes to the first hole");
+	cr_assert_eq(f, 16384, "an 8 KiB request fills the 8 KiB hole, not the first one");
+	cr_assert_eq(ls_extents_best_slack(&e, 16384, 1), 1 * MiB - 28672 - 16384,
+		     "a 16 KiB request fits only the space after the last adapter");
+	cr_assert_eq(ls_extents_alloc(&e, 16384, 1, &g), 0);
+	cr_assert_eq(g, 28672);
+	cr_assert_eq(ls_extents_alloc(&e, 12288, 1, &h), 0);
+	cr_assert_eq(h, 0, "the 12 KiB hole was kept whole for a 12 KiB request");
+	cr_assert_eq(ls_extents_best_slack(&e, 2 * MiB, 1), UINT64_MAX);
 	ls_extents_destroy(&e);
 }
 
@@ -629,9 +635,15 @@ static uint64_t rng_below(uint64_t n)
 	return rng_next() % n;
 }
 
-/* Lowest aligned offset where len bytes are free in the model, or -1. */
-static int64_t model_first_fit(const bool *used, uint64_t len, uint64_t align)
+/*
+ * Where best fit puts len bytes in the model, or -1: of the maximal free
+ * runs with room at an aligned start, the one that leaves the fewest bytes
+ * over (the lowest on a tie), at its lowest aligned start.
+ */
+static int64_t model_best_fit(const bool *used, uint64_t len, uint64_t align)
 {
+	int64_t best = -1;
+	uint64_t best_slack = UINT64_MAX;
 	uint64_t i = 0;
 	while (i < MODEL_SIZE) {
 		if (used[i]) {
@@ -642,10 +654,12 @@ static int64_t model_first_fit(const bool *used, uint64_t len, uint64_t align)
 		while (i < MODEL_SIZE && !used[i])
 			i++;
 		uint64_t start = (run + align - 1) / align * align;
-		if (start < i && i - start >= len)
-			return (int64_t)start;
+		if (start < i && i - start >= len && (i - run) - len < best_slack) {
+			best = (int64_t)start;
+			best_slack = (i - run) - len;
+		}
 	}
-	return -1;
+	return best;
 }
 
 /* The allocator's free list must equal the model's maximal free runs, exactly. */
@@ -717,7 +731,7 @@ Test(extents, random_operations_match_a_byte_map_model)
 		} else {
 			uint64_t len = rng_below(4) ? 1 + rng_below(64) : 1 + rng_below(600);
 			uint64_t align = 1ull << rng_below(8);
-			int64_t want = model_first_fit(used, len, align);
+			int64_t want = model_best_fit(used, len, align);
 			uint64_t off = UINT64_MAX;
 			int rc = ls_extents_alloc(&e, len, align, &off);
 			if (want < 0) {
@@ -727,7 +741,7 @@ Test(extents, random_operations_match_a_byte_map_model)
 			} else {
 				cr_assert_eq(rc, 0, "op %d: len %llu align %llu", op,
 					     (unsigned long long)len, (unsigned long long)align);
-				cr_assert_eq(off, (uint64_t)want, "op %d: first fit is %lld, got %llu",
+				cr_assert_eq(off, (uint64_t)want, "op %d: best fit is %lld, got %llu",
 					     op, (long long)want, (unsigned long long)off);
 				memset(used + off, 1, len);
 				live[nlive++] = (struct ls_extent){ .off = off, .len = len };

@@ -457,6 +457,93 @@ Test(device, a_thousand_adapters_are_resident_on_the_device_at_once, .timeout = 
 	cr_assert_eq(ls_daemon_stop(&dp), 0);
 }
 
+/* The stats line of the host tier, or of the (first) device tier. */
+static lorastore_tier_stats tier_stats(lorastore *conn, bool device)
+{
+	return device ? device_stats(conn, NULL) : stats_of(conn).tiers[0];
+}
+
+/*
+ * Adapters of mixed sizes (384 KiB to 1.5 MiB) into a 12 MiB budget of
+ * 4 MiB slabs, each released at once: none may evict another while the
+ * budget has room for it, whatever room the slab ends leave.  Stops at the
+ * first eviction, which must come only when the budget is full.
+ */
+static void fill_with_mixed_sizes(lorastore *conn, bool device)
+{
+	static const int layers[] = {7, 12, 10, 5, 12, 3};
+	const uint64_t slab = 4ull << 20;
+	int admitted = 0;
+	bool evicted = false;
+	char name[32];
+	for (int i = 0; i < 60 && !evicted; i++) {
+		snprintf(name, sizeof(name), "mix/a%02d", i);
+		import_seed(conn, name, 300 + (uint64_t)i, layers[i % 6], 512);
+		lorastore_tier_stats tb = tier_stats(conn, device);
+		uint64_t ev = stats_of(conn).evictions;
+		lorastore_adapter *ad = NULL;
+		int rc = device ? lorastore_acquire_tier(conn, name, LORASTORE_TIER_DEVICE, NULL,
+							 -1, &ad)
+				: lorastore_acquire(conn, name, -1, &ad);
+		cr_assert_eq(rc, 0, "acquire of %s: %s", name, lorastore_errmsg(conn));
+		/* A device copy is its data region; a host copy adds its table (show). */
+		lorastore_adapter_info info;
+		cr_assert_eq(lorastore_adapter_info_get(ad, &info), 0);
+		uint64_t bytes = info.bytes;
+		cr_assert_eq(lorastore_adapter_release(ad), 0);
+		if (!device) {
+			lorastore_list *l = NULL;
+			cr_assert_eq(lorastore_show(conn, name, &l), 0);
+			bytes = lorastore_list_entry(l, 0)->bytes;
+			lorastore_list_free(l);
+		}
+		lorastore_tier_stats ta = tier_stats(conn, device);
+		cr_assert_leq(ta.slab_bytes, ta.budget + slab,
+			      "slabs of %llu bytes exceed the budget by more than one slab",
+			      (unsigned long long)ta.slab_bytes);
+		if (stats_of(conn).evictions == ev) {
+			cr_assert_eq(ta.used, tb.used + bytes, "%s: used %llu -> %llu, size %llu",
+				     name, (unsigned long long)tb.used,
+				     (unsigned long long)ta.used, (unsigned long long)bytes);
+			admitted++;
+			continue;
+		}
+		cr_assert_gt(tb.used + bytes, tb.budget,
+			     "%s (%llu bytes) evicted another while the budget had %llu of "
+			     "%llu bytes free (slabs %llu bytes)",
+			     name, (unsigned long long)bytes,
+			     (unsigned long long)(tb.budget - tb.used),
+			     (unsigned long long)tb.budget, (unsigned long long)tb.slab_bytes);
+		evicted = true;
+	}
+	cr_assert(evicted, "the budget never filled: the test checked nothing");
+	cr_assert_geq(admitted, 8, "only %d adapters fit before the first eviction", admitted);
+}
+
+Test(device, mixed_sizes_fill_the_host_budget_before_any_eviction)
+{
+	static const char *const args[] = {"--backend", "host", "--host-budget", "12MiB",
+					   "--host-slab-size", "4MiB", NULL};
+	int rc = ls_daemon_start(&dp, NULL, args);
+	cr_assert_eq(rc, 0, "lorastored did not start; log:\n%s", daemon_log());
+	lorastore *conn = connect_ok();
+	fill_with_mixed_sizes(conn, false);
+	lorastore_close(conn);
+	cr_assert_eq(ls_daemon_stop(&dp), 0);
+}
+
+Test(device, mixed_sizes_fill_the_device_budget_before_any_eviction)
+{
+	need_cuda(false);
+	static const char *const args[] = {"--device-budget", "12MiB", "--device-slab-size",
+					   "4MiB", NULL};
+	start_device_daemon(args);
+	lorastore *conn = connect_ok();
+	fill_with_mixed_sizes(conn, true);
+	lorastore_close(conn);
+	cr_assert_eq(ls_daemon_stop(&dp), 0);
+}
+
 Test(device, deleting_a_device_leased_adapter_defers_until_release)
 {
 	need_cuda(false);
