@@ -14,8 +14,11 @@
  * Errors: the checks return what lsk_check returns (-EINVAL, LS_E_SHAPE,
  * LS_E_DTYPE) before any CUDA call, so they work without a device; a failed
  * launch or cuBLAS call returns LS_E_DEVICE (LS_E_NO_DEVICE when the runtime
- * finds no device or driver), with file, line, call and reason on stderr and
- * CUDA's last error cleared.
+ * finds no device or driver), with file, line, call and reason on stderr.
+ * Launches report their own result (cudaLaunchKernel's), so an error the
+ * caller left pending in CUDA's last-error state is neither taken for ours
+ * nor cleared; ours is cleared only when nothing of the caller's was
+ * pending, so that the next call does not see it.
  */
 #include <errno.h>
 #include <limits.h>
@@ -44,8 +47,6 @@
 int lsk_cuda_report(const char *file, int line, const char *call, const char *reason)
 {
 	fprintf(stderr, "lsk cuda: %s:%d: %s failed: %s\n", file, line, call, reason);
-	/* A launch error stays as the thread's last error until read. */
-	(void)cudaGetLastError();
 	return LS_E_DEVICE;
 }
 
@@ -195,6 +196,10 @@ static int check_call(const lsk_lora *dev, const lsk_lora *host, const lsk_batch
 	return 0;
 }
 
+static int apply_checked(const lsk_lora *dev, const lsk_lora *host, const lsk_batch *dev_batch,
+                         const lsk_batch *host_batch, const void *x, void *y, void *workspace,
+                         void *stream, void *cublas, int32_t cublas_min_tokens);
+
 int lsk_cuda_apply_ex(const lsk_lora *dev, const lsk_lora *host, const lsk_batch *dev_batch,
                       const lsk_batch *host_batch, const void *x, void *y, void *workspace,
                       size_t workspace_size, void *stream, void *cublas, int32_t cublas_min_tokens)
@@ -202,6 +207,21 @@ int lsk_cuda_apply_ex(const lsk_lora *dev, const lsk_lora *host, const lsk_batch
 	int rc = check_call(dev, host, dev_batch, host_batch, x, y, workspace, workspace_size);
 	if (rc)
 		return rc;
+	/* Peeking neither clears nor changes the caller's pending error. */
+	const bool caller_pending = cudaPeekAtLastError() != cudaSuccess;
+	rc = apply_checked(dev, host, dev_batch, host_batch, x, y, workspace, stream, cublas,
+	                   cublas_min_tokens);
+	if (rc && !caller_pending)
+		(void)cudaGetLastError();
+	return rc;
+}
+
+/* The launches of a call that check_call accepted. */
+static int apply_checked(const lsk_lora *dev, const lsk_lora *host, const lsk_batch *dev_batch,
+                         const lsk_batch *host_batch, const void *x, void *y, void *workspace,
+                         void *stream, void *cublas, int32_t cublas_min_tokens)
+{
+	int rc;
 	const int64_t n_tokens = host_batch->n_tokens;
 	if (n_tokens == 0 || host->n_adapters == 0)
 		return 0; /* no token can have an adapter */
@@ -217,6 +237,7 @@ int lsk_cuda_apply_ex(const lsk_lora *dev, const lsk_lora *host, const lsk_batch
 	db.n_segments = dev_batch->token_adapter ? 0 : dev_batch->n_segments;
 	db.skip_min_len = INT32_MAX;
 	db.n_tokens = n_tokens;
+	db.bad_index = dev_batch->bad_index_count;
 
 	int tile_shrink = 1;
 	int tile_expand = 1;

@@ -34,6 +34,7 @@ struct lsk_dev_batch {
 	int32_t n_segments;
 	int32_t skip_min_len;
 	int64_t n_tokens;
+	uint32_t *bad_index;          /* device counter of indices out of range, or NULL */
 };
 
 /*
@@ -122,9 +123,11 @@ __device__ __forceinline__ bool lsk_cu_aligned16(const void *p)
  * Fills adapter[j] (shared memory, NT entries) with the adapter of token
  * t0 + j: -1 for a token past the batch, without adapter, outside every
  * segment, in a segment the cuBLAS path has done, or with an index outside
- * [0, n_adapters) (the device cannot report it, so it skips the token).
- * Every thread of the block calls it; it ends with a barrier, after which
- * adapter[] is the same for every thread.
+ * [-1, n_adapters), which is skipped.  When count is true (one kernel, in
+ * one block per token tile, does it) each such index adds 1 to
+ * b.bad_index: once per token, or once per segment in the tile row's first
+ * block.  Every thread of the block calls it; it ends with a barrier, after
+ * which adapter[] is the same for every thread.
  *
  * Segments come in any order: the threads of the block read them together
  * (one segment per thread per step), and each writes the tokens of the tile
@@ -134,8 +137,9 @@ __device__ __forceinline__ bool lsk_cu_aligned16(const void *p)
  */
 template <int NT>
 __device__ __forceinline__ void lsk_cu_tile_adapters(const lsk_dev_batch &b, int32_t n_adapters,
-                                                     int64_t t0, int32_t *adapter)
+                                                     int64_t t0, int32_t *adapter, bool count)
 {
+	count = count && b.bad_index;
 	if (threadIdx.x < NT)
 		adapter[threadIdx.x] = -1;
 	__syncthreads();
@@ -146,12 +150,16 @@ __device__ __forceinline__ void lsk_cu_tile_adapters(const lsk_dev_batch &b, int
 				const int32_t a = b.token_adapter[t];
 				if (a >= 0 && a < n_adapters)
 					adapter[threadIdx.x] = a;
+				else if (a != -1 && count)
+					atomicAdd(b.bad_index, 1u);
 			}
 		}
 	} else {
 		const int64_t tile_end = min(t0 + NT, b.n_tokens);
 		for (int32_t i = threadIdx.x; i < b.n_segments; i += blockDim.x) {
 			const lsk_segment sg = b.segments[i];
+			if ((sg.adapter < -1 || sg.adapter >= n_adapters) && count && t0 == 0)
+				atomicAdd(b.bad_index, 1u);
 			if (sg.adapter < 0 || sg.adapter >= n_adapters || sg.len <= 0 ||
 			    sg.len >= b.skip_min_len)
 				continue;

@@ -118,7 +118,8 @@ lsk_expand_kernel(const lsk_lora l, const lsk_dev_batch b, const float *__restri
 	if ((int64_t)ob * blockDim.x >= sl.out)
 		return;
 
-	lsk_cu_tile_adapters<NT>(b, l.n_adapters, t0, adapter);
+	/* Each token tile is seen by n_slices * n_ob blocks: the first counts. */
+	lsk_cu_tile_adapters<NT>(b, l.n_adapters, t0, adapter, blockIdx.y == 0);
 	if (threadIdx.x < NT)
 		rank[threadIdx.x] = lsk_cu_rank(sl, adapter[threadIdx.x], l.max_rank);
 	__syncthreads();
@@ -147,12 +148,14 @@ static cudaError_t expand_typed(const lsk_lora &l, const lsk_dev_batch &b, const
 	/* apply.cu keeps n_tokens <= INT32_MAX and n_slices * n_ob <= 65535. */
 	const dim3 grid((unsigned)((b.n_tokens + tile - 1) / tile), (unsigned)(l.n_slices * n_ob));
 	TA *yt = static_cast<TA *>(y);
-	if (tile == LSK_EXPAND_TILE_SEGMENTS)
-		lsk_expand_kernel<TA, TW, LSK_EXPAND_TILE_SEGMENTS>
-			<<<grid, LSK_CUDA_BLOCK, 0, stream>>>(l, b, v, yt, n_ob);
-	else
-		lsk_expand_kernel<TA, TW, 1><<<grid, LSK_CUDA_BLOCK, 0, stream>>>(l, b, v, yt, n_ob);
-	return cudaGetLastError();
+	void *args[] = {const_cast<lsk_lora *>(&l), const_cast<lsk_dev_batch *>(&b),
+	                &v, &yt, &n_ob};
+	const void *fn = tile == LSK_EXPAND_TILE_SEGMENTS
+	                         ? reinterpret_cast<const void *>(
+	                                   lsk_expand_kernel<TA, TW, LSK_EXPAND_TILE_SEGMENTS>)
+	                         : reinterpret_cast<const void *>(lsk_expand_kernel<TA, TW, 1>);
+	/* The launch's own result: an error the caller left pending is not ours. */
+	return cudaLaunchKernel(fn, grid, dim3(LSK_CUDA_BLOCK), args, 0, stream);
 }
 
 template <typename TA>

@@ -149,7 +149,7 @@ lsk_shrink_kernel(const lsk_lora l, const lsk_dev_batch b, const TA *__restrict_
 		return;
 	const lsk_slice &sl = l.slices[s];
 
-	lsk_cu_tile_adapters<NT>(b, l.n_adapters, t0, adapter);
+	lsk_cu_tile_adapters<NT>(b, l.n_adapters, t0, adapter, false);
 	if (threadIdx.x < NT)
 		rank[threadIdx.x] = lsk_cu_rank(sl, adapter[threadIdx.x], l.max_rank);
 	__syncthreads();
@@ -181,12 +181,13 @@ static cudaError_t shrink_typed(const lsk_lora &l, const lsk_dev_batch &b, const
 	/* apply.cu keeps n_tokens <= INT32_MAX; n_slices * n_rtiles <= 8 * 64. */
 	const dim3 grid((unsigned)((b.n_tokens + tile - 1) / tile), (unsigned)(l.n_slices * n_rtiles));
 	const TA *xt = static_cast<const TA *>(x);
-	if (tile == LSK_SHRINK_TILE_SEGMENTS)
-		lsk_shrink_kernel<TA, TW, LSK_SHRINK_TILE_SEGMENTS>
-			<<<grid, LSK_CUDA_BLOCK, 0, stream>>>(l, b, xt, x_vec, v);
-	else
-		lsk_shrink_kernel<TA, TW, 1><<<grid, LSK_CUDA_BLOCK, 0, stream>>>(l, b, xt, x_vec, v);
-	return cudaGetLastError();
+	void *args[] = {const_cast<lsk_lora *>(&l), const_cast<lsk_dev_batch *>(&b), &xt, &x_vec, &v};
+	const void *fn = tile == LSK_SHRINK_TILE_SEGMENTS
+	                         ? reinterpret_cast<const void *>(
+	                                   lsk_shrink_kernel<TA, TW, LSK_SHRINK_TILE_SEGMENTS>)
+	                         : reinterpret_cast<const void *>(lsk_shrink_kernel<TA, TW, 1>);
+	/* The launch's own result: an error the caller left pending is not ours. */
+	return cudaLaunchKernel(fn, grid, dim3(LSK_CUDA_BLOCK), args, 0, stream);
 }
 
 template <typename TA>

@@ -107,6 +107,13 @@ typedef struct lsk_batch {
 	const int32_t *token_adapter;  /* [n_tokens] adapter per token, or NULL */
 	int32_t n_segments;
 	const lsk_segment *segments;   /* [n_segments], or NULL */
+	/*
+	 * CUDA path only (the CPU paths refuse an index out of range with
+	 * LS_E_SHAPE and ignore this): a counter in device memory, or NULL.
+	 * Each token (per-token indices) or segment whose adapter index the
+	 * device finds outside [-1, n_adapters) adds 1 to it, and is skipped.
+	 */
+	uint32_t *bad_index_count;
 } lsk_batch;
 
 /* Bytes of each dtype's element. */
@@ -196,10 +203,16 @@ int lsk_cuda_available(void);
  * the device never does.  dev_batch's index arrays are in device memory;
  * host_batch has n_tokens and, for segments, the same segments in host
  * memory (token indices are not needed on the host; an index out of range on
- * the device is skipped).  x and y are device memory; the workspace is
- * device memory of at least lsk_workspace_size(host, n_tokens) bytes,
- * aligned to 256.  cublas is a cublasHandle_t the caller created, or NULL to
- * use the kernels only; the call sets its stream.
+ * the device is skipped, and counted in dev_batch->bad_index_count when that
+ * is set).  x and y are device memory; the workspace is device memory of at
+ * least lsk_workspace_size(host, n_tokens) bytes, aligned to 256.  cublas is
+ * a cublasHandle_t the caller created, or NULL to use the kernels only; the
+ * call sets its stream.
+ *
+ * It allocates and synchronizes nothing, so it can be captured in a CUDA
+ * graph.  A launch that fails is reported as LS_E_DEVICE; an error the
+ * caller left pending in CUDA's last-error state is neither returned nor
+ * cleared (the kernels' launches report their own result).
  */
 int lsk_cuda_apply(const lsk_lora *dev, const lsk_lora *host,
                    const lsk_batch *dev_batch, const lsk_batch *host_batch,

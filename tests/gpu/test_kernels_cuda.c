@@ -177,6 +177,8 @@ struct tcase {
 	bool w_misaligned;             /* every A and B one element past one */
 	bool device_pointer_mode;      /* the handle is in CUBLAS_POINTER_MODE_DEVICE */
 	bool expect_nothing;           /* no element is updated: y must be untouched */
+	int32_t expect_bad;            /* > 0: pass a counter; it must reach this (-1: 0) */
+	bool caller_error;             /* the caller's error is pending: keep it, read nothing */
 };
 
 struct tresult {
@@ -420,6 +422,12 @@ static struct tresult run_case(const struct tcase *c, uint64_t seed, const char 
 		dbatch.token_adapter = dev_copy(&mem, dt, sizeof(int32_t) * (size_t)(T ? T : 1));
 		hbatch.token_adapter = c->host_tok ? c->tok : NULL;
 	}
+	uint32_t *bad_d = NULL;
+	if (c->expect_bad) {
+		bad_d = dev_alloc(&mem, sizeof(*bad_d));
+		CK(cudaMemset(bad_d, 0, sizeof(*bad_d)));
+		dbatch.bad_index_count = bad_d;
+	}
 	char *x_d = dev_copy(&mem, x, (size_t)(x_el ? x_el : 1) * asz);
 	void *y_d = dev_copy(&mem, y, (size_t)(y_el ? y_el : 1) * asz);
 	size_t ws_size = lsk_workspace_size(&mir, T);
@@ -448,8 +456,15 @@ static struct tresult run_case(const struct tcase *c, uint64_t seed, const char 
 	cr_assert_eq(rc, 0, "%s: lsk_cuda_apply: %s (seed %llu)", what, ls_strerror(rc),
 	             (unsigned long long)seed);
 	CK(cudaStreamSynchronize(stream));
-	CK(cudaGetLastError());
+	if (!c->caller_error)
+		CK(cudaGetLastError());
 	CK(cudaMemcpy(y_got, y_d, (size_t)y_el * asz, cudaMemcpyDeviceToHost));
+	if (bad_d) {
+		uint32_t bad = 0;
+		CK(cudaMemcpy(&bad, bad_d, sizeof(bad), cudaMemcpyDeviceToHost));
+		cr_assert_eq(bad, (uint32_t)(c->expect_bad < 0 ? 0 : c->expect_bad),
+		             "%s: the device counted %u indices out of range", what, bad);
+	}
 	if (h && c->device_pointer_mode) {
 		cublasPointerMode_t pm;
 		cr_assert_eq(cublasGetPointerMode(h, &pm), CUBLAS_STATUS_SUCCESS);
@@ -612,6 +627,47 @@ Test(decode, index_out_of_range_on_the_device_is_skipped)
 	                  .n_tokens = 6, .tok = tok, .dev_tok = dev_tok,
 	                  .act = LSK_F16, .wt = LSK_F16};
 	run_one(c, "device indices out of range");
+}
+
+Test(decode, each_index_out_of_range_is_counted_once_and_minus_one_is_not)
+{
+	need_device();
+	static const int32_t tok[6] = {0, -1, 1, -1, -1, 0};
+	static const int32_t dev_tok[6] = {0, 2, 1, 1000000, -7, 0};
+	/* Three slices and wide outputs: many blocks see each token; one counts. */
+	struct tcase c = {.in = 64, .n_slices = 3, .out = {300, 64, 520}, .n_adapters = 2,
+	                  .rank = {{8, 4, 16}, {5, 5, 5}}, .n_tokens = 6, .tok = tok,
+	                  .dev_tok = dev_tok, .act = LSK_BF16, .wt = LSK_BF16, .expect_bad = 3};
+	run_one(c, "three indices out of range");
+	c.dev_tok = NULL;
+	c.expect_bad = -1;
+	run_one(c, "none out of range");
+}
+
+Test(segments, a_counter_stays_zero_for_valid_segments)
+{
+	need_device();
+	static const lsk_segment seg[3] = {{0, 40, 1}, {40, 30, -1}, {70, 50, 0}};
+	struct tcase c = {.in = 96, .out = {128}, .n_adapters = 2, .rank = {{16}, {7}},
+	                  .n_tokens = 120, .n_segments = 3, .seg = seg, .act = LSK_F16,
+	                  .wt = LSK_F16, .expect_bad = -1};
+	run_one(c, "valid segments");
+}
+
+Test(decode, an_error_the_caller_left_pending_is_neither_returned_nor_cleared)
+{
+	need_device();
+	/* A failed allocation leaves a non-sticky error in the last-error state. */
+	void *p = NULL;
+	cr_assert_neq(cudaMalloc(&p, (size_t)1 << 62), cudaSuccess);
+	cr_assert_eq(cudaPeekAtLastError(), cudaErrorMemoryAllocation);
+	static const int32_t tok[4] = {1, 0, -1, 1};
+	struct tcase c = {.in = 64, .out = {64}, .n_adapters = 2, .rank = {{4}, {8}},
+	                  .n_tokens = 4, .tok = tok, .act = LSK_F32, .wt = LSK_F32,
+	                  .caller_error = true};
+	run_one(c, "with the caller's error pending");
+	cr_assert_eq(cudaGetLastError(), cudaErrorMemoryAllocation,
+	             "the apply took or cleared the caller's pending error");
 }
 
 Test(decode, host_indices_when_given_are_used_for_the_checks)
