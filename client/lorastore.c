@@ -53,8 +53,9 @@ LS_SAME(DTYPE);
 LS_SAME(NOT_BUILT);
 LS_SAME(NO_DEVICE);
 LS_SAME(DEVICE);
+LS_SAME(TIER);
 /* Both lists end at the same code, so neither has one the other lacks. */
-_Static_assert((int)LORASTORE_E_DEVICE == (int)LS_E_LAST, "a code missing from lorastore.h");
+_Static_assert((int)LORASTORE_E_TIER == (int)LS_E_LAST, "a code missing from lorastore.h");
 _Static_assert((int)LORASTORE_E_TRUNCATED == (int)LS_E_FIRST, "lorastore.h starts elsewhere");
 #undef LS_SAME
 

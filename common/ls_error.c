@@ -51,6 +51,7 @@ static const struct ls_code_text ls_codes[] = {
 	{LS_E_NOT_BUILT, "not_built", "path not built into this binary"},
 	{LS_E_NO_DEVICE, "no_device", "no usable GPU"},
 	{LS_E_DEVICE, "device", "CUDA or cuBLAS call failed"},
+	{LS_E_TIER, "tier", "adapter held in another tier or on another GPU than the call needs"},
 };
 
 static const struct ls_code_text *ls_code_find(int code)

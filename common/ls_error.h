@@ -66,8 +66,9 @@ enum ls_error_code {
 	LS_E_NOT_BUILT,                /* the path (CUDA) is not built into this binary */
 	LS_E_NO_DEVICE,                /* no usable GPU */
 	LS_E_DEVICE,                   /* a CUDA or cuBLAS call failed */
+	LS_E_TIER,                     /* adapters held in another tier (or GPU) than the call needs */
 
-	LS_E_LAST = LS_E_DEVICE,
+	LS_E_LAST = LS_E_TIER,
 };
 
 /* Longest message an ls_err holds, including the terminating NUL. */

@@ -104,6 +104,8 @@ enum lorastore_error {
 	LORASTORE_E_NOT_BUILT,              /* path (CUDA) not built into this library */
 	LORASTORE_E_NO_DEVICE,              /* no usable GPU */
 	LORASTORE_E_DEVICE,                 /* a CUDA or cuBLAS call failed */
+	LORASTORE_E_TIER,                   /* adapters held in another tier (or on another
+					       GPU) than the call needs */
 };
 
 /* Element types, as safetensors names them. */
@@ -349,8 +351,9 @@ typedef struct lorastore_plan lorastore_plan;
  * (F32, F16 or BF16) across all adapters; slices must not overlap.
  * Errors: -EINVAL (null pointer, no slice, too many), LORASTORE_E_SHAPE (a
  * tensor of another shape, overlapping slices), LORASTORE_E_DTYPE (weights
- * of different or unsupported dtypes), LORASTORE_E_NOT_BUILT (adapters in
- * device memory: the CUDA path is not in this library), -ENOMEM.
+ * of different or unsupported dtypes), LORASTORE_E_TIER (an adapter held on
+ * a device tier: its plan is lorastore_cuda_plan_create, lorastore_cuda.h),
+ * -ENOMEM.
  */
 int lorastore_plan_create(lorastore_adapter *const *adapters, size_t n_adapters,
 			  const float *factors, uint64_t in, const lorastore_slice *slices,

@@ -83,11 +83,18 @@ int lsk_cublas_shrink(cublasHandle_t handle, cudaStream_t stream, const lsk_lora
 	const float zero = 0.0f;
 	cublasPointerMode_t mode = CUBLAS_POINTER_MODE_HOST;
 	bool restore = false;
+	cudaStream_t callers_stream = NULL;
+	bool restore_stream = false;
 	int rc = 0;
 
 	if (min_tokens < 1)
 		min_tokens = 1;
-	LSK_CUBLAS_CHECK(cublasSetStream(handle, stream));
+	/* The handle is the caller's: its stream is put back before returning. */
+	LSK_CUBLAS_CHECK(cublasGetStream(handle, &callers_stream));
+	if (callers_stream != stream) {
+		LSK_CUBLAS_CHECK(cublasSetStream(handle, stream));
+		restore_stream = true;
+	}
 	/* The caller's handle may read scalars from device memory; ours are on
 	 * the host.  Its mode is put back before returning. */
 	LSK_CUBLAS_CHECK(cublasGetPointerMode(handle, &mode));
@@ -116,6 +123,11 @@ out:
 		cublasStatus_t st = cublasSetPointerMode(handle, mode);
 		if (st != CUBLAS_STATUS_SUCCESS && rc == 0)
 			rc = cublas_fail(__FILE__, __LINE__, "cublasSetPointerMode", st);
+	}
+	if (restore_stream) {
+		cublasStatus_t st = cublasSetStream(handle, callers_stream);
+		if (st != CUBLAS_STATUS_SUCCESS && rc == 0)
+			rc = cublas_fail(__FILE__, __LINE__, "cublasSetStream", st);
 	}
 	return rc;
 }

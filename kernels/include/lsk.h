@@ -207,7 +207,8 @@ int lsk_cuda_available(void);
  * is set).  x and y are device memory; the workspace is device memory of at
  * least lsk_workspace_size(host, n_tokens) bytes, aligned to 256.  cublas is
  * a cublasHandle_t the caller created, or NULL to use the kernels only; the
- * call sets its stream.
+ * call sets its stream and pointer mode and puts both back before it
+ * returns.
  *
  * It allocates and synchronizes nothing, so it can be captured in a CUDA
  * graph.  A launch that fails is reported as LS_E_DEVICE; an error the

@@ -465,6 +465,12 @@ static struct tresult run_case(const struct tcase *c, uint64_t seed, const char 
 		cr_assert_eq(bad, (uint32_t)(c->expect_bad < 0 ? 0 : c->expect_bad),
 		             "%s: the device counted %u indices out of range", what, bad);
 	}
+	if (h) {
+		/* The handle was made on the default stream; the call ran on another. */
+		cudaStream_t hs = stream;
+		cr_assert_eq(cublasGetStream(h, &hs), CUBLAS_STATUS_SUCCESS);
+		cr_assert_null(hs, "%s: the handle's stream was not put back", what);
+	}
 	if (h && c->device_pointer_mode) {
 		cublasPointerMode_t pm;
 		cr_assert_eq(cublasGetPointerMode(h, &pm), CUBLAS_STATUS_SUCCESS);
