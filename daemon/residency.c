@@ -234,6 +234,17 @@ static void ls_lru_push(struct ls_tier *t, struct ls_resident *e)
 	t->lru_tail = e;
 }
 
+/* Take a device entry off its staging host entry's followers, if it is on them. */
+static void ls_unfollow(struct ls_resident *e)
+{
+	for (struct ls_resident **p = &e->staging->followers; *p; p = &(*p)->follow_next)
+		if (*p == e) {
+			*p = e->follow_next;
+			e->follow_next = NULL;
+			return;
+		}
+}
+
 /* Give back an entry's memory and forget it. */
 static void ls_res_free_entry(struct ls_resident *e)
 {
@@ -250,8 +261,10 @@ static void ls_res_free_entry(struct ls_resident *e)
 	t->count--;
 	if (e->staging_wait.res)
 		ls_res_cancel(&e->staging_wait);
-	if (e->staging)
+	if (e->staging) {
+		ls_unfollow(e);
 		ls_res_unpin(e->staging);
+	}
 	if (e->fd >= 0)
 		close(e->fd);
 	if (e->xxh)
@@ -453,6 +466,7 @@ static void ls_load_finish(struct ls_resident *e)
 #define LS_READ_CHUNK (8u << 20)
 
 static void ls_load_step(struct ls_resident *e);
+static void ls_stream_step(struct ls_resident *e);
 
 /* The host mapping of bytes of the entry's data region. */
 static uint8_t *ls_data_ptr(struct ls_resident *e, uint64_t from, uint64_t len)
@@ -486,6 +500,9 @@ static void ls_read_done(struct ls_loop *loop, struct ls_op *op, int res)
 			 res ? strerror(-res) : "unexpected end of file");
 	} else if (res > 0) {
 		e->done += (uint64_t)res;
+		/* Device loads following this one copy the chunk while the next is read. */
+		for (struct ls_resident *f = e->followers; f; f = f->follow_next)
+			ls_stream_step(f);
 	}
 	ls_load_step(e);
 }
@@ -584,43 +601,84 @@ static int ls_load_start(struct ls_resident *e, struct ls_err *err)
 	return 0;
 }
 
-/* ---- device loads: stage on the host tier, then upload */
+/* ---- device loads: stage on the host tier, copy each chunk as it is read */
+
+static void ls_upload_done(struct ls_upload *up, int rc);
+
+/*
+ * Advance a device load: copy what the staging host entry has read beyond
+ * what is copied (one copy in flight at a time), and finish once all is
+ * copied and the host copy is verified.  A failure waits for the copy in
+ * flight before the entry goes.
+ */
+static void ls_stream_step(struct ls_resident *e)
+{
+	if (e->uploading)
+		return;
+	if (e->fail_rc) {
+		ls_load_fail(e, e->fail_rc, e->fail_msg);
+		return;
+	}
+	struct ls_resident *h = e->staging;
+	uint64_t avail = e->staged ? e->data_length : h->done;
+	if (e->uploaded < avail) {
+		struct ls_err err;
+		e->upload_len = avail - e->uploaded;
+		e->upload.done = ls_upload_done;
+		const void *src = ls_backend_host_ptr(h->tier->backend, &ls_res_slab(h)->slab,
+						      h->offset + e->uploaded, e->upload_len);
+		int rc = ls_backend_upload(e->tier->backend, &ls_res_slab(e)->slab,
+					   e->offset + e->uploaded, src, e->upload_len, &e->upload,
+					   &err);
+		if (rc) {
+			ls_load_fail(e, rc, err.msg);
+			return;
+		}
+		e->uploading = true;
+		ls_debug("copying bytes %llu-%llu of %s@%u to GPU %s (host copy: %llu of %llu "
+			 "bytes read)", (unsigned long long)e->uploaded,
+			 (unsigned long long)(e->uploaded + e->upload_len), ls_res_name(e),
+			 ls_res_version(e), e->tier->uuid, (unsigned long long)avail,
+			 (unsigned long long)e->data_length);
+		return;
+	}
+	if (!e->staged)
+		return; /* the next chunk, or the checksum, is still to come */
+	e->staging = NULL;
+	ls_res_unpin(h);
+	ls_load_finish(e);
+}
 
 static void ls_upload_done(struct ls_upload *up, int rc)
 {
 	struct ls_resident *e = (struct ls_resident *)((char *)up - offsetof(struct ls_resident, upload));
-	struct ls_resident *h = e->staging;
-	e->staging = NULL;
-	if (h)
-		ls_res_unpin(h);
-	if (rc) {
-		char msg[256];
-		snprintf(msg, sizeof(msg), "%s@%u: copying to GPU %s failed (%s)", ls_res_name(e),
-			 ls_res_version(e), e->tier->uuid, ls_strerror(rc));
-		ls_load_fail(e, rc, msg);
-		return;
+	e->uploading = false;
+	if (rc && !e->fail_rc) {
+		e->fail_rc = rc;
+		snprintf(e->fail_msg, sizeof(e->fail_msg), "%s@%u: copying to GPU %s failed (%s)",
+			 ls_res_name(e), ls_res_version(e), e->tier->uuid, ls_strerror(rc));
+	} else if (rc == 0) {
+		e->uploaded += e->upload_len;
 	}
-	ls_load_finish(e);
+	ls_stream_step(e);
 }
 
-/* Copy the staged host entry h's data region into the device entry e. */
+/*
+ * Copy host entry h's data region into the device entry e: at once when h
+ * is resident, else chunk by chunk as h's load reads it (e follows h).
+ */
 static void ls_upload_start(struct ls_resident *e, struct ls_resident *h)
 {
-	struct ls_tier *host = h->tier;
 	ls_res_pin(h);
 	e->staging = h;
 	e->state = LS_RES_UPLOADING;
-	e->upload.done = ls_upload_done;
-	struct ls_err err;
-	const void *src = ls_backend_host_ptr(host->backend, &ls_res_slab(h)->slab, h->offset,
-					      e->data_length);
-	int rc = ls_backend_upload(e->tier->backend, &ls_res_slab(e)->slab, e->offset, src,
-				   e->data_length, &e->upload, &err);
-	if (rc) {
-		e->staging = NULL;
-		ls_res_unpin(h);
-		ls_load_fail(e, rc, err.msg);
+	e->uploaded = 0;
+	e->staged = h->state == LS_RES_RESIDENT;
+	if (!e->staged) {
+		e->follow_next = h->followers;
+		h->followers = e;
 	}
+	ls_stream_step(e);
 }
 
 /* The host tier finished (or failed) staging a device entry's version. */
@@ -628,11 +686,22 @@ static void ls_staging_ready(struct ls_waiter *w, struct ls_resident *h, int rc,
 {
 	struct ls_resident *e =
 		(struct ls_resident *)((char *)w - offsetof(struct ls_resident, staging_wait));
+	/* ls_upload_start made e follow h before the request returned to the loop. */
 	if (rc) {
-		ls_load_fail(e, rc, msg);
+		/* The host entry goes right after this: let go of it first. */
+		ls_unfollow(e);
+		e->staging = NULL;
+		if (!e->fail_rc) {
+			e->fail_rc = rc;
+			snprintf(e->fail_msg, sizeof(e->fail_msg), "%s", msg);
+		}
+		ls_stream_step(e);
 		return;
 	}
-	ls_upload_start(e, h);
+	(void)h;
+	ls_unfollow(e);
+	e->staged = true;
+	ls_stream_step(e);
 }
 
 /* ---- requests */
@@ -745,10 +814,16 @@ static int ls_request(struct ls_tier *t, uint64_t gen, const Lorastore__VersionR
 		} else if (t->kind == LS_TIER_HOST) {
 			rc = ls_load_start(e, err);
 		} else {
-			/* Staged on the host tier, which reads the disk only if it must. */
+			/*
+			 * Staged on the host tier, which reads the disk only if
+			 * it must; while it reads, the chunks are copied as
+			 * they arrive.
+			 */
 			e->staging_wait.fn = ls_staging_ready;
 			rc = ls_res_request(ls_res_host(t->owner), rec, &e->staging_wait, &h, err);
-			if (rc == 0)
+			if (rc > 0)
+				h = e->staging_wait.res;
+			if (rc >= 0)
 				ls_upload_start(e, h);
 			rc = rc > 0 ? 0 : rc;
 		}

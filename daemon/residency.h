@@ -21,11 +21,14 @@
  * Unpinned resident entries sit on their tier's LRU list and are evicted
  * oldest first when the tier needs space.  A host load reads the blob's data
  * region through the event loop straight into the slab, then verifies its
- * XXH3 checksum on the worker pool.  A device load makes the version
- * resident on the host tier first (the staging cache: a version already
- * there reads no disk), pins it, and uploads the data region with the
- * device backend's asynchronous copy; its completion comes back through the
- * loop.  Every request for an entry that is loading waits on that one load.
+ * XXH3 checksum on the worker pool.  A device load stages the version on
+ * the host tier (the staging cache: a version already there reads no disk)
+ * and pins it there; while the host load reads, each chunk read is copied to
+ * the GPU with the device backend's asynchronous copy as the next chunk is
+ * read and the last one hashed.  Copies complete through the loop; the
+ * device entry is resident once its last copy and the host copy's checksum
+ * have both completed.  Every request for an entry that is loading waits on
+ * that one load.
  *
  * The residency reaches slab memory only through the backends (backend.h).
  * Everything here runs on the loop thread.
@@ -89,10 +92,21 @@ struct ls_resident {
 	char fail_msg[256];
 	struct ls_op read_op;
 	struct ls_job hash_job;
-	/* Device load in progress: the host entry it stages from, and the copy. */
+	/*
+	 * Device load in progress: the host entry it stages from, pinned until
+	 * the last copy is done, and the copies.  While that host entry loads,
+	 * this entry is on its followers list and copies each chunk it reads.
+	 */
 	struct ls_waiter staging_wait;
-	struct ls_resident *staging;    /* pinned until the upload is done */
+	struct ls_resident *staging;
+	struct ls_resident *follow_next; /* the next follower of the same host entry */
+	bool staged;                    /* the host copy is read and its checksum matched */
+	bool uploading;                 /* a copy in flight */
+	uint64_t uploaded;              /* bytes of the data region copied so far */
+	uint64_t upload_len;            /* bytes the copy in flight covers */
 	struct ls_upload upload;
+	/* Host entries: device entries copying this one's chunks as they are read. */
+	struct ls_resident *followers;
 };
 
 struct ls_slab_slot {

@@ -13,6 +13,7 @@
 #include <criterion/criterion.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <signal.h>
@@ -26,6 +27,7 @@
 
 #include <lorastore.h>
 
+#include "blob.h"
 #include "daemon_proc.h"
 #include "synth.h"
 
@@ -540,6 +542,94 @@ Test(device, mixed_sizes_fill_the_device_budget_before_any_eviction)
 	start_device_daemon(args);
 	lorastore *conn = connect_ok();
 	fill_with_mixed_sizes(conn, true);
+	lorastore_close(conn);
+	cr_assert_eq(ls_daemon_stop(&dp), 0);
+}
+
+Test(device, a_cold_device_load_copies_each_chunk_while_the_next_is_read)
+{
+	need_cuda(false);
+	static const char *const args[] = {"--log-level", "debug", NULL};
+	start_device_daemon(args);
+	lorastore *conn = connect_ok();
+	/* 48 layers of 512 KiB: a 24 MiB data region, three of the loads' 8 MiB reads. */
+	import_seed(conn, "dev/big", 21, 48, 2048);
+	uint64_t want = host_hash(conn, "dev/big");
+	cr_assert_eq(lorastore_evict(conn, "dev/big"), 0, "%s", lorastore_errmsg(conn));
+	lorastore_adapter *ad = acquire_dev(conn, "dev/big", NULL);
+	cr_assert_eq(adapter_hash(ad), want, "the device copy differs from the host copy");
+	lorastore_adapter_release(ad);
+	/* The daemon logs each copy with how much of the blob was read by then. */
+	FILE *f = fopen(dp.log, "r");
+	cr_assert_not_null(f);
+	static char log[1 << 20];
+	log[fread(log, 1, sizeof(log) - 1, f)] = '\0';
+	fclose(f);
+	int copies = 0;
+	unsigned long long first_read = 0, total = 0;
+	for (const char *p = log; (p = strstr(p, "bytes read)")); p++) {
+		const char *q = p;
+		while (q > log && q[-1] != '(')
+			q--;
+		unsigned long long r, n;
+		cr_assert_eq(sscanf(q, "host copy: %llu of %llu", &r, &n), 2, "%.80s", q);
+		if (copies++ == 0) {
+			first_read = r;
+			total = n;
+		}
+	}
+	cr_assert_eq(total, 24ull << 20, "%d copies logged, of a region of %llu bytes", copies, total);
+	cr_assert_geq(copies, 2, "one copy of the whole region: nothing overlapped");
+	cr_assert_lt(first_read, total, "the first copy waited for the whole read");
+	lorastore_close(conn);
+	cr_assert_eq(ls_daemon_stop(&dp), 0);
+}
+
+Test(device, a_corrupt_blob_fails_a_streamed_device_load_and_leaves_no_memory_held)
+{
+	need_cuda(false);
+	start_device_daemon(NULL);
+	lorastore *conn = connect_ok();
+	import_seed(conn, "dev/good", 22, 4, 512);
+	/* 24 MiB: the chunks before the broken byte are copied before the checksum fails. */
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s/bad", work_dir);
+	cr_assert_eq(mkdir(dir, 0755), 0);
+	struct synth_opts o = {.family = SYNTH_LLAMA, .layers = 48, .rank = 16,
+			       .dtype = LS_DTYPE_F16, .hidden = 2048, .heads = 4, .kv_heads = 4,
+			       .seed = 23};
+	cr_assert_eq(synth_adapter_dir(dir, &o), 0);
+	lorastore_list *l = NULL;
+	cr_assert_eq(lorastore_import_dir_entry(conn, dir, &(lorastore_import_opts){.name = "dev/bad"},
+						&l), 0, "%s", lorastore_errmsg(conn));
+	char blob[PATH_MAX];
+	snprintf(blob, sizeof(blob), "%s/blobs/%s.blob", dp.state, lorastore_list_entry(l, 0)->digest);
+	lorastore_list_free(l);
+	int fd = open(blob, O_RDWR);
+	cr_assert_geq(fd, 0, "%s: %s", blob, strerror(errno));
+	struct ls_blob_header hdr;
+	cr_assert_eq(pread(fd, &hdr, sizeof(hdr), 0), (ssize_t)sizeof(hdr));
+	off_t at = (off_t)(hdr.data_offset + hdr.data_length - 100);
+	unsigned char byte;
+	cr_assert_eq(pread(fd, &byte, 1, at), 1);
+	byte ^= 0x5a;
+	cr_assert_eq(pwrite(fd, &byte, 1, at), 1);
+	close(fd);
+
+	lorastore_adapter *ad = NULL;
+	int rc = lorastore_acquire_tier(conn, "dev/bad", LORASTORE_TIER_DEVICE, NULL, -1, &ad);
+	cr_assert_eq(rc, LORASTORE_E_CORRUPT, "device acquire of a corrupt blob: %s (%s)",
+		     lorastore_strerror(rc), lorastore_errmsg(conn));
+	cr_assert_null(ad);
+	lorastore_tier_stats t = device_stats(conn, NULL);
+	cr_assert_eq(t.adapters, 0, "the failed device load stayed resident");
+	cr_assert_eq(t.used, 0, "the failed device load holds %llu bytes",
+		     (unsigned long long)t.used);
+	cr_assert_eq(stats_of(conn).tiers[0].used, 0, "the failed host copy holds memory");
+	/* The daemon serves the rest. */
+	ad = acquire_dev(conn, "dev/good", NULL);
+	cr_assert_eq(adapter_hash(ad), host_hash(conn, "dev/good"));
+	lorastore_adapter_release(ad);
 	lorastore_close(conn);
 	cr_assert_eq(ls_daemon_stop(&dp), 0);
 }
