@@ -229,9 +229,18 @@ static int ls_setup_devices(struct ls_server *srv)
 			return LS_E_BACKEND;
 		}
 		srv->n_devices++;
+		/* Free memory now that the daemon's own context on the GPU exists. */
+		uint64_t free_bytes = devs[i].free_bytes, total_bytes = 0;
+		if (ls_backend_query_memory(b, &free_bytes, &total_bytes) || total_bytes == 0)
+			free_bytes = devs[i].free_bytes;
 		uint64_t budget = cfg->device_budget;
 		if (cfg->device_budget_pct)
-			budget = devs[i].free_bytes / 100 * cfg->device_budget_pct;
+			budget = free_bytes / 100 * cfg->device_budget_pct;
+		else if (total_bytes && budget > free_bytes)
+			ls_warn("GPU %d (%s): --device-budget %llu is more than its %llu free bytes: "
+				"loads beyond them fall back to evicting", devs[i].ordinal,
+				devs[i].uuid, (unsigned long long)budget,
+				(unsigned long long)free_bytes);
 		if (ls_residency_add_device(&srv->res, b, devs[i].ordinal, devs[i].uuid, budget,
 					    cfg->device_slab_size, &err)) {
 			ls_error("GPU %d (%s): %s", devs[i].ordinal, devs[i].uuid, err.msg);
@@ -239,7 +248,7 @@ static int ls_setup_devices(struct ls_server *srv)
 		}
 		ls_info("device tier %u: GPU %d, %s, %s, budget %llu of %llu bytes free",
 			srv->res.n_tiers - 1, devs[i].ordinal, devs[i].uuid, devs[i].name,
-			(unsigned long long)budget, (unsigned long long)devs[i].free_bytes);
+			(unsigned long long)budget, (unsigned long long)free_bytes);
 	}
 	if (srv->n_devices == 0) {
 		const char *why = n == 0 ? "the driver reports no GPU"
@@ -322,6 +331,11 @@ int main(int argc, char **argv)
 		ls_error("%s", err.msg);
 		goto out;
 	}
+	uint64_t host_free = 0, host_total = 0;
+	if (ls_backend_query_memory(&srv.backend, &host_free, &host_total) == 0 && host_total &&
+	    cfg.host_budget > host_total)
+		ls_warn("--host-budget %llu is more than this machine's %llu bytes of memory",
+			(unsigned long long)cfg.host_budget, (unsigned long long)host_total);
 	if (ls_setup_devices(&srv))
 		goto out;
 	srv.refcache = calloc(LS_REFCACHE_SIZE, sizeof(*srv.refcache));
