@@ -1,0 +1,1321 @@
+/*
+ * lorastore._lorastore: the CPython binding of liblorastore (linked in
+ * statically), written against the limited API (abi3, Python 3.10 and later).
+ *
+ * Objects and who keeps what alive:
+ *
+ *   Connection   a lorastore handle, a mutex that serializes calls on it (a
+ *                connection may be shared by threads), and the number of its
+ *                live leases.
+ *   _Lease       one acquired adapter (lorastore_adapter *).  It holds its
+ *                Connection; its dealloc releases the adapter.  Every object
+ *                that points into the adapter's memory holds the _Lease: the
+ *                Adapter (until ad.release()), each Tensor, and each DLPack
+ *                capsule handed to a consumer (until the consumer's deleter
+ *                runs).  So the lease ends with the last of them, and no
+ *                Python object can point at memory that is no longer leased.
+ *   Adapter      facts about the adapter, and its _Lease until release().
+ *   Tensor       one tensor of an adapter: __dlpack__, __dlpack_device__,
+ *                shape, dtype.
+ *
+ * Connection.close() with live leases raises and unmaps nothing.  Calls
+ * that may block (connect, acquire waiting for a load, import, verify, gc)
+ * release the GIL; the connection's mutex is never held while waiting for
+ * the GIL, so the two cannot deadlock.
+ */
+/* The build defines Py_LIMITED_API (CMake: USE_SABI 3.10). */
+#ifndef Py_LIMITED_API
+#define Py_LIMITED_API 0x030A0000
+#endif
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lorastore.h>
+
+/* ------------------------------------------------------------------ */
+/* DLPack: the data structures of its ABI (version 1.0), as consumers read them. */
+
+enum { LS_DL_CPU = 1, LS_DL_CUDA = 2 };
+enum { LS_DL_INT = 0, LS_DL_UINT = 1, LS_DL_FLOAT = 2, LS_DL_BFLOAT = 4, LS_DL_BOOL = 6 };
+#define LS_DL_FLAG_READ_ONLY (1ull << 0)
+
+typedef struct {
+	int32_t device_type; /* an enum in the ABI: the size of an int */
+	int32_t device_id;
+} ls_dl_device;
+
+typedef struct {
+	uint8_t code;
+	uint8_t bits;
+	uint16_t lanes;
+} ls_dl_dtype;
+
+typedef struct {
+	void *data;
+	ls_dl_device device;
+	int32_t ndim;
+	ls_dl_dtype dtype;
+	int64_t *shape;
+	int64_t *strides;
+	uint64_t byte_offset;
+} ls_dl_tensor;
+
+/* The unversioned managed tensor ("dltensor" capsules). */
+typedef struct ls_dl_managed {
+	ls_dl_tensor dl_tensor;
+	void *manager_ctx;
+	void (*deleter)(struct ls_dl_managed *self);
+} ls_dl_managed;
+
+/* The versioned one ("dltensor_versioned" capsules), which carries flags. */
+typedef struct ls_dl_managed_v {
+	struct {
+		uint32_t major, minor;
+	} version;
+	void *manager_ctx;
+	void (*deleter)(struct ls_dl_managed_v *self);
+	uint64_t flags;
+	ls_dl_tensor dl_tensor;
+} ls_dl_managed_v;
+
+/* ------------------------------------------------------------------ */
+/* Module state: types and exceptions */
+
+static PyObject *ls_Error, *ls_NotFound, *ls_PermissionDenied, *ls_Corrupt, *ls_NoSpace,
+	*ls_InvalidAdapter, *ls_ConnectionClosed, *ls_InvalidArgument, *ls_Timeout,
+	*ls_DeviceError;
+static PyTypeObject *ls_ConnectionType, *ls_LeaseType, *ls_AdapterType, *ls_TensorType;
+
+/* The exception class of a library code. */
+static PyObject *ls_error_class(int code)
+{
+	switch (code) {
+	case LORASTORE_E_NOT_FOUND:
+	case -ENOENT:
+		return ls_NotFound;
+	case -EPERM:
+	case -EACCES:
+		return ls_PermissionDenied;
+	case LORASTORE_E_CORRUPT:
+	case LORASTORE_E_BLOB_FORMAT:
+		return ls_Corrupt;
+	case LORASTORE_E_NO_SPACE:
+	case LORASTORE_E_PIN_LIMIT:
+	case -ENOSPC:
+		return ls_NoSpace;
+	case LORASTORE_E_CLOSED:
+	case -EPIPE:
+	case -ECONNRESET:
+	case -ECONNREFUSED:
+		return ls_ConnectionClosed;
+	case -ETIMEDOUT:
+		return ls_Timeout;
+	case LORASTORE_E_SHAPE:
+	case LORASTORE_E_DTYPE:
+	case LORASTORE_E_TIER:
+	case -EINVAL:
+		return ls_InvalidArgument;
+	case LORASTORE_E_NO_DEVICE:
+	case LORASTORE_E_DEVICE:
+	case LORASTORE_E_NOT_BUILT:
+	case LORASTORE_E_BACKEND:
+		return ls_DeviceError;
+	}
+	/* What an import can refuse: the file, the config, the name. */
+	if (code >= LORASTORE_E_TRUNCATED && code <= LORASTORE_E_NAME_INVALID)
+		return ls_InvalidAdapter;
+	return ls_Error;
+}
+
+/* Raise the exception of code with message (NULL: the code's description). */
+static PyObject *ls_raise(int code, const char *message)
+{
+	PyObject *cls = ls_error_class(code);
+	const char *msg = message && *message ? message : lorastore_strerror(code);
+	PyObject *exc = PyObject_CallFunction(cls, "s", msg);
+	if (!exc)
+		return NULL;
+	PyObject *c = PyLong_FromLong(code);
+	PyObject *m = PyUnicode_FromString(msg);
+	if (c && m && PyObject_SetAttrString(exc, "code", c) == 0 &&
+	    PyObject_SetAttrString(exc, "message", m) == 0)
+		PyErr_SetObject(cls, exc);
+	Py_XDECREF(c);
+	Py_XDECREF(m);
+	Py_DECREF(exc);
+	return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* Connection */
+
+typedef struct {
+	PyObject_HEAD
+	lorastore *conn;         /* NULL once closed */
+	pthread_mutex_t lock;    /* serializes calls on conn */
+	Py_ssize_t leases;       /* live _Lease objects of this connection */
+} ls_Connection;
+
+/*
+ * Run call (an int expression on c->conn) with the GIL released and the
+ * connection locked, into rc; on failure the connection's message goes to
+ * msg (a char array) before the lock is let go.
+ */
+#define LS_BLOCKING(c, rc, msg, call)                                               \
+	do {                                                                        \
+		Py_BEGIN_ALLOW_THREADS                                              \
+		pthread_mutex_lock(&(c)->lock);                                     \
+		(rc) = (call);                                                      \
+		if (rc)                                                             \
+			snprintf((msg), sizeof(msg), "%s", lorastore_errmsg((c)->conn)); \
+		pthread_mutex_unlock(&(c)->lock);                                   \
+		Py_END_ALLOW_THREADS                                                \
+	} while (0)
+
+/* Raise for a failed call on c (its message), with code. */
+static PyObject *ls_conn_raise(ls_Connection *c, int code)
+{
+	char msg[512];
+	snprintf(msg, sizeof(msg), "%s", c->conn ? lorastore_errmsg(c->conn) : "");
+	return ls_raise(code, msg);
+}
+
+static int ls_conn_open(ls_Connection *c)
+{
+	if (c->conn)
+		return 0;
+	ls_raise(LORASTORE_E_CLOSED, "the connection is closed");
+	return -1;
+}
+
+static PyObject *ls_connection_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"socket", NULL};
+	const char *path = NULL;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|z", kwlist, &path))
+		return NULL;
+	ls_Connection *c = (ls_Connection *)PyType_GenericAlloc(type, 0);
+	if (!c)
+		return NULL;
+	pthread_mutex_init(&c->lock, NULL);
+	lorastore *conn = NULL;
+	int rc;
+	Py_BEGIN_ALLOW_THREADS
+	rc = lorastore_connect(path, &conn);
+	Py_END_ALLOW_THREADS
+	if (rc) {
+		char msg[512];
+		snprintf(msg, sizeof(msg), "%s", conn ? lorastore_errmsg(conn) : lorastore_strerror(rc));
+		lorastore_close(conn);
+		Py_DECREF(c);
+		return ls_raise(rc, msg);
+	}
+	c->conn = conn;
+	return (PyObject *)c;
+}
+
+static void ls_connection_dealloc(ls_Connection *c)
+{
+	/* No lease is alive: each holds its connection. */
+	lorastore_close(c->conn);
+	pthread_mutex_destroy(&c->lock);
+	PyTypeObject *tp = Py_TYPE(c);
+	freefunc f = (freefunc)PyType_GetSlot(tp, Py_tp_free);
+	f(c);
+	Py_DECREF(tp);
+}
+
+static PyObject *ls_connection_close(ls_Connection *c, PyObject *unused)
+{
+	(void)unused;
+	if (!c->conn)
+		Py_RETURN_NONE;
+	if (c->leases > 0) {
+		char msg[256];
+		snprintf(msg, sizeof(msg),
+			 "%zd adapter lease(s) of this connection are still alive (adapters not "
+			 "released, or tensors still viewed); release them and drop the views first",
+			 c->leases);
+		return ls_raise(-EBUSY, msg);
+	}
+	pthread_mutex_lock(&c->lock);
+	lorastore_close(c->conn);
+	c->conn = NULL;
+	pthread_mutex_unlock(&c->lock);
+	Py_RETURN_NONE;
+}
+
+static PyObject *ls_connection_closed(ls_Connection *c, void *unused)
+{
+	(void)unused;
+	return PyBool_FromLong(c->conn == NULL);
+}
+
+static PyObject *ls_connection_leases(ls_Connection *c, void *unused)
+{
+	(void)unused;
+	return PyLong_FromSsize_t(c->leases);
+}
+
+/* ------------------------------------------------------------------ */
+/* _Lease */
+
+typedef struct {
+	PyObject_HEAD
+	ls_Connection *conn;
+	lorastore_adapter *ad;
+	lorastore_adapter_info info;
+} ls_Lease;
+
+static void ls_lease_dealloc(ls_Lease *l)
+{
+	if (l->ad) {
+		pthread_mutex_lock(&l->conn->lock);
+		lorastore_adapter_release(l->ad);
+		pthread_mutex_unlock(&l->conn->lock);
+		l->conn->leases--;
+	}
+	Py_XDECREF(l->conn);
+	PyTypeObject *tp = Py_TYPE(l);
+	freefunc f = (freefunc)PyType_GetSlot(tp, Py_tp_free);
+	f(l);
+	Py_DECREF(tp);
+}
+
+/* ------------------------------------------------------------------ */
+/* Tensor */
+
+typedef struct {
+	PyObject_HEAD
+	ls_Lease *lease;
+	lorastore_tensor t;
+	char dtype_name[16];     /* the dtype it exports as (a view may reinterpret) */
+} ls_Tensor;
+
+/* DLPack's dtype of a safetensors dtype name; false when it has none. */
+static bool ls_dl_dtype_of(const char *name, ls_dl_dtype *out)
+{
+	static const struct {
+		const char *name;
+		uint8_t code, bits;
+	} map[] = {
+		{"F64", LS_DL_FLOAT, 64}, {"F32", LS_DL_FLOAT, 32}, {"F16", LS_DL_FLOAT, 16},
+		{"BF16", LS_DL_BFLOAT, 16}, {"I64", LS_DL_INT, 64}, {"I32", LS_DL_INT, 32},
+		{"I16", LS_DL_INT, 16}, {"I8", LS_DL_INT, 8}, {"U64", LS_DL_UINT, 64},
+		{"U32", LS_DL_UINT, 32}, {"U16", LS_DL_UINT, 16}, {"U8", LS_DL_UINT, 8},
+		{"BOOL", LS_DL_BOOL, 8},
+	};
+	for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+		if (strcmp(map[i].name, name) == 0) {
+			*out = (ls_dl_dtype){map[i].code, map[i].bits, 1};
+			return true;
+		}
+	return false;
+}
+
+static ls_Tensor *ls_tensor_make(ls_Lease *lease, const lorastore_tensor *t, const char *dtype)
+{
+	ls_Tensor *x = PyObject_New(ls_Tensor, ls_TensorType);
+	if (!x)
+		return NULL;
+	Py_INCREF(lease);
+	x->lease = lease;
+	x->t = *t;
+	snprintf(x->dtype_name, sizeof(x->dtype_name), "%s", dtype);
+	return x;
+}
+
+static void ls_tensor_dealloc(ls_Tensor *x)
+{
+	Py_XDECREF(x->lease);
+	PyTypeObject *tp = Py_TYPE(x);
+	PyObject_Free(x);
+	Py_DECREF(tp);
+}
+
+/* What a DLPack consumer holds: the lease, until its deleter runs. */
+struct ls_dl_ctx {
+	ls_Lease *lease;
+	int64_t dims[2 * LORASTORE_MAX_DIMS]; /* shape, then strides */
+};
+
+/* Fill a DLPack tensor view of x; ctx keeps its shape and strides. */
+static int ls_dl_fill(ls_Tensor *x, ls_dl_tensor *dl, struct ls_dl_ctx *ctx)
+{
+	const lorastore_tensor *t = &x->t;
+	ls_dl_dtype dt;
+	if (!ls_dl_dtype_of(x->dtype_name, &dt)) {
+		PyErr_Format(PyExc_BufferError, "dtype %s has no DLPack type", x->dtype_name);
+		return -1;
+	}
+	size_t esize = dt.bits / 8;
+	uint64_t elems = 1;
+	for (unsigned i = 0; i < t->ndim; i++)
+		elems *= t->shape[i];
+	if (elems * esize != t->bytes) {
+		PyErr_Format(PyExc_BufferError, "%s: %llu bytes are not %llu elements of %s",
+			     t->module, (unsigned long long)t->bytes, (unsigned long long)elems,
+			     x->dtype_name);
+		return -1;
+	}
+	int64_t stride = 1;
+	for (unsigned i = t->ndim; i-- > 0;) {
+		ctx->dims[i] = (int64_t)t->shape[i];
+		ctx->dims[LORASTORE_MAX_DIMS + i] = stride;
+		stride *= (int64_t)t->shape[i];
+	}
+	dl->data = (void *)t->data;
+	dl->device = t->device >= 0 ? (ls_dl_device){LS_DL_CUDA, t->device}
+				    : (ls_dl_device){LS_DL_CPU, 0};
+	dl->ndim = (int32_t)t->ndim;
+	dl->dtype = dt;
+	dl->shape = ctx->dims;
+	dl->strides = ctx->dims + LORASTORE_MAX_DIMS;
+	dl->byte_offset = 0;
+	return 0;
+}
+
+/* Drop the lease a consumer held; the deleter may run on any thread. */
+static void ls_dl_release_ctx(struct ls_dl_ctx *ctx)
+{
+	if (!ctx)
+		return;
+	if (Py_IsInitialized()) {
+		PyGILState_STATE g = PyGILState_Ensure();
+		Py_XDECREF(ctx->lease);
+		PyGILState_Release(g);
+	}
+	free(ctx);
+}
+
+static void ls_dl_deleter(ls_dl_managed *m)
+{
+	ls_dl_release_ctx(m->manager_ctx);
+	free(m);
+}
+
+static void ls_dl_deleter_v(ls_dl_managed_v *m)
+{
+	ls_dl_release_ctx(m->manager_ctx);
+	free(m);
+}
+
+/* A capsule nobody consumed still owns its tensor. */
+static void ls_capsule_destructor(PyObject *cap)
+{
+	if (PyCapsule_IsValid(cap, "dltensor")) {
+		ls_dl_managed *m = PyCapsule_GetPointer(cap, "dltensor");
+		if (m && m->deleter)
+			m->deleter(m);
+	} else if (PyCapsule_IsValid(cap, "dltensor_versioned")) {
+		ls_dl_managed_v *m = PyCapsule_GetPointer(cap, "dltensor_versioned");
+		if (m && m->deleter)
+			m->deleter(m);
+	} else {
+		PyErr_Clear(); /* consumed: the consumer calls the deleter */
+	}
+}
+
+static PyObject *ls_tensor_dlpack(ls_Tensor *x, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"stream", "max_version", "dl_device", "copy", NULL};
+	PyObject *stream = Py_None, *max_version = Py_None, *dl_device = Py_None,
+		 *copy = Py_None;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|$OOOO", kwlist, &stream, &max_version,
+					 &dl_device, &copy))
+		return NULL;
+	(void)stream; /* the data is complete: a load finished before the acquire returned */
+	if (copy == Py_True) {
+		PyErr_SetString(PyExc_BufferError,
+				"lorastore tensors are the daemon's shared read-only memory: "
+				"export without copy=True, then copy with the consumer");
+		return NULL;
+	}
+	bool versioned = false;
+	if (max_version != Py_None) {
+		long major = -1;
+		if (PyTuple_Check(max_version) && PyTuple_Size(max_version) >= 1)
+			major = PyLong_AsLong(PyTuple_GetItem(max_version, 0));
+		if (major == -1 && PyErr_Occurred())
+			return NULL;
+		versioned = major >= 1;
+	}
+	if (dl_device != Py_None) {
+		long type = -1, id = -1;
+		if (PyTuple_Check(dl_device) && PyTuple_Size(dl_device) == 2) {
+			type = PyLong_AsLong(PyTuple_GetItem(dl_device, 0));
+			id = PyLong_AsLong(PyTuple_GetItem(dl_device, 1));
+		}
+		if (PyErr_Occurred())
+			return NULL;
+		long want_type = x->t.device >= 0 ? LS_DL_CUDA : LS_DL_CPU;
+		long want_id = x->t.device >= 0 ? x->t.device : 0;
+		if (type != want_type || id != want_id) {
+			PyErr_SetString(PyExc_BufferError,
+					"the tensor lives on another device; lorastore does not copy");
+			return NULL;
+		}
+	}
+	struct ls_dl_ctx *ctx = calloc(1, sizeof(*ctx));
+	if (!ctx)
+		return PyErr_NoMemory();
+	PyObject *cap = NULL;
+	if (versioned) {
+		ls_dl_managed_v *m = calloc(1, sizeof(*m));
+		if (!m || ls_dl_fill(x, &m->dl_tensor, ctx)) {
+			free(m);
+			free(ctx);
+			return m ? NULL : PyErr_NoMemory();
+		}
+		m->version.major = 1;
+		m->version.minor = 0;
+		m->flags = LS_DL_FLAG_READ_ONLY;
+		m->manager_ctx = ctx;
+		m->deleter = ls_dl_deleter_v;
+		Py_INCREF(x->lease);
+		ctx->lease = x->lease;
+		cap = PyCapsule_New(m, "dltensor_versioned", ls_capsule_destructor);
+		if (!cap)
+			ls_dl_deleter_v(m);
+	} else {
+		ls_dl_managed *m = calloc(1, sizeof(*m));
+		if (!m || ls_dl_fill(x, &m->dl_tensor, ctx)) {
+			free(m);
+			free(ctx);
+			return m ? NULL : PyErr_NoMemory();
+		}
+		m->manager_ctx = ctx;
+		m->deleter = ls_dl_deleter;
+		Py_INCREF(x->lease);
+		ctx->lease = x->lease;
+		cap = PyCapsule_New(m, "dltensor", ls_capsule_destructor);
+		if (!cap)
+			ls_dl_deleter(m);
+	}
+	return cap;
+}
+
+static PyObject *ls_tensor_dlpack_device(ls_Tensor *x, PyObject *unused)
+{
+	(void)unused;
+	if (x->t.device >= 0)
+		return Py_BuildValue("(ii)", LS_DL_CUDA, x->t.device);
+	return Py_BuildValue("(ii)", LS_DL_CPU, 0);
+}
+
+/* The same bytes seen as another dtype of the same element size (BF16 as U16). */
+static PyObject *ls_tensor_view_as(ls_Tensor *x, PyObject *arg)
+{
+	const char *dtype = PyUnicode_AsUTF8AndSize(arg, NULL);
+	if (!dtype)
+		return NULL;
+	ls_dl_dtype a, b;
+	if (!ls_dl_dtype_of(dtype, &b) || !ls_dl_dtype_of(x->dtype_name, &a) || a.bits != b.bits) {
+		PyErr_Format(PyExc_ValueError, "cannot view %s as %s", x->dtype_name, dtype);
+		return NULL;
+	}
+	return (PyObject *)ls_tensor_make(x->lease, &x->t, dtype);
+}
+
+static PyObject *ls_tensor_shape(ls_Tensor *x, void *unused)
+{
+	(void)unused;
+	PyObject *s = PyTuple_New(x->t.ndim);
+	for (unsigned i = 0; s && i < x->t.ndim; i++)
+		PyTuple_SetItem(s, i, PyLong_FromUnsignedLongLong(x->t.shape[i]));
+	return s;
+}
+
+static PyObject *ls_tensor_dtype(ls_Tensor *x, void *unused)
+{
+	(void)unused;
+	return PyUnicode_FromString(x->dtype_name);
+}
+
+static PyObject *ls_tensor_module(ls_Tensor *x, void *unused)
+{
+	(void)unused;
+	return PyUnicode_FromString(x->t.module);
+}
+
+static PyObject *ls_tensor_device(ls_Tensor *x, void *unused)
+{
+	(void)unused;
+	return PyLong_FromLong(x->t.device);
+}
+
+static PyObject *ls_tensor_nbytes(ls_Tensor *x, void *unused)
+{
+	(void)unused;
+	return PyLong_FromUnsignedLongLong(x->t.bytes);
+}
+
+static PyObject *ls_tensor_data_ptr(ls_Tensor *x, void *unused)
+{
+	(void)unused;
+	return PyLong_FromVoidPtr((void *)x->t.data);
+}
+
+/* ------------------------------------------------------------------ */
+/* Adapter */
+
+typedef struct {
+	PyObject_HEAD
+	ls_Lease *lease;          /* NULL once released */
+	lorastore_adapter_info info;
+	char name[256];
+	char tier[16];
+	char uuid[48];
+} ls_Adapter;
+
+static int ls_adapter_held(ls_Adapter *a)
+{
+	if (a->lease)
+		return 0;
+	ls_raise(-EINVAL, "the adapter was released");
+	return -1;
+}
+
+static void ls_adapter_dealloc(ls_Adapter *a)
+{
+	Py_XDECREF(a->lease);
+	PyTypeObject *tp = Py_TYPE(a);
+	PyObject_Free(a);
+	Py_DECREF(tp);
+}
+
+static PyObject *ls_adapter_release(ls_Adapter *a, PyObject *unused)
+{
+	(void)unused;
+	/* The lease ends when the last tensor view of it goes, not before. */
+	Py_CLEAR(a->lease);
+	Py_RETURN_NONE;
+}
+
+static const char *ls_kind_name(lorastore_kind k)
+{
+	switch (k) {
+	case LORASTORE_KIND_A:
+		return "A";
+	case LORASTORE_KIND_B:
+		return "B";
+	case LORASTORE_KIND_EXTRA:
+		return "extra";
+	case LORASTORE_KIND_MAGNITUDE:
+		return "magnitude";
+	}
+	return "?";
+}
+
+static int ls_kind_parse(const char *s, lorastore_kind *out)
+{
+	static const struct {
+		const char *name;
+		lorastore_kind kind;
+	} map[] = {{"A", LORASTORE_KIND_A}, {"B", LORASTORE_KIND_B},
+		   {"extra", LORASTORE_KIND_EXTRA}, {"magnitude", LORASTORE_KIND_MAGNITUDE}};
+	for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+		if (strcmp(s, map[i].name) == 0) {
+			*out = map[i].kind;
+			return 0;
+		}
+	PyErr_Format(PyExc_ValueError,
+		     "kind must be \"A\", \"B\", \"extra\" or \"magnitude\", not \"%s\"", s);
+	return -1;
+}
+
+/* (module, kind, layer, dtype, shape, rank, scale) of every tensor. */
+static PyObject *ls_adapter_tensor_rows(ls_Adapter *a, PyObject *unused)
+{
+	(void)unused;
+	if (ls_adapter_held(a))
+		return NULL;
+	PyObject *list = PyList_New(0);
+	for (size_t i = 0; list && i < a->info.tensor_count; i++) {
+		lorastore_tensor t;
+		if (lorastore_adapter_tensor_at(a->lease->ad, i, &t)) {
+			Py_DECREF(list);
+			return ls_raise(LORASTORE_E_PROTOCOL, "a tensor of the table is unreadable");
+		}
+		PyObject *shape = PyTuple_New(t.ndim);
+		for (unsigned d = 0; shape && d < t.ndim; d++)
+			PyTuple_SetItem(shape, d, PyLong_FromUnsignedLongLong(t.shape[d]));
+		PyObject *row = shape ? Py_BuildValue("(ssisNId)", t.module, ls_kind_name(t.kind),
+						      t.layer, t.dtype_name, shape, t.rank, t.scale)
+				      : NULL;
+		if (!row || PyList_Append(list, row)) {
+			Py_XDECREF(row);
+			Py_DECREF(list);
+			return NULL;
+		}
+		Py_DECREF(row);
+	}
+	return list;
+}
+
+static PyObject *ls_adapter_tensor(ls_Adapter *a, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"module", "kind", NULL};
+	const char *module, *kind_s;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "ss", kwlist, &module, &kind_s))
+		return NULL;
+	if (ls_adapter_held(a))
+		return NULL;
+	lorastore_kind kind;
+	if (ls_kind_parse(kind_s, &kind))
+		return NULL;
+	lorastore_tensor t;
+	int rc = lorastore_adapter_tensor(a->lease->ad, module, kind, &t);
+	if (rc) {
+		char msg[512];
+		snprintf(msg, sizeof(msg), "%s@%u has no %s tensor of module %s", a->name,
+			 a->info.version, kind_s, module);
+		return ls_raise(rc, msg);
+	}
+	return (PyObject *)ls_tensor_make(a->lease, &t, t.dtype_name);
+}
+
+/* The i-th tensor, as a Tensor. */
+static PyObject *ls_adapter_tensor_at(ls_Adapter *a, PyObject *arg)
+{
+	if (ls_adapter_held(a))
+		return NULL;
+	Py_ssize_t i = PyLong_AsSsize_t(arg);
+	if (i == -1 && PyErr_Occurred())
+		return NULL;
+	lorastore_tensor t;
+	if (i < 0 || lorastore_adapter_tensor_at(a->lease->ad, (size_t)i, &t))
+		return ls_raise(-EINVAL, "tensor index out of range");
+	return (PyObject *)ls_tensor_make(a->lease, &t, t.dtype_name);
+}
+
+#define LS_ADAPTER_GET(field, expr)                                          \
+	static PyObject *ls_adapter_get_##field(ls_Adapter *a, void *unused) \
+	{                                                                    \
+		(void)unused;                                                \
+		return expr;                                                 \
+	}
+LS_ADAPTER_GET(name, PyUnicode_FromString(a->name))
+LS_ADAPTER_GET(version, PyLong_FromUnsignedLong(a->info.version))
+LS_ADAPTER_GET(generation, PyLong_FromUnsignedLongLong(a->info.generation))
+LS_ADAPTER_GET(rank, PyLong_FromUnsignedLong(a->info.rank))
+LS_ADAPTER_GET(scale, PyFloat_FromDouble(a->info.scale))
+LS_ADAPTER_GET(tier, PyUnicode_FromString(a->tier))
+LS_ADAPTER_GET(bytes, PyLong_FromUnsignedLongLong(a->info.bytes))
+LS_ADAPTER_GET(device, PyLong_FromLong(a->info.device))
+LS_ADAPTER_GET(device_uuid, PyUnicode_FromString(a->uuid))
+LS_ADAPTER_GET(tensor_count, PyLong_FromSize_t(a->info.tensor_count))
+LS_ADAPTER_GET(released, PyBool_FromLong(a->lease == NULL))
+
+static PyObject *ls_adapter_get_digest(ls_Adapter *a, void *unused)
+{
+	(void)unused;
+	char hex[65];
+	for (int i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", a->info.digest[i]);
+	return PyUnicode_FromString(hex);
+}
+
+static PyObject *ls_adapter_get_dtype(ls_Adapter *a, void *unused)
+{
+	(void)unused;
+	switch (a->info.dtype) {
+	case LORASTORE_DTYPE_F32:
+		return PyUnicode_FromString("F32");
+	case LORASTORE_DTYPE_F16:
+		return PyUnicode_FromString("F16");
+	case LORASTORE_DTYPE_BF16:
+		return PyUnicode_FromString("BF16");
+	}
+	return PyUnicode_FromString("mixed");
+}
+
+/* ------------------------------------------------------------------ */
+/* Connection calls */
+
+static PyObject *ls_connection_acquire(ls_Connection *c, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"ref", "timeout", "tier", "device", NULL};
+	const char *ref, *tier_s = "host", *device = NULL;
+	PyObject *timeout = Py_None;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "s|Osz", kwlist, &ref, &timeout, &tier_s,
+					 &device))
+		return NULL;
+	int timeout_ms = -1;
+	if (timeout != Py_None) {
+		double s = PyFloat_AsDouble(timeout);
+		if (s == -1.0 && PyErr_Occurred())
+			return NULL;
+		if (s < 0 || s > 2e6) {
+			PyErr_SetString(PyExc_ValueError, "timeout must be None or 0..2e6 seconds");
+			return NULL;
+		}
+		timeout_ms = (int)(s * 1000.0 + 0.5);
+	}
+	lorastore_tier tier;
+	if (strcmp(tier_s, "host") == 0)
+		tier = LORASTORE_TIER_HOST;
+	else if (strcmp(tier_s, "device") == 0)
+		tier = LORASTORE_TIER_DEVICE;
+	else {
+		PyErr_Format(PyExc_ValueError, "tier must be \"host\" or \"device\", not \"%s\"",
+			     tier_s);
+		return NULL;
+	}
+	if (ls_conn_open(c))
+		return NULL;
+	ls_Lease *l = PyObject_New(ls_Lease, ls_LeaseType);
+	if (!l)
+		return NULL;
+	l->ad = NULL;
+	Py_INCREF(c);
+	l->conn = c;
+	lorastore_adapter *ad = NULL;
+	int rc;
+	char msg[512] = "";
+	LS_BLOCKING(c, rc, msg,
+		    lorastore_acquire_tier(c->conn, ref, tier, device, timeout_ms, &ad));
+	if (rc) {
+		Py_DECREF(l);
+		return ls_raise(rc, msg);
+	}
+	l->ad = ad;
+	c->leases++;
+	lorastore_adapter_info_get(ad, &l->info);
+
+	ls_Adapter *a = PyObject_New(ls_Adapter, ls_AdapterType);
+	if (!a) {
+		Py_DECREF(l);
+		return NULL;
+	}
+	a->lease = l;
+	a->info = l->info;
+	snprintf(a->name, sizeof(a->name), "%s", l->info.name);
+	snprintf(a->tier, sizeof(a->tier), "%s", l->info.tier);
+	snprintf(a->uuid, sizeof(a->uuid), "%s", l->info.device_uuid ? l->info.device_uuid : "");
+	return (PyObject *)a;
+}
+
+/* A listing entry as a dict. */
+static PyObject *ls_entry_dict(const lorastore_entry *e)
+{
+	return Py_BuildValue(
+		"{s:s,s:I,s:s,s:K,s:I,s:d,s:s,s:K,s:n,s:O,s:s,s:I,s:L,s:s,s:s}", "name", e->name,
+		"version", e->version, "digest", e->digest, "generation",
+		(unsigned long long)e->generation, "rank", e->rank, "scale", e->scale, "dtype",
+		e->dtype, "bytes", (unsigned long long)e->bytes, "tensor_count",
+		(Py_ssize_t)e->tensor_count, "resident", e->resident ? Py_True : Py_False, "tier",
+		e->tier, "pins", e->pins, "created_unix_ns", (long long)e->created_unix_ns,
+		"base_model", e->base_model, "source", e->source);
+}
+
+static PyObject *ls_list_dicts(lorastore_list *l)
+{
+	PyObject *out = PyList_New(0);
+	for (size_t i = 0; out && i < lorastore_list_count(l); i++) {
+		PyObject *d = ls_entry_dict(lorastore_list_entry(l, i));
+		if (!d || PyList_Append(out, d)) {
+			Py_XDECREF(d);
+			Py_CLEAR(out);
+			break;
+		}
+		Py_DECREF(d);
+	}
+	return out;
+}
+
+static PyObject *ls_connection_list(ls_Connection *c, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"prefix", NULL};
+	const char *prefix = "";
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|s", kwlist, &prefix))
+		return NULL;
+	if (ls_conn_open(c))
+		return NULL;
+	PyObject *all = PyList_New(0);
+	char cursor[512] = "";
+	bool more = true;
+	while (all && more) {
+		lorastore_list *l = NULL;
+		int rc;
+		pthread_mutex_lock(&c->lock);
+		rc = lorastore_list_page(c->conn, prefix, cursor[0] ? cursor : NULL, 0, &l);
+		if (rc) {
+			pthread_mutex_unlock(&c->lock);
+			Py_DECREF(all);
+			return ls_conn_raise(c, rc);
+		}
+		pthread_mutex_unlock(&c->lock);
+		PyObject *page = ls_list_dicts(l);
+		const char *next = lorastore_list_next(l);
+		more = next && *next;
+		if (more)
+			snprintf(cursor, sizeof(cursor), "%s", next);
+		lorastore_list_free(l);
+		if (!page) {
+			Py_DECREF(all);
+			return NULL;
+		}
+		Py_ssize_t n = PyList_Size(page);
+		for (Py_ssize_t i = 0; i < n; i++)
+			PyList_Append(all, PyList_GetItem(page, i));
+		Py_DECREF(page);
+	}
+	return all;
+}
+
+static PyObject *ls_connection_show(ls_Connection *c, PyObject *args)
+{
+	const char *ref;
+	if (!PyArg_ParseTuple(args, "s", &ref) || ls_conn_open(c))
+		return NULL;
+	lorastore_list *l = NULL;
+	pthread_mutex_lock(&c->lock);
+	int rc = lorastore_show(c->conn, ref, &l);
+	pthread_mutex_unlock(&c->lock);
+	if (rc)
+		return ls_conn_raise(c, rc);
+	PyObject *d = lorastore_list_count(l) ? ls_entry_dict(lorastore_list_entry(l, 0)) : NULL;
+	lorastore_list_free(l);
+	if (!d && !PyErr_Occurred())
+		return ls_raise(LORASTORE_E_NOT_FOUND, ref);
+	return d;
+}
+
+static PyObject *ls_connection_stats(ls_Connection *c, PyObject *unused)
+{
+	(void)unused;
+	if (ls_conn_open(c))
+		return NULL;
+	lorastore_stats s;
+	pthread_mutex_lock(&c->lock);
+	int rc = lorastore_stats_get(c->conn, &s);
+	pthread_mutex_unlock(&c->lock);
+	if (rc)
+		return ls_conn_raise(c, rc);
+	PyObject *tiers = PyList_New(0);
+	for (size_t i = 0; tiers && i < s.tier_count; i++) {
+		const lorastore_tier_stats *t = &s.tiers[i];
+		PyObject *d = Py_BuildValue("{s:s,s:s,s:i,s:K,s:K,s:K,s:K,s:I}", "name", t->name,
+					    "device", t->device, "ordinal", t->ordinal, "budget",
+					    (unsigned long long)t->budget, "used",
+					    (unsigned long long)t->used, "slab_bytes",
+					    (unsigned long long)t->slab_bytes, "table_bytes",
+					    (unsigned long long)t->table_bytes, "adapters", t->adapters);
+		if (!d || PyList_Append(tiers, d))
+			Py_CLEAR(tiers);
+		Py_XDECREF(d);
+	}
+	if (!tiers)
+		return NULL;
+	return Py_BuildValue("{s:N,s:I,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:s}", "tiers", tiers, "clients",
+			     s.clients, "leases", (unsigned long long)s.leases, "loads",
+			     (unsigned long long)s.loads, "hits", (unsigned long long)s.hits,
+			     "misses", (unsigned long long)s.misses, "evictions",
+			     (unsigned long long)s.evictions, "load_errors",
+			     (unsigned long long)s.load_errors, "catalog_versions",
+			     (unsigned long long)s.catalog_versions, "event_loop", s.event_loop);
+}
+
+/* A call of one ref that may block: load, delete, evict. */
+static PyObject *ls_ref_call(ls_Connection *c, PyObject *args,
+			     int (*fn)(lorastore *conn, const char *ref))
+{
+	const char *ref;
+	if (!PyArg_ParseTuple(args, "s", &ref) || ls_conn_open(c))
+		return NULL;
+	int rc;
+	char msg[512] = "";
+	LS_BLOCKING(c, rc, msg, fn(c->conn, ref));
+	if (rc)
+		return ls_raise(rc, msg);
+	Py_RETURN_NONE;
+}
+
+static PyObject *ls_connection_load(ls_Connection *c, PyObject *args)
+{
+	return ls_ref_call(c, args, lorastore_load);
+}
+
+static PyObject *ls_connection_delete(ls_Connection *c, PyObject *args)
+{
+	return ls_ref_call(c, args, lorastore_delete);
+}
+
+static PyObject *ls_connection_evict(ls_Connection *c, PyObject *args)
+{
+	return ls_ref_call(c, args, lorastore_evict);
+}
+
+static PyObject *ls_connection_prefetch(ls_Connection *c, PyObject *args)
+{
+	PyObject *seq;
+	if (!PyArg_ParseTuple(args, "O", &seq) || ls_conn_open(c))
+		return NULL;
+	PyObject *fast = PySequence_Fast(seq, "refs must be a sequence of str");
+	if (!fast)
+		return NULL;
+	Py_ssize_t n = PySequence_Size(fast);
+	const char **refs = calloc(n ? (size_t)n : 1, sizeof(*refs));
+	if (!refs) {
+		Py_DECREF(fast);
+		return PyErr_NoMemory();
+	}
+	for (Py_ssize_t i = 0; i < n; i++) {
+		PyObject *o = PySequence_GetItem(fast, i);
+		refs[i] = o ? PyUnicode_AsUTF8AndSize(o, NULL) : NULL;
+		Py_XDECREF(o); /* the list keeps the str, and its UTF-8 */
+		if (!refs[i]) {
+			free(refs);
+			Py_DECREF(fast);
+			return NULL;
+		}
+	}
+	pthread_mutex_lock(&c->lock);
+	int rc = lorastore_prefetch(c->conn, refs, (size_t)n);
+	pthread_mutex_unlock(&c->lock);
+	free(refs);
+	Py_DECREF(fast);
+	if (rc)
+		return ls_conn_raise(c, rc);
+	Py_RETURN_NONE;
+}
+
+static PyObject *ls_connection_import_dir(ls_Connection *c, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"path", "name", "dtype", "allow_nonfinite", NULL};
+	PyObject *path_o;
+	const char *name = NULL, *dtype = "keep";
+	int allow = 0;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|zsp", kwlist, PyUnicode_FSConverter,
+					 &path_o, &name, &dtype, &allow))
+		return NULL;
+	const char *path = PyBytes_AsString(path_o);
+	PyObject *name_o = NULL;
+	if (!name) {
+		/* The folder's name, as the CLI does. */
+		PyObject *os_path = PyImport_ImportModule("os.path");
+		PyObject *abs = os_path ? PyObject_CallMethod(os_path, "abspath", "O", path_o) : NULL;
+		name_o = abs ? PyObject_CallMethod(os_path, "basename", "O", abs) : NULL;
+		Py_XDECREF(abs);
+		Py_XDECREF(os_path);
+		if (!name_o) {
+			Py_DECREF(path_o);
+			return NULL;
+		}
+		PyObject *s = PyUnicode_Check(name_o) ? NULL : PyUnicode_DecodeFSDefault(
+								      PyBytes_AsString(name_o));
+		if (s) {
+			Py_DECREF(name_o);
+			name_o = s;
+		}
+		name = PyUnicode_AsUTF8AndSize(name_o, NULL);
+	}
+	if (!name || ls_conn_open(c)) {
+		Py_XDECREF(name_o);
+		Py_DECREF(path_o);
+		return NULL;
+	}
+	lorastore_import_opts io = {.name = name,
+				    .dtype = strcmp(dtype, "keep") == 0 ? NULL : dtype,
+				    .allow_nonfinite = allow};
+	lorastore_list *l = NULL;
+	int rc;
+	char msg[512] = "";
+	LS_BLOCKING(c, rc, msg, lorastore_import_dir_entry(c->conn, path, &io, &l));
+	Py_XDECREF(name_o);
+	Py_DECREF(path_o);
+	if (rc)
+		return ls_raise(rc, msg);
+	PyObject *d = lorastore_list_count(l) ? ls_entry_dict(lorastore_list_entry(l, 0)) : NULL;
+	lorastore_list_free(l);
+	if (!d && !PyErr_Occurred())
+		return ls_raise(LORASTORE_E_PROTOCOL, "the import's reply held no entry");
+	return d;
+}
+
+static PyObject *ls_connection_verify(ls_Connection *c, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"ref", NULL};
+	const char *ref = NULL;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|z", kwlist, &ref) || ls_conn_open(c))
+		return NULL;
+	size_t bad = 0;
+	int rc;
+	char msg[512] = "";
+	LS_BLOCKING(c, rc, msg, lorastore_verify(c->conn, ref, &bad, NULL, NULL));
+	if (rc)
+		return ls_raise(rc, msg);
+	return PyLong_FromSize_t(bad);
+}
+
+static PyObject *ls_connection_gc(ls_Connection *c, PyObject *unused)
+{
+	(void)unused;
+	if (ls_conn_open(c))
+		return NULL;
+	uint64_t blobs = 0, bytes = 0;
+	int rc;
+	char msg[512] = "";
+	LS_BLOCKING(c, rc, msg, lorastore_gc(c->conn, &blobs, &bytes));
+	if (rc)
+		return ls_raise(rc, msg);
+	return Py_BuildValue("{s:K,s:K}", "blobs_removed", (unsigned long long)blobs,
+			     "bytes_removed", (unsigned long long)bytes);
+}
+
+/* ------------------------------------------------------------------ */
+/* Types */
+
+static PyMethodDef ls_connection_methods[] = {
+	{"close", (PyCFunction)ls_connection_close, METH_NOARGS,
+	 "close()\n--\n\nClose the connection.  Raises lorastore.Error while leases of it are "
+	 "alive (adapters not released, or tensors still viewed): nothing is unmapped under a "
+	 "view."},
+	{"acquire", (PyCFunction)(void (*)(void))ls_connection_acquire, METH_VARARGS | METH_KEYWORDS,
+	 "acquire(ref, timeout=None, tier='host', device=None)\n--\n\nLease an adapter version "
+	 "(\"name\" for the latest, or \"name@N\"), loading it first when it is not resident; "
+	 "timeout in seconds (None: as long as the load takes).  tier \"device\" gives the copy "
+	 "in a GPU's memory (device: its UUID, None for the current one)."},
+	{"list", (PyCFunction)(void (*)(void))ls_connection_list, METH_VARARGS | METH_KEYWORDS,
+	 "list(prefix='')\n--\n\nEvery version whose name begins with prefix, as dicts."},
+	{"show", (PyCFunction)ls_connection_show, METH_VARARGS,
+	 "show(ref)\n--\n\nThe record of one version, as a dict."},
+	{"stats", (PyCFunction)ls_connection_stats, METH_NOARGS,
+	 "stats()\n--\n\nThe daemon's counters and tiers, as a dict."},
+	{"load", (PyCFunction)ls_connection_load, METH_VARARGS,
+	 "load(ref)\n--\n\nMake a version resident without leasing it."},
+	{"prefetch", (PyCFunction)ls_connection_prefetch, METH_VARARGS,
+	 "prefetch(refs)\n--\n\nAsk the daemon to load refs in the background."},
+	{"import_dir", (PyCFunction)(void (*)(void))ls_connection_import_dir,
+	 METH_VARARGS | METH_KEYWORDS,
+	 "import_dir(path, name=None, dtype='keep', allow_nonfinite=False)\n--\n\nImport the PEFT "
+	 "adapter in folder path (name: the folder's name when None); returns the new version's "
+	 "entry.  Needs an admin peer."},
+	{"delete", (PyCFunction)ls_connection_delete, METH_VARARGS,
+	 "delete(ref)\n--\n\nDelete a version (deferred while leased).  Needs an admin peer."},
+	{"evict", (PyCFunction)ls_connection_evict, METH_VARARGS,
+	 "evict(ref)\n--\n\nDrop a version from memory.  Needs an admin peer."},
+	{"verify", (PyCFunction)(void (*)(void))ls_connection_verify, METH_VARARGS | METH_KEYWORDS,
+	 "verify(ref=None)\n--\n\nCheck blobs against their checksums; returns how many are bad."},
+	{"gc", (PyCFunction)ls_connection_gc, METH_NOARGS,
+	 "gc()\n--\n\nRemove blobs no version refers to."},
+	{NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef ls_connection_getset[] = {
+	{"closed", (getter)ls_connection_closed, NULL, "True once closed.", NULL},
+	{"live_leases", (getter)ls_connection_leases, NULL,
+	 "Leases of this connection still alive (held by adapters or tensor views).", NULL},
+	{NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot ls_connection_slots[] = {
+	{Py_tp_new, ls_connection_new},
+	{Py_tp_dealloc, ls_connection_dealloc},
+	{Py_tp_methods, ls_connection_methods},
+	{Py_tp_getset, ls_connection_getset},
+	{Py_tp_doc, "Connection(socket=None)\n--\n\nA connection to lorastored ($LORASTORE_SOCKET "
+		    "or the default socket when socket is None)."},
+	{0, NULL},
+};
+
+static PyType_Spec ls_connection_spec = {
+	"lorastore._lorastore.Connection", sizeof(ls_Connection), 0, Py_TPFLAGS_DEFAULT,
+	ls_connection_slots,
+};
+
+static PyType_Slot ls_lease_slots[] = {
+	{Py_tp_dealloc, ls_lease_dealloc},
+	{Py_tp_doc, "A lease on one adapter; it ends when nothing refers to it."},
+	{0, NULL},
+};
+
+static PyType_Spec ls_lease_spec = {
+	"lorastore._lorastore._Lease", sizeof(ls_Lease), 0, Py_TPFLAGS_DEFAULT, ls_lease_slots,
+};
+
+static PyMethodDef ls_tensor_methods[] = {
+	{"__dlpack__", (PyCFunction)(void (*)(void))ls_tensor_dlpack, METH_VARARGS | METH_KEYWORDS,
+	 "__dlpack__(*, stream=None, max_version=None, dl_device=None, copy=None)\n--\n\nA "
+	 "DLPack capsule of the tensor, read-only, sharing its memory (versioned when the "
+	 "consumer asks for 1.0 or later).  The lease lasts until the consumer frees it."},
+	{"__dlpack_device__", (PyCFunction)ls_tensor_dlpack_device, METH_NOARGS,
+	 "__dlpack_device__()\n--\n\n(device type, device id) as DLPack names them."},
+	{"_view_as", (PyCFunction)ls_tensor_view_as, METH_O,
+	 "_view_as(dtype)\n--\n\nThe same bytes as another dtype of the same element size."},
+	{NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef ls_tensor_getset[] = {
+	{"shape", (getter)ls_tensor_shape, NULL, "The shape, a tuple.", NULL},
+	{"dtype", (getter)ls_tensor_dtype, NULL, "The dtype as safetensors names it.", NULL},
+	{"module", (getter)ls_tensor_module, NULL, "The module path.", NULL},
+	{"device", (getter)ls_tensor_device, NULL, "The CUDA ordinal, or -1 on host.", NULL},
+	{"nbytes", (getter)ls_tensor_nbytes, NULL, "Bytes of data.", NULL},
+	{"data_ptr", (getter)ls_tensor_data_ptr, NULL, "The address of the data.", NULL},
+	{NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot ls_tensor_slots[] = {
+	{Py_tp_dealloc, ls_tensor_dealloc},
+	{Py_tp_methods, ls_tensor_methods},
+	{Py_tp_getset, ls_tensor_getset},
+	{Py_tp_doc, "One tensor of an acquired adapter, exported through DLPack without a copy."},
+	{0, NULL},
+};
+
+static PyType_Spec ls_tensor_spec = {
+	"lorastore._lorastore.Tensor", sizeof(ls_Tensor), 0, Py_TPFLAGS_DEFAULT, ls_tensor_slots,
+};
+
+static PyMethodDef ls_adapter_methods[] = {
+	{"release", (PyCFunction)ls_adapter_release, METH_NOARGS,
+	 "release()\n--\n\nGive up this adapter's hold on its lease; the lease ends when the "
+	 "last tensor view of it is gone too."},
+	{"tensor", (PyCFunction)(void (*)(void))ls_adapter_tensor, METH_VARARGS | METH_KEYWORDS,
+	 "tensor(module, kind)\n--\n\nThe tensor of module and kind (\"A\", \"B\", \"extra\", "
+	 "\"magnitude\")."},
+	{"_tensor_rows", (PyCFunction)ls_adapter_tensor_rows, METH_NOARGS,
+	 "_tensor_rows()\n--\n\n(module, kind, layer, dtype, shape, rank, scale) of each tensor."},
+	{"_tensor_at", (PyCFunction)ls_adapter_tensor_at, METH_O,
+	 "_tensor_at(i)\n--\n\nThe i-th tensor."},
+	{NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef ls_adapter_getset[] = {
+	{"name", (getter)ls_adapter_get_name, NULL, "The adapter's name.", NULL},
+	{"version", (getter)ls_adapter_get_version, NULL, "The version number.", NULL},
+	{"digest", (getter)ls_adapter_get_digest, NULL, "SHA-256 content digest, hex.", NULL},
+	{"generation", (getter)ls_adapter_get_generation, NULL, "Unique across the store.", NULL},
+	{"rank", (getter)ls_adapter_get_rank, NULL, "The config's r.", NULL},
+	{"scale", (getter)ls_adapter_get_scale, NULL, "alpha / r (or / sqrt(r)).", NULL},
+	{"dtype", (getter)ls_adapter_get_dtype, NULL, "F32, F16, BF16 or mixed.", NULL},
+	{"tier", (getter)ls_adapter_get_tier, NULL, "\"host\" or \"device\".", NULL},
+	{"bytes", (getter)ls_adapter_get_bytes, NULL, "Bytes of tensor data.", NULL},
+	{"device", (getter)ls_adapter_get_device, NULL, "The CUDA ordinal; -1 on host.", NULL},
+	{"device_uuid", (getter)ls_adapter_get_device_uuid, NULL, "The GPU's UUID; \"\" on host.",
+	 NULL},
+	{"tensor_count", (getter)ls_adapter_get_tensor_count, NULL, "Tensors in the table.", NULL},
+	{"released", (getter)ls_adapter_get_released, NULL, "True after release().", NULL},
+	{NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot ls_adapter_slots[] = {
+	{Py_tp_dealloc, ls_adapter_dealloc},
+	{Py_tp_methods, ls_adapter_methods},
+	{Py_tp_getset, ls_adapter_getset},
+	{Py_tp_doc, "An acquired adapter version."},
+	{0, NULL},
+};
+
+static PyType_Spec ls_adapter_spec = {
+	"lorastore._lorastore.Adapter", sizeof(ls_Adapter), 0, Py_TPFLAGS_DEFAULT,
+	ls_adapter_slots,
+};
+
+/* ------------------------------------------------------------------ */
+/* The module */
+
+static PyObject *ls_strerror(PyObject *self, PyObject *arg)
+{
+	(void)self;
+	long code = PyLong_AsLong(arg);
+	if (code == -1 && PyErr_Occurred())
+		return NULL;
+	return PyUnicode_FromString(lorastore_strerror((int)code));
+}
+
+static PyMethodDef ls_module_methods[] = {
+	{"strerror", ls_strerror, METH_O,
+	 "strerror(code)\n--\n\nThe description of a library error code."},
+	{NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef ls_module = {
+	PyModuleDef_HEAD_INIT, "_lorastore", "The C binding of liblorastore.", -1,
+	ls_module_methods, NULL, NULL, NULL, NULL,
+};
+
+static PyObject *ls_new_error(PyObject *m, const char *name, PyObject *base, const char *doc)
+{
+	char full[96];
+	snprintf(full, sizeof(full), "lorastore.%s", name);
+	PyObject *e = PyErr_NewExceptionWithDoc(full, doc, base, NULL);
+	if (e && PyModule_AddObject(m, name, e) == 0) {
+		Py_INCREF(e); /* the module took one reference; this file keeps its own */
+		return e;
+	}
+	Py_XDECREF(e);
+	return NULL;
+}
+
+static PyTypeObject *ls_add_type(PyObject *m, PyType_Spec *spec, const char *name)
+{
+	PyObject *t = PyType_FromSpec(spec);
+	if (!t)
+		return NULL;
+	Py_INCREF(t);
+	if (PyModule_AddObject(m, name, t)) {
+		Py_DECREF(t);
+		Py_DECREF(t);
+		return NULL;
+	}
+	return (PyTypeObject *)t;
+}
+
+PyMODINIT_FUNC PyInit__lorastore(void)
+{
+	PyObject *m = PyModule_Create(&ls_module);
+	if (!m)
+		return NULL;
+	PyObject *two = NULL;
+	if (!(ls_Error = ls_new_error(m, "Error", NULL,
+				      "A lorastore failure: .code (the library's code) and "
+				      ".message.")) ||
+	    !(ls_NotFound = ls_new_error(m, "NotFound", ls_Error, "No such adapter or version.")) ||
+	    !(ls_PermissionDenied = ls_new_error(m, "PermissionDenied", ls_Error,
+						 "The call needs an admin peer.")) ||
+	    !(ls_Corrupt = ls_new_error(m, "Corrupt", ls_Error, "A blob failed its checksum.")) ||
+	    !(ls_NoSpace = ls_new_error(m, "NoSpace", ls_Error,
+					"The budget is held by pinned adapters, or the client's "
+					"pin limit is reached.")) ||
+	    !(ls_InvalidAdapter = ls_new_error(m, "InvalidAdapter", ls_Error,
+					       "An import refused the adapter, or a name is "
+					       "malformed.")) ||
+	    !(ls_ConnectionClosed = ls_new_error(m, "ConnectionClosed", ls_Error,
+						 "The connection is closed, or no daemon "
+						 "answers.")) ||
+	    !(ls_DeviceError = ls_new_error(m, "DeviceError", ls_Error,
+					    "A GPU is not available, or a CUDA call failed.")))
+		goto fail;
+	two = PyTuple_Pack(2, ls_Error, PyExc_ValueError);
+	if (!two || !(ls_InvalidArgument = ls_new_error(m, "InvalidArgument", two,
+							"Arguments that do not fit together.")))
+		goto fail;
+	Py_CLEAR(two);
+	two = PyTuple_Pack(2, ls_Error, PyExc_TimeoutError);
+	if (!two || !(ls_Timeout = ls_new_error(m, "Timeout", two,
+						"The adapter was not resident in time.")))
+		goto fail;
+	Py_CLEAR(two);
+	if (!(ls_ConnectionType = ls_add_type(m, &ls_connection_spec, "Connection")) ||
+	    !(ls_LeaseType = ls_add_type(m, &ls_lease_spec, "_Lease")) ||
+	    !(ls_TensorType = ls_add_type(m, &ls_tensor_spec, "Tensor")) ||
+	    !(ls_AdapterType = ls_add_type(m, &ls_adapter_spec, "Adapter")))
+		goto fail;
+	if (PyModule_AddStringConstant(m, "DEFAULT_SOCKET", LORASTORE_DEFAULT_SOCKET))
+		goto fail;
+	return m;
+fail:
+	Py_XDECREF(two);
+	Py_DECREF(m);
+	return NULL;
+}

@@ -1,0 +1,260 @@
+"""lorastore: LoRA adapters shared by every process of a machine, read in place.
+
+A client of lorastored.  Adapters are leased from the daemon and their
+tensors leave this package through DLPack, without a copy: numpy.from_dlpack
+and torch.from_dlpack see the daemon's own read-only memory.  A tensor view
+keeps its adapter's lease alive until the view is freed.
+
+    import numpy as np
+    import lorastore
+
+    with lorastore.connect() as conn:
+        with conn.acquire("acme/support") as ad:
+            a = np.from_dlpack(ad.tensor("model.layers.0.self_attn.q_proj", "A"))
+"""
+from __future__ import annotations
+
+from collections import namedtuple
+
+from . import _lorastore as _c
+from ._lorastore import (  # noqa: F401  (re-exported)
+    DEFAULT_SOCKET,
+    Corrupt,
+    ConnectionClosed,
+    DeviceError,
+    Error,
+    InvalidAdapter,
+    InvalidArgument,
+    NoSpace,
+    NotFound,
+    PermissionDenied,
+    Timeout,
+    strerror,
+)
+
+__all__ = [
+    "connect", "Connection", "Adapter", "Tensor", "TensorInfo", "Error", "NotFound",
+    "PermissionDenied", "Corrupt", "NoSpace", "InvalidAdapter", "ConnectionClosed",
+    "InvalidArgument", "Timeout", "DeviceError", "DEFAULT_SOCKET", "strerror",
+]
+
+TensorInfo = namedtuple("TensorInfo", "module kind layer dtype shape rank scale")
+TensorInfo.__doc__ = """One tensor of an adapter's table.
+
+module: e.g. "model.layers.3.self_attn.q_proj"; kind: "A", "B", "extra" or
+"magnitude"; layer: the layer index or -1; dtype: as safetensors names it;
+shape: a tuple; rank and scale: of the module (A and B tensors), else 0."""
+
+
+class Tensor:
+    """One tensor of an acquired adapter, in the daemon's read-only memory.
+
+    numpy.from_dlpack(t) and torch.from_dlpack(t) share it without a copy
+    (DLPack, read-only); the view keeps the adapter's lease alive.
+    """
+
+    __slots__ = ("_t",)
+
+    def __init__(self, t):
+        self._t = t
+
+    @property
+    def shape(self) -> tuple:
+        """The shape."""
+        return self._t.shape
+
+    @property
+    def dtype(self) -> str:
+        """The dtype as safetensors names it ("F32", "F16", "BF16", ...)."""
+        return self._t.dtype
+
+    @property
+    def module(self) -> str:
+        """The module the tensor belongs to."""
+        return self._t.module
+
+    @property
+    def device(self) -> int:
+        """The CUDA ordinal of the GPU it is on; -1 in host memory."""
+        return self._t.device
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of data."""
+        return self._t.nbytes
+
+    @property
+    def data_ptr(self) -> int:
+        """The address of the data (a device address on a GPU)."""
+        return self._t.data_ptr
+
+    def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
+        return self._t.__dlpack__(stream=stream, max_version=max_version,
+                                  dl_device=dl_device, copy=copy)
+
+    def __dlpack_device__(self):
+        return self._t.__dlpack_device__()
+
+    def numpy(self):
+        """A read-only numpy view, without a copy.  BF16 tensors come as
+        ml_dtypes.bfloat16 arrays (numpy has no bfloat16 of its own)."""
+        import numpy as np
+
+        if self.device >= 0:
+            raise InvalidArgument("a tensor in GPU memory: use torch.from_dlpack")
+        if self.dtype == "BF16":
+            import ml_dtypes
+
+            return np.from_dlpack(self._t._view_as("U16")).view(ml_dtypes.bfloat16)
+        return np.from_dlpack(self._t)
+
+    def __repr__(self):
+        return f"<lorastore.Tensor {self.module} {self.dtype}{list(self.shape)}>"
+
+
+_PEFT_SUFFIX = {"A": ".lora_A.weight", "B": ".lora_B.weight",
+                "magnitude": ".lora_magnitude_vector", "extra": ""}
+
+
+class Adapter:
+    """An acquired adapter version: a lease on the daemon's copy.
+
+    release() (or leaving a with block) gives up the adapter's hold on the
+    lease; tensors still viewed keep it until they are freed.
+    """
+
+    __slots__ = ("_a",)
+
+    def __init__(self, a):
+        self._a = a
+
+    name = property(lambda self: self._a.name, doc="The adapter's name.")
+    version = property(lambda self: self._a.version, doc="The version number.")
+    digest = property(lambda self: self._a.digest, doc="SHA-256 content digest, hex.")
+    generation = property(lambda self: self._a.generation, doc="Unique across the store.")
+    rank = property(lambda self: self._a.rank, doc="The config's r.")
+    scale = property(lambda self: self._a.scale, doc="alpha / r (or / sqrt(r)).")
+    dtype = property(lambda self: self._a.dtype, doc="F32, F16, BF16 or mixed.")
+    tier = property(lambda self: self._a.tier, doc='"host" or "device".')
+    bytes = property(lambda self: self._a.bytes, doc="Bytes of tensor data.")
+    device = property(lambda self: self._a.device, doc="CUDA ordinal; -1 on host.")
+    device_uuid = property(lambda self: self._a.device_uuid, doc='GPU UUID; "" on host.')
+    released = property(lambda self: self._a.released, doc="True after release().")
+
+    def release(self) -> None:
+        """Give up this adapter's hold on its lease."""
+        self._a.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+    def tensors(self) -> list:
+        """Every tensor of the adapter, as TensorInfo."""
+        return [TensorInfo(*row) for row in self._a._tensor_rows()]
+
+    def tensor(self, module: str, kind: str) -> Tensor:
+        """The tensor of module and kind ("A", "B", "extra", "magnitude")."""
+        return Tensor(self._a.tensor(module, kind))
+
+    def state_dict(self) -> dict:
+        """PEFT-style names ("base_model.model.<module>.lora_A.weight", ...) to Tensors."""
+        out = {}
+        for i, row in enumerate(self._a._tensor_rows()):
+            module, kind = row[0], row[1]
+            out["base_model.model." + module + _PEFT_SUFFIX[kind]] = Tensor(self._a._tensor_at(i))
+        return out
+
+    def __repr__(self):
+        state = " released" if self.released else ""
+        return f"<lorastore.Adapter {self.name}@{self.version} {self.tier}{state}>"
+
+
+class Connection:
+    """A connection to lorastored.  Calls on it are serialized: threads may share it.
+
+    close() (or leaving a with block) raises lorastore.Error while leases of
+    the connection are alive, and unmaps nothing under a live view.
+    """
+
+    __slots__ = ("_c",)
+
+    def __init__(self, socket: str | None = None):
+        self._c = _c.Connection(socket)
+
+    def close(self) -> None:
+        """Close the connection; raises while leases of it are alive."""
+        self._c.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    @property
+    def closed(self) -> bool:
+        return self._c.closed
+
+    @property
+    def live_leases(self) -> int:
+        """Leases still alive: adapters not released, or tensors still viewed."""
+        return self._c.live_leases
+
+    def acquire(self, ref: str, timeout: float | None = None, tier: str = "host",
+                device: str | None = None) -> Adapter:
+        """Lease ref ("name" for the latest version, "name@N" a fixed one), loading it
+        first when it is not resident.  timeout: seconds (None: as long as the load
+        takes).  tier "device": the copy in a GPU's memory (device: its UUID; None for
+        the GPU of the current CUDA context)."""
+        return Adapter(self._c.acquire(ref, timeout, tier, device))
+
+    def list(self, prefix: str = "") -> list:
+        """Every version whose name begins with prefix, as dicts."""
+        return self._c.list(prefix)
+
+    def show(self, ref: str) -> dict:
+        """One version's record."""
+        return self._c.show(ref)
+
+    def stats(self) -> dict:
+        """The daemon's counters and tiers."""
+        return self._c.stats()
+
+    def load(self, ref: str) -> None:
+        """Make a version resident without leasing it."""
+        self._c.load(ref)
+
+    def prefetch(self, refs) -> None:
+        """Ask the daemon to load refs in the background."""
+        self._c.prefetch(list(refs))
+
+    def import_dir(self, path, name: str | None = None, dtype: str = "keep",
+                   allow_nonfinite: bool = False) -> dict:
+        """Import the PEFT adapter in folder path; returns the new version's entry."""
+        return self._c.import_dir(path, name, dtype, allow_nonfinite)
+
+    def delete(self, ref: str) -> None:
+        """Delete a version (its memory is freed when its last lease ends)."""
+        self._c.delete(ref)
+
+    def evict(self, ref: str) -> None:
+        """Drop a version from the daemon's memory."""
+        self._c.evict(ref)
+
+    def verify(self, ref: str | None = None) -> int:
+        """Check blobs against their checksums; returns how many are bad."""
+        return self._c.verify(ref)
+
+    def gc(self) -> dict:
+        """Remove blobs that no version refers to."""
+        return self._c.gc()
+
+
+def connect(socket: str | None = None) -> Connection:
+    """Connect to lorastored at socket, or $LORASTORE_SOCKET, or DEFAULT_SOCKET."""
+    return Connection(socket)
