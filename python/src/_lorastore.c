@@ -91,7 +91,8 @@ typedef struct ls_dl_managed_v {
 static PyObject *ls_Error, *ls_NotFound, *ls_PermissionDenied, *ls_Corrupt, *ls_NoSpace,
 	*ls_InvalidAdapter, *ls_ConnectionClosed, *ls_InvalidArgument, *ls_Timeout,
 	*ls_DeviceError;
-static PyTypeObject *ls_ConnectionType, *ls_LeaseType, *ls_AdapterType, *ls_TensorType;
+static PyTypeObject *ls_ConnectionType, *ls_LeaseType, *ls_AdapterType, *ls_TensorType,
+	*ls_PlanType;
 
 /* The exception class of a library code. */
 static PyObject *ls_error_class(int code)
@@ -1072,6 +1073,331 @@ static PyObject *ls_connection_gc(ls_Connection *c, PyObject *unused)
 }
 
 /* ------------------------------------------------------------------ */
+/* Plans: apply held adapters to arrays that export DLPack */
+
+/* An array taken from a DLPack producer for the length of one call. */
+struct ls_dl_in {
+	PyObject *capsule;
+	bool versioned;
+	void *managed;            /* ls_dl_managed or ls_dl_managed_v */
+	const ls_dl_tensor *t;
+};
+
+/*
+ * Take obj's DLPack tensor (versioned when the producer can): a C-contiguous
+ * array in host memory.  writable: refuse a read-only one.  0, or -1 with an
+ * exception set.
+ */
+static int ls_dl_take(PyObject *obj, const char *what, bool writable, struct ls_dl_in *in)
+{
+	memset(in, 0, sizeof(*in));
+	PyObject *fn = PyObject_GetAttrString(obj, "__dlpack__");
+	if (!fn) {
+		PyErr_Format(PyExc_TypeError, "%s does not export DLPack (no __dlpack__)", what);
+		return -1;
+	}
+	PyObject *kw = Py_BuildValue("{s:(ii)}", "max_version", 1, 0);
+	PyObject *empty = PyTuple_New(0);
+	PyObject *cap = kw && empty ? PyObject_Call(fn, empty, kw) : NULL;
+	if (!cap && PyErr_ExceptionMatches(PyExc_TypeError)) {
+		PyErr_Clear(); /* a producer from before DLPack 1.0 */
+		cap = PyObject_Call(fn, empty, NULL);
+	}
+	Py_XDECREF(kw);
+	Py_XDECREF(empty);
+	Py_DECREF(fn);
+	if (!cap)
+		return -1;
+	in->capsule = cap;
+	if (PyCapsule_IsValid(cap, "dltensor_versioned")) {
+		ls_dl_managed_v *m = PyCapsule_GetPointer(cap, "dltensor_versioned");
+		if (m->version.major != 1) {
+			PyErr_Format(PyExc_BufferError, "%s: DLPack version %u is not supported", what,
+				     m->version.major);
+			return -1;
+		}
+		if (writable && (m->flags & LS_DL_FLAG_READ_ONLY)) {
+			PyErr_Format(PyExc_ValueError, "%s is read-only", what);
+			return -1;
+		}
+		PyCapsule_SetName(cap, "used_dltensor_versioned");
+		in->versioned = true;
+		in->managed = m;
+		in->t = &m->dl_tensor;
+	} else if (PyCapsule_IsValid(cap, "dltensor")) {
+		ls_dl_managed *m = PyCapsule_GetPointer(cap, "dltensor");
+		PyCapsule_SetName(cap, "used_dltensor");
+		in->managed = m;
+		in->t = &m->dl_tensor;
+	} else {
+		PyErr_Format(PyExc_BufferError, "%s: __dlpack__ gave no DLPack capsule", what);
+		return -1;
+	}
+	const ls_dl_tensor *t = in->t;
+	if (t->device.device_type != LS_DL_CPU) {
+		ls_raise(LORASTORE_E_NOT_BUILT, "arrays in GPU memory: device apply is not built into "
+						"this package (use liblorastore_cuda from C)");
+		return -1;
+	}
+	/* C-contiguous: no strides, or the row-major ones. */
+	int64_t expect = 1;
+	for (int32_t d = t->ndim; t->strides && d-- > 0;) {
+		if (t->shape[d] != 1 && t->strides[d] != expect) {
+			PyErr_Format(PyExc_ValueError, "%s must be C-contiguous", what);
+			return -1;
+		}
+		expect *= t->shape[d];
+	}
+	return 0;
+}
+
+/* Done with an array: the producer's deleter runs (we consumed the capsule). */
+static void ls_dl_release(struct ls_dl_in *in)
+{
+	if (in->managed) {
+		if (in->versioned) {
+			ls_dl_managed_v *m = in->managed;
+			if (m->deleter)
+				m->deleter(m);
+		} else {
+			ls_dl_managed *m = in->managed;
+			if (m->deleter)
+				m->deleter(m);
+		}
+	}
+	Py_XDECREF(in->capsule);
+	memset(in, 0, sizeof(*in));
+}
+
+static const void *ls_dl_data(const ls_dl_tensor *t)
+{
+	return (const char *)t->data + t->byte_offset;
+}
+
+/*
+ * lorastore's dtype of an activation array; false when it has none.
+ * bf16_bits: uint16 arrays hold bfloat16 bits (numpy's bfloat16, from
+ * ml_dtypes, cannot export DLPack, so the package passes a uint16 view).
+ */
+static bool ls_act_dtype(const ls_dl_tensor *t, bool bf16_bits, lorastore_dtype *out)
+{
+	if (t->dtype.lanes != 1)
+		return false;
+	if (bf16_bits)
+		return t->dtype.code == LS_DL_UINT && t->dtype.bits == 16 &&
+		       (*out = LORASTORE_DTYPE_BF16, true);
+	if (t->dtype.code == LS_DL_FLOAT && t->dtype.bits == 32)
+		*out = LORASTORE_DTYPE_F32;
+	else if (t->dtype.code == LS_DL_FLOAT && t->dtype.bits == 16)
+		*out = LORASTORE_DTYPE_F16;
+	else if (t->dtype.code == LS_DL_BFLOAT && t->dtype.bits == 16)
+		*out = LORASTORE_DTYPE_BF16;
+	else
+		return false;
+	return true;
+}
+
+typedef struct {
+	PyObject_HEAD
+	lorastore_plan *plan;
+	PyObject *leases;        /* tuple of the adapters' _Lease: the plan reads their memory */
+	uint64_t in;
+} ls_Plan;
+
+static void ls_plan_dealloc(ls_Plan *p)
+{
+	lorastore_plan_free(p->plan);
+	Py_XDECREF(p->leases);
+	PyTypeObject *tp = Py_TYPE(p);
+	PyObject_Free(p);
+	Py_DECREF(tp);
+}
+
+/* plan_create(adapters, in_features, slices, factors): a Plan over Adapter objects. */
+static PyObject *ls_plan_create(PyObject *self, PyObject *args)
+{
+	(void)self;
+	PyObject *ads_o, *slices_o, *factors_o;
+	unsigned long long in;
+	if (!PyArg_ParseTuple(args, "OKOO", &ads_o, &in, &slices_o, &factors_o))
+		return NULL;
+	PyObject *ads = PySequence_Fast(ads_o, "adapters must be a sequence of Adapter");
+	PyObject *sls = ads ? PySequence_Fast(slices_o, "slices must be a sequence") : NULL;
+	PyObject *fcs = sls && factors_o != Py_None
+				? PySequence_Fast(factors_o, "factors must be a sequence of float")
+				: NULL;
+	ls_Plan *p = NULL;
+	lorastore_adapter **handles = NULL;
+	lorastore_slice *slices = NULL;
+	float *factors = NULL;
+	if (!ads || !sls || (factors_o != Py_None && !fcs))
+		goto out;
+	Py_ssize_t n = PySequence_Size(ads), ns = PySequence_Size(sls);
+	if (n < 1 || ns < 1 || ns > 8 || (fcs && PySequence_Size(fcs) != n)) {
+		ls_raise(-EINVAL, "a plan needs 1 or more adapters, 1 to 8 slices, and one factor "
+				  "per adapter when factors are given");
+		goto out;
+	}
+	p = PyObject_New(ls_Plan, ls_PlanType);
+	if (!p)
+		goto out;
+	p->plan = NULL;
+	p->in = in;
+	p->leases = PyTuple_New(n);
+	handles = calloc((size_t)n, sizeof(*handles));
+	slices = calloc((size_t)ns, sizeof(*slices));
+	factors = fcs ? calloc((size_t)n, sizeof(*factors)) : NULL;
+	if (!p->leases || !handles || !slices || (fcs && !factors)) {
+		PyErr_NoMemory();
+		goto fail;
+	}
+	for (Py_ssize_t i = 0; i < n; i++) {
+		PyObject *o = PySequence_GetItem(ads, i);
+		if (!o || !PyObject_TypeCheck(o, ls_AdapterType)) {
+			Py_XDECREF(o);
+			PyErr_SetString(PyExc_TypeError, "adapters must be lorastore Adapters");
+			goto fail;
+		}
+		ls_Adapter *a = (ls_Adapter *)o;
+		if (!a->lease) {
+			Py_DECREF(o);
+			ls_raise(-EINVAL, "an adapter of the plan was released");
+			goto fail;
+		}
+		handles[i] = a->lease->ad;
+		Py_INCREF(a->lease);
+		PyTuple_SetItem(p->leases, i, (PyObject *)a->lease);
+		Py_DECREF(o);
+		if (fcs) {
+			PyObject *f = PySequence_GetItem(fcs, i);
+			factors[i] = f ? (float)PyFloat_AsDouble(f) : 0;
+			Py_XDECREF(f);
+			if (PyErr_Occurred())
+				goto fail;
+		}
+	}
+	for (Py_ssize_t s = 0; s < ns; s++) {
+		PyObject *o = PySequence_GetItem(sls, s);
+		const char *module;
+		unsigned long long off, out;
+		int ok = o && PyTuple_Check(o) && PyArg_ParseTuple(o, "sKK", &module, &off, &out);
+		Py_XDECREF(o); /* the slices sequence keeps the str alive */
+		if (!ok) {
+			if (!PyErr_Occurred())
+				PyErr_SetString(PyExc_TypeError,
+						"each slice is a tuple (module, out_offset, out)");
+			goto fail;
+		}
+		slices[s] = (lorastore_slice){module, off, out};
+	}
+	int rc = lorastore_plan_create(handles, (size_t)n, factors, in, slices, (size_t)ns,
+				       &p->plan);
+	if (rc) {
+		ls_raise(rc, NULL);
+		goto fail;
+	}
+	goto out;
+fail:
+	Py_CLEAR(p);
+out:
+	free(handles);
+	free(slices);
+	free(factors);
+	Py_XDECREF(ads);
+	Py_XDECREF(sls);
+	Py_XDECREF(fcs);
+	return (PyObject *)p;
+}
+
+/*
+ * apply(x, y, token_adapter, segments, threads, bf16_bits): y += the LoRA
+ * deltas, in place.
+ */
+static PyObject *ls_plan_apply(ls_Plan *p, PyObject *args)
+{
+	PyObject *x_o, *y_o, *tok_o, *seg_o;
+	int threads, bf16_bits;
+	if (!PyArg_ParseTuple(args, "OOOOip", &x_o, &y_o, &tok_o, &seg_o, &threads, &bf16_bits))
+		return NULL;
+	if ((tok_o == Py_None) == (seg_o == Py_None)) {
+		PyErr_SetString(PyExc_ValueError, "give exactly one of token_adapter and segments");
+		return NULL;
+	}
+	struct ls_dl_in x, y, idx;
+	memset(&x, 0, sizeof(x));
+	memset(&y, 0, sizeof(y));
+	memset(&idx, 0, sizeof(idx));
+	PyObject *ret = NULL;
+	if (ls_dl_take(x_o, "x", false, &x) || ls_dl_take(y_o, "y", true, &y) ||
+	    ls_dl_take(tok_o != Py_None ? tok_o : seg_o,
+		       tok_o != Py_None ? "token_adapter" : "segments", false, &idx))
+		goto out;
+	lorastore_dtype xdt, ydt;
+	if (!ls_act_dtype(x.t, bf16_bits, &xdt) || !ls_act_dtype(y.t, bf16_bits, &ydt) ||
+	    xdt != ydt) {
+		ls_raise(LORASTORE_E_DTYPE, "x and y must share one dtype: float32, float16 or "
+					    "bfloat16");
+		goto out;
+	}
+	if (x.t->ndim != 2 || y.t->ndim != 2 || x.t->shape[0] != y.t->shape[0]) {
+		ls_raise(LORASTORE_E_SHAPE, "x and y must be 2-D with one row per token");
+		goto out;
+	}
+	if (idx.t->dtype.code != LS_DL_INT || idx.t->dtype.bits != 32 || idx.t->dtype.lanes != 1) {
+		ls_raise(LORASTORE_E_DTYPE, "token_adapter and segments must be int32");
+		goto out;
+	}
+	size_t n_tokens = (size_t)x.t->shape[0];
+	lorastore_batch b = {.n_tokens = n_tokens};
+	if (tok_o != Py_None) {
+		if (idx.t->ndim != 1 || (size_t)idx.t->shape[0] != n_tokens) {
+			ls_raise(LORASTORE_E_SHAPE, "token_adapter must have one index per token");
+			goto out;
+		}
+		b.token_adapter = ls_dl_data(idx.t);
+	} else {
+		if (idx.t->ndim != 2 || idx.t->shape[1] != 3) {
+			ls_raise(LORASTORE_E_SHAPE, "segments must be rows of (start, len, adapter)");
+			goto out;
+		}
+		b.n_segments = (size_t)idx.t->shape[0];
+		b.segments = ls_dl_data(idx.t);
+	}
+	size_t ws_size = lorastore_plan_workspace_size(p->plan, n_tokens);
+	void *ws = aligned_alloc(64, (ws_size + 63) / 64 * 64 + 64);
+	if (!ws) {
+		PyErr_NoMemory();
+		goto out;
+	}
+	int rc;
+	Py_BEGIN_ALLOW_THREADS
+	rc = lorastore_apply(p->plan, &b, xdt, ls_dl_data(x.t), (size_t)x.t->shape[1],
+			     (void *)ls_dl_data(y.t), (size_t)y.t->shape[1], ws, ws_size,
+			     threads);
+	Py_END_ALLOW_THREADS
+	free(ws);
+	if (rc) {
+		ls_raise(rc, NULL);
+		goto out;
+	}
+	ret = Py_None;
+	Py_INCREF(ret);
+out:
+	ls_dl_release(&idx);
+	ls_dl_release(&y);
+	ls_dl_release(&x);
+	return ret;
+}
+
+static PyObject *ls_plan_workspace(ls_Plan *p, PyObject *arg)
+{
+	Py_ssize_t n = PyLong_AsSsize_t(arg);
+	if (n < 0)
+		return PyErr_Occurred() ? NULL : ls_raise(-EINVAL, "n_tokens < 0");
+	return PyLong_FromSize_t(lorastore_plan_workspace_size(p->plan, (size_t)n));
+}
+
+/* ------------------------------------------------------------------ */
 /* Types */
 
 static PyMethodDef ls_connection_methods[] = {
@@ -1221,6 +1547,27 @@ static PyType_Spec ls_adapter_spec = {
 	ls_adapter_slots,
 };
 
+static PyMethodDef ls_plan_methods[] = {
+	{"apply", (PyCFunction)ls_plan_apply, METH_VARARGS,
+	 "apply(x, y, token_adapter, segments, threads, bf16_bits)\n--\n\ny += the adapters' "
+	 "deltas, in place (one of token_adapter and segments is None; bf16_bits: x and y are "
+	 "uint16 views of bfloat16 arrays)."},
+	{"workspace_size", (PyCFunction)ls_plan_workspace, METH_O,
+	 "workspace_size(n_tokens)\n--\n\nBytes of workspace a batch of n_tokens uses."},
+	{NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot ls_plan_slots[] = {
+	{Py_tp_dealloc, ls_plan_dealloc},
+	{Py_tp_methods, ls_plan_methods},
+	{Py_tp_doc, "Adapters prepared for one layer (lorastore_plan_create)."},
+	{0, NULL},
+};
+
+static PyType_Spec ls_plan_spec = {
+	"lorastore._lorastore.Plan", sizeof(ls_Plan), 0, Py_TPFLAGS_DEFAULT, ls_plan_slots,
+};
+
 /* ------------------------------------------------------------------ */
 /* The module */
 
@@ -1236,6 +1583,9 @@ static PyObject *ls_strerror(PyObject *self, PyObject *arg)
 static PyMethodDef ls_module_methods[] = {
 	{"strerror", ls_strerror, METH_O,
 	 "strerror(code)\n--\n\nThe description of a library error code."},
+	{"plan_create", ls_plan_create, METH_VARARGS,
+	 "plan_create(adapters, in_features, slices, factors)\n--\n\nA Plan of held adapters "
+	 "for one layer; slices are (module, out_offset, out)."},
 	{NULL, NULL, 0, NULL},
 };
 
@@ -1309,7 +1659,8 @@ PyMODINIT_FUNC PyInit__lorastore(void)
 	if (!(ls_ConnectionType = ls_add_type(m, &ls_connection_spec, "Connection")) ||
 	    !(ls_LeaseType = ls_add_type(m, &ls_lease_spec, "_Lease")) ||
 	    !(ls_TensorType = ls_add_type(m, &ls_tensor_spec, "Tensor")) ||
-	    !(ls_AdapterType = ls_add_type(m, &ls_adapter_spec, "Adapter")))
+	    !(ls_AdapterType = ls_add_type(m, &ls_adapter_spec, "Adapter")) ||
+	    !(ls_PlanType = ls_add_type(m, &ls_plan_spec, "Plan")))
 		goto fail;
 	if (PyModule_AddStringConstant(m, "DEFAULT_SOCKET", LORASTORE_DEFAULT_SOCKET))
 		goto fail;

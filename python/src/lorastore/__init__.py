@@ -33,7 +33,7 @@ from ._lorastore import (  # noqa: F401  (re-exported)
 )
 
 __all__ = [
-    "connect", "Connection", "Adapter", "Tensor", "TensorInfo", "Error", "NotFound",
+    "connect", "Connection", "Adapter", "Tensor", "TensorInfo", "Plan", "Error", "NotFound",
     "PermissionDenied", "Corrupt", "NoSpace", "InvalidAdapter", "ConnectionClosed",
     "InvalidArgument", "Timeout", "DeviceError", "DEFAULT_SOCKET", "strerror",
 ]
@@ -253,6 +253,57 @@ class Connection:
     def gc(self) -> dict:
         """Remove blobs that no version refers to."""
         return self._c.gc()
+
+    def plan(self, adapters, in_features: int, slices, factors=None) -> "Plan":
+        """Prepare held adapters for one layer whose input has in_features columns.
+        slices: (module, out_offset, out) for each module the layer's output packs
+        (one for a plain projection, several for a fused q/k/v); factors: one scale
+        factor per adapter (None: 1).  Indices in batches follow the adapters' order."""
+        return Plan(_c.plan_create([a._a for a in adapters], int(in_features),
+                                   [tuple(s) for s in slices],
+                                   None if factors is None else [float(f) for f in factors]))
+
+
+def _is_numpy_bf16(a) -> bool:
+    return type(a).__module__ == "numpy" and getattr(a.dtype, "name", "") == "bfloat16"
+
+
+class Plan:
+    """Held adapters prepared for one layer: every (adapter, module) tensor looked up
+    and checked once.  The plan keeps the adapters' leases while it lives."""
+
+    __slots__ = ("_p",)
+
+    def __init__(self, p):
+        self._p = p
+
+    def apply(self, x, y, token_adapter=None, segments=None, threads: int = 1) -> None:
+        """y[t, slice columns] += scale * (x[t] A^T) B^T for each token's adapter, in place.
+
+        x [n_tokens, in] and y [n_tokens, width]: C-contiguous arrays that export DLPack
+        (numpy arrays, torch tensors) of one dtype, float32, float16 or bfloat16.  Give
+        token_adapter (one index per token, -1: none) or segments ((start, len,
+        adapter) rows).  y is unchanged when the call raises."""
+        import numpy as np
+
+        tok = seg = None
+        if token_adapter is not None:
+            tok = token_adapter if hasattr(token_adapter, "__dlpack__") and \
+                getattr(token_adapter, "dtype", None) == np.int32 else \
+                np.ascontiguousarray(token_adapter, dtype=np.int32)
+        if segments is not None:
+            seg = np.ascontiguousarray(segments, dtype=np.int32).reshape(-1, 3)
+        bits = [_is_numpy_bf16(x), _is_numpy_bf16(y)]
+        if bits[0] != bits[1]:
+            raise InvalidArgument("x and y must share one dtype")
+        if bits[0]:
+            # numpy's bfloat16 (ml_dtypes) cannot export DLPack: pass the bits.
+            x, y = x.view(np.uint16), y.view(np.uint16)
+        self._p.apply(x, y, tok, seg, int(threads), bits[0])
+
+    def workspace_size(self, n_tokens: int) -> int:
+        """Bytes of scratch memory a batch of n_tokens uses (allocated per call)."""
+        return self._p.workspace_size(n_tokens)
 
 
 def connect(socket: str | None = None) -> Connection:
