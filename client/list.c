@@ -231,6 +231,53 @@ LS_PUBLIC int lorastore_list_tensor(const lorastore_list *list, size_t i, size_t
 	return ls_tensor_fill(r, j, s, NULL, out);
 }
 
+LS_PUBLIC int lorastore_list_peft_config(const lorastore_list *list, size_t i,
+					 lorastore_peft_config *out)
+{
+	if (!list || !out || i >= list->n)
+		return -EINVAL;
+	const Lorastore__AdapterConfig *c = list->records[i] ? list->records[i]->config : NULL;
+	if (!c)
+		return LS_E_NOT_FOUND;
+	*out = (lorastore_peft_config){
+		.r = c->r,
+		.lora_alpha = c->lora_alpha,
+		.use_rslora = c->use_rslora,
+		.use_dora = c->use_dora,
+		.fan_in_fan_out = c->fan_in_fan_out,
+		.bias = ls_str(c->bias),
+		.base_model = c->has_base_model ? ls_str(c->base_model) : NULL,
+		.task_type = ls_str(c->task_type),
+		.target_regex = c->target_regex && *c->target_regex ? c->target_regex : NULL,
+		.n_target_modules = c->n_target_modules,
+		.target_modules = (const char *const *)c->target_modules,
+		.n_modules_to_save = c->n_modules_to_save,
+		.modules_to_save = (const char *const *)c->modules_to_save,
+		.n_rank_pattern = c->n_rank_pattern,
+		.n_alpha_pattern = c->n_alpha_pattern,
+	};
+	if (!*out->bias)
+		out->bias = "none";
+	return 0;
+}
+
+LS_PUBLIC int lorastore_list_peft_pattern(const lorastore_list *list, size_t i, int alpha,
+					  size_t j, const char **key, double *value)
+{
+	if (!list || !key || !value || i >= list->n)
+		return -EINVAL;
+	const Lorastore__AdapterConfig *c = list->records[i] ? list->records[i]->config : NULL;
+	if (!c)
+		return LS_E_NOT_FOUND;
+	size_t n = alpha ? c->n_alpha_pattern : c->n_rank_pattern;
+	Lorastore__Pattern *const *p = alpha ? c->alpha_pattern : c->rank_pattern;
+	if (j >= n || !p[j])
+		return -EINVAL;
+	*key = ls_str(p[j]->pattern);
+	*value = p[j]->value;
+	return 0;
+}
+
 LS_PUBLIC void lorastore_list_free(lorastore_list *list)
 {
 	if (!list)

@@ -285,6 +285,43 @@ const char *lorastore_list_next(const lorastore_list *list);
  */
 size_t lorastore_list_tensor_count(const lorastore_list *list, size_t i);
 int lorastore_list_tensor(const lorastore_list *list, size_t i, size_t j, lorastore_tensor *out);
+
+/*
+ * The PEFT configuration of a version, as imported from its
+ * adapter_config.json (the fields that matter to serving).  Strings and
+ * arrays belong to the list: valid until lorastore_list_free.
+ */
+typedef struct lorastore_peft_config {
+	uint32_t r;
+	double lora_alpha;
+	int use_rslora;
+	int use_dora;
+	int fan_in_fan_out;
+	const char *bias;                    /* "none", "all" or "lora_only" */
+	const char *base_model;              /* base_model_name_or_path; NULL when null or absent */
+	const char *task_type;               /* "" when absent */
+	const char *target_regex;            /* NULL, or target_modules when it was a regex */
+	size_t n_target_modules;             /* the list of target_modules (0 with a regex) */
+	const char *const *target_modules;
+	size_t n_modules_to_save;
+	const char *const *modules_to_save;
+	size_t n_rank_pattern;               /* entries of rank_pattern and alpha_pattern: */
+	size_t n_alpha_pattern;              /* lorastore_list_peft_pattern */
+} lorastore_peft_config;
+
+/*
+ * The PEFT configuration of entry i.  Errors: -EINVAL (i out of range),
+ * LORASTORE_E_NOT_FOUND (the daemon sent no configuration).
+ */
+int lorastore_list_peft_config(const lorastore_list *list, size_t i, lorastore_peft_config *out);
+
+/*
+ * Entry j of rank_pattern (alpha 0) or alpha_pattern (alpha 1) of entry i:
+ * its key (a module name or pattern) and value.  Errors: -EINVAL,
+ * LORASTORE_E_NOT_FOUND.
+ */
+int lorastore_list_peft_pattern(const lorastore_list *list, size_t i, int alpha, size_t j,
+				const char **key, double *value);
 void lorastore_list_free(lorastore_list *list);
 
 /*

@@ -817,6 +817,75 @@ static PyObject *ls_entry_dict(const lorastore_entry *e)
 		"base_model", e->base_model, "source", e->source);
 }
 
+/* A list of strings, or None for a NULL array with n 0 and absent. */
+static PyObject *ls_str_list(const char *const *v, size_t n)
+{
+	PyObject *l = PyList_New((Py_ssize_t)n);
+	for (size_t i = 0; l && i < n; i++) {
+		PyObject *s = PyUnicode_FromString(v[i] ? v[i] : "");
+		if (!s) {
+			Py_CLEAR(l);
+			break;
+		}
+		PyList_SetItem(l, (Py_ssize_t)i, s);
+	}
+	return l;
+}
+
+/* {key: value} of rank_pattern (alpha 0) or alpha_pattern (alpha 1) of entry i. */
+static PyObject *ls_pattern_dict(const lorastore_list *l, size_t i, int alpha, size_t n)
+{
+	PyObject *d = PyDict_New();
+	for (size_t j = 0; d && j < n; j++) {
+		const char *key;
+		double value;
+		if (lorastore_list_peft_pattern(l, i, alpha, j, &key, &value))
+			continue;
+		PyObject *v = alpha ? PyFloat_FromDouble(value) : PyLong_FromLong((long)value);
+		if (!v || PyDict_SetItemString(d, key, v))
+			Py_CLEAR(d);
+		Py_XDECREF(v);
+	}
+	return d;
+}
+
+/* The PEFT config of entry i, with PEFT's field names; None when absent. */
+static PyObject *ls_peft_config_dict(const lorastore_list *l, size_t i)
+{
+	lorastore_peft_config c;
+	if (lorastore_list_peft_config(l, i, &c))
+		Py_RETURN_NONE;
+	PyObject *targets = c.target_regex ? PyUnicode_FromString(c.target_regex)
+					   : ls_str_list(c.target_modules, c.n_target_modules);
+	PyObject *save = ls_str_list(c.modules_to_save, c.n_modules_to_save);
+	PyObject *rp = ls_pattern_dict(l, i, 0, c.n_rank_pattern);
+	PyObject *ap = ls_pattern_dict(l, i, 1, c.n_alpha_pattern);
+	PyObject *base = c.base_model ? PyUnicode_FromString(c.base_model) : Py_NewRef(Py_None);
+	PyObject *d = NULL;
+	if (targets && save && rp && ap && base) {
+		/* lora_alpha as PEFT writes it: an int when it is whole. */
+		PyObject *alpha = c.lora_alpha == (double)(long)c.lora_alpha
+					  ? PyLong_FromLong((long)c.lora_alpha)
+					  : PyFloat_FromDouble(c.lora_alpha);
+		d = alpha ? Py_BuildValue("{s:s,s:I,s:N,s:O,s:O,s:O,s:O,s:O,s:s,s:O,s:O,s:O,s:s}",
+					  "peft_type", "LORA", "r", c.r, "lora_alpha", alpha,
+					  "target_modules", targets, "use_rslora",
+					  c.use_rslora ? Py_True : Py_False, "rank_pattern", rp,
+					  "alpha_pattern", ap, "fan_in_fan_out",
+					  c.fan_in_fan_out ? Py_True : Py_False, "bias", c.bias,
+					  "use_dora", c.use_dora ? Py_True : Py_False,
+					  "base_model_name_or_path", base, "modules_to_save", save,
+					  "task_type", c.task_type)
+			  : NULL;
+	}
+	Py_XDECREF(targets);
+	Py_XDECREF(save);
+	Py_XDECREF(rp);
+	Py_XDECREF(ap);
+	Py_XDECREF(base);
+	return d;
+}
+
 static PyObject *ls_list_dicts(lorastore_list *l)
 {
 	PyObject *out = PyList_New(0);
@@ -884,10 +953,36 @@ static PyObject *ls_connection_show(ls_Connection *c, PyObject *args)
 	if (rc)
 		return ls_conn_raise(c, rc);
 	PyObject *d = lorastore_list_count(l) ? ls_entry_dict(lorastore_list_entry(l, 0)) : NULL;
+	PyObject *cfg = d ? ls_peft_config_dict(l, 0) : NULL;
 	lorastore_list_free(l);
+	if (d && (!cfg || PyDict_SetItemString(d, "peft_config", cfg)))
+		Py_CLEAR(d);
+	Py_XDECREF(cfg);
 	if (!d && !PyErr_Occurred())
 		return ls_raise(LORASTORE_E_NOT_FOUND, ref);
 	return d;
+}
+
+/* The adapter's PEFT config, from the daemon's record of its version. */
+static PyObject *ls_adapter_peft_config(ls_Adapter *a, PyObject *unused)
+{
+	(void)unused;
+	if (ls_adapter_held(a))
+		return NULL;
+	ls_Connection *c = a->lease->conn;
+	if (ls_conn_open(c))
+		return NULL;
+	char ref[300];
+	snprintf(ref, sizeof(ref), "%s@%u", a->name, a->info.version);
+	lorastore_list *l = NULL;
+	pthread_mutex_lock(&c->lock);
+	int rc = lorastore_show(c->conn, ref, &l);
+	pthread_mutex_unlock(&c->lock);
+	if (rc)
+		return ls_conn_raise(c, rc);
+	PyObject *cfg = ls_peft_config_dict(l, 0);
+	lorastore_list_free(l);
+	return cfg;
 }
 
 static PyObject *ls_connection_stats(ls_Connection *c, PyObject *unused)
@@ -1513,6 +1608,8 @@ static PyMethodDef ls_adapter_methods[] = {
 	 "_tensor_rows()\n--\n\n(module, kind, layer, dtype, shape, rank, scale) of each tensor."},
 	{"_tensor_at", (PyCFunction)ls_adapter_tensor_at, METH_O,
 	 "_tensor_at(i)\n--\n\nThe i-th tensor."},
+	{"peft_config", (PyCFunction)ls_adapter_peft_config, METH_NOARGS,
+	 "peft_config()\n--\n\nThe adapter's PEFT config fields, as a dict."},
 	{NULL, NULL, 0, NULL},
 };
 

@@ -168,3 +168,22 @@ def test_threads_share_one_connection(conn):
     gc.collect()
     assert conn.live_leases == 0
     assert conn.show("fx/threads")["pins"] == 0
+
+
+@pytest.mark.parametrize("fixture", sorted(EXPECTED))
+def test_peft_config_gives_the_files_fields(conn, fixture):
+    conn.import_dir(FIXTURES / fixture, name=f"cfg/{fixture}", allow_nonfinite=True)
+    want = json.loads((FIXTURES / fixture / "adapter_config.json").read_text())
+    with conn.acquire(f"cfg/{fixture}") as ad:
+        got = ad.peft_config()
+    assert got == conn.show(f"cfg/{fixture}")["peft_config"]
+    assert got["r"] == want["r"] and got["lora_alpha"] == want["lora_alpha"]
+    targets = want["target_modules"]
+    if isinstance(targets, str):
+        assert got["target_modules"] == targets
+    else:
+        assert sorted(got["target_modules"]) == sorted(targets)
+    for key, default in (("use_rslora", False), ("use_dora", False), ("fan_in_fan_out", False),
+                         ("bias", "none"), ("base_model_name_or_path", None),
+                         ("rank_pattern", {}), ("alpha_pattern", {})):
+        assert got[key] == (want.get(key) if want.get(key) is not None else default), key

@@ -481,6 +481,49 @@ out:
 
 #define N_CLIENTS 8
 
+Test(daemon, show_gives_the_peft_config_of_the_imported_file)
+{
+	daemon_start(NULL);
+	lorastore *conn = connect_ok();
+	struct synth_opts o = adapter_opts(8);
+	o.rank = 8;
+	o.alpha = 24;
+	o.rslora = true;
+	o.rank_pattern = "{\"q_proj\": 4}";
+	o.alpha_pattern = "{\"v_proj\": 12.5}";
+	const char *dir = make_adapter("config", &o);
+	lorastore_import_opts io = {.name = "tenant/config"};
+	cr_assert_eq(lorastore_import_dir(conn, dir, &io, NULL), 0, "%s", lorastore_errmsg(conn));
+	lorastore_list *l = NULL;
+	cr_assert_eq(lorastore_show(conn, "tenant/config", &l), 0, "%s", lorastore_errmsg(conn));
+	lorastore_peft_config c;
+	cr_assert_eq(lorastore_list_peft_config(l, 0, &c), 0);
+	cr_assert_eq(c.r, 8);
+	cr_assert_float_eq(c.lora_alpha, 24.0, 1e-12);
+	cr_assert(c.use_rslora && !c.use_dora);
+	cr_assert_str_eq(c.bias, "none");
+	cr_assert_null(c.target_regex);
+	cr_assert_gt(c.n_target_modules, 0);
+	bool q = false;
+	for (size_t i = 0; i < c.n_target_modules; i++)
+		q |= strcmp(c.target_modules[i], "q_proj") == 0;
+	cr_assert(q, "q_proj is not among the target modules");
+	const char *key;
+	double value;
+	cr_assert_eq(c.n_rank_pattern, 1);
+	cr_assert_eq(lorastore_list_peft_pattern(l, 0, 0, 0, &key, &value), 0);
+	cr_assert_str_eq(key, "q_proj");
+	cr_assert_float_eq(value, 4.0, 1e-12);
+	cr_assert_eq(c.n_alpha_pattern, 1);
+	cr_assert_eq(lorastore_list_peft_pattern(l, 0, 1, 0, &key, &value), 0);
+	cr_assert_str_eq(key, "v_proj");
+	cr_assert_float_eq(value, 12.5, 1e-12);
+	cr_assert_eq(lorastore_list_peft_pattern(l, 0, 1, 1, &key, &value), -EINVAL);
+	cr_assert_eq(lorastore_list_peft_config(l, 1, &c), -EINVAL);
+	lorastore_list_free(l);
+	lorastore_close(conn);
+}
+
 Test(daemon, eight_clients_acquire_the_same_adapter_at_once_read_identical_bytes_and_memory_exists_once)
 {
 	daemon_start(NULL);

@@ -160,6 +160,13 @@ class Adapter:
         """The tensor of module and kind ("A", "B", "extra", "magnitude")."""
         return Tensor(self._a.tensor(module, kind))
 
+    def peft_config(self) -> dict:
+        """The PEFT config fields that matter to serving, with PEFT's names (r,
+        lora_alpha, target_modules, use_rslora, rank_pattern, alpha_pattern,
+        fan_in_fan_out, bias, use_dora, base_model_name_or_path, modules_to_save,
+        task_type), as a dict."""
+        return self._a.peft_config()
+
     def state_dict(self) -> dict:
         """PEFT-style names ("base_model.model.<module>.lora_A.weight", ...) to Tensors."""
         out = {}
