@@ -88,3 +88,9 @@ def child_python(code: str, **env) -> subprocess.Popen:
     e["PYTHONPATH"] = os.pathsep.join(sys.path)
     return subprocess.Popen([sys.executable, "-c", code], env=e, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+
+
+def double_driver() -> Path:
+    """The CUDA driver double of the C tests (a stand-in libcuda.so.1), built with CUDA."""
+    build = Path(os.environ.get("LS_BINARY_DIR", REPO / "build"))
+    return build / "tests" / "support" / "cuda_double" / "libls_cuda_double.so"
