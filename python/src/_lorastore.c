@@ -39,51 +39,8 @@
 
 #include <lorastore.h>
 
-/* ------------------------------------------------------------------ */
-/* DLPack: the data structures of its ABI (version 1.0), as consumers read them. */
+#include "ls_dlpack.h"
 
-enum { LS_DL_CPU = 1, LS_DL_CUDA = 2 };
-enum { LS_DL_INT = 0, LS_DL_UINT = 1, LS_DL_FLOAT = 2, LS_DL_BFLOAT = 4, LS_DL_BOOL = 6 };
-#define LS_DL_FLAG_READ_ONLY (1ull << 0)
-
-typedef struct {
-	int32_t device_type; /* an enum in the ABI: the size of an int */
-	int32_t device_id;
-} ls_dl_device;
-
-typedef struct {
-	uint8_t code;
-	uint8_t bits;
-	uint16_t lanes;
-} ls_dl_dtype;
-
-typedef struct {
-	void *data;
-	ls_dl_device device;
-	int32_t ndim;
-	ls_dl_dtype dtype;
-	int64_t *shape;
-	int64_t *strides;
-	uint64_t byte_offset;
-} ls_dl_tensor;
-
-/* The unversioned managed tensor ("dltensor" capsules). */
-typedef struct ls_dl_managed {
-	ls_dl_tensor dl_tensor;
-	void *manager_ctx;
-	void (*deleter)(struct ls_dl_managed *self);
-} ls_dl_managed;
-
-/* The versioned one ("dltensor_versioned" capsules), which carries flags. */
-typedef struct ls_dl_managed_v {
-	struct {
-		uint32_t major, minor;
-	} version;
-	void *manager_ctx;
-	void (*deleter)(struct ls_dl_managed_v *self);
-	uint64_t flags;
-	ls_dl_tensor dl_tensor;
-} ls_dl_managed_v;
 
 /* ------------------------------------------------------------------ */
 /* Module state: types and exceptions */
@@ -683,6 +640,24 @@ static PyObject *ls_adapter_tensor(ls_Adapter *a, PyObject *args, PyObject *kw)
 	return (PyObject *)ls_tensor_make(a->lease, &t, t.dtype_name);
 }
 
+/* The adapter's handle (for lorastore._cuda), valid while its lease lives. */
+static PyObject *ls_adapter_handle(ls_Adapter *a, PyObject *unused)
+{
+	(void)unused;
+	if (ls_adapter_held(a))
+		return NULL;
+	return PyLong_FromVoidPtr(a->lease->ad);
+}
+
+/* The adapter's lease: whoever holds it keeps the adapter's memory. */
+static PyObject *ls_adapter_lease(ls_Adapter *a, PyObject *unused)
+{
+	(void)unused;
+	if (ls_adapter_held(a))
+		return NULL;
+	return Py_NewRef((PyObject *)a->lease);
+}
+
 /* The i-th tensor, as a Tensor. */
 static PyObject *ls_adapter_tensor_at(ls_Adapter *a, PyObject *arg)
 {
@@ -1170,128 +1145,6 @@ static PyObject *ls_connection_gc(ls_Connection *c, PyObject *unused)
 /* ------------------------------------------------------------------ */
 /* Plans: apply held adapters to arrays that export DLPack */
 
-/* An array taken from a DLPack producer for the length of one call. */
-struct ls_dl_in {
-	PyObject *capsule;
-	bool versioned;
-	void *managed;            /* ls_dl_managed or ls_dl_managed_v */
-	const ls_dl_tensor *t;
-};
-
-/*
- * Take obj's DLPack tensor (versioned when the producer can): a C-contiguous
- * array in host memory.  writable: refuse a read-only one.  0, or -1 with an
- * exception set.
- */
-static int ls_dl_take(PyObject *obj, const char *what, bool writable, struct ls_dl_in *in)
-{
-	memset(in, 0, sizeof(*in));
-	PyObject *fn = PyObject_GetAttrString(obj, "__dlpack__");
-	if (!fn) {
-		PyErr_Format(PyExc_TypeError, "%s does not export DLPack (no __dlpack__)", what);
-		return -1;
-	}
-	PyObject *kw = Py_BuildValue("{s:(ii)}", "max_version", 1, 0);
-	PyObject *empty = PyTuple_New(0);
-	PyObject *cap = kw && empty ? PyObject_Call(fn, empty, kw) : NULL;
-	if (!cap && PyErr_ExceptionMatches(PyExc_TypeError)) {
-		PyErr_Clear(); /* a producer from before DLPack 1.0 */
-		cap = PyObject_Call(fn, empty, NULL);
-	}
-	Py_XDECREF(kw);
-	Py_XDECREF(empty);
-	Py_DECREF(fn);
-	if (!cap)
-		return -1;
-	in->capsule = cap;
-	if (PyCapsule_IsValid(cap, "dltensor_versioned")) {
-		ls_dl_managed_v *m = PyCapsule_GetPointer(cap, "dltensor_versioned");
-		if (m->version.major != 1) {
-			PyErr_Format(PyExc_BufferError, "%s: DLPack version %u is not supported", what,
-				     m->version.major);
-			return -1;
-		}
-		if (writable && (m->flags & LS_DL_FLAG_READ_ONLY)) {
-			PyErr_Format(PyExc_ValueError, "%s is read-only", what);
-			return -1;
-		}
-		PyCapsule_SetName(cap, "used_dltensor_versioned");
-		in->versioned = true;
-		in->managed = m;
-		in->t = &m->dl_tensor;
-	} else if (PyCapsule_IsValid(cap, "dltensor")) {
-		ls_dl_managed *m = PyCapsule_GetPointer(cap, "dltensor");
-		PyCapsule_SetName(cap, "used_dltensor");
-		in->managed = m;
-		in->t = &m->dl_tensor;
-	} else {
-		PyErr_Format(PyExc_BufferError, "%s: __dlpack__ gave no DLPack capsule", what);
-		return -1;
-	}
-	const ls_dl_tensor *t = in->t;
-	if (t->device.device_type != LS_DL_CPU) {
-		ls_raise(LORASTORE_E_NOT_BUILT, "arrays in GPU memory: device apply is not built into "
-						"this package (use liblorastore_cuda from C)");
-		return -1;
-	}
-	/* C-contiguous: no strides, or the row-major ones. */
-	int64_t expect = 1;
-	for (int32_t d = t->ndim; t->strides && d-- > 0;) {
-		if (t->shape[d] != 1 && t->strides[d] != expect) {
-			PyErr_Format(PyExc_ValueError, "%s must be C-contiguous", what);
-			return -1;
-		}
-		expect *= t->shape[d];
-	}
-	return 0;
-}
-
-/* Done with an array: the producer's deleter runs (we consumed the capsule). */
-static void ls_dl_release(struct ls_dl_in *in)
-{
-	if (in->managed) {
-		if (in->versioned) {
-			ls_dl_managed_v *m = in->managed;
-			if (m->deleter)
-				m->deleter(m);
-		} else {
-			ls_dl_managed *m = in->managed;
-			if (m->deleter)
-				m->deleter(m);
-		}
-	}
-	Py_XDECREF(in->capsule);
-	memset(in, 0, sizeof(*in));
-}
-
-static const void *ls_dl_data(const ls_dl_tensor *t)
-{
-	return (const char *)t->data + t->byte_offset;
-}
-
-/*
- * lorastore's dtype of an activation array; false when it has none.
- * bf16_bits: uint16 arrays hold bfloat16 bits (numpy's bfloat16, from
- * ml_dtypes, cannot export DLPack, so the package passes a uint16 view).
- */
-static bool ls_act_dtype(const ls_dl_tensor *t, bool bf16_bits, lorastore_dtype *out)
-{
-	if (t->dtype.lanes != 1)
-		return false;
-	if (bf16_bits)
-		return t->dtype.code == LS_DL_UINT && t->dtype.bits == 16 &&
-		       (*out = LORASTORE_DTYPE_BF16, true);
-	if (t->dtype.code == LS_DL_FLOAT && t->dtype.bits == 32)
-		*out = LORASTORE_DTYPE_F32;
-	else if (t->dtype.code == LS_DL_FLOAT && t->dtype.bits == 16)
-		*out = LORASTORE_DTYPE_F16;
-	else if (t->dtype.code == LS_DL_BFLOAT && t->dtype.bits == 16)
-		*out = LORASTORE_DTYPE_BF16;
-	else
-		return false;
-	return true;
-}
-
 typedef struct {
 	PyObject_HEAD
 	lorastore_plan *plan;
@@ -1423,9 +1276,10 @@ static PyObject *ls_plan_apply(ls_Plan *p, PyObject *args)
 	memset(&y, 0, sizeof(y));
 	memset(&idx, 0, sizeof(idx));
 	PyObject *ret = NULL;
-	if (ls_dl_take(x_o, "x", false, &x) || ls_dl_take(y_o, "y", true, &y) ||
+	if (ls_dl_take(x_o, "x", false, LS_DL_CPU, NULL, &x) ||
+	    ls_dl_take(y_o, "y", true, LS_DL_CPU, NULL, &y) ||
 	    ls_dl_take(tok_o != Py_None ? tok_o : seg_o,
-		       tok_o != Py_None ? "token_adapter" : "segments", false, &idx))
+		       tok_o != Py_None ? "token_adapter" : "segments", false, LS_DL_CPU, NULL, &idx))
 		goto out;
 	lorastore_dtype xdt, ydt;
 	if (!ls_act_dtype(x.t, bf16_bits, &xdt) || !ls_act_dtype(y.t, bf16_bits, &ydt) ||
@@ -1438,7 +1292,7 @@ static PyObject *ls_plan_apply(ls_Plan *p, PyObject *args)
 		ls_raise(LORASTORE_E_SHAPE, "x and y must be 2-D with one row per token");
 		goto out;
 	}
-	if (idx.t->dtype.code != LS_DL_INT || idx.t->dtype.bits != 32 || idx.t->dtype.lanes != 1) {
+	if (!ls_dl_is_int32(idx.t)) {
 		ls_raise(LORASTORE_E_DTYPE, "token_adapter and segments must be int32");
 		goto out;
 	}
@@ -1608,6 +1462,10 @@ static PyMethodDef ls_adapter_methods[] = {
 	 "_tensor_rows()\n--\n\n(module, kind, layer, dtype, shape, rank, scale) of each tensor."},
 	{"_tensor_at", (PyCFunction)ls_adapter_tensor_at, METH_O,
 	 "_tensor_at(i)\n--\n\nThe i-th tensor."},
+	{"_handle", (PyCFunction)ls_adapter_handle, METH_NOARGS,
+	 "_handle()\n--\n\nThe lorastore_adapter pointer, for lorastore._cuda."},
+	{"_lease", (PyCFunction)ls_adapter_lease, METH_NOARGS,
+	 "_lease()\n--\n\nThe adapter's lease object."},
 	{"peft_config", (PyCFunction)ls_adapter_peft_config, METH_NOARGS,
 	 "peft_config()\n--\n\nThe adapter's PEFT config fields, as a dict."},
 	{NULL, NULL, 0, NULL},
@@ -1677,7 +1535,20 @@ static PyObject *ls_strerror(PyObject *self, PyObject *arg)
 	return PyUnicode_FromString(lorastore_strerror((int)code));
 }
 
+/* _raise(code, message): raise the package's exception of a library code. */
+static PyObject *ls_raise_py(PyObject *self, PyObject *args)
+{
+	(void)self;
+	int code;
+	const char *message;
+	if (!PyArg_ParseTuple(args, "is", &code, &message))
+		return NULL;
+	return ls_raise(code, message);
+}
+
 static PyMethodDef ls_module_methods[] = {
+	{"_raise", ls_raise_py, METH_VARARGS,
+	 "_raise(code, message)\n--\n\nRaise lorastore's exception for a library code."},
 	{"strerror", ls_strerror, METH_O,
 	 "strerror(code)\n--\n\nThe description of a library error code."},
 	{"plan_create", ls_plan_create, METH_VARARGS,

@@ -49,3 +49,47 @@ def test_using_a_released_adapter_raises(conn):
     assert ad.released
     with pytest.raises(lorastore.Error):
         ad.tensors()
+
+
+def test_a_non_admin_import_raises_permission_denied():
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from conftest import Daemon
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a client as nobody")
+    # A folder nobody can reach: the socket and a copy of the adapter.
+    root = Path(tempfile.mkdtemp(prefix="lorastore-nobody-"))
+    try:
+        root.chmod(0o755)
+        shutil.copytree(FIXTURES / "smollm-f16", root / "adapter")
+        for p in (root / "adapter", *(root / "adapter").iterdir()):
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        d = Daemon(root)
+        os.chmod(d.socket, 0o666)
+        pid = os.fork()
+        if pid == 0:  # the child: nobody, with the module already loaded
+            code = 10
+            try:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+                code = 11
+                with lorastore.connect(d.socket) as c:
+                    try:
+                        c.import_dir(root / "adapter", name="nobody/new")
+                        code = 12
+                    except lorastore.PermissionDenied as e:
+                        code = 0 if e.code < 0 else 13
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "the nobody client got no PermissionDenied"
+        with lorastore.connect(d.socket) as c:
+            assert c.stats()["catalog_versions"] == 0, "the refused import changed the catalog"
+        assert d.stop() == 0
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -33,7 +33,7 @@ from ._lorastore import (  # noqa: F401  (re-exported)
 )
 
 __all__ = [
-    "connect", "Connection", "Adapter", "Tensor", "TensorInfo", "Plan", "Error", "NotFound",
+    "connect", "Connection", "Adapter", "Tensor", "TensorInfo", "Plan", "DevicePlan", "Error", "NotFound",
     "PermissionDenied", "Corrupt", "NoSpace", "InvalidAdapter", "ConnectionClosed",
     "InvalidArgument", "Timeout", "DeviceError", "DEFAULT_SOCKET", "strerror",
 ]
@@ -261,14 +261,27 @@ class Connection:
         """Remove blobs that no version refers to."""
         return self._c.gc()
 
-    def plan(self, adapters, in_features: int, slices, factors=None) -> "Plan":
+    def plan(self, adapters, in_features: int, slices, factors=None):
         """Prepare held adapters for one layer whose input has in_features columns.
         slices: (module, out_offset, out) for each module the layer's output packs
         (one for a plain projection, several for a fused q/k/v); factors: one scale
-        factor per adapter (None: 1).  Indices in batches follow the adapters' order."""
-        return Plan(_c.plan_create([a._a for a in adapters], int(in_features),
-                                   [tuple(s) for s in slices],
-                                   None if factors is None else [float(f) for f in factors]))
+        factor per adapter (None: 1).  Indices in batches follow the adapters' order.
+        Adapters of the host tier give a Plan (CPU arrays); adapters of one GPU's
+        device tier give a DevicePlan (GPU arrays)."""
+        adapters = list(adapters)
+        slices = [tuple(s) for s in slices]
+        factors = None if factors is None else [float(f) for f in factors]
+        tiers = {a.tier for a in adapters}
+        if tiers == {"device"}:
+            try:
+                from . import _cuda
+            except ImportError as e:
+                raise DeviceError(f"device apply is not available here: {e}") from None
+            return DevicePlan(_cuda.plan_create([a._a._handle() for a in adapters],
+                                                tuple(a._a._lease() for a in adapters),
+                                                int(in_features), slices, factors))
+        return Plan(_c.plan_create([a._a for a in adapters], int(in_features), slices,
+                                   factors))
 
 
 def _is_numpy_bf16(a) -> bool:
@@ -311,6 +324,54 @@ class Plan:
     def workspace_size(self, n_tokens: int) -> int:
         """Bytes of scratch memory a batch of n_tokens uses (allocated per call)."""
         return self._p.workspace_size(n_tokens)
+
+
+def _stream_handle(stream):
+    """A cudaStream_t as an int: from an int, or an object with .cuda_stream (torch)."""
+    if stream is None:
+        return None
+    return int(getattr(stream, "cuda_stream", stream))
+
+
+class DevicePlan:
+    """Adapters of a GPU's device tier prepared for one layer (liblorastore_cuda).
+    The plan keeps the adapters' leases while it lives."""
+
+    __slots__ = ("_p",)
+
+    def __init__(self, p):
+        self._p = p
+
+    @property
+    def device(self) -> int:
+        """The CUDA ordinal of the adapters' GPU."""
+        return self._p.device
+
+    def apply(self, x, y, token_adapter=None, segments=None, threads: int = 1, stream=None,
+              cublas=None) -> None:
+        """Enqueue y[t, slice columns] += scale * (x[t] A^T) B^T on stream and return.
+
+        x and y: C-contiguous 2-D arrays in the GPU's memory that export DLPack (torch
+        CUDA tensors) of one dtype, float32, float16 or bfloat16.  token_adapter: a
+        GPU int32 array, or host indices (copied); segments: host (start, len,
+        adapter) rows.  stream: a cudaStream_t as an int, or a torch.cuda.Stream
+        (None: the legacy default stream); cublas: a cublasHandle_t as an int (its
+        stream and pointer mode are put back).  threads is ignored (the CPU's)."""
+        import numpy as np
+
+        tok = seg = None
+        if token_adapter is not None:
+            on_gpu = hasattr(token_adapter, "__dlpack_device__") and \
+                token_adapter.__dlpack_device__()[0] == 2
+            tok = token_adapter if on_gpu else np.ascontiguousarray(token_adapter, dtype=np.int32)
+        if segments is not None:
+            seg = np.ascontiguousarray(segments, dtype=np.int32).reshape(-1, 3)
+        self._p.apply(x, y, tok, seg, _stream_handle(stream),
+                      None if cublas is None else int(cublas), False)
+
+    def bad_indices(self, stream=None, reset: bool = False) -> int:
+        """Batch indices the GPU found out of range so far (waits for stream)."""
+        return self._p.bad_indices(_stream_handle(stream), bool(reset))
 
 
 def connect(socket: str | None = None) -> Connection:
