@@ -5,9 +5,9 @@ random LoRA weights on q/k/v (B not zero), saved with save_pretrained and
 imported into lorastore.  For each layer, the base projections' outputs plus
 plan.apply over the fused q/k/v output equal PEFT's LoRA layers' outputs.
 """
-import numpy as np
 import pytest
 
+np = pytest.importorskip("numpy", reason="numpy is not installed")
 torch = pytest.importorskip("torch", reason="torch is not installed (the GPU machine has it)")
 transformers = pytest.importorskip("transformers", reason="transformers is not installed")
 peft = pytest.importorskip("peft", reason="peft is not installed")
