@@ -55,3 +55,42 @@ def test_base_plus_plan_apply_equals_peft_on_every_layer(conn, peft_model):
             compared += y.size
             del plan
         assert compared > 0
+
+
+def test_on_the_gpu_the_device_plan_equals_peft_on_every_layer(tmp_path, peft_model):
+    """The same on the device tier: PEFT's layers on the GPU against a DevicePlan."""
+    import os
+
+    import lorastore
+    from conftest import Daemon
+
+    if os.environ.get("LS_TEST_REAL_GPU") != "1" or not torch.cuda.is_available():
+        pytest.skip("needs a GPU and LS_TEST_REAL_GPU=1")
+    model, path = peft_model
+    model = model.cuda()
+    (tmp_path / "gpu").mkdir()
+    d = Daemon(tmp_path / "gpu", "--backend", "cuda", "--device-budget", "256MiB")
+    try:
+        with lorastore.connect(d.socket) as conn:
+            conn.import_dir(path, name="peft/gpu")
+            x = torch.randn(7, HIDDEN, device="cuda")
+            stream = torch.cuda.current_stream()
+            with conn.acquire("peft/gpu", tier="device") as ad:
+                for layer in range(LAYERS):
+                    attn = model.base_model.model.model.layers[layer].self_attn
+                    mods = [(attn.q_proj, "q_proj", HIDDEN), (attn.k_proj, "k_proj", KV),
+                            (attn.v_proj, "v_proj", KV)]
+                    slices, off = [], 0
+                    for _, name, out in mods:
+                        slices.append((f"model.layers.{layer}.self_attn.{name}", off, out))
+                        off += out
+                    with torch.no_grad():
+                        want = torch.cat([m(x) for m, _, _ in mods], dim=1)
+                        y = torch.cat([m.base_layer(x) for m, _, _ in mods], dim=1).contiguous()
+                    plan = conn.plan([ad], HIDDEN, slices)
+                    plan.apply(x, y, token_adapter=[0] * len(x), stream=stream)
+                    stream.synchronize()
+                    torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-5)
+                    del plan
+    finally:
+        assert d.stop() == 0, d.log_text()
