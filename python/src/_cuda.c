@@ -29,6 +29,7 @@
 #include <lorastore_cuda.h>
 
 #include "ls_dlpack.h"
+#include "ls_plan_args.h"
 
 static PyTypeObject *ls_CudaPlanType;
 
@@ -84,68 +85,25 @@ static PyObject *ls_cuda_plan_create(PyObject *self, PyObject *args)
 	unsigned long long in;
 	if (!PyArg_ParseTuple(args, "OOKOO", &handles_o, &leases, &in, &slices_o, &factors_o))
 		return NULL;
-	PyObject *hs = PySequence_Fast(handles_o, "handles must be a sequence");
-	PyObject *sls = hs ? PySequence_Fast(slices_o, "slices must be a sequence") : NULL;
-	PyObject *fcs = sls && factors_o != Py_None ? PySequence_Fast(factors_o, "factors") : NULL;
-	ls_CudaPlan *p = NULL;
-	lorastore_adapter **ads = NULL;
-	lorastore_slice *slices = NULL;
-	float *factors = NULL;
-	if (!hs || !sls || (factors_o != Py_None && !fcs))
-		goto out;
-	Py_ssize_t n = PySequence_Size(hs), ns = PySequence_Size(sls);
-	ads = calloc(n > 0 ? (size_t)n : 1, sizeof(*ads));
-	slices = calloc(ns > 0 ? (size_t)ns : 1, sizeof(*slices));
-	factors = fcs ? calloc(n > 0 ? (size_t)n : 1, sizeof(*factors)) : NULL;
-	if (!ads || !slices || (fcs && !factors)) {
-		PyErr_NoMemory();
-		goto out;
-	}
-	for (Py_ssize_t i = 0; i < n; i++) {
-		PyObject *h = PySequence_GetItem(hs, i);
-		ads[i] = h ? PyLong_AsVoidPtr(h) : NULL;
-		Py_XDECREF(h);
-		if (fcs) {
-			PyObject *f = PySequence_GetItem(fcs, i);
-			factors[i] = f ? (float)PyFloat_AsDouble(f) : 0;
-			Py_XDECREF(f);
+	struct ls_plan_args pa;
+	if (ls_plan_args_parse(handles_o, slices_o, factors_o, &pa))
+		return NULL;
+	ls_CudaPlan *p = PyObject_New(ls_CudaPlan, ls_CudaPlanType);
+	if (p) {
+		p->plan = NULL;
+		p->ws = NULL;
+		p->ws_size = 0;
+		p->idx = NULL;
+		p->idx_size = 0;
+		p->leases = Py_NewRef(leases);
+		int rc = lorastore_cuda_plan_create(pa.ads, pa.n, pa.factors, in, pa.slices, pa.ns,
+						    &p->plan);
+		if (rc) {
+			Py_CLEAR(p);
+			ls_cuda_raise(rc, NULL);
 		}
-		if (PyErr_Occurred())
-			goto out;
 	}
-	for (Py_ssize_t s = 0; s < ns; s++) {
-		PyObject *o = PySequence_GetItem(sls, s);
-		const char *module;
-		unsigned long long off, w;
-		int ok = o && PyArg_ParseTuple(o, "sKK", &module, &off, &w);
-		Py_XDECREF(o); /* the slices sequence keeps the str alive */
-		if (!ok)
-			goto out;
-		slices[s] = (lorastore_slice){module, off, w};
-	}
-	p = PyObject_New(ls_CudaPlan, ls_CudaPlanType);
-	if (!p)
-		goto out;
-	p->plan = NULL;
-	p->ws = NULL;
-	p->ws_size = 0;
-	p->idx = NULL;
-	p->idx_size = 0;
-	Py_INCREF(leases);
-	p->leases = leases;
-	int rc = lorastore_cuda_plan_create(ads, (size_t)n, factors, in, slices, (size_t)ns,
-					    &p->plan);
-	if (rc) {
-		Py_CLEAR(p);
-		ls_cuda_raise(rc, NULL);
-	}
-out:
-	free(ads);
-	free(slices);
-	free(factors);
-	Py_XDECREF(hs);
-	Py_XDECREF(sls);
-	Py_XDECREF(fcs);
+	ls_plan_args_free(&pa);
 	return (PyObject *)p;
 }
 

@@ -40,6 +40,7 @@
 #include <lorastore.h>
 
 #include "ls_dlpack.h"
+#include "ls_plan_args.h"
 
 
 /* ------------------------------------------------------------------ */
@@ -1148,7 +1149,7 @@ static PyObject *ls_connection_gc(ls_Connection *c, PyObject *unused)
 typedef struct {
 	PyObject_HEAD
 	lorastore_plan *plan;
-	PyObject *leases;        /* tuple of the adapters' _Lease: the plan reads their memory */
+	PyObject *leases;        /* what keeps the adapters' memory: the plan reads it */
 	uint64_t in;
 } ls_Plan;
 
@@ -1161,99 +1162,33 @@ static void ls_plan_dealloc(ls_Plan *p)
 	Py_DECREF(tp);
 }
 
-/* plan_create(adapters, in_features, slices, factors): a Plan over Adapter objects. */
+/*
+ * plan_create(handles, leases, in_features, slices, factors): a Plan over
+ * adapter handles (Adapter._handle()); it holds leases, what keeps them.
+ */
 static PyObject *ls_plan_create(PyObject *self, PyObject *args)
 {
 	(void)self;
-	PyObject *ads_o, *slices_o, *factors_o;
+	PyObject *handles_o, *leases, *slices_o, *factors_o;
 	unsigned long long in;
-	if (!PyArg_ParseTuple(args, "OKOO", &ads_o, &in, &slices_o, &factors_o))
+	if (!PyArg_ParseTuple(args, "OOKOO", &handles_o, &leases, &in, &slices_o, &factors_o))
 		return NULL;
-	PyObject *ads = PySequence_Fast(ads_o, "adapters must be a sequence of Adapter");
-	PyObject *sls = ads ? PySequence_Fast(slices_o, "slices must be a sequence") : NULL;
-	PyObject *fcs = sls && factors_o != Py_None
-				? PySequence_Fast(factors_o, "factors must be a sequence of float")
-				: NULL;
-	ls_Plan *p = NULL;
-	lorastore_adapter **handles = NULL;
-	lorastore_slice *slices = NULL;
-	float *factors = NULL;
-	if (!ads || !sls || (factors_o != Py_None && !fcs))
-		goto out;
-	Py_ssize_t n = PySequence_Size(ads), ns = PySequence_Size(sls);
-	if (n < 1 || ns < 1 || ns > 8 || (fcs && PySequence_Size(fcs) != n)) {
-		ls_raise(-EINVAL, "a plan needs 1 or more adapters, 1 to 8 slices, and one factor "
-				  "per adapter when factors are given");
-		goto out;
-	}
-	p = PyObject_New(ls_Plan, ls_PlanType);
-	if (!p)
-		goto out;
-	p->plan = NULL;
-	p->in = in;
-	p->leases = PyTuple_New(n);
-	handles = calloc((size_t)n, sizeof(*handles));
-	slices = calloc((size_t)ns, sizeof(*slices));
-	factors = fcs ? calloc((size_t)n, sizeof(*factors)) : NULL;
-	if (!p->leases || !handles || !slices || (fcs && !factors)) {
-		PyErr_NoMemory();
-		goto fail;
-	}
-	for (Py_ssize_t i = 0; i < n; i++) {
-		PyObject *o = PySequence_GetItem(ads, i);
-		if (!o || !PyObject_TypeCheck(o, ls_AdapterType)) {
-			Py_XDECREF(o);
-			PyErr_SetString(PyExc_TypeError, "adapters must be lorastore Adapters");
-			goto fail;
-		}
-		ls_Adapter *a = (ls_Adapter *)o;
-		if (!a->lease) {
-			Py_DECREF(o);
-			ls_raise(-EINVAL, "an adapter of the plan was released");
-			goto fail;
-		}
-		handles[i] = a->lease->ad;
-		Py_INCREF(a->lease);
-		PyTuple_SetItem(p->leases, i, (PyObject *)a->lease);
-		Py_DECREF(o);
-		if (fcs) {
-			PyObject *f = PySequence_GetItem(fcs, i);
-			factors[i] = f ? (float)PyFloat_AsDouble(f) : 0;
-			Py_XDECREF(f);
-			if (PyErr_Occurred())
-				goto fail;
+	struct ls_plan_args pa;
+	if (ls_plan_args_parse(handles_o, slices_o, factors_o, &pa))
+		return NULL;
+	ls_Plan *p = PyObject_New(ls_Plan, ls_PlanType);
+	if (p) {
+		p->plan = NULL;
+		p->in = in;
+		p->leases = Py_NewRef(leases);
+		int rc = lorastore_plan_create(pa.ads, pa.n, pa.factors, in, pa.slices, pa.ns,
+					       &p->plan);
+		if (rc) {
+			Py_CLEAR(p);
+			ls_raise(rc, NULL);
 		}
 	}
-	for (Py_ssize_t s = 0; s < ns; s++) {
-		PyObject *o = PySequence_GetItem(sls, s);
-		const char *module;
-		unsigned long long off, out;
-		int ok = o && PyTuple_Check(o) && PyArg_ParseTuple(o, "sKK", &module, &off, &out);
-		Py_XDECREF(o); /* the slices sequence keeps the str alive */
-		if (!ok) {
-			if (!PyErr_Occurred())
-				PyErr_SetString(PyExc_TypeError,
-						"each slice is a tuple (module, out_offset, out)");
-			goto fail;
-		}
-		slices[s] = (lorastore_slice){module, off, out};
-	}
-	int rc = lorastore_plan_create(handles, (size_t)n, factors, in, slices, (size_t)ns,
-				       &p->plan);
-	if (rc) {
-		ls_raise(rc, NULL);
-		goto fail;
-	}
-	goto out;
-fail:
-	Py_CLEAR(p);
-out:
-	free(handles);
-	free(slices);
-	free(factors);
-	Py_XDECREF(ads);
-	Py_XDECREF(sls);
-	Py_XDECREF(fcs);
+	ls_plan_args_free(&pa);
 	return (PyObject *)p;
 }
 
@@ -1552,8 +1487,8 @@ static PyMethodDef ls_module_methods[] = {
 	{"strerror", ls_strerror, METH_O,
 	 "strerror(code)\n--\n\nThe description of a library error code."},
 	{"plan_create", ls_plan_create, METH_VARARGS,
-	 "plan_create(adapters, in_features, slices, factors)\n--\n\nA Plan of held adapters "
-	 "for one layer; slices are (module, out_offset, out)."},
+	 "plan_create(handles, leases, in_features, slices, factors)\n--\n\nA Plan of held "
+	 "adapters for one layer; slices are (module, out_offset, out)."},
 	{NULL, NULL, 0, NULL},
 };
 

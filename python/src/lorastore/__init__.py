@@ -271,17 +271,31 @@ class Connection:
         adapters = list(adapters)
         slices = [tuple(s) for s in slices]
         factors = None if factors is None else [float(f) for f in factors]
-        tiers = {a.tier for a in adapters}
-        if tiers == {"device"}:
+        # Handles for the library; the leases keep what they point at.
+        args = ([a._a._handle() for a in adapters], tuple(a._a._lease() for a in adapters),
+                int(in_features), slices, factors)
+        if {a.tier for a in adapters} == {"device"}:
             try:
                 from . import _cuda
             except ImportError as e:
                 raise DeviceError(f"device apply is not available here: {e}") from None
-            return DevicePlan(_cuda.plan_create([a._a._handle() for a in adapters],
-                                                tuple(a._a._lease() for a in adapters),
-                                                int(in_features), slices, factors))
-        return Plan(_c.plan_create([a._a for a in adapters], int(in_features), slices,
-                                   factors))
+            return DevicePlan(_cuda.plan_create(*args))
+        return Plan(_c.plan_create(*args))
+
+
+def _batch(token_adapter, segments, gpu_indices: bool):
+    """The batch's index arrays: int32 token indices (left as they are when they
+    are already on the GPU and gpu_indices allows it) or (start, len, adapter) rows."""
+    import numpy as np
+
+    tok = seg = None
+    if token_adapter is not None:
+        on_gpu = gpu_indices and hasattr(token_adapter, "__dlpack_device__") and \
+            token_adapter.__dlpack_device__()[0] == 2
+        tok = token_adapter if on_gpu else np.ascontiguousarray(token_adapter, dtype=np.int32)
+    if segments is not None:
+        seg = np.ascontiguousarray(segments, dtype=np.int32).reshape(-1, 3)
+    return tok, seg
 
 
 def _is_numpy_bf16(a) -> bool:
@@ -306,13 +320,7 @@ class Plan:
         adapter) rows).  y is unchanged when the call raises."""
         import numpy as np
 
-        tok = seg = None
-        if token_adapter is not None:
-            tok = token_adapter if hasattr(token_adapter, "__dlpack__") and \
-                getattr(token_adapter, "dtype", None) == np.int32 else \
-                np.ascontiguousarray(token_adapter, dtype=np.int32)
-        if segments is not None:
-            seg = np.ascontiguousarray(segments, dtype=np.int32).reshape(-1, 3)
+        tok, seg = _batch(token_adapter, segments, gpu_indices=False)
         bits = [_is_numpy_bf16(x), _is_numpy_bf16(y)]
         if bits[0] != bits[1]:
             raise InvalidArgument("x and y must share one dtype")
@@ -357,15 +365,7 @@ class DevicePlan:
         adapter) rows.  stream: a cudaStream_t as an int, or a torch.cuda.Stream
         (None: the legacy default stream); cublas: a cublasHandle_t as an int (its
         stream and pointer mode are put back).  threads is ignored (the CPU's)."""
-        import numpy as np
-
-        tok = seg = None
-        if token_adapter is not None:
-            on_gpu = hasattr(token_adapter, "__dlpack_device__") and \
-                token_adapter.__dlpack_device__()[0] == 2
-            tok = token_adapter if on_gpu else np.ascontiguousarray(token_adapter, dtype=np.int32)
-        if segments is not None:
-            seg = np.ascontiguousarray(segments, dtype=np.int32).reshape(-1, 3)
+        tok, seg = _batch(token_adapter, segments, gpu_indices=True)
         self._p.apply(x, y, tok, seg, _stream_handle(stream),
                       None if cublas is None else int(cublas), False)
 
