@@ -176,8 +176,9 @@ LS_PUBLIC int lorastore_acquire_tier(lorastore *conn, const char *ref, lorastore
 	if (!conn || !out || (tier != LORASTORE_TIER_HOST && tier != LORASTORE_TIER_DEVICE))
 		return -EINVAL;
 	*out = NULL;
-	if (!ref || !*ref)
-		return ls_conn_error(conn, LS_E_NAME_INVALID, "acquire: no adapter named");
+	int rc = ls_ref_check(conn, "acquire", ref);
+	if (rc)
+		return rc;
 	Lorastore__AcquireRequest ar = LORASTORE__ACQUIRE_REQUEST__INIT;
 	ar.ref = (char *)ref;
 	ar.timeout_ms = timeout_ms < 0 ? -1 : timeout_ms;
@@ -192,7 +193,7 @@ LS_PUBLIC int lorastore_acquire_tier(lorastore *conn, const char *ref, lorastore
 	req.body_case = LORASTORE__REQUEST__BODY_ACQUIRE;
 	req.acquire = &ar;
 	Lorastore__Response *resp = NULL;
-	int rc = ls_conn_call(conn, &req, NULL, 0, LORASTORE__RESPONSE__BODY_ACQUIRE, &resp);
+	rc = ls_conn_call(conn, &req, NULL, 0, LORASTORE__RESPONSE__BODY_ACQUIRE, &resp);
 	if (rc)
 		return rc;
 	const Lorastore__AcquireReply *a = resp->acquire;

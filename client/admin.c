@@ -12,29 +12,11 @@
 #include <unistd.h>
 
 #include "client_internal.h"
+#include "ls_file.h"
+#include "ls_name.h"
 
 #define LS_CONFIG_FILE "adapter_config.json"
 #define LS_WEIGHTS_FILE "adapter_model.safetensors"
-
-/* Open dir/file for reading: a regular file, or -errno. */
-static int ls_open_regular(int dirfd, const char *file, int *out)
-{
-	int fd = openat(dirfd, file, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-	if (fd < 0)
-		return -errno;
-	struct stat st;
-	if (fstat(fd, &st) < 0) {
-		int e = errno;
-		close(fd);
-		return -e;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		close(fd);
-		return -EINVAL;
-	}
-	*out = fd;
-	return 0;
-}
 
 static bool ls_dtype_option_ok(const char *d)
 {
@@ -52,6 +34,12 @@ LS_PUBLIC int lorastore_import_dir_entry(lorastore *conn, const char *dir,
 		return ls_conn_error(conn, -EINVAL, "import: no directory or no options");
 	if (!opts->name || !*opts->name)
 		return ls_conn_error(conn, LS_E_NAME_INVALID, "import: no adapter name given");
+	if (!ls_name_valid(opts->name))
+		return ls_conn_error(conn, LS_E_NAME_INVALID,
+				     "import: '%.*s%s': a name has 1 to %d characters of [A-Za-z0-9._/-]",
+				     LS_NAME_MAX, opts->name,
+				     strnlen(opts->name, LS_NAME_MAX + 1) > LS_NAME_MAX ? "..." : "",
+				     LS_NAME_MAX);
 	const char *dtype = opts->dtype ? opts->dtype : "keep";
 	if (!ls_dtype_option_ok(dtype))
 		return ls_conn_error(conn, -EINVAL,
@@ -67,13 +55,13 @@ LS_PUBLIC int lorastore_import_dir_entry(lorastore *conn, const char *dir,
 	}
 	int cfg = -1, weights = -1;
 	char *abs = NULL;
-	rc = ls_open_regular(dirfd, LS_CONFIG_FILE, &cfg);
+	rc = ls_open_regular_at(dirfd, LS_CONFIG_FILE, &cfg);
 	if (rc && rc != -ENOENT) {
 		rc = ls_conn_error(conn, rc, "%s/%s: %s", dir, LS_CONFIG_FILE,
 				   rc == -EINVAL ? "not a regular file" : strerror(-rc));
 		goto out;
 	}
-	rc = ls_open_regular(dirfd, LS_WEIGHTS_FILE, &weights);
+	rc = ls_open_regular_at(dirfd, LS_WEIGHTS_FILE, &weights);
 	if (rc) {
 		rc = ls_conn_error(conn, rc, "%s/%s: %s", dir, LS_WEIGHTS_FILE,
 				   rc == -EINVAL ? "not a regular file" : strerror(-rc));
@@ -131,8 +119,9 @@ static int ls_ref_call(lorastore *conn, Lorastore__Request__BodyCase body, const
 {
 	if (!conn)
 		return -EINVAL;
-	if (!ref || !*ref)
-		return ls_conn_error(conn, LS_E_NAME_INVALID, "%s: no adapter named", what);
+	int rc = ls_ref_check(conn, what, ref);
+	if (rc)
+		return rc;
 	Lorastore__RefRequest rr = LORASTORE__REF_REQUEST__INIT;
 	rr.ref = (char *)ref;
 	char current[48] = "";
@@ -156,7 +145,7 @@ static int ls_ref_call(lorastore *conn, Lorastore__Request__BodyCase body, const
 		break;
 	}
 	Lorastore__Response *resp = NULL;
-	int rc = ls_conn_call(conn, &req, NULL, 0, LORASTORE__RESPONSE__BODY_DONE, &resp);
+	rc = ls_conn_call(conn, &req, NULL, 0, LORASTORE__RESPONSE__BODY_DONE, &resp);
 	if (resp)
 		lorastore__response__free_unpacked(resp, NULL);
 	return rc;
@@ -207,6 +196,12 @@ LS_PUBLIC int lorastore_verify(lorastore *conn, const char *ref, size_t *bad,
 {
 	if (!conn)
 		return -EINVAL;
+	/* No reference (or "") verifies every version. */
+	if (ref && *ref) {
+		int rc = ls_ref_check(conn, "verify", ref);
+		if (rc)
+			return rc;
+	}
 	Lorastore__RefRequest rr = LORASTORE__REF_REQUEST__INIT;
 	rr.ref = (char *)(ref ? ref : "");
 	Lorastore__Request req = LORASTORE__REQUEST__INIT;

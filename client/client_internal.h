@@ -89,6 +89,13 @@ int ls_conn_fail(lorastore *conn, int code, const char *fmt, ...)
 /* LORASTORE_E_CLOSED (message kept) when conn failed earlier, else 0. */
 int ls_conn_check(lorastore *conn);
 
+/*
+ * Check a reference ("name" or "name@N") before it is sent: 0, or
+ * LS_E_NAME_INVALID with the name rule in the connection's message, which
+ * begins with what (the call's name).
+ */
+int ls_ref_check(lorastore *conn, const char *what, const char *ref);
+
 /* ---- socket I/O (conn.c) */
 
 /* Open the socket at path (connect only, no Hello); 0 or -errno with message. */

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "client_internal.h"
+#include "ls_name.h"
 
 /* Bytes asked of the framer for each read. */
 #define LS_RECV_CHUNK 65536u
@@ -51,6 +52,17 @@ int ls_conn_fail(lorastore *c, int code, const char *fmt, ...)
 	c->fd = -1;
 	c->dead_code = code;
 	return code;
+}
+
+int ls_ref_check(lorastore *c, const char *what, const char *ref)
+{
+	if (!ref || !*ref)
+		return ls_conn_error(c, LS_E_NAME_INVALID, "%s: no adapter named", what);
+	struct ls_err err;
+	uint32_t version;
+	if (ls_ref_parse(ref, NULL, &version, &err))
+		return ls_conn_error(c, err.code, "%s: %s", what, err.msg);
+	return 0;
 }
 
 int ls_conn_check(lorastore *c)

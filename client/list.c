@@ -181,15 +181,16 @@ LS_PUBLIC int lorastore_show(lorastore *conn, const char *ref, lorastore_list **
 	if (!conn || !out)
 		return -EINVAL;
 	*out = NULL;
-	if (!ref || !*ref)
-		return ls_conn_error(conn, LS_E_NAME_INVALID, "show: no adapter named");
+	int rc = ls_ref_check(conn, "show", ref);
+	if (rc)
+		return rc;
 	Lorastore__RefRequest rr = LORASTORE__REF_REQUEST__INIT;
 	rr.ref = (char *)ref;
 	Lorastore__Request req = LORASTORE__REQUEST__INIT;
 	req.body_case = LORASTORE__REQUEST__BODY_SHOW;
 	req.show = &rr;
 	Lorastore__Response *resp = NULL;
-	int rc = ls_conn_call(conn, &req, NULL, 0, LORASTORE__RESPONSE__BODY_LIST, &resp);
+	rc = ls_conn_call(conn, &req, NULL, 0, LORASTORE__RESPONSE__BODY_LIST, &resp);
 	if (rc)
 		return rc;
 	if (!resp->list || resp->list->n_adapters != 1) {

@@ -162,6 +162,8 @@ LS_PUBLIC int lorastore_prefetch(lorastore *conn, const char *const *refs, size_
 	for (size_t i = 0; i < n; i++)
 		if (!refs[i] || !*refs[i])
 			return ls_conn_error(conn, LS_E_NAME_INVALID, "prefetch: ref %zu is empty", i);
+		else if (ls_ref_check(conn, "prefetch", refs[i]))
+			return LS_E_NAME_INVALID;
 	/* Nothing to ask for (the daemon refuses an empty prefetch). */
 	if (n == 0)
 		return ls_conn_check(conn);

@@ -3,10 +3,14 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include "ls_file.h"
 
 static const char ls_usage[] =
 	"Usage: lorastored [OPTIONS]\n"
@@ -273,9 +277,17 @@ static char *ls_trim(char *s)
 
 static int ls_config_file(struct ls_config *c, const char *path)
 {
-	FILE *f = fopen(path, "re");
+	/* A regular file only: a FIFO there would hold the start for ever. */
+	int fd = -1;
+	int orc = ls_open_regular_at(AT_FDCWD, path, &fd);
+	FILE *f = orc ? NULL : fdopen(fd, "r");
 	if (!f) {
-		fprintf(stderr, "lorastored: --config %s: %s\n", path, strerror(errno));
+		if (!orc)
+			orc = -errno;
+		if (fd >= 0)
+			close(fd);
+		fprintf(stderr, "lorastored: --config %s: %s\n", path,
+			orc == -EINVAL ? "not a regular file" : strerror(-orc));
 		return -EINVAL;
 	}
 	char line[PATH_MAX + 128];

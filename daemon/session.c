@@ -124,6 +124,24 @@ int ls_session_take_fd(struct ls_session *s)
 	return fd;
 }
 
+/*
+ * A request that decoded but broke a field rule (a string over the cap, a
+ * NUL byte, a missing field) is answered with an error, and the connection
+ * goes on; the descriptors it brought are closed.  False when it cannot be
+ * answered (no id, or fewer descriptors than it claims): then the
+ * connection closes, since the stream can no longer be trusted.
+ */
+static bool ls_refuse_request(struct ls_session *s, const struct ls_request_head *head, int code,
+			      const char *msg)
+{
+	if (!head->answerable || head->n_fds > s->n_fds)
+		return false;
+	for (unsigned i = 0; i < head->n_fds; i++)
+		close(ls_session_take_fd(s));
+	ls_session_error(s, head->id, code, "%s", msg);
+	return !s->closing;
+}
+
 static void ls_recv_done(struct ls_loop *loop, struct ls_op *op, int res)
 {
 	struct ls_session *s = LS_CONTAINER(op, struct ls_session, recv_op);
@@ -150,8 +168,11 @@ static void ls_recv_done(struct ls_loop *loop, struct ls_op *op, int res)
 			return;
 		}
 		Lorastore__Request *req = NULL;
+		struct ls_request_head head;
 		struct ls_err err;
-		rc = ls_request_decode(payload, len, &req, &err);
+		rc = ls_request_decode(payload, len, &req, &head, &err);
+		if (rc && ls_refuse_request(s, &head, rc, err.msg))
+			continue;
 		if (rc) {
 			ls_warn("session %u: %s; closing", s->id, err.msg);
 			ls_session_close(s, "malformed request");

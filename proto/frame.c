@@ -13,7 +13,7 @@
  *
  * Decoding is protobuf-c's unpack followed by the checks that protobuf-c does
  * not make: a known body, the fields each body needs, and strings that are
- * valid UTF-8 and at most LS_PROTO_STRING_MAX bytes.
+ * valid UTF-8, at most LS_PROTO_STRING_MAX bytes and free of NUL bytes.
  */
 #include "frame.h"
 
@@ -295,6 +295,76 @@ static int check_strings(const ProtobufCMessage *m, const char *path, struct ls_
 	return 0;
 }
 
+/* A varint at p[*i..n) into *v; false when it runs past n or over 10 bytes. */
+static bool wire_varint(const uint8_t *p, size_t n, size_t *i, uint64_t *v)
+{
+	uint64_t x = 0;
+	for (unsigned shift = 0; shift < 64 && *i < n; shift += 7) {
+		uint8_t b = p[(*i)++];
+		x |= (uint64_t)(b & 0x7f) << shift;
+		if (!(b & 0x80)) {
+			*v = x;
+			return true;
+		}
+	}
+	return false;
+}
+
+/*
+ * protobuf-c hands a string field over as a C string, so a NUL byte inside
+ * it would silently cut it ("a\0b" checked as "a", then used as "a").  The
+ * wire bytes are walked once more with m's descriptor, and a string field
+ * holding a NUL is refused by name.  Runs after a successful unpack, so the
+ * encoding itself is known to be sound; anything unexpected stops the walk.
+ */
+static int check_wire_nul(const uint8_t *p, size_t n, const ProtobufCMessageDescriptor *d,
+			  const char *path, unsigned depth, struct ls_err *err)
+{
+	size_t i = 0;
+	while (i < n && depth < 32) {
+		uint64_t key, len;
+		if (!wire_varint(p, n, &i, &key))
+			return 0;
+		switch (key & 7) {
+		case 0:
+			if (!wire_varint(p, n, &i, &len))
+				return 0;
+			continue;
+		case 1:
+			i += 8;
+			continue;
+		case 5:
+			i += 4;
+			continue;
+		case 2:
+			break;
+		default:
+			return 0;
+		}
+		if (!wire_varint(p, n, &i, &len) || len > n - i)
+			return 0;
+		const ProtobufCFieldDescriptor *fd =
+			key >> 3 <= UINT32_MAX
+				? protobuf_c_message_descriptor_get_field(d, (unsigned)(key >> 3))
+				: NULL;
+		if (fd && (fd->type == PROTOBUF_C_TYPE_STRING || fd->type == PROTOBUF_C_TYPE_MESSAGE)) {
+			char here[256];
+			path_join(here, sizeof(here), path, fd->name, 0);
+			if (fd->type == PROTOBUF_C_TYPE_STRING && memchr(p + i, '\0', len))
+				return ls_err_set(err, LS_E_PROTOCOL, "field %s holds a NUL byte",
+						  here);
+			if (fd->type == PROTOBUF_C_TYPE_MESSAGE) {
+				int rc = check_wire_nul(p + i, len, fd->descriptor, here, depth + 1,
+							err);
+				if (rc)
+					return rc;
+			}
+		}
+		i += len;
+	}
+	return 0;
+}
+
 struct decode_budget {
 	size_t used;   /* bytes allocated so far, with overhead */
 	size_t limit;  /* bytes */
@@ -400,10 +470,19 @@ static int check_request_body(const Lorastore__Request *req, const char *kind,
 			  (int)req->body_case);
 }
 
+unsigned ls_request_fd_count(const Lorastore__Request *req)
+{
+	if (req->body_case == LORASTORE__REQUEST__BODY_IMPORT && req->import)
+		return req->import->has_config ? 2 : 1;
+	return 0;
+}
+
 int ls_request_decode(const uint8_t *payload, size_t len, Lorastore__Request **out,
-		      struct ls_err *err)
+		      struct ls_request_head *head, struct ls_err *err)
 {
 	*out = NULL;
+	if (head)
+		memset(head, 0, sizeof(*head));
 	struct decode_budget budget = {.limit = LS_DECODE_BUDGET};
 	ProtobufCAllocator alloc = {
 		/* .alloc = */ budget_alloc,
@@ -440,12 +519,20 @@ int ls_request_decode(const uint8_t *payload, size_t len, Lorastore__Request **o
 	if (rc != 0)
 		goto fail;
 	rc = check_strings(&req->base, "", err);
+	if (rc == 0)
+		rc = check_wire_nul(payload, len, &lorastore__request__descriptor, "", 0, err);
 	if (rc != 0)
 		goto fail;
 	ls_err_clear(err);
 	*out = req;
 	return 0;
 fail:
+	/* A request that decoded has an id: the caller may answer it. */
+	if (head) {
+		head->id = req->id;
+		head->n_fds = ls_request_fd_count(req);
+		head->answerable = req->id != 0;
+	}
 	lorastore__request__free_unpacked(req, NULL);
 	return rc;
 }

@@ -11,6 +11,7 @@
 #ifndef LS_FRAME_H
 #define LS_FRAME_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -58,12 +59,27 @@ int ls_framer_next(struct ls_framer *f, const uint8_t **payload, size_t *len);
 size_t ls_framer_pending(const struct ls_framer *f);
 
 /*
+ * What a caller needs to answer a request that decoded but broke a rule (a
+ * string over the cap, a NUL byte, a missing field): its id, and how many
+ * descriptors it said it brought, which the caller takes and closes.
+ */
+struct ls_request_head {
+	uint64_t id;
+	unsigned n_fds;
+	bool answerable; /* the frame was a Request with a non-zero id */
+};
+
+/* Descriptors that travel with req (import: its files), which claims them. */
+unsigned ls_request_fd_count(const Lorastore__Request *req);
+
+/*
  * Decode a request payload and check it is well formed: a known body, and
  * the fields that body needs.  Returns 0 and *out (free with
- * lorastore__request__free_unpacked(out, NULL)) or LS_E_PROTOCOL with err.
+ * lorastore__request__free_unpacked(out, NULL)) or LS_E_PROTOCOL with err;
+ * then head (which may be NULL) says whether the request can be answered.
  */
 int ls_request_decode(const uint8_t *payload, size_t len, Lorastore__Request **out,
-		      struct ls_err *err);
+		      struct ls_request_head *head, struct ls_err *err);
 
 /* Same for a response. */
 int ls_response_decode(const uint8_t *payload, size_t len, Lorastore__Response **out,

@@ -13,6 +13,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ls_file.h"
+
 static const char ls_prefix[] = "base_model.model.";
 
 const char *ls_tensor_kind_name(enum ls_tensor_kind k)
@@ -511,17 +513,19 @@ int ls_adapter_analyze_dir(const char *dir, const struct ls_adapter_opts *opts,
 	if (!S_ISDIR(st.st_mode))
 		return ls_err_set(err, -ENOTDIR, "%s: not a directory", dir);
 	snprintf(path, sizeof(path), "%s/adapter_model.safetensors", dir);
-	int st_fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (st_fd < 0)
-		return ls_err_set(err, -errno, "%s: %s", path, strerror(errno));
+	int st_fd = -1, cfg_fd = -1;
+	int rc = ls_open_regular_at(AT_FDCWD, path, &st_fd);
+	if (rc)
+		return ls_err_set(err, rc, "%s: %s", path,
+				  rc == -EINVAL ? "not a regular file" : strerror(-rc));
 	snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
-	int cfg_fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (cfg_fd < 0 && errno != ENOENT) {
-		int e = errno;
+	rc = ls_open_regular_at(AT_FDCWD, path, &cfg_fd);
+	if (rc && rc != -ENOENT) {
 		close(st_fd);
-		return ls_err_set(err, -e, "%s: %s", path, strerror(e));
+		return ls_err_set(err, rc, "%s: %s", path,
+				  rc == -EINVAL ? "not a regular file" : strerror(-rc));
 	}
-	int rc = ls_adapter_analyze(cfg_fd, st_fd, dir, opts, out, err);
+	rc = ls_adapter_analyze(cfg_fd, st_fd, dir, opts, out, err);
 	if (cfg_fd >= 0)
 		close(cfg_fd);
 	close(st_fd);

@@ -532,41 +532,6 @@ void ls_catalog_close(struct ls_catalog *cat)
 	free(cat);
 }
 
-/* ---- names ----------------------------------------------------------- */
-
-static bool name_char_ok(char c)
-{
-	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-	       c == '.' || c == '_' || c == '-';
-}
-
-/*
- * 1-200 characters of [A-Za-z0-9._/-] (so no '@', which separates a
- * version), made of '/'-separated components that are neither empty (no
- * leading or trailing '/', no "//") nor "." nor "..".
- */
-bool ls_name_valid(const char *name)
-{
-	if (!name)
-		return false;
-	const char *comp = name;
-	for (const char *p = name;; p++) {
-		if (p - name > LS_NAME_MAX)
-			return false;
-		if (*p == '/' || *p == '\0') {
-			size_t clen = (size_t)(p - comp);
-			if (clen == 0)
-				return false;
-			if (comp[0] == '.' && (clen == 1 || (clen == 2 && comp[1] == '.')))
-				return false;
-			if (*p == '\0')
-				return true;
-			comp = p + 1;
-		} else if (!name_char_ok(*p)) {
-			return false;
-		}
-	}
-}
 
 /* ---- add and restore ------------------------------------------------- */
 

@@ -23,12 +23,10 @@
 
 #include "lorastore.pb-c.h"
 #include "ls_error.h"
+#include "ls_name.h"
 
 /* Version of the catalog's layout; a catalog with another one is refused. */
 #define LS_CATALOG_SCHEMA 1
-
-/* Names: 1-200 characters of [A-Za-z0-9._/-]. */
-#define LS_NAME_MAX 200
 
 struct ls_catalog;
 
@@ -39,9 +37,6 @@ struct ls_catalog;
  */
 int ls_catalog_open(const char *dir, struct ls_catalog **out, struct ls_err *err);
 void ls_catalog_close(struct ls_catalog *cat);
-
-/* True when name is a valid adapter name. */
-bool ls_name_valid(const char *name);
 
 /*
  * Called inside ls_catalog_add's write transaction once the version and

@@ -150,32 +150,6 @@ void ls_store_blob_path(const struct ls_store *s, const uint8_t *digest, char *b
 	snprintf(buf, len, "%s/blobs/%s.blob", s->dir, hex);
 }
 
-int ls_ref_parse(const char *ref, char *name, uint32_t *version, struct ls_err *err)
-{
-	const char *at = strrchr(ref, '@');
-	size_t len = at ? (size_t)(at - ref) : strlen(ref);
-	*version = 0;
-	if (len == 0 || len > LS_NAME_MAX)
-		return ls_err_set(err, LS_E_NAME_INVALID,
-				  "'%s': a name has 1 to %d characters of [A-Za-z0-9._/-]", ref,
-				  LS_NAME_MAX);
-	memcpy(name, ref, len);
-	name[len] = '\0';
-	if (!ls_name_valid(name))
-		return ls_err_set(err, LS_E_NAME_INVALID,
-				  "'%s': a name has 1 to %d characters of [A-Za-z0-9._/-]", name,
-				  LS_NAME_MAX);
-	if (at) {
-		char *end;
-		errno = 0;
-		unsigned long v = strtoul(at + 1, &end, 10);
-		if (at[1] < '1' || at[1] > '9' || *end || errno || v > UINT32_MAX)
-			return ls_err_set(err, LS_E_NAME_INVALID,
-					  "'%s': a version is a positive number after '@'", ref);
-		*version = (uint32_t)v;
-	}
-	return 0;
-}
 
 static int64_t ls_now_ns(void)
 {

@@ -59,13 +59,6 @@ int ls_store_import(struct ls_store *store, const char *name, int config_fd, int
 		    const char *label, const struct ls_import_opts *opts,
 		    Lorastore__VersionRecord **out, struct ls_err *err);
 
-/*
- * Split a reference "name" or "name@N" into the name (copied into name, at
- * least LS_NAME_MAX + 1 bytes) and the version (0 for the latest).  Returns 0
- * or LS_E_NAME_INVALID.
- */
-int ls_ref_parse(const char *ref, char *name, uint32_t *version, struct ls_err *err);
-
 /* Look up a reference; LS_E_NOT_FOUND when there is no such version. */
 int ls_store_lookup(struct ls_store *store, const char *ref, Lorastore__VersionRecord **out,
 		    struct ls_err *err);

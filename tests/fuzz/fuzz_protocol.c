@@ -19,7 +19,7 @@ static void decode_both(const uint8_t *p, size_t n)
 {
 	struct ls_err err;
 	Lorastore__Request *req = NULL;
-	int rc = ls_request_decode(p, n, &req, &err);
+	int rc = ls_request_decode(p, n, &req, NULL, &err);
 	if (rc == 0) {
 		if (!req || req->body_case == LORASTORE__REQUEST__BODY__NOT_SET)
 			abort();

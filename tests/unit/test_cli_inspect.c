@@ -297,6 +297,31 @@ Test(cli_inspect, missing_directory_exits_1_naming_it)
 	run_free(&r);
 }
 
+/* dir/file replaced by a FIFO; inspect must say so and exit, not block in open(). */
+static void assert_fifo_refused(const char *sub, const char *file)
+{
+	const char *dir = make_adapter(sub, &llama);
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/%s", dir, file);
+	cr_assert_eq(unlink(path), 0);
+	cr_assert_eq(mkfifo(path, 0600), 0, "mkfifo: %s", strerror(errno));
+	struct run r = run_cli((const char *const[]){"inspect", dir, NULL});
+	cr_assert_eq(r.status, 1, "exit %d, stderr: %s", r.status, r.err);
+	cr_assert(strstr(r.err, path), "stderr does not name %s: %s", path, r.err);
+	cr_assert(strstr(r.err, "not a regular file"), "stderr: %s", r.err);
+	run_free(&r);
+}
+
+Test(cli_inspect, a_fifo_as_the_safetensors_file_exits_1_without_blocking, .timeout = 30)
+{
+	assert_fifo_refused("fifo-st", "adapter_model.safetensors");
+}
+
+Test(cli_inspect, a_fifo_as_the_config_file_exits_1_without_blocking, .timeout = 30)
+{
+	assert_fifo_refused("fifo-cfg", "adapter_config.json");
+}
+
 Test(cli_inspect, no_argument_exits_2)
 {
 	struct run r = run_cli((const char *const[]){NULL});

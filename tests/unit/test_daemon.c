@@ -33,6 +33,7 @@
 #include <lorastore.h>
 
 #include "daemon_proc.h"
+#include "frame.h"
 #include "safetensors.h"
 #include "synth.h"
 
@@ -1093,6 +1094,154 @@ Test(daemon, a_malformed_frame_closes_that_connection_only)
 	cr_assert_eq(lorastore_adapter_release(ad), 0);
 	lorastore_stats s = stats_of(conn);
 	cr_assert_eq(s.clients, 1, "%u clients: a bad connection lingers", s.clients);
+	lorastore_close(conn);
+	daemon_stop_ok();
+}
+
+/* Send req on a raw connection and read the one response frame (decoded). */
+static Lorastore__Response *raw_call(int fd, const Lorastore__Request *req, const char *patch_x)
+{
+	uint8_t *buf;
+	size_t len;
+	cr_assert_eq(ls_request_encode(req, &buf, &len), 0);
+	/* The test writes a byte protobuf-c cannot encode (a NUL) over an 'X'. */
+	if (patch_x) {
+		uint8_t *x = memchr(buf, 'X', len);
+		cr_assert_not_null(x);
+		*x = (uint8_t)*patch_x;
+	}
+	send_all(fd, buf, len);
+	free(buf);
+	struct ls_framer f;
+	ls_framer_init(&f, 0);
+	const uint8_t *p;
+	size_t n;
+	while (ls_framer_next(&f, &p, &n) == 0) {
+		struct pollfd pf = {.fd = fd, .events = POLLIN};
+		cr_assert_eq(poll(&pf, 1, 5000), 1, "no response within 5 s");
+		uint8_t chunk[4096];
+		ssize_t got = recv(fd, chunk, sizeof(chunk), 0);
+		cr_assert_gt(got, 0, "connection closed instead of a response (%s)",
+			     got < 0 ? strerror(errno) : "end of stream");
+		cr_assert_eq(ls_framer_feed(&f, chunk, (size_t)got), 0);
+	}
+	Lorastore__Response *resp = NULL;
+	struct ls_err e;
+	cr_assert_eq(ls_response_decode(p, n, &resp, &e), 0, "%s", e.msg);
+	ls_framer_free(&f);
+	return resp;
+}
+
+Test(daemon, an_oversized_or_nul_field_in_a_valid_frame_gets_an_error_response_and_the_connection_goes_on)
+{
+	daemon_start(NULL);
+	int fd = raw_connect(dp.socket);
+	Lorastore__Hello h = LORASTORE__HELLO__INIT;
+	h.protocol_version = LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+	Lorastore__Request req = LORASTORE__REQUEST__INIT;
+	req.id = 1;
+	req.body_case = LORASTORE__REQUEST__BODY_HELLO;
+	req.hello = &h;
+	Lorastore__Response *resp = raw_call(fd, &req, NULL);
+	cr_assert_eq(resp->body_case, LORASTORE__RESPONSE__BODY_HELLO);
+	lorastore__response__free_unpacked(resp, NULL);
+
+	/* A name of 5,000 bytes: over the 4,096-byte cap on any string. */
+	char *big = malloc(5001);
+	memset(big, 'n', 5000);
+	big[5000] = '\0';
+	Lorastore__RefRequest rr = LORASTORE__REF_REQUEST__INIT;
+	rr.ref = big;
+	req.id = 2;
+	req.body_case = LORASTORE__REQUEST__BODY_SHOW;
+	req.show = &rr;
+	resp = raw_call(fd, &req, NULL);
+	free(big);
+	cr_assert_eq(resp->id, 2);
+	cr_assert_not_null(resp->error);
+	cr_assert_eq(resp->error->code, LORASTORE_E_PROTOCOL);
+	cr_assert_not_null(strstr(resp->error->message, "5000 bytes"), "%s", resp->error->message);
+	lorastore__response__free_unpacked(resp, NULL);
+
+	/* A name with a NUL byte inside: refused, never cut short and used. */
+	rr.ref = "nulXname";
+	req.id = 3;
+	resp = raw_call(fd, &req, "");
+	cr_assert_eq(resp->id, 3);
+	cr_assert_not_null(resp->error);
+	cr_assert_not_null(strstr(resp->error->message, "NUL"), "%s", resp->error->message);
+	lorastore__response__free_unpacked(resp, NULL);
+
+	/* The same connection still serves. */
+	Lorastore__Empty empty = LORASTORE__EMPTY__INIT;
+	req.id = 4;
+	req.body_case = LORASTORE__REQUEST__BODY_STATS;
+	req.stats = &empty;
+	resp = raw_call(fd, &req, NULL);
+	cr_assert_eq(resp->id, 4);
+	cr_assert_eq(resp->body_case, LORASTORE__RESPONSE__BODY_STATS);
+	lorastore__response__free_unpacked(resp, NULL);
+	close(fd);
+	daemon_stop_ok();
+}
+
+Test(daemon, an_overlong_or_malformed_name_is_refused_by_the_client_with_the_name_rule)
+{
+	daemon_start(NULL);
+	lorastore *conn = connect_ok();
+	struct synth_opts o = adapter_opts(71);
+	const char *dir = make_adapter("long", &o);
+	char *big = malloc(5001);
+	memset(big, 'n', 5000);
+	big[5000] = '\0';
+	lorastore_import_opts io = {.name = big};
+	int rc = lorastore_import_dir(conn, dir, &io, NULL);
+	cr_assert_eq(rc, LORASTORE_E_NAME_INVALID, "%d: %s", rc, lorastore_errmsg(conn));
+	cr_assert_not_null(strstr(lorastore_errmsg(conn), "1 to 200 characters"), "%s",
+			   lorastore_errmsg(conn));
+	lorastore_adapter *ad = NULL;
+	rc = lorastore_acquire(conn, big, 0, &ad);
+	cr_assert_eq(rc, LORASTORE_E_NAME_INVALID, "%d: %s", rc, lorastore_errmsg(conn));
+	free(big);
+	static const char *const bad[] = {"a@0", "a@x", "/a", "a//b", "../a", "a b", "a@"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		rc = lorastore_delete(conn, bad[i]);
+		cr_assert_eq(rc, LORASTORE_E_NAME_INVALID, "delete '%s': %d %s", bad[i], rc,
+			     lorastore_errmsg(conn));
+	}
+	/* The connection was never closed by any of it. */
+	lorastore_stats st = stats_of(conn);
+	cr_assert_eq(st.clients, 1);
+	lorastore_close(conn);
+	daemon_stop_ok();
+}
+
+Test(daemon, importing_a_fifo_as_an_adapter_file_fails_at_once_without_blocking)
+{
+	daemon_start(NULL);
+	lorastore *conn = connect_ok();
+	static const char *const files[] = {"adapter_model.safetensors", "adapter_config.json"};
+	for (size_t i = 0; i < 2; i++) {
+		struct synth_opts o = adapter_opts(80 + i);
+		char sub[16];
+		snprintf(sub, sizeof(sub), "fifo%zu", i);
+		const char *dir = make_adapter(sub, &o);
+		char path[PATH_MAX];
+		snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
+		cr_assert_eq(unlink(path), 0);
+		cr_assert_eq(mkfifo(path, 0600), 0, "mkfifo: %s", strerror(errno));
+		struct timespec t0;
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		lorastore_import_opts io = {.name = "fifo/a"};
+		int rc = lorastore_import_dir(conn, dir, &io, NULL);
+		cr_assert_eq(rc, -EINVAL, "%s: %d %s", files[i], rc, lorastore_errmsg(conn));
+		cr_assert_not_null(strstr(lorastore_errmsg(conn), "not a regular file"), "%s",
+				   lorastore_errmsg(conn));
+		cr_assert_not_null(strstr(lorastore_errmsg(conn), files[i]), "%s",
+				   lorastore_errmsg(conn));
+		/* A blocked open would never return; the suite's timeout is the bound. */
+		cr_assert_lt(ms_since(&t0), 10000);
+	}
 	lorastore_close(conn);
 	daemon_stop_ok();
 }

@@ -55,7 +55,7 @@ static int decode_request(const Lorastore__Request *req, Lorastore__Request **ou
 			  struct ls_err *e)
 {
 	struct wire w = encode_request(req);
-	int rc = ls_request_decode(w.p + LS_FRAME_HEADER, w.len - LS_FRAME_HEADER, out, e);
+	int rc = ls_request_decode(w.p + LS_FRAME_HEADER, w.len - LS_FRAME_HEADER, out, NULL, e);
 	free(w.p);
 	return rc;
 }
@@ -113,7 +113,7 @@ static void assert_request_round_trip(const Lorastore__Request *req)
 
 	Lorastore__Request *out;
 	struct ls_err e;
-	int rc = ls_request_decode(p, n, &out, &e);
+	int rc = ls_request_decode(p, n, &out, NULL, &e);
 	cr_assert_eq(rc, 0, "decode: %s", e.msg);
 	cr_assert_eq(out->id, req->id);
 	cr_assert_eq(out->body_case, req->body_case);
@@ -490,7 +490,7 @@ Test(request_decode, garbage_payload_refused)
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		Lorastore__Request *out = (Lorastore__Request *)1;
 		struct ls_err e;
-		int rc = ls_request_decode((const uint8_t *)cases[i].bytes, cases[i].len, &out, &e);
+		int rc = ls_request_decode((const uint8_t *)cases[i].bytes, cases[i].len, &out, NULL, &e);
 		cr_assert_eq(rc, LS_E_PROTOCOL, "case %zu: got %d", i, rc);
 		cr_assert_eq(e.code, LS_E_PROTOCOL);
 		cr_assert_null(out);
@@ -502,7 +502,7 @@ Test(request_decode, empty_payload_refused_for_lack_of_a_body)
 {
 	Lorastore__Request *out = (Lorastore__Request *)1;
 	struct ls_err e;
-	int rc = ls_request_decode((const uint8_t *)"", 0, &out, &e);
+	int rc = ls_request_decode((const uint8_t *)"", 0, &out, NULL, &e);
 	cr_assert_eq(rc, LS_E_PROTOCOL);
 	cr_assert_null(out);
 	cr_assert_not_null(strstr(e.msg, "no body"), "%s", e.msg);
@@ -521,7 +521,7 @@ Test(request_decode, unknown_body_kind_refused)
 	const uint8_t bytes[] = {0x08, 0x01, 0x9a, 0x06, 0x00};
 	Lorastore__Request *out;
 	struct ls_err e;
-	int rc = ls_request_decode(bytes, sizeof(bytes), &out, &e);
+	int rc = ls_request_decode(bytes, sizeof(bytes), &out, NULL, &e);
 	cr_assert_eq(rc, LS_E_PROTOCOL);
 	cr_assert_not_null(strstr(e.msg, "no body"), "%s", e.msg);
 }
@@ -549,7 +549,7 @@ Test(request_decode, request_needing_too_much_memory_refused)
 	memcpy(msg + m, body, len);
 	Lorastore__Request *out;
 	struct ls_err e;
-	int rc = ls_request_decode(msg, m + len, &out, &e);
+	int rc = ls_request_decode(msg, m + len, &out, NULL, &e);
 	cr_assert_eq(rc, LS_E_PROTOCOL);
 	cr_assert_not_null(strstr(e.msg, "memory"), "%s", e.msg);
 	free(msg);
@@ -751,6 +751,72 @@ Test(request_rules, string_of_4096_bytes_accepted)
 	struct ls_err e;
 	cr_assert_eq(decode_show(s, &e), 0, "%s", e.msg);
 	free(s);
+}
+
+/*
+ * protobuf-c hands strings over as C strings: a NUL inside "ab\0cd" would
+ * cut the name to "ab" after every check.  The byte is written into the
+ * encoded payload, since protobuf-c encodes only up to the first NUL.
+ */
+Test(request_rules, a_nul_byte_inside_a_string_is_refused_naming_the_field)
+{
+	Lorastore__RefRequest r = LORASTORE__REF_REQUEST__INIT;
+	r.ref = "abXcd";
+	Lorastore__Request req = LORASTORE__REQUEST__INIT;
+	req.id = 7;
+	req.body_case = LORASTORE__REQUEST__BODY_SHOW;
+	req.show = &r;
+	struct wire w = encode_request(&req);
+	uint8_t *x = memchr(w.p, 'X', w.len);
+	cr_assert_not_null(x);
+	*x = '\0';
+	Lorastore__Request *out = (Lorastore__Request *)1;
+	struct ls_request_head head;
+	struct ls_err e;
+	int rc = ls_request_decode(w.p + LS_FRAME_HEADER, w.len - LS_FRAME_HEADER, &out, &head, &e);
+	free(w.p);
+	cr_assert_eq(rc, LS_E_PROTOCOL, "got %d (%s)", rc, ls_error_name(rc));
+	cr_assert_null(out);
+	cr_assert_not_null(strstr(e.msg, "show.ref holds a NUL byte"), "%s", e.msg);
+	cr_assert(head.answerable);
+	cr_assert_eq(head.id, 7);
+}
+
+Test(request_rules, an_oversized_field_of_an_import_can_be_answered_and_names_its_descriptors)
+{
+	char *name = malloc(5001);
+	memset(name, 'n', 5000);
+	name[5000] = '\0';
+	Lorastore__ImportRequest im = LORASTORE__IMPORT_REQUEST__INIT;
+	im.name = name;
+	im.has_config = true;
+	Lorastore__Request req = LORASTORE__REQUEST__INIT;
+	req.id = 9;
+	req.body_case = LORASTORE__REQUEST__BODY_IMPORT;
+	req.import = &im;
+	struct wire w = encode_request(&req);
+	Lorastore__Request *out = NULL;
+	struct ls_request_head head;
+	struct ls_err e;
+	int rc = ls_request_decode(w.p + LS_FRAME_HEADER, w.len - LS_FRAME_HEADER, &out, &head, &e);
+	free(w.p);
+	free(name);
+	cr_assert_eq(rc, LS_E_PROTOCOL);
+	cr_assert_not_null(strstr(e.msg, "import.name is 5000 bytes"), "%s", e.msg);
+	cr_assert(head.answerable);
+	cr_assert_eq(head.id, 9);
+	cr_assert_eq(head.n_fds, 2, "import with a config brings two descriptors");
+}
+
+Test(request_rules, a_payload_that_is_no_request_cannot_be_answered)
+{
+	static const uint8_t junk[] = {0xff, 0xff, 0xff, 0xff};
+	Lorastore__Request *out = NULL;
+	struct ls_request_head head = {.answerable = true, .id = 3};
+	struct ls_err e;
+	cr_assert_eq(ls_request_decode(junk, sizeof(junk), &out, &head, &e), LS_E_PROTOCOL);
+	cr_assert_not(head.answerable);
+	cr_assert_eq(head.id, 0);
 }
 
 Test(request_rules, invalid_utf8_refused)
@@ -1219,7 +1285,7 @@ Test(seeds, protocol_fuzz_seeds_decode_as_valid_requests)
 		Lorastore__Request *out;
 		struct ls_err e;
 		if (raw) {
-			cr_assert_eq(ls_request_decode(buf, n, &out, &e), 0, "%s: %s", path, e.msg);
+			cr_assert_eq(ls_request_decode(buf, n, &out, NULL, &e), 0, "%s: %s", path, e.msg);
 			lorastore__request__free_unpacked(out, NULL);
 			raws++;
 			continue;
@@ -1231,7 +1297,7 @@ Test(seeds, protocol_fuzz_seeds_decode_as_valid_requests)
 		size_t len;
 		size_t here = 0;
 		while (ls_framer_next(&f, &p, &len) == 1) {
-			cr_assert_eq(ls_request_decode(p, len, &out, &e), 0, "%s: %s", path, e.msg);
+			cr_assert_eq(ls_request_decode(p, len, &out, NULL, &e), 0, "%s: %s", path, e.msg);
 			lorastore__request__free_unpacked(out, NULL);
 			here++;
 		}

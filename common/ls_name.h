@@ -1,0 +1,38 @@
+/*
+ * Adapter names and references, checked the same way by the store, the
+ * daemon and the client (so that a bad name is refused before it is sent).
+ */
+#ifndef LS_NAME_H
+#define LS_NAME_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ls_error.h"
+
+/* Names: 1-200 characters of [A-Za-z0-9._/-]. */
+#define LS_NAME_MAX 200
+
+/*
+ * True when name is a valid adapter name: 1 to LS_NAME_MAX characters of
+ * [A-Za-z0-9._/-] (no '@', which separates a version) in '/'-separated
+ * components that are neither empty nor "." nor "..".
+ */
+bool ls_name_valid(const char *name);
+
+/*
+ * Split a reference "name" or "name@N" into the name (copied into name, at
+ * least LS_NAME_MAX + 1 bytes, or NULL to only check) and the version (0 for
+ * the latest).  Returns 0 or LS_E_NAME_INVALID with a message in err.
+ */
+int ls_ref_parse(const char *ref, char *name, uint32_t *version, struct ls_err *err);
+
+/*
+ * Check a string received as len bytes (a protobuf field, which may hold a
+ * NUL before its end): 0 when it has no NUL byte and is at most max bytes,
+ * else LS_E_NAME_INVALID with a message in err naming what.
+ */
+int ls_field_check(const char *what, const char *s, size_t len, size_t max, struct ls_err *err);
+
+#endif
