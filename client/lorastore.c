@@ -54,8 +54,10 @@ LS_SAME(NOT_BUILT);
 LS_SAME(NO_DEVICE);
 LS_SAME(DEVICE);
 LS_SAME(TIER);
+LS_SAME(BLOB_MISSING);
+LS_SAME(BLOB_TRUNCATED);
 /* Both lists end at the same code, so neither has one the other lacks. */
-_Static_assert((int)LORASTORE_E_TIER == (int)LS_E_LAST, "a code missing from lorastore.h");
+_Static_assert((int)LORASTORE_E_BLOB_TRUNCATED == (int)LS_E_LAST, "a code missing from lorastore.h");
 _Static_assert((int)LORASTORE_E_TRUNCATED == (int)LS_E_FIRST, "lorastore.h starts elsewhere");
 #undef LS_SAME
 

@@ -52,6 +52,8 @@ static const struct ls_code_text ls_codes[] = {
 	{LS_E_NO_DEVICE, "no_device", "no usable GPU"},
 	{LS_E_DEVICE, "device", "CUDA or cuBLAS call failed"},
 	{LS_E_TIER, "tier", "adapter held in another tier or on another GPU than the call needs"},
+	{LS_E_BLOB_MISSING, "blob_missing", "blob file missing from the store"},
+	{LS_E_BLOB_TRUNCATED, "blob_truncated", "blob file shorter than its header says"},
 };
 
 static const struct ls_code_text *ls_code_find(int code)

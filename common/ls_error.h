@@ -68,7 +68,11 @@ enum ls_error_code {
 	LS_E_DEVICE,                   /* a CUDA or cuBLAS call failed */
 	LS_E_TIER,                     /* adapters held in another tier (or GPU) than the call needs */
 
-	LS_E_LAST = LS_E_TIER,
+	/* store (added later; kept after the others so that no value moves) */
+	LS_E_BLOB_MISSING,             /* the catalog names a blob that is not on disk */
+	LS_E_BLOB_TRUNCATED,           /* a blob shorter than its header says */
+
+	LS_E_LAST = LS_E_BLOB_TRUNCATED,
 };
 
 /* Longest message an ls_err holds, including the terminating NUL. */

@@ -494,10 +494,10 @@ static void ls_read_done(struct ls_loop *loop, struct ls_op *op, int res)
 	(void)loop;
 	e->reading = false;
 	if (res <= 0 && !e->fail_rc) {
-		e->fail_rc = res ? res : LS_E_CORRUPT;
+		e->fail_rc = res ? res : LS_E_BLOB_TRUNCATED;
 		snprintf(e->fail_msg, sizeof(e->fail_msg), "%s@%u: reading the blob: %s",
 			 ls_res_name(e), ls_res_version(e),
-			 res ? strerror(-res) : "unexpected end of file");
+			 res ? strerror(-res) : "unexpected end of file (blob truncated)");
 	} else if (res > 0) {
 		e->done += (uint64_t)res;
 		/* Device loads following this one copy the chunk while the next is read. */
@@ -516,6 +516,8 @@ static void ls_load_step(struct ls_resident *e)
 {
 	struct ls_residency *r = e->tier->owner;
 	uint64_t len = e->hdr.data_length;
+	if (e->opening)
+		return;
 	if (e->fail_rc) {
 		if (!e->reading && !e->hashing)
 			ls_load_fail(e, e->fail_rc, e->fail_msg);
@@ -555,49 +557,81 @@ static void ls_load_step(struct ls_resident *e)
 	ls_load_finish(e);
 }
 
-/* Open the blob, check its header against the record, and start reading. */
-static int ls_load_start(struct ls_resident *e, struct ls_err *err)
+/*
+ * Opening a blob for a load runs on a worker, so that the loop never waits on
+ * the disk: open, header, digest against the catalog's, manifest checksum,
+ * the data region's size, and the O_DIRECT descriptor the reads use.  The
+ * worker writes only e->fd, e->hdr, e->direct_refused and the failure.
+ */
+static void ls_open_run(struct ls_job *job)
 {
+	struct ls_resident *e = (struct ls_resident *)((char *)job - offsetof(struct ls_resident, hash_job));
 	struct ls_residency *r = e->tier->owner;
-	char path[PATH_MAX];
 	const struct ls_table_hdr *t = ls_res_table(e);
+	char path[PATH_MAX];
 	ls_store_blob_path(r->store, t->digest, path, sizeof(path));
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return ls_err_set(err, errno == ENOENT ? LS_E_CORRUPT : -errno,
-				  "%s@%u: blob %s: %s", ls_res_name(e), t->version, path,
-				  strerror(errno));
-	int rc = ls_blob_read_header(fd, path, &e->hdr, err);
-	if (rc == 0 && memcmp(e->hdr.digest, t->digest, LS_DIGEST_LEN) != 0)
-		rc = ls_err_set(err, LS_E_CORRUPT, "%s: digest differs from the catalog", path);
+	struct ls_err err;
+	int fd = -1;
+	int rc = ls_blob_open(path, t->digest, &fd, &e->hdr, &err);
 	if (rc == 0 && e->hdr.data_length != e->data_length)
-		rc = ls_err_set(err, LS_E_CORRUPT, "%s: data region of %llu bytes, expected %llu",
+		rc = ls_err_set(&err, LS_E_CORRUPT, "%s: data region of %llu bytes, expected %llu",
 				path, (unsigned long long)e->hdr.data_length,
 				(unsigned long long)e->data_length);
 	if (rc) {
-		close(fd);
-		return rc;
+		if (fd >= 0)
+			close(fd);
+		e->fail_rc = rc;
+		snprintf(e->fail_msg, sizeof(e->fail_msg), "%s@%u: %s", ls_res_name(e), t->version,
+			 err.msg);
+		return;
 	}
 	/* One large O_DIRECT read into the slab: offsets and sizes are page multiples. */
-	if (r->direct_io) {
+	if (e->want_direct) {
 		int dfd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
 		if (dfd >= 0) {
 			close(fd);
 			fd = dfd;
 		} else if (errno == EINVAL) {
-			r->direct_io = false;
-			ls_info("O_DIRECT is not supported for %s; using buffered reads", path);
+			e->direct_refused = true;
 		}
 	}
-	e->xxh = XXH3_createState();
-	if (!e->xxh) {
-		close(fd);
-		return ls_err_set(err, -ENOMEM, "out of memory");
+	e->fd = fd;
+}
+
+static void ls_open_done(struct ls_job *job)
+{
+	struct ls_resident *e = (struct ls_resident *)((char *)job - offsetof(struct ls_resident, hash_job));
+	struct ls_residency *r = e->tier->owner;
+	e->opening = false;
+	if (e->direct_refused && r->direct_io) {
+		r->direct_io = false;
+		ls_info("O_DIRECT is not supported where the blobs are; using buffered reads");
+	}
+	if (!e->fail_rc && !(e->xxh = XXH3_createState())) {
+		e->fail_rc = -ENOMEM;
+		snprintf(e->fail_msg, sizeof(e->fail_msg), "out of memory");
+	}
+	if (e->fail_rc) {
+		ls_load_step(e);
+		return;
 	}
 	XXH3_64bits_reset(e->xxh);
-	e->fd = fd;
 	e->done = e->hashed = 0;
 	ls_load_step(e);
+}
+
+/* Start a host load: the blob is opened and checked on a worker, then read. */
+static int ls_load_start(struct ls_resident *e, struct ls_err *err)
+{
+	struct ls_residency *r = e->tier->owner;
+	(void)err;
+	e->fd = -1;
+	e->opening = true;
+	e->want_direct = r->direct_io;
+	e->direct_refused = false;
+	e->hash_job.run = ls_open_run;
+	e->hash_job.done = ls_open_done;
+	ls_workers_submit(r->workers, &e->hash_job);
 	return 0;
 }
 

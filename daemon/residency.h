@@ -87,9 +87,11 @@ struct ls_resident {
 	uint64_t hashed;                /* bytes hashed so far */
 	uint64_t hash_len;              /* bytes the hash job in flight covers */
 	void *xxh;                      /* XXH3_state_t */
+	bool opening;                   /* the open job (blob checks, on a worker) in flight */
+	bool want_direct, direct_refused; /* O_DIRECT asked for; refused by the file system */
 	bool reading, hashing;          /* a read / a hash job in flight */
 	int fail_rc;                    /* first failure; reported once nothing is in flight */
-	char fail_msg[256];
+	char fail_msg[LS_NAME_MAX + LS_ERR_MSG_MAX + 32]; /* "name@version: " and a message */
 	struct ls_op read_op;
 	struct ls_job hash_job;
 	/*

@@ -209,12 +209,22 @@ int ls_blob_read_header(int fd, const char *what, struct ls_blob_header *hdr,
 	struct stat st;
 	if (fstat(fd, &st) != 0)
 		return ls_err_set(err, -errno, "%s: %s", what, strerror(errno));
-	if (st.st_size < (off_t)LS_BLOB_PAGE)
-		return ls_err_set(err, LS_E_BLOB_FORMAT, "%s: %lld bytes is too short for a blob",
-				  what, (long long)st.st_size);
+	if (st.st_size < (off_t)LS_BLOB_PAGE) {
+		/* Empty, or a blob's start: cut short (a full disk, a copy stopped). */
+		char magic[8];
+		bool ours = st.st_size == 0 ||
+			    (st.st_size >= 8 && ls_read_all(fd, magic, 8, 0) == 0 &&
+			     memcmp(magic, LS_BLOB_MAGIC, 8) == 0);
+		return ls_err_set(err, ours ? LS_E_BLOB_TRUNCATED : LS_E_BLOB_FORMAT,
+				  "%s: %lld bytes is %s", what, (long long)st.st_size,
+				  ours ? "shorter than a blob's header page (file truncated)"
+				       : "too short for a blob");
+	}
 	int rc = ls_read_all(fd, page, LS_BLOB_PAGE, 0);
 	if (rc)
-		return ls_err_set(err, rc, "%s: reading the header: %s", what, strerror(-rc));
+		return ls_err_set(err, rc == LS_E_TRUNCATED ? LS_E_BLOB_TRUNCATED : rc,
+				  "%s: reading the header: %s", what,
+				  rc == LS_E_TRUNCATED ? "file truncated" : strerror(-rc));
 	ls_header_decode(page, hdr);
 	if (memcmp(hdr->magic, LS_BLOB_MAGIC, 8) != 0)
 		return ls_err_set(err, LS_E_BLOB_FORMAT, "%s: not a lorastore blob (bad magic)",
@@ -234,6 +244,10 @@ int ls_blob_read_header(int fd, const char *what, struct ls_blob_header *hdr,
 	if (!sane)
 		return ls_err_set(err, LS_E_CORRUPT, "%s: inconsistent offsets in the header",
 				  what);
+	if ((uint64_t)st.st_size < hdr->file_length)
+		return ls_err_set(err, LS_E_BLOB_TRUNCATED,
+				  "%s: file has %lld bytes, the header says %llu (file truncated)",
+				  what, (long long)st.st_size, (unsigned long long)hdr->file_length);
 	if ((uint64_t)st.st_size != hdr->file_length)
 		return ls_err_set(err, LS_E_CORRUPT,
 				  "%s: file has %lld bytes, the header says %llu", what,
@@ -241,8 +255,9 @@ int ls_blob_read_header(int fd, const char *what, struct ls_blob_header *hdr,
 	return 0;
 }
 
-int ls_blob_read_manifest(int fd, const char *what, const struct ls_blob_header *hdr,
-			  Lorastore__BlobManifest **out, struct ls_err *err)
+/* Read the manifest's bytes into *out (malloc'ed) and check them against the header. */
+static int ls_manifest_bytes(int fd, const char *what, const struct ls_blob_header *hdr,
+			     uint8_t **out, struct ls_err *err)
 {
 	size_t mlen = (size_t)hdr->manifest_length;
 	uint8_t *buf = malloc(mlen ? mlen : 1);
@@ -251,13 +266,57 @@ int ls_blob_read_manifest(int fd, const char *what, const struct ls_blob_header 
 	int rc = ls_read_all(fd, buf, mlen, hdr->manifest_offset);
 	if (rc) {
 		free(buf);
-		return ls_err_set(err, rc, "%s: reading the manifest: %s", what, strerror(-rc));
+		return ls_err_set(err, rc == LS_E_TRUNCATED ? LS_E_BLOB_TRUNCATED : rc,
+				  "%s: reading the manifest: %s", what,
+				  rc == LS_E_TRUNCATED ? "file truncated" : strerror(-rc));
 	}
 	if (XXH3_64bits(buf, mlen) != hdr->manifest_xxh3) {
 		free(buf);
 		return ls_err_set(err, LS_E_CORRUPT, "%s: manifest checksum mismatch", what);
 	}
-	*out = lorastore__blob_manifest__unpack(NULL, mlen, buf);
+	*out = buf;
+	return 0;
+}
+
+int ls_blob_check_manifest(int fd, const char *what, const struct ls_blob_header *hdr,
+			   struct ls_err *err)
+{
+	uint8_t *buf = NULL;
+	int rc = ls_manifest_bytes(fd, what, hdr, &buf, err);
+	free(buf);
+	return rc;
+}
+
+int ls_blob_open(const char *path, const uint8_t digest[LS_DIGEST_LEN], int *out,
+		 struct ls_blob_header *hdr, struct ls_err *err)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0) {
+		int e = errno;
+		return ls_err_set(err, e == ENOENT ? LS_E_BLOB_MISSING : -e, "%s: %s", path,
+				  e == ENOENT ? "blob missing from the store" : strerror(e));
+	}
+	int rc = ls_blob_read_header(fd, path, hdr, err);
+	if (rc == 0 && memcmp(hdr->digest, digest, LS_DIGEST_LEN) != 0)
+		rc = ls_err_set(err, LS_E_CORRUPT, "%s: the digest in its header differs", path);
+	if (rc == 0)
+		rc = ls_blob_check_manifest(fd, path, hdr, err);
+	if (rc) {
+		close(fd);
+		return rc;
+	}
+	*out = fd;
+	return 0;
+}
+
+int ls_blob_read_manifest(int fd, const char *what, const struct ls_blob_header *hdr,
+			  Lorastore__BlobManifest **out, struct ls_err *err)
+{
+	uint8_t *buf = NULL;
+	int rc = ls_manifest_bytes(fd, what, hdr, &buf, err);
+	if (rc)
+		return rc;
+	*out = lorastore__blob_manifest__unpack(NULL, (size_t)hdr->manifest_length, buf);
 	free(buf);
 	if (!*out)
 		return ls_err_set(err, LS_E_CORRUPT, "%s: manifest does not decode", what);
@@ -293,7 +352,9 @@ int ls_blob_verify(int fd, const char *what, const struct ls_blob_header *hdr, i
 			EVP_DigestUpdate(md, mbuf, hdr->manifest_length);
 		free(mbuf);
 		if (rc) {
-			rc = ls_err_set(err, rc, "%s: reading: %s", what, strerror(-rc));
+			rc = ls_err_set(err, rc == LS_E_TRUNCATED ? LS_E_BLOB_TRUNCATED : rc,
+					"%s: reading: %s", what,
+					rc == LS_E_TRUNCATED ? "file truncated" : strerror(-rc));
 			goto out;
 		}
 	}
@@ -301,7 +362,7 @@ int ls_blob_verify(int fd, const char *what, const struct ls_blob_header *hdr, i
 		size_t n = hdr->data_length - off < chunk ? (size_t)(hdr->data_length - off) : chunk;
 		rc = ls_read_all(fd, buf, n, hdr->data_offset + off);
 		if (rc) {
-			rc = ls_err_set(err, rc == LS_E_TRUNCATED ? LS_E_CORRUPT : rc,
+			rc = ls_err_set(err, rc == LS_E_TRUNCATED ? LS_E_BLOB_TRUNCATED : rc,
 					"%s: reading the data: %s", what,
 					rc == LS_E_TRUNCATED ? "file truncated" : strerror(-rc));
 			goto out;

@@ -12,8 +12,8 @@
  *                             of 4096), so one O_DIRECT read loads it all.
  *
  * Checksums: XXH3-64 of the manifest and of the whole data region (padding
- * included) are checked at every load; XXH3-64 of the header guards the
- * header.  Identity: the SHA-256 digest of manifest || data region, computed
+ * included) are checked at every load (ls_blob_open, then the data region as
+ * it is read); XXH3-64 of the header guards the header.  Identity: the SHA-256 digest of manifest || data region, computed
  * once at import; the blob's file name is that digest in hex.
  */
 #ifndef LS_BLOB_H
@@ -71,10 +71,24 @@ int ls_blob_write(int tmp_dir_fd, int dir_fd, const Lorastore__BlobManifest *man
 /*
  * Read and check the header page of the blob open on fd: magic, format,
  * header checksum, offsets consistent with each other and with the file size.
- * Returns 0, LS_E_BLOB_FORMAT, LS_E_CORRUPT, or -errno.
+ * Returns 0, LS_E_BLOB_FORMAT, LS_E_BLOB_TRUNCATED (shorter than the header
+ * says), LS_E_CORRUPT, or -errno.
  */
 int ls_blob_read_header(int fd, const char *what, struct ls_blob_header *hdr,
 			struct ls_err *err);
+
+/* Read the manifest and check its XXH3: 0, LS_E_CORRUPT, LS_E_BLOB_TRUNCATED or -errno. */
+int ls_blob_check_manifest(int fd, const char *what, const struct ls_blob_header *hdr,
+			   struct ls_err *err);
+
+/*
+ * Open the blob at path for a load or a verify: the header read and checked
+ * (ls_blob_read_header), its digest equal to digest, and the manifest's
+ * checksum checked.  Returns 0 with the descriptor in *out (blocking reads),
+ * LS_E_BLOB_MISSING when there is no such file, or what the checks return.
+ */
+int ls_blob_open(const char *path, const uint8_t digest[LS_DIGEST_LEN], int *out,
+		 struct ls_blob_header *hdr, struct ls_err *err);
 
 /*
  * Read, check (XXH3) and decode the manifest.  Free the result with
@@ -86,7 +100,8 @@ int ls_blob_read_manifest(int fd, const char *what, const struct ls_blob_header 
 /*
  * Check the data region's XXH3 against the header (what every load does) and,
  * with full set, the SHA-256 digest of manifest || data too.  Reads the file
- * in large chunks.  Returns 0, LS_E_CORRUPT naming what differs, or -errno.
+ * in large chunks.  Returns 0, LS_E_CORRUPT naming what differs,
+ * LS_E_BLOB_TRUNCATED, or -errno.
  */
 int ls_blob_verify(int fd, const char *what, const struct ls_blob_header *hdr, int full,
 		   struct ls_err *err);

@@ -386,18 +386,12 @@ static int ls_verify_record(struct ls_store *s, const Lorastore__VersionRecord *
 		return ls_err_set(err, LS_E_CATALOG, "%s@%u: record has no digest", rec->name,
 				  rec->version);
 	ls_store_blob_path(s, rec->digest.data, path, sizeof(path));
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return ls_err_set(err, errno == ENOENT ? LS_E_CORRUPT : -errno,
-				  "%s@%u: blob %s: %s", rec->name, rec->version, path,
-				  strerror(errno));
+	int fd;
 	struct ls_blob_header hdr;
-	int rc = ls_blob_read_header(fd, path, &hdr, err);
-	if (rc == 0 && memcmp(hdr.digest, rec->digest.data, LS_DIGEST_LEN) != 0)
-		rc = ls_err_set(err, LS_E_CORRUPT, "%s: digest in the header differs from its name",
-				path);
-	if (rc == 0)
-		rc = ls_blob_verify(fd, path, &hdr, 1, err);
+	int rc = ls_blob_open(path, rec->digest.data, &fd, &hdr, err);
+	if (rc)
+		return rc;
+	rc = ls_blob_verify(fd, path, &hdr, 1, err);
 	close(fd);
 	return rc;
 }

@@ -194,16 +194,9 @@ static int ls_rebuild_one(struct ls_store *s, struct ls_catalog *cat, const char
 	ls_store_blob_path(s, ref->digest.data, blob, sizeof(blob));
 	Lorastore__BlobManifest *m = NULL;
 	struct ls_blob_header hdr;
-	fd = open(blob, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		rc = ls_err_set(err, errno == ENOENT ? LS_E_CORRUPT : -errno, "%s: %s", blob,
-				strerror(errno));
-	else {
-		rc = ls_blob_read_header(fd, blob, &hdr, err);
-		if (rc == 0 && memcmp(hdr.digest, ref->digest.data, LS_DIGEST_LEN) != 0)
-			rc = ls_err_set(err, LS_E_CORRUPT, "%s: digest differs from the ref", blob);
-		if (rc == 0)
-			rc = ls_blob_verify(fd, blob, &hdr, 0, err);
+	rc = ls_blob_open(blob, ref->digest.data, &fd, &hdr, err);
+	if (rc == 0) {
+		rc = ls_blob_verify(fd, blob, &hdr, 0, err);
 		if (rc == 0)
 			rc = ls_blob_read_manifest(fd, blob, &hdr, &m, err);
 		close(fd);

@@ -106,6 +106,8 @@ enum lorastore_error {
 	LORASTORE_E_DEVICE,                 /* a CUDA or cuBLAS call failed */
 	LORASTORE_E_TIER,                   /* adapters held in another tier (or on another
 					       GPU) than the call needs */
+	LORASTORE_E_BLOB_MISSING,           /* the catalog names a blob missing from disk */
+	LORASTORE_E_BLOB_TRUNCATED,         /* a blob shorter than its header says */
 };
 
 /* Element types, as safetensors names them. */
@@ -192,8 +194,11 @@ const char *lorastore_errmsg(const lorastore *conn);
  * Acquire ref ("name" for the latest version, or "name@N"), loading it first
  * when it is not resident.  timeout_ms < 0 waits as long as the load takes;
  * 0 succeeds only when it is already resident.  Errors: LORASTORE_E_NOT_FOUND,
- * LORASTORE_E_NAME_INVALID, -ETIMEDOUT, LORASTORE_E_NO_SPACE,
- * LORASTORE_E_PIN_LIMIT, LORASTORE_E_CORRUPT, LORASTORE_E_CLOSED, -errno.
+ * LORASTORE_E_NAME_INVALID (checked before anything is sent), -ETIMEDOUT,
+ * LORASTORE_E_NO_SPACE, LORASTORE_E_PIN_LIMIT, LORASTORE_E_CORRUPT (a
+ * checksum of the blob's header, manifest or data differs),
+ * LORASTORE_E_BLOB_MISSING, LORASTORE_E_BLOB_TRUNCATED, LORASTORE_E_CLOSED,
+ * -errno.
  */
 int lorastore_acquire(lorastore *conn, const char *ref, int timeout_ms,
 		      lorastore_adapter **out);

@@ -64,6 +64,8 @@ static PyObject *ls_error_class(int code)
 		return ls_PermissionDenied;
 	case LORASTORE_E_CORRUPT:
 	case LORASTORE_E_BLOB_FORMAT:
+	case LORASTORE_E_BLOB_MISSING:
+	case LORASTORE_E_BLOB_TRUNCATED:
 		return ls_Corrupt;
 	case LORASTORE_E_NO_SPACE:
 	case LORASTORE_E_PIN_LIMIT:
@@ -1536,7 +1538,7 @@ PyMODINIT_FUNC PyInit__lorastore(void)
 	    !(ls_NotFound = ls_new_error(m, "NotFound", ls_Error, "No such adapter or version.")) ||
 	    !(ls_PermissionDenied = ls_new_error(m, "PermissionDenied", ls_Error,
 						 "The call needs an admin peer.")) ||
-	    !(ls_Corrupt = ls_new_error(m, "Corrupt", ls_Error, "A blob failed its checksum.")) ||
+	    !(ls_Corrupt = ls_new_error(m, "Corrupt", ls_Error, "A blob is missing, truncated or failed its checksum.")) ||
 	    !(ls_NoSpace = ls_new_error(m, "NoSpace", ls_Error,
 					"The budget is held by pinned adapters, or the client's "
 					"pin limit is reached.")) ||

@@ -709,6 +709,69 @@ Test(daemon_ops, a_corrupt_blob_gives_a_clear_error_shows_in_verify_and_the_daem
 	cr_assert_eq(ls_daemon_stop(d), 0);
 }
 
+/*
+ * Damage the blob of a fresh import with how (0 delete it, 1 cut 4096 bytes
+ * off its end, 2 flip a byte of its manifest), then acquire: want is the code.
+ */
+static void assert_damaged_blob_refused(int how, int want, const char *words)
+{
+	struct ls_daemon_proc *d = daemon_start(0, NULL);
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s/damaged", work_dir);
+	make_adapter(dir, &(struct synth_opts){.family = SYNTH_GPT2, .seed = 7});
+	lorastore *conn = connect_to(d);
+	lorastore_list *l = NULL;
+	cr_assert_eq(lorastore_import_dir_entry(conn, dir, &(lorastore_import_opts){.name = "ops/dmg"},
+						&l),
+		     0, "%s", lorastore_errmsg(conn));
+	char blob[PATH_MAX];
+	snprintf(blob, sizeof(blob), "%s/blobs/%s.blob", d->state, lorastore_list_entry(l, 0)->digest);
+	lorastore_list_free(l);
+	if (how == 0) {
+		cr_assert_eq(unlink(blob), 0);
+	} else if (how == 1) {
+		struct stat st;
+		cr_assert_eq(stat(blob, &st), 0);
+		cr_assert_eq(truncate(blob, st.st_size - 4096), 0);
+	} else {
+		int fd = open(blob, O_RDWR);
+		cr_assert_geq(fd, 0);
+		struct ls_blob_header hdr;
+		cr_assert_eq(pread(fd, &hdr, sizeof(hdr), 0), (ssize_t)sizeof(hdr));
+		off_t at = (off_t)(hdr.manifest_offset + hdr.manifest_length / 2);
+		unsigned char byte;
+		cr_assert_eq(pread(fd, &byte, 1, at), 1);
+		byte ^= 0x01;
+		cr_assert_eq(pwrite(fd, &byte, 1, at), 1);
+		close(fd);
+	}
+	lorastore_adapter *ad = NULL;
+	int rc = lorastore_acquire(conn, "ops/dmg", -1, &ad);
+	cr_assert_eq(rc, want, "acquire: %d (%s) %s", rc, lorastore_strerror(rc),
+		     lorastore_errmsg(conn));
+	cr_assert_not_null(strstr(lorastore_errmsg(conn), words), "message: %s",
+			   lorastore_errmsg(conn));
+	cr_assert_not_null(strstr(lorastore_errmsg(conn), "ops/dmg"), "message: %s",
+			   lorastore_errmsg(conn));
+	lorastore_close(conn);
+	cr_assert_eq(ls_daemon_stop(d), 0);
+}
+
+Test(daemon_ops, a_missing_blob_is_refused_at_load_as_missing, .timeout = 60)
+{
+	assert_damaged_blob_refused(0, LORASTORE_E_BLOB_MISSING, "missing");
+}
+
+Test(daemon_ops, a_truncated_blob_is_refused_at_load_as_truncated, .timeout = 60)
+{
+	assert_damaged_blob_refused(1, LORASTORE_E_BLOB_TRUNCATED, "truncated");
+}
+
+Test(daemon_ops, a_flipped_manifest_byte_is_refused_at_load, .timeout = 60)
+{
+	assert_damaged_blob_refused(2, LORASTORE_E_CORRUPT, "manifest checksum");
+}
+
 /* ---- 3. ten thousand adapters */
 
 #define MANY_ADAPTERS 10000

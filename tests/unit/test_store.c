@@ -321,7 +321,69 @@ Test(store, verify_reports_a_missing_blob)
 	struct verify_log log = {0};
 	cr_assert_eq(ls_store_verify(store, NULL, on_verify, &log, &bad, &err), 0, "%s", err.msg);
 	cr_assert_eq(bad, 1);
-	cr_assert_eq(log.last_code, LS_E_CORRUPT);
+	cr_assert_eq(log.last_code, LS_E_BLOB_MISSING, "code %d: %s", log.last_code, log.last_msg);
+	cr_assert(strstr(log.last_msg, "missing"), "message: %s", log.last_msg);
+	lorastore__version_record__free_unpacked(rec, NULL);
+}
+
+/* Cut the blob of rec to length bytes, verify it, and check the report. */
+static void assert_truncated_blob_reported(const char *name, off_t length)
+{
+	struct synth_opts o = {.family = SYNTH_GPT2};
+	Lorastore__VersionRecord *rec = NULL;
+	struct ls_err err;
+	cr_assert_eq(import_dir(name, make_adapter(name, &o), NULL, &rec, &err), 0, "%s", err.msg);
+	char path[PATH_MAX];
+	ls_store_blob_path(store, rec->digest.data, path, sizeof(path));
+	struct stat st;
+	cr_assert_eq(stat(path, &st), 0);
+	cr_assert_lt(length, st.st_size);
+	cr_assert_eq(truncate(path, length < 0 ? st.st_size + length : length), 0);
+	size_t bad = 0;
+	struct verify_log log = {0};
+	cr_assert_eq(ls_store_verify(store, name, on_verify, &log, &bad, &err), 0, "%s", err.msg);
+	cr_assert_eq(bad, 1);
+	cr_assert_eq(log.last_code, LS_E_BLOB_TRUNCATED, "code %d: %s", log.last_code, log.last_msg);
+	cr_assert(strstr(log.last_msg, "truncated"), "message: %s", log.last_msg);
+	lorastore__version_record__free_unpacked(rec, NULL);
+}
+
+Test(store, verify_reports_a_blob_cut_inside_its_data_as_truncated)
+{
+	assert_truncated_blob_reported("cut-data", -4096);
+}
+
+Test(store, verify_reports_a_blob_cut_inside_its_header_page_as_truncated)
+{
+	assert_truncated_blob_reported("cut-head", 100);
+}
+
+Test(store, verify_reports_an_empty_blob_as_truncated)
+{
+	assert_truncated_blob_reported("cut-all", 0);
+}
+
+Test(store, a_flipped_manifest_byte_fails_the_blob_open_that_every_load_does)
+{
+	struct synth_opts o = {.family = SYNTH_GPT2};
+	Lorastore__VersionRecord *rec = NULL;
+	struct ls_err err;
+	cr_assert_eq(import_dir("man", make_adapter("man", &o), NULL, &rec, &err), 0, "%s", err.msg);
+	char path[PATH_MAX];
+	ls_store_blob_path(store, rec->digest.data, path, sizeof(path));
+	int fd = open(path, O_RDWR);
+	struct ls_blob_header hdr;
+	cr_assert_eq(ls_blob_read_header(fd, path, &hdr, &err), 0);
+	unsigned char byte;
+	off_t at = (off_t)(hdr.manifest_offset + hdr.manifest_length / 2);
+	cr_assert_eq(pread(fd, &byte, 1, at), 1);
+	byte ^= 0x01;
+	cr_assert_eq(pwrite(fd, &byte, 1, at), 1);
+	close(fd);
+	int bfd = -1;
+	cr_assert_eq(ls_blob_open(path, rec->digest.data, &bfd, &hdr, &err), LS_E_CORRUPT);
+	cr_assert(strstr(err.msg, "manifest checksum"), "message: %s", err.msg);
+	cr_assert_eq(bfd, -1);
 	lorastore__version_record__free_unpacked(rec, NULL);
 }
 
