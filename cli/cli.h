@@ -18,6 +18,7 @@ struct ls_cli {
 	bool json;                 /* --json: one JSON document on stdout */
 	const char *prog;          /* argv[0] for messages */
 	const char *socket;        /* --socket PATH, or NULL: $LORASTORE_SOCKET, the default */
+	int connect_timeout_ms;    /* --connect-timeout; 0: $LORASTORE_CONNECT_TIMEOUT_MS or 10 s */
 };
 
 /* Print a usage error ("lorastore: ...", then a hint) and return LS_EXIT_USAGE. */

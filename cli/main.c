@@ -1,7 +1,10 @@
 /* lorastore: manage lorastore adapters.  Global options, then a command. */
+#include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
@@ -25,6 +28,12 @@ static const char ls_usage[] =
 	"    --socket PATH\n"
 	"        The daemon's socket.  Default: $LORASTORE_SOCKET, else\n"
 	"        " LORASTORE_DEFAULT_SOCKET ".\n"
+	"    --connect-timeout MS\n"
+	"        Give up when the daemon has not accepted the connection and\n"
+	"        answered its handshake within MS milliseconds (default\n"
+	"        $LORASTORE_CONNECT_TIMEOUT_MS, else 10000).  A refusal (the\n"
+	"        daemon serves its --max-clients, or ran out of descriptors) is\n"
+	"        reported at once.\n"
 	"    --json\n"
 	"        Print one JSON document on standard output instead of text.\n"
 	"    -h, --help\n"
@@ -59,6 +68,9 @@ static const char ls_usage[] =
 	"ENVIRONMENT\n"
 	"    LORASTORE_SOCKET\n"
 	"        The daemon's socket when --socket is not given.\n"
+	"    LORASTORE_CONNECT_TIMEOUT_MS\n"
+	"        The connect and handshake limit when --connect-timeout is not\n"
+	"        given (0: no limit).\n"
 	"\n"
 	"EXIT STATUS\n"
 	"    0   success\n"
@@ -131,6 +143,7 @@ int main(int argc, char **argv)
 	static const struct option opts[] = {
 		{"json", no_argument, NULL, 'j'},
 		{"socket", required_argument, NULL, 's'},
+		{"connect-timeout", required_argument, NULL, 't'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
@@ -149,6 +162,17 @@ int main(int argc, char **argv)
 				return ls_cli_usage_error(&cli, "--socket needs a path");
 			cli.socket = optarg;
 			break;
+		case 't': {
+			char *end;
+			errno = 0;
+			long ms = strtol(optarg, &end, 10);
+			if (!*optarg || *end || errno || ms < 1 || ms > INT_MAX)
+				return ls_cli_usage_error(&cli, "--connect-timeout needs milliseconds "
+							  "(1 or more), not '%s'",
+							  optarg);
+			cli.connect_timeout_ms = (int)ms;
+			break;
+		}
 		case 'h':
 			fputs(ls_usage, stdout);
 			return LS_EXIT_OK;

@@ -44,7 +44,7 @@ int ls_cli_fail(const char *cmd, const lorastore *conn, int rc)
 int ls_cli_connect(const struct ls_cli *cli, const char *cmd, lorastore **out)
 {
 	lorastore *conn = NULL;
-	int rc = lorastore_connect(cli->socket, &conn);
+	int rc = lorastore_connect_timeout(cli->socket, cli->connect_timeout_ms, &conn);
 	if (rc) {
 		ls_cli_fail(cmd, conn, rc);
 		lorastore_close(conn);

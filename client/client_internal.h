@@ -36,6 +36,7 @@ struct lorastore {
 	int dead_code;             /* why it failed (0 while usable) */
 	char errmsg[LS_CLIENT_ERRMSG_MAX];
 	uint64_t next_id;          /* id of the next request */
+	int64_t deadline_ms;       /* CLOCK_MONOTONIC limit of a receive; 0: none */
 	struct ls_framer framer;
 
 	/* Descriptors received and not yet claimed by a response, oldest first. */
@@ -98,8 +99,16 @@ int ls_ref_check(lorastore *conn, const char *what, const char *ref);
 
 /* ---- socket I/O (conn.c) */
 
-/* Open the socket at path (connect only, no Hello); 0 or -errno with message. */
+/*
+ * Open the socket at path (connect only, no Hello); 0 or -errno with message.
+ * While the daemon's backlog is full the connect is retried, until
+ * conn->deadline_ms (-ETIMEDOUT then; 0: no deadline).  Receives also stop
+ * at the deadline while one is set.
+ */
 int ls_conn_open(lorastore *conn, const char *path);
+
+/* Milliseconds of CLOCK_MONOTONIC. */
+int64_t ls_mono_ms(void);
 
 /*
  * Send req (its id is assigned here), with fds[0..nfds) attached to the

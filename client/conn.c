@@ -9,12 +9,16 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "client_internal.h"
@@ -71,6 +75,13 @@ int ls_conn_check(lorastore *c)
 	return c->fd < 0 ? LS_E_CLOSED : 0;
 }
 
+int64_t ls_mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 int ls_conn_open(lorastore *c, const char *path)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -81,15 +92,40 @@ int ls_conn_open(lorastore *c, const char *path)
 		return ls_conn_fail(c, -ENAMETOOLONG, "socket path too long (%zu bytes, at most %zu): %s",
 				    len, sizeof(sa.sun_path) - 1, path);
 	memcpy(sa.sun_path, path, len + 1);
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	/*
+	 * Nonblocking, so that a full backlog (a daemon flooded, or stopped in
+	 * a debugger) gives EAGAIN instead of a connect that never returns;
+	 * a Unix socket has no connect in progress to wait on, so it is
+	 * retried, backing off from 5 to 100 ms.
+	 */
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return ls_conn_fail(c, -errno, "socket: %s", strerror(errno));
 	c->fd = fd;
-	if (connect(fd, (const struct sockaddr *)&sa, sizeof(sa)) < 0) {
+	unsigned wait_ms = 5;
+	while (connect(fd, (const struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		int e = errno;
+		if (e == EINTR)
+			continue;
+		if (e == EAGAIN) {
+			int64_t left = c->deadline_ms ? c->deadline_ms - ls_mono_ms() : wait_ms;
+			if (left <= 0)
+				return ls_conn_fail(c, -ETIMEDOUT,
+						    "connect to %s: the daemon's backlog stayed full "
+						    "(timed out)",
+						    path);
+			struct timespec ts = {.tv_nsec = (long)(left < wait_ms ? left : wait_ms) *
+							 1000000};
+			nanosleep(&ts, NULL);
+			wait_ms = wait_ms * 2 > 100 ? 100 : wait_ms * 2;
+			continue;
+		}
 		const char *hint = e == ENOENT || e == ECONNREFUSED ? " (is lorastored running?)" : "";
 		return ls_conn_fail(c, -e, "connect to %s: %s%s", path, strerror(e), hint);
 	}
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
+		return ls_conn_fail(c, -errno, "fcntl: %s", strerror(errno));
 	return 0;
 }
 
@@ -137,8 +173,50 @@ void ls_conn_teardown_io(lorastore *c)
 
 /* ---- sending */
 
+/*
+ * The daemon closed the connection: it may have said why first (a refused
+ * connection, a Hello that came too late).  The reason is read without
+ * waiting; false when none is there.
+ */
+static bool ls_last_words(lorastore *c, int *code, char *msg, size_t cap)
+{
+	struct ls_framer f;
+	ls_framer_init(&f, 1u << 16);
+	bool found = false;
+	for (int i = 0; i < 8 && !found; i++) {
+		size_t avail = 0;
+		uint8_t *space = ls_framer_space(&f, 4096, &avail);
+		if (!space)
+			break;
+		ssize_t n = recv(c->fd, space, avail, MSG_DONTWAIT);
+		if (n <= 0)
+			break;
+		ls_framer_commit(&f, (size_t)n);
+		const uint8_t *payload;
+		size_t len;
+		while (!found && ls_framer_next(&f, &payload, &len) == 1) {
+			Lorastore__Response *r = NULL;
+			struct ls_err err;
+			if (ls_response_decode(payload, len, &r, &err) != 0)
+				continue;
+			if (r->error && r->error->code != 0) {
+				*code = r->error->code > 0 ? -r->error->code : r->error->code;
+				snprintf(msg, cap, "%s", r->error->message ? r->error->message : "");
+				found = true;
+			}
+			lorastore__response__free_unpacked(r, NULL);
+		}
+	}
+	ls_framer_free(&f);
+	return found;
+}
+
 static int ls_send_failed(lorastore *c, int e)
 {
+	int code;
+	char why[LS_CLIENT_ERRMSG_MAX / 2];
+	if ((e == EPIPE || e == ECONNRESET) && ls_last_words(c, &code, why, sizeof(why)))
+		return ls_conn_fail(c, code, "lorastored: %s", why);
 	if (e == EPIPE || e == ECONNRESET || e == ENOTCONN)
 		return ls_conn_fail(c, LS_E_CLOSED, "lorastored closed the connection");
 	return ls_conn_fail(c, -e, "send to lorastored: %s", strerror(e));
@@ -217,9 +295,22 @@ static int ls_conn_recv_some(lorastore *c)
 		.msg_controllen = sizeof(cbuf.buf),
 	};
 	ssize_t n;
-	do
+	for (;;) {
+		if (c->deadline_ms) {
+			int64_t left = c->deadline_ms - ls_mono_ms();
+			struct pollfd p = {.fd = c->fd, .events = POLLIN};
+			int pr = left > 0 ? poll(&p, 1, left > INT_MAX ? INT_MAX : (int)left) : 0;
+			if (pr < 0 && errno == EINTR)
+				continue;
+			if (pr == 0)
+				return ls_conn_fail(c, -ETIMEDOUT,
+						    "lorastored did not answer in time (connect "
+						    "timeout; see LORASTORE_CONNECT_TIMEOUT_MS)");
+		}
 		n = recvmsg(c->fd, &msg, MSG_CMSG_CLOEXEC);
-	while (n < 0 && errno == EINTR);
+		if (n >= 0 || errno != EINTR)
+			break;
+	}
 	if (n < 0) {
 		int e = errno;
 		if (e == ECONNRESET)

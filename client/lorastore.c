@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,7 +111,33 @@ static int ls_hello(lorastore *c)
 	return 0;
 }
 
+/* The default limit of a connect and its handshake (milliseconds). */
+#define LS_CONNECT_TIMEOUT_DEFAULT_MS 10000
+
+/* timeout_ms of lorastore_connect_timeout resolved: > 0 a limit, 0 none. */
+static int64_t ls_connect_limit_ms(int timeout_ms)
+{
+	if (timeout_ms > 0)
+		return timeout_ms;
+	if (timeout_ms < 0)
+		return 0;
+	const char *env = getenv("LORASTORE_CONNECT_TIMEOUT_MS");
+	if (env && *env) {
+		char *end;
+		errno = 0;
+		long long v = strtoll(env, &end, 10);
+		if (!*end && !errno && v >= 0 && v <= INT_MAX)
+			return v; /* 0: no limit */
+	}
+	return LS_CONNECT_TIMEOUT_DEFAULT_MS;
+}
+
 LS_PUBLIC int lorastore_connect(const char *socket_path, lorastore **out)
+{
+	return lorastore_connect_timeout(socket_path, 0, out);
+}
+
+LS_PUBLIC int lorastore_connect_timeout(const char *socket_path, int timeout_ms, lorastore **out)
 {
 	if (!out)
 		return -EINVAL;
@@ -128,10 +155,19 @@ LS_PUBLIC int lorastore_connect(const char *socket_path, lorastore **out)
 		path = getenv("LORASTORE_SOCKET");
 	if (!path || !*path)
 		path = LORASTORE_DEFAULT_SOCKET;
+	int64_t limit = ls_connect_limit_ms(timeout_ms);
+	c->deadline_ms = limit ? ls_mono_ms() + limit : 0;
 	int rc = ls_conn_open(c, path);
-	if (rc)
-		return rc;
-	return ls_hello(c);
+	if (rc == 0)
+		rc = ls_hello(c);
+	/* Later calls wait as long as they need (an acquire may wait on a load). */
+	c->deadline_ms = 0;
+	if (rc == -ETIMEDOUT) {
+		char why[sizeof(c->errmsg)];
+		memcpy(why, c->errmsg, sizeof(why));
+		ls_conn_fail(c, rc, "%.400s (%lld ms)", why, (long long)limit);
+	}
+	return rc;
 }
 
 LS_PUBLIC void lorastore_close(lorastore *conn)

@@ -53,6 +53,12 @@ static const char ls_usage[] =
 	"  --admin-group GROUP    members may import, delete, evict and gc (root and the\n"
 	"                         daemon's own user always may)\n"
 	"  --workers N            threads for imports, checksums and gc (default 2)\n"
+	"  --max-clients N        connections served at once; one more is answered\n"
+	"                         with an error saying so and closed (default: half\n"
+	"                         the descriptor limit, at most 16384).  At start the\n"
+	"                         soft descriptor limit is raised to the hard one\n"
+	"  --hello-timeout MS     a new connection that has not said Hello within MS\n"
+	"                         milliseconds is closed (default 10000)\n"
 	"  --config FILE          read options from FILE (\"key = value\" lines);\n"
 	"                         options given on the command line win\n"
 	"  --log-level LEVEL      error, warning, info (default) or debug\n"
@@ -86,6 +92,8 @@ enum {
 	OPT_DEVICE_SLAB,
 	OPT_HOST_SLAB,
 	OPT_VERSION,
+	OPT_MAX_CLIENTS,
+	OPT_HELLO_TIMEOUT,
 };
 
 static const struct option ls_options[] = {
@@ -103,6 +111,8 @@ static const struct option ls_options[] = {
 	{"devices", required_argument, NULL, OPT_DEVICES},
 	{"device-slab-size", required_argument, NULL, OPT_DEVICE_SLAB},
 	{"host-slab-size", required_argument, NULL, OPT_HOST_SLAB},
+	{"max-clients", required_argument, NULL, OPT_MAX_CLIENTS},
+	{"hello-timeout", required_argument, NULL, OPT_HELLO_TIMEOUT},
 	{"help", no_argument, NULL, 'h'},
 	{"version", no_argument, NULL, OPT_VERSION},
 	{NULL, 0, NULL, 0},
@@ -165,6 +175,7 @@ void ls_config_defaults(struct ls_config *c)
 	snprintf(c->devices, sizeof(c->devices), "all");
 	c->log_level = LS_LOG_INFO;
 	c->workers = 2;
+	c->hello_timeout_ms = 10000;
 }
 
 /* Apply one option (from argv or the file); where names the source in messages. */
@@ -249,6 +260,19 @@ static int ls_config_apply(struct ls_config *c, int opt, const char *val, const 
 			rc = -EINVAL;
 		else
 			c->workers = (unsigned)n;
+		break;
+	}
+	case OPT_MAX_CLIENTS:
+	case OPT_HELLO_TIMEOUT: {
+		char *end;
+		errno = 0;
+		unsigned long n = strtoul(val, &end, 10);
+		if (!isdigit((unsigned char)*val) || *end || errno || n < 1 || n > 10000000)
+			rc = -EINVAL;
+		else if (opt == OPT_MAX_CLIENTS)
+			c->max_clients = (unsigned)n;
+		else
+			c->hello_timeout_ms = (unsigned)n;
 		break;
 	}
 	case OPT_LOG_LEVEL:

@@ -26,6 +26,8 @@ struct ls_config {
 	enum ls_log_level log_level;     /* --log-level / log-level */
 	enum ls_loop_kind event_loop;    /* --event-loop / event-loop */
 	unsigned workers;                /* threads of the worker pool */
+	unsigned max_clients;            /* connections served at once; 0: from the descriptor limit */
+	unsigned hello_timeout_ms;       /* a new connection's Hello must arrive within this */
 	char config_file[PATH_MAX];      /* --config, "" when none */
 };
 

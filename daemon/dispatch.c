@@ -925,10 +925,11 @@ void ls_dispatch(struct ls_session *s, Lorastore__Request *req)
 	}
 }
 
-/* Expire acquires whose timeout passed. */
+/* Expire acquires whose timeout passed; check connections (session.c). */
 void ls_server_tick(struct ls_server *srv)
 {
 	int64_t now = ls_now_ms();
+	ls_server_check_connections(srv, now);
 	for (struct ls_session *s = srv->sessions; s; s = s->next) {
 		struct ls_pending *p = s->pending;
 		while (p) {

@@ -14,6 +14,22 @@ void ls_log_set_level(enum ls_log_level level);
  */
 void ls_log(enum ls_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/*
+ * One kind of event that may repeat fast (a refused connection, descriptors
+ * running out): logged at most once per interval, with how many were left out
+ * since the last line.  Used from the loop thread only.
+ */
+struct ls_ratelimit {
+	long long interval_ms;
+	long long last_ms;          /* CLOCK_MONOTONIC of the last line; 0: none yet */
+	unsigned long long left_out; /* events since then that were not logged */
+};
+#define LS_RATELIMIT_INIT(ms) {.interval_ms = (ms), .last_ms = 0, .left_out = 0}
+
+/* Log one line for rl unless one was logged less than rl->interval_ms ago. */
+void ls_log_limited(struct ls_ratelimit *rl, enum ls_log_level level, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
 #define ls_error(...) ls_log(LS_LOG_ERROR, __VA_ARGS__)
 #define ls_warn(...) ls_log(LS_LOG_WARNING, __VA_ARGS__)
 #define ls_info(...) ls_log(LS_LOG_INFO, __VA_ARGS__)

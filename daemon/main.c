@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <limits.h>
 #include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
@@ -9,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -95,6 +97,47 @@ static void ls_workers_submit_read(struct ls_server *srv)
 {
 	/* A poll, not a read: ls_workers_reap reads the counter itself. */
 	ls_loop_poll_in(&srv->loop, &srv->workers_op, ls_workers_ready, srv->workers_efd);
+}
+
+/* Most clients by default, whatever the descriptor limit. */
+#define LS_MAX_CLIENTS_DEFAULT_CAP 16384u
+
+/*
+ * Descriptors: the soft limit raised to the hard one (a flood of connections
+ * should meet --max-clients, not EMFILE), the client limit derived from it
+ * unless given, and a spare descriptor kept for telling a peer that the
+ * daemon ran out.  Half the limit goes to clients; the other half is for
+ * slabs, blobs being read, imports' files and the catalog.
+ */
+static void ls_connection_limits(struct ls_server *srv)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+		rlim_t soft = rl.rlim_cur;
+		if (rl.rlim_cur < rl.rlim_max) {
+			struct rlimit want = {.rlim_cur = rl.rlim_max, .rlim_max = rl.rlim_max};
+			if (setrlimit(RLIMIT_NOFILE, &want) == 0)
+				soft = rl.rlim_max;
+		}
+		srv->fd_limit = soft > UINT_MAX ? UINT_MAX : (unsigned)soft;
+		ls_info("descriptor limit %u (was %llu, hard limit %llu)", srv->fd_limit,
+			(unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max);
+	} else {
+		srv->fd_limit = 1024;
+	}
+	unsigned derived = srv->fd_limit / 2;
+	if (derived > LS_MAX_CLIENTS_DEFAULT_CAP)
+		derived = LS_MAX_CLIENTS_DEFAULT_CAP;
+	if (derived < 1)
+		derived = 1;
+	srv->max_clients = srv->cfg->max_clients ? srv->cfg->max_clients : derived;
+	if (srv->cfg->max_clients && srv->cfg->max_clients > srv->fd_limit / 2)
+		ls_warn("--max-clients %u is more than half the descriptor limit %u: the daemon "
+			"may run out of descriptors before it refuses clients",
+			srv->cfg->max_clients, srv->fd_limit);
+	srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	struct ls_ratelimit every_10s = LS_RATELIMIT_INIT(10000);
+	srv->log_refused = srv->log_exhausted = srv->log_hello = srv->log_accept = every_10s;
 }
 
 /*
@@ -281,6 +324,7 @@ int main(int argc, char **argv)
 	memset(&srv, 0, sizeof(srv));
 	srv.cfg = &cfg;
 	srv.listen_fd = srv.signal_fd = srv.workers_efd = -1;
+	ls_connection_limits(&srv);
 	/* Clients share imports of a slab within a process by (instance, slab id). */
 	if (getrandom(&srv.instance, sizeof(srv.instance), GRND_NONBLOCK) != sizeof(srv.instance)) {
 		struct timespec now;
@@ -352,9 +396,10 @@ int main(int argc, char **argv)
 	ls_workers_submit_read(&srv);
 	const char *backend = srv.n_devices ? "cuda" : "host";
 	ls_info("ready: state %s, backend %s (%u GPU%s), host budget %llu bytes, %u workers, "
-		"event loop %s",
+		"event loop %s, at most %u clients",
 		cfg.state_dir, backend, srv.n_devices, srv.n_devices == 1 ? "" : "s",
-		(unsigned long long)cfg.host_budget, cfg.workers, ls_loop_name(&srv.loop));
+		(unsigned long long)cfg.host_budget, cfg.workers, ls_loop_name(&srv.loop),
+		srv.max_clients);
 	sd_notifyf(0, "READY=1\nSTATUS=serving, backend %s, event loop %s", backend,
 		   ls_loop_name(&srv.loop));
 
@@ -389,5 +434,7 @@ out:
 	free(srv.refcache);
 	if (srv.signal_fd >= 0)
 		close(srv.signal_fd);
+	if (srv.spare_fd >= 0)
+		close(srv.spare_fd);
 	return status;
 }

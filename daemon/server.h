@@ -62,6 +62,7 @@ struct ls_session {
 	struct ls_server *srv;
 	int fd;
 	uint32_t id;
+	int64_t accepted_ms;         /* CLOCK_MONOTONIC; the Hello is due hello_timeout_ms later */
 	struct ucred cred;
 	bool admin;
 	bool hello_done;
@@ -116,6 +117,21 @@ struct ls_server {
 	bool listen_inherited;       /* from systemd socket activation */
 	bool accepting;
 	struct ls_op accept_op;
+	/*
+	 * Connections: at most max_clients sessions; one more is told why and
+	 * closed.  When descriptors run out, accepting pauses until a session
+	 * is freed or accept_resume_ms passes (backing off), and the spare
+	 * descriptor is given up for a moment to tell the waiting peer why.
+	 */
+	unsigned max_clients;
+	unsigned fd_limit;           /* RLIMIT_NOFILE soft limit after start-up */
+	int spare_fd;
+	bool accept_paused;
+	int64_t accept_resume_ms;    /* CLOCK_MONOTONIC */
+	unsigned accept_backoff_ms;
+	uint64_t refused_connections; /* over max_clients or out of descriptors */
+	uint64_t hello_timeouts;     /* connections closed for want of a Hello */
+	struct ls_ratelimit log_refused, log_exhausted, log_hello, log_accept;
 
 	int signal_fd;                /* nonblocking */
 	struct ls_op signal_op;
@@ -148,6 +164,8 @@ struct ls_server {
 
 /* session.c */
 void ls_server_accept(struct ls_server *srv);
+/* Resume a paused accept once its backoff passed; close sessions past the Hello deadline. */
+void ls_server_check_connections(struct ls_server *srv, int64_t now_ms);
 void ls_session_send(struct ls_session *s, const Lorastore__Response *resp, int fd);
 /* The same with up to LS_OUTMSG_MAX_FDS descriptors. */
 void ls_session_send_fds(struct ls_session *s, const Lorastore__Response *resp, const int *fds,

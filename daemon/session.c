@@ -1,5 +1,7 @@
 /* Client sessions: accept, receive and frame, send with descriptors, teardown. */
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <grp.h>
 #include <pwd.h>
 #include <stdarg.h>
@@ -47,16 +49,107 @@ static bool ls_peer_is_admin(struct ls_server *srv, const struct ucred *cred)
 	return false;
 }
 
+/*
+ * Tell a connection that will not be served why, in one error frame (id 0,
+ * which the client reports as the connection's failure), and close it.  The
+ * frame is small enough for an empty socket buffer; a peer that cannot take
+ * it loses only the reason.
+ */
+static void ls_send_error_frame(int fd, int code, const char *msg)
+{
+	Lorastore__Error e = LORASTORE__ERROR__INIT;
+	e.code = code;
+	e.message = (char *)msg;
+	Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
+	resp.error = &e;
+	uint8_t *buf = NULL;
+	size_t len = 0;
+	if (ls_response_encode(&resp, &buf, &len) == 0) {
+		ssize_t n = send(fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+		(void)n;
+	}
+	free(buf);
+}
+
+static void ls_refuse_connection(int fd, int code, const char *msg)
+{
+	ls_send_error_frame(fd, code, msg);
+	close(fd);
+}
+
+/* Most queued connections refused at once when descriptors run out. */
+#define LS_REFUSE_BATCH 256u
+
+/*
+ * accept failed for want of descriptors (or memory): stop accepting for a
+ * while instead of retrying at once, which would spin.  The connection at
+ * the head of the queue is accepted with the spare descriptor and told why.
+ */
+static void ls_accept_exhausted(struct ls_server *srv, int res)
+{
+	unsigned refused = 0;
+	if (srv->spare_fd >= 0 && (res == -EMFILE || res == -ENFILE)) {
+		/*
+		 * One slot is enough to tell every queued peer: each is
+		 * accepted into it, answered and closed.  The poll keeps the
+		 * accept from waiting once the queue is empty.
+		 */
+		close(srv->spare_fd);
+		srv->spare_fd = -1;
+		char msg[160];
+		snprintf(msg, sizeof(msg),
+			 "lorastored is out of file descriptors (limit %u, %u clients); try again "
+			 "later",
+			 srv->fd_limit, srv->n_sessions);
+		for (; refused < LS_REFUSE_BATCH; refused++) {
+			struct pollfd p = {.fd = srv->listen_fd, .events = POLLIN};
+			int fd = poll(&p, 1, 0) == 1 ? accept4(srv->listen_fd, NULL, NULL, SOCK_CLOEXEC)
+						     : -1;
+			if (fd < 0)
+				break;
+			ls_refuse_connection(fd, -EMFILE, msg);
+		}
+		srv->refused_connections += refused;
+		srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	}
+	unsigned backoff = srv->accept_backoff_ms ? srv->accept_backoff_ms * 2 : 50;
+	srv->accept_backoff_ms = backoff > 1000 ? 1000 : backoff;
+	srv->accept_resume_ms = ls_now_ms() + srv->accept_backoff_ms;
+	srv->accept_paused = true;
+	ls_log_limited(&srv->log_exhausted, LS_LOG_WARNING,
+		       "accept: %s (descriptor limit %u, %u clients, %u waiting refused); "
+		       "accepting paused until a connection closes or %u ms pass",
+		       strerror(-res), srv->fd_limit, srv->n_sessions, refused,
+		       srv->accept_backoff_ms);
+}
+
 static void ls_accept_done(struct ls_loop *loop, struct ls_op *op, int res)
 {
 	struct ls_server *srv = LS_CONTAINER(op, struct ls_server, accept_op);
 	(void)loop;
+	srv->accepting = false;
+	if (res == -EMFILE || res == -ENFILE || res == -ENOMEM || res == -ENOBUFS) {
+		if (!srv->stopping)
+			ls_accept_exhausted(srv, res);
+		return;
+	}
 	if (res < 0) {
 		if (res != -ECANCELED && res != -EINVAL)
-			ls_warn("accept: %s", strerror(-res));
-		if (res == -EMFILE || res == -ENFILE)
-			ls_warn("out of descriptors; still accepting");
+			ls_log_limited(&srv->log_accept, LS_LOG_WARNING, "accept: %s",
+				       strerror(-res));
+	} else if (srv->n_sessions >= srv->max_clients) {
+		char msg[160];
+		snprintf(msg, sizeof(msg),
+			 "lorastored serves at most %u clients at once (--max-clients) and has "
+			 "that many; try again later",
+			 srv->max_clients);
+		ls_refuse_connection(res, -EUSERS, msg);
+		srv->refused_connections++;
+		ls_log_limited(&srv->log_refused, LS_LOG_WARNING,
+			       "refused a connection: %u clients, the --max-clients limit",
+			       srv->max_clients);
 	} else {
+		srv->accept_backoff_ms = 0;
 		struct ls_session *s = calloc(1, sizeof(*s));
 		socklen_t len = sizeof(s ? s->cred : (struct ucred){0});
 		if (!s) {
@@ -69,6 +162,7 @@ static void ls_accept_done(struct ls_loop *loop, struct ls_op *op, int res)
 			s->srv = srv;
 			s->fd = res;
 			s->id = ++srv->next_session_id;
+			s->accepted_ms = ls_now_ms();
 			s->admin = ls_peer_is_admin(srv, &s->cred);
 			ls_framer_init(&s->framer, LS_FRAME_MAX);
 			s->next = srv->sessions;
@@ -87,8 +181,36 @@ static void ls_accept_done(struct ls_loop *loop, struct ls_op *op, int res)
 
 void ls_server_accept(struct ls_server *srv)
 {
+	srv->accept_paused = false;
 	ls_loop_accept(&srv->loop, &srv->accept_op, ls_accept_done, srv->listen_fd);
 	srv->accepting = true;
+}
+
+void ls_server_check_connections(struct ls_server *srv, int64_t now_ms)
+{
+	if (srv->accept_paused && !srv->stopping && now_ms >= srv->accept_resume_ms)
+		ls_server_accept(srv);
+	unsigned timeout = srv->cfg->hello_timeout_ms, expired = 0;
+	for (struct ls_session *s = srv->sessions; s; s = s->next) {
+		if (s->hello_done || s->closing || now_ms - s->accepted_ms < (int64_t)timeout)
+			continue;
+		/* Nothing is sent to a session before its Hello: the socket is idle. */
+		char msg[96];
+		snprintf(msg, sizeof(msg), "no Hello within %u ms (--hello-timeout)", timeout);
+		if (!s->out_head)
+			ls_send_error_frame(s->fd, -ETIMEDOUT, msg);
+		ls_debug("session %u (pid %d, uid %u): no Hello in time", s->id, (int)s->cred.pid,
+			 (unsigned)s->cred.uid);
+		ls_session_close(s, "no Hello in time");
+		expired++;
+	}
+	if (expired) {
+		srv->hello_timeouts += expired;
+		ls_log_limited(&srv->log_hello, LS_LOG_WARNING,
+			       "closed %u connection%s that sent no Hello within %u ms "
+			       "(--hello-timeout)",
+			       expired, expired == 1 ? "" : "s", timeout);
+	}
 }
 
 /* Keep descriptors that came with a receive, oldest first. */
@@ -352,6 +474,9 @@ void ls_server_reap_sessions(struct ls_server *srv)
 				s->next->prev = s->prev;
 			srv->n_sessions--;
 			ls_loop_close_fd(&srv->loop, s->fd);
+			/* A descriptor is free again: a paused accept goes on. */
+			if (srv->accept_paused && !srv->stopping)
+				ls_server_accept(srv);
 			while (s->out_head) {
 				struct ls_outmsg *m = s->out_head;
 				s->out_head = m->next;

@@ -175,10 +175,23 @@ typedef struct lorastore_tensor {
  * As in hiredis, *out is set even on failure (to a failed connection whose
  * lorastore_errmsg() says why, to be closed with lorastore_close), except
  * when the handle itself could not be allocated (-ENOMEM, *out NULL).
+ * The connect and the handshake together wait at most
+ * $LORASTORE_CONNECT_TIMEOUT_MS milliseconds (0 there: no limit), by default
+ * 10,000; lorastore_connect_timeout sets the limit per call.
  * Errors: -ENOENT or -ECONNREFUSED (no daemon), -EACCES, -ENAMETOOLONG,
+ * -ETIMEDOUT (no answer in time), -EUSERS (the daemon serves its
+ * --max-clients already), -EMFILE (the daemon ran out of descriptors),
  * LORASTORE_E_VERSION, LORASTORE_E_PROTOCOL, LORASTORE_E_CLOSED, -ENOMEM.
  */
 int lorastore_connect(const char *socket_path, lorastore **out);
+
+/*
+ * lorastore_connect with a limit on the connect and the handshake:
+ * timeout_ms > 0 milliseconds, 0 for the default ($LORASTORE_CONNECT_TIMEOUT_MS
+ * or 10,000), < 0 for no limit.  The limit covers only the connection's
+ * start; later calls on it are not bounded by it.
+ */
+int lorastore_connect_timeout(const char *socket_path, int timeout_ms, lorastore **out);
 
 /*
  * Close the connection (NULL is a no-op).  Every adapter still held on it is

@@ -78,6 +78,9 @@ static PyObject *ls_error_class(int code)
 		return ls_ConnectionClosed;
 	case -ETIMEDOUT:
 		return ls_Timeout;
+	case -EUSERS:
+	case -EMFILE:
+		return ls_ConnectionClosed;
 	case LORASTORE_E_SHAPE:
 	case LORASTORE_E_DTYPE:
 	case LORASTORE_E_TIER:
@@ -158,9 +161,10 @@ static int ls_conn_open(ls_Connection *c)
 
 static PyObject *ls_connection_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
-	static char *kwlist[] = {"socket", NULL};
+	static char *kwlist[] = {"socket", "connect_timeout_ms", NULL};
 	const char *path = NULL;
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "|z", kwlist, &path))
+	int timeout_ms = 0;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|zi", kwlist, &path, &timeout_ms))
 		return NULL;
 	ls_Connection *c = (ls_Connection *)PyType_GenericAlloc(type, 0);
 	if (!c)
@@ -169,7 +173,7 @@ static PyObject *ls_connection_new(PyTypeObject *type, PyObject *args, PyObject 
 	lorastore *conn = NULL;
 	int rc;
 	Py_BEGIN_ALLOW_THREADS
-	rc = lorastore_connect(path, &conn);
+	rc = lorastore_connect_timeout(path, timeout_ms, &conn);
 	Py_END_ALLOW_THREADS
 	if (rc) {
 		char msg[512];

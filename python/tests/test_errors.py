@@ -93,3 +93,17 @@ def test_a_non_admin_import_raises_permission_denied():
         assert d.stop() == 0
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_daemon_that_never_answers_raises_timeout_after_connect_timeout_ms(tmp_path):
+    import socket
+    import time
+
+    path = str(tmp_path / "silent.sock")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        listener.listen(8)  # never accepted, never answered
+        t0 = time.monotonic()
+        with pytest.raises(lorastore.Timeout):
+            lorastore.connect(path, connect_timeout_ms=300)
+        assert time.monotonic() - t0 < 2.0

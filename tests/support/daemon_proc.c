@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
@@ -203,6 +204,13 @@ int ls_daemon_start_ex(struct ls_daemon_proc *d, const char *dir_or_null, const 
 		if ((flags & LS_DAEMON_NO_IO_URING) && ls_refuse_io_uring() != 0) {
 			fprintf(stderr, "seccomp filter: %s\n", strerror(errno));
 			_exit(126);
+		}
+		if (flags & LS_DAEMON_NOFILE_64) {
+			struct rlimit rl = {.rlim_cur = 64, .rlim_max = 64};
+			if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+				fprintf(stderr, "setrlimit: %s\n", strerror(errno));
+				_exit(126);
+			}
 		}
 		execv(argv[0], (char *const *)argv);
 		_exit(127);

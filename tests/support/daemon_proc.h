@@ -40,6 +40,8 @@ enum ls_daemon_flags {
 	 * EPERM through a seccomp filter, as Docker's default profile does.
 	 */
 	LS_DAEMON_NO_IO_URING = 1,
+	/* A descriptor limit of 64, soft and hard (as prlimit --nofile=64:64). */
+	LS_DAEMON_NOFILE_64 = 2,
 };
 
 int ls_daemon_start_ex(struct ls_daemon_proc *d, const char *dir_or_null, const char *const *args,

@@ -189,8 +189,8 @@ class Connection:
 
     __slots__ = ("_c",)
 
-    def __init__(self, socket: str | None = None):
-        self._c = _c.Connection(socket)
+    def __init__(self, socket: str | None = None, connect_timeout_ms: int = 0):
+        self._c = _c.Connection(socket, connect_timeout_ms)
 
     def close(self) -> None:
         """Close the connection; raises while leases of it are alive."""
@@ -374,6 +374,11 @@ class DevicePlan:
         return self._p.bad_indices(_stream_handle(stream), bool(reset))
 
 
-def connect(socket: str | None = None) -> Connection:
-    """Connect to lorastored at socket, or $LORASTORE_SOCKET, or DEFAULT_SOCKET."""
-    return Connection(socket)
+def connect(socket: str | None = None, connect_timeout_ms: int = 0) -> Connection:
+    """Connect to lorastored at socket, or $LORASTORE_SOCKET, or DEFAULT_SOCKET.
+
+    The connect and handshake give up (lorastore.Timeout) after
+    connect_timeout_ms milliseconds: 0 takes $LORASTORE_CONNECT_TIMEOUT_MS,
+    else 10,000; a negative value waits as long as it takes.
+    """
+    return Connection(socket, connect_timeout_ms)
