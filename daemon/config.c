@@ -51,7 +51,12 @@ static const char ls_usage[] =
 	"                         bytes one connection may hold leased (default 0: the\n"
 	"                         whole budget)\n"
 	"  --admin-group GROUP    members may import, delete, evict and gc (root and the\n"
-	"                         daemon's own user always may)\n"
+	"                         daemon's own user always may); checked against the\n"
+	"                         connecting process's groups, supplementary included\n"
+	"  --socket-group GROUP   the group of the socket the daemon creates (mode\n"
+	"                         0660): the clients, who may acquire and read but\n"
+	"                         not administer (default: the daemon's own group).\n"
+	"                         A socket systemd passes keeps its SocketGroup=\n"
 	"  --workers N            threads for imports, checksums and gc (default 2)\n"
 	"  --max-clients N        connections served at once; one more is answered\n"
 	"                         with an error saying so and closed (default: half\n"
@@ -93,6 +98,7 @@ enum {
 	OPT_HOST_SLAB,
 	OPT_VERSION,
 	OPT_MAX_CLIENTS,
+	OPT_SOCKET_GROUP,
 	OPT_HELLO_TIMEOUT,
 };
 
@@ -104,6 +110,7 @@ static const struct option ls_options[] = {
 	{"device-budget", required_argument, NULL, OPT_DEVICE_BUDGET},
 	{"client-pin-limit", required_argument, NULL, OPT_PIN_LIMIT},
 	{"admin-group", required_argument, NULL, OPT_ADMIN_GROUP},
+	{"socket-group", required_argument, NULL, OPT_SOCKET_GROUP},
 	{"workers", required_argument, NULL, OPT_WORKERS},
 	{"config", required_argument, NULL, OPT_CONFIG},
 	{"log-level", required_argument, NULL, OPT_LOG_LEVEL},
@@ -117,6 +124,15 @@ static const struct option ls_options[] = {
 	{"version", no_argument, NULL, OPT_VERSION},
 	{NULL, 0, NULL, 0},
 };
+
+/* The long name of option opt (its val in ls_options). */
+static const char *ls_option_name(int opt)
+{
+	for (const struct option *o = ls_options; o->name; o++)
+		if (o->val == opt)
+			return o->name;
+	return "?";
+}
 
 int ls_size_parse(const char *s, uint64_t *out)
 {
@@ -253,6 +269,12 @@ static int ls_config_apply(struct ls_config *c, int opt, const char *val, const 
 			     ? -EINVAL
 			     : 0;
 		break;
+	case OPT_SOCKET_GROUP:
+		rc = snprintf(c->socket_group, sizeof(c->socket_group), "%s", val) >=
+				     (int)sizeof(c->socket_group)
+			     ? -EINVAL
+			     : 0;
+		break;
 	case OPT_WORKERS: {
 		char *end;
 		long n = strtol(val, &end, 10);
@@ -386,7 +408,7 @@ int ls_config_parse(struct ls_config *c, int argc, char **argv)
 		if (opt == OPT_CONFIG)
 			continue;
 		char where[64];
-		snprintf(where, sizeof(where), "--%s", ls_options[opt - OPT_SOCKET].name);
+		snprintf(where, sizeof(where), "--%s", ls_option_name(opt));
 		if (ls_config_apply(c, opt, optarg, where))
 			return -EINVAL;
 	}

@@ -142,7 +142,7 @@ static void ls_connection_limits(struct ls_server *srv)
 
 /*
  * The listening socket: inherited from systemd, or created with mode 0660
- * (group: the admin group when one is set).  A stale socket file nobody
+ * (group: --socket-group, the clients', else the daemon's own).  A stale socket file nobody
  * listens on is replaced; a live one means another daemon runs there.
  */
 static int ls_listen(struct ls_server *srv)
@@ -210,8 +210,16 @@ static int ls_listen(struct ls_server *srv)
 		close(fd);
 		return rc;
 	}
-	if (srv->have_admin_gid && chown(path, (uid_t)-1, srv->admin_gid) != 0)
-		ls_warn("%s: cannot give the socket to the admin group: %s", path, strerror(errno));
+	if (srv->cfg->socket_group[0]) {
+		struct group *g = getgrnam(srv->cfg->socket_group);
+		if (!g || chown(path, (uid_t)-1, g->gr_gid) != 0) {
+			ls_error("%s: cannot give the socket to group '%s': %s", path,
+				 srv->cfg->socket_group, g ? strerror(errno) : "no such group");
+			close(fd);
+			unlink(path);
+			return -EINVAL;
+		}
+	}
 	srv->listen_fd = fd;
 	ls_info("listening on %s", path);
 	return 0;

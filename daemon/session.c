@@ -26,8 +26,14 @@ int64_t ls_now_ms(void)
 static void ls_recv_submit(struct ls_session *s);
 static void ls_send_next(struct ls_session *s);
 
-/* Whether the peer may import, delete, evict and gc. */
-static bool ls_peer_is_admin(struct ls_server *srv, const struct ucred *cred)
+/*
+ * Whether the peer may import, delete, evict and gc: root, the daemon's own
+ * user, or a process whose group or supplementary groups (SO_PEERGROUPS: the
+ * peer's own, as the kernel knew them at connect) hold the admin group.  The
+ * socket's group (the clients') grants nothing by itself.  On a kernel
+ * without SO_PEERGROUPS the group database stands in for the peer's list.
+ */
+static bool ls_peer_is_admin(struct ls_server *srv, int fd, const struct ucred *cred)
 {
 	if (cred->uid == 0 || cred->uid == geteuid())
 		return true;
@@ -35,11 +41,20 @@ static bool ls_peer_is_admin(struct ls_server *srv, const struct ucred *cred)
 		return false;
 	if (cred->gid == srv->admin_gid)
 		return true;
+	gid_t groups[256];
+	socklen_t len = sizeof(groups);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) == 0) {
+		for (size_t i = 0; i < len / sizeof(gid_t); i++)
+			if (groups[i] == srv->admin_gid)
+				return true;
+		return false;
+	}
+	if (errno != ENOPROTOOPT)
+		return false; /* ERANGE: over 256 groups; refuse rather than guess */
 	char buf[4096];
 	struct passwd pw, *pwp = NULL;
 	if (getpwuid_r(cred->uid, &pw, buf, sizeof(buf), &pwp) != 0 || !pwp)
 		return false;
-	gid_t groups[256];
 	int n = 256;
 	if (getgrouplist(pw.pw_name, pw.pw_gid, groups, &n) < 0)
 		return false;
@@ -163,7 +178,7 @@ static void ls_accept_done(struct ls_loop *loop, struct ls_op *op, int res)
 			s->fd = res;
 			s->id = ++srv->next_session_id;
 			s->accepted_ms = ls_now_ms();
-			s->admin = ls_peer_is_admin(srv, &s->cred);
+			s->admin = ls_peer_is_admin(srv, res, &s->cred);
 			ls_framer_init(&s->framer, LS_FRAME_MAX);
 			s->next = srv->sessions;
 			if (srv->sessions)

@@ -900,6 +900,71 @@ Test(daemon, non_admin_peer_cannot_import_or_delete_but_can_acquire)
 	daemon_stop_ok();
 }
 
+/*
+ * A client whose supplementary groups (not its passwd entry: nobody is in no
+ * group) hold the admin group may import: the daemon reads the peer's own
+ * groups.  Exits 0 when the import was allowed, else a code.
+ */
+static int supplementary_admin_child(const char *socket, const char *adapter_dir, gid_t admin)
+{
+	gid_t nobody = 65534;
+	if (setgroups(1, &admin) != 0 || setgid(nobody) != 0 || setuid(nobody) != 0)
+		return 2;
+	lorastore *c = NULL;
+	if (lorastore_connect(socket, &c) != 0)
+		return 3;
+	lorastore_import_opts io = {.name = "supp/admin"};
+	int rc = lorastore_import_dir(c, adapter_dir, &io, NULL);
+	if (rc != 0)
+		fprintf(stderr, "import with the admin group as a supplementary group: %s\n",
+			lorastore_errmsg(c));
+	lorastore_close(c);
+	return rc == 0 ? 0 : 4;
+}
+
+Test(daemon, a_peer_with_the_admin_group_among_its_supplementary_groups_is_admin)
+{
+	if (geteuid() != 0)
+		cr_skip_test("needs root to run a client as nobody with chosen groups");
+	struct group *g = getgrnam("adm");
+	if (!g)
+		cr_skip_test("this system has no group 'adm' to stand for the admin group");
+	gid_t admin = g->gr_gid;
+	daemon_start((const char *const[]){"--admin-group", "adm", NULL});
+	cr_assert_eq(chmod(dp.dir, 0755), 0);
+	cr_assert_eq(chmod(dp.socket, 0666), 0);
+	struct synth_opts o = adapter_opts(33);
+	const char *dir = make_adapter("for-supp", &o);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0)
+		_exit(supplementary_admin_child(dp.socket, dir, admin));
+	child_track(pid);
+	int rc = child_wait(pid);
+	cr_assert_eq(rc, 0, "the client with the admin group failed with %d", rc);
+	lorastore *conn = connect_ok();
+	cr_assert(entry_of(conn, "supp/admin").found);
+	lorastore_close(conn);
+	daemon_stop_ok();
+}
+
+Test(daemon, the_socket_it_creates_belongs_to_the_socket_group_with_mode_0660)
+{
+	if (geteuid() != 0)
+		cr_skip_test("needs root to give the socket to another group");
+	struct group *g = getgrnam("users");
+	if (!g)
+		cr_skip_test("this system has no group 'users'");
+	gid_t users = g->gr_gid;
+	daemon_start((const char *const[]){"--socket-group", "users", NULL});
+	struct stat st;
+	cr_assert_eq(stat(dp.socket, &st), 0);
+	cr_assert_eq(st.st_gid, users, "socket group %u, want %u", (unsigned)st.st_gid,
+		     (unsigned)users);
+	cr_assert_eq(st.st_mode & 0777, 0660, "mode %o", st.st_mode & 0777);
+	daemon_stop_ok();
+}
+
 /* ---- 9. read-only mappings */
 
 /*

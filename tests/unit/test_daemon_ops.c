@@ -1057,6 +1057,19 @@ Test(daemon_ops, bad_options_exit_with_usage_status, .timeout = 30)
 			   "the message names neither the option nor the value: %s", p.err);
 	proc_out_free(&p);
 
+	static const char *const bad_values[][2] = {
+		{"--max-clients", "0"}, {"--max-clients", "many"}, {"--hello-timeout", "-5"},
+		{"--socket-group", "a-group-name-far-longer-than-any-group-name-may-be-on-this-system"}};
+	for (size_t i = 0; i < sizeof(bad_values) / sizeof(bad_values[0]); i++) {
+		run_argv((const char *const[]){ls_daemon_binary(), "--state-dir", state, "--socket",
+					       sock, bad_values[i][0], bad_values[i][1], NULL},
+			 NULL, &p);
+		cr_assert_eq(p.status, 2, "%s %s exited %d", bad_values[i][0], bad_values[i][1],
+			     p.status);
+		cr_assert_not_null(strstr(p.err, bad_values[i][0]), "stderr: %s", p.err);
+		proc_out_free(&p);
+	}
+
 	run_argv((const char *const[]){ls_daemon_binary(), "--help", NULL}, NULL, &p);
 	cr_assert_eq(p.status, 0);
 	cr_assert_not_null(strstr(p.out, "Usage"), "--help printed: %s", p.out);
