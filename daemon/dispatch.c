@@ -156,8 +156,14 @@ struct ls_req_job {
 	Lorastore__VersionRecord *rec;
 	/* delete, verify */
 	char ref[LS_NAME_MAX + 16];
-	uint64_t *generations;
-	size_t n_generations;
+	struct ls_deleted_gens deleted;  /* delete: what its transaction removed */
+	/*
+	 * Imports and deletes of one name run one at a time, in the order the
+	 * loop received them: key is the name, next_same the job that waits
+	 * for this one, and the job in flight is on the server's list.
+	 */
+	char key[LS_NAME_MAX + 1];
+	struct ls_req_job *next_same, *next_inflight;
 	/* verify */
 	Lorastore__VerifyItem **items;
 	size_t n_items;
@@ -165,6 +171,8 @@ struct ls_req_job {
 	/* gc */
 	struct ls_gc_stats gc;
 };
+
+static void ls_name_job_done(struct ls_server *srv, struct ls_req_job *j);
 
 static void ls_verify_item(void *ud, const Lorastore__VersionRecord *rec, int code,
 			   const char *message)
@@ -199,7 +207,7 @@ static void ls_job_run(struct ls_job *job)
 					&j->opts, &j->rec, &j->err);
 		break;
 	case LS_JOB_DELETE:
-		j->rc = ls_store_delete(j->s->srv->store, j->ref, &j->err);
+		j->rc = ls_store_delete(j->s->srv->store, j->ref, &j->deleted, &j->err);
 		break;
 	case LS_JOB_VERIFY:
 		j->rc = ls_store_verify(j->s->srv->store, j->ref[0] ? j->ref : NULL, ls_verify_item,
@@ -226,8 +234,8 @@ static void ls_job_done(struct ls_job *job)
 		uint32_t version;
 		if (ls_ref_parse(j->ref, name, &version, NULL) == 0)
 			ls_refcache_drop(srv, name, true);
-		for (size_t i = 0; i < j->n_generations; i++)
-			ls_res_deleted(&srv->res, j->generations[i]);
+		for (size_t i = 0; i < j->deleted.n; i++)
+			ls_res_deleted(&srv->res, j->deleted.gens[i]);
 	}
 	if (j->kind == LS_JOB_IMPORT && j->rc == 0)
 		ls_refcache_drop(srv, j->name, false);
@@ -275,7 +283,9 @@ static void ls_job_done(struct ls_job *job)
 	for (size_t i = 0; i < j->n_items; i++)
 		lorastore__verify_item__free_unpacked(j->items[i], NULL);
 	free(j->items);
-	free(j->generations);
+	free(j->deleted.gens);
+	if (j->key[0])
+		ls_name_job_done(srv, j);
 	bool big = j->kind != LS_JOB_DELETE;
 	free(j);
 	/*
@@ -302,10 +312,44 @@ static struct ls_req_job *ls_job_new(struct ls_session *s, uint64_t id, enum ls_
 	return j;
 }
 
+/*
+ * Submit a job; one with a key (an import or delete of a name) waits behind
+ * the job of that name in flight, if any, so that a delete received before
+ * an import cannot remove the version the import adds, and the reverse.
+ */
 static void ls_job_submit(struct ls_req_job *j)
 {
+	struct ls_server *srv = j->s->srv;
 	j->s->jobs++;
-	ls_workers_submit(j->s->srv->workers, &j->job);
+	if (j->key[0]) {
+		for (struct ls_req_job *f = srv->name_jobs; f; f = f->next_inflight) {
+			if (strcmp(f->key, j->key) != 0)
+				continue;
+			while (f->next_same)
+				f = f->next_same;
+			f->next_same = j;
+			return;
+		}
+		j->next_inflight = srv->name_jobs;
+		srv->name_jobs = j;
+	}
+	ls_workers_submit(srv->workers, &j->job);
+}
+
+/* A keyed job is done: the next job of its name, if any, goes to the workers. */
+static void ls_name_job_done(struct ls_server *srv, struct ls_req_job *j)
+{
+	struct ls_req_job **p = &srv->name_jobs;
+	while (*p && *p != j)
+		p = &(*p)->next_inflight;
+	if (*p)
+		*p = j->next_inflight;
+	struct ls_req_job *next = j->next_same;
+	if (next) {
+		next->next_inflight = srv->name_jobs;
+		srv->name_jobs = next;
+		ls_workers_submit(srv->workers, &next->job);
+	}
 }
 
 static void ls_on_import(struct ls_session *s, Lorastore__Request *req)
@@ -341,6 +385,7 @@ static void ls_on_import(struct ls_session *s, Lorastore__Request *req)
 	if (!j)
 		goto refuse;
 	snprintf(j->name, sizeof(j->name), "%s", im->name);
+	snprintf(j->key, sizeof(j->key), "%s", im->name);
 	snprintf(j->source, sizeof(j->source), "%s", im->source && im->source[0] ? im->source : im->name);
 	j->cfg_fd = cfg_fd;
 	j->st_fd = st_fd;
@@ -355,26 +400,6 @@ refuse:
 	close(st_fd);
 }
 
-/* Generations that a delete of ref will remove (for residency after the commit). */
-struct ls_gen_list {
-	const char *name;
-	uint64_t *gens;
-	size_t n;
-};
-
-static int ls_collect_gen(void *ud, const Lorastore__VersionRecord *rec)
-{
-	struct ls_gen_list *l = ud;
-	if (strcmp(rec->name, l->name) != 0)
-		return 0;
-	uint64_t *g = realloc(l->gens, (l->n + 1) * sizeof(*g));
-	if (!g)
-		return -ENOMEM;
-	l->gens = g;
-	l->gens[l->n++] = rec->generation;
-	return 0;
-}
-
 static void ls_on_delete(struct ls_session *s, Lorastore__Request *req)
 {
 	if (!ls_need_admin(s, req->id, "delete"))
@@ -387,35 +412,11 @@ static void ls_on_delete(struct ls_session *s, Lorastore__Request *req)
 		ls_session_error(s, req->id, rc, "%s", err.msg);
 		return;
 	}
-	struct ls_gen_list l = {.name = name};
-	if (version) {
-		Lorastore__VersionRecord *rec = NULL;
-		rc = ls_store_lookup(s->srv->store, req->delete_->ref, &rec, &err);
-		if (rc == 0) {
-			ls_collect_gen(&l, rec);
-			lorastore__version_record__free_unpacked(rec, NULL);
-		}
-	} else {
-		char cursor[LS_NAME_MAX + 16] = "", next[LS_NAME_MAX + 16];
-		do {
-			rc = ls_store_list(s->srv->store, name, cursor, 1000, ls_collect_gen, &l, next,
-					   &err);
-			snprintf(cursor, sizeof(cursor), "%s", next);
-		} while (rc == 0 && cursor[0]);
-	}
-	if (rc) {
-		free(l.gens);
-		ls_session_error(s, req->id, rc, "%s", err.msg);
-		return;
-	}
 	struct ls_req_job *j = ls_job_new(s, req->id, LS_JOB_DELETE);
-	if (!j) {
-		free(l.gens);
+	if (!j)
 		return;
-	}
 	snprintf(j->ref, sizeof(j->ref), "%s", req->delete_->ref);
-	j->generations = l.gens;
-	j->n_generations = l.n;
+	snprintf(j->key, sizeof(j->key), "%s", name);
 	ls_job_submit(j);
 }
 

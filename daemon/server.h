@@ -57,6 +57,7 @@ struct ls_pending {
 };
 
 struct ls_server;
+struct ls_req_job;
 
 struct ls_session {
 	struct ls_server *srv;
@@ -144,6 +145,7 @@ struct ls_server {
 	uint64_t instance;           /* random at start: names this run's slabs to clients */
 	uint64_t next_lease_id;
 	uint64_t leases;             /* held, all sessions */
+	struct ls_req_job *name_jobs; /* imports and deletes in flight, one per name (dispatch.c) */
 	bool stopping;
 
 	bool have_admin_gid;

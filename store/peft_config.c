@@ -8,6 +8,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 
 #include "peft_config.h"
+#include "json.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -452,7 +453,7 @@ int ls_peft_config_parse(const char *json, size_t len, const char *what,
 	 * file does not have; trailing data is therefore checked here.
 	 */
 	const char *end = NULL;
-	cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, false);
+	cJSON *root = ls_json_parse(json, len, &end);
 	if (!root) {
 		size_t at = end && end >= json ? (size_t)(end - json) : 0;
 		return ls_err_set(err, LS_E_CONFIG_INVALID,

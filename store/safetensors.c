@@ -13,6 +13,7 @@
  * key given twice is an error.
  */
 #include "safetensors.h"
+#include "json.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -135,7 +136,7 @@ static int st_parse_json(struct st_ctx *c, const char *text, size_t len, cJSON *
 			       "which is not valid JSON");
 
 	const char *end = NULL;
-	cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+	cJSON *root = ls_json_parse(text, len, &end);
 	if (!root) {
 		size_t at = end && end >= text && end <= text + len ? (size_t)(end - text) : 0;
 		return st_fail(c, LS_E_HEADER_JSON,

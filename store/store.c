@@ -349,6 +349,7 @@ int ls_store_list(struct ls_store *s, const char *prefix, const char *cursor, si
 struct ls_deleted {
 	struct ls_store *s;
 	int rc;
+	struct ls_deleted_gens *out;
 };
 
 static int ls_unlink_ref(void *ud, const Lorastore__VersionRecord *rec)
@@ -358,17 +359,28 @@ static int ls_unlink_ref(void *ud, const Lorastore__VersionRecord *rec)
 	ls_ref_name(rec->generation, name, sizeof(name));
 	if (unlinkat(d->s->refs_fd, name, 0) != 0 && errno != ENOENT && d->rc == 0)
 		d->rc = -errno;
+	if (d->out) {
+		/* Out of memory, the list falls short; the other refs still go. */
+		uint64_t *g = realloc(d->out->gens, (d->out->n + 1) * sizeof(*g));
+		if (g) {
+			d->out->gens = g;
+			g[d->out->n++] = rec->generation;
+		}
+	}
 	return 0;
 }
 
-int ls_store_delete(struct ls_store *s, const char *ref, struct ls_err *err)
+int ls_store_delete(struct ls_store *s, const char *ref, struct ls_deleted_gens *out,
+		    struct ls_err *err)
 {
 	char name[LS_NAME_MAX + 1];
 	uint32_t version;
 	int rc = ls_ref_parse(ref, name, &version, err);
 	if (rc)
 		return rc;
-	struct ls_deleted d = {.s = s, .rc = 0};
+	struct ls_deleted d = {.s = s, .rc = 0, .out = out};
+	if (out)
+		*out = (struct ls_deleted_gens){0};
 	rc = ls_catalog_delete(s->cat, name, version, ls_unlink_ref, &d, err);
 	if (rc)
 		return rc;

@@ -73,11 +73,21 @@ int ls_store_list(struct ls_store *store, const char *prefix, const char *cursor
 		  size_t limit, ls_catalog_record_fn fn, void *ud, char *next,
 		  struct ls_err *err);
 
+/* The generations a delete removed, exactly those its transaction removed. */
+struct ls_deleted_gens {
+	uint64_t *gens;        /* malloc'ed; free() it */
+	size_t n;
+};
+
 /*
  * Delete a version ("name@N") or every version of a name ("name").  The ref
- * files go at once; the blob stays until gc finds no version using it.
+ * files go at once; the blob stays until gc finds no version using it.  With
+ * out non-NULL, the generations removed are listed there (the daemon drops
+ * their resident copies: a version imported while the delete waited is in
+ * the list only if this delete removed it).
  */
-int ls_store_delete(struct ls_store *store, const char *ref, struct ls_err *err);
+int ls_store_delete(struct ls_store *store, const char *ref, struct ls_deleted_gens *out,
+		    struct ls_err *err);
 
 /* Path of the blob of a digest into buf (PATH_MAX bytes). */
 void ls_store_blob_path(const struct ls_store *store, const uint8_t *digest, char *buf,

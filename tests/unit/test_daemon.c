@@ -1250,6 +1250,190 @@ Test(daemon, an_oversized_or_nul_field_in_a_valid_frame_gets_an_error_response_a
 	daemon_stop_ok();
 }
 
+/* Read one response frame from a raw connection (decoded). */
+static Lorastore__Response *raw_read(int fd, struct ls_framer *f)
+{
+	const uint8_t *p;
+	size_t n;
+	while (ls_framer_next(f, &p, &n) == 0) {
+		struct pollfd pf = {.fd = fd, .events = POLLIN};
+		cr_assert_eq(poll(&pf, 1, 10000), 1, "no response within 10 s");
+		size_t avail = 0;
+		uint8_t *space = ls_framer_space(f, 4096, &avail);
+		cr_assert_not_null(space);
+		ssize_t got = recv(fd, space, avail, 0);
+		cr_assert_gt(got, 0, "connection closed instead of a response");
+		ls_framer_commit(f, (size_t)got);
+	}
+	Lorastore__Response *resp = NULL;
+	struct ls_err e;
+	cr_assert_eq(ls_response_decode(p, n, &resp, &e), 0, "%s", e.msg);
+	return resp;
+}
+
+/*
+ * Requests pipelined on one connection, an import and then a delete of the
+ * same name, run in that order although two workers could take them at
+ * once: the delete finds the imported version and removes it.  Before the
+ * order was kept, the quick delete ran first, found nothing (or an older
+ * version), and the import's version survived a delete sent after it.
+ */
+Test(daemon, an_import_and_a_delete_of_one_name_pipelined_run_in_the_order_sent)
+{
+	daemon_start(NULL);
+	lorastore *conn = connect_ok();
+	struct synth_opts o = adapter_opts(90);
+	const char *dir = make_adapter("ordered", &o);
+	char cfg_path[PATH_MAX], st_path[PATH_MAX];
+	snprintf(cfg_path, sizeof(cfg_path), "%s/adapter_config.json", dir);
+	snprintf(st_path, sizeof(st_path), "%s/adapter_model.safetensors", dir);
+
+	int fd = raw_connect(dp.socket);
+	struct ls_framer f;
+	ls_framer_init(&f, 0);
+	Lorastore__Hello h = LORASTORE__HELLO__INIT;
+	h.protocol_version = LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+	Lorastore__Request req = LORASTORE__REQUEST__INIT;
+	req.id = 1;
+	req.body_case = LORASTORE__REQUEST__BODY_HELLO;
+	req.hello = &h;
+	uint8_t *buf;
+	size_t len;
+	cr_assert_eq(ls_request_encode(&req, &buf, &len), 0);
+	send_all(fd, buf, len);
+	free(buf);
+	Lorastore__Response *resp = raw_read(fd, &f);
+	cr_assert_eq(resp->body_case, LORASTORE__RESPONSE__BODY_HELLO);
+	lorastore__response__free_unpacked(resp, NULL);
+
+	for (unsigned round = 0; round < 12; round++) {
+		Lorastore__ImportRequest im = LORASTORE__IMPORT_REQUEST__INIT;
+		im.name = "ordered/a";
+		im.has_config = true;
+		im.source = (char *)dir;
+		Lorastore__Request ireq = LORASTORE__REQUEST__INIT;
+		ireq.id = 100 + 2 * round;
+		ireq.body_case = LORASTORE__REQUEST__BODY_IMPORT;
+		ireq.import = &im;
+		Lorastore__RefRequest rr = LORASTORE__REF_REQUEST__INIT;
+		rr.ref = "ordered/a";
+		Lorastore__Request dreq = LORASTORE__REQUEST__INIT;
+		dreq.id = 101 + 2 * round;
+		dreq.body_case = LORASTORE__REQUEST__BODY_DELETE;
+		dreq.delete_ = &rr;
+		uint8_t *ib, *db;
+		size_t il, dl;
+		cr_assert_eq(ls_request_encode(&ireq, &ib, &il), 0);
+		cr_assert_eq(ls_request_encode(&dreq, &db, &dl), 0);
+		/* Both frames in one send, the import's two descriptors with them. */
+		uint8_t *both = malloc(il + dl);
+		memcpy(both, ib, il);
+		memcpy(both + il, db, dl);
+		int fds[2] = {open(cfg_path, O_RDONLY | O_CLOEXEC), open(st_path, O_RDONLY | O_CLOEXEC)};
+		cr_assert(fds[0] >= 0 && fds[1] >= 0);
+		union {
+			struct cmsghdr align;
+			char buf[CMSG_SPACE(sizeof(fds))];
+		} cb;
+		memset(&cb, 0, sizeof(cb));
+		struct iovec iov = {.iov_base = both, .iov_len = il + dl};
+		struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.buf,
+				     .msg_controllen = sizeof(cb.buf)};
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(fds));
+		memcpy(CMSG_DATA(cm), fds, sizeof(fds));
+		cr_assert_eq(sendmsg(fd, &msg, MSG_NOSIGNAL), (ssize_t)(il + dl));
+		close(fds[0]);
+		close(fds[1]);
+		free(ib);
+		free(db);
+		free(both);
+
+		for (int k = 0; k < 2; k++) {
+			resp = raw_read(fd, &f);
+			cr_assert(resp->id == ireq.id || resp->id == dreq.id);
+			cr_assert(!resp->error || resp->error->code == 0,
+				  "round %u: request %llu failed: %s", round,
+				  (unsigned long long)resp->id, resp->error->message);
+			lorastore__response__free_unpacked(resp, NULL);
+		}
+		cr_assert_not(entry_of(conn, "ordered/a").found,
+			      "round %u: the version imported before the delete survived it", round);
+	}
+	ls_framer_free(&f);
+	close(fd);
+	lorastore_close(conn);
+	daemon_stop_ok();
+}
+
+/*
+ * Three clients race on one name: one imports, one deletes, one acquires
+ * (so new versions become resident).  Afterwards every version is deleted
+ * and nothing is leased: the host tier must hold nothing.  A resident copy
+ * of a version that a delete removed without telling residency would stay.
+ */
+static int race_child(const char *socket, const char *dir, int role)
+{
+	lorastore *c = NULL;
+	if (lorastore_connect(socket, &c) != 0)
+		return 10;
+	for (int i = 0; i < 25; i++) {
+		int rc = 0;
+		if (role == 0) {
+			rc = lorastore_import_dir(c, dir, &(lorastore_import_opts){.name = "race/b"},
+						  NULL);
+		} else if (role == 1) {
+			rc = lorastore_delete(c, "race/b");
+			if (rc == LORASTORE_E_NOT_FOUND)
+				rc = 0;
+		} else {
+			lorastore_adapter *ad = NULL;
+			rc = lorastore_acquire(c, "race/b", -1, &ad);
+			if (rc == 0)
+				rc = lorastore_adapter_release(ad);
+			else if (rc == LORASTORE_E_NOT_FOUND || rc == LORASTORE_E_DELETED)
+				rc = 0;
+		}
+		if (rc) {
+			fprintf(stderr, "race role %d: %d %s\n", role, rc, lorastore_errmsg(c));
+			return 11 + role;
+		}
+	}
+	lorastore_close(c);
+	return 0;
+}
+
+Test(daemon, racing_imports_deletes_and_acquires_of_one_name_leave_no_orphaned_resident_copy)
+{
+	daemon_start(NULL);
+	struct synth_opts o = adapter_opts(91);
+	const char *dir = make_adapter("race", &o);
+	pid_t pids[3];
+	for (int role = 0; role < 3; role++) {
+		pids[role] = fork();
+		cr_assert_geq(pids[role], 0);
+		if (pids[role] == 0)
+			_exit(race_child(dp.socket, dir, role));
+		child_track(pids[role]);
+	}
+	for (int role = 0; role < 3; role++)
+		cr_assert_eq(child_wait(pids[role]), 0, "racing client %d failed", role);
+	lorastore *conn = connect_ok();
+	int rc = lorastore_delete(conn, "race/b");
+	cr_assert(rc == 0 || rc == LORASTORE_E_NOT_FOUND, "%s", lorastore_errmsg(conn));
+	lorastore_stats st = stats_of(conn);
+	cr_assert_eq(st.catalog_versions, 0);
+	cr_assert_eq(st.leases, 0);
+	cr_assert_eq(st.tiers[0].adapters, 0,
+		     "%u adapters resident with every version deleted: an orphaned copy",
+		     st.tiers[0].adapters);
+	cr_assert_eq(st.tiers[0].used, 0);
+	lorastore_close(conn);
+	daemon_stop_ok();
+}
+
 Test(daemon, an_overlong_or_malformed_name_is_refused_by_the_client_with_the_name_rule)
 {
 	daemon_start(NULL);

@@ -231,7 +231,7 @@ Test(store, delete_version_keeps_others_and_gc_frees_unused_blob)
 	cr_assert_eq(import_dir("b", make_adapter("b1", &o1), NULL, NULL, &err), 0, "%s", err.msg);
 	cr_assert_eq(import_dir("b", make_adapter("b2", &o2), NULL, NULL, &err), 0, "%s", err.msg);
 	cr_assert_eq(count_files("blobs"), 2);
-	cr_assert_eq(ls_store_delete(store, "b@1", &err), 0, "%s", err.msg);
+	cr_assert_eq(ls_store_delete(store, "b@1", NULL, &err), 0, "%s", err.msg);
 	Lorastore__VersionRecord *rec = NULL;
 	cr_assert_eq(ls_store_lookup(store, "b@1", &rec, &err), LS_E_NOT_FOUND);
 	cr_assert_eq(ls_store_lookup(store, "b", &rec, &err), 0, "%s", err.msg);
@@ -256,10 +256,10 @@ Test(store, delete_name_removes_every_version_and_numbering_continues)
 	struct ls_err err;
 	cr_assert_eq(import_dir("d", dir, NULL, NULL, &err), 0, "%s", err.msg);
 	cr_assert_eq(import_dir("d", dir, NULL, NULL, &err), 0, "%s", err.msg);
-	cr_assert_eq(ls_store_delete(store, "d", &err), 0, "%s", err.msg);
+	cr_assert_eq(ls_store_delete(store, "d", NULL, &err), 0, "%s", err.msg);
 	Lorastore__VersionRecord *rec = NULL;
 	cr_assert_eq(ls_store_lookup(store, "d", &rec, &err), LS_E_NOT_FOUND);
-	cr_assert_eq(ls_store_delete(store, "d", &err), LS_E_NOT_FOUND);
+	cr_assert_eq(ls_store_delete(store, "d", NULL, &err), LS_E_NOT_FOUND);
 	cr_assert_eq(import_dir("d", dir, NULL, &rec, &err), 0, "%s", err.msg);
 	cr_assert_eq(rec->version, 3, "versions are never reused");
 	lorastore__version_record__free_unpacked(rec, NULL);
