@@ -236,9 +236,15 @@ static void ls_job_done(struct ls_job *job)
 			ls_refcache_drop(srv, name, true);
 		for (size_t i = 0; i < j->deleted.n; i++)
 			ls_res_deleted(&srv->res, j->deleted.gens[i]);
+		srv->catalog_versions -= j->deleted.n < srv->catalog_versions
+						 ? j->deleted.n
+						 : srv->catalog_versions;
+		srv->delete_seq++;
 	}
-	if (j->kind == LS_JOB_IMPORT && j->rc == 0)
+	if (j->kind == LS_JOB_IMPORT && j->rc == 0) {
 		ls_refcache_drop(srv, j->name, false);
+		srv->catalog_versions++;
+	}
 	if (j->rc) {
 		ls_session_error(s, j->id, j->rc, "%s", j->err.msg[0] ? j->err.msg : ls_strerror(j->rc));
 	} else {
@@ -438,14 +444,159 @@ static void ls_on_gc(struct ls_session *s, Lorastore__Request *req)
 		ls_job_submit(j);
 }
 
-/* ---- Show and list */
+/*
+ * ---- Catalog reads on the workers
+ *
+ * Show, list, and the catalog part of a cold acquire, a load, a prefetch and
+ * an evict read LMDB and decode records on a worker, so the loop never waits
+ * on the catalog (its pages may have to come from disk).  What depends on
+ * residency (where a version is resident, its pins, the load itself) is done
+ * on the loop when the read is back.
+ */
+
+enum ls_read_for { LS_READ_SHOW, LS_READ_LIST, LS_READ_ACQUIRE, LS_READ_PREFETCH, LS_READ_EVICT };
+
+struct ls_read_job {
+	struct ls_job job;
+	enum ls_read_for purpose;
+	struct ls_session *s;
+	uint64_t id;
+	int rc;
+	struct ls_err err;
+	/* lookups: refs in, records out (with tensors) */
+	size_t n;
+	char **refs;
+	Lorastore__VersionRecord **recs;
+	uint64_t delete_seq;            /* srv->delete_seq when submitted */
+	/* acquire and load */
+	int64_t timeout_ms;
+	bool lease;
+	char tier[16];
+	char device[64];
+	/* list: a page of records without tensors, with what the tensors tell */
+	char prefix[LS_NAME_MAX + 1];
+	char cursor[LS_NAME_MAX + 16];
+	char next[LS_NAME_MAX + 16];
+	unsigned limit;
+	uint32_t *tensor_counts;
+	uint64_t *footprints;
+};
+
+/* Keep a listed record without its tensor table (pages stay small). */
+static int ls_page_add(void *ud, const Lorastore__VersionRecord *rec)
+{
+	struct ls_read_job *j = ud;
+	Lorastore__VersionRecord shallow = *rec;
+	shallow.n_tensors = 0;
+	shallow.tensors = NULL;
+	size_t len = lorastore__version_record__get_packed_size(&shallow);
+	uint8_t *buf = malloc(len ? len : 1);
+	Lorastore__VersionRecord **recs = realloc(j->recs, (j->n + 1) * sizeof(*recs));
+	if (recs)
+		j->recs = recs;
+	uint32_t *counts = realloc(j->tensor_counts, (j->n + 1) * sizeof(*counts));
+	if (counts)
+		j->tensor_counts = counts;
+	uint64_t *fp = realloc(j->footprints, (j->n + 1) * sizeof(*fp));
+	if (fp)
+		j->footprints = fp;
+	if (!buf || !recs || !counts || !fp) {
+		free(buf);
+		return j->rc = -ENOMEM;
+	}
+	lorastore__version_record__pack(&shallow, buf);
+	Lorastore__VersionRecord *copy = lorastore__version_record__unpack(NULL, len, buf);
+	free(buf);
+	if (!copy)
+		return j->rc = -ENOMEM;
+	j->recs[j->n] = copy;
+	j->tensor_counts[j->n] = (uint32_t)rec->n_tensors;
+	j->footprints[j->n] = ls_res_footprint(rec);
+	j->n++;
+	return 0;
+}
+
+static void ls_read_run(struct ls_job *job)
+{
+	struct ls_read_job *j = (struct ls_read_job *)job;
+	struct ls_store *store = j->s->srv->store;
+	if (j->purpose == LS_READ_LIST) {
+		int rc = ls_store_list(store, j->prefix, j->cursor[0] ? j->cursor : NULL, j->limit,
+				       ls_page_add, j, j->next, &j->err);
+		if (j->rc == -ENOMEM)
+			ls_err_set(&j->err, -ENOMEM, "out of memory listing");
+		else
+			j->rc = rc;
+		return;
+	}
+	for (size_t i = 0; i < j->n; i++) {
+		int rc = ls_store_lookup(store, j->refs[i], &j->recs[i], &j->err);
+		if (rc) {
+			j->rc = rc;
+			return;
+		}
+	}
+}
+
+static void ls_read_free(struct ls_read_job *j)
+{
+	for (size_t i = 0; i < j->n; i++) {
+		if (j->recs && j->recs[i])
+			lorastore__version_record__free_unpacked(j->recs[i], NULL);
+		if (j->refs)
+			free(j->refs[i]);
+	}
+	free(j->recs);
+	free(j->refs);
+	free(j->tensor_counts);
+	free(j->footprints);
+	free(j);
+}
+
+static void ls_read_done(struct ls_job *job);
+
+static void ls_read_submit(struct ls_read_job *j)
+{
+	j->s->jobs++;
+	j->delete_seq = j->s->srv->delete_seq;
+	j->rc = 0;
+	ls_err_clear(&j->err);
+	ls_workers_submit(j->s->srv->workers, &j->job);
+}
+
+/* A read job for refs (copied), or NULL after answering out of memory. */
+static struct ls_read_job *ls_read_new(struct ls_session *s, uint64_t id, enum ls_read_for purpose,
+				       const char *const *refs, size_t n)
+{
+	struct ls_read_job *j = calloc(1, sizeof(*j));
+	if (j && n) {
+		j->refs = calloc(n, sizeof(*j->refs));
+		j->recs = calloc(n, sizeof(*j->recs));
+		j->n = n;
+		for (size_t i = 0; j->refs && j->recs && i < n; i++)
+			if (!(j->refs[i] = strdup(refs[i])))
+				break;
+	}
+	if (!j || (n && (!j->refs || !j->recs || !j->refs[n - 1]))) {
+		if (j)
+			ls_read_free(j);
+		ls_session_error(s, id, -ENOMEM, "out of memory");
+		return NULL;
+	}
+	j->job.run = ls_read_run;
+	j->job.done = ls_read_done;
+	j->purpose = purpose;
+	j->s = s;
+	j->id = id;
+	return j;
+}
 
 /*
- * An entry for rec.  full is the same version with its tensors (rec may be a
- * listing's copy without them): the resident size counts the tensor table.
+ * An entry for rec, with where it is resident.  footprint is the resident
+ * size of the full record (its tensor table counts).
  */
 static void ls_entry_fill(struct ls_server *srv, Lorastore__AdapterEntry *e,
-			  Lorastore__VersionRecord *rec, const Lorastore__VersionRecord *full)
+			  Lorastore__VersionRecord *rec, uint32_t tensor_count, uint64_t footprint)
 {
 	lorastore__adapter_entry__init(e);
 	e->record = rec;
@@ -461,111 +612,61 @@ static void ls_entry_fill(struct ls_server *srv, Lorastore__AdapterEntry *e,
 	}
 	e->resident = host || device;
 	e->tier = host && device ? "host,device" : host ? "host" : device ? "device" : "disk";
-	e->tensor_count = (uint32_t)rec->n_tensors;
-	e->resident_bytes = ls_res_footprint(full);
+	e->tensor_count = tensor_count;
+	e->resident_bytes = footprint;
+}
+
+static void ls_send_entries(struct ls_read_job *j, const char *next_cursor)
+{
+	struct ls_server *srv = j->s->srv;
+	Lorastore__AdapterEntry *entries = calloc(j->n ? j->n : 1, sizeof(*entries));
+	Lorastore__AdapterEntry **ptrs = calloc(j->n ? j->n : 1, sizeof(*ptrs));
+	if (!entries || !ptrs) {
+		free(entries);
+		free(ptrs);
+		ls_session_error(j->s, j->id, -ENOMEM, "out of memory");
+		return;
+	}
+	for (size_t i = 0; i < j->n; i++) {
+		const Lorastore__VersionRecord *r = j->recs[i];
+		ls_entry_fill(srv, &entries[i], j->recs[i],
+			      j->tensor_counts ? j->tensor_counts[i] : (uint32_t)r->n_tensors,
+			      j->footprints ? j->footprints[i] : ls_res_footprint(r));
+		ptrs[i] = &entries[i];
+	}
+	Lorastore__ListReply lr = LORASTORE__LIST_REPLY__INIT;
+	lr.n_adapters = j->n;
+	lr.adapters = ptrs;
+	lr.next_cursor = (char *)next_cursor;
+	Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
+	resp.id = j->id;
+	resp.body_case = LORASTORE__RESPONSE__BODY_LIST;
+	resp.list = &lr;
+	ls_session_send(j->s, &resp, -1);
+	free(entries);
+	free(ptrs);
 }
 
 static void ls_on_show(struct ls_session *s, Lorastore__Request *req)
 {
-	Lorastore__VersionRecord *rec = NULL;
-	struct ls_err err;
-	int rc = ls_store_lookup(s->srv->store, req->show->ref, &rec, &err);
-	if (rc) {
-		ls_session_error(s, req->id, rc, "%s", err.msg);
-		return;
-	}
-	Lorastore__AdapterEntry entry, *entries[1] = {&entry};
-	ls_entry_fill(s->srv, &entry, rec, rec);
-	Lorastore__ListReply lr = LORASTORE__LIST_REPLY__INIT;
-	lr.n_adapters = 1;
-	lr.adapters = entries;
-	lr.next_cursor = "";
-	Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
-	resp.id = req->id;
-	resp.body_case = LORASTORE__RESPONSE__BODY_LIST;
-	resp.list = &lr;
-	ls_session_send(s, &resp, -1);
-	lorastore__version_record__free_unpacked(rec, NULL);
-}
-
-struct ls_page {
-	struct ls_server *srv;
-	size_t n;
-	Lorastore__AdapterEntry **entries;
-	Lorastore__VersionRecord **recs;
-	int rc;
-};
-
-/* Keep a listed record without its tensor table (pages stay small). */
-static int ls_page_add(void *ud, const Lorastore__VersionRecord *rec)
-{
-	struct ls_page *p = ud;
-	Lorastore__VersionRecord shallow = *rec;
-	shallow.n_tensors = 0;
-	shallow.tensors = NULL;
-	size_t len = lorastore__version_record__get_packed_size(&shallow);
-	uint8_t *buf = malloc(len ? len : 1);
-	Lorastore__AdapterEntry *e = malloc(sizeof(*e));
-	Lorastore__AdapterEntry **entries = realloc(p->entries, (p->n + 1) * sizeof(*entries));
-	if (entries)
-		p->entries = entries;
-	Lorastore__VersionRecord **recs = realloc(p->recs, (p->n + 1) * sizeof(*recs));
-	if (recs)
-		p->recs = recs;
-	if (!buf || !e || !entries || !recs) {
-		free(buf);
-		free(e);
-		p->rc = -ENOMEM;
-		return -ENOMEM;
-	}
-	lorastore__version_record__pack(&shallow, buf);
-	Lorastore__VersionRecord *copy = lorastore__version_record__unpack(NULL, len, buf);
-	free(buf);
-	if (!copy) {
-		free(e);
-		p->rc = -ENOMEM;
-		return -ENOMEM;
-	}
-	ls_entry_fill(p->srv, e, copy, rec);
-	e->tensor_count = (uint32_t)rec->n_tensors;
-	p->entries[p->n] = e;
-	p->recs[p->n] = copy;
-	p->n++;
-	return 0;
+	const char *ref = req->show->ref;
+	struct ls_read_job *j = ls_read_new(s, req->id, LS_READ_SHOW, &ref, 1);
+	if (j)
+		ls_read_submit(j);
 }
 
 static void ls_on_list(struct ls_session *s, Lorastore__Request *req)
 {
 	Lorastore__ListRequest *lq = req->list;
+	struct ls_read_job *j = ls_read_new(s, req->id, LS_READ_LIST, NULL, 0);
+	if (!j)
+		return;
 	unsigned limit = lq->limit ? lq->limit : LS_LIST_PAGE_DEFAULT;
-	if (limit > LS_LIST_PAGE_MAX)
-		limit = LS_LIST_PAGE_MAX;
-	struct ls_page page = {.srv = s->srv};
-	char next[LS_NAME_MAX + 16];
-	struct ls_err err;
-	int rc = ls_store_list(s->srv->store, lq->prefix ? lq->prefix : "",
-			       lq->cursor && lq->cursor[0] ? lq->cursor : NULL, limit, ls_page_add,
-			       &page, next, &err);
-	if (rc || page.rc) {
-		ls_session_error(s, req->id, rc ? rc : page.rc, "%s",
-				 rc ? err.msg : "out of memory listing");
-	} else {
-		Lorastore__ListReply lr = LORASTORE__LIST_REPLY__INIT;
-		lr.n_adapters = page.n;
-		lr.adapters = page.entries;
-		lr.next_cursor = next;
-		Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
-		resp.id = req->id;
-		resp.body_case = LORASTORE__RESPONSE__BODY_LIST;
-		resp.list = &lr;
-		ls_session_send(s, &resp, -1);
-	}
-	for (size_t i = 0; i < page.n; i++) {
-		lorastore__version_record__free_unpacked(page.recs[i], NULL);
-		free(page.entries[i]);
-	}
-	free(page.recs);
-	free(page.entries);
+	j->limit = limit > LS_LIST_PAGE_MAX ? LS_LIST_PAGE_MAX : limit;
+	snprintf(j->prefix, sizeof(j->prefix), "%.*s", LS_NAME_MAX, lq->prefix ? lq->prefix : "");
+	snprintf(j->cursor, sizeof(j->cursor), "%.*s", LS_NAME_MAX + 15,
+		 lq->cursor ? lq->cursor : "");
+	ls_read_submit(j);
 }
 
 /* ---- Acquire, load, release, prefetch, evict */
@@ -696,7 +797,6 @@ static void ls_on_acquire_or_load(struct ls_session *s, uint64_t id, const char 
 				  const char *device)
 {
 	struct ls_server *srv = s->srv;
-	struct ls_err err;
 	struct ls_tier *tier = ls_request_tier(s, id, tier_name, device);
 	if (!tier)
 		return;
@@ -719,24 +819,37 @@ static void ls_on_acquire_or_load(struct ls_session *s, uint64_t id, const char 
 		ls_request_answer(s, id, tier, NULL, staged, timeout_ms, lease);
 		return;
 	}
-	Lorastore__VersionRecord *rec = NULL;
-	int rc = ls_store_lookup(srv->store, ref, &rec, &err);
-	if (rc) {
-		ls_session_error(s, id, rc, "%s", err.msg);
+	/* Cold: the catalog is read on a worker; ls_acquire_read_done goes on. */
+	struct ls_read_job *j = ls_read_new(s, id, LS_READ_ACQUIRE, &ref, 1);
+	if (!j)
 		return;
-	}
-	ls_refcache_put(srv, ref, rec->generation);
-	if (lease && timeout_ms == 0) {
+	j->timeout_ms = timeout_ms;
+	j->lease = lease;
+	snprintf(j->tier, sizeof(j->tier), "%s", tier_name ? tier_name : "");
+	snprintf(j->device, sizeof(j->device), "%s", device ? device : "");
+	ls_read_submit(j);
+}
+
+/* The record of a cold acquire or load is read: make it resident and answer. */
+static void ls_acquire_read_done(struct ls_read_job *j)
+{
+	struct ls_session *s = j->s;
+	struct ls_server *srv = s->srv;
+	struct ls_tier *tier = ls_request_tier(s, j->id, j->tier[0] ? j->tier : NULL,
+					       j->device[0] ? j->device : NULL);
+	if (!tier)
+		return;
+	const Lorastore__VersionRecord *rec = j->recs[0];
+	ls_refcache_put(srv, j->refs[0], rec->generation);
+	if (j->lease && j->timeout_ms == 0) {
 		struct ls_resident *e = ls_res_find(tier, rec->generation);
 		if (!e || e->state != LS_RES_RESIDENT) {
-			ls_session_error(s, id, -ETIMEDOUT, "%s@%u is not resident", rec->name,
+			ls_session_error(s, j->id, -ETIMEDOUT, "%s@%u is not resident", rec->name,
 					 rec->version);
-			lorastore__version_record__free_unpacked(rec, NULL);
 			return;
 		}
 	}
-	ls_request_answer(s, id, tier, rec, NULL, timeout_ms, lease);
-	lorastore__version_record__free_unpacked(rec, NULL);
+	ls_request_answer(s, j->id, tier, rec, NULL, j->timeout_ms, j->lease);
 }
 
 static void ls_on_release(struct ls_session *s, Lorastore__Request *req)
@@ -774,66 +887,117 @@ void ls_session_release_all(struct ls_session *s)
 
 static void ls_on_prefetch(struct ls_session *s, Lorastore__Request *req)
 {
-	for (size_t i = 0; i < req->prefetch->n_refs; i++) {
-		Lorastore__VersionRecord *rec = NULL;
-		struct ls_err err;
-		int rc = ls_store_lookup(s->srv->store, req->prefetch->refs[i], &rec, &err);
-		if (rc) {
-			ls_session_error(s, req->id, rc, "%s", err.msg);
-			return;
-		}
+	struct ls_read_job *j = ls_read_new(s, req->id, LS_READ_PREFETCH,
+					    (const char *const *)req->prefetch->refs,
+					    req->prefetch->n_refs);
+	if (j)
+		ls_read_submit(j);
+}
+
+static void ls_prefetch_read_done(struct ls_read_job *j)
+{
+	struct ls_session *s = j->s;
+	for (size_t i = 0; i < j->n; i++) {
 		struct ls_resident *e;
-		rc = ls_res_request(ls_res_host(&s->srv->res), rec, NULL, &e, &err);
-		lorastore__version_record__free_unpacked(rec, NULL);
+		struct ls_err err;
+		int rc = ls_res_request(ls_res_host(&s->srv->res), j->recs[i], NULL, &e, &err);
 		if (rc < 0) {
-			ls_session_error(s, req->id, rc, "%s", err.msg);
+			ls_session_error(s, j->id, rc, "%s", err.msg);
 			return;
 		}
 	}
-	ls_send_done(s, req->id);
+	ls_send_done(s, j->id);
 }
 
 static void ls_on_evict(struct ls_session *s, Lorastore__Request *req)
 {
 	if (!ls_need_admin(s, req->id, "evict"))
 		return;
-	Lorastore__VersionRecord *rec = NULL;
-	struct ls_err err;
-	int rc = ls_store_lookup(s->srv->store, req->evict->ref, &rec, &err);
-	if (rc) {
-		ls_session_error(s, req->id, rc, "%s", err.msg);
+	const char *ref = req->evict->ref;
+	struct ls_read_job *j = ls_read_new(s, req->id, LS_READ_EVICT, &ref, 1);
+	if (!j)
 		return;
-	}
+	snprintf(j->tier, sizeof(j->tier), "%s", req->evict->tier ? req->evict->tier : "");
+	snprintf(j->device, sizeof(j->device), "%s", req->evict->device ? req->evict->device : "");
+	ls_read_submit(j);
+}
+
+static void ls_evict_read_done(struct ls_read_job *j)
+{
+	struct ls_session *s = j->s;
+	const Lorastore__VersionRecord *rec = j->recs[0];
 	/* No tier named: every tier; else that tier alone. */
-	const char *tier_name = req->evict->tier;
 	struct ls_tier *tier = NULL;
-	if (tier_name && *tier_name) {
-		tier = ls_request_tier(s, req->id, tier_name, req->evict->device);
-		if (!tier) {
-			lorastore__version_record__free_unpacked(rec, NULL);
+	if (j->tier[0]) {
+		tier = ls_request_tier(s, j->id, j->tier, j->device[0] ? j->device : NULL);
+		if (!tier)
 			return;
-		}
 	}
-	rc = tier ? ls_res_evict_tier(tier, rec->generation)
-		  : ls_res_evict(&s->srv->res, rec->generation);
+	int rc = tier ? ls_res_evict_tier(tier, rec->generation)
+		      : ls_res_evict(&s->srv->res, rec->generation);
 	const char *where = tier ? ls_tier_kind_name(tier) : "any";
 	if (rc == -EBUSY)
-		ls_session_error(s, req->id, rc, "%s@%u is leased or loading (%s tier)", rec->name,
+		ls_session_error(s, j->id, rc, "%s@%u is leased or loading (%s tier)", rec->name,
 				 rec->version, where);
 	else if (rc == LS_E_NOT_FOUND)
-		ls_session_error(s, req->id, rc, "%s@%u is not resident (%s tier)", rec->name,
+		ls_session_error(s, j->id, rc, "%s@%u is not resident (%s tier)", rec->name,
 				 rec->version, where);
 	else
-		ls_send_done(s, req->id);
-	lorastore__version_record__free_unpacked(rec, NULL);
+		ls_send_done(s, j->id);
+}
+
+/*
+ * A catalog read is back on the loop.  Nothing is answered to a session
+ * that closed meanwhile.  A read that will make a version resident is done
+ * again when a delete finished meanwhile: the version it found may be gone,
+ * and a resident copy made of it now would never learn of the delete.
+ */
+static void ls_read_done(struct ls_job *job)
+{
+	struct ls_read_job *j = (struct ls_read_job *)job;
+	struct ls_session *s = j->s;
+	struct ls_server *srv = s->srv;
+	s->jobs--;
+	bool makes_resident = j->purpose == LS_READ_ACQUIRE || j->purpose == LS_READ_PREFETCH;
+	if (!s->closing && j->rc == 0 && makes_resident && j->delete_seq != srv->delete_seq) {
+		for (size_t i = 0; i < j->n; i++) {
+			if (j->recs[i])
+				lorastore__version_record__free_unpacked(j->recs[i], NULL);
+			j->recs[i] = NULL;
+		}
+		ls_read_submit(j);
+		return;
+	}
+	if (s->closing) {
+		/* the session is gone: nothing to answer */
+	} else if (j->rc) {
+		ls_session_error(s, j->id, j->rc, "%s",
+				 j->err.msg[0] ? j->err.msg : ls_strerror(j->rc));
+	} else {
+		switch (j->purpose) {
+		case LS_READ_SHOW:
+			ls_send_entries(j, "");
+			break;
+		case LS_READ_LIST:
+			ls_send_entries(j, j->next);
+			break;
+		case LS_READ_ACQUIRE:
+			ls_acquire_read_done(j);
+			break;
+		case LS_READ_PREFETCH:
+			ls_prefetch_read_done(j);
+			break;
+		case LS_READ_EVICT:
+			ls_evict_read_done(j);
+			break;
+		}
+	}
+	ls_read_free(j);
 }
 
 static void ls_on_stats(struct ls_session *s, Lorastore__Request *req)
 {
 	struct ls_server *srv = s->srv;
-	struct ls_catalog_stats cs = {0};
-	struct ls_err err;
-	ls_catalog_stats(ls_store_catalog(srv->store), &cs, &err);
 	struct ls_residency *r = &srv->res;
 	Lorastore__TierStats ts[LS_RES_MAX_TIERS], *tiers[LS_RES_MAX_TIERS];
 	Lorastore__StatsReply sr = LORASTORE__STATS_REPLY__INIT;
@@ -859,7 +1023,7 @@ static void ls_on_stats(struct ls_session *s, Lorastore__Request *req)
 	sr.tiers = tiers;
 	sr.clients = srv->n_sessions;
 	sr.leases = srv->leases;
-	sr.catalog_versions = cs.versions;
+	sr.catalog_versions = srv->catalog_versions;
 	sr.event_loop = (char *)ls_loop_name(&srv->loop);
 	Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
 	resp.id = req->id;

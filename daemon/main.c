@@ -366,6 +366,10 @@ int main(int argc, char **argv)
 		ls_error("state directory: %s", err.msg);
 		goto out;
 	}
+	if (ls_catalog_count_versions(ls_store_catalog(srv.store), &srv.catalog_versions, &err)) {
+		ls_error("catalog: %s", err.msg);
+		goto out;
+	}
 	if (ls_backend_host_create(&srv.backend, &err)) {
 		ls_error("host backend: %s", err.msg);
 		goto out;

@@ -1014,6 +1014,23 @@ int ls_catalog_walk(struct ls_catalog *cat, ls_catalog_record_fn fn, void *ud,
 	return ret;
 }
 
+int ls_catalog_count_versions(struct ls_catalog *cat, uint64_t *out, struct ls_err *err)
+{
+	*out = 0;
+	MDB_txn *txn;
+	int rc = cat_read_begin(cat, &txn, err);
+	if (rc)
+		return rc;
+	MDB_stat st;
+	rc = mdb_stat(txn, cat->versions, &st);
+	if (rc == 0)
+		*out = st.ms_entries;
+	else
+		rc = cat_mdb_fail(err, rc, "count versions");
+	cat_read_end(cat, txn);
+	return rc;
+}
+
 int ls_catalog_stats(struct ls_catalog *cat, struct ls_catalog_stats *out, struct ls_err *err)
 {
 	memset(out, 0, sizeof(*out));

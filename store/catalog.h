@@ -111,4 +111,7 @@ struct ls_catalog_stats {
 
 int ls_catalog_stats(struct ls_catalog *cat, struct ls_catalog_stats *out, struct ls_err *err);
 
+/* The number of versions, in O(1) (LMDB keeps the count): no walk. */
+int ls_catalog_count_versions(struct ls_catalog *cat, uint64_t *out, struct ls_err *err);
+
 #endif
