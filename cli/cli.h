@@ -80,5 +80,6 @@ int ls_cmd_stats(const struct ls_cli *cli, int argc, char **argv);
 int ls_cmd_verify(const struct ls_cli *cli, int argc, char **argv);
 /* lorastore gc */
 int ls_cmd_gc(const struct ls_cli *cli, int argc, char **argv);
+int ls_cmd_rebuild(const struct ls_cli *cli, int argc, char **argv);
 
 #endif

@@ -60,6 +60,8 @@ static const char ls_usage[] =
 	"        Check the blobs of one adapter, or of all, against their checksums.\n"
 	"    gc\n"
 	"        Remove unreferenced blobs and what interrupted imports left.\n"
+	"    rebuild\n"
+	"        Build the catalog again from ref files and blobs (needs an admin).\n"
 	"    inspect DIR\n"
 	"        Validate a PEFT adapter directory without a daemon.\n"
 	"\n"
@@ -87,6 +89,7 @@ static const struct ls_command ls_commands[] = {
 	{"import", ls_cmd_import}, {"ls", ls_cmd_ls},         {"show", ls_cmd_show},
 	{"rm", ls_cmd_rm},         {"load", ls_cmd_load},     {"evict", ls_cmd_evict},
 	{"stats", ls_cmd_stats},   {"verify", ls_cmd_verify}, {"gc", ls_cmd_gc},
+	{"rebuild", ls_cmd_rebuild},
 	{"inspect", ls_cmd_inspect},
 };
 

@@ -228,6 +228,30 @@ LS_PUBLIC int lorastore_verify(lorastore *conn, const char *ref, size_t *bad,
 	return 0;
 }
 
+LS_PUBLIC int lorastore_rebuild(lorastore *conn, uint64_t *versions_restored, uint64_t *skipped)
+{
+	if (!conn)
+		return -EINVAL;
+	Lorastore__Empty e = LORASTORE__EMPTY__INIT;
+	Lorastore__Request req = LORASTORE__REQUEST__INIT;
+	req.body_case = LORASTORE__REQUEST__BODY_REBUILD;
+	req.rebuild = &e;
+	Lorastore__Response *resp = NULL;
+	int rc = ls_conn_call(conn, &req, NULL, 0, LORASTORE__RESPONSE__BODY_REBUILD, &resp);
+	if (rc)
+		return rc;
+	if (!resp->rebuild) {
+		lorastore__response__free_unpacked(resp, NULL);
+		return ls_conn_error(conn, LS_E_PROTOCOL, "rebuild reply without a body");
+	}
+	if (versions_restored)
+		*versions_restored = resp->rebuild->versions;
+	if (skipped)
+		*skipped = resp->rebuild->skipped;
+	lorastore__response__free_unpacked(resp, NULL);
+	return 0;
+}
+
 LS_PUBLIC int lorastore_gc(lorastore *conn, uint64_t *blobs_removed, uint64_t *bytes_removed)
 {
 	if (!conn)

@@ -146,7 +146,7 @@ const Lorastore__ModuleScale *ls_record_scale(const Lorastore__VersionRecord *re
 					      const char *module);
 
 /* Lower-case hex of a digest into out[65] ("" when it is not 32 bytes). */
-void ls_digest_hex(const ProtobufCBinaryData *d, char out[65]);
+void ls_list_digest_hex(const ProtobufCBinaryData *d, char out[65]);
 
 /*
  * Wrap resp (taken over, even on failure) in a list: the entries of its

@@ -69,7 +69,7 @@ int ls_tensor_fill(const Lorastore__VersionRecord *rec, size_t j,
 	return 0;
 }
 
-void ls_digest_hex(const ProtobufCBinaryData *d, char out[65])
+void ls_list_digest_hex(const ProtobufCBinaryData *d, char out[65])
 {
 	static const char hex[] = "0123456789abcdef";
 	out[0] = '\0';
@@ -93,7 +93,7 @@ static void ls_entry_fill(lorastore_entry *e, const Lorastore__VersionRecord *r,
 	memset(e, 0, sizeof(*e));
 	e->name = ls_str(r->name);
 	e->version = r->version;
-	ls_digest_hex(&r->digest, e->digest);
+	ls_list_digest_hex(&r->digest, e->digest);
 	e->generation = r->generation;
 	e->rank = r->rank;
 	e->scale = r->scale;

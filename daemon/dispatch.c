@@ -139,7 +139,7 @@ static void ls_on_hello(struct ls_session *s, Lorastore__Request *req)
 
 /* ---- Worker jobs: import, delete, verify, gc */
 
-enum ls_job_kind { LS_JOB_IMPORT, LS_JOB_DELETE, LS_JOB_VERIFY, LS_JOB_GC };
+enum ls_job_kind { LS_JOB_IMPORT, LS_JOB_DELETE, LS_JOB_VERIFY, LS_JOB_GC, LS_JOB_REBUILD };
 
 struct ls_req_job {
 	struct ls_job job;
@@ -170,6 +170,9 @@ struct ls_req_job {
 	size_t bad;
 	/* gc */
 	struct ls_gc_stats gc;
+	/* rebuild */
+	struct ls_rebuild_stats rebuild;
+	uint64_t versions_after;
 };
 
 static void ls_name_job_done(struct ls_server *srv, struct ls_req_job *j);
@@ -216,6 +219,11 @@ static void ls_job_run(struct ls_job *job)
 	case LS_JOB_GC:
 		j->rc = ls_store_gc(j->s->srv->store, &j->gc, &j->err);
 		break;
+	case LS_JOB_REBUILD:
+		j->rc = ls_store_rebuild(j->s->srv->store, &j->rebuild, &j->err);
+		if (j->rc == 0)
+			j->rc = ls_store_count_versions(j->s->srv->store, &j->versions_after, &j->err);
+		break;
 	}
 }
 
@@ -241,6 +249,14 @@ static void ls_job_done(struct ls_job *job)
 						 : srv->catalog_versions;
 		srv->delete_seq++;
 	}
+	if (j->kind == LS_JOB_REBUILD) {
+		srv->rebuilding = false;
+		/* Names may map to other versions now; reads in flight are stale. */
+		memset(srv->refcache, 0, LS_REFCACHE_SIZE * sizeof(*srv->refcache));
+		srv->delete_seq++;
+		if (j->rc == 0)
+			srv->catalog_versions = j->versions_after;
+	}
 	if (j->kind == LS_JOB_IMPORT && j->rc == 0) {
 		ls_refcache_drop(srv, j->name, false);
 		srv->catalog_versions++;
@@ -252,6 +268,7 @@ static void ls_job_done(struct ls_job *job)
 		resp.id = j->id;
 		Lorastore__VerifyReply vr = LORASTORE__VERIFY_REPLY__INIT;
 		Lorastore__GcReply gr = LORASTORE__GC_REPLY__INIT;
+		Lorastore__RebuildReply rr = LORASTORE__REBUILD_REPLY__INIT;
 		switch (j->kind) {
 		case LS_JOB_IMPORT:
 			ls_info("imported %s@%u (%llu bytes) for uid %u", j->rec->name,
@@ -273,6 +290,15 @@ static void ls_job_done(struct ls_job *job)
 			resp.verify = &vr;
 			ls_session_send(s, &resp, -1);
 			break;
+		case LS_JOB_REBUILD:
+			ls_info("catalog rebuilt from refs/ and blobs/: %zu versions, %zu skipped",
+				j->rebuild.versions, j->rebuild.skipped);
+			rr.versions = j->rebuild.versions;
+			rr.skipped = j->rebuild.skipped;
+			resp.body_case = LORASTORE__RESPONSE__BODY_REBUILD;
+			resp.rebuild = &rr;
+			ls_session_send(s, &resp, -1);
+			break;
 		case LS_JOB_GC:
 			gr.blobs_removed = j->gc.blobs_removed;
 			gr.bytes_removed = j->gc.bytes_removed;
@@ -292,7 +318,7 @@ static void ls_job_done(struct ls_job *job)
 	free(j->deleted.gens);
 	if (j->key[0])
 		ls_name_job_done(srv, j);
-	bool big = j->kind != LS_JOB_DELETE;
+	bool big = j->kind != LS_JOB_DELETE && j->kind != LS_JOB_REBUILD;
 	free(j);
 	/*
 	 * Imports and verifies allocate whole adapters on worker threads, whose
@@ -358,6 +384,17 @@ static void ls_name_job_done(struct ls_server *srv, struct ls_req_job *j)
 	}
 }
 
+/* Imports and deletes are refused while a rebuild runs (the catalog is closed for writes). */
+static bool ls_catalog_writable(struct ls_session *s, uint64_t id)
+{
+	if (!s->srv->rebuilding)
+		return true;
+	ls_session_error(s, id, LS_E_BUSY,
+			 "the catalog is being rebuilt (lorastore rebuild); try again when it "
+			 "finishes");
+	return false;
+}
+
 static void ls_on_import(struct ls_session *s, Lorastore__Request *req)
 {
 	Lorastore__ImportRequest *im = req->import;
@@ -374,7 +411,7 @@ static void ls_on_import(struct ls_session *s, Lorastore__Request *req)
 	}
 	struct ls_req_job *j = NULL;
 	enum ls_convert conv = LS_CONVERT_KEEP;
-	if (!ls_need_admin(s, req->id, "import"))
+	if (!ls_need_admin(s, req->id, "import") || !ls_catalog_writable(s, req->id))
 		goto refuse;
 	if (im->dtype && im->dtype[0] && ls_convert_from_name(im->dtype, &conv) != 0) {
 		ls_session_error(s, req->id, -EINVAL, "dtype '%s': expected keep, f16, bf16 or f32",
@@ -408,7 +445,7 @@ refuse:
 
 static void ls_on_delete(struct ls_session *s, Lorastore__Request *req)
 {
-	if (!ls_need_admin(s, req->id, "delete"))
+	if (!ls_need_admin(s, req->id, "delete") || !ls_catalog_writable(s, req->id))
 		return;
 	char name[LS_NAME_MAX + 1];
 	uint32_t version;
@@ -432,6 +469,27 @@ static void ls_on_verify(struct ls_session *s, Lorastore__Request *req)
 	if (!j)
 		return;
 	snprintf(j->ref, sizeof(j->ref), "%s", req->verify->ref ? req->verify->ref : "");
+	ls_job_submit(j);
+}
+
+static void ls_on_rebuild(struct ls_session *s, Lorastore__Request *req)
+{
+	if (!ls_need_admin(s, req->id, "rebuild"))
+		return;
+	if (s->srv->rebuilding || s->srv->name_jobs) {
+		ls_session_error(s, req->id, LS_E_BUSY,
+				 s->srv->rebuilding ? "a rebuild is already running"
+						    : "imports or deletes are running; rebuild "
+						      "when they are done");
+		return;
+	}
+	struct ls_req_job *j = ls_job_new(s, req->id, LS_JOB_REBUILD);
+	if (!j)
+		return;
+	s->srv->rebuilding = true;
+	ls_info("rebuilding the catalog from refs/ and blobs/ for uid %u; imports and deletes "
+		"are refused until it is done",
+		(unsigned)s->cred.uid);
 	ls_job_submit(j);
 }
 
@@ -1083,6 +1141,9 @@ void ls_dispatch(struct ls_session *s, Lorastore__Request *req)
 		break;
 	case LORASTORE__REQUEST__BODY_GC:
 		ls_on_gc(s, req);
+		break;
+	case LORASTORE__REQUEST__BODY_REBUILD:
+		ls_on_rebuild(s, req);
 		break;
 	default:
 		ls_session_error(s, req->id, LS_E_PROTOCOL, "unknown request");

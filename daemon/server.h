@@ -146,6 +146,7 @@ struct ls_server {
 	uint64_t next_lease_id;
 	uint64_t leases;             /* held, all sessions */
 	struct ls_req_job *name_jobs; /* imports and deletes in flight, one per name (dispatch.c) */
+	bool rebuilding;             /* a catalog rebuild runs: imports and deletes are refused */
 	uint64_t delete_seq;         /* deletes finished so far: a catalog read older is stale */
 	uint64_t catalog_versions;   /* versions in the catalog: counted at start, kept up to date */
 	bool stopping;

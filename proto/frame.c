@@ -461,6 +461,7 @@ static int check_request_body(const Lorastore__Request *req, const char *kind,
 	case LORASTORE__REQUEST__BODY_VERIFY: /* an empty ref means every version */
 	case LORASTORE__REQUEST__BODY_STATS:
 	case LORASTORE__REQUEST__BODY_GC:
+	case LORASTORE__REQUEST__BODY_REBUILD:
 		return 0;
 	case LORASTORE__REQUEST__BODY__NOT_SET:
 	default:

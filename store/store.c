@@ -138,6 +138,14 @@ void ls_store_close(struct ls_store *s)
 	free(s);
 }
 
+int ls_store_count_versions(struct ls_store *s, uint64_t *out, struct ls_err *err)
+{
+	pthread_rwlock_rdlock(&s->gc_lock);
+	int rc = ls_catalog_count_versions(s->cat, out, err);
+	pthread_rwlock_unlock(&s->gc_lock);
+	return rc;
+}
+
 struct ls_catalog *ls_store_catalog(struct ls_store *s)
 {
 	return s->cat;
@@ -309,7 +317,11 @@ int ls_store_lookup(struct ls_store *s, const char *ref, Lorastore__VersionRecor
 	int rc = ls_ref_parse(ref, name, &version, err);
 	if (rc)
 		return rc;
-	return ls_catalog_get(s->cat, name, version, out, err);
+	/* A rebuild swaps s->cat: every use of it holds the lock (rebuild: for writing). */
+	pthread_rwlock_rdlock(&s->gc_lock);
+	rc = ls_catalog_get(s->cat, name, version, out, err);
+	pthread_rwlock_unlock(&s->gc_lock);
+	return rc;
 }
 
 struct ls_list_page {
@@ -339,8 +351,10 @@ int ls_store_list(struct ls_store *s, const char *prefix, const char *cursor, si
 	}
 	struct ls_list_page page = {.fn = fn, .ud = ud, .last = ""};
 	bool more = false;
+	pthread_rwlock_rdlock(&s->gc_lock);
 	int rc = ls_catalog_list(s->cat, prefix ? prefix : "", after_name, after_version, limit,
 				 ls_list_one, &page, &more, err);
+	pthread_rwlock_unlock(&s->gc_lock);
 	if (next)
 		strcpy(next, rc == 0 && more ? page.last : "");
 	return rc;
@@ -381,7 +395,9 @@ int ls_store_delete(struct ls_store *s, const char *ref, struct ls_deleted_gens 
 	struct ls_deleted d = {.s = s, .rc = 0, .out = out};
 	if (out)
 		*out = (struct ls_deleted_gens){0};
+	pthread_rwlock_rdlock(&s->gc_lock);
 	rc = ls_catalog_delete(s->cat, name, version, ls_unlink_ref, &d, err);
+	pthread_rwlock_unlock(&s->gc_lock);
 	if (rc)
 		return rc;
 	/* A ref left behind by a failed unlink is removed by gc: the catalog decides. */
@@ -448,7 +464,9 @@ int ls_store_verify(struct ls_store *s, const char *ref, ls_verify_fn fn, void *
 		w.name = name;
 	}
 	/* Collect first: the read transaction stays short while blobs are hashed. */
+	pthread_rwlock_rdlock(&s->gc_lock);
 	int rc = ls_catalog_walk(s->cat, ls_collect_record, &w, err);
+	pthread_rwlock_unlock(&s->gc_lock);
 	if (rc == 0 && w.rc)
 		rc = ls_err_set(err, w.rc, "out of memory");
 	if (rc == 0 && ref && w.n == 0)

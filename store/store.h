@@ -129,6 +129,9 @@ int ls_store_rebuild(struct ls_store *store, struct ls_rebuild_stats *stats, str
 /* A deep copy of a record (free with lorastore__version_record__free_unpacked). */
 Lorastore__VersionRecord *ls_record_copy(const Lorastore__VersionRecord *rec);
 
+/* The number of versions in the catalog, in O(1). */
+int ls_store_count_versions(struct ls_store *store, uint64_t *out, struct ls_err *err);
+
 /* The catalog, for statistics and walks. */
 struct ls_catalog *ls_store_catalog(struct ls_store *store);
 

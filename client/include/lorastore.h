@@ -519,6 +519,18 @@ int lorastore_verify(lorastore *conn, const char *ref, size_t *bad,
 /* Remove unreferenced blobs and what interrupted imports left. */
 int lorastore_gc(lorastore *conn, uint64_t *blobs_removed, uint64_t *bytes_removed);
 
+/*
+ * Build the catalog again from the store's ref files and blobs (after the
+ * catalog was lost or damaged), and put it in place of the old one.  Every
+ * version whose ref file and blob are intact comes back with its name,
+ * version, digest and generation; versions_restored and skipped (ref files
+ * whose blob is missing or broken) may be NULL.  While it runs the daemon
+ * refuses imports and deletes (LORASTORE_E_BUSY).  Needs an admin peer.
+ * Errors: -EPERM, LORASTORE_E_BUSY (imports or deletes running, or another
+ * rebuild), LORASTORE_E_CATALOG, -errno.
+ */
+int lorastore_rebuild(lorastore *conn, uint64_t *versions_restored, uint64_t *skipped);
+
 /* ---- Errors */
 
 /* Static description of any error code this library returns. */

@@ -1149,6 +1149,21 @@ static PyObject *ls_connection_gc(ls_Connection *c, PyObject *unused)
 			     "bytes_removed", (unsigned long long)bytes);
 }
 
+static PyObject *ls_connection_rebuild(ls_Connection *c, PyObject *unused)
+{
+	(void)unused;
+	if (ls_conn_open(c))
+		return NULL;
+	uint64_t versions = 0, skipped = 0;
+	int rc;
+	char msg[512] = "";
+	LS_BLOCKING(c, rc, msg, lorastore_rebuild(c->conn, &versions, &skipped));
+	if (rc)
+		return ls_raise(rc, msg);
+	return Py_BuildValue("{s:K,s:K}", "versions", (unsigned long long)versions, "skipped",
+			     (unsigned long long)skipped);
+}
+
 /* ------------------------------------------------------------------ */
 /* Plans: apply held adapters to arrays that export DLPack */
 
@@ -1321,6 +1336,8 @@ static PyMethodDef ls_connection_methods[] = {
 	 "evict(ref)\n--\n\nDrop a version from memory.  Needs an admin peer."},
 	{"verify", (PyCFunction)(void (*)(void))ls_connection_verify, METH_VARARGS | METH_KEYWORDS,
 	 "verify(ref=None)\n--\n\nCheck blobs against their checksums; returns how many are bad."},
+	{"rebuild", (PyCFunction)ls_connection_rebuild, METH_NOARGS,
+	 "Build the catalog again from ref files and blobs (admin)."},
 	{"gc", (PyCFunction)ls_connection_gc, METH_NOARGS,
 	 "gc()\n--\n\nRemove blobs no version refers to."},
 	{NULL, NULL, 0, NULL},

@@ -854,6 +854,8 @@ static int nobody_child(const char *socket, const char *adapter_dir)
 	uint64_t blobs = 0, bytes = 0;
 	if (lorastore_gc(c, &blobs, &bytes) != -EPERM)
 		return NOBODY_GC;
+	if (lorastore_rebuild(c, NULL, NULL) != -EPERM)
+		return NOBODY_GC;
 	lorastore_adapter *ad = NULL;
 	if (lorastore_acquire(c, "adm/a", -1, &ad) != 0) {
 		fprintf(stderr, "acquire as nobody: %s\n", lorastore_errmsg(c));

@@ -261,6 +261,11 @@ class Connection:
         """Remove blobs that no version refers to."""
         return self._c.gc()
 
+    def rebuild(self) -> dict:
+        """Build the catalog again from ref files and blobs (admin):
+        {"versions": restored, "skipped": ref files whose blob is broken}."""
+        return self._c.rebuild()
+
     def plan(self, adapters, in_features: int, slices, factors=None):
         """Prepare held adapters for one layer whose input has in_features columns.
         slices: (module, out_offset, out) for each module the layer's output packs
