@@ -62,6 +62,10 @@ static const char ls_usage[] =
 	"                         with an error saying so and closed (default: half\n"
 	"                         the descriptor limit, at most 16384).  At start the\n"
 	"                         soft descriptor limit is raised to the hard one\n"
+	"  --metrics-listen ADDR:PORT\n"
+	"                         serve Prometheus metrics at http://ADDR:PORT/metrics\n"
+	"                         (off by default; for example 127.0.0.1:9464, or\n"
+	"                         [::1]:9464)\n"
 	"  --hello-timeout MS     a new connection that has not said Hello within MS\n"
 	"                         milliseconds is closed (default 10000)\n"
 	"  --config FILE          read options from FILE (\"key = value\" lines);\n"
@@ -99,6 +103,7 @@ enum {
 	OPT_VERSION,
 	OPT_MAX_CLIENTS,
 	OPT_SOCKET_GROUP,
+	OPT_METRICS_LISTEN,
 	OPT_HELLO_TIMEOUT,
 };
 
@@ -111,6 +116,7 @@ static const struct option ls_options[] = {
 	{"client-pin-limit", required_argument, NULL, OPT_PIN_LIMIT},
 	{"admin-group", required_argument, NULL, OPT_ADMIN_GROUP},
 	{"socket-group", required_argument, NULL, OPT_SOCKET_GROUP},
+	{"metrics-listen", required_argument, NULL, OPT_METRICS_LISTEN},
 	{"workers", required_argument, NULL, OPT_WORKERS},
 	{"config", required_argument, NULL, OPT_CONFIG},
 	{"log-level", required_argument, NULL, OPT_LOG_LEVEL},
@@ -266,6 +272,12 @@ static int ls_config_apply(struct ls_config *c, int opt, const char *val, const 
 	case OPT_ADMIN_GROUP:
 		rc = snprintf(c->admin_group, sizeof(c->admin_group), "%s", val) >=
 				     (int)sizeof(c->admin_group)
+			     ? -EINVAL
+			     : 0;
+		break;
+	case OPT_METRICS_LISTEN:
+		rc = !*val || snprintf(c->metrics_listen, sizeof(c->metrics_listen), "%s", val) >=
+				      (int)sizeof(c->metrics_listen)
 			     ? -EINVAL
 			     : 0;
 		break;

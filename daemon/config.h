@@ -23,6 +23,7 @@ struct ls_config {
 	char devices[512];               /* --devices: "all", or ordinals and UUIDs, commas */
 	uint64_t client_pin_limit;       /* bytes one connection may pin; 0: no limit */
 	char admin_group[64];            /* --admin-group / admin-group; "" for none */
+	char metrics_listen[128];        /* --metrics-listen ADDR:PORT; "" for none */
 	char socket_group[64];           /* --socket-group: the clients' group of a socket it creates */
 	enum ls_log_level log_level;     /* --log-level / log-level */
 	enum ls_loop_kind event_loop;    /* --event-loop / event-loop */

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "server.h"
 
 #define LS_LIST_PAGE_DEFAULT 100u
@@ -260,6 +261,9 @@ static void ls_job_done(struct ls_job *job)
 	if (j->kind == LS_JOB_IMPORT && j->rc == 0) {
 		ls_refcache_drop(srv, j->name, false);
 		srv->catalog_versions++;
+		srv->imports++;
+	} else if (j->kind == LS_JOB_IMPORT) {
+		srv->import_errors++;
 	}
 	if (j->rc) {
 		ls_session_error(s, j->id, j->rc, "%s", j->err.msg[0] ? j->err.msg : ls_strerror(j->rc));
@@ -527,6 +531,7 @@ struct ls_read_job {
 	Lorastore__VersionRecord **recs;
 	uint64_t delete_seq;            /* srv->delete_seq when submitted */
 	/* acquire and load */
+	int64_t t0_ns;                  /* when the request arrived */
 	int64_t timeout_ms;
 	bool lease;
 	char tier[16];
@@ -643,6 +648,7 @@ static struct ls_read_job *ls_read_new(struct ls_session *s, uint64_t id, enum l
 	}
 	j->job.run = ls_read_run;
 	j->job.done = ls_read_done;
+	j->t0_ns = s->req_t0_ns;
 	j->purpose = purpose;
 	j->s = s;
 	j->id = id;
@@ -730,7 +736,7 @@ static void ls_on_list(struct ls_session *s, Lorastore__Request *req)
 /* ---- Acquire, load, release, prefetch, evict */
 
 /* Grant a lease on a resident version and answer the acquire. */
-static void ls_grant(struct ls_session *s, uint64_t id, struct ls_resident *e)
+static void ls_grant(struct ls_session *s, uint64_t id, struct ls_resident *e, int64_t t0_ns)
 {
 	struct ls_server *srv = s->srv;
 	uint64_t limit = srv->cfg->client_pin_limit;
@@ -757,6 +763,8 @@ static void ls_grant(struct ls_session *s, uint64_t id, struct ls_resident *e)
 	s->pinned_bytes += e->length;
 	s->lease_count++;
 	srv->leases++;
+	ls_hist_observe(&srv->acquire_hist, ls_hist_acquire_bounds,
+			(double)(ls_now_ns() - t0_ns) * 1e-9);
 	ls_res_pin(e);
 
 	Lorastore__AcquireReply ar = LORASTORE__ACQUIRE_REPLY__INIT;
@@ -805,7 +813,7 @@ static void ls_pending_woken(struct ls_waiter *w, struct ls_resident *e, int rc,
 	if (rc)
 		ls_session_error(s, p->request_id, rc, "%s", msg);
 	else if (p->lease)
-		ls_grant(s, p->request_id, e);
+		ls_grant(s, p->request_id, e, p->t0_ns);
 	else
 		ls_send_done(s, p->request_id);
 	free(p);
@@ -818,7 +826,7 @@ static void ls_pending_woken(struct ls_waiter *w, struct ls_resident *e, int rc,
  */
 static void ls_request_answer(struct ls_session *s, uint64_t id, struct ls_tier *tier,
 			      const Lorastore__VersionRecord *rec, struct ls_resident *h,
-			      int64_t timeout_ms, bool lease)
+			      int64_t timeout_ms, bool lease, int64_t t0_ns)
 {
 	struct ls_err err;
 	struct ls_pending *p = calloc(1, sizeof(*p));
@@ -831,6 +839,7 @@ static void ls_request_answer(struct ls_session *s, uint64_t id, struct ls_tier 
 	p->request_id = id;
 	p->lease = lease;
 	p->deadline_ms = timeout_ms > 0 ? ls_now_ms() + timeout_ms : -1;
+	p->t0_ns = t0_ns;
 	struct ls_resident *e = NULL;
 	int rc = rec ? ls_res_request(tier, rec, &p->waiter, &e, &err)
 		     : ls_res_request_staged(tier, h, &p->waiter, &e, &err);
@@ -845,7 +854,7 @@ static void ls_request_answer(struct ls_session *s, uint64_t id, struct ls_tier 
 	if (rc < 0)
 		ls_session_error(s, id, rc, "%s", err.msg);
 	else if (lease)
-		ls_grant(s, id, e);
+		ls_grant(s, id, e, t0_ns);
 	else
 		ls_send_done(s, id);
 }
@@ -864,7 +873,7 @@ static void ls_on_acquire_or_load(struct ls_session *s, uint64_t id, const char 
 	if (warm && warm->state == LS_RES_RESIDENT && !warm->deleted) {
 		ls_res_touch(warm);
 		if (lease)
-			ls_grant(s, id, warm);
+			ls_grant(s, id, warm, s->req_t0_ns);
 		else
 			ls_send_done(s, id);
 		return;
@@ -874,7 +883,7 @@ static void ls_on_acquire_or_load(struct ls_session *s, uint64_t id, const char 
 					     ? ls_res_find(ls_res_host(&srv->res), gen)
 					     : NULL;
 	if (staged && staged->state == LS_RES_RESIDENT && !staged->deleted && timeout_ms != 0) {
-		ls_request_answer(s, id, tier, NULL, staged, timeout_ms, lease);
+		ls_request_answer(s, id, tier, NULL, staged, timeout_ms, lease, s->req_t0_ns);
 		return;
 	}
 	/* Cold: the catalog is read on a worker; ls_acquire_read_done goes on. */
@@ -907,7 +916,7 @@ static void ls_acquire_read_done(struct ls_read_job *j)
 			return;
 		}
 	}
-	ls_request_answer(s, j->id, tier, rec, NULL, j->timeout_ms, j->lease);
+	ls_request_answer(s, j->id, tier, rec, NULL, j->timeout_ms, j->lease, j->t0_ns);
 }
 
 static void ls_on_release(struct ls_session *s, Lorastore__Request *req)
@@ -1092,6 +1101,7 @@ static void ls_on_stats(struct ls_session *s, Lorastore__Request *req)
 
 void ls_dispatch(struct ls_session *s, Lorastore__Request *req)
 {
+	s->req_t0_ns = ls_now_ns();
 	if (!s->hello_done && req->body_case != LORASTORE__REQUEST__BODY_HELLO) {
 		/* Descriptors sent before the handshake are not ours to keep. */
 		while (s->n_fds)
@@ -1170,4 +1180,40 @@ void ls_server_tick(struct ls_server *srv)
 			p = next;
 		}
 	}
+}
+
+void ls_server_metrics_snapshot(struct ls_server *srv, struct ls_metrics_snapshot *out)
+{
+	memset(out, 0, sizeof(*out));
+	const struct ls_residency *r = &srv->res;
+	out->n_tiers = r->n_tiers;
+	for (uint32_t i = 0; i < r->n_tiers; i++) {
+		const struct ls_tier *t = &r->tiers[i];
+		struct ls_metrics_tier *m = &out->tiers[i];
+		snprintf(m->tier, sizeof(m->tier), "%s", ls_tier_kind_name(t));
+		snprintf(m->device, sizeof(m->device), "%s", t->uuid);
+		m->budget = t->budget;
+		m->used = t->used;
+		m->slab_bytes = t->slab_bytes;
+		m->adapters = t->count;
+		m->loads = t->stats.loads;
+		m->hits = t->stats.hits;
+		m->misses = t->stats.misses;
+		m->evictions = t->stats.evictions;
+		m->load_errors = t->stats.load_errors;
+		m->load = t->stats.load_seconds;
+	}
+	out->acquire = srv->acquire_hist;
+	out->clients = srv->n_sessions;
+	out->max_clients = srv->max_clients;
+	out->leases = srv->leases;
+	out->imports = srv->imports;
+	out->import_errors = srv->import_errors;
+	out->catalog_versions = srv->catalog_versions;
+	out->refused_connections = srv->refused_connections;
+	out->hello_timeouts = srv->hello_timeouts;
+	snprintf(out->event_loop, sizeof(out->event_loop), "%s", ls_loop_name(&srv->loop));
+	snprintf(out->backend, sizeof(out->backend), "%s", srv->n_devices ? "cuda" : "host");
+	snprintf(out->version, sizeof(out->version), "%s", LS_VERSION);
+	out->start_time = srv->start_time;
 }

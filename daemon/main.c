@@ -22,6 +22,7 @@
 
 #include "backend_cuda.h"
 #include "log.h"
+#include "metrics.h"
 #include "server.h"
 
 #define LS_TICK_MS 100
@@ -75,6 +76,11 @@ static void ls_tick_done(struct ls_loop *loop, struct ls_op *op, int res)
 	(void)loop;
 	(void)res;
 	ls_server_tick(srv);
+	if (srv->metrics) {
+		struct ls_metrics_snapshot snap;
+		ls_server_metrics_snapshot(srv, &snap);
+		ls_metrics_publish(srv->metrics, &snap);
+	}
 	if (!srv->stopping)
 		ls_tick_submit(srv);
 }
@@ -333,6 +339,11 @@ int main(int argc, char **argv)
 	srv.cfg = &cfg;
 	srv.listen_fd = srv.signal_fd = srv.workers_efd = -1;
 	ls_connection_limits(&srv);
+	{
+		struct timespec now;
+		clock_gettime(CLOCK_REALTIME, &now);
+		srv.start_time = (double)now.tv_sec + (double)now.tv_nsec * 1e-9;
+	}
 	/* Clients share imports of a slab within a process by (instance, slab id). */
 	if (getrandom(&srv.instance, sizeof(srv.instance), GRND_NONBLOCK) != sizeof(srv.instance)) {
 		struct timespec now;
@@ -401,6 +412,16 @@ int main(int argc, char **argv)
 	}
 	if (ls_listen(&srv))
 		goto out;
+	if (cfg.metrics_listen[0]) {
+		if (ls_metrics_start(cfg.metrics_listen, &srv.metrics, &err)) {
+			ls_error("%s", err.msg);
+			goto out;
+		}
+		struct ls_metrics_snapshot snap;
+		ls_server_metrics_snapshot(&srv, &snap);
+		ls_metrics_publish(srv.metrics, &snap);
+		ls_info("metrics at http://%s/metrics", cfg.metrics_listen);
+	}
 
 	ls_server_accept(&srv);
 	ls_signal_submit(&srv);
@@ -433,6 +454,7 @@ out:
 		if (!srv.listen_inherited && status == 0)
 			unlink(cfg.socket);
 	}
+	ls_metrics_stop(srv.metrics);
 	if (srv.workers)
 		ls_workers_stop(srv.workers);
 	if (srv.res.n_tiers)

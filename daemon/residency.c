@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <xxhash.h>
@@ -450,6 +451,10 @@ static void ls_load_finish(struct ls_resident *e)
 	struct ls_tier *t = e->tier;
 	e->state = LS_RES_RESIDENT;
 	t->stats.loads++;
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	int64_t ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec - e->load_t0_ns;
+	ls_hist_observe(&t->stats.load_seconds, ls_hist_load_bounds, (double)ns * 1e-9);
 	ls_debug("loaded %s@%u (%llu bytes) into %s slab %u at %llu", ls_res_name(e),
 		 ls_res_version(e), (unsigned long long)e->length, ls_tier_kind_name(t),
 		 t->slabs[e->slab].slab.id, (unsigned long long)e->offset);
@@ -768,6 +773,9 @@ static int ls_entry_new(struct ls_tier *t, const Lorastore__VersionRecord *rec,
 	e->tier = t;
 	e->fd = -1;
 	e->generation = rec ? rec->generation : from->generation;
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	e->load_t0_ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
 	e->data_length = rec ? ls_align_up(rec->data_length ? rec->data_length : 1, LS_BLOB_PAGE)
 			     : from->data_length;
 	e->table_length = table;

@@ -42,6 +42,7 @@
 #include "backend.h"
 #include "blob.h"
 #include "extents.h"
+#include "hist.h"
 #include "loop.h"
 #include "lorastore.pb-c.h"
 #include "store.h"
@@ -64,6 +65,7 @@ struct ls_resident {
 	struct ls_tier *tier;
 	uint64_t generation;
 	enum ls_res_state state;
+	int64_t load_t0_ns;             /* CLOCK_MONOTONIC when its load started */
 	uint32_t slab;                  /* index into the tier's slabs */
 	uint64_t offset;                /* bytes from the slab's start to the data region */
 	uint64_t length;                /* bytes of the extent in the slab: data (and table on host) */
@@ -119,6 +121,7 @@ struct ls_slab_slot {
 
 struct ls_residency_stats {
 	uint64_t loads, hits, misses, evictions, load_errors;
+	struct ls_hist load_seconds;    /* start of a load to resident */
 };
 
 enum ls_tier_kind { LS_TIER_HOST, LS_TIER_DEVICE };

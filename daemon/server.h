@@ -15,6 +15,7 @@
 #include "backend.h"
 #include "config.h"
 #include "frame.h"
+#include "hist.h"
 #include "loop.h"
 #include "residency.h"
 #include "store.h"
@@ -53,17 +54,20 @@ struct ls_pending {
 	uint64_t request_id;
 	bool lease;                  /* acquire (take a lease) or load (just wait) */
 	int64_t deadline_ms;         /* CLOCK_MONOTONIC; < 0 for none */
+	int64_t t0_ns;               /* CLOCK_MONOTONIC when the request arrived */
 	struct ls_pending *next, *prev;
 };
 
 struct ls_server;
 struct ls_req_job;
+struct ls_metrics;
 
 struct ls_session {
 	struct ls_server *srv;
 	int fd;
 	uint32_t id;
 	int64_t accepted_ms;         /* CLOCK_MONOTONIC; the Hello is due hello_timeout_ms later */
+	int64_t req_t0_ns;           /* CLOCK_MONOTONIC when the request being dispatched arrived */
 	struct ucred cred;
 	bool admin;
 	bool hello_done;
@@ -146,6 +150,11 @@ struct ls_server {
 	uint64_t next_lease_id;
 	uint64_t leases;             /* held, all sessions */
 	struct ls_req_job *name_jobs; /* imports and deletes in flight, one per name (dispatch.c) */
+	/* Figures for the metrics endpoint (metrics.h) besides the residency's. */
+	struct ls_metrics *metrics;  /* NULL without --metrics-listen */
+	struct ls_hist acquire_hist; /* request to lease */
+	uint64_t imports, import_errors;
+	double start_time;           /* Unix time */
 	bool rebuilding;             /* a catalog rebuild runs: imports and deletes are refused */
 	uint64_t delete_seq;         /* deletes finished so far: a catalog read older is stale */
 	uint64_t catalog_versions;   /* versions in the catalog: counted at start, kept up to date */
@@ -194,5 +203,9 @@ void ls_session_release_all(struct ls_session *s);
 void ls_server_tick(struct ls_server *srv);
 
 int64_t ls_now_ms(void);
+int64_t ls_now_ns(void);
+/* The figures the metrics endpoint serves, as of now (dispatch.c). */
+struct ls_metrics_snapshot;
+void ls_server_metrics_snapshot(struct ls_server *srv, struct ls_metrics_snapshot *out);
 
 #endif

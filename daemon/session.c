@@ -14,6 +14,13 @@
 #include "log.h"
 #include "server.h"
 
+int64_t ls_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 int64_t ls_now_ms(void)
 {
 	struct timespec ts;

@@ -1,0 +1,56 @@
+/*
+ * The Prometheus endpoint (--metrics-listen): libmicrohttpd serves /metrics
+ * in the text format on its own thread, from the last snapshot the loop
+ * published.  The loop never waits on a scraper: publishing copies a few
+ * hundred bytes under a mutex, and the HTTP thread formats its own copy.
+ */
+#ifndef LS_METRICS_H
+#define LS_METRICS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "hist.h"
+#include "ls_error.h"
+#include "residency.h"
+
+struct ls_metrics_tier {
+	char tier[8];                /* "host" or "device" */
+	char device[48];             /* device tier: the GPU's UUID */
+	uint64_t budget, used, slab_bytes, adapters; /* bytes, bytes, bytes, count */
+	uint64_t loads, hits, misses, evictions, load_errors;
+	struct ls_hist load;         /* load latencies */
+};
+
+struct ls_metrics_snapshot {
+	unsigned n_tiers;
+	struct ls_metrics_tier tiers[LS_RES_MAX_TIERS];
+	struct ls_hist acquire;      /* acquire latencies, request to lease */
+	uint64_t clients, max_clients, leases;
+	uint64_t imports, import_errors, catalog_versions;
+	uint64_t refused_connections, hello_timeouts;
+	char event_loop[16];
+	char backend[8];
+	char version[32];
+	double start_time;           /* seconds since the epoch */
+};
+
+struct ls_metrics;
+
+/*
+ * Serve /metrics on listen ("ADDR:PORT", or "[ADDR6]:PORT") from a thread
+ * of libmicrohttpd's.  Returns 0, -EINVAL for an address that does not
+ * parse, or the failure to bind, with err.
+ */
+int ls_metrics_start(const char *listen, struct ls_metrics **out, struct ls_err *err);
+
+/* Publish the loop's figures (copied). */
+void ls_metrics_publish(struct ls_metrics *m, const struct ls_metrics_snapshot *snap);
+
+/* Stop serving and free m (NULL is a no-op). */
+void ls_metrics_stop(struct ls_metrics *m);
+
+/* The text exposition of snap, malloc'ed (for tests and the HTTP thread); NULL on ENOMEM. */
+char *ls_metrics_format(const struct ls_metrics_snapshot *snap, size_t *len);
+
+#endif
