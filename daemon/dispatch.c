@@ -543,6 +543,17 @@ struct ls_read_job {
 	unsigned limit;
 	uint32_t *tensor_counts;
 	uint64_t *footprints;
+	/*
+	 * Show and list answer in two hops: the loop fills in residency, then
+	 * a worker encodes the reply (a page of 1,000 entries is a few hundred
+	 * KB of protobuf), and the loop sends the bytes.
+	 */
+	bool packing;
+	Lorastore__AdapterEntry *entries;
+	Lorastore__AdapterEntry **entry_ptrs;
+	Lorastore__ListReply reply;
+	uint8_t *frame;
+	size_t frame_len;
 };
 
 /* Keep a listed record without its tensor table (pages stay small). */
@@ -583,6 +594,16 @@ static void ls_read_run(struct ls_job *job)
 {
 	struct ls_read_job *j = (struct ls_read_job *)job;
 	struct ls_store *store = j->s->srv->store;
+	if (j->packing) {
+		Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
+		resp.id = j->id;
+		resp.body_case = LORASTORE__RESPONSE__BODY_LIST;
+		resp.list = &j->reply;
+		j->rc = ls_response_encode(&resp, &j->frame, &j->frame_len);
+		if (j->rc)
+			ls_err_set(&j->err, j->rc, "cannot encode the listing");
+		return;
+	}
 	if (j->purpose == LS_READ_LIST) {
 		int rc = ls_store_list(store, j->prefix, j->cursor[0] ? j->cursor : NULL, j->limit,
 				       ls_page_add, j, j->next, &j->err);
@@ -613,6 +634,9 @@ static void ls_read_free(struct ls_read_job *j)
 	free(j->refs);
 	free(j->tensor_counts);
 	free(j->footprints);
+	free(j->entries);
+	free(j->entry_ptrs);
+	free(j->frame);
 	free(j);
 }
 
@@ -680,35 +704,30 @@ static void ls_entry_fill(struct ls_server *srv, Lorastore__AdapterEntry *e,
 	e->resident_bytes = footprint;
 }
 
-static void ls_send_entries(struct ls_read_job *j, const char *next_cursor)
+/* Fill in where each listed version is resident, then have a worker encode the reply. */
+static void ls_pack_entries(struct ls_read_job *j, const char *next_cursor)
 {
 	struct ls_server *srv = j->s->srv;
-	Lorastore__AdapterEntry *entries = calloc(j->n ? j->n : 1, sizeof(*entries));
-	Lorastore__AdapterEntry **ptrs = calloc(j->n ? j->n : 1, sizeof(*ptrs));
-	if (!entries || !ptrs) {
-		free(entries);
-		free(ptrs);
+	j->entries = calloc(j->n ? j->n : 1, sizeof(*j->entries));
+	j->entry_ptrs = calloc(j->n ? j->n : 1, sizeof(*j->entry_ptrs));
+	if (!j->entries || !j->entry_ptrs) {
 		ls_session_error(j->s, j->id, -ENOMEM, "out of memory");
+		ls_read_free(j);
 		return;
 	}
 	for (size_t i = 0; i < j->n; i++) {
 		const Lorastore__VersionRecord *r = j->recs[i];
-		ls_entry_fill(srv, &entries[i], j->recs[i],
+		ls_entry_fill(srv, &j->entries[i], j->recs[i],
 			      j->tensor_counts ? j->tensor_counts[i] : (uint32_t)r->n_tensors,
 			      j->footprints ? j->footprints[i] : ls_res_footprint(r));
-		ptrs[i] = &entries[i];
+		j->entry_ptrs[i] = &j->entries[i];
 	}
-	Lorastore__ListReply lr = LORASTORE__LIST_REPLY__INIT;
-	lr.n_adapters = j->n;
-	lr.adapters = ptrs;
-	lr.next_cursor = (char *)next_cursor;
-	Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
-	resp.id = j->id;
-	resp.body_case = LORASTORE__RESPONSE__BODY_LIST;
-	resp.list = &lr;
-	ls_session_send(j->s, &resp, -1);
-	free(entries);
-	free(ptrs);
+	lorastore__list_reply__init(&j->reply);
+	j->reply.n_adapters = j->n;
+	j->reply.adapters = j->entry_ptrs;
+	j->reply.next_cursor = (char *)next_cursor; /* j->next, or a static "" */
+	j->packing = true;
+	ls_read_submit(j);
 }
 
 static void ls_on_show(struct ls_session *s, Lorastore__Request *req)
@@ -1025,6 +1044,16 @@ static void ls_read_done(struct ls_job *job)
 	struct ls_session *s = j->s;
 	struct ls_server *srv = s->srv;
 	s->jobs--;
+	if (j->packing) {
+		if (!s->closing && j->rc)
+			ls_session_error(s, j->id, j->rc, "%s", j->err.msg);
+		else if (!s->closing) {
+			ls_session_send_packed(s, j->frame, j->frame_len);
+			j->frame = NULL;
+		}
+		ls_read_free(j);
+		return;
+	}
 	bool makes_resident = j->purpose == LS_READ_ACQUIRE || j->purpose == LS_READ_PREFETCH;
 	if (!s->closing && j->rc == 0 && makes_resident && j->delete_seq != srv->delete_seq) {
 		for (size_t i = 0; i < j->n; i++) {
@@ -1043,11 +1072,11 @@ static void ls_read_done(struct ls_job *job)
 	} else {
 		switch (j->purpose) {
 		case LS_READ_SHOW:
-			ls_send_entries(j, "");
-			break;
+			ls_pack_entries(j, "");
+			return; /* j goes back to a worker, then is freed */
 		case LS_READ_LIST:
-			ls_send_entries(j, j->next);
-			break;
+			ls_pack_entries(j, j->next);
+			return;
 		case LS_READ_ACQUIRE:
 			ls_acquire_read_done(j);
 			break;

@@ -181,6 +181,8 @@ void ls_server_accept(struct ls_server *srv);
 /* Resume a paused accept once its backoff passed; close sessions past the Hello deadline. */
 void ls_server_check_connections(struct ls_server *srv, int64_t now_ms);
 void ls_session_send(struct ls_session *s, const Lorastore__Response *resp, int fd);
+/* Send a frame encoded already (ls_response_encode's output), which it takes over. */
+void ls_session_send_packed(struct ls_session *s, uint8_t *frame, size_t len);
 /* The same with up to LS_OUTMSG_MAX_FDS descriptors. */
 void ls_session_send_fds(struct ls_session *s, const Lorastore__Response *resp, const int *fds,
 			 unsigned n_fds);

@@ -444,6 +444,27 @@ void ls_session_send_fds(struct ls_session *s, const Lorastore__Response *resp, 
 		ls_send_next(s);
 }
 
+void ls_session_send_packed(struct ls_session *s, uint8_t *frame, size_t len)
+{
+	struct ls_outmsg *m = s->closing ? NULL : calloc(1, sizeof(*m));
+	if (!m) {
+		free(frame);
+		if (!s->closing)
+			ls_session_close(s, "out of memory");
+		return;
+	}
+	m->buf = frame;
+	m->len = len;
+	bool idle = s->out_head == NULL;
+	if (s->out_tail)
+		s->out_tail->next = m;
+	else
+		s->out_head = m;
+	s->out_tail = m;
+	if (idle)
+		ls_send_next(s);
+}
+
 void ls_session_error(struct ls_session *s, uint64_t id, int code, const char *fmt, ...)
 {
 	char msg[LS_ERR_MSG_MAX];
