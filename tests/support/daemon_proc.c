@@ -12,8 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
@@ -133,6 +135,46 @@ static int ls_refuse_io_uring(void)
 #endif
 }
 
+/* The seccomp filter of LS_DAEMON_NO_WX (systemd's MemoryDenyWriteExecute=yes). */
+int ls_seccomp_refuse_wx(void)
+{
+#ifdef LS_AUDIT_ARCH
+	/* Low 32 bits of argument n (little-endian). */
+#define LS_ARG(n) (offsetof(struct seccomp_data, args) + 8 * (n))
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, LS_AUDIT_ARCH, 1, 0),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_mmap, 0, 4),
+		/* mmap: refuse when prot has both PROT_WRITE and PROT_EXEC */
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, LS_ARG(2)),
+		BPF_STMT(BPF_ALU | BPF_AND | BPF_K, PROT_WRITE | PROT_EXEC),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, PROT_WRITE | PROT_EXEC, 9, 8),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW), /* not reached */
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_mprotect, 1, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_pkey_mprotect, 0, 2),
+		/* mprotect, pkey_mprotect: refuse PROT_EXEC */
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, LS_ARG(2)),
+		BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, PROT_EXEC, 4, 3),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_shmat, 0, 2),
+		/* shmat: refuse SHM_EXEC */
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, LS_ARG(2)),
+		BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, SHM_EXEC, 1, 0),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+	};
+#undef LS_ARG
+	struct sock_fprog prog = {.len = (unsigned short)(sizeof(f) / sizeof(f[0])), .filter = f};
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+		return -1;
+	return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
+#else
+	errno = ENOSYS;
+	return -1;
+#endif
+}
+
 int ls_daemon_start(struct ls_daemon_proc *d, const char *dir_or_null, const char *const *args)
 {
 	return ls_daemon_start_ex(d, dir_or_null, args, 0);
@@ -202,6 +244,10 @@ int ls_daemon_start_ex(struct ls_daemon_proc *d, const char *dir_or_null, const 
 		unsetenv("LISTEN_FDS");
 		unsetenv("LISTEN_PID");
 		if ((flags & LS_DAEMON_NO_IO_URING) && ls_refuse_io_uring() != 0) {
+			fprintf(stderr, "seccomp filter: %s\n", strerror(errno));
+			_exit(126);
+		}
+		if ((flags & LS_DAEMON_NO_WX) && ls_seccomp_refuse_wx() != 0) {
 			fprintf(stderr, "seccomp filter: %s\n", strerror(errno));
 			_exit(126);
 		}

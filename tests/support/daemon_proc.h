@@ -42,7 +42,17 @@ enum ls_daemon_flags {
 	LS_DAEMON_NO_IO_URING = 1,
 	/* A descriptor limit of 64, soft and hard (as prlimit --nofile=64:64). */
 	LS_DAEMON_NOFILE_64 = 2,
+	/*
+	 * No writable and executable memory, refused with EPERM as systemd's
+	 * MemoryDenyWriteExecute=yes of lorastored.service refuses it: mmap
+	 * with PROT_WRITE and PROT_EXEC, mprotect and pkey_mprotect to
+	 * PROT_EXEC, shmat with SHM_EXEC.
+	 */
+	LS_DAEMON_NO_WX = 4,
 };
+
+/* LS_DAEMON_NO_WX's filter, applied to the calling process (for tests of the filter). */
+int ls_seccomp_refuse_wx(void);
 
 int ls_daemon_start_ex(struct ls_daemon_proc *d, const char *dir_or_null, const char *const *args,
 		       unsigned flags);

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -186,4 +187,55 @@ Test(seccomp, auto_serves_import_acquire_load_a_sigkill_a_restart_and_verify)
 	cr_assert_eq(bad, 0, "%zu versions broken after SIGKILL and restart", bad);
 	lorastore_close(conn);
 	cr_assert_eq(ls_daemon_stop(&dp), 0, "log:\n%s", daemon_log(&dp));
+}
+
+/* ---- the service's memory rule: no writable and executable memory */
+
+/* The filter itself refuses what it claims to, so the next test proves something. */
+Test(seccomp, the_no_wx_filter_refuses_a_writable_executable_mapping)
+{
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		if (ls_seccomp_refuse_wx() != 0)
+			_exit(10);
+		void *rw = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (rw == MAP_FAILED)
+			_exit(11); /* plain memory still maps */
+		void *wx = mmap(NULL, 4096, PROT_READ | PROT_WRITE | PROT_EXEC,
+				MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (wx != MAP_FAILED || errno != EPERM)
+			_exit(12);
+		if (mprotect(rw, 4096, PROT_READ | PROT_EXEC) == 0 || errno != EPERM)
+			_exit(13);
+		_exit(0);
+	}
+	int st;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the filter test failed with %d",
+		  WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+}
+
+/*
+ * lorastored.service sets MemoryDenyWriteExecute=yes: the daemon must serve
+ * under it, on both engines (the CUDA backend's side is test_device_tier's).
+ */
+Test(seccomp, the_daemon_serves_without_writable_executable_memory)
+{
+	static const char *const engines[] = {"io_uring", "epoll"};
+	for (int i = 0; i < 2; i++) {
+		const char *args[] = {"--event-loop", engines[i], "--backend", "host", NULL};
+		if (dp.dir[0])
+			ls_daemon_cleanup(&dp);
+		int rc = ls_daemon_start_ex(&dp, NULL, args, LS_DAEMON_NO_WX);
+		cr_assert_eq(rc, 0, "%s: lorastored did not start without W+X memory; log:\n%s",
+			     engines[i], daemon_log(&dp));
+		lorastore *conn = connect_ok();
+		char name[32];
+		snprintf(name, sizeof(name), "wx/%s", engines[i]);
+		import_seed(conn, name, 70 + (uint64_t)i);
+		cr_assert_neq(adapter_hash(conn, name), 0);
+		lorastore_close(conn);
+		cr_assert_eq(ls_daemon_stop(&dp), 0, "log:\n%s", daemon_log(&dp));
+	}
 }

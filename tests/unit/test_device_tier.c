@@ -280,6 +280,28 @@ Test(device, two_processes_read_the_same_device_bytes_as_the_host_tier_holds)
 	cr_assert_eq(ls_daemon_stop(&dp), 0, "log:\n%s", daemon_log());
 }
 
+/*
+ * lorastored.service sets MemoryDenyWriteExecute=yes: the CUDA backend (on
+ * the GPU machine, the real driver) must start and serve under it.
+ */
+Test(device, the_device_tier_serves_without_writable_executable_memory)
+{
+	need_cuda(false);
+	const char *args[] = {"--backend", "cuda", "--device-budget", "256MiB", NULL};
+	int rc = ls_daemon_start_ex(&dp, NULL, args, LS_DAEMON_NO_WX);
+	cr_assert_eq(rc, 0, "lorastored did not start without W+X memory; log:\n%s", daemon_log());
+	lorastore *conn = connect_ok();
+	import_seed(conn, "wx/a", 9, 2, 256);
+	uint64_t want = host_hash(conn, "wx/a");
+	lorastore_adapter *ad = NULL;
+	rc = lorastore_acquire_tier(conn, "wx/a", LORASTORE_TIER_DEVICE, NULL, -1, &ad);
+	cr_assert_eq(rc, 0, "device acquire: %s\nlog:\n%s", lorastore_errmsg(conn), daemon_log());
+	cr_assert_eq(adapter_hash(ad), want, "the device copy differs from the host copy");
+	lorastore_adapter_release(ad);
+	lorastore_close(conn);
+	cr_assert_eq(ls_daemon_stop(&dp), 0, "log:\n%s", daemon_log());
+}
+
 Test(device, device_adapter_info_names_the_tier_the_gpu_and_read_only_access)
 {
 	need_cuda(false);
