@@ -857,7 +857,8 @@ static void ls_request_answer(struct ls_session *s, uint64_t id, struct ls_tier 
 	p->session = s;
 	p->request_id = id;
 	p->lease = lease;
-	p->deadline_ms = timeout_ms > 0 ? ls_now_ms() + timeout_ms : -1;
+	/* The timeout counts from the request's arrival, a catalog read included. */
+	p->deadline_ms = timeout_ms > 0 ? t0_ns / 1000000 + timeout_ms : -1;
 	p->t0_ns = t0_ns;
 	struct ls_resident *e = NULL;
 	int rc = rec ? ls_res_request(tier, rec, &p->waiter, &e, &err)
