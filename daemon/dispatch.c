@@ -249,12 +249,14 @@ static void ls_job_done(struct ls_job *job)
 						 ? j->deleted.n
 						 : srv->catalog_versions;
 		srv->delete_seq++;
+		srv->catalog_seq++;
 	}
 	if (j->kind == LS_JOB_REBUILD) {
 		srv->rebuilding = false;
 		/* Names may map to other versions now; reads in flight are stale. */
 		memset(srv->refcache, 0, LS_REFCACHE_SIZE * sizeof(*srv->refcache));
 		srv->delete_seq++;
+		srv->catalog_seq++;
 		if (j->rc == 0)
 			srv->catalog_versions = j->versions_after;
 	}
@@ -262,6 +264,7 @@ static void ls_job_done(struct ls_job *job)
 		ls_refcache_drop(srv, j->name, false);
 		srv->catalog_versions++;
 		srv->imports++;
+		srv->catalog_seq++;
 	} else if (j->kind == LS_JOB_IMPORT) {
 		srv->import_errors++;
 	}
@@ -530,6 +533,7 @@ struct ls_read_job {
 	char **refs;
 	Lorastore__VersionRecord **recs;
 	uint64_t delete_seq;            /* srv->delete_seq when submitted */
+	uint64_t catalog_seq;           /* srv->catalog_seq when submitted */
 	/* acquire and load */
 	int64_t t0_ns;                  /* when the request arrived */
 	int64_t timeout_ms;
@@ -646,6 +650,7 @@ static void ls_read_submit(struct ls_read_job *j)
 {
 	j->s->jobs++;
 	j->delete_seq = j->s->srv->delete_seq;
+	j->catalog_seq = j->s->srv->catalog_seq;
 	j->rc = 0;
 	ls_err_clear(&j->err);
 	ls_workers_submit(j->s->srv->workers, &j->job);
@@ -927,7 +932,13 @@ static void ls_acquire_read_done(struct ls_read_job *j)
 	if (!tier)
 		return;
 	const Lorastore__VersionRecord *rec = j->recs[0];
-	ls_refcache_put(srv, j->refs[0], rec->generation);
+	/*
+	 * Cached only when no import, delete or rebuild finished while the
+	 * record was read: "name" may mean a newer version now, and the cache
+	 * entry their completion dropped must not come back stale.
+	 */
+	if (j->catalog_seq == srv->catalog_seq)
+		ls_refcache_put(srv, j->refs[0], rec->generation);
 	if (j->lease && j->timeout_ms == 0) {
 		struct ls_resident *e = ls_res_find(tier, rec->generation);
 		if (!e || e->state != LS_RES_RESIDENT) {

@@ -157,6 +157,7 @@ struct ls_server {
 	double start_time;           /* Unix time */
 	bool rebuilding;             /* a catalog rebuild runs: imports and deletes are refused */
 	uint64_t delete_seq;         /* deletes finished so far: a catalog read older is stale */
+	uint64_t catalog_seq;        /* imports, deletes and rebuilds finished so far */
 	uint64_t catalog_versions;   /* versions in the catalog: counted at start, kept up to date */
 	bool stopping;
 

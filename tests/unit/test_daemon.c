@@ -1436,6 +1436,65 @@ Test(daemon, racing_imports_deletes_and_acquires_of_one_name_leave_no_orphaned_r
 	daemon_stop_ok();
 }
 
+/*
+ * "name" must mean the latest version as soon as an import of it returned:
+ * a cold acquire whose catalog read was in flight while the import finished
+ * must not put the older version back in the daemon's reference cache.
+ * One process imports versions one after another; another acquires "name"
+ * without a pause (cold and warm) meanwhile; after each import returns, an
+ * acquire gets that version or a later one.
+ */
+Test(daemon, an_acquire_of_a_name_after_its_import_returned_gets_that_version_or_later)
+{
+	daemon_start(NULL);
+	lorastore *conn = connect_ok();
+	struct synth_opts o = adapter_opts(95);
+	const char *dir = make_adapter("latest", &o);
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s", dir);
+	int rc = lorastore_import_dir(conn, path, &(lorastore_import_opts){.name = "latest/a"}, NULL);
+	cr_assert_eq(rc, 0, "%s", lorastore_errmsg(conn));
+	int stop[2];
+	cr_assert_eq(pipe(stop), 0);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		close(stop[1]);
+		lorastore *c = NULL;
+		if (lorastore_connect(dp.socket, &c) != 0)
+			_exit(2);
+		struct pollfd pf = {.fd = stop[0], .events = POLLIN};
+		while (poll(&pf, 1, 0) == 0) {
+			lorastore_adapter *ad = NULL;
+			if (lorastore_acquire(c, "latest/a", -1, &ad) == 0)
+				lorastore_adapter_release(ad);
+			/* Evictions keep the acquires cold now and then. */
+			lorastore_evict(c, "latest/a");
+		}
+		lorastore_close(c);
+		_exit(0);
+	}
+	child_track(pid);
+	close(stop[0]);
+	for (uint32_t i = 0; i < 30; i++) {
+		uint32_t v = 0;
+		rc = lorastore_import_dir(conn, path, &(lorastore_import_opts){.name = "latest/a"}, &v);
+		cr_assert_eq(rc, 0, "%s", lorastore_errmsg(conn));
+		lorastore_adapter *ad = NULL;
+		rc = lorastore_acquire(conn, "latest/a", -1, &ad);
+		cr_assert_eq(rc, 0, "%s", lorastore_errmsg(conn));
+		lorastore_adapter_info info;
+		cr_assert_eq(lorastore_adapter_info_get(ad, &info), 0);
+		cr_assert_geq(info.version, v, "import %u returned version %u, then \"latest/a\" gave %u",
+			      i, v, info.version);
+		lorastore_adapter_release(ad);
+	}
+	close(stop[1]);
+	cr_assert_eq(child_wait(pid), 0);
+	lorastore_close(conn);
+	daemon_stop_ok();
+}
+
 Test(daemon, an_overlong_or_malformed_name_is_refused_by_the_client_with_the_name_rule)
 {
 	daemon_start(NULL);
