@@ -79,13 +79,3 @@ int ls_ref_parse(const char *ref, char *name, uint32_t *version, struct ls_err *
 		memcpy(name, buf, len + 1);
 	return 0;
 }
-
-int ls_field_check(const char *what, const char *s, size_t len, size_t max, struct ls_err *err)
-{
-	if (len > max)
-		return ls_err_set(err, LS_E_NAME_INVALID, "%s of %zu bytes is over the limit of %zu",
-				  what, len, max);
-	if (len && memchr(s, '\0', len))
-		return ls_err_set(err, LS_E_NAME_INVALID, "%s holds a NUL byte", what);
-	return 0;
-}

@@ -28,11 +28,4 @@ bool ls_name_valid(const char *name);
  */
 int ls_ref_parse(const char *ref, char *name, uint32_t *version, struct ls_err *err);
 
-/*
- * Check a string received as len bytes (a protobuf field, which may hold a
- * NUL before its end): 0 when it has no NUL byte and is at most max bytes,
- * else LS_E_NAME_INVALID with a message in err naming what.
- */
-int ls_field_check(const char *what, const char *s, size_t len, size_t max, struct ls_err *err);
-
 #endif

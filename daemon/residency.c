@@ -626,10 +626,9 @@ static void ls_open_done(struct ls_job *job)
 }
 
 /* Start a host load: the blob is opened and checked on a worker, then read. */
-static int ls_load_start(struct ls_resident *e, struct ls_err *err)
+static void ls_load_start(struct ls_resident *e)
 {
 	struct ls_residency *r = e->tier->owner;
-	(void)err;
 	e->fd = -1;
 	e->opening = true;
 	e->want_direct = r->direct_io;
@@ -637,7 +636,6 @@ static int ls_load_start(struct ls_resident *e, struct ls_err *err)
 	e->hash_job.run = ls_open_run;
 	e->hash_job.done = ls_open_done;
 	ls_workers_submit(r->workers, &e->hash_job);
-	return 0;
 }
 
 /* ---- device loads: stage on the host tier, copy each chunk as it is read */
@@ -854,7 +852,7 @@ static int ls_request(struct ls_tier *t, uint64_t gen, const Lorastore__VersionR
 			ls_res_touch(h);
 			ls_upload_start(e, h);
 		} else if (t->kind == LS_TIER_HOST) {
-			rc = ls_load_start(e, err);
+			ls_load_start(e);
 		} else {
 			/*
 			 * Staged on the host tier, which reads the disk only if

@@ -421,6 +421,19 @@ void ls_session_send(struct ls_session *s, const Lorastore__Response *resp, int 
 	ls_session_send_fds(s, resp, &fd, fd >= 0 ? 1 : 0);
 }
 
+/* Put m at the end of the send queue, and start sending when it was idle. */
+static void ls_outmsg_queue(struct ls_session *s, struct ls_outmsg *m)
+{
+	bool idle = s->out_head == NULL;
+	if (s->out_tail)
+		s->out_tail->next = m;
+	else
+		s->out_head = m;
+	s->out_tail = m;
+	if (idle)
+		ls_send_next(s);
+}
+
 void ls_session_send_fds(struct ls_session *s, const Lorastore__Response *resp, const int *fds,
 			 unsigned n_fds)
 {
@@ -434,14 +447,7 @@ void ls_session_send_fds(struct ls_session *s, const Lorastore__Response *resp, 
 	}
 	memcpy(m->fds, fds, sizeof(int) * n_fds);
 	m->n_fds = n_fds;
-	bool idle = s->out_head == NULL;
-	if (s->out_tail)
-		s->out_tail->next = m;
-	else
-		s->out_head = m;
-	s->out_tail = m;
-	if (idle)
-		ls_send_next(s);
+	ls_outmsg_queue(s, m);
 }
 
 void ls_session_send_packed(struct ls_session *s, uint8_t *frame, size_t len)
@@ -455,14 +461,7 @@ void ls_session_send_packed(struct ls_session *s, uint8_t *frame, size_t len)
 	}
 	m->buf = frame;
 	m->len = len;
-	bool idle = s->out_head == NULL;
-	if (s->out_tail)
-		s->out_tail->next = m;
-	else
-		s->out_head = m;
-	s->out_tail = m;
-	if (idle)
-		ls_send_next(s);
+	ls_outmsg_queue(s, m);
 }
 
 void ls_session_error(struct ls_session *s, uint64_t id, int code, const char *fmt, ...)

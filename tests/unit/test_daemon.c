@@ -1165,6 +1165,27 @@ Test(daemon, a_malformed_frame_closes_that_connection_only)
 	daemon_stop_ok();
 }
 
+/* Read one response frame from a raw connection (decoded). */
+static Lorastore__Response *raw_read(int fd, struct ls_framer *f)
+{
+	const uint8_t *p;
+	size_t n;
+	while (ls_framer_next(f, &p, &n) == 0) {
+		struct pollfd pf = {.fd = fd, .events = POLLIN};
+		cr_assert_eq(poll(&pf, 1, 10000), 1, "no response within 10 s");
+		size_t avail = 0;
+		uint8_t *space = ls_framer_space(f, 4096, &avail);
+		cr_assert_not_null(space);
+		ssize_t got = recv(fd, space, avail, 0);
+		cr_assert_gt(got, 0, "connection closed instead of a response");
+		ls_framer_commit(f, (size_t)got);
+	}
+	Lorastore__Response *resp = NULL;
+	struct ls_err e;
+	cr_assert_eq(ls_response_decode(p, n, &resp, &e), 0, "%s", e.msg);
+	return resp;
+}
+
 /* Send req on a raw connection and read the one response frame (decoded). */
 static Lorastore__Response *raw_call(int fd, const Lorastore__Request *req, const char *patch_x)
 {
@@ -1181,20 +1202,7 @@ static Lorastore__Response *raw_call(int fd, const Lorastore__Request *req, cons
 	free(buf);
 	struct ls_framer f;
 	ls_framer_init(&f, 0);
-	const uint8_t *p;
-	size_t n;
-	while (ls_framer_next(&f, &p, &n) == 0) {
-		struct pollfd pf = {.fd = fd, .events = POLLIN};
-		cr_assert_eq(poll(&pf, 1, 5000), 1, "no response within 5 s");
-		uint8_t chunk[4096];
-		ssize_t got = recv(fd, chunk, sizeof(chunk), 0);
-		cr_assert_gt(got, 0, "connection closed instead of a response (%s)",
-			     got < 0 ? strerror(errno) : "end of stream");
-		cr_assert_eq(ls_framer_feed(&f, chunk, (size_t)got), 0);
-	}
-	Lorastore__Response *resp = NULL;
-	struct ls_err e;
-	cr_assert_eq(ls_response_decode(p, n, &resp, &e), 0, "%s", e.msg);
+	Lorastore__Response *resp = raw_read(fd, &f);
 	ls_framer_free(&f);
 	return resp;
 }
@@ -1252,26 +1260,6 @@ Test(daemon, an_oversized_or_nul_field_in_a_valid_frame_gets_an_error_response_a
 	daemon_stop_ok();
 }
 
-/* Read one response frame from a raw connection (decoded). */
-static Lorastore__Response *raw_read(int fd, struct ls_framer *f)
-{
-	const uint8_t *p;
-	size_t n;
-	while (ls_framer_next(f, &p, &n) == 0) {
-		struct pollfd pf = {.fd = fd, .events = POLLIN};
-		cr_assert_eq(poll(&pf, 1, 10000), 1, "no response within 10 s");
-		size_t avail = 0;
-		uint8_t *space = ls_framer_space(f, 4096, &avail);
-		cr_assert_not_null(space);
-		ssize_t got = recv(fd, space, avail, 0);
-		cr_assert_gt(got, 0, "connection closed instead of a response");
-		ls_framer_commit(f, (size_t)got);
-	}
-	Lorastore__Response *resp = NULL;
-	struct ls_err e;
-	cr_assert_eq(ls_response_decode(p, n, &resp, &e), 0, "%s", e.msg);
-	return resp;
-}
 
 /*
  * Requests pipelined on one connection, an import and then a delete of the
