@@ -57,8 +57,9 @@ LS_SAME(DEVICE);
 LS_SAME(TIER);
 LS_SAME(BLOB_MISSING);
 LS_SAME(BLOB_TRUNCATED);
+LS_SAME(ADAPTER_LIMIT);
 /* Both lists end at the same code, so neither has one the other lacks. */
-_Static_assert((int)LORASTORE_E_BLOB_TRUNCATED == (int)LS_E_LAST, "a code missing from lorastore.h");
+_Static_assert((int)LORASTORE_E_ADAPTER_LIMIT == (int)LS_E_LAST, "a code missing from lorastore.h");
 _Static_assert((int)LORASTORE_E_TRUNCATED == (int)LS_E_FIRST, "lorastore.h starts elsewhere");
 #undef LS_SAME
 

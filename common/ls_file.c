@@ -6,18 +6,29 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+int ls_fd_check_regular(int fd, const char **kind)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (S_ISREG(st.st_mode))
+		return 0;
+	if (kind)
+		*kind = S_ISFIFO(st.st_mode)	? "a pipe or FIFO"
+			: S_ISSOCK(st.st_mode) ? "a socket"
+			: S_ISDIR(st.st_mode)  ? "a directory"
+			: S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device"
+							      : "a special file";
+	return -EINVAL;
+}
+
 int ls_open_regular_at(int dirfd, const char *path, int *out)
 {
 	int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (fd < 0)
 		return -errno;
-	struct stat st;
-	int rc = 0;
-	if (fstat(fd, &st) < 0)
-		rc = -errno;
-	else if (!S_ISREG(st.st_mode))
-		rc = -EINVAL;
-	else if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0)
+	int rc = ls_fd_check_regular(fd, NULL);
+	if (rc == 0 && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0)
 		rc = -errno;
 	if (rc) {
 		close(fd);

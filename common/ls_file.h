@@ -14,4 +14,12 @@
  */
 int ls_open_regular_at(int dirfd, const char *path, int *out);
 
+/*
+ * Whether an open descriptor (one a client passed, say) is a regular file,
+ * checked before anything reads it.  Returns 0, -EINVAL when it is not
+ * (then *kind, when kind is not NULL, says what it is: "a pipe or FIFO",
+ * "a socket", ...), or -errno of fstat.
+ */
+int ls_fd_check_regular(int fd, const char **kind);
+
 #endif

@@ -68,6 +68,17 @@ static const char ls_usage[] =
 	"                         [::1]:9464)\n"
 	"  --hello-timeout MS     a new connection that has not said Hello within MS\n"
 	"                         milliseconds is closed (default 10000)\n"
+	"  --client-reply-limit SIZE\n"
+	"                         bytes of replies queued for one connection that has\n"
+	"                         not read them; above it the daemon reads no further\n"
+	"                         request from that connection until half of it has\n"
+	"                         drained (default 8MiB)\n"
+	"  --client-jobs N        requests of one connection that may wait for or run\n"
+	"                         on the workers at once (imports, verifies, catalog\n"
+	"                         reads); one more is answered with a busy error.  The\n"
+	"                         workers take connections in turn, and the waiting\n"
+	"                         jobs of a connection that closed are dropped\n"
+	"                         (default 16)\n"
 	"  --config FILE          read options from FILE (\"key = value\" lines);\n"
 	"                         options given on the command line win\n"
 	"  --log-level LEVEL      error, warning, info (default) or debug\n"
@@ -105,6 +116,8 @@ enum {
 	OPT_SOCKET_GROUP,
 	OPT_METRICS_LISTEN,
 	OPT_HELLO_TIMEOUT,
+	OPT_CLIENT_REPLY_LIMIT,
+	OPT_CLIENT_JOBS,
 };
 
 static const struct option ls_options[] = {
@@ -126,6 +139,8 @@ static const struct option ls_options[] = {
 	{"host-slab-size", required_argument, NULL, OPT_HOST_SLAB},
 	{"max-clients", required_argument, NULL, OPT_MAX_CLIENTS},
 	{"hello-timeout", required_argument, NULL, OPT_HELLO_TIMEOUT},
+	{"client-reply-limit", required_argument, NULL, OPT_CLIENT_REPLY_LIMIT},
+	{"client-jobs", required_argument, NULL, OPT_CLIENT_JOBS},
 	{"help", no_argument, NULL, 'h'},
 	{"version", no_argument, NULL, OPT_VERSION},
 	{NULL, 0, NULL, 0},
@@ -198,6 +213,8 @@ void ls_config_defaults(struct ls_config *c)
 	c->log_level = LS_LOG_INFO;
 	c->workers = 2;
 	c->hello_timeout_ms = 10000;
+	c->client_reply_limit = 8ull << 20;
+	c->client_jobs = 16;
 }
 
 /* Apply one option (from argv or the file); where names the source in messages. */
@@ -296,6 +313,15 @@ static int ls_config_apply(struct ls_config *c, int opt, const char *val, const 
 			c->workers = (unsigned)n;
 		break;
 	}
+	case OPT_CLIENT_REPLY_LIMIT:
+		/* Under 4 KiB a connection would pause after almost every reply. */
+		rc = ls_size_parse(val, &size);
+		if (rc == 0 && size < 4096)
+			rc = -EINVAL;
+		if (rc == 0)
+			c->client_reply_limit = size;
+		break;
+	case OPT_CLIENT_JOBS:
 	case OPT_MAX_CLIENTS:
 	case OPT_HELLO_TIMEOUT: {
 		char *end;
@@ -305,6 +331,8 @@ static int ls_config_apply(struct ls_config *c, int opt, const char *val, const 
 			rc = -EINVAL;
 		else if (opt == OPT_MAX_CLIENTS)
 			c->max_clients = (unsigned)n;
+		else if (opt == OPT_CLIENT_JOBS)
+			c->client_jobs = (unsigned)n;
 		else
 			c->hello_timeout_ms = (unsigned)n;
 		break;

@@ -30,6 +30,10 @@ struct ls_config {
 	unsigned workers;                /* threads of the worker pool */
 	unsigned max_clients;            /* connections served at once; 0: from the descriptor limit */
 	unsigned hello_timeout_ms;       /* a new connection's Hello must arrive within this */
+	uint64_t client_reply_limit;     /* bytes of replies queued for one connection before
+					    its requests wait; --client-reply-limit */
+	unsigned client_jobs;            /* worker jobs one connection may have queued or
+					    running; --client-jobs */
 	char config_file[PATH_MAX];      /* --config, "" when none */
 };
 

@@ -7,11 +7,18 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "ls_file.h"
 #include "metrics.h"
 #include "server.h"
 
 #define LS_LIST_PAGE_DEFAULT 100u
 #define LS_LIST_PAGE_MAX 1000u
+/*
+ * Bytes of records one page of a listing holds at most (the first record
+ * always goes in, and a record has at most LS_RECORD_MAX): with the entries'
+ * own fields the reply stays under the 16 MiB frame cap.
+ */
+#define LS_LIST_PAGE_BYTES ((size_t)8 << 20)
 #define LS_VERSION_STRING "0.1.0"
 
 static void ls_send_done(struct ls_session *s, uint64_t id)
@@ -117,6 +124,12 @@ static void ls_refcache_drop(struct ls_server *srv, const char *name, bool all)
 
 static void ls_on_hello(struct ls_session *s, Lorastore__Request *req)
 {
+	if (s->hello_done) {
+		ls_session_error(s, req->id, LS_E_PROTOCOL,
+				 "this connection has already said Hello; a connection says it "
+				 "once, first");
+		return;
+	}
 	if (req->hello->protocol_version != LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_1) {
 		ls_session_error(s, req->id, LS_E_VERSION,
 				 "protocol version %u is not supported; this daemon speaks 1",
@@ -234,6 +247,8 @@ static void ls_job_done(struct ls_job *job)
 	struct ls_session *s = j->s;
 	struct ls_server *srv = s->srv;
 	s->jobs--;
+	if (job->cancelled) /* its connection closed before a worker took it */
+		j->rc = -ECANCELED;
 	if (j->cfg_fd >= 0)
 		close(j->cfg_fd);
 	if (j->st_fd >= 0)
@@ -265,7 +280,7 @@ static void ls_job_done(struct ls_job *job)
 		srv->catalog_versions++;
 		srv->imports++;
 		srv->catalog_seq++;
-	} else if (j->kind == LS_JOB_IMPORT) {
+	} else if (j->kind == LS_JOB_IMPORT && !job->cancelled) {
 		srv->import_errors++;
 	}
 	if (j->rc) {
@@ -335,8 +350,28 @@ static void ls_job_done(struct ls_job *job)
 		malloc_trim(0);
 }
 
+/*
+ * Whether s may queue one more worker job; if not, the request is answered
+ * busy.  A connection cannot fill the workers' queue: it waits for its
+ * answers once it has --client-jobs requests there.
+ */
+static bool ls_job_allowed(struct ls_session *s, uint64_t id)
+{
+	unsigned limit = s->srv->cfg->client_jobs;
+	if (!limit || s->jobs < limit)
+		return true;
+	s->srv->jobs_refused++;
+	ls_session_error(s, id, LS_E_BUSY,
+			 "this connection has %u requests waiting for the daemon's workers "
+			 "(--client-jobs %u); wait for their answers before sending more",
+			 s->jobs, limit);
+	return false;
+}
+
 static struct ls_req_job *ls_job_new(struct ls_session *s, uint64_t id, enum ls_job_kind kind)
 {
+	if (!ls_job_allowed(s, id))
+		return NULL;
 	struct ls_req_job *j = calloc(1, sizeof(*j));
 	if (!j) {
 		ls_session_error(s, id, -ENOMEM, "out of memory");
@@ -344,6 +379,7 @@ static struct ls_req_job *ls_job_new(struct ls_session *s, uint64_t id, enum ls_
 	}
 	j->job.run = ls_job_run;
 	j->job.done = ls_job_done;
+	j->job.owner = &s->job_owner;
 	j->kind = kind;
 	j->s = s;
 	j->id = id;
@@ -420,6 +456,24 @@ static void ls_on_import(struct ls_session *s, Lorastore__Request *req)
 	enum ls_convert conv = LS_CONVERT_KEEP;
 	if (!ls_need_admin(s, req->id, "import") || !ls_catalog_writable(s, req->id))
 		goto refuse;
+	/* Checked here, before a worker reads them: a pipe would hold the worker. */
+	const int fds[2] = {cfg_fd, st_fd};
+	static const char *const what[2] = {"adapter_config.json", "adapter_model.safetensors"};
+	for (int i = 0; i < 2; i++) {
+		const char *kind = NULL;
+		int rc = fds[i] >= 0 ? ls_fd_check_regular(fds[i], &kind) : 0;
+		if (rc) {
+			if (rc == -EINVAL)
+				ls_session_error(s, req->id, rc,
+						 "import: the descriptor sent for %s is %s, not a "
+						 "regular file",
+						 what[i], kind);
+			else
+				ls_session_error(s, req->id, rc, "import: fstat of %s: %s", what[i],
+						 strerror(-rc));
+			goto refuse;
+		}
+	}
 	if (im->dtype && im->dtype[0] && ls_convert_from_name(im->dtype, &conv) != 0) {
 		ls_session_error(s, req->id, -EINVAL, "dtype '%s': expected keep, f16, bf16 or f32",
 				 im->dtype);
@@ -545,6 +599,7 @@ struct ls_read_job {
 	char cursor[LS_NAME_MAX + 16];
 	char next[LS_NAME_MAX + 16];
 	unsigned limit;
+	size_t page_bytes;              /* packed bytes of the records taken so far */
 	uint32_t *tensor_counts;
 	uint64_t *footprints;
 	/*
@@ -568,6 +623,9 @@ static int ls_page_add(void *ud, const Lorastore__VersionRecord *rec)
 	shallow.n_tensors = 0;
 	shallow.tensors = NULL;
 	size_t len = lorastore__version_record__get_packed_size(&shallow);
+	if (j->n && j->page_bytes + len > LS_LIST_PAGE_BYTES)
+		return LS_LIST_PAGE_FULL;
+	j->page_bytes += len;
 	uint8_t *buf = malloc(len ? len : 1);
 	Lorastore__VersionRecord **recs = realloc(j->recs, (j->n + 1) * sizeof(*recs));
 	if (recs)
@@ -660,6 +718,8 @@ static void ls_read_submit(struct ls_read_job *j)
 static struct ls_read_job *ls_read_new(struct ls_session *s, uint64_t id, enum ls_read_for purpose,
 				       const char *const *refs, size_t n)
 {
+	if (!ls_job_allowed(s, id))
+		return NULL;
 	struct ls_read_job *j = calloc(1, sizeof(*j));
 	if (j && n) {
 		j->refs = calloc(n, sizeof(*j->refs));
@@ -677,6 +737,7 @@ static struct ls_read_job *ls_read_new(struct ls_session *s, uint64_t id, enum l
 	}
 	j->job.run = ls_read_run;
 	j->job.done = ls_read_done;
+	j->job.owner = &s->job_owner;
 	j->t0_ns = s->req_t0_ns;
 	j->purpose = purpose;
 	j->s = s;
@@ -1056,6 +1117,10 @@ static void ls_read_done(struct ls_job *job)
 	struct ls_session *s = j->s;
 	struct ls_server *srv = s->srv;
 	s->jobs--;
+	if (job->cancelled) { /* its connection closed before a worker took it */
+		ls_read_free(j);
+		return;
+	}
 	if (j->packing) {
 		if (!s->closing && j->rc)
 			ls_session_error(s, j->id, j->rc, "%s", j->err.msg);
@@ -1144,9 +1209,6 @@ void ls_dispatch(struct ls_session *s, Lorastore__Request *req)
 {
 	s->req_t0_ns = ls_now_ns();
 	if (!s->hello_done && req->body_case != LORASTORE__REQUEST__BODY_HELLO) {
-		/* Descriptors sent before the handshake are not ours to keep. */
-		while (s->n_fds)
-			close(ls_session_take_fd(s));
 		ls_session_error(s, req->id, LS_E_PROTOCOL, "the first request must be Hello");
 		s->close_after_send = true;
 		return;
@@ -1253,6 +1315,10 @@ void ls_server_metrics_snapshot(struct ls_server *srv, struct ls_metrics_snapsho
 	out->catalog_versions = srv->catalog_versions;
 	out->refused_connections = srv->refused_connections;
 	out->hello_timeouts = srv->hello_timeouts;
+	out->throttled = srv->throttled;
+	out->malformed = srv->malformed;
+	out->jobs_refused = srv->jobs_refused;
+	out->jobs_cancelled = srv->jobs_cancelled;
 	snprintf(out->event_loop, sizeof(out->event_loop), "%s", ls_loop_name(&srv->loop));
 	snprintf(out->backend, sizeof(out->backend), "%s", srv->n_devices ? "cuda" : "host");
 	snprintf(out->version, sizeof(out->version), "%s", LS_VERSION);

@@ -143,7 +143,8 @@ static void ls_connection_limits(struct ls_server *srv)
 			srv->cfg->max_clients, srv->fd_limit);
 	srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	struct ls_ratelimit every_10s = LS_RATELIMIT_INIT(10000);
-	srv->log_refused = srv->log_exhausted = srv->log_hello = srv->log_accept = every_10s;
+	srv->log_refused = srv->log_exhausted = srv->log_hello = srv->log_accept =
+		srv->log_malformed = every_10s;
 }
 
 /*

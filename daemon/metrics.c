@@ -142,6 +142,21 @@ char *ls_metrics_format(const struct ls_metrics_snapshot *s, size_t *len)
 		{"lorastore_hello_timeouts_total", "counter",
 		 "Connections closed for want of a Hello in time.",
 		 offsetof(struct ls_metrics_snapshot, hello_timeouts)},
+		{"lorastore_client_reads_paused_total", "counter",
+		 "Times a connection's requests were left unread because its unread replies "
+		 "were over --client-reply-limit.",
+		 offsetof(struct ls_metrics_snapshot, throttled)},
+		{"lorastore_malformed_requests_total", "counter",
+		 "Connections closed for a request that could not be answered (no protobuf "
+		 "message, or no request id).",
+		 offsetof(struct ls_metrics_snapshot, malformed)},
+		{"lorastore_jobs_refused_total", "counter",
+		 "Requests answered busy: their connection had --client-jobs requests on the "
+		 "workers.",
+		 offsetof(struct ls_metrics_snapshot, jobs_refused)},
+		{"lorastore_jobs_cancelled_total", "counter",
+		 "Worker jobs dropped unstarted because their connection closed.",
+		 offsetof(struct ls_metrics_snapshot, jobs_cancelled)},
 	};
 	for (size_t i = 0; i < sizeof(plain) / sizeof(plain[0]); i++) {
 		uint64_t v;

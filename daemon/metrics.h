@@ -29,6 +29,7 @@ struct ls_metrics_snapshot {
 	uint64_t clients, max_clients, leases;
 	uint64_t imports, import_errors, catalog_versions;
 	uint64_t refused_connections, hello_timeouts;
+	uint64_t throttled, malformed, jobs_refused, jobs_cancelled; /* per-connection bounds */
 	char event_loop[16];
 	char backend[8];
 	char version[32];

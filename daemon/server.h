@@ -21,7 +21,12 @@
 #include "store.h"
 #include "workers.h"
 
-/* Most descriptors one session may have received and not yet used. */
+/*
+ * Most descriptors one session holds received and not yet given to a
+ * request, and most one request may bring (no request takes more than two:
+ * an import's config and weights).  More are closed and the request they
+ * came with is refused.
+ */
 #define LS_SESSION_MAX_FDS 8
 /* Bytes asked of one receive. */
 #define LS_RECV_CHUNK (64u << 10)
@@ -82,8 +87,26 @@ struct ls_session {
 		char buf[CMSG_SPACE(sizeof(int) * LS_SESSION_MAX_FDS)];
 		struct cmsghdr align;
 	} rcmsg;
-	int fds[LS_SESSION_MAX_FDS]; /* received descriptors, oldest first */
-	unsigned n_fds;
+	/*
+	 * Descriptors belong to the request whose frame holds the last byte
+	 * of the receive that brought them: the kernel stops a receive right
+	 * after the message that carried descriptors, and a client sends a
+	 * request's descriptors with that request's frame alone.  rx_pos is
+	 * that byte's position in the stream.
+	 */
+	uint64_t rx_bytes;           /* bytes received on this connection */
+	uint64_t rx_framed;          /* bytes handed out as frames: where the next frame starts */
+	struct ls_rx_fd {
+		int fd;
+		uint64_t pos;
+	} rx_fds[LS_SESSION_MAX_FDS]; /* received, not yet given to a request, oldest first */
+	unsigned n_rx_fds;
+	bool rx_fds_dropped;         /* some could not be kept (closed): the request is refused */
+	uint64_t rx_dropped_pos;
+	int req_fds[LS_SESSION_MAX_FDS]; /* the request being dispatched: its descriptors */
+	unsigned req_n_fds;
+	bool req_fds_dropped;        /* it brought more than could be kept */
+	bool recv_paused;            /* the reply queue is over --client-reply-limit */
 
 	struct ls_op send_op;
 	struct msghdr smsg;
@@ -93,6 +116,7 @@ struct ls_session {
 		struct cmsghdr align;
 	} scmsg;
 	struct ls_outmsg *out_head, *out_tail;
+	uint64_t out_bytes;          /* reply bytes queued and not yet sent */
 
 	struct ls_lease *leases;
 	uint64_t pinned_bytes;
@@ -101,6 +125,7 @@ struct ls_session {
 	uint32_t n_slabs_sent;       /* bits */
 	struct ls_pending *pending;
 	unsigned jobs;               /* worker jobs that will answer this session */
+	struct ls_job_owner job_owner; /* its place in the workers' turns */
 
 	struct ls_session *next, *prev;
 };
@@ -136,7 +161,12 @@ struct ls_server {
 	unsigned accept_backoff_ms;
 	uint64_t refused_connections; /* over max_clients or out of descriptors */
 	uint64_t hello_timeouts;     /* connections closed for want of a Hello */
-	struct ls_ratelimit log_refused, log_exhausted, log_hello, log_accept;
+	struct ls_ratelimit log_refused, log_exhausted, log_hello, log_accept, log_malformed;
+	/* Per-connection bounds at work (metrics): */
+	uint64_t throttled;          /* times a connection's reading paused for its reply queue */
+	uint64_t malformed;          /* connections closed for a request that cannot be answered */
+	uint64_t jobs_refused;       /* requests refused over --client-jobs */
+	uint64_t jobs_cancelled;     /* worker jobs skipped: their connection was gone */
 
 	int signal_fd;                /* nonblocking */
 	struct ls_op signal_op;
@@ -195,7 +225,7 @@ int ls_session_slab_unsent(struct ls_session *s, uint32_t id);
 void ls_session_error(struct ls_session *s, uint64_t id, int code, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 void ls_session_close(struct ls_session *s, const char *why);
-/* Take the oldest received descriptor, or -1. */
+/* Take the next descriptor the request being dispatched brought, or -1. */
 int ls_session_take_fd(struct ls_session *s);
 /* Free sessions that are closed and no longer referred to. */
 void ls_server_reap_sessions(struct ls_server *srv);

@@ -32,6 +32,8 @@ int64_t ls_now_ms(void)
 
 static void ls_recv_submit(struct ls_session *s);
 static void ls_send_next(struct ls_session *s);
+static void ls_session_process(struct ls_session *s);
+static void ls_session_close_fds(struct ls_session *s);
 
 /*
  * Whether the peer may import, delete, evict and gc: root, the daemon's own
@@ -235,10 +237,17 @@ void ls_server_check_connections(struct ls_server *srv, int64_t now_ms)
 	}
 }
 
-/* Keep descriptors that came with a receive, oldest first. */
-static int ls_collect_fds(struct ls_session *s)
+/*
+ * Keep the descriptors that came with a receive, each marked with the
+ * position of the receive's last byte: they belong to the request whose
+ * frame holds that byte.  Any that cannot be kept (more than the session
+ * holds, or cut off by the kernel: MSG_CTRUNC) are closed, and that request
+ * is refused.
+ */
+static void ls_collect_fds(struct ls_session *s)
 {
-	int rc = 0;
+	uint64_t pos = s->rx_bytes - 1;
+	bool dropped = (s->rmsg.msg_flags & MSG_CTRUNC) != 0;
 	for (struct cmsghdr *c = CMSG_FIRSTHDR(&s->rmsg); c; c = CMSG_NXTHDR(&s->rmsg, c)) {
 		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
 			continue;
@@ -247,87 +256,197 @@ static int ls_collect_fds(struct ls_session *s)
 		for (size_t i = 0; i < n; i++) {
 			int fd;
 			memcpy(&fd, fds + i, sizeof(fd));
-			if (s->n_fds < LS_SESSION_MAX_FDS) {
-				s->fds[s->n_fds++] = fd;
+			if (s->n_rx_fds < LS_SESSION_MAX_FDS) {
+				s->rx_fds[s->n_rx_fds].fd = fd;
+				s->rx_fds[s->n_rx_fds++].pos = pos;
 			} else {
 				close(fd);
-				rc = -EMFILE;
+				dropped = true;
 			}
 		}
 	}
-	return rc;
+	if (dropped) {
+		s->rx_fds_dropped = true;
+		s->rx_dropped_pos = pos;
+	}
+}
+
+/* Give the frame that ends before stream position end the descriptors that belong to it. */
+static void ls_frame_take_fds(struct ls_session *s, uint64_t end)
+{
+	unsigned k = 0;
+	while (k < s->n_rx_fds && s->rx_fds[k].pos < end) {
+		s->req_fds[s->req_n_fds++] = s->rx_fds[k].fd;
+		k++;
+	}
+	memmove(s->rx_fds, s->rx_fds + k, (s->n_rx_fds - k) * sizeof(s->rx_fds[0]));
+	s->n_rx_fds -= k;
+	if (s->rx_fds_dropped && s->rx_dropped_pos < end) {
+		s->req_fds_dropped = true;
+		s->rx_fds_dropped = false;
+	}
+}
+
+/* Close whatever descriptors the request just handled did not use. */
+static void ls_request_fds_close(struct ls_session *s)
+{
+	for (unsigned i = 0; i < s->req_n_fds; i++)
+		if (s->req_fds[i] >= 0)
+			close(s->req_fds[i]);
+	s->req_n_fds = 0;
+	s->req_fds_dropped = false;
 }
 
 int ls_session_take_fd(struct ls_session *s)
 {
-	if (s->n_fds == 0)
-		return -1;
-	int fd = s->fds[0];
-	memmove(s->fds, s->fds + 1, (s->n_fds - 1) * sizeof(int));
-	s->n_fds--;
-	return fd;
+	for (unsigned i = 0; i < s->req_n_fds; i++) {
+		int fd = s->req_fds[i];
+		if (fd >= 0) {
+			s->req_fds[i] = -1;
+			return fd;
+		}
+	}
+	return -1;
 }
 
 /*
- * A request that decoded but broke a field rule (a string over the cap, a
- * NUL byte, a missing field) is answered with an error, and the connection
- * goes on; the descriptors it brought are closed.  False when it cannot be
- * answered (no id, or fewer descriptors than it claims): then the
- * connection closes, since the stream can no longer be trusted.
+ * A request that decoded but broke a rule (a string over the cap, a NUL
+ * byte, a missing field, descriptors it does not take) is answered with an
+ * error, and the connection goes on.  False when it cannot be answered (no
+ * id): then the connection closes, since the stream can no longer be
+ * trusted.  Either way the descriptors it brought are closed afterwards.
  */
 static bool ls_refuse_request(struct ls_session *s, const struct ls_request_head *head, int code,
 			      const char *msg)
 {
-	if (!head->answerable || head->n_fds > s->n_fds)
+	if (!head->answerable)
 		return false;
-	for (unsigned i = 0; i < head->n_fds; i++)
-		close(ls_session_take_fd(s));
 	ls_session_error(s, head->id, code, "%s", msg);
 	return !s->closing;
 }
 
-static void ls_recv_done(struct ls_loop *loop, struct ls_op *op, int res)
+/* The name of a request's kind, as the protocol spells it ("import", "stats"). */
+static const char *ls_request_kind(const Lorastore__Request *req)
 {
-	struct ls_session *s = LS_CONTAINER(op, struct ls_session, recv_op);
-	(void)loop;
-	if (s->closing)
-		return;
-	if (res <= 0) {
-		ls_session_close(s, res == 0 ? "closed by peer" : strerror(-res));
-		return;
-	}
-	ls_framer_commit(&s->framer, (size_t)res);
-	if (s->rmsg.msg_flags & MSG_CTRUNC || ls_collect_fds(s)) {
-		ls_session_close(s, "too many descriptors");
-		return;
-	}
+	const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(
+		&lorastore__request__descriptor, (unsigned)req->body_case);
+	return f ? f->name : "unknown";
+}
+
+/*
+ * Whether req brought exactly the descriptors it takes; if not it is
+ * answered with an error (and false is returned).
+ */
+static bool ls_request_fds_match(struct ls_session *s, const Lorastore__Request *req)
+{
+	unsigned want = ls_request_fd_count(req);
+	if (!s->req_fds_dropped && s->req_n_fds == want)
+		return true;
+	char msg[LS_ERR_MSG_MAX];
+	const char *kind = ls_request_kind(req);
+	const char *a = strchr("aeiou", kind[0]) ? "an" : "a";
+	if (s->req_fds_dropped)
+		snprintf(msg, sizeof(msg),
+			 "%s %s request brought more than %u file descriptors; it takes %u",
+			 a, kind, LS_SESSION_MAX_FDS, want);
+	else
+		snprintf(msg, sizeof(msg),
+			 "%s %s request brought %u file descriptor%s; it takes %u, sent with "
+			 "its own frame",
+			 a, kind, s->req_n_fds, s->req_n_fds == 1 ? "" : "s", want);
+	struct ls_request_head head = {.id = req->id, .answerable = req->id != 0};
+	if (!ls_refuse_request(s, &head, LS_E_PROTOCOL, msg) && !s->closing)
+		ls_session_close(s, "descriptors that do not match the request");
+	return false;
+}
+
+/*
+ * Whether the replies queued for s are over the bound: then no further
+ * request is taken from it until they drain (a client that sends and never
+ * reads cannot make the daemon queue without limit).
+ */
+static bool ls_session_throttled(struct ls_session *s)
+{
+	uint64_t limit = s->srv->cfg->client_reply_limit;
+	return limit && s->out_bytes > limit;
+}
+
+/*
+ * Dispatch every whole frame buffered, then receive more; stop (and do not
+ * receive) while the reply queue is over its bound, and go on from
+ * ls_send_done once it drained.
+ */
+static void ls_session_process(struct ls_session *s)
+{
 	for (;;) {
+		if (ls_session_throttled(s)) {
+			if (!s->recv_paused) {
+				s->recv_paused = true;
+				s->srv->throttled++;
+			}
+			return;
+		}
 		const uint8_t *payload;
 		size_t len;
 		int rc = ls_framer_next(&s->framer, &payload, &len);
 		if (rc == 0)
 			break;
 		if (rc < 0) {
+			s->srv->malformed++;
+			ls_log_limited(&s->srv->log_malformed, LS_LOG_WARNING,
+				       "session %u (pid %d, uid %u): a frame over the %u-byte cap; "
+				       "closing",
+				       s->id, (int)s->cred.pid, (unsigned)s->cred.uid, LS_FRAME_MAX);
 			ls_session_close(s, "frame over the size cap");
 			return;
 		}
+		s->rx_framed += LS_FRAME_HEADER + len;
+		ls_frame_take_fds(s, s->rx_framed);
 		Lorastore__Request *req = NULL;
 		struct ls_request_head head;
 		struct ls_err err;
 		rc = ls_request_decode(payload, len, &req, &head, &err);
-		if (rc && ls_refuse_request(s, &head, rc, err.msg))
-			continue;
 		if (rc) {
-			ls_warn("session %u: %s; closing", s->id, err.msg);
-			ls_session_close(s, "malformed request");
-			return;
+			if (!ls_refuse_request(s, &head, rc, err.msg) && !s->closing) {
+				s->srv->malformed++;
+				ls_log_limited(&s->srv->log_malformed, LS_LOG_WARNING,
+					       "session %u (pid %d, uid %u): %s; closing", s->id,
+					       (int)s->cred.pid, (unsigned)s->cred.uid, err.msg);
+				ls_session_close(s, "malformed request");
+			}
+		} else if (ls_request_fds_match(s, req)) {
+			ls_dispatch(s, req);
 		}
-		ls_dispatch(s, req);
-		lorastore__request__free_unpacked(req, NULL);
+		ls_request_fds_close(s);
+		if (req)
+			lorastore__request__free_unpacked(req, NULL);
 		if (s->closing)
 			return;
 	}
+	s->recv_paused = false;
 	ls_recv_submit(s);
+}
+
+static void ls_recv_done(struct ls_loop *loop, struct ls_op *op, int res)
+{
+	struct ls_session *s = LS_CONTAINER(op, struct ls_session, recv_op);
+	(void)loop;
+	if (res > 0) {
+		ls_framer_commit(&s->framer, (size_t)res);
+		s->rx_bytes += (uint64_t)res;
+	}
+	/* Descriptors are the session's to close from here, whatever happens next. */
+	if (res >= 0)
+		ls_collect_fds(s);
+	if (s->closing) {
+		ls_session_close_fds(s);
+		return;
+	}
+	if (res <= 0) {
+		ls_session_close(s, res == 0 ? "closed by peer" : strerror(-res));
+		return;
+	}
+	ls_session_process(s);
 }
 
 static void ls_recv_submit(struct ls_session *s)
@@ -360,6 +479,7 @@ static void ls_send_done(struct ls_loop *loop, struct ls_op *op, int res)
 	}
 	struct ls_outmsg *m = s->out_head;
 	m->off += (size_t)res;
+	s->out_bytes -= (uint64_t)res;
 	m->n_fds = 0; /* the descriptors went with the first bytes */
 	if (m->off >= m->len) {
 		s->out_head = m->next;
@@ -369,6 +489,9 @@ static void ls_send_done(struct ls_loop *loop, struct ls_op *op, int res)
 		free(m);
 	}
 	ls_send_next(s);
+	/* Requests wait while replies are over the bound; half drained, they go on. */
+	if (s->recv_paused && !s->closing && s->out_bytes <= s->srv->cfg->client_reply_limit / 2)
+		ls_session_process(s);
 }
 
 static void ls_send_next(struct ls_session *s)
@@ -425,6 +548,7 @@ void ls_session_send(struct ls_session *s, const Lorastore__Response *resp, int 
 static void ls_outmsg_queue(struct ls_session *s, struct ls_outmsg *m)
 {
 	bool idle = s->out_head == NULL;
+	s->out_bytes += m->len;
 	if (s->out_tail)
 		s->out_tail->next = m;
 	else
@@ -440,7 +564,17 @@ void ls_session_send_fds(struct ls_session *s, const Lorastore__Response *resp, 
 	if (s->closing)
 		return;
 	struct ls_outmsg *m = calloc(1, sizeof(*m));
-	if (!m || n_fds > LS_OUTMSG_MAX_FDS || ls_response_encode(resp, &m->buf, &m->len) != 0) {
+	int rc = !m || n_fds > LS_OUTMSG_MAX_FDS ? -ENOMEM
+						 : ls_response_encode(resp, &m->buf, &m->len);
+	if (rc == LS_E_FRAME_TOO_LARGE && !resp->error) {
+		/* Bounds upstream keep replies small; should one still be over, say so. */
+		free(m);
+		ls_session_error(s, resp->id, rc,
+				 "the reply would be %zu bytes, more than a frame may have (%u)",
+				 lorastore__response__get_packed_size(resp), LS_FRAME_MAX);
+		return;
+	}
+	if (rc) {
 		free(m);
 		ls_session_close(s, "cannot encode a response");
 		return;
@@ -494,12 +628,23 @@ void ls_session_close(struct ls_session *s, const char *why)
 		ls_res_cancel(&p->waiter);
 		free(p);
 	}
-	while (s->n_fds)
-		close(ls_session_take_fd(s));
+	ls_session_close_fds(s);
+	/* Nobody waits for the answers of jobs no worker has started. */
+	s->srv->jobs_cancelled += ls_workers_cancel(s->srv->workers, &s->job_owner);
 	/* Completions of operations still in flight come back with errors. */
 	shutdown(s->fd, SHUT_RDWR);
 	if (s->recv_op.pending || s->send_op.pending)
 		ls_loop_cancel_fd(&s->srv->loop, s->fd);
+}
+
+/* Close every descriptor received and not used: queued, or the current request's. */
+static void ls_session_close_fds(struct ls_session *s)
+{
+	for (unsigned i = 0; i < s->n_rx_fds; i++)
+		close(s->rx_fds[i].fd);
+	s->n_rx_fds = 0;
+	s->rx_fds_dropped = false;
+	ls_request_fds_close(s);
 }
 
 void ls_server_reap_sessions(struct ls_server *srv)

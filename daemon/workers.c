@@ -11,7 +11,8 @@
 struct ls_workers {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	struct ls_job *todo_head, *todo_tail;  /* waiting for a thread */
+	struct ls_job_owner *ring_head, *ring_tail; /* owners with jobs waiting for a thread */
+	struct ls_job_owner own;                    /* jobs submitted without an owner */
 	struct ls_job *done_head, *done_tail;  /* waiting for the loop */
 	unsigned busy;                          /* submitted and not yet reaped */
 	bool stopping;
@@ -41,13 +42,41 @@ static struct ls_job *ls_pop(struct ls_job **head, struct ls_job **tail)
 	return job;
 }
 
+/* Put an owner with queued jobs at the end of the ring. */
+static void ls_ring_push(struct ls_workers *w, struct ls_job_owner *o)
+{
+	o->next = NULL;
+	o->queued = true;
+	if (w->ring_tail)
+		w->ring_tail->next = o;
+	else
+		w->ring_head = o;
+	w->ring_tail = o;
+}
+
+/* The next job in turn: the first of the owner at the head of the ring, which goes to the end. */
+static struct ls_job *ls_next_job(struct ls_workers *w)
+{
+	struct ls_job_owner *o = w->ring_head;
+	if (!o)
+		return NULL;
+	w->ring_head = o->next;
+	if (!w->ring_head)
+		w->ring_tail = NULL;
+	o->queued = false;
+	struct ls_job *job = ls_pop(&o->head, &o->tail);
+	if (o->head)
+		ls_ring_push(w, o);
+	return job;
+}
+
 static void *ls_worker_main(void *arg)
 {
 	struct ls_workers *w = arg;
 	pthread_mutex_lock(&w->lock);
 	for (;;) {
 		struct ls_job *job;
-		while (!(job = ls_pop(&w->todo_head, &w->todo_tail)) && !w->stopping)
+		while (!(job = ls_next_job(w)) && !w->stopping)
 			pthread_cond_wait(&w->cond, &w->lock);
 		if (!job)
 			break;
@@ -93,11 +122,45 @@ int ls_workers_start(unsigned n, struct ls_workers **out, int *efd)
 
 void ls_workers_submit(struct ls_workers *w, struct ls_job *job)
 {
+	struct ls_job_owner *o = job->owner ? job->owner : &w->own;
+	job->cancelled = false;
 	pthread_mutex_lock(&w->lock);
-	ls_push(&w->todo_head, &w->todo_tail, job);
+	ls_push(&o->head, &o->tail, job);
+	if (!o->queued)
+		ls_ring_push(w, o);
 	w->busy++;
 	pthread_cond_signal(&w->cond);
 	pthread_mutex_unlock(&w->lock);
+}
+
+unsigned ls_workers_cancel(struct ls_workers *w, struct ls_job_owner *owner)
+{
+	unsigned n = 0;
+	pthread_mutex_lock(&w->lock);
+	if (owner->queued) {
+		struct ls_job_owner **p = &w->ring_head, *prev = NULL;
+		while (*p != owner) {
+			prev = *p;
+			p = &(*p)->next;
+		}
+		*p = owner->next;
+		if (w->ring_tail == owner)
+			w->ring_tail = prev;
+		owner->queued = false;
+	}
+	struct ls_job *job;
+	while ((job = ls_pop(&owner->head, &owner->tail))) {
+		job->cancelled = true;
+		ls_push(&w->done_head, &w->done_tail, job);
+		n++;
+	}
+	pthread_mutex_unlock(&w->lock);
+	if (n) {
+		uint64_t one = 1;
+		ssize_t r = write(w->efd, &one, sizeof(one));
+		(void)r;
+	}
+	return n;
 }
 
 unsigned ls_workers_reap(struct ls_workers *w)

@@ -531,7 +531,6 @@ fail:
 	/* A request that decoded has an id: the caller may answer it. */
 	if (head) {
 		head->id = req->id;
-		head->n_fds = ls_request_fd_count(req);
 		head->answerable = req->id != 0;
 	}
 	lorastore__request__free_unpacked(req, NULL);

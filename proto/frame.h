@@ -60,12 +60,11 @@ size_t ls_framer_pending(const struct ls_framer *f);
 
 /*
  * What a caller needs to answer a request that decoded but broke a rule (a
- * string over the cap, a NUL byte, a missing field): its id, and how many
- * descriptors it said it brought, which the caller takes and closes.
+ * string over the cap, a NUL byte, a missing field): its id.  The
+ * descriptors that came with its frame are the caller's to close.
  */
 struct ls_request_head {
 	uint64_t id;
-	unsigned n_fds;
 	bool answerable; /* the frame was a Request with a non-zero id */
 };
 

@@ -9,6 +9,7 @@
 
 #include "peft_config.h"
 #include "json.h"
+#include "ls_file.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -24,7 +25,12 @@
 #include <unistd.h>
 
 /* Real configs are a few kilobytes; anything near this is not a config. */
-#define LS_PEFT_FILE_MAX ((size_t)16 << 20)
+/*
+ * Largest adapter_config.json taken.  Real ones have a few KB (a
+ * target_modules list naming every module of a large model has tens of KB);
+ * what a config holds goes into every reply about its version.
+ */
+#define LS_PEFT_FILE_MAX ((size_t)1 << 20)
 
 /*
  * Bounds on one regex match, so that a hostile pattern cannot stall the
@@ -517,19 +523,24 @@ int ls_peft_config_read_fd(int fd, const char *what, struct ls_peft_config *out,
 	memset(out, 0, sizeof(*out));
 	ls_err_clear(err);
 
+	/* A pipe or socket would hold the reader until its writer lets go. */
+	const char *kind = NULL;
+	int rrc = ls_fd_check_regular(fd, &kind);
+	if (rrc == -EINVAL)
+		return ls_err_set(err, -EINVAL, "%s: %s, not a regular file", what, kind);
 	struct stat st;
-	if (fstat(fd, &st) < 0) {
-		int e = errno;
+	if (rrc || fstat(fd, &st) < 0) {
+		int e = rrc ? -rrc : errno;
 		return ls_err_set(err, -e, "%s: cannot stat the file: %s", what, strerror(e));
 	}
-	if (S_ISREG(st.st_mode) && (uint64_t)st.st_size > LS_PEFT_FILE_MAX)
+	if ((uint64_t)st.st_size > LS_PEFT_FILE_MAX)
 		return ls_err_set(err, LS_E_CONFIG_INVALID,
-				  "%s: the file has %lld bytes, more than the 16 MiB a PEFT config "
+				  "%s: the file has %lld bytes, more than the 1 MiB a PEFT config "
 				  "may have",
 				  what, (long long)st.st_size);
 
 	/* One byte past the expected size, so that a file that grew is noticed. */
-	size_t cap = S_ISREG(st.st_mode) && st.st_size > 0 ? (size_t)st.st_size + 1 : 4096;
+	size_t cap = st.st_size > 0 ? (size_t)st.st_size + 1 : 4096;
 	size_t len = 0;
 	char *buf = malloc(cap);
 	if (!buf)
@@ -540,7 +551,7 @@ int ls_peft_config_read_fd(int fd, const char *what, struct ls_peft_config *out,
 			if (cap > LS_PEFT_FILE_MAX) {
 				free(buf);
 				return ls_err_set(err, LS_E_CONFIG_INVALID,
-						  "%s: the file is larger than the 16 MiB a PEFT "
+						  "%s: the file is larger than the 1 MiB a PEFT "
 						  "config may have",
 						  what);
 			}

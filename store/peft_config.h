@@ -63,8 +63,10 @@ int ls_peft_config_parse(const char *json, size_t len, const char *what,
 
 /*
  * Read the whole file open on fd (from its current offset) and parse it.
- * Returns what ls_peft_config_parse returns, LS_E_CONFIG_INVALID for a file
- * over 16 MiB, or -errno when fstat or read fails.
+ * Returns what ls_peft_config_parse returns, -EINVAL at once when fd is not
+ * a regular file (a pipe or a socket would hold the reader for as long as
+ * its writer lives), LS_E_CONFIG_INVALID for a file over 1 MiB, or -errno
+ * when fstat or read fails.
  */
 int ls_peft_config_read_fd(int fd, const char *what, struct ls_peft_config *out,
 			   struct ls_err *err);

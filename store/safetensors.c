@@ -14,6 +14,7 @@
  */
 #include "safetensors.h"
 #include "json.h"
+#include "ls_file.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -316,6 +317,37 @@ static int st_parse_tensor(struct st_ctx *c, const cJSON *entry, struct ls_st_te
 	return 0;
 }
 
+static int st_cmp_meta_key(const void *a, const void *b)
+{
+	const struct ls_st_meta *x = *(const struct ls_st_meta *const *)a;
+	const struct ls_st_meta *y = *(const struct ls_st_meta *const *)b;
+	return strcmp(x->key, y->key);
+}
+
+/*
+ * A key given twice is refused.  Sorted, not compared pairwise: a header of
+ * millions of keys (it may have 100 MB) is checked in n log n.
+ */
+static int st_check_meta_duplicates(struct st_ctx *c, struct ls_st_file *f)
+{
+	if (f->n_meta < 2)
+		return 0;
+	const struct ls_st_meta **v = malloc(f->n_meta * sizeof(*v));
+	if (!v)
+		return st_fail(c, -ENOMEM, "out of memory checking %zu metadata keys", f->n_meta);
+	for (size_t i = 0; i < f->n_meta; i++)
+		v[i] = &f->meta[i];
+	qsort(v, f->n_meta, sizeof(*v), st_cmp_meta_key);
+	int rc = 0;
+	for (size_t i = 1; i < f->n_meta && !rc; i++)
+		if (strcmp(v[i - 1]->key, v[i]->key) == 0)
+			rc = st_fail(c, LS_E_HEADER_SCHEMA,
+				     "\"__metadata__\" gives the key \"%.*s\" more than once",
+				     ST_NAME_QUOTE, v[i]->key);
+	free(v);
+	return rc;
+}
+
 static int st_parse_metadata(struct st_ctx *c, const cJSON *m, struct ls_st_file *f)
 {
 	if (!cJSON_IsObject(m))
@@ -332,12 +364,6 @@ static int st_parse_metadata(struct st_ctx *c, const cJSON *m, struct ls_st_file
 			return st_fail(c, LS_E_HEADER_SCHEMA,
 				       "\"__metadata__\" entry \"%.*s\" is not a string",
 				       ST_NAME_QUOTE, kv->string ? kv->string : "");
-		/* Metadata maps are small: a quadratic duplicate check is fine. */
-		for (size_t j = 0; j < f->n_meta; j++)
-			if (strcmp(f->meta[j].key, kv->string) == 0)
-				return st_fail(c, LS_E_HEADER_SCHEMA,
-					       "\"__metadata__\" gives the key \"%.*s\" more than once",
-					       ST_NAME_QUOTE, kv->string);
 		struct ls_st_meta *e = &f->meta[f->n_meta];
 		e->key = strdup(kv->string);
 		e->value = strdup(kv->valuestring);
@@ -349,7 +375,7 @@ static int st_parse_metadata(struct st_ctx *c, const cJSON *m, struct ls_st_file
 		}
 		f->n_meta++;
 	}
-	return 0;
+	return st_check_meta_duplicates(c, f);
 }
 
 static int st_cmp_name(const void *a, const void *b)
@@ -616,8 +642,9 @@ int ls_st_read_fd(int fd, const char *what, struct ls_st_file *out, struct ls_er
 		int e = errno;
 		return ls_err_set(err, -e, "%s: fstat failed: %s", what, strerror(e));
 	}
-	if (!S_ISREG(st.st_mode))
-		return ls_err_set(err, -EINVAL, "%s: not a regular file", what);
+	const char *kind = NULL;
+	if (ls_fd_check_regular(fd, &kind) == -EINVAL)
+		return ls_err_set(err, -EINVAL, "%s: %s, not a regular file", what, kind);
 	uint64_t file_len = (uint64_t)st.st_size;
 	if (file_len < 8)
 		return ls_err_set(err, LS_E_TRUNCATED,

@@ -260,6 +260,19 @@ double ls_scale_of_config(const Lorastore__AdapterConfig *c)
 	return c->use_rslora ? c->lora_alpha / sqrt((double)c->r) : c->lora_alpha / (double)c->r;
 }
 
+int ls_record_check_size(const Lorastore__VersionRecord *rec, const char *label,
+			 struct ls_err *err)
+{
+	size_t len = lorastore__version_record__get_packed_size(rec);
+	if (len <= LS_RECORD_MAX)
+		return 0;
+	size_t cfg = rec->config ? lorastore__adapter_config__get_packed_size(rec->config) : 0;
+	return ls_err_set(err, LS_E_ADAPTER_LIMIT,
+			  "%s: its record would be %zu bytes (config %zu, %zu tensors), more than "
+			  "the %zu a version may have",
+			  label, len, cfg, rec->n_tensors, LS_RECORD_MAX);
+}
+
 int ls_store_import(struct ls_store *s, const char *name, int config_fd, int st_fd,
 		    const char *label, const struct ls_import_opts *opts,
 		    Lorastore__VersionRecord **out, struct ls_err *err)
@@ -289,6 +302,19 @@ int ls_store_import(struct ls_store *s, const char *name, int config_fd, int st_
 	ls_adapter_free(&ad);
 	if (rc)
 		return rc;
+	/* The record as it will be (digest and lengths have fixed sizes): it must fit a reply. */
+	struct ls_blob_header probe = {.file_length = UINT64_MAX};
+	Lorastore__VersionRecord sized;
+	ls_record_from_manifest(&sized, m, &probe);
+	sized.name = (char *)name;
+	sized.created_unix_ns = INT64_MAX;
+	sized.source = (char *)(opts->source ? opts->source : "");
+	rc = ls_record_check_size(&sized, label ? label : name, err);
+	if (rc) {
+		lorastore__blob_manifest__free_unpacked(m, NULL);
+		free(data);
+		return rc;
+	}
 
 	pthread_rwlock_rdlock(&s->gc_lock);
 	struct ls_blob_header hdr;
@@ -333,8 +359,10 @@ struct ls_list_page {
 static int ls_list_one(void *ud, const Lorastore__VersionRecord *rec)
 {
 	struct ls_list_page *p = ud;
-	snprintf(p->last, sizeof(p->last), "%s@%u", rec->name, rec->version);
-	return p->fn(p->ud, rec);
+	int rc = p->fn(p->ud, rec);
+	if (rc != LS_LIST_PAGE_FULL)
+		snprintf(p->last, sizeof(p->last), "%s@%u", rec->name, rec->version);
+	return rc;
 }
 
 int ls_store_list(struct ls_store *s, const char *prefix, const char *cursor, size_t limit,
@@ -355,6 +383,11 @@ int ls_store_list(struct ls_store *s, const char *prefix, const char *cursor, si
 	int rc = ls_catalog_list(s->cat, prefix ? prefix : "", after_name, after_version, limit,
 				 ls_list_one, &page, &more, err);
 	pthread_rwlock_unlock(&s->gc_lock);
+	if (rc == LS_LIST_PAGE_FULL) {
+		/* The record not taken is still to come. */
+		rc = 0;
+		more = true;
+	}
 	if (next)
 		strcpy(next, rc == 0 && more ? page.last : "");
 	return rc;

@@ -47,13 +47,28 @@ struct ls_import_opts {
 };
 
 /*
+ * Largest packed version record (config, scales, tensor table) an import
+ * may make.  Every reply that carries a record (the import's own, show, a
+ * page of a listing) then fits the protocol's 16 MiB frame.
+ */
+#define LS_RECORD_MAX ((size_t)4 << 20)
+
+/*
+ * Whether rec, packed, fits LS_RECORD_MAX: 0, or LS_E_ADAPTER_LIMIT with a
+ * message naming label and what makes the record large.
+ */
+int ls_record_check_size(const Lorastore__VersionRecord *rec, const char *label,
+			 struct ls_err *err);
+
+/*
  * Import an adapter from open file descriptors: config_fd is its
  * adapter_config.json (-1 when it has none, which is an error), st_fd its
  * safetensors file.  label names the adapter in messages.  The new version's
  * record goes to *out when out is not NULL (free with
  * lorastore__version_record__free_unpacked).  Errors: those of
- * ls_adapter_analyze, LS_E_NAME_INVALID, the catalog's, -errno.  On any error
- * the catalog is unchanged.
+ * ls_adapter_analyze, LS_E_NAME_INVALID, LS_E_ADAPTER_LIMIT (a record over
+ * LS_RECORD_MAX, found before the blob is written), the catalog's, -errno.
+ * On any error the catalog is unchanged.
  */
 int ls_store_import(struct ls_store *store, const char *name, int config_fd, int st_fd,
 		    const char *label, const struct ls_import_opts *opts,
@@ -67,8 +82,12 @@ int ls_store_lookup(struct ls_store *store, const char *ref, Lorastore__VersionR
  * One page of the versions whose name begins with prefix, after the cursor
  * (a "name@version" returned by the previous page, or NULL for the first).
  * When more remain, the cursor of the next page is written to next (at least
- * LS_NAME_MAX + 16 bytes), else next is set to "".
+ * LS_NAME_MAX + 16 bytes), else next is set to "".  fn may end the page
+ * before limit by returning LS_LIST_PAGE_FULL for a record it does not take
+ * (the page's bytes are spent): that record begins the next page.  Any other
+ * non-zero return stops the listing with that code.
  */
+#define LS_LIST_PAGE_FULL 1
 int ls_store_list(struct ls_store *store, const char *prefix, const char *cursor,
 		  size_t limit, ls_catalog_record_fn fn, void *ud, char *next,
 		  struct ls_err *err);

@@ -108,6 +108,10 @@ enum lorastore_error {
 					       GPU) than the call needs */
 	LORASTORE_E_BLOB_MISSING,           /* the catalog names a blob missing from disk */
 	LORASTORE_E_BLOB_TRUNCATED,         /* a blob shorter than its header says */
+	LORASTORE_E_ADAPTER_LIMIT,          /* an adapter past lorastore's bounds: over 65,536
+					       tensors, or a record (config and tensor
+					       table) over 4 MiB; refused before anything is
+					       committed */
 };
 
 /* Element types, as safetensors names them. */
@@ -289,7 +293,10 @@ typedef struct lorastore_list lorastore_list;
 /*
  * One page of the versions whose name begins with prefix (NULL or "" for
  * all), after cursor (NULL for the first page); limit 0 takes the daemon's
- * page size.  Free with lorastore_list_free.
+ * page size (100; at most 1,000).  A page also ends once it holds 8 MiB of
+ * records (configs with long target_modules lists fill it sooner), so it
+ * may hold fewer than limit: follow lorastore_list_next until it is NULL.
+ * Free with lorastore_list_free.
  */
 int lorastore_list_page(lorastore *conn, const char *prefix, const char *cursor,
 			unsigned limit, lorastore_list **out);

@@ -92,8 +92,9 @@ static PyObject *ls_error_class(int code)
 	case LORASTORE_E_BACKEND:
 		return ls_DeviceError;
 	}
-	/* What an import can refuse: the file, the config, the name. */
-	if (code >= LORASTORE_E_TRUNCATED && code <= LORASTORE_E_NAME_INVALID)
+	/* What an import can refuse: the file, the config, the name, the bounds. */
+	if ((code >= LORASTORE_E_TRUNCATED && code <= LORASTORE_E_NAME_INVALID) ||
+	    code == LORASTORE_E_ADAPTER_LIMIT)
 		return ls_InvalidAdapter;
 	return ls_Error;
 }

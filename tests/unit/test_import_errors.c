@@ -617,3 +617,55 @@ Test(import_errors, only_extra_tensors_give_no_tensors_and_leave_store_unchanged
 	free(data);
 	import_fails(dir, NULL, LS_E_NO_TENSORS, ST);
 }
+
+/* ---- bounds ------------------------------------------------------------- */
+
+/*
+ * An adapter of 250,000 two-byte tensors was committed before (64 MB
+ * resident for 500 KB of data, and a record too large for any reply).
+ * One tensor over the bound is refused before the data is read.
+ */
+Test(import_errors, more_than_65536_tensors_give_adapter_limit_and_leave_store_unchanged)
+{
+	const unsigned n = LS_ADAPTER_TENSORS_MAX + 1;
+	size_t cap = (size_t)n * 96 + 16, len = 0;
+	char *h = malloc(cap);
+	cr_assert_not_null(h);
+	h[len++] = '{';
+	for (unsigned i = 0; i < n; i++)
+		len += (size_t)snprintf(h + len, cap - len,
+					"%s\"t%u\":{\"dtype\":\"F32\",\"shape\":[1],"
+					"\"data_offsets\":[%u,%u]}",
+					i ? "," : "", i, 4 * i, 4 * i + 4);
+	h[len++] = '}';
+	h[len] = '\0';
+	uint8_t *data = f32_data((size_t)n * 4);
+	const char *dir = craft("many", CONFIG_R4, h, data, (size_t)n * 4);
+	free(h);
+	free(data);
+	struct ls_err err = import_fails(dir, NULL, LS_E_ADAPTER_LIMIT, ST);
+	assert_number_after(&err, "holds", n);
+}
+
+/* A record bigger than a reply may carry is refused (imports check it before writing). */
+Test(import_errors, a_record_over_4_mib_gives_adapter_limit)
+{
+	Lorastore__AdapterConfig cfg = LORASTORE__ADAPTER_CONFIG__INIT;
+	enum { N = 5000 };
+	char *names[N];
+	char name[1024];
+	memset(name, 'm', sizeof(name) - 1);
+	name[sizeof(name) - 1] = '\0';
+	for (int i = 0; i < N; i++)
+		names[i] = name;
+	cfg.n_target_modules = N;
+	cfg.target_modules = names;
+	Lorastore__VersionRecord rec = LORASTORE__VERSION_RECORD__INIT;
+	rec.name = "t/big";
+	rec.config = &cfg;
+	struct ls_err err;
+	cr_assert_eq(ls_record_check_size(&rec, "t/big", &err), LS_E_ADAPTER_LIMIT);
+	cr_assert_not_null(strstr(err.msg, "t/big: its record would be"), "%s", err.msg);
+	cfg.n_target_modules = 100;
+	cr_assert_eq(ls_record_check_size(&rec, "t/big", &err), 0, "%s", err.msg);
+}

@@ -570,6 +570,34 @@ Test(safetensors, rejects_metadata_value_that_is_not_a_string)
 	expect_error("{\"__metadata__\":{\"o\":{}}}", 0, LS_E_HEADER_SCHEMA);
 }
 
+Test(safetensors, rejects_a_metadata_key_given_twice)
+{
+	expect_error("{\"__metadata__\":{\"a\":\"1\",\"b\":\"2\",\"a\":\"3\"}}", 0,
+		     LS_E_HEADER_SCHEMA);
+}
+
+/*
+ * The duplicate check of "__metadata__" was quadratic: 80,000 keys took 10 s,
+ * and a 95 MB header of millions held a daemon worker for minutes.  200,000
+ * keys, the repeat the last of them, are refused well within the timeout.
+ */
+Test(safetensors, a_metadata_map_of_200000_keys_is_checked_for_repeats_in_n_log_n, .timeout = 20)
+{
+	enum { N = 200000 };
+	size_t cap = (size_t)N * 24 + 64, len = 0;
+	char *h = malloc(cap);
+	len += (size_t)snprintf(h + len, cap - len, "{\"__metadata__\":{");
+	for (unsigned i = 0; i < N; i++)
+		len += (size_t)snprintf(h + len, cap - len, "%s\"k%u\":\"\"", i ? "," : "",
+					i == N - 1 ? 7u : i);
+	len += (size_t)snprintf(h + len, cap - len, "}}");
+	struct ls_st_file f;
+	struct ls_err e;
+	cr_assert_eq(parse(h, 0, &f, &e), LS_E_HEADER_SCHEMA, "%s", e.msg);
+	cr_assert_not_null(strstr(e.msg, "\"k7\" more than once"), "%s", e.msg);
+	free(h);
+}
+
 Test(safetensors, rejects_metadata_given_twice)
 {
 	expect_error("{\"__metadata__\":{},\"__metadata__\":{}}", 0, LS_E_HEADER_SCHEMA);
