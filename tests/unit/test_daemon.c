@@ -34,6 +34,7 @@
 
 #include "daemon_proc.h"
 #include "frame.h"
+#include "raw_conn.h"
 #include "safetensors.h"
 #include "synth.h"
 
@@ -1081,13 +1082,8 @@ Test(daemon, catalog_survives_a_restart)
 
 static int raw_connect(const char *path)
 {
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	cr_assert_geq(fd, 0);
-	struct sockaddr_un addr = {.sun_family = AF_UNIX};
-	cr_assert_lt(strlen(path), sizeof(addr.sun_path), "socket path too long: %s", path);
-	memcpy(addr.sun_path, path, strlen(path) + 1);
-	cr_assert_eq(connect(fd, (struct sockaddr *)&addr, sizeof(addr)), 0, "connect: %s",
-		     strerror(errno));
+	int fd = raw_conn_open(path);
+	cr_assert_geq(fd, 0, "connect %s: %s", path, strerror(-fd));
 	return fd;
 }
 
@@ -1117,15 +1113,8 @@ static bool closed_by_peer(int fd, int timeout_ms, int *last_errno)
 
 static void send_all(int fd, const void *buf, size_t len)
 {
-	const char *p = buf;
-	while (len) {
-		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-		if (n < 0 && errno == EINTR)
-			continue;
-		cr_assert_gt(n, 0, "send: %s", strerror(errno));
-		p += n;
-		len -= (size_t)n;
-	}
+	int rc = raw_conn_send_bytes(fd, buf, len);
+	cr_assert_eq(rc, 0, "send: %s", strerror(-rc));
 }
 
 Test(daemon, a_malformed_frame_closes_that_connection_only)
@@ -1168,21 +1157,9 @@ Test(daemon, a_malformed_frame_closes_that_connection_only)
 /* Read one response frame from a raw connection (decoded). */
 static Lorastore__Response *raw_read(int fd, struct ls_framer *f)
 {
-	const uint8_t *p;
-	size_t n;
-	while (ls_framer_next(f, &p, &n) == 0) {
-		struct pollfd pf = {.fd = fd, .events = POLLIN};
-		cr_assert_eq(poll(&pf, 1, 10000), 1, "no response within 10 s");
-		size_t avail = 0;
-		uint8_t *space = ls_framer_space(f, 4096, &avail);
-		cr_assert_not_null(space);
-		ssize_t got = recv(fd, space, avail, 0);
-		cr_assert_gt(got, 0, "connection closed instead of a response");
-		ls_framer_commit(f, (size_t)got);
-	}
 	Lorastore__Response *resp = NULL;
-	struct ls_err e;
-	cr_assert_eq(ls_response_decode(p, n, &resp, &e), 0, "%s", e.msg);
+	int rc = raw_conn_read(fd, f, 10000, &resp);
+	cr_assert_eq(rc, 0, "no response: %s", strerror(-rc));
 	return resp;
 }
 
@@ -1311,35 +1288,16 @@ Test(daemon, an_import_and_a_delete_of_one_name_pipelined_run_in_the_order_sent)
 		dreq.id = 101 + 2 * round;
 		dreq.body_case = LORASTORE__REQUEST__BODY_DELETE;
 		dreq.delete_ = &rr;
-		uint8_t *ib, *db;
-		size_t il, dl;
-		cr_assert_eq(ls_request_encode(&ireq, &ib, &il), 0);
-		cr_assert_eq(ls_request_encode(&dreq, &db, &dl), 0);
 		/*
 		 * The import's frame with its two descriptors, then at once the
 		 * delete's: both are in the socket before the import can finish.
 		 */
 		int fds[2] = {open(cfg_path, O_RDONLY | O_CLOEXEC), open(st_path, O_RDONLY | O_CLOEXEC)};
 		cr_assert(fds[0] >= 0 && fds[1] >= 0);
-		union {
-			struct cmsghdr align;
-			char buf[CMSG_SPACE(sizeof(fds))];
-		} cb;
-		memset(&cb, 0, sizeof(cb));
-		struct iovec iov = {.iov_base = ib, .iov_len = il};
-		struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.buf,
-				     .msg_controllen = sizeof(cb.buf)};
-		struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-		cm->cmsg_level = SOL_SOCKET;
-		cm->cmsg_type = SCM_RIGHTS;
-		cm->cmsg_len = CMSG_LEN(sizeof(fds));
-		memcpy(CMSG_DATA(cm), fds, sizeof(fds));
-		cr_assert_eq(sendmsg(fd, &msg, MSG_NOSIGNAL), (ssize_t)il);
-		send_all(fd, db, dl);
+		cr_assert_eq(raw_conn_send(fd, &ireq, fds, 2), 0);
+		cr_assert_eq(raw_conn_send(fd, &dreq, NULL, 0), 0);
 		close(fds[0]);
 		close(fds[1]);
-		free(ib);
-		free(db);
 
 		for (int k = 0; k < 2; k++) {
 			resp = raw_read(fd, &f);
