@@ -299,12 +299,32 @@ static int ls_reap(struct ls_daemon_proc *d)
 	return 128 + WTERMSIG(status);
 }
 
+/* Seconds a daemon has to drain and exit after SIGTERM before it is killed. */
+#define LS_STOP_WAIT_S 30
+
 int ls_daemon_stop(struct ls_daemon_proc *d)
 {
 	if (d->pid <= 0)
 		return -1;
 	kill(d->pid, SIGTERM);
-	return ls_reap(d);
+	/* Bounded: a daemon that does not drain is killed (and the status says so). */
+	for (int i = 0; i < LS_STOP_WAIT_S * 100; i++) {
+		int status = 0;
+		pid_t r = waitpid(d->pid, &status, WNOHANG);
+		if (r == d->pid) {
+			d->pid = -1;
+			return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+		}
+		if (r < 0 && errno != EINTR)
+			break;
+		struct timespec ts = {.tv_sec = 0, .tv_nsec = 10000000};
+		nanosleep(&ts, NULL);
+	}
+	fprintf(stderr, "lorastored (pid %d) did not exit within %d s of SIGTERM; killing it\n",
+		(int)d->pid, LS_STOP_WAIT_S);
+	kill(d->pid, SIGKILL);
+	ls_reap(d);
+	return 128 + SIGKILL;
 }
 
 void ls_daemon_kill(struct ls_daemon_proc *d)
@@ -317,8 +337,22 @@ void ls_daemon_kill(struct ls_daemon_proc *d)
 
 void ls_daemon_cleanup(struct ls_daemon_proc *d)
 {
-	if (d->pid > 0)
-		ls_daemon_kill(d);
+	/*
+	 * A daemon still running is stopped as in production, with SIGTERM,
+	 * so that a sanitizer report (exit 66) or a failed drain is seen.
+	 * Criterion does not count an assertion in a teardown, so that case
+	 * aborts the test process, which fails the run.
+	 */
+	if (d->pid > 0) {
+		fprintf(stderr, "teardown: lorastored (pid %d) still runs; stopping it with SIGTERM\n",
+			(int)d->pid);
+		int rc = ls_daemon_stop(d);
+		if (rc != 0) {
+			fprintf(stderr, "lorastored exited with %d when stopped at teardown (log %s)\n",
+				rc, d->log);
+			abort();
+		}
+	}
 	if (d->notify_fd >= 0)
 		close(d->notify_fd);
 	d->notify_fd = -1;

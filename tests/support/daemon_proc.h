@@ -60,7 +60,10 @@ int ls_daemon_start_ex(struct ls_daemon_proc *d, const char *dir_or_null, const 
 /* The engine this run asks daemons for: LS_TEST_EVENT_LOOP, or NULL (the default, auto). */
 const char *ls_daemon_test_engine(void);
 
-/* SIGTERM and wait; returns the exit status (or 128 + signal). */
+/*
+ * SIGTERM and wait up to 30 s; returns the exit status (or 128 + signal;
+ * 128 + SIGKILL when it had to be killed).
+ */
 int ls_daemon_stop(struct ls_daemon_proc *d);
 
 /* SIGKILL and wait. */
@@ -69,7 +72,11 @@ void ls_daemon_kill(struct ls_daemon_proc *d);
 /* Wait up to timeout_ms for a notify message containing text (e.g. "STOPPING=1"). */
 bool ls_daemon_wait_notify(struct ls_daemon_proc *d, const char *text, int timeout_ms);
 
-/* Remove the directory (after stop or kill). */
+/*
+ * Remove the directory (after stop or kill).  A daemon still running is
+ * stopped with SIGTERM first, and one that does not exit 0 then aborts the
+ * calling process: a test cannot pass on a daemon that failed its stop.
+ */
 void ls_daemon_cleanup(struct ls_daemon_proc *d);
 
 /* Path of the built daemon and CLI (LS_BINARY_DIR, or $LS_TEST_BINARY_DIR when set). */

@@ -524,6 +524,7 @@ Test(daemon, show_gives_the_peft_config_of_the_imported_file)
 	cr_assert_eq(lorastore_list_peft_config(l, 1, &c), -EINVAL);
 	lorastore_list_free(l);
 	lorastore_close(conn);
+	daemon_stop_ok();
 }
 
 Test(daemon, eight_clients_acquire_the_same_adapter_at_once_read_identical_bytes_and_memory_exists_once)
