@@ -10,13 +10,14 @@
 #include "cli.h"
 
 static const char ls_inspect_usage[] =
-	"Usage: lorastore [--json] inspect DIR\n"
+	"Usage: lorastore [--json] inspect [--allow-nonfinite] DIR\n"
 	"\n"
 	"Validate the PEFT LoRA adapter in DIR (adapter_config.json and\n"
 	"adapter_model.safetensors) as an import would, without a daemon, and print\n"
 	"its base model, rank, alpha, scales, dtypes, module count, the tensor table\n"
 	"(module path, layer, kind, shape, dtype), total bytes and every problem\n"
-	"found.  Non-finite values are reported as problems.\n"
+	"found.  Non-finite values are reported as problems, unless\n"
+	"--allow-nonfinite accepts them as import --allow-nonfinite does.\n"
 	"\n"
 	"Exit status: 0 valid, 1 invalid adapter or unreadable files, 2 bad usage.\n";
 
@@ -199,14 +200,20 @@ int ls_cmd_inspect(const struct ls_cli *cli, int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{"help", no_argument, NULL, 'h'},
+		{"allow-nonfinite", no_argument, NULL, 'f'},
 		{NULL, 0, NULL, 0},
 	};
+	struct ls_adapter_opts aopts = {0};
 	int c;
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		if (c == 'h') {
 			fputs(ls_inspect_usage, stdout);
 			return LS_EXIT_OK;
+		}
+		if (c == 'f') {
+			aopts.allow_nonfinite = true;
+			continue;
 		}
 		return ls_cli_usage_error(cli, "inspect: unknown option '%s'", argv[optind - 1]);
 	}
@@ -216,7 +223,7 @@ int ls_cmd_inspect(const struct ls_cli *cli, int argc, char **argv)
 
 	struct ls_adapter ad;
 	struct ls_err err;
-	int rc = ls_adapter_analyze_dir(dir, NULL, &ad, &err);
+	int rc = ls_adapter_analyze_dir(dir, &aopts, &ad, &err);
 	/* Without any problem recorded the directory itself could not be read. */
 	if (rc && ad.n_problems == 0) {
 		fprintf(stderr, "lorastore: inspect: %s\n", err.msg);

@@ -62,7 +62,7 @@ static const char ls_usage[] =
 	"        Remove unreferenced blobs and what interrupted imports left.\n"
 	"    rebuild\n"
 	"        Build the catalog again from ref files and blobs (needs an admin).\n"
-	"    inspect DIR\n"
+	"    inspect [--allow-nonfinite] DIR\n"
 	"        Validate a PEFT adapter directory without a daemon.\n"
 	"\n"
 	"    'lorastore COMMAND --help' prints the manual of a command.\n"

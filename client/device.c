@@ -64,6 +64,15 @@ struct ls_dev_import {
 static pthread_mutex_t ls_imports_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct ls_dev_import *ls_imports;
 
+/*
+ * The GPU of this thread's current context, kept per thread with the
+ * context it was found for: a warm acquire that names no GPU asks the
+ * driver one thing (cuCtxGetCurrent), and the device and its UUID only
+ * when the thread's context changed.
+ */
+static _Thread_local CUcontext ls_current_ctx;
+static _Thread_local char ls_current_uuid[48];
+
 void ls_device_current_uuid(char *buf, size_t cap)
 {
 	const struct ls_cudrv *d;
@@ -73,10 +82,16 @@ void ls_device_current_uuid(char *buf, size_t cap)
 	CUuuid uuid;
 	if (cap)
 		buf[0] = '\0';
-	if (ls_cudrv_load(&d, &err) || d->cuCtxGetCurrent(&ctx) != CUDA_SUCCESS || !ctx ||
-	    d->cuCtxGetDevice(&dev) != CUDA_SUCCESS || d->cuDeviceGetUuid(&uuid, dev) != CUDA_SUCCESS)
+	if (ls_cudrv_load(&d, &err) || d->cuCtxGetCurrent(&ctx) != CUDA_SUCCESS || !ctx)
 		return;
-	ls_cudrv_uuid_str(&uuid, buf, cap);
+	if (ctx != ls_current_ctx || !ls_current_uuid[0]) {
+		if (d->cuCtxGetDevice(&dev) != CUDA_SUCCESS ||
+		    d->cuDeviceGetUuid(&uuid, dev) != CUDA_SUCCESS)
+			return;
+		ls_cudrv_uuid_str(&uuid, ls_current_uuid, sizeof(ls_current_uuid));
+		ls_current_ctx = ctx;
+	}
+	snprintf(buf, cap, "%s", ls_current_uuid);
 }
 
 /* This process's ordinal of the GPU with uuid, or -1. */

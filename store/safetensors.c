@@ -15,6 +15,7 @@
 #include "safetensors.h"
 #include "json.h"
 #include "ls_file.h"
+#include "st_strict.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -135,6 +136,11 @@ static int st_parse_json(struct st_ctx *c, const char *text, size_t len, cJSON *
 		return st_fail(c, LS_E_HEADER_JSON,
 			       "the header starts with a UTF-8 byte order mark, "
 			       "which is not valid JSON");
+	/* What cJSON would take and the reference refuses (st_strict.h). */
+	char reason[LS_ERR_MSG_MAX];
+	int rc = ls_st_strict_check(text, len, reason, sizeof(reason));
+	if (rc)
+		return st_fail(c, rc, "%s", reason);
 
 	const char *end = NULL;
 	cJSON *root = ls_json_parse(text, len, &end);
@@ -223,6 +229,21 @@ static const cJSON *st_field(struct st_ctx *c, const cJSON *entry, const char *n
 	return found;
 }
 
+/*
+ * The dtypes safetensors defines that lorastore does not take: sub-byte and
+ * exotic floats, and complex numbers.  They are refused as unsupported, not
+ * as unknown.
+ */
+static bool st_dtype_unsupported(const char *name)
+{
+	static const char *const names[] = {"F4",	   "F6_E2M3",	  "F6_E3M2", "F8_E8M0",
+					    "F8_E4M3FNUZ", "F8_E5M2FNUZ", "C64"};
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (strcmp(name, names[i]) == 0)
+			return true;
+	return false;
+}
+
 /* Read one tensor entry into t (name already set). */
 static int st_parse_tensor(struct st_ctx *c, const cJSON *entry, struct ls_st_tensor *t)
 {
@@ -249,6 +270,11 @@ static int st_parse_tensor(struct st_ctx *c, const cJSON *entry, struct ls_st_te
 		return st_fail(c, LS_E_HEADER_SCHEMA, "tensor '%.*s' has a dtype that is not a string",
 			       ST_NAME_QUOTE, name);
 	t->dtype = ls_dtype_from_name(dtype->valuestring);
+	if (t->dtype == LS_DTYPE_INVALID && st_dtype_unsupported(dtype->valuestring))
+		return st_fail(c, LS_E_DTYPE_UNSUPPORTED,
+			       "tensor '%.*s' has dtype %s: an unsupported dtype (safetensors "
+			       "defines it; lorastore does not take it)",
+			       ST_NAME_QUOTE, name, dtype->valuestring);
 	if (t->dtype == LS_DTYPE_INVALID)
 		return st_fail(c, LS_E_DTYPE_UNKNOWN,
 			       "tensor '%.*s' has dtype \"%.32s\", which safetensors does not define",

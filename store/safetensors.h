@@ -5,8 +5,13 @@
  * data section.  The JSON is an object mapping tensor names to
  * {"dtype", "shape", "data_offsets": [begin, end]} plus an optional
  * "__metadata__" object of string values.  The reader accepts a header only if:
- * N <= LS_ST_HEADER_MAX; the header is valid JSON (leading and trailing
- * whitespace allowed) whose top level is an object; every dtype is known; the
+ * N <= LS_ST_HEADER_MAX; the header is valid JSON as serde_json reads it
+ * (leading and trailing whitespace allowed; no raw control character in a
+ * string, no malformed escape or lone surrogate, numbers in JSON's own form
+ * and within a double's range, at most 127 levels of nesting: st_strict.h)
+ * whose top level is an object; no string holds U+0000; shapes and
+ * data_offsets are written as plain non-negative integers; every dtype is
+ * one lorastore takes; the
  * product of the shape times the dtype size equals end - begin; every range
  * lies inside the data section; and the ranges, sorted, are contiguous, do not
  * overlap and cover the data section exactly.
@@ -55,7 +60,9 @@ struct ls_st_file {
  * terminated); data_len is the size of the data section that follows.
  * On success fills *out (release with ls_st_file_free) and returns 0.  On
  * failure returns one of LS_E_HEADER_JSON, LS_E_HEADER_SCHEMA,
- * LS_E_DTYPE_UNKNOWN, LS_E_SHAPE_SIZE, LS_E_OFFSET_BOUNDS,
+ * LS_E_DTYPE_UNKNOWN, LS_E_DTYPE_UNSUPPORTED (a dtype safetensors defines
+ * and lorastore does not take: F4, F6_*, F8_E8M0, the FNUZ floats, C64),
+ * LS_E_SHAPE_SIZE, LS_E_OFFSET_BOUNDS,
  * LS_E_OFFSET_OVERLAP, LS_E_OFFSET_GAP or -ENOMEM, with a message in err
  * naming the tensor; *out is left empty.
  */

@@ -247,11 +247,15 @@ Test(cli_inspect, json_tensors_have_module_layer_kind_shape_and_dtype)
 	run_free(&r);
 }
 
-Test(cli_inspect, adapter_full_of_nan_exits_1_naming_the_tensor_on_stderr)
+static const char nan_a_name[] = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight";
+static const char nan_b_name[] = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight";
+
+/* An adapter whose A (F32 [4, 16]) is entirely NaN and whose B is valid; its directory. */
+static const char *make_nan_adapter(void)
 {
-	static const char a_name[] = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight";
-	static const char b_name[] = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight";
-	char dir[PATH_MAX], path[PATH_MAX + 64];
+	static const char *const a_name = nan_a_name, *const b_name = nan_b_name;
+	static char dir[PATH_MAX];
+	char path[PATH_MAX + 64];
 	snprintf(dir, sizeof(dir), "%s/nan", work_dir);
 	mkdir(dir, 0755);
 	snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
@@ -276,13 +280,28 @@ Test(cli_inspect, adapter_full_of_nan_exits_1_naming_the_tensor_on_stderr)
 	cr_assert_eq(fwrite(header, 1, (size_t)hl, f), (size_t)hl);
 	cr_assert_eq(fwrite(data, 1, sizeof(data), f), sizeof(data));
 	fclose(f);
+	return dir;
+}
 
+Test(cli_inspect, adapter_full_of_nan_exits_1_naming_the_tensor_on_stderr)
+{
+	static const char *const a_name = nan_a_name, *const b_name = nan_b_name;
+	const char *dir = make_nan_adapter();
 	struct run r = run_cli((const char *const[]){"inspect", dir, NULL});
 	cr_assert_eq(r.status, 1, "exit %d, stderr: %s", r.status, r.err);
 	cr_assert(strstr(r.err, a_name), "stderr does not name the tensor: %s", r.err);
 	cr_assert(strstr(r.err, "NaN"), "stderr does not say NaN: %s", r.err);
 	cr_assert(strstr(r.err, "64"), "stderr does not give the count: %s", r.err);
 	cr_assert_null(strstr(r.err, b_name), "stderr blames the valid tensor: %s", r.err);
+	run_free(&r);
+}
+
+/* inspect checks as import does: with the same --allow-nonfinite, the same verdict. */
+Test(cli_inspect, allow_nonfinite_accepts_the_nan_adapter_as_import_would)
+{
+	const char *dir = make_nan_adapter();
+	struct run r = run_cli((const char *const[]){"inspect", "--allow-nonfinite", dir, NULL});
+	cr_assert_eq(r.status, 0, "exit %d, stderr: %s", r.status, r.err);
 	run_free(&r);
 }
 

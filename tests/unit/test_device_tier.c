@@ -774,6 +774,58 @@ static unsigned long long double_calls(void)
 }
 #endif
 
+/* Make the double's first GPU's primary context current on this thread. */
+static void double_make_current(void)
+{
+#ifdef LS_HAVE_CUDRV
+	void *lib = dlopen(LS_CUDA_DOUBLE_PATH, RTLD_NOW | RTLD_NOLOAD);
+	cr_assert_not_null(lib, "the driver double is not loaded in this process");
+	CUresult (*init)(unsigned) = (CUresult(*)(unsigned))dlsym(lib, "cuInit");
+	CUresult (*get)(CUdevice *, int) = (CUresult(*)(CUdevice *, int))dlsym(lib, "cuDeviceGet");
+	CUresult (*retain)(CUcontext *, CUdevice) =
+		(CUresult(*)(CUcontext *, CUdevice))dlsym(lib, "cuDevicePrimaryCtxRetain");
+	CUresult (*set)(CUcontext) = (CUresult(*)(CUcontext))dlsym(lib, "cuCtxSetCurrent");
+	cr_assert(init && get && retain && set);
+	CUdevice dev;
+	CUcontext ctx;
+	cr_assert_eq(init(0), CUDA_SUCCESS);
+	cr_assert_eq(get(&dev, 0), CUDA_SUCCESS);
+	cr_assert_eq(retain(&ctx, dev), CUDA_SUCCESS);
+	cr_assert_eq(set(ctx), CUDA_SUCCESS);
+	dlclose(lib);
+#endif
+}
+
+/*
+ * An acquire that names no GPU means the GPU of the thread's current
+ * context: the library asks the driver for that context (one call) and
+ * keeps its GPU per thread, so a warm one makes exactly that one call.
+ */
+Test(device, a_warm_acquire_of_the_current_contexts_gpu_asks_the_driver_one_thing)
+{
+	need_cuda(true);
+#ifdef LS_HAVE_CUDRV
+	start_device_daemon(NULL);
+	lorastore *conn = connect_ok();
+	import_seed(conn, "dev/ctx", 7, 2, 256);
+	lorastore_adapter *ad = acquire_dev(conn, "dev/ctx", "");
+	cr_assert_eq(lorastore_adapter_release(ad), 0);
+	double_make_current();
+	ad = acquire_dev(conn, "dev/ctx", NULL);
+	cr_assert_eq(lorastore_adapter_release(ad), 0);
+	unsigned long long before = double_calls();
+	for (int i = 0; i < 100; i++) {
+		ad = acquire_dev(conn, "dev/ctx", NULL);
+		cr_assert_eq(lorastore_adapter_release(ad), 0);
+	}
+	cr_assert_eq(double_calls() - before, 100,
+		     "100 warm acquires naming no GPU made %llu driver calls",
+		     double_calls() - before);
+	lorastore_close(conn);
+	cr_assert_eq(ls_daemon_stop(&dp), 0);
+#endif
+}
+
 Test(device, a_warm_device_acquire_makes_no_driver_call)
 {
 	need_cuda(true);

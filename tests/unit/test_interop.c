@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "blob.h"
+#include "safetensors.h"
 #include "store.h"
 #include "synth.h"
 
@@ -300,4 +301,76 @@ Test(interop, metadata_dict_is_kept_in_the_blob_manifest)
 	cJSON_Delete(side);
 	lorastore__blob_manifest__free_unpacked(m, NULL);
 	lorastore__version_record__free_unpacked(rec, NULL);
+}
+
+/* ---- headers at the edges of the format, the reference as the oracle */
+
+#define CASES LS_SOURCE_DIR "/tests/interop/st_header_cases.py"
+
+/*
+ * 800 generated headers (escapes, number spellings, raw control characters,
+ * nesting depths, every dtype name, metadata, mixes of them), each judged by
+ * the reference implementation: lorastore must refuse every header the
+ * reference refuses.  It may refuse more (names with NUL, duplicate keys,
+ * dtypes it does not take), and says how many.
+ */
+Test(interop, no_safetensors_header_the_reference_refuses_is_accepted, .timeout = 120)
+{
+	cr_assert(access(LS_PYTHON, X_OK) == 0, "LS_PYTHON (%s) is not executable", LS_PYTHON);
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s/cases", work_dir);
+	fflush(NULL);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		char *argv[] = {(char *)LS_PYTHON, (char *)CASES, dir, (char *)"--count",
+				(char *)"800", NULL};
+		execv(LS_PYTHON, argv);
+		_exit(127);
+	}
+	int status = 0;
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s failed (status %d)", CASES,
+		  status);
+
+	char path[PATH_MAX + 32];
+	snprintf(path, sizeof(path), "%s/verdicts.txt", dir);
+	FILE *v = fopen(path, "r");
+	cr_assert_not_null(v, "%s: %s", path, strerror(errno));
+	unsigned cases = 0, both_accept = 0, both_reject = 0, stricter = 0, looser = 0;
+	char line[8192];
+	while (fgets(line, sizeof(line), v)) {
+		unsigned id;
+		char verdict[16];
+		cr_assert_eq(sscanf(line, "%u %15s", &id, verdict), 2, "bad line: %s", line);
+		bool ref_ok = strcmp(verdict, "ok") == 0;
+		snprintf(path, sizeof(path), "%s/%04u.safetensors", dir, id);
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		cr_assert_geq(fd, 0, "%s: %s", path, strerror(errno));
+		struct ls_st_file f;
+		struct ls_err err;
+		int rc = ls_st_read_fd(fd, path, &f, &err);
+		close(fd);
+		if (rc == 0)
+			ls_st_file_free(&f);
+		if (rc == 0 && !ref_ok) {
+			looser++;
+			fprintf(stderr, "accepted, the reference refuses: case %04u: %s", id,
+				strchr(line, '\t') ? strchr(line, '\t') + 1 : line);
+		}
+		both_accept += rc == 0 && ref_ok;
+		both_reject += rc != 0 && !ref_ok;
+		stricter += rc != 0 && ref_ok;
+		cases++;
+	}
+	fclose(v);
+	fprintf(stderr,
+		"%u headers: %u accepted by both, %u refused by both, %u refused by lorastore "
+		"alone (its own rules), %u accepted that the reference refuses\n",
+		cases, both_accept, both_reject, stricter, looser);
+	cr_assert_eq(cases, 800);
+	cr_assert_eq(looser, 0, "%u headers the reference refuses were accepted", looser);
+	/* A comparison that compared nothing is no pass. */
+	cr_assert_geq(both_accept, 40, "only %u headers accepted by both", both_accept);
+	cr_assert_geq(both_reject, 200, "only %u headers refused by both", both_reject);
 }

@@ -610,7 +610,7 @@ Test(safetensors, rejects_unknown_dtype)
 {
 	expect_error("{\"x\":{\"dtype\":\"f32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4,
 		     LS_E_DTYPE_UNKNOWN);
-	expect_error("{\"x\":{\"dtype\":\"F4\",\"shape\":[2],\"data_offsets\":[0,1]}}", 1,
+	expect_error("{\"x\":{\"dtype\":\"F5\",\"shape\":[2],\"data_offsets\":[0,1]}}", 1,
 		     LS_E_DTYPE_UNKNOWN);
 }
 
@@ -777,4 +777,140 @@ Test(safetensors, read_fd_ignores_file_offset)
 	ls_st_file_free(&f);
 	close(fd);
 	free(b.p);
+}
+
+/* ---- as strict as the reference's JSON parser (serde_json), where cJSON is not */
+
+#define X_ENTRY(shape, offs) "{\"dtype\":\"U8\",\"shape\":" shape ",\"data_offsets\":" offs "}"
+
+Test(safetensors, rejects_an_escaped_nul_that_would_cut_a_string_short)
+{
+	/* "F16\u0000xyz" was read as F16, a key "dtype\u0000x" as dtype. */
+	expect_error("{\"x\":{\"dtype\":\"U8\\u0000xyz\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1,
+		     LS_E_HEADER_JSON);
+	expect_error("{\"x\":{\"dtype\\u0000x\":\"U8\",\"dtype\":\"U8\",\"shape\":[1],"
+		     "\"data_offsets\":[0,1]}}",
+		     1, LS_E_HEADER_JSON);
+	/* A LoRA A name with a tail after a NUL: refused, never imported as the A. */
+	expect_error("{\"m.lora_A.weight\\u0000junk\":" X_ENTRY("[1]", "[0,1]") "}", 1,
+		     LS_E_HEADER_JSON);
+}
+
+Test(safetensors, rejects_malformed_u_escapes_and_lone_surrogates)
+{
+	expect_error("{\"x\\uZZZZ\":" X_ENTRY("[1]", "[0,1]") "}", 1, LS_E_HEADER_JSON);
+	expect_error("{\"x\\u12\":" X_ENTRY("[1]", "[0,1]") "}", 1, LS_E_HEADER_JSON);
+	expect_error("{\"x\\ud800\":" X_ENTRY("[1]", "[0,1]") "}", 1, LS_E_HEADER_JSON);
+	expect_error("{\"x\\udc00\":" X_ENTRY("[1]", "[0,1]") "}", 1, LS_E_HEADER_JSON);
+	expect_error("{\"x\\ud800\\u0041\":" X_ENTRY("[1]", "[0,1]") "}", 1, LS_E_HEADER_JSON);
+	expect_error("{\"x\\q\":" X_ENTRY("[1]", "[0,1]") "}", 1, LS_E_HEADER_JSON);
+}
+
+Test(safetensors, accepts_escapes_serde_json_takes_and_reads_them_decoded)
+{
+	struct ls_st_file f;
+	struct ls_err e;
+	cr_assert_eq(parse("{\"a\\u00e9\\ud83d\\ude00\\t\\\"\":{\"dtype\":\"U8\",\"sh\\u0061pe\":[1],"
+			   "\"data_offsets\":[0,1]}}",
+			   1, &f, &e),
+		     0, "%s", e.msg);
+	cr_assert_str_eq(f.tensors[0].name, "a\xc3\xa9\xf0\x9f\x98\x80\t\"");
+	ls_st_file_free(&f);
+}
+
+Test(safetensors, rejects_raw_tab_newline_and_return_inside_strings)
+{
+	expect_error("{\"x\ty\":" X_ENTRY("[1]", "[0,1]") "}", 1, LS_E_HEADER_JSON);
+	expect_error("{\"x\ny\":" X_ENTRY("[1]", "[0,1]") "}", 1, LS_E_HEADER_JSON);
+	expect_error("{\"__metadata__\":{\"a\":\"b\rc\"}}", 0, LS_E_HEADER_JSON);
+}
+
+Test(safetensors, rejects_shapes_and_offsets_not_written_as_plain_integers)
+{
+	static const char *const bad[] = {"1.0", "1e0", "1E+0", "10e-1", "-0", "1."};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char h[200];
+		snprintf(h, sizeof(h), "{\"x\":{\"dtype\":\"U8\",\"shape\":[%s],\"data_offsets\":[0,1]}}",
+			 bad[i]);
+		struct ls_st_file f;
+		struct ls_err e;
+		int rc = parse(h, 1, &f, &e);
+		cr_assert(rc == LS_E_HEADER_SCHEMA || rc == LS_E_HEADER_JSON, "%s: %d %s", h, rc,
+			  e.msg);
+		snprintf(h, sizeof(h), "{\"x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,%s]}}",
+			 bad[i]);
+		rc = parse(h, 1, &f, &e);
+		cr_assert(rc == LS_E_HEADER_SCHEMA || rc == LS_E_HEADER_JSON, "%s: %d %s", h, rc,
+			  e.msg);
+	}
+	expect_error("{\"x\":" X_ENTRY("[1.0]", "[0,1]") "}", 1, LS_E_HEADER_SCHEMA);
+	expect_error("{\"x\":" X_ENTRY("[01]", "[0,1]") "}", 1, LS_E_HEADER_JSON);
+}
+
+Test(safetensors, rejects_json_numbers_cjson_takes_and_serde_json_refuses)
+{
+	/* In a field the reference ignores, still parsed by it. */
+	expect_error("{\"x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1],\"z\":1e400}}", 1,
+		     LS_E_HEADER_JSON);
+	expect_error("{\"x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1],\"z\":01}}", 1,
+		     LS_E_HEADER_JSON);
+	expect_error("{\"x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1],\"z\":1.}}", 1,
+		     LS_E_HEADER_JSON);
+	expect_error("{\"x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1],\"z\":-}}", 1,
+		     LS_E_HEADER_JSON);
+	/* What serde_json does take: an underflow is 0, a long integer a double. */
+	struct ls_st_file f;
+	struct ls_err e;
+	cr_assert_eq(parse("{\"x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1],"
+			   "\"z\":[1e-400,123456789012345678901234567890,-0.5e3]}}",
+			   1, &f, &e),
+		     0, "%s", e.msg);
+	ls_st_file_free(&f);
+}
+
+/* serde_json's recursion limit: 127 nested arrays and objects pass, the 128th fails. */
+Test(safetensors, nesting_is_limited_to_127_levels_as_the_reference_does)
+{
+	for (int total = 126; total <= 129; total++) {
+		/* The header's object and the tensor's are two levels; z holds the rest. */
+		int inner = total - 2;
+		size_t cap = 256 + 2 * (size_t)inner;
+		char *h = malloc(cap);
+		size_t n = (size_t)snprintf(h, cap,
+					    "{\"x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1],"
+					    "\"z\":");
+		for (int i = 0; i < inner; i++)
+			h[n++] = '[';
+		for (int i = 0; i < inner; i++)
+			h[n++] = ']';
+		n += (size_t)snprintf(h + n, cap - n, "}}");
+		struct ls_st_file f;
+		struct ls_err e;
+		int rc = parse(h, 1, &f, &e);
+		if (total <= 127) {
+			cr_assert_eq(rc, 0, "%d levels: %s", total, e.msg);
+			ls_st_file_free(&f);
+		} else {
+			cr_assert_eq(rc, LS_E_HEADER_JSON, "%d levels: %d", total, rc);
+			cr_assert_not_null(strstr(e.msg, "nested more than 127"), "%s", e.msg);
+		}
+		free(h);
+	}
+}
+
+Test(safetensors, dtypes_safetensors_defines_and_lorastore_does_not_take_are_unsupported)
+{
+	static const char *const names[] = {"F4",	   "F6_E2M3",	  "F6_E3M2", "F8_E8M0",
+					    "F8_E4M3FNUZ", "F8_E5M2FNUZ", "C64"};
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		char h[200];
+		snprintf(h, sizeof(h), "{\"x\":{\"dtype\":\"%s\",\"shape\":[2],\"data_offsets\":[0,2]}}",
+			 names[i]);
+		struct ls_st_file f;
+		struct ls_err e;
+		cr_assert_eq(parse(h, 2, &f, &e), LS_E_DTYPE_UNSUPPORTED, "%s: %s", names[i], e.msg);
+		cr_assert_not_null(strstr(e.msg, "unsupported dtype"), "%s", e.msg);
+	}
+	expect_error("{\"x\":{\"dtype\":\"F7\",\"shape\":[2],\"data_offsets\":[0,2]}}", 2,
+		     LS_E_DTYPE_UNKNOWN);
 }
