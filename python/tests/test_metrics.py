@@ -87,6 +87,25 @@ def test_metrics_follow_imports_loads_acquires_and_clients(metrics_daemon):
     assert value(fam, "lorastore_build_info", version=version, backend="host") == 1
 
 
+def test_the_per_connection_bounds_are_counted_and_start_at_zero(metrics_daemon):
+    """The bounds of one connection (reply queue, worker jobs, unanswerable
+    requests) have counters; the C tests of test_daemon_hostile drive them."""
+    fam = scrape(metrics_daemon.url)
+    for name in ("lorastore_client_reads_paused", "lorastore_malformed_requests",
+                 "lorastore_jobs_refused", "lorastore_jobs_cancelled"):
+        assert fam[name].type == "counter", name
+        assert value(fam, name, name + "_total") == 0, name
+    # A frame that is no request closes its connection and is counted.
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(metrics_daemon.socket))
+        s.sendall(bytes([16, 0, 0, 0]) + b"\xff" * 16)
+        s.settimeout(5)
+        assert s.recv(4096) == b""
+    time.sleep(0.3)  # the loop publishes every 100 ms
+    fam = scrape(metrics_daemon.url)
+    assert value(fam, "lorastore_malformed_requests", "lorastore_malformed_requests_total") == 1
+
+
 def test_only_metrics_is_served(metrics_daemon):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(metrics_daemon.url.replace("/metrics", "/other"), timeout=10)
