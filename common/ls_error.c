@@ -55,7 +55,7 @@ static const struct ls_code_text ls_codes[] = {
 	{LS_E_BLOB_MISSING, "blob_missing", "blob file missing from the store"},
 	{LS_E_BLOB_TRUNCATED, "blob_truncated", "blob file shorter than its header says"},
 	{LS_E_ADAPTER_LIMIT, "adapter_limit",
-	 "adapter past lorastore's bounds (tensor count or record size)"},
+	 "adapter past lorastore's bounds (tensors, metadata, header values or record size)"},
 };
 
 static const struct ls_code_text *ls_code_find(int code)

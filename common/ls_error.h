@@ -71,7 +71,7 @@ enum ls_error_code {
 	/* store (added later; kept after the others so that no value moves) */
 	LS_E_BLOB_MISSING,             /* the catalog names a blob that is not on disk */
 	LS_E_BLOB_TRUNCATED,           /* a blob shorter than its header says */
-	LS_E_ADAPTER_LIMIT,            /* an adapter past lorastore's bounds (tensors, record size) */
+	LS_E_ADAPTER_LIMIT,            /* an adapter past lorastore's bounds (st_strict.h, LS_RECORD_MAX) */
 
 	LS_E_LAST = LS_E_ADAPTER_LIMIT,
 };

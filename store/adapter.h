@@ -90,15 +90,6 @@ struct ls_adapter_opts {
 };
 
 /*
- * Most tensors one adapter may have.  A large real adapter has a few
- * thousand (every linear module of every layer, experts included); each
- * tensor costs an entry in the version's record and its data is aligned to
- * 256 bytes, so the bound keeps both a record and a tiny-tensor adapter's
- * footprint within reason.
- */
-#define LS_ADAPTER_TENSORS_MAX 65536u
-
-/*
  * Read and check an adapter.  config_fd is adapter_config.json (or -1 when
  * the directory has none), st_fd the safetensors file; label names the
  * adapter in messages (its directory).  opts may be NULL for the defaults.
@@ -109,8 +100,8 @@ struct ls_adapter_opts {
  * ls_adapter_free.  Codes: those of ls_st_read_fd and ls_peft_config_parse,
  * LS_E_CONFIG_MISSING, LS_E_DTYPE_UNSUPPORTED, LS_E_TENSOR_NAME,
  * LS_E_LORA_SHAPE, LS_E_LORA_UNPAIRED, LS_E_LORA_RANK, LS_E_NONFINITE,
- * LS_E_NO_TENSORS, LS_E_ADAPTER_LIMIT (over LS_ADAPTER_TENSORS_MAX tensors,
- * found before the data is read), -errno.
+ * LS_E_NO_TENSORS, LS_E_ADAPTER_LIMIT (past the header's bounds of
+ * st_strict.h, found before anything is read but the header), -errno.
  */
 int ls_adapter_analyze(int config_fd, int st_fd, const char *label,
 		       const struct ls_adapter_opts *opts, struct ls_adapter *out,

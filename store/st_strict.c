@@ -16,14 +16,16 @@
 enum st_place {
 	ST_TOP,          /* the header's object */
 	ST_ENTRY,        /* a tensor's object (a key of the header other than __metadata__) */
+	ST_META,         /* the __metadata__ object */
 	ST_INTS,         /* the array of a tensor's shape or data_offsets */
-	ST_OTHER,        /* anything else (metadata, fields the reference ignores) */
+	ST_OTHER,        /* anything else (metadata values, fields the reference ignores) */
 };
 
 struct st_lex {
 	const unsigned char *s;
 	size_t len, pos;
 	unsigned depth;
+	size_t values;   /* JSON values seen */
 	char *msg;
 	size_t cap;
 	int code;        /* of the failure: LS_E_HEADER_JSON, or _SCHEMA for a bad shape number */
@@ -38,7 +40,7 @@ static int st_lex_fail(struct st_lex *l, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(reason, sizeof(reason), fmt, ap);
 	va_end(ap);
-	if (l->code == LS_E_HEADER_SCHEMA)
+	if (l->code != LS_E_HEADER_JSON)
 		snprintf(l->msg, l->cap, "the header has %s (byte %zu)", reason, l->pos);
 	else
 		snprintf(l->msg, l->cap,
@@ -285,9 +287,11 @@ static int st_lex_object(struct st_lex *l, enum st_place place)
 		l->depth--;
 		return 0;
 	}
+	size_t members = 0;
 	for (;;) {
 		if (l->pos >= l->len || l->s[l->pos] != '"')
 			return st_lex_fail(l, "an object key that is not a string");
+
 		char key[16];
 		size_t n;
 		rc = st_lex_string(l, key, sizeof(key), &n);
@@ -299,8 +303,19 @@ static int st_lex_object(struct st_lex *l, enum st_place place)
 		l->pos++;
 		st_lex_space(l);
 		enum st_place child = ST_OTHER;
-		if (place == ST_TOP && !(n == 12 && strcmp(key, "__metadata__") == 0))
-			child = ST_ENTRY;
+		bool meta = n == 12 && strcmp(key, "__metadata__") == 0;
+		if (place == ST_TOP)
+			child = meta ? ST_META : ST_ENTRY;
+		/* Tensors are the header's keys but __metadata__. */
+		if ((place == ST_TOP && !meta) || place == ST_META) {
+			unsigned bound = place == ST_TOP ? LS_ST_TENSORS_MAX : LS_ST_META_MAX;
+			if (++members > bound) {
+				l->code = LS_E_ADAPTER_LIMIT;
+				return st_lex_fail(l, place == ST_TOP ? "more than %u tensors"
+								      : "more than %u __metadata__ entries",
+						   bound);
+			}
+		}
 		else if (place == ST_ENTRY && ((n == 5 && strcmp(key, "shape") == 0) ||
 					       (n == 12 && strcmp(key, "data_offsets") == 0)))
 			child = ST_INTS;
@@ -365,11 +380,15 @@ static int st_lex_value(struct st_lex *l, enum st_place place)
 {
 	if (l->pos >= l->len)
 		return st_lex_fail(l, "the header ends where a value should be");
+	if (++l->values > LS_ST_VALUES_MAX) {
+		l->code = LS_E_ADAPTER_LIMIT;
+		return st_lex_fail(l, "more than %u JSON values", LS_ST_VALUES_MAX);
+	}
 	unsigned char b = l->s[l->pos];
 	size_t n;
 	switch (b) {
 	case '{':
-		return st_lex_object(l, place == ST_TOP || place == ST_ENTRY ? place : ST_OTHER);
+		return st_lex_object(l, place == ST_INTS ? ST_OTHER : place);
 	case '[':
 		return st_lex_array(l, place == ST_INTS ? ST_INTS : ST_OTHER);
 	case '"':

@@ -22,10 +22,23 @@
 #define LS_ST_DEPTH_MAX 127
 
 /*
+ * lorastore's bounds on a header, checked in this pass, before cJSON
+ * allocates a node for every value (a 95 MB header of millions of keys
+ * took 1.7 GB and seconds of a worker).  A large real adapter has a few
+ * thousand tensors (every linear module of every layer, experts included)
+ * and a handful of metadata entries.  Each tensor also costs an entry in
+ * the version's record and 256-byte alignment of its data.  Past any bound
+ * the header is refused with LS_E_ADAPTER_LIMIT.
+ */
+#define LS_ST_TENSORS_MAX 65536u   /* tensors (the header's keys besides __metadata__) */
+#define LS_ST_META_MAX 4096u       /* entries of __metadata__ */
+#define LS_ST_VALUES_MAX 2000000u  /* JSON values in all (65,536 tensors take about 1M) */
+
+/*
  * Check text[0..len] (valid UTF-8, with text[len] a NUL byte).  Returns 0,
  * LS_E_HEADER_SCHEMA for a shape or data_offsets number not written as a
- * plain non-negative integer, or LS_E_HEADER_JSON; the reason and the byte
- * offset go to msg.
+ * plain non-negative integer, LS_E_ADAPTER_LIMIT past a bound above, or
+ * LS_E_HEADER_JSON; the reason and the byte offset go to msg.
  */
 int ls_st_strict_check(const char *text, size_t len, char *msg, size_t cap);
 

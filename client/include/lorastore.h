@@ -109,9 +109,10 @@ enum lorastore_error {
 	LORASTORE_E_BLOB_MISSING,           /* the catalog names a blob missing from disk */
 	LORASTORE_E_BLOB_TRUNCATED,         /* a blob shorter than its header says */
 	LORASTORE_E_ADAPTER_LIMIT,          /* an adapter past lorastore's bounds: over 65,536
-					       tensors, or a record (config and tensor
-					       table) over 4 MiB; refused before anything is
-					       committed */
+					       tensors, 4,096 metadata entries or 2,000,000
+					       JSON values in its header, or a record (config
+					       and tensor table) over 4 MiB; refused before
+					       anything is committed */
 };
 
 /* Element types, as safetensors names them. */

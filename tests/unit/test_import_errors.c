@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "st_strict.h"
 #include "store.h"
 #include "synth.h"
 
@@ -627,7 +628,7 @@ Test(import_errors, only_extra_tensors_give_no_tensors_and_leave_store_unchanged
  */
 Test(import_errors, more_than_65536_tensors_give_adapter_limit_and_leave_store_unchanged)
 {
-	const unsigned n = LS_ADAPTER_TENSORS_MAX + 1;
+	const unsigned n = LS_ST_TENSORS_MAX + 1;
 	size_t cap = (size_t)n * 96 + 16, len = 0;
 	char *h = malloc(cap);
 	cr_assert_not_null(h);
@@ -644,7 +645,7 @@ Test(import_errors, more_than_65536_tensors_give_adapter_limit_and_leave_store_u
 	free(h);
 	free(data);
 	struct ls_err err = import_fails(dir, NULL, LS_E_ADAPTER_LIMIT, ST);
-	assert_number_after(&err, "holds", n);
+	assert_number_after(&err, "more than", LS_ST_TENSORS_MAX);
 }
 
 /* A record bigger than a reply may carry is refused (imports check it before writing). */
