@@ -424,6 +424,9 @@ static void ls_name_job_done(struct ls_server *srv, struct ls_req_job *j)
 		next->next_inflight = srv->name_jobs;
 		srv->name_jobs = next;
 		ls_workers_submit(srv->workers, &next->job);
+		/* It waited behind this one while its own connection closed: dropped unstarted. */
+		if (next->s->closing)
+			srv->jobs_cancelled += ls_workers_cancel(srv->workers, &next->s->job_owner);
 	}
 }
 

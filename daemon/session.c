@@ -414,7 +414,9 @@ static void ls_session_process(struct ls_session *s)
 					       (int)s->cred.pid, (unsigned)s->cred.uid, err.msg);
 				ls_session_close(s, "malformed request");
 			}
-		} else if (ls_request_fds_match(s, req)) {
+		} else if ((!s->hello_done && req->body_case != LORASTORE__REQUEST__BODY_HELLO) ||
+			   ls_request_fds_match(s, req)) {
+			/* Before Hello every other request is refused and the connection closed. */
 			ls_dispatch(s, req);
 		}
 		ls_request_fds_close(s);
