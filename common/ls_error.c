@@ -37,7 +37,7 @@ static const struct ls_code_text ls_codes[] = {
 	{LS_E_BLOB_FORMAT, "blob_format", "not a lorastore blob, or an unreadable format version"},
 	{LS_E_CATALOG, "catalog", "catalog failure"},
 	{LS_E_CATALOG_SCHEMA, "catalog_schema", "catalog written by an incompatible version"},
-	{LS_E_BUSY, "busy", "state directory in use by another process"},
+	{LS_E_BUSY, "busy", "busy (state directory in use, a rebuild running, or too many requests waiting)"},
 	{LS_E_PROTOCOL, "protocol", "malformed message"},
 	{LS_E_FRAME_TOO_LARGE, "frame_too_large", "message larger than the frame cap"},
 	{LS_E_VERSION, "version", "protocol version not supported"},

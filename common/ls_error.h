@@ -48,7 +48,8 @@ enum ls_error_code {
 	LS_E_BLOB_FORMAT,              /* not a blob, or a format version we cannot read */
 	LS_E_CATALOG,                  /* catalog schema or LMDB failure */
 	LS_E_CATALOG_SCHEMA,           /* catalog written by an incompatible version */
-	LS_E_BUSY,                     /* state directory opened by another process */
+	LS_E_BUSY,                     /* busy: the state directory is another process's, a
+					  rebuild runs, or a connection is at --client-jobs */
 
 	/* daemon and protocol */
 	LS_E_PROTOCOL,                 /* malformed message */

@@ -90,7 +90,10 @@ enum lorastore_error {
 	LORASTORE_E_BLOB_FORMAT,            /* unreadable blob format */
 	LORASTORE_E_CATALOG,                /* catalog failure in the daemon */
 	LORASTORE_E_CATALOG_SCHEMA,         /* catalog of an incompatible version */
-	LORASTORE_E_BUSY,                   /* state directory in use */
+	LORASTORE_E_BUSY,                   /* busy: the state directory is another process's,
+					       a rebuild runs, or this connection has
+					       --client-jobs requests waiting for the
+					       daemon's workers (wait for their answers) */
 	LORASTORE_E_PROTOCOL,               /* malformed message */
 	LORASTORE_E_FRAME_TOO_LARGE,        /* message over the frame cap */
 	LORASTORE_E_VERSION,                /* protocol version not supported */
