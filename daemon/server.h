@@ -91,8 +91,8 @@ struct ls_session {
 	 * Descriptors belong to the request whose frame holds the last byte
 	 * of the receive that brought them: the kernel stops a receive right
 	 * after the message that carried descriptors, and a client sends a
-	 * request's descriptors with that request's frame alone.  rx_pos is
-	 * that byte's position in the stream.
+	 * request's descriptors with that request's frame alone.  Each
+	 * descriptor's pos is that byte's position in the stream.
 	 */
 	uint64_t rx_bytes;           /* bytes received on this connection */
 	uint64_t rx_framed;          /* bytes handed out as frames: where the next frame starts */
