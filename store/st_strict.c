@@ -265,7 +265,8 @@ static int st_lex_number(struct st_lex *l, enum st_place place)
 
 static int st_lex_value(struct st_lex *l, enum st_place place);
 
-static int st_lex_enter(struct st_lex *l)
+/* Into an array or object: 0, or 1 when it closes at once (empty), or an error. */
+static int st_lex_enter(struct st_lex *l, char close)
 {
 	if (++l->depth > LS_ST_DEPTH_MAX)
 		return st_lex_fail(l, "arrays and objects nested more than %d deep (the "
@@ -273,20 +274,37 @@ static int st_lex_enter(struct st_lex *l)
 				   LS_ST_DEPTH_MAX);
 	l->pos++;
 	st_lex_space(l);
+	if (l->pos < l->len && l->s[l->pos] == close) {
+		l->pos++;
+		l->depth--;
+		return 1;
+	}
 	return 0;
+}
+
+/* After a member or element: 1 when a ',' says more follow, 0 at the closing byte, or an error. */
+static int st_lex_after(struct st_lex *l, char close, const char *what)
+{
+	st_lex_space(l);
+	if (l->pos < l->len && l->s[l->pos] == ',') {
+		l->pos++;
+		st_lex_space(l);
+		return 1;
+	}
+	if (l->pos < l->len && l->s[l->pos] == close) {
+		l->pos++;
+		l->depth--;
+		return 0;
+	}
+	return st_lex_fail(l, "no ',' or '%c' after %s", close, what);
 }
 
 /* An object; place says what it is (the header, a tensor's entry, or other). */
 static int st_lex_object(struct st_lex *l, enum st_place place)
 {
-	int rc = st_lex_enter(l);
+	int rc = st_lex_enter(l, '}');
 	if (rc)
-		return rc;
-	if (l->pos < l->len && l->s[l->pos] == '}') {
-		l->pos++;
-		l->depth--;
-		return 0;
-	}
+		return rc < 0 ? rc : 0;
 	size_t members = 0;
 	for (;;) {
 		if (l->pos >= l->len || l->s[l->pos] != '"')
@@ -315,55 +333,30 @@ static int st_lex_object(struct st_lex *l, enum st_place place)
 								      : "more than %u __metadata__ entries",
 						   bound);
 			}
-		}
-		else if (place == ST_ENTRY && ((n == 5 && strcmp(key, "shape") == 0) ||
-					       (n == 12 && strcmp(key, "data_offsets") == 0)))
+		} else if (place == ST_ENTRY && ((n == 5 && strcmp(key, "shape") == 0) ||
+						 (n == 12 && strcmp(key, "data_offsets") == 0))) {
 			child = ST_INTS;
+		}
 		rc = st_lex_value(l, child);
-		if (rc)
+		if (rc == 0)
+			rc = st_lex_after(l, '}', "an object member");
+		if (rc <= 0)
 			return rc;
-		st_lex_space(l);
-		if (l->pos < l->len && l->s[l->pos] == ',') {
-			l->pos++;
-			st_lex_space(l);
-			continue;
-		}
-		if (l->pos < l->len && l->s[l->pos] == '}') {
-			l->pos++;
-			l->depth--;
-			return 0;
-		}
-		return st_lex_fail(l, "no ',' or '}' after an object member");
 	}
 }
 
 /* An array; in a shape or data_offsets its numbers must be plain integers. */
 static int st_lex_array(struct st_lex *l, enum st_place place)
 {
-	int rc = st_lex_enter(l);
+	int rc = st_lex_enter(l, ']');
 	if (rc)
-		return rc;
-	if (l->pos < l->len && l->s[l->pos] == ']') {
-		l->pos++;
-		l->depth--;
-		return 0;
-	}
+		return rc < 0 ? rc : 0;
 	for (;;) {
 		rc = st_lex_value(l, place == ST_INTS ? ST_INTS : ST_OTHER);
-		if (rc)
+		if (rc == 0)
+			rc = st_lex_after(l, ']', "an array element");
+		if (rc <= 0)
 			return rc;
-		st_lex_space(l);
-		if (l->pos < l->len && l->s[l->pos] == ',') {
-			l->pos++;
-			st_lex_space(l);
-			continue;
-		}
-		if (l->pos < l->len && l->s[l->pos] == ']') {
-			l->pos++;
-			l->depth--;
-			return 0;
-		}
-		return st_lex_fail(l, "no ',' or ']' after an array element");
 	}
 }
 
