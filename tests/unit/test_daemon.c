@@ -1256,20 +1256,8 @@ Test(daemon, an_import_and_a_delete_of_one_name_pipelined_run_in_the_order_sent)
 	int fd = raw_connect(dp.socket);
 	struct ls_framer f;
 	ls_framer_init(&f, 0);
-	Lorastore__Hello h = LORASTORE__HELLO__INIT;
-	h.protocol_version = LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
-	Lorastore__Request req = LORASTORE__REQUEST__INIT;
-	req.id = 1;
-	req.body_case = LORASTORE__REQUEST__BODY_HELLO;
-	req.hello = &h;
-	uint8_t *buf;
-	size_t len;
-	cr_assert_eq(ls_request_encode(&req, &buf, &len), 0);
-	send_all(fd, buf, len);
-	free(buf);
-	Lorastore__Response *resp = raw_read(fd, &f);
-	cr_assert_eq(resp->body_case, LORASTORE__RESPONSE__BODY_HELLO);
-	lorastore__response__free_unpacked(resp, NULL);
+	cr_assert_eq(raw_conn_hello(fd, &f), 0);
+	Lorastore__Response *resp;
 
 	for (unsigned round = 0; round < 12; round++) {
 		Lorastore__ImportRequest im = LORASTORE__IMPORT_REQUEST__INIT;
