@@ -411,8 +411,8 @@ int main(int argc, char **argv)
 		ls_error("out of memory");
 		goto out;
 	}
-	if (ls_listen(&srv))
-		goto out;
+	/* The metrics port before the socket: whoever sees the socket accept
+	 * (a client, systemd, a test) finds the metrics served too. */
 	if (cfg.metrics_listen[0]) {
 		if (ls_metrics_start(cfg.metrics_listen, &srv.metrics, &err)) {
 			ls_error("%s", err.msg);
@@ -423,6 +423,8 @@ int main(int argc, char **argv)
 		ls_metrics_publish(srv.metrics, &snap);
 		ls_info("metrics at http://%s/metrics", cfg.metrics_listen);
 	}
+	if (ls_listen(&srv))
+		goto out;
 
 	ls_server_accept(&srv);
 	ls_signal_submit(&srv);
