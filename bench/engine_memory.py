@@ -68,7 +68,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine_load import (  # noqa: E402  (this folder's module)
     PROMPT, REPO, Daemon, exit_on_sigterm, finish, llama_shape, machine_line, module_shapes,
-    write_adapter, write_base)
+    stop_process, write_adapter, write_base)
 
 MiB = 1 << 20
 PHASE_TIMEOUT_S = 1200
@@ -269,13 +269,7 @@ class Worker:
             return ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         if self.replies >= 0:
             os.close(self.replies)
             self.replies = -1
