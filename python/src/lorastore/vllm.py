@@ -91,18 +91,18 @@ def connection():
         return _conn
 
 
-def _call(fn, *args, **kw):
-    """fn(connection, ...), once more on a fresh connection when the daemon
+def _call(fn):
+    """fn(connection), once more on a fresh connection when the daemon
     restarted under the old one."""
     import lorastore
 
     global _conn
     try:
-        return fn(connection(), *args, **kw)
+        return fn(connection())
     except lorastore.ConnectionClosed:
         with _conn_lock:
             _conn = None
-        return fn(connection(), *args, **kw)
+        return fn(connection())
 
 
 def register() -> None:
@@ -282,7 +282,7 @@ def _lookup(name: str):
         return None, str(e)
 
 
-def _request_for(model_name: str, rec):
+def _request_for(rec):
     from vllm.lora.request import LoRARequest
 
     vref = f"{rec['name']}@{rec['version']}"
@@ -300,7 +300,7 @@ def _make_resolver_class():
 
         async def resolve_lora(self, base_model_name, lora_name):
             rec, _ = await asyncio.to_thread(_lookup, lora_name)
-            return None if rec is None else _request_for(lora_name, rec)
+            return None if rec is None else _request_for(rec)
 
     return LorastoreResolver
 
@@ -345,7 +345,7 @@ class _Tracked(dict):
                 return False
             cur = super().get(key)
             if cur is None or cur.lora_int_id != lora_int_id(rec["generation"]):
-                super().__setitem__(key, _request_for(key, rec))
+                super().__setitem__(key, _request_for(rec))
         return super().__contains__(key)
 
     def __delitem__(self, key):
@@ -380,7 +380,7 @@ def _wrap_serving_models() -> None:
         async with self.lora_resolver_lock[lora_name]:
             if lora_name in self.lora_requests:
                 return self.lora_requests[lora_name]
-            req = _request_for(lora_name, rec)
+            req = _request_for(rec)
             try:
                 await self.engine_client.add_lora(req)
             except Exception as e:  # noqa: BLE001 (the engine's error, as vLLM answers it)
