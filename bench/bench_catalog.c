@@ -110,7 +110,7 @@ static void populate(const char *state, const char *dir, uint64_t n)
 		snprintf(name, sizeof(name), "bench/v%06" PRIu64, i);
 		struct ls_import_opts io = {.source = dir};
 		Lorastore__VersionRecord *rec = NULL;
-		if (ls_store_import(st, name, cfd, sfd, dir, &io, &rec, &err) != 0)
+		if (ls_store_import(st, name, cfd, sfd, dir, &io, &rec, NULL, &err) != 0)
 			die("import %s: %s", name, err.msg);
 		lorastore__version_record__free_unpacked(rec, NULL);
 		close(cfd);

@@ -390,7 +390,7 @@ static int bench_import_one(struct ls_store *store, const char *dir, const char 
 	struct stat sb;
 	int rc = fstat(st, &sb) != 0 ? -errno : 0;
 	if (rc == 0)
-		rc = ls_store_import(store, name, cfg, st, dir, NULL, NULL, err);
+		rc = ls_store_import(store, name, cfg, st, dir, NULL, NULL, NULL, err);
 	else
 		ls_err_set(err, rc, "%s: %s", path, strerror(-rc));
 	close(cfg);

@@ -70,8 +70,11 @@ int ls_cmd_import(const struct ls_cli *cli, int argc, char **argv);
 int ls_cmd_ls(const struct ls_cli *cli, int argc, char **argv);
 /* lorastore show NAME[@V] */
 int ls_cmd_show(const struct ls_cli *cli, int argc, char **argv);
-/* lorastore rm | load | evict NAME[@V] */
+/* lorastore rm [--all] NAME[@V], tag NAME[@V] ALIAS, untag ALIAS (catalog_cmds.c) */
 int ls_cmd_rm(const struct ls_cli *cli, int argc, char **argv);
+int ls_cmd_tag(const struct ls_cli *cli, int argc, char **argv);
+int ls_cmd_untag(const struct ls_cli *cli, int argc, char **argv);
+/* lorastore load | evict NAME[@V] */
 int ls_cmd_load(const struct ls_cli *cli, int argc, char **argv);
 int ls_cmd_evict(const struct ls_cli *cli, int argc, char **argv);
 /* lorastore stats */

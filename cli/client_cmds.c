@@ -1,6 +1,6 @@
 /*
- * The CLI commands that ask the daemon: ls, show, rm, load, evict, stats,
- * verify, gc.  Import is in import.c.
+ * The CLI commands that ask the daemon: ls, show, load, evict, stats,
+ * verify, gc.  Import is in import.c; rm, tag and untag in catalog_cmds.c.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -22,15 +22,23 @@ static const char ls_ls_help[] =
 	"    lorastore ls - list adapter versions\n"
 	"\n"
 	"SYNOPSIS\n"
-	"    lorastore [--json] ls [PREFIX]\n"
+	"    lorastore [--json] ls [--base-model MODEL] [PREFIX]\n"
 	"\n"
 	"DESCRIPTION\n"
 	"    List every version whose name begins with PREFIX (all when none), in\n"
 	"    name and version order, one per line: name, version, the first 12 hex\n"
 	"    digits of the digest, rank, dtype, size in memory, tier (host, device,\n"
-	"    or disk when not resident) and the number of leases held on it.\n"
+	"    or disk when not resident), the number of leases held on it, its base\n"
+	"    model and the aliases pointing at it.\n"
 	"    With --json: {\"adapters\": [{\"name\", \"version\", \"digest\", \"rank\",\n"
-	"    \"bytes\", \"resident\", \"tier\", \"pins\"}]}.\n"
+	"    \"bytes\", \"resident\", \"tier\", \"pins\", \"base_model\", \"aliases\"}]}.\n"
+	"\n"
+	"OPTIONS\n"
+	"    -b, --base-model MODEL\n"
+	"        Only the versions whose base model (base_model_name_or_path) is\n"
+	"        MODEL.\n"
+	"    -h, --help\n"
+	"        Print this manual.\n"
 	"\n" LS_EXIT_STATUS_TEXT;
 
 struct ls_pages {
@@ -71,34 +79,60 @@ static int ls_pages_fetch(lorastore *conn, const char *prefix, struct ls_pages *
 	}
 }
 
-static void ls_print_ls(const struct ls_pages *p)
+/* Whether e is listed: every entry, or those of base model base. */
+static bool ls_ls_keep(const lorastore_entry *e, const char *base)
 {
-	int w = (int)strlen("NAME");
-	for (size_t i = 0; i < p->n; i++)
-		for (size_t j = 0; j < lorastore_list_count(p->pages[i]); j++) {
-			int len = (int)strlen(lorastore_list_entry(p->pages[i], j)->name);
-			if (len > w)
-				w = len;
-		}
-	printf("%-*s %7s  %-12s %5s %-6s %10s  %-11s %4s\n", w, "NAME", "VERSION", "DIGEST", "RANK",
-	       "DTYPE", "SIZE", "TIER", "PINS");
+	return !base || strcmp(e->base_model, base) == 0;
+}
+
+static void ls_print_ls(const struct ls_pages *p, const char *base)
+{
+	int w = (int)strlen("NAME"), bw = (int)strlen("BASE MODEL");
 	for (size_t i = 0; i < p->n; i++)
 		for (size_t j = 0; j < lorastore_list_count(p->pages[i]); j++) {
 			const lorastore_entry *e = lorastore_list_entry(p->pages[i], j);
+			if (!ls_ls_keep(e, base))
+				continue;
+			if ((int)strlen(e->name) > w)
+				w = (int)strlen(e->name);
+			if ((int)strlen(e->base_model) > bw)
+				bw = (int)strlen(e->base_model);
+		}
+	printf("%-*s %7s  %-12s %5s %-6s %10s  %-11s %4s  %-*s  %s\n", w, "NAME", "VERSION",
+	       "DIGEST", "RANK", "DTYPE", "SIZE", "TIER", "PINS", bw, "BASE MODEL", "ALIASES");
+	for (size_t i = 0; i < p->n; i++)
+		for (size_t j = 0; j < lorastore_list_count(p->pages[i]); j++) {
+			const lorastore_entry *e = lorastore_list_entry(p->pages[i], j);
+			if (!ls_ls_keep(e, base))
+				continue;
 			char size[32];
 			ls_format_size(e->bytes, size, sizeof(size));
-			printf("%-*s %7u  %-12.12s %5u %-6s %10s  %-11s %4u\n", w, e->name, e->version,
-			       e->digest, e->rank, e->dtype, size, e->tier, e->pins);
+			printf("%-*s %7u  %-12.12s %5u %-6s %10s  %-11s %4u  %-*s  ", w, e->name,
+			       e->version, e->digest, e->rank, e->dtype, size, e->tier, e->pins, bw,
+			       *e->base_model ? e->base_model : "-");
+			for (size_t k = 0; k < e->alias_count; k++)
+				printf("%s%s", k ? "," : "", e->aliases[k]);
+			printf("%s\n", e->alias_count ? "" : "-");
 		}
 }
 
-static cJSON *ls_json_ls(const struct ls_pages *p)
+/* "aliases": [...] of e into o. */
+static void ls_json_aliases(cJSON *o, const lorastore_entry *e)
+{
+	cJSON *arr = cJSON_AddArrayToObject(o, "aliases");
+	for (size_t k = 0; k < e->alias_count; k++)
+		cJSON_AddItemToArray(arr, cJSON_CreateString(e->aliases[k]));
+}
+
+static cJSON *ls_json_ls(const struct ls_pages *p, const char *base)
 {
 	cJSON *doc = cJSON_CreateObject();
 	cJSON *arr = cJSON_AddArrayToObject(doc, "adapters");
 	for (size_t i = 0; i < p->n; i++)
 		for (size_t j = 0; j < lorastore_list_count(p->pages[i]); j++) {
 			const lorastore_entry *e = lorastore_list_entry(p->pages[i], j);
+			if (!ls_ls_keep(e, base))
+				continue;
 			cJSON *o = cJSON_CreateObject();
 			cJSON_AddStringToObject(o, "name", e->name);
 			cJSON_AddNumberToObject(o, "version", e->version);
@@ -108,6 +142,11 @@ static cJSON *ls_json_ls(const struct ls_pages *p)
 			cJSON_AddBoolToObject(o, "resident", e->resident);
 			cJSON_AddStringToObject(o, "tier", e->tier);
 			cJSON_AddNumberToObject(o, "pins", e->pins);
+			if (*e->base_model)
+				cJSON_AddStringToObject(o, "base_model", e->base_model);
+			else
+				cJSON_AddNullToObject(o, "base_model");
+			ls_json_aliases(o, e);
 			cJSON_AddItemToArray(arr, o);
 		}
 	return doc;
@@ -115,9 +154,29 @@ static cJSON *ls_json_ls(const struct ls_pages *p)
 
 int ls_cmd_ls(const struct ls_cli *cli, int argc, char **argv)
 {
-	int st = ls_cli_parse_plain("ls", ls_ls_help, argc, argv, 0, 1);
-	if (st >= 0)
-		return st;
+	static const struct option opts[] = {
+		{"base-model", required_argument, NULL, 'b'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *base = NULL;
+	int c, st;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":b:h", opts, NULL)) != -1) {
+		if (c == 'h') {
+			fputs(ls_ls_help, stdout);
+			return LS_EXIT_OK;
+		}
+		if (c == 'b')
+			base = optarg;
+		else if (c == ':')
+			return ls_cli_cmd_usage_error("ls", "option '%s' needs an argument",
+						      argv[optind - 1]);
+		else
+			return ls_cli_cmd_usage_error("ls", "unknown option '%s'", argv[optind - 1]);
+	}
+	if (argc - optind > 1)
+		return ls_cli_cmd_usage_error("ls", "unexpected argument '%s'", argv[optind + 1]);
 	const char *prefix = optind < argc ? argv[optind] : "";
 	lorastore *conn;
 	if (ls_cli_connect(cli, "ls", &conn))
@@ -127,9 +186,9 @@ int ls_cmd_ls(const struct ls_cli *cli, int argc, char **argv)
 	if (rc) {
 		st = ls_cli_fail("ls", conn, rc);
 	} else if (cli->json) {
-		st = ls_json_emit(ls_json_ls(&p));
+		st = ls_json_emit(ls_json_ls(&p, base));
 	} else {
-		ls_print_ls(&p);
+		ls_print_ls(&p, base);
 		st = LS_EXIT_OK;
 	}
 	ls_pages_free(&p);
@@ -149,7 +208,7 @@ static const char ls_show_help[] =
 	"DESCRIPTION\n"
 	"    Print the record of NAME@V (the latest version of NAME without @V):\n"
 	"    digest, generation, rank, scale, dtype, size, residency, creation time,\n"
-	"    source and base model, then the tensor table (module, layer, kind,\n"
+	"    source, base model and aliases, then the tensor table (module, layer, kind,\n"
 	"    shape, dtype, offset in the data region, size).  With --json one object\n"
 	"    with those fields and \"tensors\": [{\"module\", \"layer\", \"kind\", \"shape\",\n"
 	"    \"dtype\", \"offset\", \"bytes\"}]; \"created\" is an ISO 8601 UTC time.\n"
@@ -175,6 +234,10 @@ static void ls_print_show(const lorastore_list *l)
 	printf("created      %s\n", when);
 	printf("source       %s\n", *e->source ? e->source : "-");
 	printf("base model   %s\n", *e->base_model ? e->base_model : "(none)");
+	printf("aliases      ");
+	for (size_t k = 0; k < e->alias_count; k++)
+		printf("%s%s", k ? ", " : "", e->aliases[k]);
+	printf("%s\n", e->alias_count ? "" : "(none)");
 
 	size_t n = lorastore_list_tensor_count(l, 0);
 	if (!n)
@@ -228,6 +291,7 @@ static cJSON *ls_json_show(const lorastore_list *l)
 		cJSON_AddStringToObject(o, "base_model", e->base_model);
 	else
 		cJSON_AddNullToObject(o, "base_model");
+	ls_json_aliases(o, e);
 	cJSON *arr = cJSON_AddArrayToObject(o, "tensors");
 	size_t n = lorastore_list_tensor_count(l, 0);
 	for (size_t j = 0; j < n; j++) {
@@ -276,20 +340,6 @@ int ls_cmd_show(const struct ls_cli *cli, int argc, char **argv)
 }
 
 /* ---- rm, load, evict */
-
-static const char ls_rm_help[] =
-	"NAME\n"
-	"    lorastore rm - delete adapter versions\n"
-	"\n"
-	"SYNOPSIS\n"
-	"    lorastore [--json] rm NAME[@V]\n"
-	"\n"
-	"DESCRIPTION\n"
-	"    Delete version V of NAME, or every version of NAME without @V.  A\n"
-	"    version held by a client is deleted when its last lease ends.  Version\n"
-	"    numbers are never reused.  Needs an admin peer (root, the daemon's\n"
-	"    user, or its admin group).\n"
-	"\n" LS_EXIT_STATUS_TEXT;
 
 static const char ls_load_help[] =
 	"NAME\n"
@@ -348,24 +398,6 @@ static int ls_ref_report(const struct ls_cli *cli, const char *cmd, const char *
 	}
 	lorastore_close(conn);
 	return st;
-}
-
-static int ls_ref_cmd(const struct ls_cli *cli, const char *cmd, const char *help, const char *done,
-		      int (*fn)(lorastore *, const char *), int argc, char **argv)
-{
-	int st = ls_cli_parse_plain(cmd, help, argc, argv, 1, 1);
-	if (st >= 0)
-		return st;
-	const char *ref = argv[optind];
-	lorastore *conn;
-	if (ls_cli_connect(cli, cmd, &conn))
-		return LS_EXIT_ERROR;
-	return ls_ref_report(cli, cmd, done, ref, conn, fn(conn, ref));
-}
-
-int ls_cmd_rm(const struct ls_cli *cli, int argc, char **argv)
-{
-	return ls_ref_cmd(cli, "rm", ls_rm_help, "deleted", lorastore_delete, argc, argv);
 }
 
 /*

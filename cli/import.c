@@ -15,15 +15,20 @@ static const char ls_import_help[] =
 	"\n"
 	"SYNOPSIS\n"
 	"    lorastore [--json] import DIR... [--name NAME] [--dtype keep|f16|bf16|f32]\n"
-	"                                     [--allow-nonfinite]\n"
+	"                                     [--allow-nonfinite] [--allow-new-base]\n"
 	"\n"
 	"DESCRIPTION\n"
 	"    Import each Hugging Face PEFT directory (adapter_config.json and\n"
 	"    adapter_model.safetensors) as a new version of an adapter.  The files\n"
 	"    are opened by this command, with your permissions, and passed to the\n"
 	"    daemon as descriptors; the daemon never opens a path.  Importing an\n"
-	"    existing name adds a version.  For each adapter one line is printed:\n"
+	"    existing name adds a version, unless the content is the same as the\n"
+	"    name's latest version: then nothing is added and that version is\n"
+	"    named.  A new version for another base model, or with other modules\n"
+	"    or module sizes, than the name's latest version is refused unless\n"
+	"    --allow-new-base.  For each adapter one line is printed:\n"
 	"        imported NAME@V (DIGEST-PREFIX, SIZE)\n"
+	"        unchanged NAME@V (DIGEST-PREFIX, SIZE): the same content\n"
 	"    A failure is reported on standard error and the next directory is\n"
 	"    imported.  With several directories and a terminal on standard error,\n"
 	"    a progress bar is drawn there.  Needs an admin peer.\n"
@@ -31,40 +36,27 @@ static const char ls_import_help[] =
 	"OPTIONS\n"
 	"    -n, --name NAME\n"
 	"        The adapter's name (tenant/name: 1-200 characters of A-Z a-z 0-9\n"
-	"        . _ - /).  Only with one DIR.  Default: the directory's own name.\n"
+	"        . _ - /).  Only with one DIR.  Default: the directory's own name,\n"
+	"        unless it says nothing of the adapter (adapter, lora, output(s),\n"
+	"        checkpoint-N, final, model, ...): then --name is required.\n"
 	"    -d, --dtype keep|f16|bf16|f32\n"
 	"        Store the LoRA tensors in this dtype (rounding to nearest even).\n"
 	"        Default: keep the file's dtype.\n"
 	"    --allow-nonfinite\n"
 	"        Accept NaN and infinite values instead of refusing the adapter.\n"
+	"    --allow-new-base\n"
+	"        Accept a new version whose base model (base_model_name_or_path),\n"
+	"        or whose set of modules and their sizes, differs from the name's\n"
+	"        latest version.\n"
 	"    -h, --help\n"
 	"        Print this manual.\n"
 	"\n"
 	"    With --json: {\"imported\": [{\"dir\", \"name\", \"version\", \"digest\",\n"
-	"    \"bytes\", \"tensors\"}], \"failed\": [{\"dir\", \"name\", \"code\",\n"
-	"    \"message\"}]}.\n"
+	"    \"bytes\", \"tensors\", \"unchanged\"}], \"failed\": [{\"dir\", \"name\",\n"
+	"    \"code\", \"message\"}]}.\n"
 	"\n"
 	"EXIT STATUS\n"
 	"    0 every adapter was imported, 1 some import failed, 2 bad usage.\n";
-
-/*
- * The adapter name a directory gives: its last path component, of the
- * resolved path so that "." and "dir/" name something.  Malloc'd.
- */
-static char *ls_dir_name(const char *dir)
-{
-	char *abs = realpath(dir, NULL);
-	const char *path = abs ? abs : dir;
-	size_t end = strlen(path);
-	while (end > 1 && path[end - 1] == '/')
-		end--;
-	size_t start = end;
-	while (start > 0 && path[start - 1] != '/')
-		start--;
-	char *name = strndup(path + start, end - start);
-	free(abs);
-	return name;
-}
 
 struct ls_progress {
 	bool on;          /* drawing on a terminal */
@@ -97,6 +89,7 @@ struct ls_import_args {
 	const char *name;
 	const char *dtype;
 	bool allow_nonfinite;
+	bool allow_new_base;
 	int first, count; /* the DIR operands in argv */
 };
 
@@ -106,6 +99,7 @@ static int ls_import_parse(int argc, char **argv, struct ls_import_args *a)
 		{"name", required_argument, NULL, 'n'},
 		{"dtype", required_argument, NULL, 'd'},
 		{"allow-nonfinite", no_argument, NULL, 'f'},
+		{"allow-new-base", no_argument, NULL, 'B'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -121,6 +115,9 @@ static int ls_import_parse(int argc, char **argv, struct ls_import_args *a)
 			break;
 		case 'f':
 			a->allow_nonfinite = true;
+			break;
+		case 'B':
+			a->allow_new_base = true;
 			break;
 		case 'h':
 			fputs(ls_import_help, stdout);
@@ -155,10 +152,11 @@ static int ls_import_parse(int argc, char **argv, struct ls_import_args *a)
 static int ls_import_one(lorastore *conn, const struct ls_import_args *a, const char *dir,
 			  const struct ls_progress *prog, cJSON *imported, cJSON *failed)
 {
-	char *owned = a->name ? NULL : ls_dir_name(dir);
-	const char *name = a->name ? a->name : owned ? owned : dir;
-	lorastore_import_opts o = {.name = name, .dtype = a->dtype,
-				   .allow_nonfinite = a->allow_nonfinite};
+	/* No --name: the library names it after the directory, or says why not. */
+	const char *name = a->name ? a->name : "";
+	lorastore_import_opts o = {.name = a->name, .dtype = a->dtype,
+				   .allow_nonfinite = a->allow_nonfinite,
+				   .allow_new_base = a->allow_new_base};
 	lorastore_list *l = NULL;
 	int rc = lorastore_import_dir_entry(conn, dir, &o, &l);
 	ls_progress_clear(prog);
@@ -175,7 +173,6 @@ static int ls_import_one(lorastore *conn, const struct ls_import_args *a, const 
 			cJSON_AddStringToObject(f, "message", msg);
 			cJSON_AddItemToArray(failed, f);
 		}
-		free(owned);
 		return rc;
 	}
 	const lorastore_entry *e = lorastore_list_entry(l, 0);
@@ -187,15 +184,20 @@ static int ls_import_one(lorastore *conn, const struct ls_import_args *a, const 
 		cJSON_AddStringToObject(j, "digest", e->digest);
 		cJSON_AddNumberToObject(j, "bytes", (double)e->bytes);
 		cJSON_AddNumberToObject(j, "tensors", (double)e->tensor_count);
+		cJSON_AddBoolToObject(j, "unchanged", e->unchanged);
 		cJSON_AddItemToArray(imported, j);
 	} else {
 		char size[32];
 		ls_format_size(e->bytes, size, sizeof(size));
-		printf("imported %s@%u (%.12s, %s)\n", e->name, e->version, e->digest, size);
+		if (e->unchanged)
+			printf("unchanged %s@%u (%.12s, %s): the same content\n", e->name,
+			       e->version, e->digest, size);
+		else
+			printf("imported %s@%u (%.12s, %s)\n", e->name, e->version, e->digest,
+			       size);
 		fflush(stdout);
 	}
 	lorastore_list_free(l);
-	free(owned);
 	return 0;
 }
 

@@ -43,13 +43,18 @@ static const char ls_usage[] =
 	"\n"
 	"COMMANDS\n"
 	"    import DIR... [--name NAME] [--dtype keep|f16|bf16|f32] [--allow-nonfinite]\n"
+	"           [--allow-new-base]\n"
 	"        Import PEFT adapter directories as new versions (needs an admin).\n"
-	"    ls [PREFIX]\n"
+	"    ls [--base-model MODEL] [PREFIX]\n"
 	"        List every version whose name begins with PREFIX.\n"
 	"    show NAME[@V]\n"
 	"        Show one version's record and its tensor table.\n"
-	"    rm NAME[@V]\n"
+	"    rm NAME@V | rm --all NAME\n"
 	"        Delete one version, or every version of NAME (needs an admin).\n"
+	"    tag NAME[@V] ALIAS\n"
+	"        Point an alias (NAME:TAG) at a version (needs an admin).\n"
+	"    untag ALIAS\n"
+	"        Remove an alias (needs an admin).\n"
 	"    load NAME[@V]\n"
 	"        Make a version resident without holding it.\n"
 	"    evict NAME[@V]\n"
@@ -89,7 +94,7 @@ static const struct ls_command ls_commands[] = {
 	{"import", ls_cmd_import}, {"ls", ls_cmd_ls},         {"show", ls_cmd_show},
 	{"rm", ls_cmd_rm},         {"load", ls_cmd_load},     {"evict", ls_cmd_evict},
 	{"stats", ls_cmd_stats},   {"verify", ls_cmd_verify}, {"gc", ls_cmd_gc},
-	{"rebuild", ls_cmd_rebuild},
+	{"rebuild", ls_cmd_rebuild}, {"tag", ls_cmd_tag},     {"untag", ls_cmd_untag},
 	{"inspect", ls_cmd_inspect},
 };
 

@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -24,6 +25,56 @@ static bool ls_dtype_option_ok(const char *d)
 	       strcmp(d, "f32") == 0;
 }
 
+/*
+ * The adapter name a directory gives: its last path component, of the
+ * resolved path so that "." and "dir/" name something.  Malloc'd.
+ */
+static char *ls_dir_name(const char *dir)
+{
+	char *abs = realpath(dir, NULL);
+	const char *path = abs ? abs : dir;
+	size_t end = strlen(path);
+	while (end > 1 && path[end - 1] == '/')
+		end--;
+	size_t start = end;
+	while (start > 0 && path[start - 1] != '/')
+		start--;
+	char *name = strndup(path + start, end - start);
+	free(abs);
+	return name;
+}
+
+/*
+ * Whether a directory's name says nothing of the adapter in it: what
+ * training scripts and hubs call every adapter's folder.
+ */
+static bool ls_dir_name_meaningless(const char *name)
+{
+	static const char *const words[] = {
+		"adapter", "adapters", "lora", "loras", "peft", "output", "outputs", "out",
+		"checkpoint", "checkpoints", "final", "final_checkpoint", "best", "last",
+		"latest", "model", "models", "tmp", "result", "results", "run", "runs",
+		"snapshot", "snapshots", "main",
+	};
+	for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+		if (strcasecmp(name, words[i]) == 0)
+			return true;
+	/* checkpoint-14, checkpoint_14, step-500, epoch_3 */
+	static const char *const numbered[] = {"checkpoint", "step", "epoch", "global_step"};
+	for (size_t i = 0; i < sizeof(numbered) / sizeof(numbered[0]); i++) {
+		size_t n = strlen(numbered[i]);
+		if (strncasecmp(name, numbered[i], n) != 0)
+			continue;
+		const char *p = name + n;
+		if (*p == '-' || *p == '_')
+			p++;
+		if (*p && strspn(p, "0123456789") == strlen(p))
+			return true;
+	}
+	/* A Hugging Face cache snapshot: 40 hex digits of a commit. */
+	return strlen(name) == 40 && strspn(name, "0123456789abcdef") == 40;
+}
+
 LS_PUBLIC int lorastore_import_dir_entry(lorastore *conn, const char *dir,
 					 const lorastore_import_opts *opts, lorastore_list **out)
 {
@@ -32,26 +83,44 @@ LS_PUBLIC int lorastore_import_dir_entry(lorastore *conn, const char *dir,
 	*out = NULL;
 	if (!dir || !*dir || !opts)
 		return ls_conn_error(conn, -EINVAL, "import: no directory or no options");
-	if (!opts->name || !*opts->name)
-		return ls_conn_error(conn, LS_E_NAME_INVALID, "import: no adapter name given");
-	if (!ls_name_valid(opts->name))
-		return ls_conn_error(conn, LS_E_NAME_INVALID,
-				     "import: '%.*s%s': a name has 1 to %d characters of [A-Za-z0-9._/-]",
-				     LS_NAME_MAX, opts->name,
-				     strnlen(opts->name, LS_NAME_MAX + 1) > LS_NAME_MAX ? "..." : "",
-				     LS_NAME_MAX);
+	char *from_dir = opts->name ? NULL : ls_dir_name(dir);
+	const char *name = opts->name ? opts->name : from_dir;
+	int rc = 0;
+	if (!name)
+		rc = ls_conn_error(conn, -ENOMEM, "out of memory");
+	else if (!*name)
+		rc = ls_conn_error(conn, LS_E_NAME_INVALID, "import: no adapter name given");
+	else if (from_dir && ls_dir_name_meaningless(name))
+		/* Every training run's folder is called that: two adapters would mix. */
+		rc = ls_conn_error(conn, LS_E_NAME_INVALID,
+				   "the directory's name '%s' says nothing of the adapter; give it "
+				   "a name (--name TENANT/NAME)",
+				   name);
+	else if (!ls_name_valid(name))
+		rc = ls_conn_error(conn, LS_E_NAME_INVALID,
+				   "'%.*s%s' is not an adapter name: a name has 1 to %d "
+				   "characters of [A-Za-z0-9._/-]%s",
+				   LS_NAME_MAX, name,
+				   strnlen(name, LS_NAME_MAX + 1) > LS_NAME_MAX ? "..." : "",
+				   LS_NAME_MAX, from_dir ? " (--name gives another)" : "");
+	if (rc) {
+		free(from_dir);
+		return rc;
+	}
 	const char *dtype = opts->dtype ? opts->dtype : "keep";
 	if (!ls_dtype_option_ok(dtype))
-		return ls_conn_error(conn, -EINVAL,
-				     "import: dtype \"%s\" is not one of keep, f16, bf16, f32", dtype);
-	int rc = ls_conn_check(conn);
-	if (rc)
-		return rc;
-
-	int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dirfd < 0) {
+		rc = ls_conn_error(conn, -EINVAL,
+				   "import: dtype \"%s\" is not one of keep, f16, bf16, f32", dtype);
+	if (!rc)
+		rc = ls_conn_check(conn);
+	int dirfd = rc ? -1 : open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (!rc && dirfd < 0) {
 		int e = errno;
-		return ls_conn_error(conn, -e, "%s: %s", dir, strerror(e));
+		rc = ls_conn_error(conn, -e, "%s: %s", dir, strerror(e));
+	}
+	if (rc) {
+		free(from_dir);
+		return rc;
 	}
 	int cfg = -1, weights = -1;
 	char *abs = NULL;
@@ -70,10 +139,11 @@ LS_PUBLIC int lorastore_import_dir_entry(lorastore *conn, const char *dir,
 	abs = realpath(dir, NULL);
 
 	Lorastore__ImportRequest ir = LORASTORE__IMPORT_REQUEST__INIT;
-	ir.name = (char *)opts->name;
+	ir.name = (char *)name;
 	ir.has_config = cfg >= 0;
 	ir.dtype = (char *)dtype;
 	ir.allow_nonfinite = opts->allow_nonfinite != 0;
+	ir.allow_new_base = opts->allow_new_base != 0;
 	ir.source = abs ? abs : (char *)dir;
 	Lorastore__Request req = LORASTORE__REQUEST__INIT;
 	req.body_case = LORASTORE__REQUEST__BODY_IMPORT;
@@ -84,11 +154,12 @@ LS_PUBLIC int lorastore_import_dir_entry(lorastore *conn, const char *dir,
 		fds[nfds++] = cfg;
 	fds[nfds++] = weights;
 	Lorastore__Response *resp = NULL;
-	rc = ls_conn_call(conn, &req, fds, nfds, LORASTORE__RESPONSE__BODY_RECORD, &resp);
+	rc = ls_conn_call(conn, &req, fds, nfds, LORASTORE__RESPONSE__BODY_IMPORTED, &resp);
 	if (rc == 0)
 		rc = ls_list_from_response(conn, resp, out);
 out:
 	free(abs);
+	free(from_dir);
 	if (cfg >= 0)
 		close(cfg);
 	if (weights >= 0)
@@ -151,9 +222,92 @@ static int ls_ref_call(lorastore *conn, Lorastore__Request__BodyCase body, const
 	return rc;
 }
 
+LS_PUBLIC int lorastore_delete_report(lorastore *conn, const char *ref,
+				      lorastore_delete_result *out)
+{
+	if (out)
+		memset(out, 0, sizeof(*out));
+	if (!conn)
+		return -EINVAL;
+	int rc = ls_ref_check(conn, "delete", ref);
+	if (rc)
+		return rc;
+	Lorastore__RefRequest rr = LORASTORE__REF_REQUEST__INIT;
+	rr.ref = (char *)ref;
+	Lorastore__Request req = LORASTORE__REQUEST__INIT;
+	req.body_case = LORASTORE__REQUEST__BODY_DELETE;
+	req.delete_ = &rr;
+	Lorastore__Response *resp = NULL;
+	rc = ls_conn_call(conn, &req, NULL, 0, LORASTORE__RESPONSE__BODY_DELETED, &resp);
+	if (rc)
+		return rc;
+	if (!resp->deleted) {
+		lorastore__response__free_unpacked(resp, NULL);
+		return ls_conn_error(conn, LS_E_PROTOCOL, "delete reply without a body");
+	}
+	if (out) {
+		out->versions = resp->deleted->versions;
+		out->blob_bytes = resp->deleted->blob_bytes;
+		out->freed_bytes = resp->deleted->freed_bytes;
+	}
+	lorastore__response__free_unpacked(resp, NULL);
+	return 0;
+}
+
 LS_PUBLIC int lorastore_delete(lorastore *conn, const char *ref)
 {
-	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_DELETE, "delete", ref, NULL, NULL);
+	return lorastore_delete_report(conn, ref, NULL);
+}
+
+/* Tag (ref set) or untag alias. */
+static int ls_tag_call(lorastore *conn, const char *alias, const char *ref, lorastore_list **out)
+{
+	if (out)
+		*out = NULL;
+	if (!conn)
+		return -EINVAL;
+	const char *what = ref ? "tag" : "untag";
+	if (!alias || !ls_alias_valid(alias))
+		return ls_conn_error(conn, LS_E_NAME_INVALID,
+				     "%s: '%.*s': an alias is NAME:TAG, a tag 1 to %d characters of "
+				     "[A-Za-z0-9._-]",
+				     what, LS_ALIAS_MAX, alias ? alias : "", LS_TAG_MAX);
+	uint32_t version;
+	struct ls_err err;
+	if (ref && ls_ref_parse(ref, NULL, &version, &err))
+		return ls_conn_error(conn, err.code, "%s: %s", what, err.msg);
+	Lorastore__TagRequest tr = LORASTORE__TAG_REQUEST__INIT;
+	tr.alias = (char *)alias;
+	tr.ref = (char *)(ref ? ref : "");
+	Lorastore__Request req = LORASTORE__REQUEST__INIT;
+	req.body_case = ref ? LORASTORE__REQUEST__BODY_TAG : LORASTORE__REQUEST__BODY_UNTAG;
+	if (ref)
+		req.tag = &tr;
+	else
+		req.untag = &tr;
+	Lorastore__Response *resp = NULL;
+	int rc = ls_conn_call(conn, &req, NULL, 0,
+			      ref ? LORASTORE__RESPONSE__BODY_RECORD : LORASTORE__RESPONSE__BODY_DONE,
+			      &resp);
+	if (rc)
+		return rc;
+	if (out)
+		return ls_list_from_response(conn, resp, out);
+	lorastore__response__free_unpacked(resp, NULL);
+	return 0;
+}
+
+LS_PUBLIC int lorastore_tag(lorastore *conn, const char *alias, const char *ref,
+			    lorastore_list **out)
+{
+	if (!ref)
+		return conn ? ls_conn_error(conn, -EINVAL, "tag: no version named") : -EINVAL;
+	return ls_tag_call(conn, alias, ref, out);
+}
+
+LS_PUBLIC int lorastore_untag(lorastore *conn, const char *alias)
+{
+	return ls_tag_call(conn, alias, NULL, NULL);
 }
 
 LS_PUBLIC int lorastore_load(lorastore *conn, const char *ref)

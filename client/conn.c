@@ -63,8 +63,7 @@ int ls_ref_check(lorastore *c, const char *what, const char *ref)
 	if (!ref || !*ref)
 		return ls_conn_error(c, LS_E_NAME_INVALID, "%s: no adapter named", what);
 	struct ls_err err;
-	uint32_t version;
-	if (ls_ref_parse(ref, NULL, &version, &err))
+	if (ls_ref_check_any(ref, &err))
 		return ls_conn_error(c, err.code, "%s: %s", what, err.msg);
 	return 0;
 }

@@ -122,6 +122,9 @@ int ls_list_from_response(lorastore *conn, Lorastore__Response *resp, lorastore_
 		n = resp->list->n_adapters;
 	else if (resp->body_case == LORASTORE__RESPONSE__BODY_RECORD && resp->record)
 		n = 1;
+	else if (resp->body_case == LORASTORE__RESPONSE__BODY_IMPORTED && resp->imported &&
+		 resp->imported->record)
+		n = 1;
 	else {
 		lorastore_list_free(l);
 		return ls_conn_error(conn, LS_E_PROTOCOL, "reply without a listing");
@@ -136,6 +139,11 @@ int ls_list_from_response(lorastore *conn, Lorastore__Response *resp, lorastore_
 		l->records[0] = resp->record;
 		ls_entry_fill(&l->entries[0], resp->record, 0, "disk", 0, 0, 0);
 		l->n = 1;
+	} else if (resp->body_case == LORASTORE__RESPONSE__BODY_IMPORTED) {
+		l->records[0] = resp->imported->record;
+		ls_entry_fill(&l->entries[0], resp->imported->record, 0, "disk", 0, 0, 0);
+		l->entries[0].unchanged = resp->imported->unchanged;
+		l->n = 1;
 	} else {
 		for (size_t i = 0; i < n; i++) {
 			const Lorastore__AdapterEntry *a = resp->list->adapters[i];
@@ -147,6 +155,8 @@ int ls_list_from_response(lorastore *conn, Lorastore__Response *resp, lorastore_
 			l->records[i] = a->record;
 			ls_entry_fill(&l->entries[i], a->record, a->resident, a->tier, a->pins,
 				      a->tensor_count, a->resident_bytes);
+			l->entries[i].aliases = (const char *const *)a->aliases;
+			l->entries[i].alias_count = a->n_aliases;
 		}
 		l->n = n;
 		const char *next = resp->list->next_cursor;

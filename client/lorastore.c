@@ -58,8 +58,10 @@ LS_SAME(TIER);
 LS_SAME(BLOB_MISSING);
 LS_SAME(BLOB_TRUNCATED);
 LS_SAME(ADAPTER_LIMIT);
+LS_SAME(BASE_CHANGED);
+LS_SAME(ALIASED);
 /* Both lists end at the same code, so neither has one the other lacks. */
-_Static_assert((int)LORASTORE_E_ADAPTER_LIMIT == (int)LS_E_LAST, "a code missing from lorastore.h");
+_Static_assert((int)LORASTORE_E_ALIASED == (int)LS_E_LAST, "a code missing from lorastore.h");
 _Static_assert((int)LORASTORE_E_TRUNCATED == (int)LS_E_FIRST, "lorastore.h starts elsewhere");
 #undef LS_SAME
 

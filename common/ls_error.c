@@ -56,6 +56,9 @@ static const struct ls_code_text ls_codes[] = {
 	{LS_E_BLOB_TRUNCATED, "blob_truncated", "blob file shorter than its header says"},
 	{LS_E_ADAPTER_LIMIT, "adapter_limit",
 	 "adapter past lorastore's bounds (tensors, metadata, header values or record size)"},
+	{LS_E_BASE_CHANGED, "base_changed",
+	 "a new version for another base model or other modules than the name's latest"},
+	{LS_E_ALIASED, "aliased", "an alias points at the version"},
 };
 
 static const struct ls_code_text *ls_code_find(int code)

@@ -73,8 +73,10 @@ enum ls_error_code {
 	LS_E_BLOB_MISSING,             /* the catalog names a blob that is not on disk */
 	LS_E_BLOB_TRUNCATED,           /* a blob shorter than its header says */
 	LS_E_ADAPTER_LIMIT,            /* an adapter past lorastore's bounds (st_strict.h, LS_RECORD_MAX) */
+	LS_E_BASE_CHANGED,             /* a new version for another base model or other modules */
+	LS_E_ALIASED,                  /* a version an alias points at cannot be deleted */
 
-	LS_E_LAST = LS_E_ADAPTER_LIMIT,
+	LS_E_LAST = LS_E_ALIASED,
 };
 
 /* Longest message an ls_err holds, including the terminating NUL. */

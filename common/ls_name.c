@@ -79,3 +79,39 @@ int ls_ref_parse(const char *ref, char *name, uint32_t *version, struct ls_err *
 		memcpy(name, buf, len + 1);
 	return 0;
 }
+
+bool ls_alias_valid(const char *s)
+{
+	if (!s)
+		return false;
+	size_t len = ls_bounded_len(s, LS_ALIAS_MAX);
+	if (len > LS_ALIAS_MAX)
+		return false;
+	const char *colon = memchr(s, ':', len);
+	if (!colon || colon == s || (size_t)(colon - s) > LS_NAME_MAX)
+		return false;
+	size_t tlen = len - (size_t)(colon - s) - 1;
+	if (tlen == 0 || tlen > LS_TAG_MAX)
+		return false;
+	for (const char *p = colon + 1; *p; p++)
+		if (!ls_name_char_ok(*p))
+			return false;
+	char name[LS_NAME_MAX + 1];
+	memcpy(name, s, (size_t)(colon - s));
+	name[colon - s] = '\0';
+	return ls_name_valid(name);
+}
+
+int ls_ref_check_any(const char *ref, struct ls_err *err)
+{
+	uint32_t version;
+	if (ref && memchr(ref, ':', ls_bounded_len(ref, LS_ALIAS_MAX)) && !strchr(ref, '@')) {
+		if (ls_alias_valid(ref))
+			return 0;
+		return ls_err_set(err, LS_E_NAME_INVALID,
+				  "'%.*s': an alias is NAME:TAG, a tag 1 to %d characters of "
+				  "[A-Za-z0-9._-]",
+				  LS_ALIAS_MAX, ref, LS_TAG_MAX);
+	}
+	return ls_ref_parse(ref, NULL, &version, err);
+}

@@ -153,7 +153,15 @@ static void ls_on_hello(struct ls_session *s, Lorastore__Request *req)
 
 /* ---- Worker jobs: import, delete, verify, gc */
 
-enum ls_job_kind { LS_JOB_IMPORT, LS_JOB_DELETE, LS_JOB_VERIFY, LS_JOB_GC, LS_JOB_REBUILD };
+enum ls_job_kind {
+	LS_JOB_IMPORT,
+	LS_JOB_DELETE,
+	LS_JOB_VERIFY,
+	LS_JOB_GC,
+	LS_JOB_REBUILD,
+	LS_JOB_TAG,
+	LS_JOB_UNTAG,
+};
 
 struct ls_req_job {
 	struct ls_job job;
@@ -167,9 +175,11 @@ struct ls_req_job {
 	char source[4096];
 	int cfg_fd, st_fd;
 	struct ls_import_opts opts;
-	Lorastore__VersionRecord *rec;
-	/* delete, verify */
+	Lorastore__VersionRecord *rec;  /* import, tag: the version answered */
+	bool unchanged;                 /* import: the latest version had this content */
+	/* delete, verify, tag */
 	char ref[LS_NAME_MAX + 16];
+	char alias[LS_ALIAS_MAX + 1];   /* tag, untag */
 	struct ls_deleted_gens deleted;  /* delete: what its transaction removed */
 	/*
 	 * Imports and deletes of one name run one at a time, in the order the
@@ -221,7 +231,13 @@ static void ls_job_run(struct ls_job *job)
 	switch (j->kind) {
 	case LS_JOB_IMPORT:
 		j->rc = ls_store_import(j->s->srv->store, j->name, j->cfg_fd, j->st_fd, j->source,
-					&j->opts, &j->rec, &j->err);
+					&j->opts, &j->rec, &j->unchanged, &j->err);
+		break;
+	case LS_JOB_TAG:
+		j->rc = ls_store_tag(j->s->srv->store, j->alias, j->ref, &j->rec, &j->err);
+		break;
+	case LS_JOB_UNTAG:
+		j->rc = ls_store_untag(j->s->srv->store, j->alias, &j->err);
 		break;
 	case LS_JOB_DELETE:
 		j->rc = ls_store_delete(j->s->srv->store, j->ref, &j->deleted, &j->err);
@@ -275,7 +291,14 @@ static void ls_job_done(struct ls_job *job)
 		if (j->rc == 0)
 			srv->catalog_versions = j->versions_after;
 	}
-	if (j->kind == LS_JOB_IMPORT && j->rc == 0) {
+	if ((j->kind == LS_JOB_TAG || j->kind == LS_JOB_UNTAG) && j->rc == 0) {
+		/* The alias names another version now (or none): reads in flight are stale. */
+		ls_refcache_drop(srv, j->alias, false);
+		srv->catalog_seq++;
+	}
+	if (j->kind == LS_JOB_IMPORT && j->rc == 0 && j->unchanged) {
+		srv->imports++;
+	} else if (j->kind == LS_JOB_IMPORT && j->rc == 0) {
 		ls_refcache_drop(srv, j->name, false);
 		srv->catalog_versions++;
 		srv->imports++;
@@ -291,17 +314,44 @@ static void ls_job_done(struct ls_job *job)
 		Lorastore__VerifyReply vr = LORASTORE__VERIFY_REPLY__INIT;
 		Lorastore__GcReply gr = LORASTORE__GC_REPLY__INIT;
 		Lorastore__RebuildReply rr = LORASTORE__REBUILD_REPLY__INIT;
+		Lorastore__ImportReply ir = LORASTORE__IMPORT_REPLY__INIT;
+		Lorastore__DeleteReply dr = LORASTORE__DELETE_REPLY__INIT;
 		switch (j->kind) {
 		case LS_JOB_IMPORT:
-			ls_info("imported %s@%u (%llu bytes) for uid %u", j->rec->name,
-				j->rec->version, (unsigned long long)j->rec->data_length,
-				(unsigned)s->cred.uid);
+			if (j->unchanged)
+				ls_info("import of %s for uid %u: unchanged, the same content as "
+					"%s@%u",
+					j->name, (unsigned)s->cred.uid, j->rec->name, j->rec->version);
+			else
+				ls_info("imported %s@%u (%llu bytes) for uid %u", j->rec->name,
+					j->rec->version, (unsigned long long)j->rec->data_length,
+					(unsigned)s->cred.uid);
+			ir.record = j->rec;
+			ir.unchanged = j->unchanged;
+			resp.body_case = LORASTORE__RESPONSE__BODY_IMPORTED;
+			resp.imported = &ir;
+			ls_session_send(s, &resp, -1);
+			break;
+		case LS_JOB_DELETE:
+			ls_info("deleted %s: %zu versions, %zu blobs removed (%llu bytes)", j->ref,
+				j->deleted.n, j->deleted.blobs_freed,
+				(unsigned long long)j->deleted.freed_bytes);
+			dr.versions = (uint32_t)j->deleted.n;
+			dr.blob_bytes = j->deleted.blob_bytes;
+			dr.freed_bytes = j->deleted.freed_bytes;
+			resp.body_case = LORASTORE__RESPONSE__BODY_DELETED;
+			resp.deleted = &dr;
+			ls_session_send(s, &resp, -1);
+			break;
+		case LS_JOB_TAG:
+			ls_info("alias %s now points at %s@%u (uid %u)", j->alias, j->rec->name,
+				j->rec->version, (unsigned)s->cred.uid);
 			resp.body_case = LORASTORE__RESPONSE__BODY_RECORD;
 			resp.record = j->rec;
 			ls_session_send(s, &resp, -1);
 			break;
-		case LS_JOB_DELETE:
-			ls_info("deleted %s", j->ref);
+		case LS_JOB_UNTAG:
+			ls_info("alias %s removed (uid %u)", j->alias, (unsigned)s->cred.uid);
 			ls_send_done(s, j->id);
 			break;
 		case LS_JOB_VERIFY:
@@ -340,7 +390,7 @@ static void ls_job_done(struct ls_job *job)
 	free(j->deleted.gens);
 	if (j->key[0])
 		ls_name_job_done(srv, j);
-	bool big = j->kind != LS_JOB_DELETE && j->kind != LS_JOB_REBUILD;
+	bool big = j->kind == LS_JOB_IMPORT || j->kind == LS_JOB_VERIFY || j->kind == LS_JOB_GC;
 	free(j);
 	/*
 	 * Imports and verifies allocate whole adapters on worker threads, whose
@@ -498,6 +548,7 @@ static void ls_on_import(struct ls_session *s, Lorastore__Request *req)
 	j->st_fd = st_fd;
 	j->opts.convert = conv;
 	j->opts.allow_nonfinite = im->allow_nonfinite;
+	j->opts.allow_new_base = im->allow_new_base;
 	j->opts.source = j->source;
 	ls_job_submit(j);
 	return;
@@ -514,6 +565,12 @@ static void ls_on_delete(struct ls_session *s, Lorastore__Request *req)
 	char name[LS_NAME_MAX + 1];
 	uint32_t version;
 	struct ls_err err;
+	if (ls_alias_valid(req->delete_->ref)) {
+		ls_session_error(s, req->id, LS_E_NAME_INVALID,
+				 "%s is an alias: untag removes it; delete takes NAME or NAME@V",
+				 req->delete_->ref);
+		return;
+	}
 	int rc = ls_ref_parse(req->delete_->ref, name, &version, &err);
 	if (rc) {
 		ls_session_error(s, req->id, rc, "%s", err.msg);
@@ -554,6 +611,35 @@ static void ls_on_rebuild(struct ls_session *s, Lorastore__Request *req)
 	ls_info("rebuilding the catalog from refs/ and blobs/ for uid %u; imports and deletes "
 		"are refused until it is done",
 		(unsigned)s->cred.uid);
+	ls_job_submit(j);
+}
+
+/* Tag (ref set) or untag an alias: a catalog write on a worker, keyed by the alias. */
+static void ls_on_tag(struct ls_session *s, Lorastore__Request *req, bool untag)
+{
+	Lorastore__TagRequest *tr = untag ? req->untag : req->tag;
+	if (!ls_need_admin(s, req->id, untag ? "untag" : "tag") ||
+	    !ls_catalog_writable(s, req->id))
+		return;
+	struct ls_err err;
+	if (!ls_alias_valid(tr->alias)) {
+		ls_session_error(s, req->id, LS_E_NAME_INVALID,
+				 "'%.*s': an alias is NAME:TAG, a tag 1 to %d characters of "
+				 "[A-Za-z0-9._-]",
+				 LS_ALIAS_MAX, tr->alias ? tr->alias : "", LS_TAG_MAX);
+		return;
+	}
+	char name[LS_NAME_MAX + 1];
+	uint32_t version;
+	if (!untag && ls_ref_parse(tr->ref, name, &version, &err)) {
+		ls_session_error(s, req->id, err.code, "%s", err.msg);
+		return;
+	}
+	struct ls_req_job *j = ls_job_new(s, req->id, untag ? LS_JOB_UNTAG : LS_JOB_TAG);
+	if (!j)
+		return;
+	snprintf(j->alias, sizeof(j->alias), "%s", tr->alias);
+	snprintf(j->ref, sizeof(j->ref), "%s", untag ? "" : tr->ref);
 	ls_job_submit(j);
 }
 
@@ -605,6 +691,8 @@ struct ls_read_job {
 	size_t page_bytes;              /* packed bytes of the records taken so far */
 	uint32_t *tensor_counts;
 	uint64_t *footprints;
+	char ***aliases;                /* list and show: the aliases of each record */
+	size_t *n_aliases;
 	/*
 	 * Show and list answer in two hops: the loop fills in residency, then
 	 * a worker encodes the reply (a page of 1,000 entries is a few hundred
@@ -655,6 +743,21 @@ static int ls_page_add(void *ud, const Lorastore__VersionRecord *rec)
 	return 0;
 }
 
+/* The aliases of the records a list or show read (none when out of memory). */
+static void ls_read_aliases(struct ls_read_job *j, struct ls_store *store)
+{
+	if (!j->n)
+		return;
+	j->aliases = calloc(j->n, sizeof(*j->aliases));
+	j->n_aliases = calloc(j->n, sizeof(*j->n_aliases));
+	for (size_t i = 0; j->aliases && j->n_aliases && i < j->n; i++) {
+		struct ls_err err;
+		if (ls_store_aliases_of(store, j->recs[i]->name, j->recs[i]->version,
+					&j->aliases[i], &j->n_aliases[i], &err) != 0)
+			break;
+	}
+}
+
 static void ls_read_run(struct ls_job *job)
 {
 	struct ls_read_job *j = (struct ls_read_job *)job;
@@ -676,6 +779,8 @@ static void ls_read_run(struct ls_job *job)
 			ls_err_set(&j->err, -ENOMEM, "out of memory listing");
 		else
 			j->rc = rc;
+		if (j->rc == 0)
+			ls_read_aliases(j, store);
 		return;
 	}
 	for (size_t i = 0; i < j->n; i++) {
@@ -685,6 +790,8 @@ static void ls_read_run(struct ls_job *job)
 			return;
 		}
 	}
+	if (j->purpose == LS_READ_SHOW)
+		ls_read_aliases(j, store);
 }
 
 static void ls_read_free(struct ls_read_job *j)
@@ -695,6 +802,13 @@ static void ls_read_free(struct ls_read_job *j)
 		if (j->refs)
 			free(j->refs[i]);
 	}
+	for (size_t i = 0; j->aliases && j->n_aliases && i < j->n; i++) {
+		for (size_t k = 0; k < j->n_aliases[i]; k++)
+			free(j->aliases[i][k]);
+		free(j->aliases[i]);
+	}
+	free(j->aliases);
+	free(j->n_aliases);
 	free(j->recs);
 	free(j->refs);
 	free(j->tensor_counts);
@@ -789,6 +903,10 @@ static void ls_pack_entries(struct ls_read_job *j, const char *next_cursor)
 		ls_entry_fill(srv, &j->entries[i], j->recs[i],
 			      j->tensor_counts ? j->tensor_counts[i] : (uint32_t)r->n_tensors,
 			      j->footprints ? j->footprints[i] : ls_res_footprint(r));
+		if (j->aliases && j->n_aliases) {
+			j->entries[i].n_aliases = j->n_aliases[i];
+			j->entries[i].aliases = j->aliases[i];
+		}
 		j->entry_ptrs[i] = &j->entries[i];
 	}
 	lorastore__list_reply__init(&j->reply);
@@ -1257,6 +1375,12 @@ void ls_dispatch(struct ls_session *s, Lorastore__Request *req)
 		break;
 	case LORASTORE__REQUEST__BODY_GC:
 		ls_on_gc(s, req);
+		break;
+	case LORASTORE__REQUEST__BODY_TAG:
+		ls_on_tag(s, req, false);
+		break;
+	case LORASTORE__REQUEST__BODY_UNTAG:
+		ls_on_tag(s, req, true);
 		break;
 	case LORASTORE__REQUEST__BODY_REBUILD:
 		ls_on_rebuild(s, req);

@@ -458,6 +458,16 @@ static int check_request_body(const Lorastore__Request *req, const char *kind,
 					  "list request: field list.limit is %u, more than %u",
 					  req->list->limit, LS_PROTO_LIST_LIMIT_MAX);
 		return 0;
+	case LORASTORE__REQUEST__BODY_TAG:
+		if (!req->tag->alias || !req->tag->alias[0] || !req->tag->ref || !req->tag->ref[0])
+			return ls_err_set(err, LS_E_PROTOCOL,
+					  "tag request: field tag.alias or tag.ref is empty");
+		return 0;
+	case LORASTORE__REQUEST__BODY_UNTAG:
+		if (!req->untag->alias || !req->untag->alias[0])
+			return ls_err_set(err, LS_E_PROTOCOL,
+					  "untag request: field untag.alias is empty");
+		return 0;
 	case LORASTORE__REQUEST__BODY_VERIFY: /* an empty ref means every version */
 	case LORASTORE__REQUEST__BODY_STATS:
 	case LORASTORE__REQUEST__BODY_GC:

@@ -37,19 +37,24 @@
 
 /* Map size of a new environment, in bytes; it doubles whenever it is full. */
 #define LS_CATALOG_MAP_INITIAL ((size_t)64 << 20)
-#define LS_CATALOG_MAXDBS 4
+#define LS_CATALOG_MAXDBS 8
 
 /* A key of "versions": the name, a NUL, a big-endian 32-bit version. */
 #define LS_VKEY_MAX (LS_NAME_MAX + 1 + 4)
 
 static const char ls_meta_schema[] = "schema";
 static const char ls_meta_next_generation[] = "next_generation";
+/* Set once "digests" counts every version (catalogs made before it existed count at open). */
+static const char ls_meta_digests_counted[] = "digests_counted";
 
 struct ls_catalog {
 	MDB_env *env;
 	MDB_dbi meta;
 	MDB_dbi names;
 	MDB_dbi versions;
+	MDB_dbi digests;   /* digest -> u32 LE: how many versions use that blob */
+	MDB_dbi aliases;   /* alias -> key of "versions" */
+	MDB_dbi tagged;    /* key of "versions" -> alias (several: MDB_DUPSORT) */
 	/* Held shared around every transaction, exclusively to resize the map. */
 	pthread_rwlock_t map_lock;
 };
@@ -408,17 +413,125 @@ static int latest_remaining(struct ls_catalog *cat, MDB_txn *txn, const char *na
 	return 0;
 }
 
+/* ---- digests: how many versions use each blob ---------------------- */
+
+/* Add delta to the count of digest; the new count goes to *after (may be NULL). */
+static int digest_ref(struct ls_catalog *cat, MDB_txn *txn, const ProtobufCBinaryData *digest,
+		      int delta, uint32_t *after, struct ls_err *err)
+{
+	if (after)
+		*after = 0;
+	if (!digest->len)
+		return 0;
+	MDB_val k = {digest->len, digest->data};
+	MDB_val v;
+	uint64_t n = 0;
+	int rc = mdb_get(txn, cat->digests, &k, &v);
+	if (rc == 0 && v.mv_size == 4)
+		n = le_get(v.mv_data, 4);
+	else if (rc && rc != MDB_NOTFOUND)
+		return cat_mdb_fail(err, rc, "read a digest count");
+	n = delta < 0 ? (n >= (uint64_t)-delta ? n - (uint64_t)-delta : 0) : n + (uint64_t)delta;
+	if (after)
+		*after = (uint32_t)n;
+	if (n == 0) {
+		rc = mdb_del(txn, cat->digests, &k, NULL);
+		return rc && rc != MDB_NOTFOUND ? cat_write_fail(err, rc, "drop a digest count") : 0;
+	}
+	uint8_t buf[4];
+	le_put(buf, n, 4);
+	v.mv_size = 4;
+	v.mv_data = buf;
+	rc = mdb_put(txn, cat->digests, &k, &v, 0);
+	return rc ? cat_write_fail(err, rc, "write a digest count") : 0;
+}
+
+/* Count the digests of every version once, for a catalog made before "digests". */
+static int digests_count_all(struct ls_catalog *cat, MDB_txn *txn, struct ls_err *err)
+{
+	uint64_t done = 0;
+	bool found;
+	int rc = meta_read(cat, txn, ls_meta_digests_counted, 4, &done, &found, err);
+	if (rc || found)
+		return rc;
+	rc = mdb_drop(txn, cat->digests, 0);
+	if (rc)
+		return cat_write_fail(err, rc, "empty the digest counts");
+	MDB_cursor *cur;
+	rc = mdb_cursor_open(txn, cat->versions, &cur);
+	if (rc)
+		return cat_mdb_fail(err, rc, "open a cursor");
+	MDB_val k, v;
+	int ret = 0;
+	rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+	while (rc == 0 && ret == 0) {
+		Lorastore__VersionRecord *rec;
+		ret = version_decode(&k, &v, &rec, err);
+		if (ret)
+			break;
+		ret = digest_ref(cat, txn, &rec->digest, 1, NULL, err);
+		lorastore__version_record__free_unpacked(rec, NULL);
+		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	}
+	mdb_cursor_close(cur);
+	if (ret)
+		return ret;
+	if (rc != MDB_NOTFOUND)
+		return cat_mdb_fail(err, rc, "count the digests");
+	return meta_write(cat, txn, ls_meta_digests_counted, 4, 1, err);
+}
+
+int ls_catalog_digest_refs(struct ls_catalog *cat, const uint8_t *digest, size_t len,
+			   uint32_t *out, struct ls_err *err)
+{
+	*out = 0;
+	MDB_txn *txn;
+	int rc = cat_read_begin(cat, &txn, err);
+	if (rc)
+		return rc;
+	MDB_val k = {len, (void *)digest};
+	MDB_val v;
+	rc = mdb_get(txn, cat->digests, &k, &v);
+	if (rc == 0 && v.mv_size == 4)
+		*out = (uint32_t)le_get(v.mv_data, 4);
+	else if (rc == MDB_NOTFOUND)
+		rc = 0;
+	else if (rc == 0)
+		rc = ls_err_set(err, LS_E_CATALOG, "catalog: a digest count of %zu bytes", v.mv_size);
+	else
+		rc = cat_mdb_fail(err, rc, "read a digest count");
+	cat_read_end(cat, txn);
+	return rc;
+}
+
 /* ---- open and close -------------------------------------------------- */
+
+static int open_schema(struct ls_catalog *cat, MDB_txn *txn, struct ls_err *err);
 
 static int open_body(struct ls_catalog *cat, MDB_txn *txn, void *arg, struct ls_err *err)
 {
+	(void)arg;
 	int rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &cat->meta);
 	if (rc == 0)
 		rc = mdb_dbi_open(txn, "names", MDB_CREATE, &cat->names);
 	if (rc == 0)
 		rc = mdb_dbi_open(txn, "versions", MDB_CREATE, &cat->versions);
+	if (rc == 0)
+		rc = mdb_dbi_open(txn, "digests", MDB_CREATE, &cat->digests);
+	if (rc == 0)
+		rc = mdb_dbi_open(txn, "aliases", MDB_CREATE, &cat->aliases);
+	if (rc == 0)
+		rc = mdb_dbi_open(txn, "tagged", MDB_CREATE | MDB_DUPSORT, &cat->tagged);
 	if (rc)
 		return cat_write_fail(err, rc, "open the databases");
+	rc = open_schema(cat, txn, err);
+	return rc ? rc : digests_count_all(cat, txn, err);
+}
+
+/* Check the schema of an existing environment, or write it into a new one. */
+static int open_schema(struct ls_catalog *cat, MDB_txn *txn, struct ls_err *err)
+{
+	int rc;
 
 	MDB_val k = {sizeof(ls_meta_schema) - 1, (void *)ls_meta_schema};
 	MDB_val v;
@@ -538,9 +651,27 @@ void ls_catalog_close(struct ls_catalog *cat)
 struct add_arg {
 	Lorastore__VersionRecord *rec;
 	size_t name_len;
+	ls_catalog_check_fn check;
 	ls_catalog_prepare_fn prepare;
 	void *ud;
+	Lorastore__VersionRecord *same;   /* the latest version, when check said so */
 };
+
+/* Decode name@version inside txn: 0 and *out, LS_E_NOT_FOUND, or LS_E_CATALOG. */
+static int version_read(struct ls_catalog *cat, MDB_txn *txn, const char *name, size_t len,
+			uint32_t version, Lorastore__VersionRecord **out, struct ls_err *err)
+{
+	uint8_t kb[LS_VKEY_MAX];
+	MDB_val k = {vkey_make(kb, name, len, version), kb};
+	MDB_val v;
+	int rc = mdb_get(txn, cat->versions, &k, &v);
+	if (rc == MDB_NOTFOUND)
+		return ls_err_set(err, LS_E_NOT_FOUND, "catalog: no adapter %.*s@%u", (int)len,
+				  name, version);
+	if (rc)
+		return cat_mdb_fail(err, rc, "read a version");
+	return version_decode(&k, &v, out, err);
+}
 
 static int add_body(struct ls_catalog *cat, MDB_txn *txn, void *varg, struct ls_err *err)
 {
@@ -552,6 +683,30 @@ static int add_body(struct ls_catalog *cat, MDB_txn *txn, void *varg, struct ls_
 		return rc;
 	if (!st.exists)
 		st.next_version = 1;
+	if (a->check) {
+		/* A write redone after growing the map asks again. */
+		if (a->same)
+			lorastore__version_record__free_unpacked(a->same, NULL);
+		a->same = NULL;
+		Lorastore__VersionRecord *latest = NULL;
+		if (st.latest_version) {
+			rc = version_read(cat, txn, rec->name, a->name_len, st.latest_version,
+					  &latest, err);
+			if (rc)
+				return rc;
+		}
+		rc = a->check(a->ud, latest, rec, err);
+		if (rc == LS_CATALOG_SAME && latest) {
+			a->same = latest;
+			return 0;
+		}
+		if (latest)
+			lorastore__version_record__free_unpacked(latest, NULL);
+		if (rc)
+			return rc == LS_CATALOG_SAME ? ls_err_set(err, LS_E_CATALOG,
+								  "catalog: same as no version")
+						     : rc;
+	}
 	if (st.next_version == 0 || st.next_version == UINT32_MAX)
 		return ls_err_set(err, LS_E_CATALOG, "catalog: %s has no version number left",
 				  rec->name);
@@ -566,6 +721,8 @@ static int add_body(struct ls_catalog *cat, MDB_txn *txn, void *varg, struct ls_
 	rec->version = st.next_version;
 	rec->generation = gen;
 	rc = version_write(cat, txn, rec, a->name_len, err);
+	if (rc == 0)
+		rc = digest_ref(cat, txn, &rec->digest, 1, NULL, err);
 	if (rc)
 		return rc;
 	st.exists = true;
@@ -595,6 +752,15 @@ static int add_body(struct ls_catalog *cat, MDB_txn *txn, void *varg, struct ls_
 int ls_catalog_add(struct ls_catalog *cat, Lorastore__VersionRecord *rec,
 		   ls_catalog_prepare_fn prepare, void *ud, struct ls_err *err)
 {
+	return ls_catalog_add_checked(cat, rec, NULL, prepare, ud, NULL, err);
+}
+
+int ls_catalog_add_checked(struct ls_catalog *cat, Lorastore__VersionRecord *rec,
+			   ls_catalog_check_fn check, ls_catalog_prepare_fn prepare, void *ud,
+			   Lorastore__VersionRecord **same, struct ls_err *err)
+{
+	if (same)
+		*same = NULL;
 	ls_err_clear(err);
 	if (!rec || !ls_name_valid(rec->name))
 		return ls_err_set(err, LS_E_NAME_INVALID,
@@ -603,8 +769,16 @@ int ls_catalog_add(struct ls_catalog *cat, Lorastore__VersionRecord *rec,
 				  LS_NAME_MAX + 1, rec && rec->name ? rec->name : "", LS_NAME_MAX);
 	uint32_t schema = rec->schema, version = rec->version;
 	uint64_t generation = rec->generation;
-	struct add_arg a = {rec, strlen(rec->name), prepare, ud};
+	struct add_arg a = {rec, strlen(rec->name), check, prepare, ud, NULL};
 	int rc = cat_write(cat, add_body, &a, err);
+	if (rc == 0 && a.same) {
+		if (same)
+			*same = a.same;
+		else
+			lorastore__version_record__free_unpacked(a.same, NULL);
+	} else if (a.same) {
+		lorastore__version_record__free_unpacked(a.same, NULL);
+	}
 	if (rc) {
 		/* A failed add leaves the caller's record as it was. */
 		rec->schema = schema;
@@ -628,6 +802,8 @@ static int restore_body(struct ls_catalog *cat, MDB_txn *txn, void *varg, struct
 	if (rc)
 		return rc;
 	rc = version_write(cat, txn, rec, a->name_len, err);
+	if (rc == 0)
+		rc = digest_ref(cat, txn, &rec->digest, 1, NULL, err);
 	if (rc)
 		return rc;
 	if (st.next_version <= rec->version)
@@ -873,6 +1049,28 @@ struct delete_arg {
 	struct rec_list deleted;
 };
 
+/*
+ * Delete the version rec stored under key k, and its use of its blob;
+ * LS_E_ALIASED when an alias points at it.
+ */
+static int delete_one(struct ls_catalog *cat, MDB_txn *txn, const Lorastore__VersionRecord *rec,
+		      MDB_val *k, struct ls_err *err)
+{
+	MDB_val v;
+	int rc = mdb_get(txn, cat->tagged, k, &v);
+	if (rc == 0)
+		return ls_err_set(err, LS_E_ALIASED,
+				  "%s@%u is what the alias %.*s points at: move the alias "
+				  "(lorastore tag) or remove it (lorastore untag) first",
+				  rec->name, rec->version, (int)v.mv_size, (const char *)v.mv_data);
+	if (rc != MDB_NOTFOUND)
+		return cat_mdb_fail(err, rc, "read the aliases of a version");
+	rc = mdb_del(txn, cat->versions, k, NULL);
+	if (rc)
+		return cat_write_fail(err, rc, "delete a version");
+	return digest_ref(cat, txn, &rec->digest, -1, NULL, err);
+}
+
 static int delete_body(struct ls_catalog *cat, MDB_txn *txn, void *varg, struct ls_err *err)
 {
 	struct delete_arg *a = varg;
@@ -905,9 +1103,9 @@ static int delete_body(struct ls_catalog *cat, MDB_txn *txn, void *varg, struct 
 			lorastore__version_record__free_unpacked(rec, NULL);
 			return rc;
 		}
-		rc = mdb_del(txn, cat->versions, &k, NULL);
+		rc = delete_one(cat, txn, rec, &k, err);
 		if (rc)
-			return cat_write_fail(err, rc, "delete a version");
+			return rc;
 		st.version_count--;
 		if (st.latest_version == a->version) {
 			rc = latest_remaining(cat, txn, a->name, a->len, &st.latest_version, err);
@@ -950,9 +1148,9 @@ static int delete_body(struct ls_catalog *cat, MDB_txn *txn, void *varg, struct 
 	for (size_t i = 0; i < a->deleted.n; i++) {
 		k.mv_size = vkey_make(kb, a->name, a->len, a->deleted.recs[i]->version);
 		k.mv_data = kb;
-		rc = mdb_del(txn, cat->versions, &k, NULL);
+		rc = delete_one(cat, txn, a->deleted.recs[i], &k, err);
 		if (rc)
-			return cat_write_fail(err, rc, "delete a version");
+			return rc;
 	}
 	/* The name record stays, so that its version numbers are not reused. */
 	st.version_count = 0;
@@ -976,6 +1174,191 @@ int ls_catalog_delete(struct ls_catalog *cat, const char *name, uint32_t version
 	}
 	rec_list_free(&a.deleted);
 	return rc;
+}
+
+/* ---- aliases ---------------------------------------------------------- */
+
+struct tag_arg {
+	const char *alias;
+	const char *name;
+	uint32_t version;
+	Lorastore__VersionRecord *rec;   /* what the alias points at now */
+};
+
+static int tag_body(struct ls_catalog *cat, MDB_txn *txn, void *varg, struct ls_err *err)
+{
+	struct tag_arg *a = varg;
+	if (a->rec)
+		lorastore__version_record__free_unpacked(a->rec, NULL);
+	a->rec = NULL;
+	size_t len = strlen(a->name);
+	uint32_t version = a->version;
+	if (version == 0) {
+		struct ls_name_state st;
+		int rc = name_read(cat, txn, a->name, len, &st, err);
+		if (rc)
+			return rc;
+		if (st.latest_version == 0)
+			return ls_err_set(err, LS_E_NOT_FOUND, "catalog: no adapter %s", a->name);
+		version = st.latest_version;
+	}
+	int rc = version_read(cat, txn, a->name, len, version, &a->rec, err);
+	if (rc)
+		return rc;
+	MDB_val ak = {strlen(a->alias), (void *)a->alias};
+	MDB_val old;
+	rc = mdb_get(txn, cat->aliases, &ak, &old);
+	if (rc == 0) {
+		/* Moved: the old target forgets it (its key is copied: the put may move pages). */
+		uint8_t ob[LS_VKEY_MAX];
+		MDB_val ok = {old.mv_size < sizeof(ob) ? old.mv_size : sizeof(ob), ob};
+		memcpy(ob, old.mv_data, ok.mv_size);
+		rc = mdb_del(txn, cat->tagged, &ok, &ak);
+		if (rc && rc != MDB_NOTFOUND)
+			return cat_write_fail(err, rc, "move an alias");
+	} else if (rc != MDB_NOTFOUND) {
+		return cat_mdb_fail(err, rc, "read an alias");
+	}
+	uint8_t kb[LS_VKEY_MAX];
+	MDB_val vk = {vkey_make(kb, a->name, len, version), kb};
+	rc = mdb_put(txn, cat->aliases, &ak, &vk, 0);
+	if (rc == 0)
+		rc = mdb_put(txn, cat->tagged, &vk, &ak, MDB_NODUPDATA);
+	if (rc && rc != MDB_KEYEXIST)
+		return cat_write_fail(err, rc, "write an alias");
+	return 0;
+}
+
+int ls_catalog_tag(struct ls_catalog *cat, const char *alias, const char *name,
+		   uint32_t version, Lorastore__VersionRecord **out, struct ls_err *err)
+{
+	if (out)
+		*out = NULL;
+	if (!ls_alias_valid(alias))
+		return ls_err_set(err, LS_E_NAME_INVALID,
+				  "'%.*s': an alias is NAME:TAG, a tag 1 to %d characters of "
+				  "[A-Za-z0-9._-]",
+				  LS_ALIAS_MAX, alias ? alias : "", LS_TAG_MAX);
+	if (!ls_name_valid(name))
+		return ls_err_set(err, LS_E_NAME_INVALID, "'%.*s': not an adapter name",
+				  LS_NAME_MAX, name ? name : "");
+	struct tag_arg a = {alias, name, version, NULL};
+	int rc = cat_write(cat, tag_body, &a, err);
+	if (rc == 0 && out)
+		*out = a.rec;
+	else if (a.rec)
+		lorastore__version_record__free_unpacked(a.rec, NULL);
+	return rc;
+}
+
+static int untag_body(struct ls_catalog *cat, MDB_txn *txn, void *varg, struct ls_err *err)
+{
+	const char *alias = varg;
+	MDB_val ak = {strlen(alias), (void *)alias};
+	MDB_val old;
+	int rc = mdb_get(txn, cat->aliases, &ak, &old);
+	if (rc == MDB_NOTFOUND)
+		return ls_err_set(err, LS_E_NOT_FOUND, "catalog: no alias %s", alias);
+	if (rc)
+		return cat_mdb_fail(err, rc, "read an alias");
+	uint8_t ob[LS_VKEY_MAX];
+	MDB_val ok = {old.mv_size < sizeof(ob) ? old.mv_size : sizeof(ob), ob};
+	memcpy(ob, old.mv_data, ok.mv_size);
+	rc = mdb_del(txn, cat->tagged, &ok, &ak);
+	if (rc && rc != MDB_NOTFOUND)
+		return cat_write_fail(err, rc, "remove an alias");
+	rc = mdb_del(txn, cat->aliases, &ak, NULL);
+	return rc ? cat_write_fail(err, rc, "remove an alias") : 0;
+}
+
+int ls_catalog_untag(struct ls_catalog *cat, const char *alias, struct ls_err *err)
+{
+	if (!ls_alias_valid(alias))
+		return ls_err_set(err, LS_E_NAME_INVALID, "'%.*s': not an alias (NAME:TAG)",
+				  LS_ALIAS_MAX, alias ? alias : "");
+	return cat_write(cat, untag_body, (void *)alias, err);
+}
+
+int ls_catalog_get_alias(struct ls_catalog *cat, const char *alias,
+			 Lorastore__VersionRecord **out, struct ls_err *err)
+{
+	*out = NULL;
+	if (!ls_alias_valid(alias))
+		return ls_err_set(err, LS_E_NAME_INVALID, "'%.*s': not an alias (NAME:TAG)",
+				  LS_ALIAS_MAX, alias ? alias : "");
+	MDB_txn *txn;
+	int rc = cat_read_begin(cat, &txn, err);
+	if (rc)
+		return rc;
+	MDB_val ak = {strlen(alias), (void *)alias};
+	MDB_val vk, v;
+	rc = mdb_get(txn, cat->aliases, &ak, &vk);
+	if (rc == MDB_NOTFOUND) {
+		rc = ls_err_set(err, LS_E_NOT_FOUND, "catalog: no alias %s", alias);
+		goto out;
+	}
+	if (rc) {
+		rc = cat_mdb_fail(err, rc, "read an alias");
+		goto out;
+	}
+	rc = mdb_get(txn, cat->versions, &vk, &v);
+	if (rc == 0)
+		rc = version_decode(&vk, &v, out, err);
+	else
+		/* Deletes refuse aliased versions: this is a damaged catalog. */
+		rc = ls_err_set(err, LS_E_CATALOG, "catalog: the alias %s points at no version",
+				alias);
+out:
+	cat_read_end(cat, txn);
+	return rc;
+}
+
+int ls_catalog_aliases_of(struct ls_catalog *cat, const char *name, uint32_t version,
+			  char ***out, size_t *n, struct ls_err *err)
+{
+	*out = NULL;
+	*n = 0;
+	if (!ls_name_valid(name))
+		return 0;
+	MDB_txn *txn;
+	int rc = cat_read_begin(cat, &txn, err);
+	if (rc)
+		return rc;
+	MDB_cursor *cur;
+	rc = mdb_cursor_open(txn, cat->tagged, &cur);
+	if (rc) {
+		cat_read_end(cat, txn);
+		return cat_mdb_fail(err, rc, "open a cursor");
+	}
+	uint8_t kb[LS_VKEY_MAX];
+	MDB_val k = {vkey_make(kb, name, strlen(name), version), kb};
+	MDB_val v;
+	int ret = 0;
+	rc = mdb_cursor_get(cur, &k, &v, MDB_SET);
+	while (rc == 0) {
+		char **arr = realloc(*out, (*n + 1) * sizeof(*arr));
+		char *a = arr ? strndup(v.mv_data, v.mv_size) : NULL;
+		if (arr)
+			*out = arr;
+		if (!a) {
+			ret = ls_err_set(err, -ENOMEM, "out of memory");
+			break;
+		}
+		arr[(*n)++] = a;
+		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP);
+	}
+	if (ret == 0 && rc != MDB_NOTFOUND)
+		ret = cat_mdb_fail(err, rc, "read the aliases of a version");
+	mdb_cursor_close(cur);
+	cat_read_end(cat, txn);
+	if (ret) {
+		for (size_t i = 0; i < *n; i++)
+			free((*out)[i]);
+		free(*out);
+		*out = NULL;
+		*n = 0;
+	}
+	return ret;
 }
 
 /* ---- walk and stats -------------------------------------------------- */

@@ -6,6 +6,9 @@
  *   "meta"      "schema" -> u32 (LS_CATALOG_SCHEMA), "next_generation" -> u64
  *   "names"     name -> NameRecord (protobuf)
  *   "versions"  name '\0' version(u32 big-endian) -> VersionRecord (protobuf)
+ *   "digests"   SHA-256 digest -> u32 little-endian: the versions using that blob
+ *   "aliases"   alias ("name:tag") -> key of "versions" (the version it names)
+ *   "tagged"    key of "versions" -> alias, one entry per alias (MDB_DUPSORT)
  * Keys of "versions" sort by name and then by version, so a prefix listing is
  * one cursor walk.  Every write is one LMDB write transaction (LMDB allows one
  * writer at a time); read transactions last only as long as one call.  When a
@@ -56,6 +59,55 @@ typedef int (*ls_catalog_prepare_fn)(void *ud, const Lorastore__VersionRecord *r
 int ls_catalog_add(struct ls_catalog *cat, Lorastore__VersionRecord *rec,
 		   ls_catalog_prepare_fn prepare, void *ud, struct ls_err *err);
 
+/* What a check returns to add nothing and answer with the name's latest version. */
+#define LS_CATALOG_SAME 1
+
+/*
+ * Called inside ls_catalog_add_checked's write transaction before anything
+ * is written, with the name's latest version (NULL when it has none): 0
+ * adds rec, LS_CATALOG_SAME (only with a latest) adds nothing, any other
+ * value aborts and is returned.  It must not call back into the catalog.
+ */
+typedef int (*ls_catalog_check_fn)(void *ud, const Lorastore__VersionRecord *latest,
+				   const Lorastore__VersionRecord *rec, struct ls_err *err);
+
+/*
+ * ls_catalog_add with a check.  When the check answers LS_CATALOG_SAME,
+ * nothing is written, rec is left as it was and the latest version's
+ * record goes to *same (the caller frees it; freed here when same is NULL).
+ * Otherwise *same is NULL.
+ */
+int ls_catalog_add_checked(struct ls_catalog *cat, Lorastore__VersionRecord *rec,
+			   ls_catalog_check_fn check, ls_catalog_prepare_fn prepare, void *ud,
+			   Lorastore__VersionRecord **same, struct ls_err *err);
+
+/* How many versions use the blob of digest (len bytes): 0 when none. */
+int ls_catalog_digest_refs(struct ls_catalog *cat, const uint8_t *digest, size_t len,
+			   uint32_t *out, struct ls_err *err);
+
+/*
+ * Point alias ("name:tag", ls_alias_valid) at name@version (version 0: the
+ * name's latest version, resolved now): created, or moved from where it
+ * pointed, in one transaction.  The version it names goes to *out (may be
+ * NULL).  Returns 0, LS_E_NAME_INVALID, LS_E_NOT_FOUND or LS_E_CATALOG.
+ */
+int ls_catalog_tag(struct ls_catalog *cat, const char *alias, const char *name,
+		   uint32_t version, Lorastore__VersionRecord **out, struct ls_err *err);
+
+/* Remove alias: 0, LS_E_NOT_FOUND or LS_E_CATALOG. */
+int ls_catalog_untag(struct ls_catalog *cat, const char *alias, struct ls_err *err);
+
+/* The version alias points at: 0 and *out, LS_E_NOT_FOUND, LS_E_NAME_INVALID, LS_E_CATALOG. */
+int ls_catalog_get_alias(struct ls_catalog *cat, const char *alias,
+			 Lorastore__VersionRecord **out, struct ls_err *err);
+
+/*
+ * The aliases pointing at name@version, in their order: *out is a malloc'ed
+ * array of *n malloc'ed strings (free each, then the array).
+ */
+int ls_catalog_aliases_of(struct ls_catalog *cat, const char *name, uint32_t version,
+			  char ***out, size_t *n, struct ls_err *err);
+
 /*
  * Insert a record exactly as given (version, generation and all), as a
  * catalog rebuild does; the name's next version and the store's next
@@ -88,7 +140,8 @@ int ls_catalog_list(struct ls_catalog *cat, const char *prefix, const char *afte
 
 /*
  * Delete name@version, or every version of name when version is 0, in one
- * transaction.  fn (may be NULL) is called with each deleted record after the
+ * transaction; nothing is deleted (LS_E_ALIASED) when an alias points at a
+ * version it would delete.  fn (may be NULL) is called with each deleted record after the
  * commit.  Version numbers of a name are not reused after a deletion.
  * Returns 0 or LS_E_NOT_FOUND or LS_E_CATALOG.
  */

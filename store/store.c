@@ -76,6 +76,7 @@ int ls_store_open(const char *dir, struct ls_store **out, struct ls_err *err)
 		return ls_err_set(err, -ENOMEM, "out of memory");
 	s->lock_fd = s->blobs_fd = s->refs_fd = s->tmp_fd = -1;
 	pthread_rwlock_init(&s->gc_lock, NULL);
+	pthread_mutex_init(&s->digest_lock, NULL);
 	int rc = ls_mkdir(dir, 0750);
 	if (rc) {
 		ls_err_set(err, rc, "%s: %s", dir, strerror(-rc));
@@ -134,6 +135,7 @@ void ls_store_close(struct ls_store *s)
 		if (fds[i] >= 0)
 			close(fds[i]);
 	pthread_rwlock_destroy(&s->gc_lock);
+	pthread_mutex_destroy(&s->digest_lock);
 	free(s->dir);
 	free(s);
 }
@@ -192,10 +194,23 @@ static void ls_ref_name(uint64_t generation, char *buf, size_t len)
 	snprintf(buf, len, "%020llu.ref", (unsigned long long)generation);
 }
 
+/* What an import's catalog write is given: the store, and what its check allows. */
+struct ls_import_check {
+	struct ls_store *s;
+	bool allow_new_base;
+};
+
 /* Inside the catalog's write transaction: record the version's name beside the blobs. */
 static int ls_write_ref(void *ud, const Lorastore__VersionRecord *rec, struct ls_err *err)
 {
-	struct ls_store *s = ud;
+	struct ls_store *s = ((const struct ls_import_check *)ud)->s;
+	/* Under digest_lock: a delete may have removed the blob since it was written. */
+	char hex[LS_DIGEST_HEX], blob[LS_DIGEST_HEX + 8];
+	ls_digest_hex(rec->digest.data, hex);
+	snprintf(blob, sizeof(blob), "%s.blob", hex);
+	if (faccessat(s->blobs_fd, blob, F_OK, 0) != 0)
+		return ls_err_set(err, errno == ENOENT ? LS_E_BLOB_MISSING : -errno,
+				  "%s/blobs/%s: %s", s->dir, blob, strerror(errno));
 	Lorastore__RefRecord ref;
 	lorastore__ref_record__init(&ref);
 	ref.schema = LS_CATALOG_SCHEMA;
@@ -273,15 +288,138 @@ int ls_record_check_size(const Lorastore__VersionRecord *rec, const char *label,
 			  label, len, cfg, rec->n_tensors, LS_RECORD_MAX);
 }
 
+/* A LoRA module as the base model sees it: its path and its input and output sizes. */
+struct ls_module_dims {
+	const char *module;
+	uint64_t in, out;
+};
+
+static int ls_module_dims_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct ls_module_dims *)a)->module,
+		      ((const struct ls_module_dims *)b)->module);
+}
+
+/*
+ * The LoRA modules of rec with their sizes, sorted by module (A gives the
+ * input size, B the output size; the rank is not part of it).  *n is the
+ * count; NULL when out of memory.
+ */
+static struct ls_module_dims *ls_modules_of(const Lorastore__VersionRecord *rec, size_t *n)
+{
+	struct ls_module_dims *m = calloc(rec->n_tensors ? rec->n_tensors : 1, sizeof(*m));
+	*n = 0;
+	if (!m)
+		return NULL;
+	for (size_t i = 0; i < rec->n_tensors; i++) {
+		const Lorastore__Tensor *t = rec->tensors[i];
+		bool a = t->kind == LORASTORE__TENSOR_KIND__TENSOR_KIND_A;
+		if ((!a && t->kind != LORASTORE__TENSOR_KIND__TENSOR_KIND_B) || t->n_shape < 2)
+			continue;
+		size_t j = 0;
+		while (j < *n && strcmp(m[j].module, t->module) != 0)
+			j++;
+		if (j == *n)
+			m[(*n)++].module = t->module;
+		if (a)
+			m[j].in = t->shape[1];
+		else
+			m[j].out = t->shape[0];
+	}
+	qsort(m, *n, sizeof(*m), ls_module_dims_cmp);
+	return m;
+}
+
+/*
+ * Whether rec's modules and sizes are latest's: 0, or LS_E_BASE_CHANGED with
+ * the first difference named.
+ */
+static int ls_check_modules(const Lorastore__VersionRecord *latest,
+			    const Lorastore__VersionRecord *rec, struct ls_err *err)
+{
+	size_t na, nb;
+	struct ls_module_dims *a = ls_modules_of(latest, &na), *b = ls_modules_of(rec, &nb);
+	int rc = 0;
+	if (!a || !b) {
+		rc = ls_err_set(err, -ENOMEM, "out of memory");
+		goto out;
+	}
+	size_t i = 0, j = 0;
+	while (rc == 0 && (i < na || j < nb)) {
+		int c = i == na ? 1 : j == nb ? -1 : strcmp(a[i].module, b[j].module);
+		if (c < 0)
+			rc = ls_err_set(err, LS_E_BASE_CHANGED,
+					"%s@%u adapts %s, which this adapter does not", latest->name,
+					latest->version, a[i].module);
+		else if (c > 0)
+			rc = ls_err_set(err, LS_E_BASE_CHANGED,
+					"this adapter adapts %s, which %s@%u does not", b[j].module,
+					latest->name, latest->version);
+		else if (a[i].in != b[j].in || a[i].out != b[j].out)
+			rc = ls_err_set(err, LS_E_BASE_CHANGED,
+					"%s is %llu to %llu wide in this adapter, %llu to %llu in %s@%u",
+					a[i].module, (unsigned long long)b[j].in,
+					(unsigned long long)b[j].out, (unsigned long long)a[i].in,
+					(unsigned long long)a[i].out, latest->name, latest->version);
+		i += c <= 0;
+		j += c >= 0;
+	}
+out:
+	free(a);
+	free(b);
+	return rc;
+}
+
+static const char *ls_base_of(const Lorastore__VersionRecord *rec)
+{
+	return rec->config && rec->config->has_base_model && rec->config->base_model
+		       ? rec->config->base_model
+		       : "";
+}
+
+/* Inside the catalog's write: the same content again, or a version for another base. */
+static int ls_import_check(void *ud, const Lorastore__VersionRecord *latest,
+			   const Lorastore__VersionRecord *rec, struct ls_err *err)
+{
+	const struct ls_import_check *c = ud;
+	if (!latest)
+		return 0;
+	if (latest->digest.len == rec->digest.len &&
+	    memcmp(latest->digest.data, rec->digest.data, rec->digest.len) == 0)
+		return LS_CATALOG_SAME;
+	if (c->allow_new_base)
+		return 0;
+	const char *was = ls_base_of(latest), *now = ls_base_of(rec);
+	int rc = 0;
+	if (strcmp(was, now) != 0)
+		rc = ls_err_set(err, LS_E_BASE_CHANGED, "its base model is %s%s%s, but %s@%u is for %s%s%s",
+				*now ? "'" : "", *now ? now : "not named", *now ? "'" : "",
+				latest->name, latest->version, *was ? "'" : "",
+				*was ? was : "no named base model", *was ? "'" : "");
+	else
+		rc = ls_check_modules(latest, rec, err);
+	if (rc == LS_E_BASE_CHANGED) {
+		char msg[LS_ERR_MSG_MAX];
+		snprintf(msg, sizeof(msg), "%s", err->msg);
+		ls_err_set(err, rc,
+			   "%s: %s; import it under another --name, or pass --allow-new-base to "
+			   "make it version %u of %s",
+			   rec->name, msg, latest->version + 1, rec->name);
+	}
+	return rc;
+}
+
 int ls_store_import(struct ls_store *s, const char *name, int config_fd, int st_fd,
 		    const char *label, const struct ls_import_opts *opts,
-		    Lorastore__VersionRecord **out, struct ls_err *err)
+		    Lorastore__VersionRecord **out, bool *unchanged, struct ls_err *err)
 {
 	static const struct ls_import_opts defaults = {0};
 	if (!opts)
 		opts = &defaults;
 	if (out)
 		*out = NULL;
+	if (unchanged)
+		*unchanged = false;
 	if (!ls_name_valid(name))
 		return ls_err_set(err, LS_E_NAME_INVALID,
 				  "'%s': a name has 1 to %d characters of [A-Za-z0-9._/-]", name,
@@ -317,20 +455,38 @@ int ls_store_import(struct ls_store *s, const char *name, int config_fd, int st_
 	}
 
 	pthread_rwlock_rdlock(&s->gc_lock);
-	struct ls_blob_header hdr;
-	rc = ls_blob_write(s->tmp_fd, s->blobs_fd, m, data, data_length, &hdr, err);
-	free(data);
-	if (rc == 0) {
-		Lorastore__VersionRecord rec;
+	struct ls_import_check check = {s, opts->allow_new_base};
+	/* A delete may remove the blob between its write and the commit: write it again. */
+	for (int attempt = 0;; attempt++) {
+		struct ls_blob_header hdr;
+		rc = ls_blob_write(s->tmp_fd, s->blobs_fd, m, data, data_length, &hdr, err);
+		if (rc)
+			break;
+		Lorastore__VersionRecord rec, *same = NULL;
 		ls_record_from_manifest(&rec, m, &hdr);
 		rec.name = (char *)name;
 		rec.created_unix_ns = ls_now_ns();
 		rec.source = (char *)(opts->source ? opts->source : "");
-		rc = ls_catalog_add(s->cat, &rec, ls_write_ref, s, err);
-		if (rc == 0 && out && !(*out = ls_record_copy(&rec)))
+		pthread_mutex_lock(&s->digest_lock);
+		rc = ls_catalog_add_checked(s->cat, &rec, ls_import_check, ls_write_ref, &check,
+					    &same, err);
+		pthread_mutex_unlock(&s->digest_lock);
+		if (rc == LS_E_BLOB_MISSING && attempt < 3)
+			continue;
+		if (rc == 0 && same) {
+			if (unchanged)
+				*unchanged = true;
+			if (out)
+				*out = same;
+			else
+				lorastore__version_record__free_unpacked(same, NULL);
+		} else if (rc == 0 && out && !(*out = ls_record_copy(&rec))) {
 			rc = ls_err_set(err, -ENOMEM, "out of memory");
+		}
+		break;
 	}
 	pthread_rwlock_unlock(&s->gc_lock);
+	free(data);
 	lorastore__blob_manifest__free_unpacked(m, NULL);
 	return rc;
 }
@@ -340,7 +496,14 @@ int ls_store_lookup(struct ls_store *s, const char *ref, Lorastore__VersionRecor
 {
 	char name[LS_NAME_MAX + 1];
 	uint32_t version;
-	int rc = ls_ref_parse(ref, name, &version, err);
+	int rc;
+	if (ref && strchr(ref, ':') && !strchr(ref, '@')) {
+		pthread_rwlock_rdlock(&s->gc_lock);
+		rc = ls_catalog_get_alias(s->cat, ref, out, err);
+		pthread_rwlock_unlock(&s->gc_lock);
+		return rc;
+	}
+	rc = ls_ref_parse(ref, name, &version, err);
 	if (rc)
 		return rc;
 	/* A rebuild swaps s->cat: every use of it holds the lock (rebuild: for writing). */
@@ -397,6 +560,10 @@ struct ls_deleted {
 	struct ls_store *s;
 	int rc;
 	struct ls_deleted_gens *out;
+	/* The digests of the deleted versions, each once, with their blob sizes. */
+	uint8_t (*digests)[LS_DIGEST_LEN];
+	uint64_t *sizes;
+	size_t n_digests;
 };
 
 static int ls_unlink_ref(void *ud, const Lorastore__VersionRecord *rec)
@@ -406,6 +573,22 @@ static int ls_unlink_ref(void *ud, const Lorastore__VersionRecord *rec)
 	ls_ref_name(rec->generation, name, sizeof(name));
 	if (unlinkat(d->s->refs_fd, name, 0) != 0 && errno != ENOENT && d->rc == 0)
 		d->rc = -errno;
+	bool seen = rec->digest.len != LS_DIGEST_LEN;
+	for (size_t i = 0; !seen && i < d->n_digests; i++)
+		seen = memcmp(d->digests[i], rec->digest.data, LS_DIGEST_LEN) == 0;
+	if (!seen) {
+		uint8_t(*dg)[LS_DIGEST_LEN] = realloc(d->digests, (d->n_digests + 1) * sizeof(*dg));
+		if (dg)
+			d->digests = dg;
+		uint64_t *sz = realloc(d->sizes, (d->n_digests + 1) * sizeof(*sz));
+		if (sz)
+			d->sizes = sz;
+		/* Out of memory, a blob stays for gc. */
+		if (dg && sz) {
+			memcpy(dg[d->n_digests], rec->digest.data, LS_DIGEST_LEN);
+			sz[d->n_digests++] = rec->blob_length;
+		}
+	}
 	if (d->out) {
 		/* Out of memory, the list falls short; the other refs still go. */
 		uint64_t *g = realloc(d->out->gens, (d->out->n + 1) * sizeof(*g));
@@ -425,18 +608,73 @@ int ls_store_delete(struct ls_store *s, const char *ref, struct ls_deleted_gens 
 	int rc = ls_ref_parse(ref, name, &version, err);
 	if (rc)
 		return rc;
-	struct ls_deleted d = {.s = s, .rc = 0, .out = out};
+	struct ls_deleted d = {.s = s, .rc = 0, .out = out, .digests = NULL};
 	if (out)
 		*out = (struct ls_deleted_gens){0};
 	pthread_rwlock_rdlock(&s->gc_lock);
+	pthread_mutex_lock(&s->digest_lock);
 	rc = ls_catalog_delete(s->cat, name, version, ls_unlink_ref, &d, err);
+	/* The blobs no version uses now; a crash before their unlink leaves them to gc. */
+	bool unlinked = false;
+	for (size_t i = 0; rc == 0 && i < d.n_digests; i++) {
+		uint32_t refs = 1;
+		struct ls_err e;
+		if (out)
+			out->blob_bytes += d.sizes[i];
+		if (ls_catalog_digest_refs(s->cat, d.digests[i], LS_DIGEST_LEN, &refs, &e) || refs)
+			continue;
+		char hex[LS_DIGEST_HEX], blob[LS_DIGEST_HEX + 8];
+		ls_digest_hex(d.digests[i], hex);
+		snprintf(blob, sizeof(blob), "%s.blob", hex);
+		if (unlinkat(s->blobs_fd, blob, 0) == 0 && out) {
+			out->freed_bytes += d.sizes[i];
+			out->blobs_freed++;
+		}
+		unlinked = true;
+	}
+	pthread_mutex_unlock(&s->digest_lock);
 	pthread_rwlock_unlock(&s->gc_lock);
+	free(d.digests);
+	free(d.sizes);
 	if (rc)
 		return rc;
 	/* A ref left behind by a failed unlink is removed by gc: the catalog decides. */
 	if (d.rc == 0)
 		fsync(s->refs_fd);
+	if (unlinked)
+		fsync(s->blobs_fd);
 	return 0;
+}
+
+int ls_store_tag(struct ls_store *s, const char *alias, const char *ref,
+		 Lorastore__VersionRecord **out, struct ls_err *err)
+{
+	char name[LS_NAME_MAX + 1];
+	uint32_t version;
+	int rc = ls_ref_parse(ref, name, &version, err);
+	if (rc)
+		return rc;
+	pthread_rwlock_rdlock(&s->gc_lock);
+	rc = ls_catalog_tag(s->cat, alias, name, version, out, err);
+	pthread_rwlock_unlock(&s->gc_lock);
+	return rc;
+}
+
+int ls_store_untag(struct ls_store *s, const char *alias, struct ls_err *err)
+{
+	pthread_rwlock_rdlock(&s->gc_lock);
+	int rc = ls_catalog_untag(s->cat, alias, err);
+	pthread_rwlock_unlock(&s->gc_lock);
+	return rc;
+}
+
+int ls_store_aliases_of(struct ls_store *s, const char *name, uint32_t version, char ***out,
+			size_t *n, struct ls_err *err)
+{
+	pthread_rwlock_rdlock(&s->gc_lock);
+	int rc = ls_catalog_aliases_of(s->cat, name, version, out, n, err);
+	pthread_rwlock_unlock(&s->gc_lock);
+	return rc;
 }
 
 static int ls_verify_record(struct ls_store *s, const Lorastore__VersionRecord *rec,

@@ -44,6 +44,8 @@ struct ls_import_opts {
 	enum ls_convert convert;   /* dtype conversion (default: keep) */
 	bool allow_nonfinite;      /* accept NaN and infinity */
 	const char *source;        /* recorded as the version's source; may be NULL */
+	bool allow_new_base;       /* accept another base model or other modules than the
+				      name's latest version has */
 };
 
 /*
@@ -65,16 +67,27 @@ int ls_record_check_size(const Lorastore__VersionRecord *rec, const char *label,
  * adapter_config.json (-1 when it has none, which is an error), st_fd its
  * safetensors file.  label names the adapter in messages.  The new version's
  * record goes to *out when out is not NULL (free with
- * lorastore__version_record__free_unpacked).  Errors: those of
- * ls_adapter_analyze, LS_E_NAME_INVALID, LS_E_ADAPTER_LIMIT (a record over
- * LS_RECORD_MAX, found before the blob is written), the catalog's, -errno.
- * On any error the catalog is unchanged.
+ * lorastore__version_record__free_unpacked).
+ *
+ * When the name's latest version has the same digest, no version is added:
+ * *out is that version and *unchanged (may be NULL) is set.  A new version
+ * whose base model, or whose set of LoRA modules with their input and output
+ * sizes, differs from the latest version's is refused (LS_E_BASE_CHANGED)
+ * unless opts->allow_new_base.
+ *
+ * Errors: those of ls_adapter_analyze, LS_E_NAME_INVALID, LS_E_ADAPTER_LIMIT
+ * (a record over LS_RECORD_MAX, found before the blob is written),
+ * LS_E_BASE_CHANGED, the catalog's, -errno.  On any error the catalog is
+ * unchanged.
  */
 int ls_store_import(struct ls_store *store, const char *name, int config_fd, int st_fd,
 		    const char *label, const struct ls_import_opts *opts,
-		    Lorastore__VersionRecord **out, struct ls_err *err);
+		    Lorastore__VersionRecord **out, bool *unchanged, struct ls_err *err);
 
-/* Look up a reference; LS_E_NOT_FOUND when there is no such version. */
+/*
+ * Look up a reference ("name", "name@N" or an alias "name:tag");
+ * LS_E_NOT_FOUND when there is no such version.
+ */
 int ls_store_lookup(struct ls_store *store, const char *ref, Lorastore__VersionRecord **out,
 		    struct ls_err *err);
 
@@ -95,18 +108,39 @@ int ls_store_list(struct ls_store *store, const char *prefix, const char *cursor
 /* The generations a delete removed, exactly those its transaction removed. */
 struct ls_deleted_gens {
 	uint64_t *gens;        /* malloc'ed; free() it */
-	size_t n;
+	size_t n;              /* versions deleted */
+	uint64_t blob_bytes;   /* bytes of their blob files, a shared blob once */
+	uint64_t freed_bytes;  /* bytes of the blob files removed (no version used them) */
+	size_t blobs_freed;
 };
 
 /*
  * Delete a version ("name@N") or every version of a name ("name").  The ref
- * files go at once; the blob stays until gc finds no version using it.  With
- * out non-NULL, the generations removed are listed there (the daemon drops
+ * files go at once, and the blob of each deleted version when no version
+ * uses it any more (a crash in between leaves a blob that gc removes).
+ * Memory holding a deleted version is the daemon's to free.  With out
+ * non-NULL, the generations removed are listed there (the daemon drops
  * their resident copies: a version imported while the delete waited is in
- * the list only if this delete removed it).
+ * the list only if this delete removed it), with the bytes removed.
+ * Nothing is deleted (LS_E_ALIASED) when an alias points at a version.
  */
 int ls_store_delete(struct ls_store *store, const char *ref, struct ls_deleted_gens *out,
 		    struct ls_err *err);
+
+/*
+ * Point alias at ref ("name" for the latest version, resolved now, or
+ * "name@N"); the version goes to *out (may be NULL).  Aliases move
+ * atomically.  Errors: LS_E_NAME_INVALID, LS_E_NOT_FOUND, the catalog's.
+ */
+int ls_store_tag(struct ls_store *store, const char *alias, const char *ref,
+		 Lorastore__VersionRecord **out, struct ls_err *err);
+
+/* Remove alias: 0, LS_E_NOT_FOUND, LS_E_NAME_INVALID or the catalog's errors. */
+int ls_store_untag(struct ls_store *store, const char *alias, struct ls_err *err);
+
+/* The aliases pointing at name@version (ls_catalog_aliases_of). */
+int ls_store_aliases_of(struct ls_store *store, const char *name, uint32_t version,
+			char ***out, size_t *n, struct ls_err *err);
 
 /* Path of the blob of a digest into buf (PATH_MAX bytes). */
 void ls_store_blob_path(const struct ls_store *store, const uint8_t *digest, char *buf,

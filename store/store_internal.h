@@ -17,6 +17,12 @@ struct ls_store {
 	 * gc and rebuild hold it exclusively, so they never see half an import.
 	 */
 	pthread_rwlock_t gc_lock;
+	/*
+	 * Held around an import's catalog write and around a delete from its
+	 * catalog write to the unlink of the blobs no version uses any more, so
+	 * that an import never commits a version whose blob a delete removed.
+	 */
+	pthread_mutex_t digest_lock;
 };
 
 /*

@@ -116,6 +116,11 @@ enum lorastore_error {
 					       JSON values in its header, or a record (config
 					       and tensor table) over 4 MiB; refused before
 					       anything is committed */
+	LORASTORE_E_BASE_CHANGED,           /* an import whose base model, or set of modules
+					       and their sizes, differs from the name's
+					       latest version (allow_new_base allows it) */
+	LORASTORE_E_ALIASED,                /* a delete of a version an alias points at
+					       (untag or move the alias first) */
 };
 
 /* Element types, as safetensors names them. */
@@ -290,6 +295,10 @@ typedef struct lorastore_entry {
 	int64_t created_unix_ns;
 	const char *base_model;        /* "" when none */
 	const char *source;
+	int unchanged;                 /* import: the name's latest version had this content
+					  already, so no version was added (this is it) */
+	const char *const *aliases;    /* list, show: the aliases pointing at this version */
+	size_t alias_count;
 } lorastore_entry;
 
 typedef struct lorastore_list lorastore_list;
@@ -471,9 +480,16 @@ int lorastore_apply(const lorastore_plan *plan, const lorastore_batch *batch,
 /* ---- Administration (needs an admin peer: root, the daemon's user, or its admin group) */
 
 typedef struct lorastore_import_opts {
-	const char *name;              /* adapter name (required) */
+	const char *name;              /* adapter name; NULL: the directory's own name, refused
+					  (LORASTORE_E_NAME_INVALID) when it says nothing of
+					  the adapter: adapter, lora, output(s), checkpoint-N,
+					  final, model, a snapshot's commit, ... */
 	const char *dtype;             /* "keep" (NULL), "f16", "bf16" or "f32" */
 	int allow_nonfinite;
+	int allow_new_base;            /* accept another base model (base_model_name_or_path),
+					  or other modules or module sizes, than the name's
+					  latest version has; refused otherwise
+					  (LORASTORE_E_BASE_CHANGED) */
 } lorastore_import_opts;
 
 /*
@@ -495,6 +511,38 @@ int lorastore_import_dir_entry(lorastore *conn, const char *dir,
 
 /* Delete name@N, or every version of name.  Deletion waits for leases to end. */
 int lorastore_delete(lorastore *conn, const char *ref);
+
+/* What a delete removed. */
+typedef struct lorastore_delete_result {
+	uint32_t versions;             /* versions deleted */
+	uint64_t blob_bytes;           /* bytes of their blob files (a blob two shared, once) */
+	uint64_t freed_bytes;          /* bytes of blob files removed from disk: those no
+					  version uses any more */
+} lorastore_delete_result;
+
+/*
+ * lorastore_delete, and what it removed into *out (may be NULL).  The blob
+ * files no version uses any more are removed at once; the memory of a
+ * version still leased is freed when its last lease ends.  Errors:
+ * LORASTORE_E_NOT_FOUND, LORASTORE_E_ALIASED (an alias points at a version
+ * it would delete: nothing is deleted), LORASTORE_E_NAME_INVALID (an alias
+ * given: untag it instead), -EPERM (not an admin), LORASTORE_E_BUSY.
+ */
+int lorastore_delete_report(lorastore *conn, const char *ref, lorastore_delete_result *out);
+
+/*
+ * Point alias ("name:tag", the tag 1-64 characters of [A-Za-z0-9._-]) at ref
+ * ("name" for its latest version now, or "name@N"): created, or moved
+ * atomically from the version it named.  An alias is taken wherever a
+ * reference is (acquire, load, show, prefetch), and a version an alias
+ * points at cannot be deleted.  The version goes to *out as a list of one
+ * entry when out is not NULL.  Needs an admin.  Errors:
+ * LORASTORE_E_NAME_INVALID, LORASTORE_E_NOT_FOUND, -EPERM.
+ */
+int lorastore_tag(lorastore *conn, const char *alias, const char *ref, lorastore_list **out);
+
+/* Remove alias.  Needs an admin.  Errors: LORASTORE_E_NOT_FOUND, -EPERM. */
+int lorastore_untag(lorastore *conn, const char *alias);
 
 /* Make ref resident without taking a lease. */
 int lorastore_load(lorastore *conn, const char *ref);

@@ -788,16 +788,22 @@ static PyObject *ls_connection_acquire(ls_Connection *c, PyObject *args, PyObjec
 }
 
 /* A listing entry as a dict. */
+static PyObject *ls_str_list(const char *const *v, size_t n);
+
 static PyObject *ls_entry_dict(const lorastore_entry *e)
 {
-	return Py_BuildValue(
-		"{s:s,s:I,s:s,s:K,s:I,s:d,s:s,s:K,s:n,s:O,s:s,s:I,s:L,s:s,s:s}", "name", e->name,
+	PyObject *aliases = ls_str_list(e->aliases, e->alias_count);
+	if (!aliases)
+		return NULL;
+	PyObject *d = Py_BuildValue(
+		"{s:s,s:I,s:s,s:K,s:I,s:d,s:s,s:K,s:n,s:O,s:s,s:I,s:L,s:s,s:s,s:N}", "name", e->name,
 		"version", e->version, "digest", e->digest, "generation",
 		(unsigned long long)e->generation, "rank", e->rank, "scale", e->scale, "dtype",
 		e->dtype, "bytes", (unsigned long long)e->bytes, "tensor_count",
 		(Py_ssize_t)e->tensor_count, "resident", e->resident ? Py_True : Py_False, "tier",
 		e->tier, "pins", e->pins, "created_unix_ns", (long long)e->created_unix_ns,
-		"base_model", e->base_model, "source", e->source);
+		"base_model", e->base_model, "source", e->source, "aliases", aliases);
+	return d;
 }
 
 /* A list of strings, or None for a NULL array with n 0 and absent. */
@@ -1025,7 +1031,47 @@ static PyObject *ls_connection_load(ls_Connection *c, PyObject *args)
 
 static PyObject *ls_connection_delete(ls_Connection *c, PyObject *args)
 {
-	return ls_ref_call(c, args, lorastore_delete);
+	const char *ref;
+	if (!PyArg_ParseTuple(args, "s", &ref) || ls_conn_open(c))
+		return NULL;
+	int rc;
+	char msg[512] = "";
+	lorastore_delete_result r;
+	LS_BLOCKING(c, rc, msg, lorastore_delete_report(c->conn, ref, &r));
+	if (rc)
+		return ls_raise(rc, msg);
+	return Py_BuildValue("{s:I,s:K,s:K}", "versions", r.versions, "blob_bytes",
+			     (unsigned long long)r.blob_bytes, "freed_bytes",
+			     (unsigned long long)r.freed_bytes);
+}
+
+static PyObject *ls_connection_tag(ls_Connection *c, PyObject *args)
+{
+	const char *ref, *alias;
+	if (!PyArg_ParseTuple(args, "ss", &ref, &alias) || ls_conn_open(c))
+		return NULL;
+	int rc;
+	char msg[512] = "";
+	lorastore_list *l = NULL;
+	LS_BLOCKING(c, rc, msg, lorastore_tag(c->conn, alias, ref, &l));
+	if (rc)
+		return ls_raise(rc, msg);
+	PyObject *d = ls_entry_dict(lorastore_list_entry(l, 0));
+	lorastore_list_free(l);
+	return d;
+}
+
+static PyObject *ls_connection_untag(ls_Connection *c, PyObject *args)
+{
+	const char *alias;
+	if (!PyArg_ParseTuple(args, "s", &alias) || ls_conn_open(c))
+		return NULL;
+	int rc;
+	char msg[512] = "";
+	LS_BLOCKING(c, rc, msg, lorastore_untag(c->conn, alias));
+	if (rc)
+		return ls_raise(rc, msg);
+	Py_RETURN_NONE;
 }
 
 static PyObject *ls_connection_evict(ls_Connection *c, PyObject *args)
@@ -1069,51 +1115,36 @@ static PyObject *ls_connection_prefetch(ls_Connection *c, PyObject *args)
 
 static PyObject *ls_connection_import_dir(ls_Connection *c, PyObject *args, PyObject *kw)
 {
-	static char *kwlist[] = {"path", "name", "dtype", "allow_nonfinite", NULL};
+	static char *kwlist[] = {"path", "name", "dtype", "allow_nonfinite", "allow_new_base",
+				 NULL};
 	PyObject *path_o;
 	const char *name = NULL, *dtype = "keep";
-	int allow = 0;
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|zsp", kwlist, PyUnicode_FSConverter,
-					 &path_o, &name, &dtype, &allow))
+	int allow = 0, new_base = 0;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|zspp", kwlist, PyUnicode_FSConverter,
+					 &path_o, &name, &dtype, &allow, &new_base))
 		return NULL;
 	const char *path = PyBytes_AsString(path_o);
-	PyObject *name_o = NULL;
-	if (!name) {
-		/* The folder's name, as the CLI does. */
-		PyObject *os_path = PyImport_ImportModule("os.path");
-		PyObject *abs = os_path ? PyObject_CallMethod(os_path, "abspath", "O", path_o) : NULL;
-		name_o = abs ? PyObject_CallMethod(os_path, "basename", "O", abs) : NULL;
-		Py_XDECREF(abs);
-		Py_XDECREF(os_path);
-		if (!name_o) {
-			Py_DECREF(path_o);
-			return NULL;
-		}
-		PyObject *s = PyUnicode_Check(name_o) ? NULL : PyUnicode_DecodeFSDefault(
-								      PyBytes_AsString(name_o));
-		if (s) {
-			Py_DECREF(name_o);
-			name_o = s;
-		}
-		name = PyUnicode_AsUTF8AndSize(name_o, NULL);
-	}
-	if (!name || ls_conn_open(c)) {
-		Py_XDECREF(name_o);
+	if (ls_conn_open(c)) {
 		Py_DECREF(path_o);
 		return NULL;
 	}
+	/* No name: the library takes the folder's, or says why it will not. */
 	lorastore_import_opts io = {.name = name,
 				    .dtype = strcmp(dtype, "keep") == 0 ? NULL : dtype,
-				    .allow_nonfinite = allow};
+				    .allow_nonfinite = allow,
+				    .allow_new_base = new_base};
 	lorastore_list *l = NULL;
 	int rc;
 	char msg[512] = "";
 	LS_BLOCKING(c, rc, msg, lorastore_import_dir_entry(c->conn, path, &io, &l));
-	Py_XDECREF(name_o);
 	Py_DECREF(path_o);
 	if (rc)
 		return ls_raise(rc, msg);
 	PyObject *d = lorastore_list_count(l) ? ls_entry_dict(lorastore_list_entry(l, 0)) : NULL;
+	if (d && PyDict_SetItemString(d, "unchanged",
+				      lorastore_list_entry(l, 0)->unchanged ? Py_True : Py_False)) {
+		Py_CLEAR(d);
+	}
 	lorastore_list_free(l);
 	if (!d && !PyErr_Occurred())
 		return ls_raise(LORASTORE_E_PROTOCOL, "the import's reply held no entry");
@@ -1328,11 +1359,18 @@ static PyMethodDef ls_connection_methods[] = {
 	 "prefetch(refs)\n--\n\nAsk the daemon to load refs in the background."},
 	{"import_dir", (PyCFunction)(void (*)(void))ls_connection_import_dir,
 	 METH_VARARGS | METH_KEYWORDS,
-	 "import_dir(path, name=None, dtype='keep', allow_nonfinite=False)\n--\n\nImport the PEFT "
-	 "adapter in folder path (name: the folder's name when None); returns the new version's "
-	 "entry.  Needs an admin peer."},
+	 "import_dir(path, name=None, dtype='keep', allow_nonfinite=False, allow_new_base=False)"
+	 "\n--\n\nImport the PEFT adapter in folder path (name: the folder's name when None); "
+	 "returns the version's entry (unchanged: the name's latest version had this content).  "
+	 "Needs an admin peer."},
 	{"delete", (PyCFunction)ls_connection_delete, METH_VARARGS,
-	 "delete(ref)\n--\n\nDelete a version (deferred while leased).  Needs an admin peer."},
+	 "delete(ref)\n--\n\nDelete a version, or every version of a name; returns what was "
+	 "removed.  Needs an admin peer."},
+	{"tag", (PyCFunction)ls_connection_tag, METH_VARARGS,
+	 "tag(ref, alias)\n--\n\nPoint alias (NAME:TAG) at ref; returns its version's entry.  "
+	 "Needs an admin peer."},
+	{"untag", (PyCFunction)ls_connection_untag, METH_VARARGS,
+	 "untag(alias)\n--\n\nRemove alias.  Needs an admin peer."},
 	{"evict", (PyCFunction)ls_connection_evict, METH_VARARGS,
 	 "evict(ref)\n--\n\nDrop a version from memory.  Needs an admin peer."},
 	{"verify", (PyCFunction)(void (*)(void))ls_connection_verify, METH_VARARGS | METH_KEYWORDS,

@@ -139,7 +139,7 @@ Test(cli_usage, socket_option_without_a_path_exits_2)
 
 Test(cli_usage, commands_taking_a_ref_exit_2_without_one)
 {
-	static const char *const cmds[] = {"show", "rm", "load", "evict"};
+	static const char *const cmds[] = {"show", "rm", "load", "evict", "tag", "untag"};
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
 		assert_usage(RUN(cmds[i]), cmds[i]);
 }
@@ -149,6 +149,7 @@ Test(cli_usage, commands_exit_2_on_extra_operands)
 	assert_usage(RUN("ls", "a", "b"), "unexpected argument 'b'");
 	assert_usage(RUN("show", "a", "b"), "unexpected argument 'b'");
 	assert_usage(RUN("rm", "a", "b"), "unexpected argument 'b'");
+	assert_usage(RUN("tag", "a", "a:b", "c"), "unexpected argument 'c'");
 	assert_usage(RUN("stats", "x"), "unexpected argument 'x'");
 	assert_usage(RUN("gc", "x"), "unexpected argument 'x'");
 	assert_usage(RUN("verify", "a", "b"), "unexpected argument 'b'");
@@ -159,6 +160,12 @@ Test(cli_usage, commands_exit_2_on_unknown_options)
 	assert_usage(RUN("ls", "--long"), "ls: unknown option '--long'");
 	assert_usage(RUN("stats", "-x"), "stats: unknown option '-x'");
 	assert_usage(RUN("import", "--frob", "dir"), "import: unknown option '--frob'");
+}
+
+Test(cli_usage, rm_of_every_version_without_all_exits_2_off_a_terminal)
+{
+	assert_usage(RUN("rm", "t/a"), "--all");
+	assert_usage(RUN("rm", "--all", "t/a@2"), "--all takes a NAME");
 }
 
 Test(cli_usage, import_without_a_directory_exits_2)
@@ -191,8 +198,8 @@ Test(cli_usage, program_help_is_a_manual_listing_every_command)
 	cr_assert_eq(r.status, 0);
 	static const char *const want[] = {"NAME", "SYNOPSIS", "DESCRIPTION", "EXIT STATUS",
 					   "LORASTORE_SOCKET", "--socket", "--json", "import",
-					   "ls [PREFIX]", "show", "rm", "load", "evict", "stats",
-					   "verify", "gc", "inspect"};
+					   "ls [--base-model MODEL] [PREFIX]", "show", "rm", "load",
+					   "evict", "stats", "verify", "gc", "inspect", "tag", "untag"};
 	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
 		cr_assert_not_null(strstr(r.out, want[i]), "\"%s\" not in --help", want[i]);
 	cr_assert_str_empty(r.err);
@@ -201,8 +208,8 @@ Test(cli_usage, program_help_is_a_manual_listing_every_command)
 
 Test(cli_usage, every_command_has_its_own_help)
 {
-	static const char *const cmds[] = {"import", "ls",     "show", "rm", "load",
-					   "evict",  "stats",  "verify", "gc", "inspect"};
+	static const char *const cmds[] = {"import", "ls", "show",   "rm", "load",    "evict",
+					   "stats",  "verify", "gc", "inspect", "tag", "untag"};
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
 		struct run r = RUN(cmds[i], "--help");
 		cr_assert_eq(r.status, 0, "%s --help: exit %d", cmds[i], r.status);

@@ -119,7 +119,7 @@ static int crash_import(struct ls_store *s, size_t j, const char *dir, struct ls
 		.convert = j == 2 ? LS_CONVERT_BF16 : LS_CONVERT_KEEP,
 		.source = "test_crash",
 	};
-	int rc = ls_store_import(s, crash_names[j], cfg, st, dir, &opts, NULL, err);
+	int rc = ls_store_import(s, crash_names[j], cfg, st, dir, &opts, NULL, NULL, err);
 	close(cfg);
 	close(st);
 	return rc;

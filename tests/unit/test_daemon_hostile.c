@@ -354,8 +354,8 @@ Test(hostile, descriptors_sent_with_a_stats_request_are_closed_not_taken_by_the_
 	send_import(fd, 2, "t/a0", true, a0, 2);
 	Lorastore__Response *resp = raw_answer(fd, &f);
 	cr_assert_null(resp->error, "%s", resp->error ? resp->error->message : "");
-	cr_assert_eq(resp->body_case, LORASTORE__RESPONSE__BODY_RECORD);
-	ProtobufCBinaryData want = resp->record->digest;
+	cr_assert_eq(resp->body_case, LORASTORE__RESPONSE__BODY_IMPORTED);
+	ProtobufCBinaryData want = resp->imported->record->digest;
 	uint8_t digest_a0[64];
 	cr_assert_leq(want.len, sizeof(digest_a0));
 	memcpy(digest_a0, want.data, want.len);
@@ -371,8 +371,9 @@ Test(hostile, descriptors_sent_with_a_stats_request_are_closed_not_taken_by_the_
 	send_import(fd, 4, "t/confused", true, a0, 2);
 	resp = raw_answer(fd, &f);
 	cr_assert_null(resp->error, "%s", resp->error ? resp->error->message : "");
-	cr_assert_eq(resp->record->digest.len, digest_len);
-	cr_assert_eq(memcmp(resp->record->digest.data, digest_a0, digest_len), 0,
+	cr_assert_eq(resp->body_case, LORASTORE__RESPONSE__BODY_IMPORTED);
+	cr_assert_eq(resp->imported->record->digest.len, digest_len);
+	cr_assert_eq(memcmp(resp->imported->record->digest.data, digest_a0, digest_len), 0,
 		     "t/confused holds other files than the ones its import sent");
 	lorastore__response__free_unpacked(resp, NULL);
 	for (int i = 0; i < 2; i++) {
@@ -766,24 +767,28 @@ Test(hostile, a_listing_of_large_records_is_paged_by_bytes_and_every_page_fits)
 	cr_assert_not_null(at, "%s", cfg);
 	at = strchr(at, '[');
 	cr_assert_not_null(at);
-	/* Names that match no module: PEFT lists such, and they only make the record long. */
-	size_t cap = len + (size_t)PAD * 32, n = 0;
+	/*
+	 * Names that match no module: PEFT lists such, and they only make the
+	 * record long.  Each version names them apart, so that each is new
+	 * content (the same content again would not be a new version).
+	 */
+	size_t cap = len + (size_t)PAD * 32;
 	char *big = malloc(cap);
-	n += (size_t)snprintf(big, cap, "%.*s", (int)(at - cfg + 1), cfg);
-	for (unsigned i = 0; i < PAD; i++)
-		n += (size_t)snprintf(big + n, cap - n, "\"unused_module_%06u\",", i);
-	n += (size_t)snprintf(big + n, cap - n, "%s", at + 1);
-	FILE *f = fopen(path, "w");
-	cr_assert_not_null(f);
-	cr_assert_eq(fwrite(big, 1, n, f), n);
-	fclose(f);
-	free(big);
-	free(cfg);
 	for (int v = 0; v < VERSIONS; v++) {
+		size_t n = (size_t)snprintf(big, cap, "%.*s", (int)(at - cfg + 1), cfg);
+		for (unsigned i = 0; i < PAD; i++)
+			n += (size_t)snprintf(big + n, cap - n, "\"unused_mod%02d_%06u\",", v, i);
+		n += (size_t)snprintf(big + n, cap - n, "%s", at + 1);
+		FILE *f = fopen(path, "w");
+		cr_assert_not_null(f);
+		cr_assert_eq(fwrite(big, 1, n, f), n);
+		fclose(f);
 		lorastore_import_opts io = {.name = "t/long"};
 		cr_assert_eq(lorastore_import_dir(conn, dir, &io, NULL), 0, "import %d: %s", v,
 			     lorastore_errmsg(conn));
 	}
+	free(big);
+	free(cfg);
 	unsigned seen[VERSIONS + 1] = {0}, pages = 0, total = 0;
 	char cursor[256] = "";
 	do {

@@ -1291,7 +1291,16 @@ Test(daemon_ops, cli_end_to_end_json_shapes, .timeout = 60)
 	proc_out_free(&p);
 
 	CLI(d, &p, "--json", "rm", "e2e-llama");
+	cr_assert_eq(p.status, 2, "rm of every version without --all: %s", p.err);
+	cr_assert(strstr(p.err, "--all"), "%s", p.err);
+	proc_out_free(&p);
+	CLI(d, &p, "--json", "rm", "--all", "e2e-llama");
 	cr_assert_eq(p.status, 0, "rm: %s", p.err);
+	doc = parse_json(p.out, "rm");
+	cr_assert_eq(json_num(doc, "versions"), 1);
+	cr_assert_gt(json_num(doc, "blob_bytes"), 0);
+	cr_assert_eq(json_num(doc, "freed_bytes"), json_num(doc, "blob_bytes"));
+	cJSON_Delete(doc);
 	proc_out_free(&p);
 	CLI(d, &p, "--json", "ls");
 	doc = parse_json(p.out, "ls");

@@ -190,7 +190,7 @@ static int import_dir(const char *name, const char *dir, const struct ls_import_
 	file_in(path, sizeof(path), dir, "adapter_model.safetensors");
 	int st = open(path, O_RDONLY);
 	cr_assert_geq(st, 0, "%s", path);
-	int rc = ls_store_import(store, name, cfg, st, dir, opts, rec, err);
+	int rc = ls_store_import(store, name, cfg, st, dir, opts, rec, NULL, err);
 	if (cfg >= 0)
 		close(cfg);
 	close(st);

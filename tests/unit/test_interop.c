@@ -120,7 +120,7 @@ static Lorastore__VersionRecord *import(const char *name, const struct written *
 	cr_assert_geq(st, 0, "%s", path);
 	Lorastore__VersionRecord *rec = NULL;
 	struct ls_err err;
-	int rc = ls_store_import(store, name, cfg, st, w->dir, NULL, &rec, &err);
+	int rc = ls_store_import(store, name, cfg, st, w->dir, NULL, &rec, NULL, &err);
 	close(cfg);
 	close(st);
 	cr_assert_eq(rc, 0, "import %s: %s", w->dir, err.msg);

@@ -47,8 +47,9 @@ static const char *make_adapter(const char *sub, const struct synth_opts *o)
 	return dir;
 }
 
-static int import_dir(const char *name, const char *dir, const struct ls_import_opts *opts,
-		      Lorastore__VersionRecord **rec, struct ls_err *err)
+static int import_dir_unchanged(const char *name, const char *dir,
+				const struct ls_import_opts *opts, Lorastore__VersionRecord **rec,
+				bool *unchanged, struct ls_err *err)
 {
 	char path[PATH_MAX];
 	snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
@@ -56,11 +57,17 @@ static int import_dir(const char *name, const char *dir, const struct ls_import_
 	snprintf(path, sizeof(path), "%s/adapter_model.safetensors", dir);
 	int st = open(path, O_RDONLY);
 	cr_assert_geq(st, 0);
-	int rc = ls_store_import(store, name, cfg, st, dir, opts, rec, err);
+	int rc = ls_store_import(store, name, cfg, st, dir, opts, rec, unchanged, err);
 	if (cfg >= 0)
 		close(cfg);
 	close(st);
 	return rc;
+}
+
+static int import_dir(const char *name, const char *dir, const struct ls_import_opts *opts,
+		      Lorastore__VersionRecord **rec, struct ls_err *err)
+{
+	return import_dir_unchanged(name, dir, opts, rec, NULL, err);
 }
 
 static size_t count_files(const char *sub)
@@ -94,22 +101,142 @@ Test(store, import_assigns_version_digest_and_generation)
 	lorastore__version_record__free_unpacked(rec, NULL);
 }
 
-Test(store, reimport_creates_next_version_with_same_digest)
+Test(store, reimport_of_the_same_content_is_unchanged_and_adds_no_version)
 {
 	struct synth_opts o = {.family = SYNTH_GPT2};
 	const char *dir = make_adapter("g", &o);
 	Lorastore__VersionRecord *r1 = NULL, *r2 = NULL;
 	struct ls_err err;
-	cr_assert_eq(import_dir("g", dir, NULL, &r1, &err), 0, "%s", err.msg);
-	cr_assert_eq(import_dir("g", dir, NULL, &r2, &err), 0, "%s", err.msg);
-	cr_assert_eq(r2->version, 2);
-	cr_assert_gt(r2->generation, r1->generation);
-	cr_assert_arr_eq(r1->digest.data, r2->digest.data, 32);
-	/* Content-addressed: one blob backs both versions. */
-	cr_assert_eq(count_files("blobs"), 1);
-	cr_assert_eq(count_files("refs"), 2);
+	bool unchanged = true;
+	cr_assert_eq(import_dir_unchanged("g", dir, NULL, &r1, &unchanged, &err), 0, "%s",
+		     err.msg);
+	cr_assert_not(unchanged);
+	cr_assert_eq(import_dir_unchanged("g", dir, NULL, &r2, &unchanged, &err), 0, "%s",
+		     err.msg);
+	cr_assert(unchanged, "the same digest as the latest version is not a new version");
+	cr_assert_eq(r2->version, 1);
+	cr_assert_eq(r2->generation, r1->generation);
+	cr_assert_eq(count_files("refs"), 1);
 	lorastore__version_record__free_unpacked(r1, NULL);
 	lorastore__version_record__free_unpacked(r2, NULL);
+}
+
+Test(store, one_content_under_two_names_is_two_versions_of_one_blob)
+{
+	struct synth_opts o = {.family = SYNTH_GPT2};
+	const char *dir = make_adapter("g", &o);
+	Lorastore__VersionRecord *r1 = NULL, *r2 = NULL;
+	struct ls_err err;
+	cr_assert_eq(import_dir("g/one", dir, NULL, &r1, &err), 0, "%s", err.msg);
+	cr_assert_eq(import_dir("g/two", dir, NULL, &r2, &err), 0, "%s", err.msg);
+	cr_assert_gt(r2->generation, r1->generation);
+	cr_assert_arr_eq(r1->digest.data, r2->digest.data, 32);
+	cr_assert_eq(count_files("blobs"), 1, "content-addressed: one blob backs both");
+	cr_assert_eq(count_files("refs"), 2);
+	/* Deleting one keeps the blob the other uses. */
+	struct ls_deleted_gens d;
+	cr_assert_eq(ls_store_delete(store, "g/one", &d, &err), 0, "%s", err.msg);
+	cr_assert_eq(d.n, 1);
+	cr_assert_eq(d.freed_bytes, 0);
+	cr_assert_eq(d.blob_bytes, r1->blob_length);
+	free(d.gens);
+	cr_assert_eq(count_files("blobs"), 1);
+	cr_assert_eq(ls_store_delete(store, "g/two", &d, &err), 0, "%s", err.msg);
+	cr_assert_eq(d.freed_bytes, r2->blob_length, "the last user of a blob frees it");
+	cr_assert_eq(d.blobs_freed, 1);
+	free(d.gens);
+	cr_assert_eq(count_files("blobs"), 0);
+	lorastore__version_record__free_unpacked(r1, NULL);
+	lorastore__version_record__free_unpacked(r2, NULL);
+}
+
+Test(store, a_version_for_another_base_model_is_refused_unless_allowed)
+{
+	struct synth_opts llama = {.family = SYNTH_LLAMA, .seed = 1};
+	struct synth_opts t5 = {.family = SYNTH_T5, .seed = 2};
+	struct ls_err err;
+	cr_assert_eq(import_dir("mix", make_adapter("m1", &llama), NULL, NULL, &err), 0, "%s",
+		     err.msg);
+	cr_assert_eq(import_dir("mix", make_adapter("m2", &t5), NULL, NULL, &err),
+		     LS_E_BASE_CHANGED);
+	cr_assert(strstr(err.msg, "--allow-new-base"), "the message names the way out: %s", err.msg);
+	cr_assert_eq(count_files("refs"), 1, "nothing is added");
+	struct ls_import_opts allow = {.allow_new_base = true};
+	Lorastore__VersionRecord *rec = NULL;
+	cr_assert_eq(import_dir("mix", make_adapter("m2", &t5), &allow, &rec, &err), 0, "%s",
+		     err.msg);
+	cr_assert_eq(rec->version, 2);
+	lorastore__version_record__free_unpacked(rec, NULL);
+}
+
+Test(store, a_new_rank_of_the_same_modules_is_a_new_version)
+{
+	struct synth_opts r4 = {.family = SYNTH_LLAMA, .rank = 4, .seed = 1};
+	struct synth_opts r16 = {.family = SYNTH_LLAMA, .rank = 16, .seed = 1};
+	struct ls_err err;
+	cr_assert_eq(import_dir("rk", make_adapter("rk4", &r4), NULL, NULL, &err), 0, "%s", err.msg);
+	cr_assert_eq(import_dir("rk", make_adapter("rk16", &r16), NULL, NULL, &err), 0, "%s",
+		     err.msg);
+}
+
+Test(store, an_alias_resolves_moves_and_goes_with_untag)
+{
+	struct synth_opts o1 = {.family = SYNTH_LLAMA, .seed = 1};
+	struct synth_opts o2 = {.family = SYNTH_LLAMA, .seed = 2};
+	struct ls_err err;
+	cr_assert_eq(import_dir("acme/s", make_adapter("a1", &o1), NULL, NULL, &err), 0, "%s",
+		     err.msg);
+	cr_assert_eq(import_dir("acme/s", make_adapter("a2", &o2), NULL, NULL, &err), 0, "%s",
+		     err.msg);
+	Lorastore__VersionRecord *rec = NULL;
+	cr_assert_eq(ls_store_tag(store, "acme/s:prod", "acme/s@1", &rec, &err), 0, "%s", err.msg);
+	cr_assert_eq(rec->version, 1);
+	lorastore__version_record__free_unpacked(rec, NULL);
+	cr_assert_eq(ls_store_lookup(store, "acme/s:prod", &rec, &err), 0, "%s", err.msg);
+	cr_assert_eq(rec->version, 1);
+	lorastore__version_record__free_unpacked(rec, NULL);
+	char **aliases;
+	size_t n;
+	cr_assert_eq(ls_store_aliases_of(store, "acme/s", 1, &aliases, &n, &err), 0);
+	cr_assert_eq(n, 1);
+	cr_assert_str_eq(aliases[0], "acme/s:prod");
+	free(aliases[0]);
+	free(aliases);
+	/* Tagging "name" takes the latest version, and moves the alias. */
+	cr_assert_eq(ls_store_tag(store, "acme/s:prod", "acme/s", NULL, &err), 0, "%s", err.msg);
+	cr_assert_eq(ls_store_lookup(store, "acme/s:prod", &rec, &err), 0, "%s", err.msg);
+	cr_assert_eq(rec->version, 2);
+	lorastore__version_record__free_unpacked(rec, NULL);
+	cr_assert_eq(ls_store_aliases_of(store, "acme/s", 1, &aliases, &n, &err), 0);
+	cr_assert_eq(n, 0, "the old version forgets the alias");
+	free(aliases);
+	cr_assert_eq(ls_store_untag(store, "acme/s:prod", &err), 0, "%s", err.msg);
+	cr_assert_eq(ls_store_lookup(store, "acme/s:prod", &rec, &err), LS_E_NOT_FOUND);
+	cr_assert_eq(ls_store_untag(store, "acme/s:prod", &err), LS_E_NOT_FOUND);
+	cr_assert_eq(ls_store_tag(store, "acme/s:prod", "acme/s@9", NULL, &err), LS_E_NOT_FOUND);
+	cr_assert_eq(ls_store_tag(store, "acme/s:", "acme/s", NULL, &err), LS_E_NAME_INVALID);
+	cr_assert_eq(ls_store_tag(store, "acme/s:a b", "acme/s", NULL, &err), LS_E_NAME_INVALID);
+}
+
+Test(store, a_version_an_alias_points_at_is_not_deleted)
+{
+	struct synth_opts o1 = {.family = SYNTH_LLAMA, .seed = 1};
+	struct synth_opts o2 = {.family = SYNTH_LLAMA, .seed = 2};
+	struct ls_err err;
+	cr_assert_eq(import_dir("t", make_adapter("t1", &o1), NULL, NULL, &err), 0, "%s", err.msg);
+	cr_assert_eq(import_dir("t", make_adapter("t2", &o2), NULL, NULL, &err), 0, "%s", err.msg);
+	cr_assert_eq(ls_store_tag(store, "t:prod", "t@1", NULL, &err), 0, "%s", err.msg);
+	cr_assert_eq(ls_store_delete(store, "t@1", NULL, &err), LS_E_ALIASED);
+	cr_assert(strstr(err.msg, "t:prod"), "%s", err.msg);
+	cr_assert_eq(ls_store_delete(store, "t", NULL, &err), LS_E_ALIASED,
+		     "every version of a name: none goes while one is aliased");
+	Lorastore__VersionRecord *rec = NULL;
+	cr_assert_eq(ls_store_lookup(store, "t@2", &rec, &err), 0, "%s", err.msg);
+	lorastore__version_record__free_unpacked(rec, NULL);
+	cr_assert_eq(ls_store_delete(store, "t@2", NULL, &err), 0, "%s", err.msg);
+	cr_assert_eq(ls_store_untag(store, "t:prod", &err), 0, "%s", err.msg);
+	cr_assert_eq(ls_store_delete(store, "t", NULL, &err), 0, "%s", err.msg);
+	cr_assert_eq(count_files("blobs"), 0);
 }
 
 Test(store, lookup_by_name_gives_latest_and_by_version_gives_that_one)
@@ -223,7 +350,7 @@ Test(store, list_pages_by_prefix_with_cursor)
 	cr_assert_eq(pages, 3);
 }
 
-Test(store, delete_version_keeps_others_and_gc_frees_unused_blob)
+Test(store, delete_version_keeps_others_and_removes_the_blob_no_version_uses)
 {
 	struct synth_opts o1 = {.family = SYNTH_BERT, .seed = 1};
 	struct synth_opts o2 = {.family = SYNTH_BERT, .seed = 2};
@@ -238,11 +365,11 @@ Test(store, delete_version_keeps_others_and_gc_frees_unused_blob)
 	cr_assert_eq(rec->version, 2);
 	lorastore__version_record__free_unpacked(rec, NULL);
 	cr_assert_eq(count_files("refs"), 1);
+	cr_assert_eq(count_files("blobs"), 1, "the deleted version's blob goes with it");
 
 	struct ls_gc_stats gc;
 	cr_assert_eq(ls_store_gc(store, &gc, &err), 0, "%s", err.msg);
-	cr_assert_eq(gc.blobs_removed, 1);
-	cr_assert_gt(gc.bytes_removed, 0);
+	cr_assert_eq(gc.blobs_removed, 0, "nothing is left for gc");
 	cr_assert_eq(count_files("blobs"), 1);
 	size_t bad = 99;
 	cr_assert_eq(ls_store_verify(store, NULL, NULL, NULL, &bad, &err), 0, "%s", err.msg);
@@ -251,11 +378,11 @@ Test(store, delete_version_keeps_others_and_gc_frees_unused_blob)
 
 Test(store, delete_name_removes_every_version_and_numbering_continues)
 {
-	struct synth_opts o = {.family = SYNTH_GPT2};
+	struct synth_opts o = {.family = SYNTH_GPT2}, o2 = {.family = SYNTH_GPT2, .seed = 2};
 	const char *dir = make_adapter("d", &o);
 	struct ls_err err;
 	cr_assert_eq(import_dir("d", dir, NULL, NULL, &err), 0, "%s", err.msg);
-	cr_assert_eq(import_dir("d", dir, NULL, NULL, &err), 0, "%s", err.msg);
+	cr_assert_eq(import_dir("d", make_adapter("d2", &o2), NULL, NULL, &err), 0, "%s", err.msg);
 	cr_assert_eq(ls_store_delete(store, "d", NULL, &err), 0, "%s", err.msg);
 	Lorastore__VersionRecord *rec = NULL;
 	cr_assert_eq(ls_store_lookup(store, "d", &rec, &err), LS_E_NOT_FOUND);
@@ -406,12 +533,13 @@ Test(store, gc_removes_temporaries_and_orphan_refs)
 Test(store, rebuild_restores_names_versions_and_counters_from_blobs)
 {
 	struct synth_opts o1 = {.family = SYNTH_LLAMA, .seed = 1};
+	struct synth_opts o1b = {.family = SYNTH_LLAMA, .seed = 3};
 	struct synth_opts o2 = {.family = SYNTH_T5, .seed = 2};
 	struct ls_err err;
 	Lorastore__VersionRecord *before = NULL;
 	cr_assert_eq(import_dir("r/one", make_adapter("r1", &o1), NULL, NULL, &err), 0, "%s",
 		     err.msg);
-	cr_assert_eq(import_dir("r/one", make_adapter("r2", &o2), NULL, NULL, &err), 0, "%s",
+	cr_assert_eq(import_dir("r/one", make_adapter("r2", &o1b), NULL, NULL, &err), 0, "%s",
 		     err.msg);
 	cr_assert_eq(import_dir("r/two", make_adapter("r3", &o2), NULL, &before, &err), 0, "%s",
 		     err.msg);
@@ -439,7 +567,8 @@ Test(store, rebuild_restores_names_versions_and_counters_from_blobs)
 	lorastore__version_record__free_unpacked(rec, NULL);
 
 	/* New imports continue after the restored counters. */
-	cr_assert_eq(import_dir("r/two", make_adapter("r4", &o1), NULL, &rec, &err), 0, "%s",
+	struct synth_opts o2b = {.family = SYNTH_T5, .seed = 4};
+	cr_assert_eq(import_dir("r/two", make_adapter("r4", &o2b), NULL, &rec, &err), 0, "%s",
 		     err.msg);
 	cr_assert_eq(rec->version, 2);
 	cr_assert_gt(rec->generation, before->generation);

@@ -241,13 +241,37 @@ class Connection:
         self._c.prefetch(list(refs))
 
     def import_dir(self, path, name: str | None = None, dtype: str = "keep",
-                   allow_nonfinite: bool = False) -> dict:
-        """Import the PEFT adapter in folder path; returns the new version's entry."""
-        return self._c.import_dir(path, name, dtype, allow_nonfinite)
+                   allow_nonfinite: bool = False, allow_new_base: bool = False) -> dict:
+        """Import the PEFT adapter in folder path; returns the version's entry.
 
-    def delete(self, ref: str) -> None:
-        """Delete a version (its memory is freed when its last lease ends)."""
-        self._c.delete(ref)
+        name None takes the folder's name, unless it says nothing of the adapter
+        ("adapter", "outputs", "checkpoint-14", ...): InvalidArgument then.  The same
+        content as the name's latest version adds nothing: that version comes back with
+        "unchanged" True.  A new version for another base model, or other modules, than
+        the latest's raises InvalidAdapter unless allow_new_base."""
+        return self._c.import_dir(path, name, dtype, allow_nonfinite, allow_new_base)
+
+    def delete(self, ref: str, all: bool = False) -> dict:
+        """Delete version "name@N", or with all=True every version of "name"; returns
+        {"versions", "blob_bytes", "freed_bytes"}.  Memory still leased is freed when its
+        last lease ends; blob files no version uses are removed at once.  A version an
+        alias points at is not deleted (Error with code LORASTORE_E_ALIASED)."""
+        if "@" not in ref and not all:
+            raise InvalidArgument(f"{ref!r} names every version of it: pass all=True to "
+                                  "delete them all, or name@N for one")
+        if all and "@" in ref:
+            raise InvalidArgument("all=True takes a name without @N")
+        return self._c.delete(ref)
+
+    def tag(self, ref: str, alias: str) -> dict:
+        """Point alias ("name:tag") at ref ("name" for its latest version now, or
+        "name@N"): created or moved atomically; returns the version's entry.  An alias is
+        taken wherever a reference is (acquire, load, show, the vLLM plugin)."""
+        return self._c.tag(ref, alias)
+
+    def untag(self, alias: str) -> None:
+        """Remove alias."""
+        self._c.untag(alias)
 
     def evict(self, ref: str) -> None:
         """Drop a version from the daemon's memory."""

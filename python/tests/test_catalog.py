@@ -1,0 +1,62 @@
+"""Names, versions and aliases through the Python package against a real lorastored."""
+import shutil
+
+import pytest
+
+import lorastore
+from conftest import FIXTURES
+
+
+def test_importing_the_same_content_again_is_unchanged(conn):
+    first = conn.import_dir(FIXTURES / "smollm-f16", name="cat/same")
+    again = conn.import_dir(FIXTURES / "smollm-f16", name="cat/same")
+    assert first["unchanged"] is False
+    assert again["unchanged"] is True
+    assert again["version"] == first["version"] == 1
+    assert [e["version"] for e in conn.list("cat/same")] == [1]
+
+
+def test_a_folder_named_adapter_is_not_a_name(conn, tmp_path):
+    folder = tmp_path / "adapter"
+    shutil.copytree(FIXTURES / "smollm-f16", folder)
+    with pytest.raises(lorastore.Error, match="says nothing of the adapter"):
+        conn.import_dir(folder)
+    assert conn.list() == []
+
+
+def test_a_version_for_another_base_model_needs_allow_new_base(conn):
+    conn.import_dir(FIXTURES / "smollm-f16", name="cat/base")
+    with pytest.raises(lorastore.Error, match="allow-new-base"):
+        conn.import_dir(FIXTURES / "bert-seqcls", name="cat/base")
+    entry = conn.import_dir(FIXTURES / "bert-seqcls", name="cat/base", allow_new_base=True)
+    assert entry["version"] == 2
+
+
+def test_an_alias_is_acquired_listed_moved_and_removed(conn):
+    conn.import_dir(FIXTURES / "smollm-f16", name="cat/a")
+    conn.import_dir(FIXTURES / "smollm-f16", name="cat/b")
+    assert conn.tag("cat/a@1", "cat/a:prod")["version"] == 1
+    assert conn.show("cat/a")["aliases"] == ["cat/a:prod"]
+    assert conn.show("cat/a:prod")["name"] == "cat/a"
+    with conn.acquire("cat/a:prod") as ad:
+        assert ad.name == "cat/a"
+    # An alias may name any adapter's version: it moves there at once.
+    conn.tag("cat/b", "cat/a:prod")
+    assert conn.show("cat/a:prod")["name"] == "cat/b"
+    assert conn.show("cat/a")["aliases"] == []
+    with pytest.raises(lorastore.Error, match="cat/a:prod"):
+        conn.delete("cat/b@1")
+    conn.untag("cat/a:prod")
+    with pytest.raises(lorastore.NotFound):
+        conn.show("cat/a:prod")
+    assert conn.delete("cat/b@1")["versions"] == 1
+
+
+def test_deleting_every_version_asks_for_all_and_says_what_went(conn):
+    conn.import_dir(FIXTURES / "smollm-f16", name="cat/gone")
+    with pytest.raises(lorastore.InvalidArgument, match="all=True"):
+        conn.delete("cat/gone")
+    removed = conn.delete("cat/gone", all=True)
+    assert removed["versions"] == 1
+    assert removed["freed_bytes"] == removed["blob_bytes"] > 0
+    assert conn.list("cat/gone") == []

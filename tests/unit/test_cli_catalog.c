@@ -1,0 +1,238 @@
+/*
+ * Names, versions and aliases through the CLI against a real lorastored:
+ * what a user meets when importing real folders, importing again, tagging,
+ * deleting, and reading through an alias from a client process.
+ */
+#include <criterion/criterion.h>
+#include <cjson/cJSON.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <lorastore.h>
+
+#include "cli_run.h"
+#include "daemon_proc.h"
+#include "synth.h"
+
+static struct ls_daemon_proc daemon;
+static char *work_dir;
+
+static void setup(void)
+{
+	work_dir = synth_mkdtemp("cli-catalog");
+	cr_assert_eq(ls_daemon_start(&daemon, NULL, NULL), 0, "lorastored did not start");
+}
+
+static void teardown(void)
+{
+	ls_daemon_cleanup(&daemon);
+	synth_rm_rf(work_dir);
+	free(work_dir);
+}
+
+TestSuite(cli_catalog, .init = setup, .fini = teardown, .timeout = 60);
+
+#define CLI(r, ...)                                                                        \
+	cr_assert_eq(ls_cli_run(daemon.socket, work_dir, (const char *const[]){__VA_ARGS__, NULL}, \
+				(r)),                                                      \
+		     0)
+
+/* A synthetic adapter in work_dir/sub (made with its parents); its path, malloc'd. */
+static char *adapter(const char *sub, enum synth_family family, uint64_t seed)
+{
+	char *dir = malloc(PATH_MAX);
+	snprintf(dir, PATH_MAX, "%s/%s", work_dir, sub);
+	for (char *p = dir + strlen(work_dir) + 1; *p; p++)
+		if (*p == '/') {
+			*p = '\0';
+			mkdir(dir, 0755);
+			*p = '/';
+		}
+	mkdir(dir, 0755);
+	struct synth_opts o = {.family = family, .seed = seed};
+	cr_assert_eq(synth_adapter_dir(dir, &o), 0);
+	return dir;
+}
+
+static cJSON *json_of(const struct ls_cli_result *r)
+{
+	cJSON *doc = cJSON_Parse(r->out);
+	cr_assert_not_null(doc, "not JSON (exit %d, stderr %s):\n%s", r->status, r->err, r->out);
+	return doc;
+}
+
+Test(cli_catalog, a_folder_named_like_every_training_output_needs_a_name)
+{
+	static const char *const dull[] = {"adapter", "outputs", "checkpoint-14", "final"};
+	for (size_t i = 0; i < sizeof(dull) / sizeof(dull[0]); i++) {
+		char sub[64];
+		snprintf(sub, sizeof(sub), "run%zu/%s", i, dull[i]);
+		char *dir = adapter(sub, SYNTH_GPT2, i);
+		struct ls_cli_result r;
+		CLI(&r, "import", dir);
+		cr_assert_eq(r.status, 1, "%s: exit %d", dull[i], r.status);
+		cr_assert(strstr(r.err, "--name"), "%s: %s", dull[i], r.err);
+		ls_cli_result_free(&r);
+		free(dir);
+	}
+	struct ls_cli_result r;
+	CLI(&r, "--json", "ls");
+	cJSON *doc = json_of(&r);
+	cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(doc, "adapters")), 0,
+		     "nothing was imported");
+	cJSON_Delete(doc);
+	ls_cli_result_free(&r);
+	/* A telling folder name is taken as the name. */
+	char *dir = adapter("acme-support", SYNTH_GPT2, 9);
+	CLI(&r, "import", dir);
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	cr_assert(strstr(r.out, "imported acme-support@1"), "%s", r.out);
+	ls_cli_result_free(&r);
+	free(dir);
+}
+
+Test(cli_catalog, importing_the_same_folder_again_says_unchanged)
+{
+	char *dir = adapter("a", SYNTH_LLAMA, 1);
+	struct ls_cli_result r;
+	CLI(&r, "import", dir, "--name", "t/a");
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	ls_cli_result_free(&r);
+	CLI(&r, "import", dir, "--name", "t/a");
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	cr_assert(strstr(r.out, "unchanged t/a@1"), "%s", r.out);
+	ls_cli_result_free(&r);
+	CLI(&r, "--json", "import", dir, "--name", "t/a");
+	cJSON *doc = json_of(&r);
+	const cJSON *im = cJSON_GetArrayItem(cJSON_GetObjectItem(doc, "imported"), 0);
+	cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(im, "unchanged")), "%s", r.out);
+	cr_assert_eq(cJSON_GetObjectItem(im, "version")->valuedouble, 1);
+	cJSON_Delete(doc);
+	ls_cli_result_free(&r);
+	free(dir);
+}
+
+Test(cli_catalog, a_version_for_another_base_model_needs_allow_new_base)
+{
+	char *llama = adapter("llama", SYNTH_LLAMA, 1), *bert = adapter("bert", SYNTH_BERT, 2);
+	struct ls_cli_result r;
+	CLI(&r, "import", llama, "--name", "t/m");
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	ls_cli_result_free(&r);
+	CLI(&r, "import", bert, "--name", "t/m");
+	cr_assert_eq(r.status, 1);
+	cr_assert(strstr(r.err, "base model") && strstr(r.err, "--allow-new-base"), "%s", r.err);
+	ls_cli_result_free(&r);
+	CLI(&r, "import", bert, "--name", "t/m", "--allow-new-base");
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	cr_assert(strstr(r.out, "imported t/m@2"), "%s", r.out);
+	ls_cli_result_free(&r);
+	/* ls names each version's base model, and filters by it. */
+	CLI(&r, "--json", "ls", "--base-model", "google-bert/bert-base-uncased");
+	cJSON *doc = json_of(&r);
+	const cJSON *arr = cJSON_GetObjectItem(doc, "adapters");
+	cr_assert_eq(cJSON_GetArraySize(arr), 1, "%s", r.out);
+	const cJSON *e = cJSON_GetArrayItem(arr, 0);
+	cr_assert_eq(cJSON_GetObjectItem(e, "version")->valuedouble, 2);
+	cr_assert_str_eq(cJSON_GetObjectItem(e, "base_model")->valuestring,
+			 "google-bert/bert-base-uncased");
+	cJSON_Delete(doc);
+	ls_cli_result_free(&r);
+	free(llama);
+	free(bert);
+}
+
+Test(cli_catalog, an_alias_is_listed_read_by_a_client_moved_and_removed)
+{
+	char *v1 = adapter("v1", SYNTH_LLAMA, 1), *v2 = adapter("v2", SYNTH_LLAMA, 2);
+	struct ls_cli_result r;
+	CLI(&r, "import", v1, "--name", "acme/support");
+	ls_cli_result_free(&r);
+	CLI(&r, "import", v2, "--name", "acme/support");
+	ls_cli_result_free(&r);
+	CLI(&r, "tag", "acme/support@1", "acme/support:prod");
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	cr_assert_str_eq(r.out, "acme/support:prod -> acme/support@1\n");
+	ls_cli_result_free(&r);
+	CLI(&r, "--json", "ls", "acme/");
+	cJSON *doc = json_of(&r);
+	const cJSON *arr = cJSON_GetObjectItem(doc, "adapters");
+	const cJSON *al = cJSON_GetObjectItem(cJSON_GetArrayItem(arr, 0), "aliases");
+	cr_assert_eq(cJSON_GetArraySize(al), 1, "%s", r.out);
+	cr_assert_str_eq(cJSON_GetArrayItem(al, 0)->valuestring, "acme/support:prod");
+	cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(cJSON_GetArrayItem(arr, 1), "aliases")),
+		     0);
+	cJSON_Delete(doc);
+	ls_cli_result_free(&r);
+
+	/* A client acquires through the alias. */
+	lorastore *conn;
+	cr_assert_eq(lorastore_connect(daemon.socket, &conn), 0);
+	lorastore_adapter *ad;
+	cr_assert_eq(lorastore_acquire(conn, "acme/support:prod", -1, &ad), 0, "%s",
+		     lorastore_errmsg(conn));
+	lorastore_adapter_info info;
+	cr_assert_eq(lorastore_adapter_info_get(ad, &info), 0);
+	cr_assert_eq(info.version, 1);
+	lorastore_adapter_release(ad);
+
+	/* The version it points at is not deleted; the alias moves, and then it may be. */
+	CLI(&r, "rm", "acme/support@1");
+	cr_assert_eq(r.status, 1);
+	cr_assert(strstr(r.err, "acme/support:prod"), "%s", r.err);
+	ls_cli_result_free(&r);
+	CLI(&r, "tag", "acme/support", "acme/support:prod");
+	cr_assert_str_eq(r.out, "acme/support:prod -> acme/support@2\n");
+	ls_cli_result_free(&r);
+	cr_assert_eq(lorastore_acquire(conn, "acme/support:prod", -1, &ad), 0, "%s",
+		     lorastore_errmsg(conn));
+	cr_assert_eq(lorastore_adapter_info_get(ad, &info), 0);
+	cr_assert_eq(info.version, 2, "an alias moved is seen at once");
+	lorastore_adapter_release(ad);
+	CLI(&r, "rm", "acme/support@1");
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	cr_assert(strstr(r.out, "deleted acme/support@1 (1 version, "), "%s", r.out);
+	ls_cli_result_free(&r);
+	CLI(&r, "untag", "acme/support:prod");
+	cr_assert_str_eq(r.out, "untagged acme/support:prod\n");
+	ls_cli_result_free(&r);
+	cr_assert_eq(lorastore_acquire(conn, "acme/support:prod", -1, &ad), LORASTORE_E_NOT_FOUND);
+	lorastore_close(conn);
+	free(v1);
+	free(v2);
+}
+
+Test(cli_catalog, rm_all_says_what_it_removed_and_frees_the_blobs)
+{
+	char *v1 = adapter("v1", SYNTH_GPT2, 1), *v2 = adapter("v2", SYNTH_GPT2, 2);
+	struct ls_cli_result r;
+	CLI(&r, "import", v1, "--name", "t/gone");
+	ls_cli_result_free(&r);
+	CLI(&r, "import", v2, "--name", "t/gone");
+	ls_cli_result_free(&r);
+	char blobs[PATH_MAX + 16];
+	snprintf(blobs, sizeof(blobs), "ls %s/blobs | wc -l", daemon.state);
+	FILE *p = popen(blobs, "r");
+	int n = -1;
+	cr_assert_eq(fscanf(p, "%d", &n), 1);
+	pclose(p);
+	cr_assert_eq(n, 2);
+	CLI(&r, "--json", "rm", "--all", "t/gone");
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	cJSON *doc = json_of(&r);
+	cr_assert_eq(cJSON_GetObjectItem(doc, "versions")->valuedouble, 2);
+	cr_assert_gt(cJSON_GetObjectItem(doc, "freed_bytes")->valuedouble, 0);
+	cr_assert_eq(cJSON_GetObjectItem(doc, "freed_bytes")->valuedouble,
+		     cJSON_GetObjectItem(doc, "blob_bytes")->valuedouble);
+	cJSON_Delete(doc);
+	ls_cli_result_free(&r);
+	p = popen(blobs, "r");
+	cr_assert_eq(fscanf(p, "%d", &n), 1);
+	pclose(p);
+	cr_assert_eq(n, 0, "the blobs went with their versions, without gc");
+	free(v1);
+	free(v2);
+}
