@@ -727,7 +727,7 @@ static int bench_setup(const char *work, const char *sock, const struct bench_ar
 			lorastore_adapter_info info;
 			lorastore_adapter_info_get(ad, &info);
 			*tensors = info.tensor_count;
-			*bytes = info.bytes;
+			*bytes = info.resident_bytes;
 			tx = bench_tx;
 			rx = bench_rx;
 			rc = lorastore_adapter_release(ad);

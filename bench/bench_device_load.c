@@ -316,7 +316,7 @@ int main(int argc, char **argv)
 		}
 		const lorastore_entry *e = lorastore_list_entry(l, 0);
 		snprintf(ad[i].blob, sizeof(ad[i].blob), "%s/blobs/%s.blob", dp.state, e->digest);
-		ad[i].data_bytes = e->bytes;
+		ad[i].data_bytes = e->tensor_bytes;
 		lorastore_list_free(l);
 		struct stat sb;
 		if (stat(ad[i].blob, &sb) != 0) {

@@ -227,7 +227,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, "%s: %s\n", ref, conn ? lorastore_errmsg(conn) : "");
 			goto out;
 		}
-		bytes += lorastore_list_entry(l, 0)->bytes;
+		bytes += lorastore_list_entry(l, 0)->resident_bytes;
 		lorastore_list_free(l);
 		synth_rm_rf(sub);
 	}

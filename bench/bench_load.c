@@ -84,7 +84,7 @@ struct bench_args {
 struct bench_adapter {
 	char ref[64];
 	char blob[PATH_MAX];
-	uint64_t data_bytes;   /* resident size: the blob's data region */
+	uint64_t data_bytes;   /* its tensors' bytes (tensor_bytes): what a load moves */
 	uint64_t blob_bytes;   /* the blob file */
 };
 
@@ -435,7 +435,7 @@ static int bench_import(lorastore *conn, const char *work, const char *state,
 		}
 		const lorastore_entry *e = lorastore_list_entry(l, 0);
 		bench_path(ad[i].blob, sizeof(ad[i].blob), "%s/blobs/%s.blob", state, e->digest);
-		ad[i].data_bytes = e->bytes;
+		ad[i].data_bytes = e->tensor_bytes;
 		lorastore_list_free(l);
 		struct stat sb;
 		if (stat(ad[i].blob, &sb) != 0) {

@@ -526,7 +526,7 @@ static int bench_import_all(const char *sock, const char *work, const struct ben
 		lorastore_list *l = NULL;
 		rc = lorastore_import_dir_entry(conn, dir, &io, &l);
 		if (rc == 0) {
-			*resident += lorastore_list_entry(l, 0)->bytes;
+			*resident += lorastore_list_entry(l, 0)->resident_bytes;
 			lorastore_list_free(l);
 		}
 	}

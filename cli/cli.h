@@ -9,6 +9,7 @@
 #include <cjson/cJSON.h>
 
 #include "lorastore.h"
+#include "ls_size.h"
 
 /* Exit statuses: 0 success, 1 error (message on stderr), 2 bad usage. */
 enum { LS_EXIT_OK = 0, LS_EXIT_ERROR = 1, LS_EXIT_USAGE = 2 };
@@ -29,8 +30,6 @@ int ls_cli_usage_error(const struct ls_cli *cli, const char *fmt, ...)
 int ls_cli_cmd_usage_error(const char *cmd, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
-/* Format a byte count as "32.0 MiB" (binary units, one decimal). */
-void ls_format_size(uint64_t bytes, char *buf, size_t len);
 
 /* ---- output.c: what the daemon commands share */
 
@@ -44,6 +43,12 @@ int ls_cli_parse_plain(const char *cmd, const char *help, int argc, char **argv,
 
 /* Connect as the global options say; prints the failure and returns LS_EXIT_ERROR. */
 int ls_cli_connect(const struct ls_cli *cli, const char *cmd, lorastore **out);
+
+/*
+ * msg without what the CLI's own "lorastore: CMD: SUBJECT: " says already: a
+ * leading "CMD: " or "SUBJECT: " (subject may be NULL), so each is said once.
+ */
+const char *ls_cli_message(const char *cmd, const char *subject, const char *msg);
 
 /* Print "lorastore: CMD: message" for rc on conn; returns LS_EXIT_ERROR. */
 int ls_cli_fail(const char *cmd, const lorastore *conn, int rc);
@@ -74,6 +79,8 @@ int ls_cmd_show(const struct ls_cli *cli, int argc, char **argv);
 int ls_cmd_rm(const struct ls_cli *cli, int argc, char **argv);
 int ls_cmd_tag(const struct ls_cli *cli, int argc, char **argv);
 int ls_cmd_untag(const struct ls_cli *cli, int argc, char **argv);
+/* lorastore export NAME[@V] DIR (catalog_cmds.c) */
+int ls_cmd_export(const struct ls_cli *cli, int argc, char **argv);
 /* lorastore load | evict NAME[@V] */
 int ls_cmd_load(const struct ls_cli *cli, int argc, char **argv);
 int ls_cmd_evict(const struct ls_cli *cli, int argc, char **argv);

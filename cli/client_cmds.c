@@ -27,11 +27,14 @@ static const char ls_ls_help[] =
 	"DESCRIPTION\n"
 	"    List every version whose name begins with PREFIX (all when none), in\n"
 	"    name and version order, one per line: name, version, the first 12 hex\n"
-	"    digits of the digest, rank, dtype, size in memory, tier (host, device,\n"
+	"    digits of the digest, rank, dtype, size (its tensors' bytes), tier (host, device,\n"
 	"    or disk when not resident), the number of leases held on it, its base\n"
 	"    model and the aliases pointing at it.\n"
 	"    With --json: {\"adapters\": [{\"name\", \"version\", \"digest\", \"rank\",\n"
-	"    \"bytes\", \"resident\", \"tier\", \"pins\", \"base_model\", \"aliases\"}]}.\n"
+	"    \"tensor_bytes\", \"resident_bytes\", \"blob_bytes\", \"resident\", \"tier\",\n"
+	"    \"pins\", \"base_model\", \"aliases\"}]}: tensor_bytes is the size shown,\n"
+	"    resident_bytes what it takes in host memory when resident, blob_bytes\n"
+	"    its blob file on disk.\n"
 	"\n"
 	"OPTIONS\n"
 	"    -b, --base-model MODEL\n"
@@ -106,7 +109,7 @@ static void ls_print_ls(const struct ls_pages *p, const char *base)
 			if (!ls_ls_keep(e, base))
 				continue;
 			char size[32];
-			ls_format_size(e->bytes, size, sizeof(size));
+			ls_format_size(e->tensor_bytes, size, sizeof(size));
 			printf("%-*s %7u  %-12.12s %5u %-6s %10s  %-11s %4u  %-*s  ", w, e->name,
 			       e->version, e->digest, e->rank, e->dtype, size, e->tier, e->pins, bw,
 			       *e->base_model ? e->base_model : "-");
@@ -114,6 +117,14 @@ static void ls_print_ls(const struct ls_pages *p, const char *base)
 				printf("%s%s", k ? "," : "", e->aliases[k]);
 			printf("%s\n", e->alias_count ? "" : "-");
 		}
+}
+
+/* The three sizes of e into o, under the names every surface uses. */
+static void ls_json_sizes(cJSON *o, const lorastore_entry *e)
+{
+	cJSON_AddNumberToObject(o, "tensor_bytes", (double)e->tensor_bytes);
+	cJSON_AddNumberToObject(o, "resident_bytes", (double)e->resident_bytes);
+	cJSON_AddNumberToObject(o, "blob_bytes", (double)e->blob_bytes);
 }
 
 /* "aliases": [...] of e into o. */
@@ -138,7 +149,7 @@ static cJSON *ls_json_ls(const struct ls_pages *p, const char *base)
 			cJSON_AddNumberToObject(o, "version", e->version);
 			cJSON_AddStringToObject(o, "digest", e->digest);
 			cJSON_AddNumberToObject(o, "rank", e->rank);
-			cJSON_AddNumberToObject(o, "bytes", (double)e->bytes);
+			ls_json_sizes(o, e);
 			cJSON_AddBoolToObject(o, "resident", e->resident);
 			cJSON_AddStringToObject(o, "tier", e->tier);
 			cJSON_AddNumberToObject(o, "pins", e->pins);
@@ -207,7 +218,8 @@ static const char ls_show_help[] =
 	"\n"
 	"DESCRIPTION\n"
 	"    Print the record of NAME@V (the latest version of NAME without @V):\n"
-	"    digest, generation, rank, scale, dtype, size, residency, creation time,\n"
+	"    digest, generation, rank, scale, dtype, size (tensor bytes), bytes in\n"
+	"    memory when resident, bytes on disk, residency, creation time,\n"
 	"    source, base model and aliases, then the tensor table (module, layer, kind,\n"
 	"    shape, dtype, offset in the data region, size).  With --json one object\n"
 	"    with those fields and \"tensors\": [{\"module\", \"layer\", \"kind\", \"shape\",\n"
@@ -217,8 +229,10 @@ static const char ls_show_help[] =
 static void ls_print_show(const lorastore_list *l)
 {
 	const lorastore_entry *e = lorastore_list_entry(l, 0);
-	char size[32], when[64];
-	ls_format_size(e->bytes, size, sizeof(size));
+	char size[32], mem[32], disk[32], when[64];
+	ls_format_size(e->tensor_bytes, size, sizeof(size));
+	ls_format_size(e->resident_bytes, mem, sizeof(mem));
+	ls_format_size(e->blob_bytes, disk, sizeof(disk));
 	ls_format_time(e->created_unix_ns, false, when, sizeof(when));
 	printf("name         %s\n", e->name);
 	printf("version      %u\n", e->version);
@@ -227,7 +241,11 @@ static void ls_print_show(const lorastore_list *l)
 	printf("rank         %u\n", e->rank);
 	printf("scale        %g\n", e->scale);
 	printf("dtype        %s\n", e->dtype);
-	printf("bytes        %s (%llu)\n", size, (unsigned long long)e->bytes);
+	printf("size         %s (%llu bytes of tensors)\n", size,
+	       (unsigned long long)e->tensor_bytes);
+	printf("in memory    %s (%llu, data region and table)\n", mem,
+	       (unsigned long long)e->resident_bytes);
+	printf("on disk      %s (%llu, the blob file)\n", disk, (unsigned long long)e->blob_bytes);
 	printf("resident     %s\n", e->resident ? "yes" : "no");
 	printf("tier         %s\n", e->tier);
 	printf("pins         %u\n", e->pins);
@@ -278,7 +296,7 @@ static cJSON *ls_json_show(const lorastore_list *l)
 	cJSON_AddNumberToObject(o, "rank", e->rank);
 	cJSON_AddNumberToObject(o, "scale", e->scale);
 	cJSON_AddStringToObject(o, "dtype", e->dtype);
-	cJSON_AddNumberToObject(o, "bytes", (double)e->bytes);
+	ls_json_sizes(o, e);
 	cJSON_AddBoolToObject(o, "resident", e->resident);
 	cJSON_AddStringToObject(o, "tier", e->tier);
 	cJSON_AddNumberToObject(o, "pins", e->pins);

@@ -52,7 +52,7 @@ static const char ls_import_help[] =
 	"        Print this manual.\n"
 	"\n"
 	"    With --json: {\"imported\": [{\"dir\", \"name\", \"version\", \"digest\",\n"
-	"    \"bytes\", \"tensors\", \"unchanged\"}], \"failed\": [{\"dir\", \"name\",\n"
+	"    \"tensor_bytes\", \"tensors\", \"unchanged\"}], \"failed\": [{\"dir\", \"name\",\n"
 	"    \"code\", \"message\"}]}.\n"
 	"\n"
 	"EXIT STATUS\n"
@@ -164,7 +164,13 @@ static int ls_import_one(lorastore *conn, const struct ls_import_args *a, const 
 		const char *msg = lorastore_errmsg(conn);
 		if (!msg || !*msg)
 			msg = lorastore_strerror(rc);
-		fprintf(stderr, "lorastore: import: %s: %s\n", dir, msg);
+		msg = ls_cli_message("import", dir, msg);
+		/* A message that begins with dir (or a file of it) names dir already. */
+		size_t dl = strlen(dir);
+		if (strncmp(msg, dir, dl) == 0 && (msg[dl] == '/' || msg[dl] == ' '))
+			fprintf(stderr, "lorastore: import: %s\n", msg);
+		else
+			fprintf(stderr, "lorastore: import: %s: %s\n", dir, msg);
 		if (failed) {
 			cJSON *f = cJSON_CreateObject();
 			cJSON_AddStringToObject(f, "dir", dir);
@@ -182,13 +188,13 @@ static int ls_import_one(lorastore *conn, const struct ls_import_args *a, const 
 		cJSON_AddStringToObject(j, "name", e->name);
 		cJSON_AddNumberToObject(j, "version", e->version);
 		cJSON_AddStringToObject(j, "digest", e->digest);
-		cJSON_AddNumberToObject(j, "bytes", (double)e->bytes);
+		cJSON_AddNumberToObject(j, "tensor_bytes", (double)e->tensor_bytes);
 		cJSON_AddNumberToObject(j, "tensors", (double)e->tensor_count);
 		cJSON_AddBoolToObject(j, "unchanged", e->unchanged);
 		cJSON_AddItemToArray(imported, j);
 	} else {
 		char size[32];
-		ls_format_size(e->bytes, size, sizeof(size));
+		ls_format_size(e->tensor_bytes, size, sizeof(size));
 		if (e->unchanged)
 			printf("unchanged %s@%u (%.12s, %s): the same content\n", e->name,
 			       e->version, e->digest, size);

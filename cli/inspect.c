@@ -10,16 +10,29 @@
 #include "cli.h"
 
 static const char ls_inspect_usage[] =
-	"Usage: lorastore [--json] inspect [--allow-nonfinite] DIR\n"
+	"NAME\n"
+	"    lorastore inspect - validate a PEFT adapter directory without a daemon\n"
 	"\n"
-	"Validate the PEFT LoRA adapter in DIR (adapter_config.json and\n"
-	"adapter_model.safetensors) as an import would, without a daemon, and print\n"
-	"its base model, rank, alpha, scales, dtypes, module count, the tensor table\n"
-	"(module path, layer, kind, shape, dtype), total bytes and every problem\n"
-	"found.  Non-finite values are reported as problems, unless\n"
-	"--allow-nonfinite accepts them as import --allow-nonfinite does.\n"
+	"SYNOPSIS\n"
+	"    lorastore [--json] inspect [--allow-nonfinite] DIR\n"
 	"\n"
-	"Exit status: 0 valid, 1 invalid adapter or unreadable files, 2 bad usage.\n";
+	"DESCRIPTION\n"
+	"    Validate the PEFT LoRA adapter in DIR (adapter_config.json and\n"
+	"    adapter_model.safetensors) as an import would, without a daemon, and\n"
+	"    print its base model, rank, alpha, scales, dtypes, module count, the\n"
+	"    tensor table (module path, layer, kind, shape, dtype), its size (the\n"
+	"    tensors' bytes, as import and ls give it) and\n"
+	"    every problem found.\n"
+	"\n"
+	"OPTIONS\n"
+	"    --allow-nonfinite\n"
+	"        Accept NaN and infinite values as import --allow-nonfinite does;\n"
+	"        without it they are reported as problems.\n"
+	"    -h, --help\n"
+	"        Print this manual.\n"
+	"\n"
+	"EXIT STATUS\n"
+	"    0 valid, 1 invalid adapter or unreadable files, 2 bad usage.\n";
 
 static void ls_shape_str(const struct ls_adapter_tensor *t, char *buf, size_t len)
 {
@@ -90,7 +103,7 @@ static void ls_print_text(const char *dir, const struct ls_adapter *ad)
 	       ls_count_kind(ad, LS_KIND_EXTRA), ls_count_kind(ad, LS_KIND_EXTRA) == 1 ? "" : "s",
 	       ls_count_kind(ad, LS_KIND_MAGNITUDE),
 	       ls_count_kind(ad, LS_KIND_MAGNITUDE) == 1 ? "" : "s");
-	printf("bytes        %s (%llu)\n", size, (unsigned long long)ad->bytes);
+	printf("size         %s (%llu bytes of tensors)\n", size, (unsigned long long)ad->bytes);
 
 	if (ls_scales_vary(ad)) {
 		printf("\n%-48s %5s %9s %9s\n", "MODULE", "RANK", "ALPHA", "SCALE");
@@ -143,7 +156,7 @@ static cJSON *ls_json_report(const char *dir, const struct ls_adapter *ad, bool 
 	cJSON_AddBoolToObject(o, "use_rslora", c->use_rslora);
 	cJSON_AddBoolToObject(o, "use_dora", c->use_dora);
 	cJSON_AddStringToObject(o, "dtype", ls_dtype_label(ad->dtype));
-	cJSON_AddNumberToObject(o, "bytes", (double)ad->bytes);
+	cJSON_AddNumberToObject(o, "tensor_bytes", (double)ad->bytes);
 	cJSON_AddNumberToObject(o, "modules", (double)ad->n_modules);
 
 	cJSON *scales = cJSON_AddArrayToObject(o, "scales");

@@ -14,7 +14,7 @@ static const char ls_usage[] =
 	"    lorastore - manage the LoRA adapters of lorastored\n"
 	"\n"
 	"SYNOPSIS\n"
-	"    lorastore [--socket PATH] [--json] COMMAND [ARGS...]\n"
+	"    lorastore [--socket PATH] [--connect-timeout MS] [--json] COMMAND [ARGS...]\n"
 	"    lorastore COMMAND --help\n"
 	"    lorastore --help | --version\n"
 	"\n"
@@ -24,7 +24,7 @@ static const char ls_usage[] =
 	"    and counters.  Every command but inspect talks to the daemon over its\n"
 	"    Unix socket.\n"
 	"\n"
-	"OPTIONS (before the command)\n"
+	"OPTIONS (before or after the command)\n"
 	"    --socket PATH\n"
 	"        The daemon's socket.  Default: $LORASTORE_SOCKET, else\n"
 	"        " LORASTORE_DEFAULT_SOCKET ".\n"
@@ -55,6 +55,8 @@ static const char ls_usage[] =
 	"        Point an alias (NAME:TAG) at a version (needs an admin).\n"
 	"    untag ALIAS\n"
 	"        Remove an alias (needs an admin).\n"
+	"    export NAME[@V] DIR\n"
+	"        Write a version as a PEFT directory (config and safetensors).\n"
 	"    load NAME[@V]\n"
 	"        Make a version resident without holding it.\n"
 	"    evict NAME[@V]\n"
@@ -95,6 +97,7 @@ static const struct ls_command ls_commands[] = {
 	{"rm", ls_cmd_rm},         {"load", ls_cmd_load},     {"evict", ls_cmd_evict},
 	{"stats", ls_cmd_stats},   {"verify", ls_cmd_verify}, {"gc", ls_cmd_gc},
 	{"rebuild", ls_cmd_rebuild}, {"tag", ls_cmd_tag},     {"untag", ls_cmd_untag},
+	{"export", ls_cmd_export},
 	{"inspect", ls_cmd_inspect},
 };
 
@@ -104,22 +107,6 @@ static const struct ls_command *ls_command_find(const char *name)
 		if (strcmp(ls_commands[i].name, name) == 0)
 			return &ls_commands[i];
 	return NULL;
-}
-
-void ls_format_size(uint64_t bytes, char *buf, size_t len)
-{
-	static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-	if (bytes < 1024) {
-		snprintf(buf, len, "%llu B", (unsigned long long)bytes);
-		return;
-	}
-	double v = (double)bytes;
-	int u = 0;
-	while (v >= 1024.0 && u < 5) {
-		v /= 1024.0;
-		u++;
-	}
-	snprintf(buf, len, "%.1f %s", v, units[u]);
 }
 
 int ls_cli_usage_error(const struct ls_cli *cli, const char *fmt, ...)
@@ -145,6 +132,67 @@ int ls_cli_cmd_usage_error(const char *cmd, const char *fmt, ...)
 	return LS_EXIT_USAGE;
 }
 
+/* --socket's argument: 0, or a usage error's exit status. */
+static int ls_set_socket(struct ls_cli *cli, const char *path)
+{
+	if (!*path)
+		return ls_cli_usage_error(cli, "--socket needs a path");
+	cli->socket = path;
+	return 0;
+}
+
+/* --connect-timeout's argument: 0, or a usage error's exit status. */
+static int ls_set_timeout(struct ls_cli *cli, const char *arg)
+{
+	char *end;
+	errno = 0;
+	long ms = strtol(arg, &end, 10);
+	if (!*arg || *end || errno || ms < 1 || ms > INT_MAX)
+		return ls_cli_usage_error(cli, "--connect-timeout needs milliseconds (1 or more), "
+					  "not '%s'",
+					  arg);
+	cli->connect_timeout_ms = (int)ms;
+	return 0;
+}
+
+/*
+ * The global options given after the command (lorastore ls --json): taken
+ * out of the command's arguments (up to a "--") and applied.  0, or a usage
+ * error's exit status.
+ */
+static int ls_take_global_options(struct ls_cli *cli, int *argc, char **argv)
+{
+	int out = 1;
+	for (int i = 1; i < *argc; i++) {
+		const char *a = argv[i];
+		if (strcmp(a, "--") == 0) {
+			while (i < *argc)
+				argv[out++] = argv[i++];
+			break;
+		}
+		int rc = -1;
+		if (strcmp(a, "--json") == 0) {
+			cli->json = true;
+			rc = 0;
+		} else if (strncmp(a, "--socket=", 9) == 0) {
+			rc = ls_set_socket(cli, a + 9);
+		} else if (strncmp(a, "--connect-timeout=", 18) == 0) {
+			rc = ls_set_timeout(cli, a + 18);
+		} else if (strcmp(a, "--socket") == 0 || strcmp(a, "--connect-timeout") == 0) {
+			if (i + 1 >= *argc)
+				return ls_cli_usage_error(cli, "option '%s' needs an argument", a);
+			rc = a[2] == 's' ? ls_set_socket(cli, argv[++i]) : ls_set_timeout(cli, argv[++i]);
+		}
+		if (rc > 0)
+			return rc;
+		if (rc < 0)
+			argv[out++] = argv[i];
+	}
+	argv[out] = NULL;
+	*argc = out;
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct ls_cli cli = {.json = false, .prog = argv[0], .socket = NULL};
@@ -166,19 +214,10 @@ int main(int argc, char **argv)
 			cli.json = true;
 			break;
 		case 's':
-			if (!*optarg)
-				return ls_cli_usage_error(&cli, "--socket needs a path");
-			cli.socket = optarg;
-			break;
 		case 't': {
-			char *end;
-			errno = 0;
-			long ms = strtol(optarg, &end, 10);
-			if (!*optarg || *end || errno || ms < 1 || ms > INT_MAX)
-				return ls_cli_usage_error(&cli, "--connect-timeout needs milliseconds "
-							  "(1 or more), not '%s'",
-							  optarg);
-			cli.connect_timeout_ms = (int)ms;
+			int st = c == 's' ? ls_set_socket(&cli, optarg) : ls_set_timeout(&cli, optarg);
+			if (st)
+				return st;
 			break;
 		}
 		case 'h':
@@ -199,6 +238,9 @@ int main(int argc, char **argv)
 	const char *cmd = argv[optind];
 	int cargc = argc - optind;
 	char **cargv = argv + optind;
+	int gst = ls_take_global_options(&cli, &cargc, cargv);
+	if (gst)
+		return gst;
 	/*
 	 * Each command parses its own arguments from cargv[1]; optind 0 makes
 	 * glibc start afresh, in its default order (options may follow operands).

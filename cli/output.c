@@ -1,5 +1,6 @@
 /* What the daemon commands of the CLI share: parsing, connecting, output. */
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,12 +33,30 @@ int ls_cli_parse_plain(const char *cmd, const char *help, int argc, char **argv,
 	return -1;
 }
 
+const char *ls_cli_message(const char *cmd, const char *subject, const char *msg)
+{
+	for (bool again = true; again && msg;) {
+		again = false;
+		size_t n = strlen(cmd);
+		if (strncmp(msg, cmd, n) == 0 && msg[n] == ':' && msg[n + 1] == ' ') {
+			msg += n + 2;
+			again = true;
+		}
+		n = subject ? strlen(subject) : 0;
+		if (n && strncmp(msg, subject, n) == 0 && msg[n] == ':' && msg[n + 1] == ' ') {
+			msg += n + 2;
+			again = true;
+		}
+	}
+	return msg;
+}
+
 int ls_cli_fail(const char *cmd, const lorastore *conn, int rc)
 {
 	const char *msg = conn ? lorastore_errmsg(conn) : "";
 	if (!msg || !*msg)
 		msg = lorastore_strerror(rc);
-	fprintf(stderr, "lorastore: %s: %s\n", cmd, msg);
+	fprintf(stderr, "lorastore: %s: %s\n", cmd, ls_cli_message(cmd, NULL, msg));
 	return LS_EXIT_ERROR;
 }
 

@@ -144,7 +144,14 @@ static void ls_adapter_info_fill(lorastore_adapter *ad, const struct ls_slab_map
 	info->scale = h->scale;
 	info->dtype = ls_dtype_from_str(ls_table_str(h, h->dtype));
 	info->tensor_count = h->n_tensors;
-	info->bytes = h->data_length;
+	info->tensor_bytes = 0;
+	for (uint32_t i = 0; i < h->n_tensors; i++) {
+		const struct ls_table_entry *e = ls_table_entry(h, i);
+		info->tensor_bytes += e ? e->bytes : 0;
+	}
+	/* What the lease's tier holds: a device tier's table is in host memory. */
+	info->resident_bytes =
+		ls_table_footprint_of(h->data_length, data->device >= 0 ? 0 : h->bytes);
 	info->tier = data->device >= 0 ? "device" : "host";
 	info->device = data->device;
 	info->device_uuid = data->device >= 0 ? data->uuid : "";

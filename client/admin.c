@@ -8,7 +8,6 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -25,56 +24,6 @@ static bool ls_dtype_option_ok(const char *d)
 	       strcmp(d, "f32") == 0;
 }
 
-/*
- * The adapter name a directory gives: its last path component, of the
- * resolved path so that "." and "dir/" name something.  Malloc'd.
- */
-static char *ls_dir_name(const char *dir)
-{
-	char *abs = realpath(dir, NULL);
-	const char *path = abs ? abs : dir;
-	size_t end = strlen(path);
-	while (end > 1 && path[end - 1] == '/')
-		end--;
-	size_t start = end;
-	while (start > 0 && path[start - 1] != '/')
-		start--;
-	char *name = strndup(path + start, end - start);
-	free(abs);
-	return name;
-}
-
-/*
- * Whether a directory's name says nothing of the adapter in it: what
- * training scripts and hubs call every adapter's folder.
- */
-static bool ls_dir_name_meaningless(const char *name)
-{
-	static const char *const words[] = {
-		"adapter", "adapters", "lora", "loras", "peft", "output", "outputs", "out",
-		"checkpoint", "checkpoints", "final", "final_checkpoint", "best", "last",
-		"latest", "model", "models", "tmp", "result", "results", "run", "runs",
-		"snapshot", "snapshots", "main",
-	};
-	for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
-		if (strcasecmp(name, words[i]) == 0)
-			return true;
-	/* checkpoint-14, checkpoint_14, step-500, epoch_3 */
-	static const char *const numbered[] = {"checkpoint", "step", "epoch", "global_step"};
-	for (size_t i = 0; i < sizeof(numbered) / sizeof(numbered[0]); i++) {
-		size_t n = strlen(numbered[i]);
-		if (strncasecmp(name, numbered[i], n) != 0)
-			continue;
-		const char *p = name + n;
-		if (*p == '-' || *p == '_')
-			p++;
-		if (*p && strspn(p, "0123456789") == strlen(p))
-			return true;
-	}
-	/* A Hugging Face cache snapshot: 40 hex digits of a commit. */
-	return strlen(name) == 40 && strspn(name, "0123456789abcdef") == 40;
-}
-
 LS_PUBLIC int lorastore_import_dir_entry(lorastore *conn, const char *dir,
 					 const lorastore_import_opts *opts, lorastore_list **out)
 {
@@ -83,30 +32,17 @@ LS_PUBLIC int lorastore_import_dir_entry(lorastore *conn, const char *dir,
 	*out = NULL;
 	if (!dir || !*dir || !opts)
 		return ls_conn_error(conn, -EINVAL, "import: no directory or no options");
-	char *from_dir = opts->name ? NULL : ls_dir_name(dir);
-	const char *name = opts->name ? opts->name : from_dir;
-	int rc = 0;
-	if (!name)
-		rc = ls_conn_error(conn, -ENOMEM, "out of memory");
-	else if (!*name)
-		rc = ls_conn_error(conn, LS_E_NAME_INVALID, "import: no adapter name given");
-	else if (from_dir && ls_dir_name_meaningless(name))
-		/* Every training run's folder is called that: two adapters would mix. */
-		rc = ls_conn_error(conn, LS_E_NAME_INVALID,
-				   "the directory's name '%s' says nothing of the adapter; give it "
-				   "a name (--name TENANT/NAME)",
-				   name);
-	else if (!ls_name_valid(name))
-		rc = ls_conn_error(conn, LS_E_NAME_INVALID,
-				   "'%.*s%s' is not an adapter name: a name has 1 to %d "
-				   "characters of [A-Za-z0-9._/-]%s",
-				   LS_NAME_MAX, name,
-				   strnlen(name, LS_NAME_MAX + 1) > LS_NAME_MAX ? "..." : "",
-				   LS_NAME_MAX, from_dir ? " (--name gives another)" : "");
+	/* hf:ORG/NAME and cache folders resolved, the name checked, the files looked at. */
+	struct ls_import_src *src = malloc(sizeof(*src));
+	if (!src)
+		return ls_conn_error(conn, -ENOMEM, "out of memory");
+	int rc = ls_import_source(conn, dir, opts->name, src);
 	if (rc) {
-		free(from_dir);
+		free(src);
 		return rc;
 	}
+	dir = src->dir;
+	const char *name = src->name;
 	const char *dtype = opts->dtype ? opts->dtype : "keep";
 	if (!ls_dtype_option_ok(dtype))
 		rc = ls_conn_error(conn, -EINVAL,
@@ -119,7 +55,7 @@ LS_PUBLIC int lorastore_import_dir_entry(lorastore *conn, const char *dir,
 		rc = ls_conn_error(conn, -e, "%s: %s", dir, strerror(e));
 	}
 	if (rc) {
-		free(from_dir);
+		free(src);
 		return rc;
 	}
 	int cfg = -1, weights = -1;
@@ -159,12 +95,12 @@ LS_PUBLIC int lorastore_import_dir_entry(lorastore *conn, const char *dir,
 		rc = ls_list_from_response(conn, resp, out);
 out:
 	free(abs);
-	free(from_dir);
 	if (cfg >= 0)
 		close(cfg);
 	if (weights >= 0)
 		close(weights);
 	close(dirfd);
+	free(src);
 	return rc;
 }
 

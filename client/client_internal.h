@@ -9,7 +9,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <limits.h>
+
 #include "frame.h"
+#include "ls_name.h"
 #include "table.h"
 #include "lorastore.h"
 
@@ -96,6 +99,22 @@ int ls_conn_check(lorastore *conn);
  * begins with what (the call's name).
  */
 int ls_ref_check(lorastore *conn, const char *what, const char *ref);
+
+/* What an import opens (import_source.c): the adapter's folder and its name. */
+struct ls_import_src {
+	char dir[PATH_MAX];
+	char name[LS_NAME_MAX + 1];
+};
+
+/*
+ * Resolve an import's path (a folder, a Hugging Face cache folder, or
+ * hf:ORG/NAME[@REV]) and its name (name, or NULL for the repository's or
+ * the folder's own), refusing a folder name that says nothing, a pickle
+ * (adapter_model.bin) and a folder of adapter folders.  0, or an error on
+ * conn.
+ */
+int ls_import_source(lorastore *conn, const char *arg, const char *name,
+		     struct ls_import_src *out);
 
 /* ---- socket I/O (conn.c) */
 

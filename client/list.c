@@ -88,7 +88,8 @@ static const char *ls_str(const char *s)
 }
 
 static void ls_entry_fill(lorastore_entry *e, const Lorastore__VersionRecord *r, int resident,
-			  const char *tier, uint32_t pins, size_t tensor_count, uint64_t bytes)
+			  const char *tier, uint32_t pins, size_t tensor_count,
+			  uint64_t resident_bytes)
 {
 	memset(e, 0, sizeof(*e));
 	e->name = ls_str(r->name);
@@ -98,7 +99,13 @@ static void ls_entry_fill(lorastore_entry *e, const Lorastore__VersionRecord *r,
 	e->rank = r->rank;
 	e->scale = r->scale;
 	e->dtype = r->dtype && *r->dtype ? r->dtype : "mixed";
-	e->bytes = bytes ? bytes : r->data_length;
+	e->tensor_bytes = r->tensor_bytes;
+	if (!e->tensor_bytes)
+		for (size_t i = 0; i < r->n_tensors; i++)
+			e->tensor_bytes += r->tensors[i] ? r->tensors[i]->length : 0;
+	/* A reply without it (an import's, a tag's) carries the tensors it is computed from. */
+	e->resident_bytes = resident_bytes ? resident_bytes : ls_table_footprint(r);
+	e->blob_bytes = r->blob_bytes;
 	e->tensor_count = tensor_count ? tensor_count : r->n_tensors;
 	e->resident = resident;
 	e->tier = tier && *tier ? tier : (resident ? "host" : "disk");

@@ -37,3 +37,19 @@ int ls_open_regular_at(int dirfd, const char *path, int *out)
 	*out = fd;
 	return 0;
 }
+
+int ls_write_all(int fd, const void *buf, size_t len, uint64_t offset)
+{
+	const char *p = buf;
+	while (len > 0) {
+		ssize_t n = pwrite(fd, p, len, (off_t)offset);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		p += n;
+		len -= (size_t)n;
+		offset += (uint64_t)n;
+	}
+	return 0;
+}

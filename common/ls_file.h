@@ -7,6 +7,9 @@
 #ifndef LS_FILE_H
 #define LS_FILE_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 /*
  * Open path (relative to dirfd, or AT_FDCWD) read-only and close-on-exec.
  * Returns 0 with the descriptor in *out, -EINVAL when it is not a regular
@@ -21,5 +24,8 @@ int ls_open_regular_at(int dirfd, const char *path, int *out);
  * "a socket", ...), or -errno of fstat.
  */
 int ls_fd_check_regular(int fd, const char **kind);
+
+/* pwrite until len bytes are written at offset; 0 or -errno. */
+int ls_write_all(int fd, const void *buf, size_t len, uint64_t offset);
 
 #endif

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "ls_size.h"
 #include "ls_file.h"
 #include "metrics.h"
 #include "server.h"
@@ -161,6 +162,7 @@ enum ls_job_kind {
 	LS_JOB_REBUILD,
 	LS_JOB_TAG,
 	LS_JOB_UNTAG,
+	LS_JOB_EXPORT,
 };
 
 struct ls_req_job {
@@ -178,8 +180,9 @@ struct ls_req_job {
 	Lorastore__VersionRecord *rec;  /* import, tag: the version answered */
 	bool unchanged;                 /* import: the latest version had this content */
 	/* delete, verify, tag */
-	char ref[LS_NAME_MAX + 16];
+	char ref[LS_ALIAS_MAX + 16];
 	char alias[LS_ALIAS_MAX + 1];   /* tag, untag */
+	struct ls_export exported;      /* export */
 	struct ls_deleted_gens deleted;  /* delete: what its transaction removed */
 	/*
 	 * Imports and deletes of one name run one at a time, in the order the
@@ -238,6 +241,9 @@ static void ls_job_run(struct ls_job *job)
 		break;
 	case LS_JOB_UNTAG:
 		j->rc = ls_store_untag(j->s->srv->store, j->alias, &j->err);
+		break;
+	case LS_JOB_EXPORT:
+		j->rc = ls_store_export(j->s->srv->store, j->ref, &j->exported, &j->err);
 		break;
 	case LS_JOB_DELETE:
 		j->rc = ls_store_delete(j->s->srv->store, j->ref, &j->deleted, &j->err);
@@ -316,16 +322,19 @@ static void ls_job_done(struct ls_job *job)
 		Lorastore__RebuildReply rr = LORASTORE__REBUILD_REPLY__INIT;
 		Lorastore__ImportReply ir = LORASTORE__IMPORT_REPLY__INIT;
 		Lorastore__DeleteReply dr = LORASTORE__DELETE_REPLY__INIT;
+		Lorastore__ExportReply er = LORASTORE__EXPORT_REPLY__INIT;
 		switch (j->kind) {
 		case LS_JOB_IMPORT:
 			if (j->unchanged)
 				ls_info("import of %s for uid %u: unchanged, the same content as "
 					"%s@%u",
 					j->name, (unsigned)s->cred.uid, j->rec->name, j->rec->version);
-			else
-				ls_info("imported %s@%u (%llu bytes) for uid %u", j->rec->name,
-					j->rec->version, (unsigned long long)j->rec->data_length,
-					(unsigned)s->cred.uid);
+			else {
+				char size[32];
+				ls_format_size(j->rec->tensor_bytes, size, sizeof(size));
+				ls_info("imported %s@%u (%s) for uid %u", j->rec->name,
+					j->rec->version, size, (unsigned)s->cred.uid);
+			}
 			ir.record = j->rec;
 			ir.unchanged = j->unchanged;
 			resp.body_case = LORASTORE__RESPONSE__BODY_IMPORTED;
@@ -333,9 +342,10 @@ static void ls_job_done(struct ls_job *job)
 			ls_session_send(s, &resp, -1);
 			break;
 		case LS_JOB_DELETE:
-			ls_info("deleted %s: %zu versions, %zu blobs removed (%llu bytes)", j->ref,
-				j->deleted.n, j->deleted.blobs_freed,
-				(unsigned long long)j->deleted.freed_bytes);
+			char freed[32];
+			ls_format_size(j->deleted.freed_bytes, freed, sizeof(freed));
+			ls_info("deleted %s: %zu versions, %zu blobs removed (%s)", j->ref,
+				j->deleted.n, j->deleted.blobs_freed, freed);
 			dr.versions = (uint32_t)j->deleted.n;
 			dr.blob_bytes = j->deleted.blob_bytes;
 			dr.freed_bytes = j->deleted.freed_bytes;
@@ -353,6 +363,15 @@ static void ls_job_done(struct ls_job *job)
 		case LS_JOB_UNTAG:
 			ls_info("alias %s removed (uid %u)", j->alias, (unsigned)s->cred.uid);
 			ls_send_done(s, j->id);
+			break;
+		case LS_JOB_EXPORT:
+			er.record = j->exported.rec;
+			er.config_json = j->exported.config_json;
+			er.safetensors_head.data = j->exported.head;
+			er.safetensors_head.len = j->exported.head_len;
+			resp.body_case = LORASTORE__RESPONSE__BODY_EXPORTED;
+			resp.exported = &er;
+			ls_session_send(s, &resp, -1);
 			break;
 		case LS_JOB_VERIFY:
 			vr.n_items = j->n_items;
@@ -388,9 +407,11 @@ static void ls_job_done(struct ls_job *job)
 		lorastore__verify_item__free_unpacked(j->items[i], NULL);
 	free(j->items);
 	free(j->deleted.gens);
+	ls_export_free(&j->exported);
 	if (j->key[0])
 		ls_name_job_done(srv, j);
-	bool big = j->kind == LS_JOB_IMPORT || j->kind == LS_JOB_VERIFY || j->kind == LS_JOB_GC;
+	bool big = j->kind == LS_JOB_IMPORT || j->kind == LS_JOB_VERIFY || j->kind == LS_JOB_GC ||
+		   j->kind == LS_JOB_EXPORT;
 	free(j);
 	/*
 	 * Imports and verifies allocate whole adapters on worker threads, whose
@@ -640,6 +661,21 @@ static void ls_on_tag(struct ls_session *s, Lorastore__Request *req, bool untag)
 		return;
 	snprintf(j->alias, sizeof(j->alias), "%s", tr->alias);
 	snprintf(j->ref, sizeof(j->ref), "%s", untag ? "" : tr->ref);
+	ls_job_submit(j);
+}
+
+/* Export: the catalog record and the blob's manifest read on a worker. */
+static void ls_on_export(struct ls_session *s, Lorastore__Request *req)
+{
+	struct ls_err err;
+	if (ls_ref_check_any(req->export->ref, &err)) {
+		ls_session_error(s, req->id, err.code, "%s", err.msg);
+		return;
+	}
+	struct ls_req_job *j = ls_job_new(s, req->id, LS_JOB_EXPORT);
+	if (!j)
+		return;
+	snprintf(j->ref, sizeof(j->ref), "%s", req->export->ref);
 	ls_job_submit(j);
 }
 
@@ -1378,6 +1414,9 @@ void ls_dispatch(struct ls_session *s, Lorastore__Request *req)
 		break;
 	case LORASTORE__REQUEST__BODY_TAG:
 		ls_on_tag(s, req, false);
+		break;
+	case LORASTORE__REQUEST__BODY_EXPORT:
+		ls_on_export(s, req);
 		break;
 	case LORASTORE__REQUEST__BODY_UNTAG:
 		ls_on_tag(s, req, true);

@@ -22,6 +22,7 @@
 
 #include "backend_cuda.h"
 #include "log.h"
+#include "ls_size.h"
 #include "metrics.h"
 #include "server.h"
 
@@ -304,9 +305,11 @@ static int ls_setup_devices(struct ls_server *srv)
 			ls_error("GPU %d (%s): %s", devs[i].ordinal, devs[i].uuid, err.msg);
 			return LS_E_BACKEND;
 		}
-		ls_info("device tier %u: GPU %d, %s, %s, budget %llu of %llu bytes free",
-			srv->res.n_tiers - 1, devs[i].ordinal, devs[i].uuid, devs[i].name,
-			(unsigned long long)budget, (unsigned long long)free_bytes);
+		char b_s[32], f_s[32];
+		ls_format_size(budget, b_s, sizeof(b_s));
+		ls_format_size(free_bytes, f_s, sizeof(f_s));
+		ls_info("device tier %u: GPU %d, %s, %s, budget %s of %s free",
+			srv->res.n_tiers - 1, devs[i].ordinal, devs[i].uuid, devs[i].name, b_s, f_s);
 	}
 	if (srv->n_devices == 0) {
 		const char *why = n == 0 ? "the driver reports no GPU"
@@ -401,9 +404,12 @@ int main(int argc, char **argv)
 	}
 	uint64_t host_free = 0, host_total = 0;
 	if (ls_backend_query_memory(&srv.backend, &host_free, &host_total) == 0 && host_total &&
-	    cfg.host_budget > host_total)
-		ls_warn("--host-budget %llu is more than this machine's %llu bytes of memory",
-			(unsigned long long)cfg.host_budget, (unsigned long long)host_total);
+	    cfg.host_budget > host_total) {
+		char b_s[32], t_s[32];
+		ls_format_size(cfg.host_budget, b_s, sizeof(b_s));
+		ls_format_size(host_total, t_s, sizeof(t_s));
+		ls_warn("--host-budget %s is more than this machine's %s of memory", b_s, t_s);
+	}
 	if (ls_setup_devices(&srv))
 		goto out;
 	srv.refcache = calloc(LS_REFCACHE_SIZE, sizeof(*srv.refcache));
@@ -431,11 +437,12 @@ int main(int argc, char **argv)
 	ls_tick_submit(&srv);
 	ls_workers_submit_read(&srv);
 	const char *backend = srv.n_devices ? "cuda" : "host";
-	ls_info("ready: state %s, backend %s (%u GPU%s), host budget %llu bytes, %u workers, "
+	char budget_s[32];
+	ls_format_size(cfg.host_budget, budget_s, sizeof(budget_s));
+	ls_info("ready: state %s, backend %s (%u GPU%s), host budget %s, %u workers, "
 		"event loop %s, at most %u clients",
-		cfg.state_dir, backend, srv.n_devices, srv.n_devices == 1 ? "" : "s",
-		(unsigned long long)cfg.host_budget, cfg.workers, ls_loop_name(&srv.loop),
-		srv.max_clients);
+		cfg.state_dir, backend, srv.n_devices, srv.n_devices == 1 ? "" : "s", budget_s,
+		cfg.workers, ls_loop_name(&srv.loop), srv.max_clients);
 	sd_notifyf(0, "READY=1\nSTATUS=serving, backend %s, event loop %s", backend,
 		   ls_loop_name(&srv.loop));
 

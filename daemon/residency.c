@@ -13,6 +13,7 @@
 
 #include <xxhash.h>
 
+#include "ls_size.h"
 #include "log.h"
 
 /* A table slab of a device tier (host memory): tables are kilobytes each. */
@@ -311,9 +312,10 @@ static int ls_slab_add(struct ls_tier *t, struct ls_backend *b, struct ls_slab_s
 	if (b == r->host_backend)
 		ls_host_slab_register(r, &slot->slab);
 	(*n)++;
-	ls_info("slab %u: %llu bytes (%s, %s tier %u)", slot->slab.id,
-		(unsigned long long)slot->slab.size, ls_backend_name(b), ls_tier_kind_name(t),
-		t->index);
+	char slab_size[32];
+	ls_format_size(slot->slab.size, slab_size, sizeof(slab_size));
+	ls_info("slab %u: %s (%s, %s tier %u)", slot->slab.id, slab_size, ls_backend_name(b),
+		ls_tier_kind_name(t), t->index);
 	return 0;
 }
 
@@ -743,13 +745,11 @@ static void ls_staging_ready(struct ls_waiter *w, struct ls_resident *h, int rc,
 
 /* ---- requests */
 
+_Static_assert(LS_TABLE_PAGE == LS_BLOB_PAGE, "resident pages are the blob's pages");
+
 uint64_t ls_res_footprint(const Lorastore__VersionRecord *rec)
 {
-	size_t table = ls_table_size(rec);
-	if (table == 0)
-		return 0;
-	return ls_align_up(rec->data_length ? rec->data_length : 1, LS_BLOB_PAGE) +
-	       ls_align_up(table, LS_BLOB_PAGE);
+	return ls_table_footprint(rec);
 }
 
 /*

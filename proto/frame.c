@@ -424,6 +424,8 @@ static int check_request_body(const Lorastore__Request *req, const char *kind,
 		return ref_required(req->load, kind, err);
 	case LORASTORE__REQUEST__BODY_EVICT:
 		return ref_required(req->evict, kind, err);
+	case LORASTORE__REQUEST__BODY_EXPORT:
+		return ref_required(req->export, kind, err);
 	case LORASTORE__REQUEST__BODY_ACQUIRE:
 		if (!req->acquire->ref || !req->acquire->ref[0])
 			return ls_err_set(err, LS_E_PROTOCOL,

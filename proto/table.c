@@ -298,3 +298,16 @@ const struct ls_table_entry *ls_table_find(const struct ls_table_hdr *h, const c
 	}
 	return NULL;
 }
+
+uint64_t ls_table_footprint_of(uint64_t data_length, uint64_t table_length)
+{
+	uint64_t page = LS_TABLE_PAGE;
+	uint64_t data = data_length ? data_length : 1;
+	return (data + page - 1) / page * page + (table_length + page - 1) / page * page;
+}
+
+uint64_t ls_table_footprint(const Lorastore__VersionRecord *rec)
+{
+	size_t table = ls_table_size(rec);
+	return table ? ls_table_footprint_of(rec->data_length, table) : 0;
+}

@@ -71,6 +71,20 @@ struct ls_table_entry {
 /* Bytes of the table of rec (0 when rec cannot have one: too many strings, dims). */
 size_t ls_table_size(const Lorastore__VersionRecord *rec);
 
+/* Resident memory comes in pages of this size (the blob's page, LS_BLOB_PAGE). */
+#define LS_TABLE_PAGE 4096u
+
+/*
+ * resident_bytes: what a version takes in memory when resident, its data
+ * region (data_length) and its table (table_length), each rounded up to
+ * whole pages.  One formula for the daemon's admission, its listings and
+ * the client's adapter info.
+ */
+uint64_t ls_table_footprint_of(uint64_t data_length, uint64_t table_length);
+
+/* ls_table_footprint_of rec's data region and table (0 when rec cannot have a table). */
+uint64_t ls_table_footprint(const Lorastore__VersionRecord *rec);
+
 /*
  * Write rec's table into dst (size bytes, at least ls_table_size(rec),
  * 8-byte aligned).  Returns 0, -ENOMEM, or -EINVAL when rec is malformed

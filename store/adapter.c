@@ -496,9 +496,21 @@ int ls_adapter_analyze(int config_fd, int st_fd, const char *label,
 			return ls_err_set(err, rc, "%s: %s", label, strerror(-rc));
 	}
 
-	for (size_t i = 0; i < out->n_problems; i++)
-		if (out->problems[i].fatal)
-			return ls_err_set(err, out->problems[i].code, "%s", out->problems[i].message);
+	for (size_t i = 0; i < out->n_problems; i++) {
+		const struct ls_problem *p = &out->problems[i];
+		if (!p->fatal)
+			continue;
+		if (p->code != LS_E_NONFINITE)
+			return ls_err_set(err, p->code, "%s", p->message);
+		/* Say how many tensors hold them, and the way to accept them. */
+		size_t n = 0;
+		for (size_t k = 0; k < out->n_problems; k++)
+			n += out->problems[k].fatal && out->problems[k].code == LS_E_NONFINITE;
+		return ls_err_set(err, p->code,
+				  "%s; %zu tensor%s in all hold%s NaN or infinite values "
+				  "(--allow-nonfinite, allow_nonfinite=True in Python, accepts them)",
+				  p->message, n, n == 1 ? "" : "s", n == 1 ? "s" : "");
+	}
 	return 0;
 }
 

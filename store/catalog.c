@@ -170,6 +170,10 @@ static int version_decode(const MDB_val *key, const MDB_val *val,
 		lorastore__version_record__free_unpacked(rec, NULL);
 		return rc;
 	}
+	/* Records written before tensor_bytes existed: the sum of their tensors. */
+	if (rec->tensor_bytes == 0)
+		for (size_t i = 0; i < rec->n_tensors; i++)
+			rec->tensor_bytes += rec->tensors[i] ? rec->tensors[i]->length : 0;
 	*out = rec;
 	return 0;
 }
@@ -666,7 +670,7 @@ static int version_read(struct ls_catalog *cat, MDB_txn *txn, const char *name, 
 	MDB_val v;
 	int rc = mdb_get(txn, cat->versions, &k, &v);
 	if (rc == MDB_NOTFOUND)
-		return ls_err_set(err, LS_E_NOT_FOUND, "catalog: no adapter %.*s@%u", (int)len,
+		return ls_err_set(err, LS_E_NOT_FOUND, "no adapter %.*s@%u", (int)len,
 				  name, version);
 	if (rc)
 		return cat_mdb_fail(err, rc, "read a version");
@@ -850,7 +854,7 @@ int ls_catalog_get(struct ls_catalog *cat, const char *name, uint32_t version,
 	*out = NULL;
 	if (!ls_name_valid(name))
 		return ls_err_set(err, LS_E_NOT_FOUND,
-				  "catalog: no adapter \"%.*s\" (not a valid adapter name)",
+				  "no adapter \"%.*s\" (not a valid adapter name)",
 				  LS_NAME_MAX + 1, name ? name : "");
 	size_t len = strlen(name);
 	MDB_txn *txn;
@@ -863,7 +867,7 @@ int ls_catalog_get(struct ls_catalog *cat, const char *name, uint32_t version,
 		if (rc)
 			goto out;
 		if (st.latest_version == 0) {
-			rc = ls_err_set(err, LS_E_NOT_FOUND, "catalog: no adapter %s", name);
+			rc = ls_err_set(err, LS_E_NOT_FOUND, "no adapter %s", name);
 			goto out;
 		}
 		version = st.latest_version;
@@ -873,7 +877,7 @@ int ls_catalog_get(struct ls_catalog *cat, const char *name, uint32_t version,
 	MDB_val v;
 	rc = mdb_get(txn, cat->versions, &k, &v);
 	if (rc == MDB_NOTFOUND)
-		rc = ls_err_set(err, LS_E_NOT_FOUND, "catalog: no adapter %s@%u", name, version);
+		rc = ls_err_set(err, LS_E_NOT_FOUND, "no adapter %s@%u", name, version);
 	else if (rc)
 		rc = cat_mdb_fail(err, rc, "read a version");
 	else
@@ -1081,7 +1085,7 @@ static int delete_body(struct ls_catalog *cat, MDB_txn *txn, void *varg, struct 
 	if (rc)
 		return rc;
 	if (st.version_count == 0)
-		return ls_err_set(err, LS_E_NOT_FOUND, "catalog: no adapter %s", a->name);
+		return ls_err_set(err, LS_E_NOT_FOUND, "no adapter %s", a->name);
 
 	uint8_t kb[LS_VKEY_MAX];
 	MDB_val k, v;
@@ -1090,7 +1094,7 @@ static int delete_body(struct ls_catalog *cat, MDB_txn *txn, void *varg, struct 
 		k.mv_data = kb;
 		rc = mdb_get(txn, cat->versions, &k, &v);
 		if (rc == MDB_NOTFOUND)
-			return ls_err_set(err, LS_E_NOT_FOUND, "catalog: no adapter %s@%u",
+			return ls_err_set(err, LS_E_NOT_FOUND, "no adapter %s@%u",
 					  a->name, a->version);
 		if (rc)
 			return cat_mdb_fail(err, rc, "read a version");
@@ -1144,7 +1148,7 @@ static int delete_body(struct ls_catalog *cat, MDB_txn *txn, void *varg, struct 
 	if (rc && rc != MDB_NOTFOUND)
 		return cat_mdb_fail(err, rc, "list the versions to delete");
 	if (a->deleted.n == 0)
-		return ls_err_set(err, LS_E_NOT_FOUND, "catalog: no adapter %s", a->name);
+		return ls_err_set(err, LS_E_NOT_FOUND, "no adapter %s", a->name);
 	for (size_t i = 0; i < a->deleted.n; i++) {
 		k.mv_size = vkey_make(kb, a->name, a->len, a->deleted.recs[i]->version);
 		k.mv_data = kb;
@@ -1163,7 +1167,7 @@ int ls_catalog_delete(struct ls_catalog *cat, const char *name, uint32_t version
 {
 	if (!ls_name_valid(name))
 		return ls_err_set(err, LS_E_NOT_FOUND,
-				  "catalog: no adapter \"%.*s\" (not a valid adapter name)",
+				  "no adapter \"%.*s\" (not a valid adapter name)",
 				  LS_NAME_MAX + 1, name ? name : "");
 	struct delete_arg a = {name, strlen(name), version, {0}};
 	int rc = cat_write(cat, delete_body, &a, err);
@@ -1199,7 +1203,7 @@ static int tag_body(struct ls_catalog *cat, MDB_txn *txn, void *varg, struct ls_
 		if (rc)
 			return rc;
 		if (st.latest_version == 0)
-			return ls_err_set(err, LS_E_NOT_FOUND, "catalog: no adapter %s", a->name);
+			return ls_err_set(err, LS_E_NOT_FOUND, "no adapter %s", a->name);
 		version = st.latest_version;
 	}
 	int rc = version_read(cat, txn, a->name, len, version, &a->rec, err);
@@ -1258,7 +1262,7 @@ static int untag_body(struct ls_catalog *cat, MDB_txn *txn, void *varg, struct l
 	MDB_val old;
 	int rc = mdb_get(txn, cat->aliases, &ak, &old);
 	if (rc == MDB_NOTFOUND)
-		return ls_err_set(err, LS_E_NOT_FOUND, "catalog: no alias %s", alias);
+		return ls_err_set(err, LS_E_NOT_FOUND, "no alias %s", alias);
 	if (rc)
 		return cat_mdb_fail(err, rc, "read an alias");
 	uint8_t ob[LS_VKEY_MAX];
@@ -1294,7 +1298,7 @@ int ls_catalog_get_alias(struct ls_catalog *cat, const char *alias,
 	MDB_val vk, v;
 	rc = mdb_get(txn, cat->aliases, &ak, &vk);
 	if (rc == MDB_NOTFOUND) {
-		rc = ls_err_set(err, LS_E_NOT_FOUND, "catalog: no alias %s", alias);
+		rc = ls_err_set(err, LS_E_NOT_FOUND, "no alias %s", alias);
 		goto out;
 	}
 	if (rc) {

@@ -30,22 +30,6 @@ int ls_read_all(int fd, void *buf, size_t len, uint64_t offset)
 	return 0;
 }
 
-int ls_write_all(int fd, const void *buf, size_t len, uint64_t offset)
-{
-	const char *p = buf;
-	while (len > 0) {
-		ssize_t n = pwrite(fd, p, len, (off_t)offset);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		p += n;
-		len -= (size_t)n;
-		offset += (uint64_t)n;
-	}
-	return 0;
-}
-
 int ls_tmpfile_create(int dir_fd, const char *tag, char *name, size_t name_len)
 {
 	for (int attempt = 0; attempt < 16; attempt++) {

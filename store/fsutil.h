@@ -5,11 +5,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ls_file.h" /* ls_write_all */
+
 /* pread until len bytes are read; LS_E_TRUNCATED at end of file, or -errno. */
 int ls_read_all(int fd, void *buf, size_t len, uint64_t offset);
 
-/* pwrite until len bytes are written; 0 or -errno. */
-int ls_write_all(int fd, const void *buf, size_t len, uint64_t offset);
 
 /*
  * Create a new file "tmp-<tag>-<random>" in dir_fd with O_EXCL, mode 0640;

@@ -258,8 +258,11 @@ void ls_record_from_manifest(Lorastore__VersionRecord *rec,
 	rec->scales = m->scales;
 	rec->n_tensors = m->n_tensors;
 	rec->tensors = m->tensors;
-	rec->blob_length = hdr->file_length;
+	rec->blob_bytes = hdr->file_length;
 	rec->data_length = m->data_length;
+	rec->tensor_bytes = 0;
+	for (size_t i = 0; i < m->n_tensors; i++)
+		rec->tensor_bytes += m->tensors[i]->length;
 	rec->dtype = m->dtype;
 	rec->rank = m->config ? m->config->r : 0;
 	for (size_t i = 0; i < m->n_scales; i++)
@@ -586,7 +589,7 @@ static int ls_unlink_ref(void *ud, const Lorastore__VersionRecord *rec)
 		/* Out of memory, a blob stays for gc. */
 		if (dg && sz) {
 			memcpy(dg[d->n_digests], rec->digest.data, LS_DIGEST_LEN);
-			sz[d->n_digests++] = rec->blob_length;
+			sz[d->n_digests++] = rec->blob_bytes;
 		}
 	}
 	if (d->out) {

@@ -179,6 +179,27 @@ struct ls_rebuild_stats {
  */
 int ls_store_rebuild(struct ls_store *store, struct ls_rebuild_stats *stats, struct ls_err *err);
 
+/*
+ * A version as the PEFT directory it came from (export.c): the text of
+ * adapter_config.json, and the head of adapter_model.safetensors (its 8-byte
+ * length and JSON header) after which come the data of rec->tensors, in
+ * that order, back to back (tensor i: rec->tensors[i]->length bytes, found
+ * at its offset in the version's data region).  Imported again, the two
+ * files give the same digest (the dtype and the metadata are the stored
+ * ones: a version converted at import comes out converted).
+ */
+struct ls_export {
+	Lorastore__VersionRecord *rec;
+	char *config_json;
+	uint8_t *head;
+	size_t head_len;
+};
+
+/* Export ref: 0, or the errors of ls_store_lookup and ls_blob_open, -ENOMEM. */
+int ls_store_export(struct ls_store *store, const char *ref, struct ls_export *out,
+		    struct ls_err *err);
+void ls_export_free(struct ls_export *e);
+
 /* A deep copy of a record (free with lorastore__version_record__free_unpacked). */
 Lorastore__VersionRecord *ls_record_copy(const Lorastore__VersionRecord *rec);
 

@@ -52,9 +52,10 @@ int main(int argc, char **argv)
 
 	lorastore_adapter_info info;
 	lorastore_adapter_info_get(ad, &info);
-	printf("%s@%u: rank %u, scale %g, %zu tensors, %llu bytes in %s memory\n", info.name,
-	       info.version, info.rank, info.scale, info.tensor_count,
-	       (unsigned long long)info.bytes, info.tier);
+	printf("%s@%u: rank %u, scale %g, %zu tensors of %llu bytes, %llu bytes in %s memory\n",
+	       info.name, info.version, info.rank, info.scale, info.tensor_count,
+	       (unsigned long long)info.tensor_bytes, (unsigned long long)info.resident_bytes,
+	       info.tier);
 
 	const char *module = argc > 2 ? argv[2] : NULL;
 	lorastore_kind kind = argc > 3 && strcmp(argv[3], "B") == 0 ? LORASTORE_KIND_B

@@ -154,8 +154,11 @@ typedef struct lorastore_adapter_info {
 	double scale;                  /* alpha / r (or / sqrt(r)) of modules without a pattern */
 	lorastore_dtype dtype;         /* of the LoRA tensors; 0 when mixed */
 	size_t tensor_count;
-	uint64_t bytes;                /* bytes of tensor data (the blob's data region); on
-					  the host tier the table takes a page or more beside */
+	uint64_t tensor_bytes;         /* the adapter's size: its tensors' bytes, summed */
+	uint64_t resident_bytes;       /* what it takes in its tier's memory: its data
+					  region (the tensors at aligned offsets) and its
+					  table, each in whole pages; on a device tier the
+					  data region alone (its table is in host memory) */
 	const char *tier;              /* "host" or "device" */
 	int device;                    /* device tier: the GPU's CUDA ordinal in this
 					  process; -1 on host */
@@ -287,7 +290,11 @@ typedef struct lorastore_entry {
 	uint32_t rank;
 	double scale;
 	const char *dtype;             /* "F16", ..., or "mixed" */
-	uint64_t bytes;                /* resident size (data region and tensor table) */
+	uint64_t tensor_bytes;         /* the adapter's size: its tensors' bytes, summed */
+	uint64_t resident_bytes;       /* what it takes in host memory when resident there
+					  (lorastore_adapter_info.resident_bytes of a host
+					  lease) */
+	uint64_t blob_bytes;           /* what its blob file takes on disk */
 	size_t tensor_count;
 	int resident;
 	const char *tier;              /* "host", "device" or "disk" */
@@ -543,6 +550,21 @@ int lorastore_tag(lorastore *conn, const char *alias, const char *ref, lorastore
 
 /* Remove alias.  Needs an admin.  Errors: LORASTORE_E_NOT_FOUND, -EPERM. */
 int lorastore_untag(lorastore *conn, const char *alias);
+
+/*
+ * Write version ref as a PEFT directory: dir/adapter_config.json and
+ * dir/adapter_model.safetensors, the tensors under their names in the file
+ * imported, in the dtype stored (a version converted at import comes out
+ * converted), with the file's metadata.  PEFT loads the directory, and
+ * importing it again gives the same digest.  dir is made when missing and
+ * must not hold either file; the files appear complete or not at all.  The
+ * data is read from a host-tier lease (the version is loaded if needed).
+ * The "name@version" exported goes to exported (len bytes; may be NULL).
+ * Errors: LORASTORE_E_NOT_FOUND, -EEXIST, -errno of the files, those of
+ * lorastore_acquire.
+ */
+int lorastore_export(lorastore *conn, const char *ref, const char *dir, char *exported,
+		     size_t len);
 
 /* Make ref resident without taking a lease. */
 int lorastore_load(lorastore *conn, const char *ref);

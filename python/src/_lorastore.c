@@ -692,7 +692,8 @@ LS_ADAPTER_GET(generation, PyLong_FromUnsignedLongLong(a->info.generation))
 LS_ADAPTER_GET(rank, PyLong_FromUnsignedLong(a->info.rank))
 LS_ADAPTER_GET(scale, PyFloat_FromDouble(a->info.scale))
 LS_ADAPTER_GET(tier, PyUnicode_FromString(a->tier))
-LS_ADAPTER_GET(bytes, PyLong_FromUnsignedLongLong(a->info.bytes))
+LS_ADAPTER_GET(tensor_bytes, PyLong_FromUnsignedLongLong(a->info.tensor_bytes))
+LS_ADAPTER_GET(resident_bytes, PyLong_FromUnsignedLongLong(a->info.resident_bytes))
 LS_ADAPTER_GET(device, PyLong_FromLong(a->info.device))
 LS_ADAPTER_GET(device_uuid, PyUnicode_FromString(a->uuid))
 LS_ADAPTER_GET(tensor_count, PyLong_FromSize_t(a->info.tensor_count))
@@ -796,10 +797,12 @@ static PyObject *ls_entry_dict(const lorastore_entry *e)
 	if (!aliases)
 		return NULL;
 	PyObject *d = Py_BuildValue(
-		"{s:s,s:I,s:s,s:K,s:I,s:d,s:s,s:K,s:n,s:O,s:s,s:I,s:L,s:s,s:s,s:N}", "name", e->name,
-		"version", e->version, "digest", e->digest, "generation",
+		"{s:s,s:I,s:s,s:K,s:I,s:d,s:s,s:K,s:K,s:K,s:n,s:O,s:s,s:I,s:L,s:s,s:s,s:N}", "name",
+		e->name, "version", e->version, "digest", e->digest, "generation",
 		(unsigned long long)e->generation, "rank", e->rank, "scale", e->scale, "dtype",
-		e->dtype, "bytes", (unsigned long long)e->bytes, "tensor_count",
+		e->dtype, "tensor_bytes", (unsigned long long)e->tensor_bytes, "resident_bytes",
+		(unsigned long long)e->resident_bytes, "blob_bytes",
+		(unsigned long long)e->blob_bytes, "tensor_count",
 		(Py_ssize_t)e->tensor_count, "resident", e->resident ? Py_True : Py_False, "tier",
 		e->tier, "pins", e->pins, "created_unix_ns", (long long)e->created_unix_ns,
 		"base_model", e->base_model, "source", e->source, "aliases", aliases);
@@ -1059,6 +1062,26 @@ static PyObject *ls_connection_tag(ls_Connection *c, PyObject *args)
 	PyObject *d = ls_entry_dict(lorastore_list_entry(l, 0));
 	lorastore_list_free(l);
 	return d;
+}
+
+static PyObject *ls_connection_export(ls_Connection *c, PyObject *args)
+{
+	const char *ref;
+	PyObject *path_o;
+	if (!PyArg_ParseTuple(args, "sO&", &ref, PyUnicode_FSConverter, &path_o))
+		return NULL;
+	if (ls_conn_open(c)) {
+		Py_DECREF(path_o);
+		return NULL;
+	}
+	const char *path = PyBytes_AsString(path_o);
+	int rc;
+	char msg[512] = "", exported[512] = "";
+	LS_BLOCKING(c, rc, msg, lorastore_export(c->conn, ref, path, exported, sizeof(exported)));
+	Py_DECREF(path_o);
+	if (rc)
+		return ls_raise(rc, msg);
+	return PyUnicode_FromString(exported);
 }
 
 static PyObject *ls_connection_untag(ls_Connection *c, PyObject *args)
@@ -1369,6 +1392,9 @@ static PyMethodDef ls_connection_methods[] = {
 	{"tag", (PyCFunction)ls_connection_tag, METH_VARARGS,
 	 "tag(ref, alias)\n--\n\nPoint alias (NAME:TAG) at ref; returns its version's entry.  "
 	 "Needs an admin peer."},
+	{"export", (PyCFunction)ls_connection_export, METH_VARARGS,
+	 "export(ref, path)\n--\n\nWrite a version as a PEFT directory; returns the "
+	 "name@version written."},
 	{"untag", (PyCFunction)ls_connection_untag, METH_VARARGS,
 	 "untag(alias)\n--\n\nRemove alias.  Needs an admin peer."},
 	{"evict", (PyCFunction)ls_connection_evict, METH_VARARGS,
@@ -1477,7 +1503,10 @@ static PyGetSetDef ls_adapter_getset[] = {
 	{"scale", (getter)ls_adapter_get_scale, NULL, "alpha / r (or / sqrt(r)).", NULL},
 	{"dtype", (getter)ls_adapter_get_dtype, NULL, "F32, F16, BF16 or mixed.", NULL},
 	{"tier", (getter)ls_adapter_get_tier, NULL, "\"host\" or \"device\".", NULL},
-	{"bytes", (getter)ls_adapter_get_bytes, NULL, "Bytes of tensor data.", NULL},
+	{"tensor_bytes", (getter)ls_adapter_get_tensor_bytes, NULL,
+	 "The adapter's size: its tensors' bytes.", NULL},
+	{"resident_bytes", (getter)ls_adapter_get_resident_bytes, NULL,
+	 "Bytes it takes in its tier's memory.", NULL},
 	{"device", (getter)ls_adapter_get_device, NULL, "The CUDA ordinal; -1 on host.", NULL},
 	{"device_uuid", (getter)ls_adapter_get_device_uuid, NULL, "The GPU's UUID; \"\" on host.",
 	 NULL},

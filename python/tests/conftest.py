@@ -23,6 +23,11 @@ def daemon_binary() -> Path:
     return build / "daemon" / "lorastored"
 
 
+def cli_binary() -> Path:
+    build = Path(os.environ.get("LS_BINARY_DIR", REPO / "build"))
+    return build / "cli" / "lorastore"
+
+
 class Daemon:
     def __init__(self, root: Path, *args: str):
         self.root = root

@@ -60,3 +60,37 @@ def test_deleting_every_version_asks_for_all_and_says_what_went(conn):
     assert removed["versions"] == 1
     assert removed["freed_bytes"] == removed["blob_bytes"] > 0
     assert conn.list("cat/gone") == []
+
+
+def test_an_exported_version_imports_again_to_the_same_digest(conn, tmp_path):
+    entry = conn.import_dir(FIXTURES / "roberta-patterns", name="cat/exp")
+    assert conn.export("cat/exp", tmp_path / "out") == "cat/exp@1"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors"]
+    again = conn.import_dir(tmp_path / "out", name="cat/exp")
+    assert again["unchanged"] is True
+    assert again["digest"] == entry["digest"]
+    with pytest.raises(lorastore.Error, match="already holds"):
+        conn.export("cat/exp", tmp_path / "out")
+
+
+def test_each_size_is_one_number_in_python_and_the_cli_json(conn, daemon):
+    import json
+    import subprocess
+
+    from conftest import cli_binary
+
+    entry = conn.import_dir(FIXTURES / "smollm-f16", name="cat/sized")
+    shown = conn.show("cat/sized")
+    listed = conn.list("cat/sized")[0]
+    for key in ("tensor_bytes", "resident_bytes", "blob_bytes"):
+        assert entry[key] == shown[key] == listed[key], key
+    with conn.acquire("cat/sized") as ad:
+        assert ad.tensor_bytes == shown["tensor_bytes"]
+        assert ad.resident_bytes == shown["resident_bytes"]
+        assert "bytes" not in dir(ad)
+    out = subprocess.run([str(cli_binary()), "--socket", daemon.socket, "--json", "show",
+                          "cat/sized"], check=True, capture_output=True, text=True).stdout
+    cli = json.loads(out)
+    for key in ("tensor_bytes", "resident_bytes", "blob_bytes"):
+        assert cli[key] == shown[key], key

@@ -505,3 +505,14 @@ def test_a_device_tier_adapter_on_a_cuda_model_shares_the_gpu_copy(gpu_daemon, l
     gc.collect()
     assert conn.live_leases == 0
     conn.close()
+
+
+# --- export ---------------------------------------------------------------
+
+def test_an_exported_adapter_loads_in_peft_with_the_logits_of_the_original(conn, llama, tmp_path):
+    base, adapters = llama
+    conn.import_dir(adapters["patterns"], name="llama/export")
+    conn.export("llama/export", tmp_path / "exported")
+    want = logits(peft.PeftModel.from_pretrained(load_llama(base), adapters["patterns"]))
+    got = logits(peft.PeftModel.from_pretrained(load_llama(base), tmp_path / "exported"))
+    assert torch.equal(got, want)

@@ -63,7 +63,7 @@ static Lorastore__VersionRecord *record_new(const char *name, size_t ntensors, s
 	rec->digest.len = 32;
 	rec->digest.data = calloc(1, 32);
 	memset(rec->digest.data, 0xab, 32);
-	rec->blob_length = 4096;
+	rec->blob_bytes = 4096;
 	rec->data_length = 1000;
 	rec->created_unix_ns = 1700000000000000000LL;
 	rec->source = strdup("/srv/adapters/x");
@@ -722,7 +722,7 @@ Test(catalog, full_map_grows_and_every_record_survives_reopen, .timeout = 120)
 		snprintf(name, sizeof(name), "big/adapter-%u", i);
 		free(rec->name);
 		rec->name = strdup(name);
-		rec->blob_length = i;
+		rec->blob_bytes = i;
 		cr_assert_eq(ls_catalog_add(cat, rec, NULL, NULL, &err), 0, "add %u: %s", i,
 			     err.msg);
 	}
@@ -740,7 +740,7 @@ Test(catalog, full_map_grows_and_every_record_survives_reopen, .timeout = 120)
 		Lorastore__VersionRecord *got;
 		cr_assert_eq(ls_catalog_get(cat, name, 0, &got, &err), 0, "%s: %s", name, err.msg);
 		cr_assert_eq(got->n_tensors, 200);
-		cr_assert_eq(got->blob_length, i);
+		cr_assert_eq(got->blob_bytes, i);
 		cr_assert_eq(got->tensors[199]->offset, 199 * 131072);
 		lorastore__version_record__free_unpacked(got, NULL);
 	}

@@ -15,6 +15,7 @@
 
 #include "cli_run.h"
 #include "daemon_proc.h"
+#include "ls_size.h"
 #include "synth.h"
 
 static struct ls_daemon_proc daemon;
@@ -235,4 +236,121 @@ Test(cli_catalog, rm_all_says_what_it_removed_and_frees_the_blobs)
 	cr_assert_eq(n, 0, "the blobs went with their versions, without gc");
 	free(v1);
 	free(v2);
+}
+
+Test(cli_catalog, export_writes_a_directory_that_imports_back_unchanged)
+{
+	char *dir = adapter("src", SYNTH_LLAMA, 7);
+	struct ls_cli_result r;
+	CLI(&r, "import", dir, "--name", "t/exp");
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	ls_cli_result_free(&r);
+	char out[PATH_MAX];
+	snprintf(out, sizeof(out), "%s/exported", work_dir);
+	CLI(&r, "export", "t/exp", out);
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	char want[PATH_MAX + 32];
+	snprintf(want, sizeof(want), "exported t/exp@1 to %s\n", out);
+	cr_assert_str_eq(r.out, want);
+	ls_cli_result_free(&r);
+	CLI(&r, "import", out, "--name", "t/exp");
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	cr_assert(strstr(r.out, "unchanged t/exp@1"), "the same digest: %s", r.out);
+	ls_cli_result_free(&r);
+	CLI(&r, "export", "t/exp", out);
+	cr_assert_eq(r.status, 1, "a directory holding an adapter is not written over");
+	cr_assert(strstr(r.err, "already holds"), "%s", r.err);
+	ls_cli_result_free(&r);
+	free(dir);
+}
+
+static double num(const cJSON *o, const char *key)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+	cr_assert(cJSON_IsNumber(v), "no number \"%s\" in %s", key, cJSON_PrintUnformatted(o));
+	return v->valuedouble;
+}
+
+Test(cli_catalog, each_size_is_one_number_on_every_surface)
+{
+	char *dir = adapter("sized", SYNTH_BERT, 5);
+	struct ls_cli_result r;
+	CLI(&r, "--json", "inspect", dir);
+	cJSON *doc = json_of(&r);
+	double tensor = num(doc, "tensor_bytes");
+	cJSON_Delete(doc);
+	ls_cli_result_free(&r);
+
+	CLI(&r, "--json", "import", dir, "--name", "t/sized");
+	doc = json_of(&r);
+	cr_assert_eq(num(cJSON_GetArrayItem(cJSON_GetObjectItem(doc, "imported"), 0),
+			 "tensor_bytes"),
+		     tensor, "import and inspect disagree on the size");
+	char digest[65];
+	snprintf(digest, sizeof(digest), "%s",
+		 cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(doc, "imported"), 0),
+				     "digest")
+			 ->valuestring);
+	cJSON_Delete(doc);
+	ls_cli_result_free(&r);
+
+	CLI(&r, "--json", "ls", "t/sized");
+	doc = json_of(&r);
+	const cJSON *e = cJSON_GetArrayItem(cJSON_GetObjectItem(doc, "adapters"), 0);
+	cr_assert_eq(num(e, "tensor_bytes"), tensor, "ls and inspect disagree on the size");
+	double resident = num(e, "resident_bytes"), blob = num(e, "blob_bytes");
+	cr_assert_gt(resident, tensor);
+	cJSON_Delete(doc);
+	ls_cli_result_free(&r);
+
+	CLI(&r, "--json", "show", "t/sized");
+	doc = json_of(&r);
+	cr_assert_eq(num(doc, "tensor_bytes"), tensor);
+	cr_assert_eq(num(doc, "resident_bytes"), resident);
+	cr_assert_eq(num(doc, "blob_bytes"), blob);
+	double sum = 0;
+	const cJSON *t;
+	cJSON_ArrayForEach(t, cJSON_GetObjectItem(doc, "tensors"))
+		sum += num(t, "bytes");
+	cr_assert_eq(sum, tensor, "the size is the tensors' bytes summed");
+	cJSON_Delete(doc);
+	ls_cli_result_free(&r);
+
+	char path[PATH_MAX + 96];
+	snprintf(path, sizeof(path), "%s/blobs/%s.blob", daemon.state, digest);
+	struct stat st;
+	cr_assert_eq(stat(path, &st), 0, "%s", path);
+	cr_assert_eq((double)st.st_size, blob, "blob_bytes is the blob file's size");
+
+	/* Resident: what the tier counts, and what a client's lease says. */
+	lorastore *conn;
+	cr_assert_eq(lorastore_connect(daemon.socket, &conn), 0);
+	lorastore_adapter *ad;
+	cr_assert_eq(lorastore_acquire(conn, "t/sized", -1, &ad), 0, "%s", lorastore_errmsg(conn));
+	lorastore_adapter_info info;
+	cr_assert_eq(lorastore_adapter_info_get(ad, &info), 0);
+	cr_assert_eq((double)info.tensor_bytes, tensor);
+	cr_assert_eq((double)info.resident_bytes, resident);
+	CLI(&r, "--json", "stats");
+	doc = json_of(&r);
+	cr_assert_eq(num(cJSON_GetArrayItem(cJSON_GetObjectItem(doc, "tiers"), 0), "used"), resident,
+		     "the host tier holds resident_bytes for its one adapter");
+	cJSON_Delete(doc);
+	ls_cli_result_free(&r);
+	lorastore_adapter_release(ad);
+	lorastore_close(conn);
+
+	/* The text says the same size everywhere. */
+	char want[32];
+	ls_format_size((uint64_t)tensor, want, sizeof(want));
+	CLI(&r, "ls", "t/sized");
+	cr_assert(strstr(r.out, want), "ls does not show %s:\n%s", want, r.out);
+	ls_cli_result_free(&r);
+	CLI(&r, "show", "t/sized");
+	cr_assert(strstr(r.out, want), "show does not show %s:\n%s", want, r.out);
+	ls_cli_result_free(&r);
+	CLI(&r, "inspect", dir);
+	cr_assert(strstr(r.out, want), "inspect does not show %s:\n%s", want, r.out);
+	ls_cli_result_free(&r);
+	free(dir);
 }

@@ -199,7 +199,8 @@ Test(cli_usage, program_help_is_a_manual_listing_every_command)
 	static const char *const want[] = {"NAME", "SYNOPSIS", "DESCRIPTION", "EXIT STATUS",
 					   "LORASTORE_SOCKET", "--socket", "--json", "import",
 					   "ls [--base-model MODEL] [PREFIX]", "show", "rm", "load",
-					   "evict", "stats", "verify", "gc", "inspect", "tag", "untag"};
+					   "evict", "stats", "verify", "gc", "inspect", "tag", "untag",
+					   "export"};
 	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
 		cr_assert_not_null(strstr(r.out, want[i]), "\"%s\" not in --help", want[i]);
 	cr_assert_str_empty(r.err);
@@ -209,7 +210,7 @@ Test(cli_usage, program_help_is_a_manual_listing_every_command)
 Test(cli_usage, every_command_has_its_own_help)
 {
 	static const char *const cmds[] = {"import", "ls", "show",   "rm", "load",    "evict",
-					   "stats",  "verify", "gc", "inspect", "tag", "untag"};
+					   "stats",  "verify", "gc", "inspect", "tag", "untag", "export"};
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
 		struct run r = RUN(cmds[i], "--help");
 		cr_assert_eq(r.status, 0, "%s --help: exit %d", cmds[i], r.status);
@@ -265,6 +266,54 @@ Test(cli_usage, socket_option_overrides_the_environment)
 	assert_no_daemon(RUN("--socket", other, "ls"), "ls", other);
 	assert_no_daemon(RUN("--socket=" "/nonexistent/lorastore.sock", "stats"), "stats",
 			 "/nonexistent/lorastore.sock");
+}
+
+Test(cli_usage, global_options_after_the_command_are_taken)
+{
+	char other[PATH_MAX];
+	snprintf(other, sizeof(other), "%s/after.sock", work_dir);
+	assert_no_daemon(RUN("ls", "--socket", other), "ls", other);
+	assert_no_daemon(RUN("stats", "--json", "--socket=/nonexistent/x.sock"), "stats",
+			 "/nonexistent/x.sock");
+	assert_no_daemon(RUN("show", "t/a", "--connect-timeout", "50", "--socket", other), "show",
+			 other);
+	assert_usage(RUN("ls", "--socket"), "'--socket' needs an argument");
+	struct run r = RUN("ls", "--connect-timeout", "soon");
+	cr_assert_eq(r.status, 2, "exit %d: %s", r.status, r.err);
+	cr_assert_not_null(strstr(r.err, "--connect-timeout needs milliseconds"), "%s", r.err);
+	run_free(&r);
+}
+
+Test(cli_usage, every_option_of_a_command_is_in_its_synopsis)
+{
+	static const char *const cmds[] = {"import", "ls",   "show",   "rm",   "load",
+					   "evict",  "stats", "verify", "gc",   "inspect",
+					   "tag",    "untag", "export", "rebuild"};
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+		struct run r = RUN(cmds[i], "--help");
+		cr_assert_eq(r.status, 0);
+		const char *syn = strstr(r.out, "SYNOPSIS\n");
+		cr_assert_not_null(syn, "%s --help has no SYNOPSIS:\n%s", cmds[i], r.out);
+		const char *end = strstr(syn, "\n\n");
+		size_t syn_len = end ? (size_t)(end - syn) : strlen(syn);
+		for (const char *p = strstr(r.out, "--"); p; p = strstr(p + 2, "--")) {
+			size_t n = 2;
+			while ((p[n] >= 'a' && p[n] <= 'z') || p[n] == '-')
+				n++;
+			char opt[64];
+			snprintf(opt, sizeof(opt), "%.*s", (int)n, p);
+			if (n == 2 || strcmp(opt, "--help") == 0)
+				continue;
+			bool found = false;
+			for (const char *q = syn; q && q < syn + syn_len; q = strstr(q + 1, opt))
+				if ((size_t)(q - syn) < syn_len && strncmp(q, opt, n) == 0 &&
+				    !((q[n] >= 'a' && q[n] <= 'z') || q[n] == '-'))
+					found = true;
+			cr_assert(found, "%s --help names %s but its synopsis does not:\n%.*s",
+				  cmds[i], opt, (int)syn_len, syn);
+		}
+		run_free(&r);
+	}
 }
 
 Test(cli_usage, inspect_still_works_without_a_daemon)

@@ -258,7 +258,7 @@ static struct entry_facts entry_of(lorastore *conn, const char *ref)
 	f.found = 1;
 	f.resident = e->resident;
 	f.pins = e->pins;
-	f.bytes = e->bytes;
+	f.bytes = e->resident_bytes;
 	lorastore_list_free(l);
 	return f;
 }

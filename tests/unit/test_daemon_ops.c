@@ -1216,7 +1216,7 @@ Test(daemon_ops, cli_end_to_end_json_shapes, .timeout = 60)
 	cr_assert_eq(json_num(e, "version"), 1);
 	cr_assert_str_eq(json_str(e, "digest"), digest);
 	cr_assert_eq(json_num(e, "rank"), 8);
-	cr_assert_gt(json_num(e, "bytes"), 0);
+	cr_assert_gt(json_num(e, "tensor_bytes"), 0);
 	cr_assert(cJSON_IsFalse(json_get(e, "resident")));
 	cr_assert_str_eq(json_str(e, "tier"), "disk");
 	cr_assert_eq(json_num(e, "pins"), 0);

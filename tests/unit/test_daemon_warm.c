@@ -148,8 +148,8 @@ Test(warm, listing_and_show_give_the_resident_size_the_tier_holds_once_loaded)
 		     lorastore_errmsg(conn));
 	cr_assert_eq(lorastore_show(conn, "w/size", &show), 0, "%s", lorastore_errmsg(conn));
 	cr_assert_eq(lorastore_list_count(ls), 1);
-	uint64_t listed = lorastore_list_entry(ls, 0)->bytes;
-	uint64_t shown = lorastore_list_entry(show, 0)->bytes;
+	uint64_t listed = lorastore_list_entry(ls, 0)->resident_bytes;
+	uint64_t shown = lorastore_list_entry(show, 0)->resident_bytes;
 	lorastore_list_free(ls);
 	lorastore_list_free(show);
 	cr_assert_eq(listed, shown, "ls says %llu bytes, show %llu", (unsigned long long)listed,

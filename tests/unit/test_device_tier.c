@@ -513,12 +513,12 @@ static void fill_with_mixed_sizes(lorastore *conn, bool device)
 		/* A device copy is its data region; a host copy adds its table (show). */
 		lorastore_adapter_info info;
 		cr_assert_eq(lorastore_adapter_info_get(ad, &info), 0);
-		uint64_t bytes = info.bytes;
+		uint64_t bytes = info.resident_bytes;
 		cr_assert_eq(lorastore_adapter_release(ad), 0);
 		if (!device) {
 			lorastore_list *l = NULL;
 			cr_assert_eq(lorastore_show(conn, name, &l), 0);
-			bytes = lorastore_list_entry(l, 0)->bytes;
+			bytes = lorastore_list_entry(l, 0)->resident_bytes;
 			lorastore_list_free(l);
 		}
 		lorastore_tier_stats ta = tier_stats(conn, device);

@@ -95,7 +95,7 @@ Test(store, import_assigns_version_digest_and_generation)
 	cr_assert_eq(rec->rank, 8);
 	cr_assert_eq(rec->n_tensors, synth_tensor_count(&o));
 	cr_assert_str_eq(rec->dtype, "F16");
-	cr_assert_eq(rec->blob_length % LS_BLOB_PAGE, 0);
+	cr_assert_eq(rec->blob_bytes % LS_BLOB_PAGE, 0);
 	for (size_t i = 0; i < rec->n_tensors; i++)
 		cr_assert_eq(rec->tensors[i]->offset % LS_BLOB_ALIGN, 0, "tensor %zu misaligned", i);
 	lorastore__version_record__free_unpacked(rec, NULL);
@@ -138,11 +138,11 @@ Test(store, one_content_under_two_names_is_two_versions_of_one_blob)
 	cr_assert_eq(ls_store_delete(store, "g/one", &d, &err), 0, "%s", err.msg);
 	cr_assert_eq(d.n, 1);
 	cr_assert_eq(d.freed_bytes, 0);
-	cr_assert_eq(d.blob_bytes, r1->blob_length);
+	cr_assert_eq(d.blob_bytes, r1->blob_bytes);
 	free(d.gens);
 	cr_assert_eq(count_files("blobs"), 1);
 	cr_assert_eq(ls_store_delete(store, "g/two", &d, &err), 0, "%s", err.msg);
-	cr_assert_eq(d.freed_bytes, r2->blob_length, "the last user of a blob frees it");
+	cr_assert_eq(d.freed_bytes, r2->blob_bytes, "the last user of a blob frees it");
 	cr_assert_eq(d.blobs_freed, 1);
 	free(d.gens);
 	cr_assert_eq(count_files("blobs"), 0);

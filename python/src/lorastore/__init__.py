@@ -136,7 +136,11 @@ class Adapter:
     scale = property(lambda self: self._a.scale, doc="alpha / r (or / sqrt(r)).")
     dtype = property(lambda self: self._a.dtype, doc="F32, F16, BF16 or mixed.")
     tier = property(lambda self: self._a.tier, doc='"host" or "device".')
-    bytes = property(lambda self: self._a.bytes, doc="Bytes of tensor data.")
+    tensor_bytes = property(lambda self: self._a.tensor_bytes,
+                            doc="The adapter's size: its tensors' bytes (as ls and show give it).")
+    resident_bytes = property(lambda self: self._a.resident_bytes,
+                              doc="Bytes it takes in its tier's memory (data region and table"
+                                  " pages; a device tier's table is in host memory).")
     device = property(lambda self: self._a.device, doc="CUDA ordinal; -1 on host.")
     device_uuid = property(lambda self: self._a.device_uuid, doc='GPU UUID; "" on host.')
     released = property(lambda self: self._a.released, doc="True after release().")
@@ -272,6 +276,12 @@ class Connection:
     def untag(self, alias: str) -> None:
         """Remove alias."""
         self._c.untag(alias)
+
+    def export(self, ref: str, path) -> str:
+        """Write version ref into folder path (made when missing, holding neither file) as
+        adapter_config.json and adapter_model.safetensors, which PEFT loads and which import
+        again to the same digest; returns the "name@version" written."""
+        return self._c.export(ref, path)
 
     def evict(self, ref: str) -> None:
         """Drop a version from the daemon's memory."""
