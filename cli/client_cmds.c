@@ -127,12 +127,86 @@ static void ls_json_sizes(cJSON *o, const lorastore_entry *e)
 	cJSON_AddNumberToObject(o, "blob_bytes", (double)e->blob_bytes);
 }
 
-/* "aliases": [...] of e into o. */
-static void ls_json_aliases(cJSON *o, const lorastore_entry *e)
+/*
+ * The fields of one version, the same set for ls and show, and the same as
+ * the Python package's dicts (python/tests/test_catalog.py holds them equal).
+ */
+static void ls_json_entry(cJSON *o, const lorastore_entry *e)
 {
+	char when[64];
+	ls_format_time(e->created_unix_ns, true, when, sizeof(when));
+	cJSON_AddStringToObject(o, "name", e->name);
+	cJSON_AddNumberToObject(o, "version", e->version);
+	cJSON_AddStringToObject(o, "digest", e->digest);
+	cJSON_AddNumberToObject(o, "generation", (double)e->generation);
+	cJSON_AddNumberToObject(o, "rank", e->rank);
+	cJSON_AddNumberToObject(o, "scale", e->scale);
+	cJSON_AddStringToObject(o, "dtype", e->dtype);
+	ls_json_sizes(o, e);
+	cJSON_AddNumberToObject(o, "tensor_count", (double)e->tensor_count);
+	cJSON_AddBoolToObject(o, "resident", e->resident);
+	cJSON_AddStringToObject(o, "tier", e->tier);
+	cJSON_AddNumberToObject(o, "pins", e->pins);
+	if (*when)
+		cJSON_AddStringToObject(o, "created", when);
+	else
+		cJSON_AddNullToObject(o, "created");
+	if (*e->base_model)
+		cJSON_AddStringToObject(o, "base_model", e->base_model);
+	else
+		cJSON_AddNullToObject(o, "base_model");
+	cJSON_AddStringToObject(o, "source", e->source);
 	cJSON *arr = cJSON_AddArrayToObject(o, "aliases");
 	for (size_t k = 0; k < e->alias_count; k++)
 		cJSON_AddItemToArray(arr, cJSON_CreateString(e->aliases[k]));
+}
+
+/* An array of n strings, or the regex string when there is one. */
+static cJSON *ls_json_strings(const char *const *v, size_t n)
+{
+	cJSON *arr = cJSON_CreateArray();
+	for (size_t i = 0; arr && i < n; i++)
+		cJSON_AddItemToArray(arr, cJSON_CreateString(v[i]));
+	return arr;
+}
+
+/* The PEFT config of entry i under PEFT's field names (as Python's "peft_config"). */
+static cJSON *ls_json_peft_config(const lorastore_list *l, size_t i)
+{
+	lorastore_peft_config c;
+	if (lorastore_list_peft_config(l, i, &c))
+		return cJSON_CreateNull();
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "peft_type", "LORA");
+	cJSON_AddNumberToObject(o, "r", c.r);
+	cJSON_AddNumberToObject(o, "lora_alpha", c.lora_alpha);
+	if (c.target_regex)
+		cJSON_AddStringToObject(o, "target_modules", c.target_regex);
+	else
+		cJSON_AddItemToObject(o, "target_modules",
+				      ls_json_strings(c.target_modules, c.n_target_modules));
+	cJSON_AddBoolToObject(o, "use_rslora", c.use_rslora);
+	for (int alpha = 0; alpha < 2; alpha++) {
+		cJSON *p = cJSON_AddObjectToObject(o, alpha ? "alpha_pattern" : "rank_pattern");
+		size_t n = alpha ? c.n_alpha_pattern : c.n_rank_pattern;
+		for (size_t j = 0; p && j < n; j++) {
+			const char *key;
+			double value;
+			if (lorastore_list_peft_pattern(l, i, alpha, j, &key, &value) == 0)
+				cJSON_AddNumberToObject(p, key, value);
+		}
+	}
+	cJSON_AddBoolToObject(o, "fan_in_fan_out", c.fan_in_fan_out);
+	cJSON_AddStringToObject(o, "bias", c.bias);
+	cJSON_AddBoolToObject(o, "use_dora", c.use_dora);
+	if (c.base_model)
+		cJSON_AddStringToObject(o, "base_model_name_or_path", c.base_model);
+	else
+		cJSON_AddNullToObject(o, "base_model_name_or_path");
+	cJSON_AddItemToObject(o, "modules_to_save",
+			      ls_json_strings(c.modules_to_save, c.n_modules_to_save));
+	cJSON_AddStringToObject(o, "task_type", c.task_type);
+	return o;
 }
 
 static cJSON *ls_json_ls(const struct ls_pages *p, const char *base)
@@ -145,19 +219,7 @@ static cJSON *ls_json_ls(const struct ls_pages *p, const char *base)
 			if (!ls_ls_keep(e, base))
 				continue;
 			cJSON *o = cJSON_CreateObject();
-			cJSON_AddStringToObject(o, "name", e->name);
-			cJSON_AddNumberToObject(o, "version", e->version);
-			cJSON_AddStringToObject(o, "digest", e->digest);
-			cJSON_AddNumberToObject(o, "rank", e->rank);
-			ls_json_sizes(o, e);
-			cJSON_AddBoolToObject(o, "resident", e->resident);
-			cJSON_AddStringToObject(o, "tier", e->tier);
-			cJSON_AddNumberToObject(o, "pins", e->pins);
-			if (*e->base_model)
-				cJSON_AddStringToObject(o, "base_model", e->base_model);
-			else
-				cJSON_AddNullToObject(o, "base_model");
-			ls_json_aliases(o, e);
+			ls_json_entry(o, e);
 			cJSON_AddItemToArray(arr, o);
 		}
 	return doc;
@@ -286,30 +348,9 @@ static void ls_print_show(const lorastore_list *l)
 static cJSON *ls_json_show(const lorastore_list *l)
 {
 	const lorastore_entry *e = lorastore_list_entry(l, 0);
-	char when[64];
-	ls_format_time(e->created_unix_ns, true, when, sizeof(when));
 	cJSON *o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "name", e->name);
-	cJSON_AddNumberToObject(o, "version", e->version);
-	cJSON_AddStringToObject(o, "digest", e->digest);
-	cJSON_AddNumberToObject(o, "generation", (double)e->generation);
-	cJSON_AddNumberToObject(o, "rank", e->rank);
-	cJSON_AddNumberToObject(o, "scale", e->scale);
-	cJSON_AddStringToObject(o, "dtype", e->dtype);
-	ls_json_sizes(o, e);
-	cJSON_AddBoolToObject(o, "resident", e->resident);
-	cJSON_AddStringToObject(o, "tier", e->tier);
-	cJSON_AddNumberToObject(o, "pins", e->pins);
-	if (*when)
-		cJSON_AddStringToObject(o, "created", when);
-	else
-		cJSON_AddNullToObject(o, "created");
-	cJSON_AddStringToObject(o, "source", e->source);
-	if (*e->base_model)
-		cJSON_AddStringToObject(o, "base_model", e->base_model);
-	else
-		cJSON_AddNullToObject(o, "base_model");
-	ls_json_aliases(o, e);
+	ls_json_entry(o, e);
+	cJSON_AddItemToObject(o, "peft_config", ls_json_peft_config(l, 0));
 	cJSON *arr = cJSON_AddArrayToObject(o, "tensors");
 	size_t n = lorastore_list_tensor_count(l, 0);
 	for (size_t j = 0; j < n; j++) {
@@ -367,9 +408,10 @@ static const char ls_load_help[] =
 	"    lorastore [--json] load [--tier host|device] [--device UUID] NAME[@V]\n"
 	"\n"
 	"DESCRIPTION\n"
-	"    Load NAME@V (the latest version without @V) into memory and wait until\n"
-	"    it is resident.  No lease is taken: it may be evicted again when space\n"
-	"    is needed.\n"
+	"    Load NAME@V (the latest version without @V; an alias's version) into\n"
+	"    memory and wait until it is resident.  No lease is taken: it may be\n"
+	"    evicted again when space is needed.  Prints: loaded REF (NAME@V), the\n"
+	"    version REF named.  With --json: {\"ref\", \"result\", \"version\"}.\n"
 	"\n"
 	"OPTIONS\n"
 	"    --tier host|device\n"
@@ -400,7 +442,7 @@ static const char ls_evict_help[] =
 
 /* Report a command on one reference (rc its result) and close conn; the exit status. */
 static int ls_ref_report(const struct ls_cli *cli, const char *cmd, const char *done,
-			 const char *ref, lorastore *conn, int rc)
+			 const char *ref, const char *version, lorastore *conn, int rc)
 {
 	int st;
 	if (rc) {
@@ -409,7 +451,12 @@ static int ls_ref_report(const struct ls_cli *cli, const char *cmd, const char *
 		cJSON *o = cJSON_CreateObject();
 		cJSON_AddStringToObject(o, "ref", ref);
 		cJSON_AddStringToObject(o, "result", done);
+		if (*version)
+			cJSON_AddStringToObject(o, "version", version);
 		st = ls_json_emit(o);
+	} else if (*version && strcmp(version, ref) != 0) {
+		printf("%s %s (%s)\n", done, ref, version);
+		st = LS_EXIT_OK;
 	} else {
 		printf("%s %s\n", done, ref);
 		st = LS_EXIT_OK;
@@ -464,14 +511,20 @@ static int ls_tier_cmd(const struct ls_cli *cli, const char *cmd, const char *he
 	if (ls_cli_connect(cli, cmd, &conn))
 		return LS_EXIT_ERROR;
 	int rc;
-	if (!tier && !device)
+	char loaded[256] = ""; /* a name (200 characters at most), "@" and a version */
+	bool on_device = device || (tier && strcmp(tier, "device") == 0);
+	/* "": the daemon's only GPU (NULL would load the driver here to ask). */
+	const char *gpu = device ? device : "";
+	if (strcmp(cmd, "load") == 0)
+		rc = lorastore_load_resolved(conn, ref,
+					     on_device ? LORASTORE_TIER_DEVICE : LORASTORE_TIER_HOST,
+					     on_device ? gpu : NULL, loaded, sizeof(loaded));
+	else if (!tier && !device)
 		rc = fn(conn, ref);
-	else if (device || strcmp(tier, "device") == 0)
-		/* "": the daemon's only GPU (NULL would load the driver here to ask). */
-		rc = tier_fn(conn, ref, LORASTORE_TIER_DEVICE, device ? device : "");
 	else
-		rc = tier_fn(conn, ref, LORASTORE_TIER_HOST, NULL);
-	return ls_ref_report(cli, cmd, done, ref, conn, rc);
+		rc = tier_fn(conn, ref, on_device ? LORASTORE_TIER_DEVICE : LORASTORE_TIER_HOST,
+			     on_device ? gpu : NULL);
+	return ls_ref_report(cli, cmd, done, ref, loaded, conn, rc);
 }
 
 int ls_cmd_load(const struct ls_cli *cli, int argc, char **argv)
@@ -499,14 +552,17 @@ static const char ls_stats_help[] =
 	"    Print each memory tier (host, and a device tier per GPU the daemon\n"
 	"    serves, named by the GPU's UUID) with its budget, the bytes used by\n"
 	"    resident adapters, the bytes of slabs allocated and the number of\n"
-	"    resident adapters; then clients connected, leases held, loads, hits,\n"
+	"    resident adapters (the resident_bytes of each); a device tier also\n"
+	"    says the host memory its adapters' tables take.  Then client\n"
+	"    connections (this command's own included), leases held, loads, hits,\n"
 	"    misses, evictions, failed loads, versions in the catalog and the\n"
 	"    daemon's event-loop engine (io_uring, or epoll where io_uring is\n"
-	"    refused).  With --json: {\"tiers\": [{\"name\", \"device\" (UUID, \"\" on\n"
-	"    host), \"ordinal\" (-1 on host), \"budget\", \"used\", \"slab_bytes\",\n"
-	"    \"table_bytes\", \"adapters\"}], \"clients\", \"leases\", \"loads\",\n"
-	"    \"hits\", \"misses\", \"evictions\", \"load_errors\", \"catalog_versions\",\n"
-	"    \"event_loop\"}.\n"
+	"    refused).  With --json: {\"tiers\": [{\"name\", \"budget\", \"used\",\n"
+	"    \"slab_bytes\", \"adapters\", and on a device tier \"device\" (the GPU's\n"
+	"    UUID), \"ordinal\" (the daemon's CUDA ordinal), \"table_bytes\" (host\n"
+	"    memory of its tables)}], \"clients\", \"leases\", \"loads\", \"hits\",\n"
+	"    \"misses\", \"evictions\", \"load_errors\", \"catalog_versions\",\n"
+	"    \"event_loop\"}, as the Python package's stats() gives it.\n"
 	"\n" LS_EXIT_STATUS_TEXT;
 
 static cJSON *ls_json_stats(const lorastore_stats *s)
@@ -517,13 +573,16 @@ static cJSON *ls_json_stats(const lorastore_stats *s)
 		const lorastore_tier_stats *t = &s->tiers[i];
 		cJSON *jt = cJSON_CreateObject();
 		cJSON_AddStringToObject(jt, "name", t->name);
-		cJSON_AddStringToObject(jt, "device", t->device);
-		cJSON_AddNumberToObject(jt, "ordinal", t->ordinal);
-		cJSON_AddNumberToObject(jt, "table_bytes", (double)t->table_bytes);
 		cJSON_AddNumberToObject(jt, "budget", (double)t->budget);
 		cJSON_AddNumberToObject(jt, "used", (double)t->used);
 		cJSON_AddNumberToObject(jt, "slab_bytes", (double)t->slab_bytes);
 		cJSON_AddNumberToObject(jt, "adapters", t->adapters);
+		/* What only a GPU's tier has; nothing that means "not applicable" on host. */
+		if (t->ordinal >= 0) {
+			cJSON_AddStringToObject(jt, "device", t->device);
+			cJSON_AddNumberToObject(jt, "ordinal", t->ordinal);
+			cJSON_AddNumberToObject(jt, "table_bytes", (double)t->table_bytes);
+		}
 		cJSON_AddItemToArray(tiers, jt);
 	}
 	cJSON_AddNumberToObject(o, "clients", s->clients);
@@ -551,7 +610,13 @@ static void ls_print_stats(const lorastore_stats *s)
 		printf("%-8s %10s %10s %10s %8u  %s\n", t->name, budget, used, slabs, t->adapters,
 		       t->device);
 	}
-	printf("\nclients      %u\n", s->clients);
+	for (size_t i = 0; i < s->tier_count; i++)
+		if (s->tiers[i].ordinal >= 0) {
+			char tables[32];
+			ls_format_size(s->tiers[i].table_bytes, tables, sizeof(tables));
+			printf("%-8s tables in host memory: %s\n", s->tiers[i].name, tables);
+		}
+	printf("\nclients      %u (this command's connection included)\n", s->clients);
 	printf("leases       %llu\n", (unsigned long long)s->leases);
 	printf("loads        %llu\n", (unsigned long long)s->loads);
 	printf("hits         %llu\n", (unsigned long long)s->hits);

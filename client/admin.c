@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -118,12 +119,16 @@ LS_PUBLIC int lorastore_import_dir(lorastore *conn, const char *dir,
 }
 
 /*
- * A request whose body is a RefRequest and whose answer is done; tier names
- * a tier (NULL: the request's default), device its GPU.
+ * A request whose body is a RefRequest, answered done (a load: with the
+ * version loaded, "name@N" into loaded, len bytes, when not NULL); tier
+ * names a tier (NULL: the request's default), device its GPU.
  */
 static int ls_ref_call(lorastore *conn, Lorastore__Request__BodyCase body, const char *what,
-		       const char *ref, const char *tier, const char *device)
+		       const char *ref, const char *tier, const char *device, char *loaded,
+		       size_t len)
 {
+	if (loaded && len)
+		*loaded = '\0';
 	if (!conn)
 		return -EINVAL;
 	int rc = ls_ref_check(conn, what, ref);
@@ -152,7 +157,12 @@ static int ls_ref_call(lorastore *conn, Lorastore__Request__BodyCase body, const
 		break;
 	}
 	Lorastore__Response *resp = NULL;
-	rc = ls_conn_call(conn, &req, NULL, 0, LORASTORE__RESPONSE__BODY_DONE, &resp);
+	bool load = body == LORASTORE__REQUEST__BODY_LOAD;
+	rc = ls_conn_call(conn, &req, NULL, 0,
+			  load ? LORASTORE__RESPONSE__BODY_LOADED : LORASTORE__RESPONSE__BODY_DONE,
+			  &resp);
+	if (rc == 0 && load && loaded && len && resp->loaded && resp->loaded->name)
+		snprintf(loaded, len, "%s@%u", resp->loaded->name, resp->loaded->version);
 	if (resp)
 		lorastore__response__free_unpacked(resp, NULL);
 	return rc;
@@ -248,12 +258,12 @@ LS_PUBLIC int lorastore_untag(lorastore *conn, const char *alias)
 
 LS_PUBLIC int lorastore_load(lorastore *conn, const char *ref)
 {
-	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_LOAD, "load", ref, NULL, NULL);
+	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_LOAD, "load", ref, NULL, NULL, NULL, 0);
 }
 
 LS_PUBLIC int lorastore_evict(lorastore *conn, const char *ref)
 {
-	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_EVICT, "evict", ref, NULL, NULL);
+	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_EVICT, "evict", ref, NULL, NULL, NULL, 0);
 }
 
 static const char *ls_tier_word(lorastore_tier tier)
@@ -267,7 +277,16 @@ LS_PUBLIC int lorastore_load_tier(lorastore *conn, const char *ref, lorastore_ti
 	if (!ls_tier_word(tier))
 		return -EINVAL;
 	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_LOAD, "load", ref, ls_tier_word(tier),
-			   device);
+			   device, NULL, 0);
+}
+
+LS_PUBLIC int lorastore_load_resolved(lorastore *conn, const char *ref, lorastore_tier tier,
+				      const char *device, char *loaded, size_t len)
+{
+	if (!ls_tier_word(tier))
+		return -EINVAL;
+	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_LOAD, "load", ref, ls_tier_word(tier),
+			   device, loaded, len);
 }
 
 LS_PUBLIC int lorastore_evict_tier(lorastore *conn, const char *ref, lorastore_tier tier,
@@ -276,7 +295,7 @@ LS_PUBLIC int lorastore_evict_tier(lorastore *conn, const char *ref, lorastore_t
 	if (!ls_tier_word(tier))
 		return -EINVAL;
 	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_EVICT, "evict", ref, ls_tier_word(tier),
-			   device);
+			   device, NULL, 0);
 }
 
 LS_PUBLIC int lorastore_verify(lorastore *conn, const char *ref, size_t *bad,

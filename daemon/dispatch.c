@@ -32,6 +32,19 @@ static void ls_send_done(struct ls_session *s, uint64_t id)
 	ls_session_send(s, &resp, -1);
 }
 
+/* A load is answered with the version its reference named. */
+static void ls_send_loaded(struct ls_session *s, uint64_t id, struct ls_resident *e)
+{
+	Lorastore__LoadReply lr = LORASTORE__LOAD_REPLY__INIT;
+	lr.name = (char *)ls_res_name(e);
+	lr.version = ls_res_version(e);
+	Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
+	resp.id = id;
+	resp.body_case = LORASTORE__RESPONSE__BODY_LOADED;
+	resp.loaded = &lr;
+	ls_session_send(s, &resp, -1);
+}
+
 static bool ls_need_admin(struct ls_session *s, uint64_t id, const char *what)
 {
 	if (s->admin)
@@ -1057,7 +1070,7 @@ static void ls_pending_woken(struct ls_waiter *w, struct ls_resident *e, int rc,
 	else if (p->lease)
 		ls_grant(s, p->request_id, e, p->t0_ns);
 	else
-		ls_send_done(s, p->request_id);
+		ls_send_loaded(s, p->request_id, e);
 	free(p);
 }
 
@@ -1099,7 +1112,7 @@ static void ls_request_answer(struct ls_session *s, uint64_t id, struct ls_tier 
 	else if (lease)
 		ls_grant(s, id, e, t0_ns);
 	else
-		ls_send_done(s, id);
+		ls_send_loaded(s, id, e);
 }
 
 static void ls_on_acquire_or_load(struct ls_session *s, uint64_t id, const char *ref,
@@ -1118,7 +1131,7 @@ static void ls_on_acquire_or_load(struct ls_session *s, uint64_t id, const char 
 		if (lease)
 			ls_grant(s, id, warm, s->req_t0_ns);
 		else
-			ls_send_done(s, id);
+			ls_send_loaded(s, id, warm);
 		return;
 	}
 	/* On the host tier and wanted on a device: no catalog read, no disk. */

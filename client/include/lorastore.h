@@ -501,9 +501,18 @@ typedef struct lorastore_import_opts {
 
 /*
  * Import the PEFT adapter in directory dir.  The files are opened here, with
- * this process's permissions, and passed to the daemon as descriptors.  The
- * new version goes to *version when version is not NULL.  Errors: every
- * import error of the LORASTORE_E_* list, -EPERM (not an admin), -errno.
+ * this process's permissions, and passed to the daemon as descriptors.  dir
+ * may also be a Hugging Face cache folder of a repository
+ * (.../models--ORG--NAME: the snapshot of refs/main, or the newest) or
+ * "hf:ORG/NAME[@REVISION]" in $HF_HUB_CACHE ($HF_HOME/hub,
+ * ~/.cache/huggingface/hub); those are named ORG/NAME when opts->name is
+ * NULL.  adapter_model.bin (a pickle) is refused, never read.  The same
+ * content as the name's latest version adds no version (that version is
+ * the result; lorastore_entry.unchanged says so).  The version goes to
+ * *version when version is not NULL.  Errors: every import error of the
+ * LORASTORE_E_* list (LORASTORE_E_BASE_CHANGED, LORASTORE_E_NAME_INVALID for
+ * a folder name that says nothing, LORASTORE_E_CONFIG_MISSING for a pickle or
+ * a folder of adapter folders), -EPERM (not an admin), -errno.
  */
 int lorastore_import_dir(lorastore *conn, const char *dir, const lorastore_import_opts *opts,
 			 uint32_t *version);
@@ -576,6 +585,13 @@ int lorastore_load(lorastore *conn, const char *ref);
  */
 int lorastore_load_tier(lorastore *conn, const char *ref, lorastore_tier tier,
 			const char *device);
+
+/*
+ * lorastore_load_tier, and the version ref named ("name@N"; an alias or a
+ * plain name resolved) into loaded, len bytes (may be NULL).
+ */
+int lorastore_load_resolved(lorastore *conn, const char *ref, lorastore_tier tier,
+			    const char *device, char *loaded, size_t len);
 
 /* Evict ref from memory, every tier (refused while leases exist: -EBUSY). */
 int lorastore_evict(lorastore *conn, const char *ref);

@@ -36,6 +36,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <lorastore.h>
 
@@ -84,6 +85,7 @@ static PyObject *ls_error_class(int code)
 	case LORASTORE_E_SHAPE:
 	case LORASTORE_E_DTYPE:
 	case LORASTORE_E_TIER:
+	case LORASTORE_E_NAME_INVALID:  /* a name or reference the caller gave */
 	case -EINVAL:
 		return ls_InvalidArgument;
 	case LORASTORE_E_NO_DEVICE:
@@ -92,9 +94,9 @@ static PyObject *ls_error_class(int code)
 	case LORASTORE_E_BACKEND:
 		return ls_DeviceError;
 	}
-	/* What an import can refuse: the file, the config, the name, the bounds. */
-	if ((code >= LORASTORE_E_TRUNCATED && code <= LORASTORE_E_NAME_INVALID) ||
-	    code == LORASTORE_E_ADAPTER_LIMIT)
+	/* What an import can refuse: the file, the config, the bounds, the base model. */
+	if ((code >= LORASTORE_E_TRUNCATED && code <= LORASTORE_E_CONFIG_INVALID) ||
+	    code == LORASTORE_E_ADAPTER_LIMIT || code == LORASTORE_E_BASE_CHANGED)
 		return ls_InvalidAdapter;
 	return ls_Error;
 }
@@ -791,21 +793,42 @@ static PyObject *ls_connection_acquire(ls_Connection *c, PyObject *args, PyObjec
 /* A listing entry as a dict. */
 static PyObject *ls_str_list(const char *const *v, size_t n);
 
+/* "2024-05-01T12:00:00Z", as the CLI's JSON gives "created"; None before 1970. */
+static PyObject *ls_iso_time(int64_t unix_ns)
+{
+	if (unix_ns <= 0)
+		Py_RETURN_NONE;
+	time_t t = (time_t)(unix_ns / 1000000000);
+	struct tm tm;
+	char buf[64];
+	if (!gmtime_r(&t, &tm) || !strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm))
+		Py_RETURN_NONE;
+	return PyUnicode_FromString(buf);
+}
+
+/* The fields of one version: the same set as the CLI's --json (ls and show). */
 static PyObject *ls_entry_dict(const lorastore_entry *e)
 {
 	PyObject *aliases = ls_str_list(e->aliases, e->alias_count);
-	if (!aliases)
+	PyObject *created = aliases ? ls_iso_time(e->created_unix_ns) : NULL;
+	PyObject *base = !created ? NULL
+		       : *e->base_model ? PyUnicode_FromString(e->base_model)
+					: Py_NewRef(Py_None);
+	if (!base) {
+		Py_XDECREF(aliases);
+		Py_XDECREF(created);
 		return NULL;
+	}
 	PyObject *d = Py_BuildValue(
-		"{s:s,s:I,s:s,s:K,s:I,s:d,s:s,s:K,s:K,s:K,s:n,s:O,s:s,s:I,s:L,s:s,s:s,s:N}", "name",
+		"{s:s,s:I,s:s,s:K,s:I,s:d,s:s,s:K,s:K,s:K,s:n,s:O,s:s,s:I,s:N,s:N,s:s,s:N}", "name",
 		e->name, "version", e->version, "digest", e->digest, "generation",
 		(unsigned long long)e->generation, "rank", e->rank, "scale", e->scale, "dtype",
 		e->dtype, "tensor_bytes", (unsigned long long)e->tensor_bytes, "resident_bytes",
 		(unsigned long long)e->resident_bytes, "blob_bytes",
 		(unsigned long long)e->blob_bytes, "tensor_count",
 		(Py_ssize_t)e->tensor_count, "resident", e->resident ? Py_True : Py_False, "tier",
-		e->tier, "pins", e->pins, "created_unix_ns", (long long)e->created_unix_ns,
-		"base_model", e->base_model, "source", e->source, "aliases", aliases);
+		e->tier, "pins", e->pins, "created", created, "base_model", base, "source",
+		e->source, "aliases", aliases);
 	return d;
 }
 
@@ -933,6 +956,35 @@ static PyObject *ls_connection_list(ls_Connection *c, PyObject *args, PyObject *
 	return all;
 }
 
+/* The tensor table of entry i, as the CLI's show --json gives it. */
+static PyObject *ls_tensor_dicts(const lorastore_list *l, size_t i)
+{
+	size_t n = lorastore_list_tensor_count(l, i);
+	PyObject *out = PyList_New(0);
+	for (size_t j = 0; out && j < n; j++) {
+		lorastore_tensor t;
+		if (lorastore_list_tensor(l, i, j, &t))
+			continue;
+		PyObject *shape = PyList_New((Py_ssize_t)t.ndim);
+		for (unsigned k = 0; shape && k < t.ndim; k++)
+			PyList_SetItem(shape, k, PyLong_FromUnsignedLongLong(t.shape[k]));
+		PyObject *layer = !shape ? NULL : t.layer >= 0 ? PyLong_FromLong(t.layer)
+							       : Py_NewRef(Py_None);
+		PyObject *d = layer ? Py_BuildValue("{s:s,s:N,s:s,s:N,s:s,s:K,s:K}", "module", t.module,
+						    "layer", layer, "kind", ls_kind_name(t.kind),
+						    "shape", shape, "dtype", t.dtype_name, "offset",
+						    (unsigned long long)t.offset, "bytes",
+						    (unsigned long long)t.bytes)
+				    : NULL;
+		if (!layer)
+			Py_XDECREF(shape);
+		if (!d || PyList_Append(out, d))
+			Py_CLEAR(out);
+		Py_XDECREF(d);
+	}
+	return out;
+}
+
 static PyObject *ls_connection_show(ls_Connection *c, PyObject *args)
 {
 	const char *ref;
@@ -946,10 +998,13 @@ static PyObject *ls_connection_show(ls_Connection *c, PyObject *args)
 		return ls_conn_raise(c, rc);
 	PyObject *d = lorastore_list_count(l) ? ls_entry_dict(lorastore_list_entry(l, 0)) : NULL;
 	PyObject *cfg = d ? ls_peft_config_dict(l, 0) : NULL;
+	PyObject *tensors = cfg ? ls_tensor_dicts(l, 0) : NULL;
 	lorastore_list_free(l);
-	if (d && (!cfg || PyDict_SetItemString(d, "peft_config", cfg)))
+	if (d && (!cfg || !tensors || PyDict_SetItemString(d, "peft_config", cfg) ||
+		  PyDict_SetItemString(d, "tensors", tensors)))
 		Py_CLEAR(d);
 	Py_XDECREF(cfg);
+	Py_XDECREF(tensors);
 	if (!d && !PyErr_Occurred())
 		return ls_raise(LORASTORE_E_NOT_FOUND, ref);
 	return d;
@@ -991,12 +1046,19 @@ static PyObject *ls_connection_stats(ls_Connection *c, PyObject *unused)
 	PyObject *tiers = PyList_New(0);
 	for (size_t i = 0; tiers && i < s.tier_count; i++) {
 		const lorastore_tier_stats *t = &s.tiers[i];
-		PyObject *d = Py_BuildValue("{s:s,s:s,s:i,s:K,s:K,s:K,s:K,s:I}", "name", t->name,
-					    "device", t->device, "ordinal", t->ordinal, "budget",
+		PyObject *d = Py_BuildValue("{s:s,s:K,s:K,s:K,s:I}", "name", t->name, "budget",
 					    (unsigned long long)t->budget, "used",
 					    (unsigned long long)t->used, "slab_bytes",
-					    (unsigned long long)t->slab_bytes, "table_bytes",
-					    (unsigned long long)t->table_bytes, "adapters", t->adapters);
+					    (unsigned long long)t->slab_bytes, "adapters", t->adapters);
+		/* A GPU's tier only, as the CLI's stats --json. */
+		PyObject *dev = d && t->ordinal >= 0
+					? Py_BuildValue("{s:s,s:i,s:K}", "device", t->device, "ordinal",
+							t->ordinal, "table_bytes",
+							(unsigned long long)t->table_bytes)
+					: NULL;
+		if (dev && PyDict_Update(d, dev))
+			Py_CLEAR(d);
+		Py_XDECREF(dev);
 		if (!d || PyList_Append(tiers, d))
 			Py_CLEAR(tiers);
 		Py_XDECREF(d);
@@ -1029,7 +1091,17 @@ static PyObject *ls_ref_call(ls_Connection *c, PyObject *args,
 
 static PyObject *ls_connection_load(ls_Connection *c, PyObject *args)
 {
-	return ls_ref_call(c, args, lorastore_load);
+	const char *ref;
+	if (!PyArg_ParseTuple(args, "s", &ref) || ls_conn_open(c))
+		return NULL;
+	int rc;
+	char msg[512] = "", loaded[256] = "";
+	LS_BLOCKING(c, rc, msg,
+		    lorastore_load_resolved(c->conn, ref, LORASTORE_TIER_HOST, NULL, loaded,
+					    sizeof(loaded)));
+	if (rc)
+		return ls_raise(rc, msg);
+	return PyUnicode_FromString(loaded);
 }
 
 static PyObject *ls_connection_delete(ls_Connection *c, PyObject *args)
@@ -1377,7 +1449,8 @@ static PyMethodDef ls_connection_methods[] = {
 	{"stats", (PyCFunction)ls_connection_stats, METH_NOARGS,
 	 "stats()\n--\n\nThe daemon's counters and tiers, as a dict."},
 	{"load", (PyCFunction)ls_connection_load, METH_VARARGS,
-	 "load(ref)\n--\n\nMake a version resident without leasing it."},
+	 "load(ref)\n--\n\nMake a version resident without leasing it; returns the "
+	 "\"name@version\" ref named."},
 	{"prefetch", (PyCFunction)ls_connection_prefetch, METH_VARARGS,
 	 "prefetch(refs)\n--\n\nAsk the daemon to load refs in the background."},
 	{"import_dir", (PyCFunction)(void (*)(void))ls_connection_import_dir,
@@ -1656,7 +1729,8 @@ PyMODINIT_FUNC PyInit__lorastore(void)
 	    !(ls_AdapterType = ls_add_type(m, &ls_adapter_spec, "Adapter")) ||
 	    !(ls_PlanType = ls_add_type(m, &ls_plan_spec, "Plan")))
 		goto fail;
-	if (PyModule_AddStringConstant(m, "DEFAULT_SOCKET", LORASTORE_DEFAULT_SOCKET))
+	if (PyModule_AddStringConstant(m, "__version__", LS_PY_VERSION) ||
+	    PyModule_AddStringConstant(m, "DEFAULT_SOCKET", LORASTORE_DEFAULT_SOCKET))
 		goto fail;
 	return m;
 fail:

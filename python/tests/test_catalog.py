@@ -38,6 +38,7 @@ def test_an_alias_is_acquired_listed_moved_and_removed(conn):
     assert conn.tag("cat/a@1", "cat/a:prod")["version"] == 1
     assert conn.show("cat/a")["aliases"] == ["cat/a:prod"]
     assert conn.show("cat/a:prod")["name"] == "cat/a"
+    assert conn.load("cat/a:prod") == "cat/a@1"
     with conn.acquire("cat/a:prod") as ad:
         assert ad.name == "cat/a"
     # An alias may name any adapter's version: it moves there at once.
@@ -94,3 +95,61 @@ def test_each_size_is_one_number_in_python_and_the_cli_json(conn, daemon):
     cli = json.loads(out)
     for key in ("tensor_bytes", "resident_bytes", "blob_bytes"):
         assert cli[key] == shown[key], key
+
+
+def test_the_cli_json_and_python_give_the_same_documents(conn, daemon):
+    import json
+    import subprocess
+
+    from conftest import cli_binary
+
+    conn.import_dir(FIXTURES / "roberta-patterns", name="cat/shape")
+    conn.tag("cat/shape", "cat/shape:prod")
+
+    def cli(*args):
+        out = subprocess.run([str(cli_binary()), "--socket", daemon.socket, "--json", *args],
+                             check=True, capture_output=True, text=True).stdout
+        return json.loads(out)
+
+    assert cli("ls", "cat/")["adapters"] == conn.list("cat/")
+    assert cli("show", "cat/shape") == conn.show("cat/shape")
+    assert conn.show("cat/shape")["created"].endswith("Z")
+
+
+def test_stats_are_the_same_document_from_the_cli_and_python(conn, daemon):
+    import json
+    import subprocess
+
+    from conftest import cli_binary
+
+    out = subprocess.run([str(cli_binary()), "--socket", daemon.socket, "--json", "stats"],
+                         check=True, capture_output=True, text=True).stdout
+    cli, py = json.loads(out), conn.stats()
+    assert cli["tiers"] == py["tiers"]
+    assert set(cli) == set(py)
+    assert "device" not in py["tiers"][0], "the host tier has no GPU to name"
+
+
+def test_the_package_has_a_version_and_no_stray_names():
+    assert lorastore.__version__ == "0.1.0"
+    public = {n for n in dir(lorastore) if not n.startswith("_")}
+    # Submodules appear once imported; everything else public is in __all__.
+    assert public - set(lorastore.__all__) <= {"peft", "vllm"}, public - set(lorastore.__all__)
+
+
+def test_state_dict_gives_torch_tensors_of_the_daemons_memory(conn):
+    torch = pytest.importorskip("torch", reason="torch is not installed (scripts/install-deps "
+                                                 "--engines)")
+    conn.import_dir(FIXTURES / "smollm-f16", name="cat/torch")
+    with conn.acquire("cat/torch") as ad:
+        plain = ad.state_dict()
+        tensors = ad.state_dict(framework="torch")
+        arrays = ad.state_dict(framework="numpy")
+        assert tensors.keys() == plain.keys() == arrays.keys()
+        for key, t in tensors.items():
+            assert isinstance(t, torch.Tensor)
+            assert t.data_ptr() == plain[key].data_ptr, f"{key} was copied"
+            assert t.dtype == torch.float16
+            assert tuple(t.shape) == arrays[key].shape
+        with pytest.raises(lorastore.InvalidArgument):
+            ad.state_dict(framework="jax")

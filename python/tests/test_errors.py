@@ -13,9 +13,11 @@ def test_an_unknown_name_raises_not_found(conn):
     assert e.value.message
 
 
-def test_a_malformed_ref_raises_invalid_adapter(conn):
-    with pytest.raises(lorastore.InvalidAdapter):
+def test_a_malformed_ref_raises_invalid_argument(conn):
+    with pytest.raises(lorastore.InvalidArgument):
         conn.acquire("bad name with spaces@x")
+    with pytest.raises(lorastore.InvalidArgument):
+        conn.import_dir(FIXTURES / "smollm-f16", name="a b")
 
 
 def test_an_unknown_tensor_raises_not_found(conn):

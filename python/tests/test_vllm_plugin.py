@@ -153,6 +153,13 @@ def test_lorastore_path_gives_the_tokens_of_vllms_own_loading_and_of_peft(llm, m
     assert from_store != generate(llm), f"{key}: the adapter changes nothing (the base's tokens)"
 
 
+def test_an_alias_serves_the_version_it_points_at(llm, store):
+    conn = store[1]
+    conn.tag("t/patterns", "t/patterns:prod")
+    assert generate(llm, "lorastore://t/patterns:prod", name="alias") == \
+        generate(llm, "lorastore://t/patterns")
+
+
 def test_a_request_served_twice_comes_from_vllms_cache_with_one_lease(llm, store):
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
@@ -307,6 +314,13 @@ def test_a_new_import_is_served_by_name_and_the_old_version_by_number(server, st
     assert tokens(latest) == generate(llm, models[1]["other"]), "tenant/a is not the new version"
     assert tokens(old) == tokens(v1), "tenant/a@1 changed"
     assert tokens(latest) != tokens(old)
+
+
+def test_an_alias_is_served_by_name_as_its_version(server, store):
+    url, _ = server
+    store[1].tag("t/rslora", "t/rslora:stable")
+    status, body = complete(url, "t/rslora:stable")
+    assert status == 200 and body["model"] == "t/rslora@1", body
 
 
 def test_an_unknown_name_gets_vllms_not_found_with_lorastores_reason(server):

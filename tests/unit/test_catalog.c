@@ -980,3 +980,52 @@ Test(catalog, threads_add_and_read_while_the_map_grows, .timeout = 120)
 	cr_assert_eq(st.versions, THREAD_WRITERS * THREAD_ADDS);
 	cr_assert_gt(st.map_size, (uint64_t)64 << 20, "the map never grew");
 }
+
+/* Remove what a catalog made before the digest counts lacks: the counts and their marker. */
+static void forget_digest_counts(void)
+{
+	ls_catalog_close(cat);
+	cat = NULL;
+	MDB_env *env;
+	cr_assert_eq(mdb_env_create(&env), 0);
+	cr_assert_eq(mdb_env_set_maxdbs(env, 8), 0);
+	cr_assert_eq(mdb_env_open(env, test_dir, MDB_NOTLS, 0600), 0);
+	MDB_txn *txn;
+	cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	MDB_dbi meta, digests;
+	cr_assert_eq(mdb_dbi_open(txn, "meta", 0, &meta), 0);
+	cr_assert_eq(mdb_dbi_open(txn, "digests", 0, &digests), 0);
+	MDB_val k = {strlen("digests_counted"), "digests_counted"};
+	cr_assert_eq(mdb_del(txn, meta, &k, NULL), 0);
+	cr_assert_eq(mdb_drop(txn, digests, 1), 0);
+	cr_assert_eq(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+	reopen();
+}
+
+Test(catalog, versions_sharing_a_blob_are_counted_and_an_older_catalog_counts_them_at_open)
+{
+	uint8_t shared[32], other[32];
+	memset(shared, 0xab, 32);
+	memset(other, 0xcd, 32);
+	for (int i = 0; i < 3; i++) {
+		Lorastore__VersionRecord *rec = record_new(i == 2 ? "b" : "a", 2, 0);
+		if (i == 1)
+			memset(rec->digest.data, 0xcd, 32);
+		cr_assert_eq(ls_catalog_add(cat, rec, NULL, NULL, &err), 0, "%s", err.msg);
+		record_free(rec);
+	}
+	uint32_t n;
+	cr_assert_eq(ls_catalog_digest_refs(cat, shared, 32, &n, &err), 0);
+	cr_assert_eq(n, 2, "a@1 and b@1 use one blob");
+	forget_digest_counts();
+	cr_assert_eq(ls_catalog_digest_refs(cat, shared, 32, &n, &err), 0);
+	cr_assert_eq(n, 2, "counted again at open");
+	cr_assert_eq(ls_catalog_digest_refs(cat, other, 32, &n, &err), 0);
+	cr_assert_eq(n, 1);
+	cr_assert_eq(ls_catalog_delete(cat, "a", 0, NULL, NULL, &err), 0, "%s", err.msg);
+	cr_assert_eq(ls_catalog_digest_refs(cat, other, 32, &n, &err), 0);
+	cr_assert_eq(n, 0, "no version uses it: its blob may go");
+	cr_assert_eq(ls_catalog_digest_refs(cat, shared, 32, &n, &err), 0);
+	cr_assert_eq(n, 1);
+}

@@ -169,6 +169,16 @@ Test(cli_catalog, an_alias_is_listed_read_by_a_client_moved_and_removed)
 	cJSON_Delete(doc);
 	ls_cli_result_free(&r);
 
+	/* load says which version the alias named. */
+	CLI(&r, "load", "acme/support:prod");
+	cr_assert_str_eq(r.out, "loaded acme/support:prod (acme/support@1)\n");
+	ls_cli_result_free(&r);
+	CLI(&r, "--json", "load", "acme/support");
+	doc = json_of(&r);
+	cr_assert_str_eq(cJSON_GetObjectItem(doc, "version")->valuestring, "acme/support@2");
+	cJSON_Delete(doc);
+	ls_cli_result_free(&r);
+
 	/* A client acquires through the alias. */
 	lorastore *conn;
 	cr_assert_eq(lorastore_connect(daemon.socket, &conn), 0);
@@ -353,4 +363,100 @@ Test(cli_catalog, each_size_is_one_number_on_every_surface)
 	cr_assert(strstr(r.out, want), "inspect does not show %s:\n%s", want, r.out);
 	ls_cli_result_free(&r);
 	free(dir);
+}
+
+/* A Hugging Face hub cache under work_dir/hub holding acme/tiny-lora at commit c. */
+static char *hf_cache(const char *commit)
+{
+	char *hub = malloc(PATH_MAX);
+	snprintf(hub, PATH_MAX, "%s/hub", work_dir);
+	char sub[PATH_MAX];
+	snprintf(sub, sizeof(sub), "hub/models--acme--tiny-lora/snapshots/%s", commit);
+	free(adapter(sub, SYNTH_T5, 3));
+	char refs[PATH_MAX + 64];
+	snprintf(refs, sizeof(refs), "%s/models--acme--tiny-lora/refs", hub);
+	mkdir(refs, 0755);
+	snprintf(refs, sizeof(refs), "%s/models--acme--tiny-lora/refs/main", hub);
+	FILE *f = fopen(refs, "w");
+	cr_assert_not_null(f);
+	fprintf(f, "%s", commit);
+	fclose(f);
+	return hub;
+}
+
+Test(cli_catalog, an_adapter_in_the_hugging_face_cache_imports_by_repository_id)
+{
+	const char *commit = "0123456789abcdef0123456789abcdef01234567";
+	char *hub = hf_cache(commit);
+	setenv("HF_HUB_CACHE", hub, 1);
+	struct ls_cli_result r;
+	CLI(&r, "import", "hf:acme/tiny-lora");
+	unsetenv("HF_HUB_CACHE");
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	cr_assert(strstr(r.out, "imported acme/tiny-lora@1"), "named after the repository: %s",
+		  r.out);
+	ls_cli_result_free(&r);
+	/* The repository's folder is the same adapter; its snapshot folder needs a name. */
+	char repo[PATH_MAX + 64], snap[PATH_MAX + 128];
+	snprintf(repo, sizeof(repo), "%s/models--acme--tiny-lora", hub);
+	CLI(&r, "import", repo);
+	cr_assert(strstr(r.out, "unchanged acme/tiny-lora@1"), "%s%s", r.out, r.err);
+	ls_cli_result_free(&r);
+	snprintf(snap, sizeof(snap), "%s/snapshots/%s", repo, commit);
+	CLI(&r, "import", snap);
+	cr_assert_eq(r.status, 1);
+	cr_assert(strstr(r.err, "--name"), "%s", r.err);
+	ls_cli_result_free(&r);
+	setenv("HF_HUB_CACHE", hub, 1);
+	CLI(&r, "import", "hf:acme/not-downloaded");
+	unsetenv("HF_HUB_CACHE");
+	cr_assert_eq(r.status, 1);
+	cr_assert(strstr(r.err, "not in the Hugging Face cache"), "%s", r.err);
+	ls_cli_result_free(&r);
+	free(hub);
+}
+
+Test(cli_catalog, a_pickle_and_a_folder_of_adapters_are_refused_with_what_to_do)
+{
+	char *dir = adapter("pickled", SYNTH_GPT2, 1);
+	char path[PATH_MAX + 64];
+	snprintf(path, sizeof(path), "%s/adapter_model.safetensors", dir);
+	char bin[PATH_MAX + 64];
+	snprintf(bin, sizeof(bin), "%s/adapter_model.bin", dir);
+	cr_assert_eq(rename(path, bin), 0);
+	struct ls_cli_result r;
+	CLI(&r, "import", dir, "--name", "t/pickled");
+	cr_assert_eq(r.status, 1);
+	cr_assert(strstr(r.err, "pickle") && strstr(r.err, "save_file"), "%s", r.err);
+	ls_cli_result_free(&r);
+	free(dir);
+
+	free(adapter("runs/one", SYNTH_GPT2, 2));
+	free(adapter("runs/two", SYNTH_GPT2, 3));
+	char runs[PATH_MAX];
+	snprintf(runs, sizeof(runs), "%s/runs", work_dir);
+	CLI(&r, "import", runs, "--name", "t/runs");
+	cr_assert_eq(r.status, 1);
+	cr_assert(strstr(r.err, "holds 2 adapter folders"), "%s", r.err);
+	cr_assert(strstr(r.err, "one") && strstr(r.err, "two"), "%s", r.err);
+	ls_cli_result_free(&r);
+}
+
+Test(cli_catalog, errors_say_each_thing_once)
+{
+	struct ls_cli_result r;
+	CLI(&r, "show", "my adapter");
+	cr_assert_eq(r.status, 1);
+	cr_assert_null(strstr(r.err, "show: show:"), "%s", r.err);
+	ls_cli_result_free(&r);
+	char missing[PATH_MAX];
+	snprintf(missing, sizeof(missing), "%s/nowhere", work_dir);
+	CLI(&r, "import", missing, "--name", "t/x");
+	cr_assert_eq(r.status, 1);
+	const char *first = strstr(r.err, missing);
+	cr_assert(first && !strstr(first + 1, missing), "the directory is named once: %s", r.err);
+	ls_cli_result_free(&r);
+	CLI(&r, "show", "t/nothing");
+	cr_assert_null(strstr(r.err, "catalog:"), "%s", r.err);
+	ls_cli_result_free(&r);
 }

@@ -437,6 +437,8 @@ Test(import_errors, nan_in_a_tensor_gives_nonfinite_naming_tensor_and_count)
 	struct ls_err err = import_fails(nan_adapter(), NULL, LS_E_NONFINITE, ST);
 	assert_names(&err, NAME_A);
 	assert_number_after(&err, NAME_A, 3);
+	cr_assert(strstr(err.msg, "1 tensor in all") && strstr(err.msg, "--allow-nonfinite"),
+		  "the refusal counts the tensors and names the way to accept them: %s", err.msg);
 }
 
 Test(import_errors, infinity_in_a_tensor_gives_nonfinite_naming_tensor_and_count)

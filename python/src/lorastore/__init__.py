@@ -12,12 +12,11 @@ keeps its adapter's lease alive until the view is freed.
         with conn.acquire("acme/support") as ad:
             a = np.from_dlpack(ad.tensor("model.layers.0.self_attn.q_proj", "A"))
 """
-from __future__ import annotations
-
-from collections import namedtuple
+from collections import namedtuple as _namedtuple
 
 from . import _lorastore as _c
 from ._lorastore import (  # noqa: F401  (re-exported)
+    __version__,
     DEFAULT_SOCKET,
     Corrupt,
     ConnectionClosed,
@@ -38,7 +37,7 @@ __all__ = [
     "InvalidArgument", "Timeout", "DeviceError", "DEFAULT_SOCKET", "strerror",
 ]
 
-TensorInfo = namedtuple("TensorInfo", "module kind layer dtype shape rank scale")
+TensorInfo = _namedtuple("TensorInfo", "module kind layer dtype shape rank scale")
 TensorInfo.__doc__ = """One tensor of an adapter's table.
 
 module: e.g. "model.layers.3.self_attn.q_proj"; kind: "A", "B", "extra" or
@@ -171,12 +170,27 @@ class Adapter:
         task_type), as a dict."""
         return self._a.peft_config()
 
-    def state_dict(self) -> dict:
-        """PEFT-style names ("base_model.model.<module>.lora_A.weight", ...) to Tensors."""
+    def state_dict(self, framework: str | None = None) -> dict:
+        """PEFT-style names ("base_model.model.<module>.lora_A.weight", ...) to tensors,
+        all sharing the daemon's read-only memory: lorastore Tensors (framework None),
+        torch tensors ("torch", through DLPack; a device tier's on its GPU) or numpy
+        arrays ("numpy", host memory)."""
+        if framework == "torch":
+            import torch
+
+            view = torch.from_dlpack
+        elif framework == "numpy":
+            view = Tensor.numpy
+        elif framework is None:
+            def view(t):
+                return t
+        else:
+            raise InvalidArgument(f"framework {framework!r}: None, \"torch\" or \"numpy\"")
         out = {}
         for i, row in enumerate(self._a._tensor_rows()):
             module, kind = row[0], row[1]
-            out["base_model.model." + module + _PEFT_SUFFIX[kind]] = Tensor(self._a._tensor_at(i))
+            name = "base_model.model." + module + _PEFT_SUFFIX[kind]
+            out[name] = view(Tensor(self._a._tensor_at(i)))
         return out
 
     def __repr__(self):
@@ -236,9 +250,10 @@ class Connection:
         """The daemon's counters and tiers."""
         return self._c.stats()
 
-    def load(self, ref: str) -> None:
-        """Make a version resident without leasing it."""
-        self._c.load(ref)
+    def load(self, ref: str) -> str:
+        """Make a version resident without leasing it; returns the "name@version" that
+        ref named (as `lorastore load` prints it)."""
+        return self._c.load(ref)
 
     def prefetch(self, refs) -> None:
         """Ask the daemon to load refs in the background."""

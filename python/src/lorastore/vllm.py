@@ -57,8 +57,9 @@ log = logging.getLogger("lorastore.vllm")
 
 _conn_lock = threading.Lock()
 _conn = None
-# (lora_int_id, ref without a version) -> the version the worker loaded first:
-# a plain name loaded under one id stays that version when vLLM loads it again.
+# (lora_int_id, ref without a version) -> "name@N" the worker loaded first: a
+# plain name (or an alias) loaded under one id stays that version when vLLM
+# loads it again.
 _pinned: dict = {}
 _warned_base: set = set()
 
@@ -70,7 +71,8 @@ def lora_int_id(generation: int) -> int:
 
 
 def parse(path: str) -> str:
-    """The lorastore reference ("name" or "name@N") of a lorastore:// path."""
+    """The lorastore reference ("name", "name@N" or an alias "name:tag") of a
+    lorastore:// path."""
     if not path.startswith(SCHEME):
         raise ValueError(f"not a lorastore path: {path!r}")
     ref = path[len(SCHEME):]
@@ -188,7 +190,7 @@ def load_lora_model(manager_owner, lora_request):
     ref = parse(lora_request.lora_path)
     pin_key = (lora_request.lora_int_id, ref)
     if "@" not in ref and pin_key in _pinned:
-        ref = f"{ref}@{_pinned[pin_key]}"
+        ref = _pinned[pin_key]
     try:
         ad = _acquire(ref, self.device)
     except lorastore.NotFound as e:
@@ -196,7 +198,8 @@ def load_lora_model(manager_owner, lora_request):
         raise LoRAAdapterNotFoundError(lora_request.lora_name, lora_request.lora_path) from e
     try:
         if "@" not in ref:
-            _pinned[pin_key] = ad.version
+            # "name@N" of what "name" or an alias ("name:tag") gave the first time.
+            _pinned[pin_key] = f"{ad.name}@{ad.version}"
         vref = f"{ad.name}@{ad.version}"
         cfg = dict(ad.peft_config())
         for k in ("rank_pattern", "alpha_pattern"):
