@@ -354,7 +354,7 @@ static void ls_job_done(struct ls_job *job)
 			resp.imported = &ir;
 			ls_session_send(s, &resp, -1);
 			break;
-		case LS_JOB_DELETE:
+		case LS_JOB_DELETE: {
 			char freed[32];
 			ls_format_size(j->deleted.freed_bytes, freed, sizeof(freed));
 			ls_info("deleted %s: %zu versions, %zu blobs removed (%s)", j->ref,
@@ -366,6 +366,7 @@ static void ls_job_done(struct ls_job *job)
 			resp.deleted = &dr;
 			ls_session_send(s, &resp, -1);
 			break;
+		}
 		case LS_JOB_TAG:
 			ls_info("alias %s now points at %s@%u (uid %u)", j->alias, j->rec->name,
 				j->rec->version, (unsigned)s->cred.uid);

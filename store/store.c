@@ -500,7 +500,7 @@ int ls_store_lookup(struct ls_store *s, const char *ref, Lorastore__VersionRecor
 	char name[LS_NAME_MAX + 1];
 	uint32_t version;
 	int rc;
-	if (ref && strchr(ref, ':') && !strchr(ref, '@')) {
+	if (ref && strchr(ref, ':') && !strchr(ref, '@')) { /* an alias (checked there) */
 		pthread_rwlock_rdlock(&s->gc_lock);
 		rc = ls_catalog_get_alias(s->cat, ref, out, err);
 		pthread_rwlock_unlock(&s->gc_lock);
@@ -731,7 +731,17 @@ int ls_store_verify(struct ls_store *s, const char *ref, ls_verify_fn fn, void *
 	char name[LS_NAME_MAX + 1];
 	struct ls_verify_walk w = {0};
 	*bad = 0;
-	if (ref) {
+	if (ref && ls_alias_valid(ref)) {
+		/* An alias: the version it points at. */
+		Lorastore__VersionRecord *rec;
+		int rc = ls_store_lookup(s, ref, &rec, err);
+		if (rc)
+			return rc;
+		snprintf(name, sizeof(name), "%s", rec->name);
+		w.version = rec->version;
+		w.name = name;
+		lorastore__version_record__free_unpacked(rec, NULL);
+	} else if (ref) {
 		int rc = ls_ref_parse(ref, name, &w.version, err);
 		if (rc)
 			return rc;

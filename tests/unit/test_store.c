@@ -195,6 +195,10 @@ Test(store, an_alias_resolves_moves_and_goes_with_untag)
 	cr_assert_eq(ls_store_lookup(store, "acme/s:prod", &rec, &err), 0, "%s", err.msg);
 	cr_assert_eq(rec->version, 1);
 	lorastore__version_record__free_unpacked(rec, NULL);
+	size_t bad = 9;
+	cr_assert_eq(ls_store_verify(store, "acme/s:prod", NULL, NULL, &bad, &err), 0, "%s",
+		     err.msg);
+	cr_assert_eq(bad, 0, "verify takes an alias as every reference does");
 	char **aliases;
 	size_t n;
 	cr_assert_eq(ls_store_aliases_of(store, "acme/s", 1, &aliases, &n, &err), 0);
