@@ -53,6 +53,12 @@ const char *ls_cli_message(const char *cmd, const char *subject, const char *msg
 /* Print "lorastore: CMD: message" for rc on conn; returns LS_EXIT_ERROR. */
 int ls_cli_fail(const char *cmd, const lorastore *conn, int rc);
 
+/*
+ * The fields of one version into o: the same set for ls, show and import,
+ * and the same as the Python package's dicts (python/tests/test_catalog.py).
+ */
+void ls_json_entry(cJSON *o, const lorastore_entry *e);
+
 /* Print doc on stdout, delete it; LS_EXIT_OK, or LS_EXIT_ERROR when out of memory. */
 int ls_json_emit(cJSON *doc);
 

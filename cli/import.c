@@ -51,8 +51,8 @@ static const char ls_import_help[] =
 	"    -h, --help\n"
 	"        Print this manual.\n"
 	"\n"
-	"    With --json: {\"imported\": [{\"dir\", \"name\", \"version\", \"digest\",\n"
-	"    \"tensor_bytes\", \"tensors\", \"unchanged\"}], \"failed\": [{\"dir\", \"name\",\n"
+	"    With --json: {\"imported\": [{\"dir\", the fields of the version as\n"
+	"    ls --json gives them, \"unchanged\"}], \"failed\": [{\"dir\", \"name\",\n"
 	"    \"code\", \"message\"}]}.\n"
 	"\n"
 	"EXIT STATUS\n"
@@ -185,11 +185,7 @@ static int ls_import_one(lorastore *conn, const struct ls_import_args *a, const 
 	if (imported) {
 		cJSON *j = cJSON_CreateObject();
 		cJSON_AddStringToObject(j, "dir", dir);
-		cJSON_AddStringToObject(j, "name", e->name);
-		cJSON_AddNumberToObject(j, "version", e->version);
-		cJSON_AddStringToObject(j, "digest", e->digest);
-		cJSON_AddNumberToObject(j, "tensor_bytes", (double)e->tensor_bytes);
-		cJSON_AddNumberToObject(j, "tensors", (double)e->tensor_count);
+		ls_json_entry(j, e);
 		cJSON_AddBoolToObject(j, "unchanged", e->unchanged);
 		cJSON_AddItemToArray(imported, j);
 	} else {

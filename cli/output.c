@@ -120,3 +120,45 @@ void ls_format_time(int64_t unix_ns, bool iso, char *buf, size_t len)
 	    !strftime(buf, len, iso ? "%Y-%m-%dT%H:%M:%SZ" : "%Y-%m-%d %H:%M:%S UTC", &tm))
 		snprintf(buf, len, "%s", iso ? "" : "-");
 }
+
+/* The three sizes of e into o, under the names every surface uses. */
+static void ls_json_sizes(cJSON *o, const lorastore_entry *e)
+{
+	cJSON_AddNumberToObject(o, "tensor_bytes", (double)e->tensor_bytes);
+	cJSON_AddNumberToObject(o, "resident_bytes", (double)e->resident_bytes);
+	cJSON_AddNumberToObject(o, "blob_bytes", (double)e->blob_bytes);
+}
+
+/*
+ * The fields of one version, the same set for ls and show, and the same as
+ * the Python package's dicts (python/tests/test_catalog.py holds them equal).
+ */
+void ls_json_entry(cJSON *o, const lorastore_entry *e)
+{
+	char when[64];
+	ls_format_time(e->created_unix_ns, true, when, sizeof(when));
+	cJSON_AddStringToObject(o, "name", e->name);
+	cJSON_AddNumberToObject(o, "version", e->version);
+	cJSON_AddStringToObject(o, "digest", e->digest);
+	cJSON_AddNumberToObject(o, "generation", (double)e->generation);
+	cJSON_AddNumberToObject(o, "rank", e->rank);
+	cJSON_AddNumberToObject(o, "scale", e->scale);
+	cJSON_AddStringToObject(o, "dtype", e->dtype);
+	ls_json_sizes(o, e);
+	cJSON_AddNumberToObject(o, "tensor_count", (double)e->tensor_count);
+	cJSON_AddBoolToObject(o, "resident", e->resident);
+	cJSON_AddStringToObject(o, "tier", e->tier);
+	cJSON_AddNumberToObject(o, "pins", e->pins);
+	if (*when)
+		cJSON_AddStringToObject(o, "created", when);
+	else
+		cJSON_AddNullToObject(o, "created");
+	if (*e->base_model)
+		cJSON_AddStringToObject(o, "base_model", e->base_model);
+	else
+		cJSON_AddNullToObject(o, "base_model");
+	cJSON_AddStringToObject(o, "source", e->source);
+	cJSON *arr = cJSON_AddArrayToObject(o, "aliases");
+	for (size_t k = 0; k < e->alias_count; k++)
+		cJSON_AddItemToArray(arr, cJSON_CreateString(e->aliases[k]));
+}

@@ -113,6 +113,9 @@ def test_the_cli_json_and_python_give_the_same_documents(conn, daemon):
 
     assert cli("ls", "cat/")["adapters"] == conn.list("cat/")
     assert cli("show", "cat/shape") == conn.show("cat/shape")
+    imported = cli("import", str(FIXTURES / "roberta-patterns"), "--name", "cat/shape")
+    again = conn.import_dir(FIXTURES / "roberta-patterns", name="cat/shape")
+    assert {k: v for k, v in imported["imported"][0].items() if k != "dir"} == again
     assert conn.show("cat/shape")["created"].endswith("Z")
 
 
