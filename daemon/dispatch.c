@@ -1028,7 +1028,7 @@ static void ls_grant(struct ls_session *s, uint64_t id, struct ls_resident *e, i
 	ar.generation = e->generation;
 	ar.slab_id = slot->slab.id;
 	ar.slab_size = slot->slab.size;
-	ar.offset = e->offset;
+	ar.offset = ls_res_data_offset(e);
 	ar.fd_attached = send_data;
 	ar.table_slab_id = tslot->slab.id;
 	ar.table_slab_size = tslot->slab.size;
@@ -1267,8 +1267,10 @@ static void ls_evict_read_done(struct ls_read_job *j)
 		      : ls_res_evict(&s->srv->res, rec->generation);
 	const char *where = tier ? ls_tier_kind_name(tier) : "any";
 	if (rc == -EBUSY)
-		ls_session_error(s, j->id, rc, "%s@%u is leased or loading (%s tier)", rec->name,
-				 rec->version, where);
+		ls_session_error(s, j->id, rc,
+				 "%s@%u is leased, loading, or lending its memory to a version "
+				 "of the same content (%s tier)",
+				 rec->name, rec->version, where);
 	else if (rc == LS_E_NOT_FOUND)
 		ls_session_error(s, j->id, rc, "%s@%u is not resident (%s tier)", rec->name,
 				 rec->version, where);

@@ -187,6 +187,27 @@ const struct ls_table_hdr *ls_res_table(const struct ls_resident *e)
 				   e->table_length);
 }
 
+/* Leased, staging a device load, or lending its data region to another version. */
+static bool ls_held(const struct ls_resident *e)
+{
+	return e->pins || e->sharers;
+}
+
+/*
+ * A resident entry of t holding its own copy of the content digest, to
+ * share; NULL when there is none.  A walk of the tier's entries: it runs
+ * for a version not resident yet, before a load that costs far more.
+ */
+static struct ls_resident *ls_content_find(struct ls_tier *t, const uint8_t *digest)
+{
+	for (uint32_t b = 0; b < t->n_buckets; b++)
+		for (struct ls_resident *e = t->buckets[b]; e; e = e->hnext)
+			if (!e->data_of && !e->deleted && e->state == LS_RES_RESIDENT &&
+			    memcmp(e->digest, digest, LS_DIGEST_LEN) == 0)
+				return e;
+	return NULL;
+}
+
 struct ls_resident *ls_res_find(struct ls_tier *t, uint64_t generation)
 {
 	for (struct ls_resident *e = t->buckets[generation % t->n_buckets]; e; e = e->hnext)
@@ -253,9 +274,12 @@ static void ls_res_free_entry(struct ls_resident *e)
 	struct ls_tier *t = e->tier;
 	ls_lru_remove(t, e);
 	ls_hash_remove(t, e);
-	struct ls_slab_slot *slot = &t->slabs[e->slab];
-	ls_extents_free(&slot->ext, e->offset, e->length);
-	slot->adapters--;
+	if (e->length) {
+		/* Its own extent: data and table, or (sharing another's data) the table. */
+		struct ls_slab_slot *slot = &t->slabs[e->slab];
+		ls_extents_free(&slot->ext, e->offset, e->length);
+		slot->adapters--;
+	}
 	if (t->kind == LS_TIER_DEVICE)
 		ls_extents_free(&t->table_slabs[e->table_slab].ext, e->table_offset,
 				ls_align_up(e->table_length, LS_BLOB_PAGE));
@@ -271,7 +295,15 @@ static void ls_res_free_entry(struct ls_resident *e)
 		close(e->fd);
 	if (e->xxh)
 		XXH3_freeState(e->xxh);
+	struct ls_resident *owner = e->data_of;
 	free(e);
+	if (owner && --owner->sharers == 0 && owner->pins == 0 &&
+	    owner->state == LS_RES_RESIDENT) {
+		if (owner->deleted)
+			ls_res_free_entry(owner);
+		else
+			ls_lru_push(t, owner);
+	}
 }
 
 /* Evict the least recently used unpinned entry of a tier; false when there is none. */
@@ -460,10 +492,10 @@ static void ls_load_finish(struct ls_resident *e)
 	ls_debug("loaded %s@%u (%llu bytes) into %s slab %u at %llu", ls_res_name(e),
 		 ls_res_version(e), (unsigned long long)e->length, ls_tier_kind_name(t),
 		 t->slabs[e->slab].slab.id, (unsigned long long)e->offset);
-	if (e->pins == 0)
+	if (!ls_held(e))
 		ls_lru_push(t, e);
 	ls_wake(e, 0, "ok");
-	if (e->pins == 0 && e->deleted)
+	if (!ls_held(e) && e->deleted)
 		ls_res_free_entry(e);
 }
 
@@ -665,7 +697,8 @@ static void ls_stream_step(struct ls_resident *e)
 		e->upload_len = avail - e->uploaded;
 		e->upload.done = ls_upload_done;
 		const void *src = ls_backend_host_ptr(h->tier->backend, &ls_res_slab(h)->slab,
-						      h->offset + e->uploaded, e->upload_len);
+						      ls_res_data_offset(h) + e->uploaded,
+						      e->upload_len);
 		int rc = ls_backend_upload(e->tier->backend, &ls_res_slab(e)->slab,
 					   e->offset + e->uploaded, src, e->upload_len, &e->upload,
 					   &err);
@@ -758,8 +791,8 @@ uint64_t ls_res_footprint(const Lorastore__VersionRecord *rec)
  * tier whose table is copied.
  */
 static int ls_entry_new(struct ls_tier *t, const Lorastore__VersionRecord *rec,
-			const struct ls_resident *from, struct ls_resident **out,
-			struct ls_err *err)
+			const struct ls_resident *from, struct ls_resident *share,
+			struct ls_resident **out, struct ls_err *err)
 {
 	size_t table = rec ? ls_table_size(rec) : from->table_length;
 	if (table == 0)
@@ -776,10 +809,26 @@ static int ls_entry_new(struct ls_tier *t, const Lorastore__VersionRecord *rec,
 	e->load_t0_ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
 	e->data_length = rec ? ls_align_up(rec->data_length ? rec->data_length : 1, LS_BLOB_PAGE)
 			     : from->data_length;
+	if (!rec)
+		memcpy(e->digest, from->digest, LS_DIGEST_LEN);
+	else if (rec->digest.len == LS_DIGEST_LEN)
+		memcpy(e->digest, rec->digest.data, LS_DIGEST_LEN);
 	e->table_length = table;
 	e->state = LS_RES_LOADING;
 	int rc;
-	if (t->kind == LS_TIER_HOST) {
+	if (share) {
+		/* The data region is share's: this version places its table alone. */
+		e->data_of = share;
+		if (t->kind == LS_TIER_HOST) {
+			e->length = ls_align_up(table, LS_BLOB_PAGE);
+			rc = ls_place(t, e->length, &e->slab, &e->offset, err);
+			e->table_slab = e->slab;
+			e->table_offset = e->offset;
+		} else {
+			e->length = 0;
+			rc = ls_place_table(t, table, &e->table_slab, &e->table_offset, err);
+		}
+	} else if (t->kind == LS_TIER_HOST) {
 		/* The table right after the data, in the same extent. */
 		e->length = e->data_length + ls_align_up(table, LS_BLOB_PAGE);
 		rc = ls_place(t, e->length, &e->slab, &e->offset, err);
@@ -811,16 +860,20 @@ static int ls_entry_new(struct ls_tier *t, const Lorastore__VersionRecord *rec,
 		memcpy(dst, ls_res_table(from), e->table_length);
 	if (rc) {
 		uint64_t gen = e->generation;
-		ls_extents_free(&t->slabs[e->slab].ext, e->offset, e->length);
+		if (e->length)
+			ls_extents_free(&t->slabs[e->slab].ext, e->offset, e->length);
 		if (t->kind == LS_TIER_DEVICE)
 			ls_extents_free(&ts->ext, e->table_offset, ls_align_up(table, LS_BLOB_PAGE));
 		free(e);
 		return ls_err_set(err, rc, "generation %llu: writing its tensor table: %s",
 				  (unsigned long long)gen, strerror(-rc));
 	}
-	t->slabs[e->slab].adapters++;
+	if (e->length)
+		t->slabs[e->slab].adapters++;
 	t->used += e->length;
 	t->count++;
+	if (share && share->sharers++ == 0)
+		ls_lru_remove(t, share); /* held while another version reads its data */
 	e->hnext = t->buckets[e->generation % t->n_buckets];
 	t->buckets[e->generation % t->n_buckets] = e;
 	*out = e;
@@ -844,9 +897,20 @@ static int ls_request(struct ls_tier *t, uint64_t gen, const Lorastore__VersionR
 	}
 	if (!e) {
 		t->stats.misses++;
-		int rc = ls_entry_new(t, rec, h, &e, err);
+		/* The same content resident already: one copy serves both versions. */
+		const uint8_t *digest = !rec ? h->digest
+				      : rec->digest.len == LS_DIGEST_LEN ? rec->digest.data
+									 : NULL;
+		struct ls_resident *same = digest ? ls_content_find(t, digest) : NULL;
+		int rc = ls_entry_new(t, rec, h, same, &e, err);
 		if (rc)
 			return rc;
+		if (same) {
+			e->state = LS_RES_RESIDENT;
+			ls_lru_push(t, e);
+			*out = e;
+			return 0;
+		}
 		if (h) {
 			/* The host copy counts as used: it is the source of this upload. */
 			ls_res_touch(h);
@@ -910,7 +974,7 @@ void ls_res_touch(struct ls_resident *e)
 	struct ls_tier *t = e->tier;
 	t->stats.hits++;
 	ls_lru_remove(t, e);
-	if (e->pins == 0)
+	if (!ls_held(e))
 		ls_lru_push(t, e); /* most recently used */
 }
 
@@ -937,7 +1001,7 @@ void ls_res_pin(struct ls_resident *e)
 
 void ls_res_unpin(struct ls_resident *e)
 {
-	if (--e->pins > 0 || e->state != LS_RES_RESIDENT)
+	if (--e->pins > 0 || e->sharers || e->state != LS_RES_RESIDENT)
 		return;
 	if (e->deleted) {
 		ls_info("freeing deleted %s@%u now that its last lease ended", ls_res_name(e),
@@ -957,7 +1021,7 @@ int ls_res_evict(struct ls_residency *r, uint64_t generation)
 		struct ls_resident *e = ls_res_find(&r->tiers[i], generation);
 		if (!e)
 			continue;
-		if (e->pins || e->state != LS_RES_RESIDENT)
+		if (ls_held(e) || e->state != LS_RES_RESIDENT)
 			return -EBUSY;
 		found[n++] = e;
 	}
@@ -975,7 +1039,7 @@ int ls_res_evict_tier(struct ls_tier *t, uint64_t generation)
 	struct ls_resident *e = ls_res_find(t, generation);
 	if (!e)
 		return LS_E_NOT_FOUND;
-	if (e->pins || e->state != LS_RES_RESIDENT)
+	if (ls_held(e) || e->state != LS_RES_RESIDENT)
 		return -EBUSY;
 	t->stats.evictions++;
 	ls_res_free_entry(e);
@@ -989,7 +1053,7 @@ void ls_res_deleted(struct ls_residency *r, uint64_t generation)
 		if (!e)
 			continue;
 		e->deleted = true;
-		if (e->pins == 0 && e->state == LS_RES_RESIDENT && !e->waiters)
+		if (!ls_held(e) && e->state == LS_RES_RESIDENT && !e->waiters)
 			ls_res_free_entry(e);
 	}
 }

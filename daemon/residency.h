@@ -18,6 +18,13 @@
  * host tier right after the data, on a device tier in table slabs of host
  * memory that the tier keeps beside its device slabs.
  *
+ * Versions of one content (one digest: the same adapter imported under two
+ * names, or again after a change and back) share one copy per tier: a
+ * version asked for while another of its digest is resident there gets an
+ * entry of its own with its own table, reading the other's data region
+ * (data_of); that entry is held (not evicted, not freed) while any such
+ * reader remains.
+ *
  * Unpinned resident entries sit on their tier's LRU list and are evicted
  * oldest first when the tier needs space.  A host load reads the blob's data
  * region through the event loop straight into the slab, then verifies its
@@ -74,6 +81,15 @@ struct ls_resident {
 	uint64_t table_offset;          /* bytes from that slab's start to the table */
 	uint64_t table_length;          /* bytes of the table */
 	uint32_t pins;                  /* leases, and device loads staging from this entry */
+	uint8_t digest[LS_DIGEST_LEN];  /* the content: versions of one digest share a copy */
+	/*
+	 * The entry of the same tier and digest whose data region this one
+	 * reads (its own extent is then its table alone, on a device tier
+	 * nothing), or NULL: the data is its own.  That entry counts this one
+	 * in sharers and is neither evicted nor freed while any remain.
+	 */
+	struct ls_resident *data_of;
+	uint32_t sharers;
 	bool deleted;                   /* removed from the catalog: free at pins == 0 */
 	struct ls_resident *lru_prev, *lru_next;  /* on the LRU while unpinned and resident */
 	struct ls_resident *hnext;
@@ -240,10 +256,17 @@ int ls_res_evict_tier(struct ls_tier *t, uint64_t generation);
 /* A version left the catalog: free it now in every tier, or when its last lease ends. */
 void ls_res_deleted(struct ls_residency *r, uint64_t generation);
 
-/* The slab slot of an entry's data, and of its table. */
+/* The slab slot of an entry's data (another version's, when it shares it), and of its table. */
 static inline struct ls_slab_slot *ls_res_slab(const struct ls_resident *e)
 {
-	return &e->tier->slabs[e->slab];
+	const struct ls_resident *d = e->data_of ? e->data_of : e;
+	return &d->tier->slabs[d->slab];
+}
+
+/* Bytes from the start of ls_res_slab(e) to the entry's data region. */
+static inline uint64_t ls_res_data_offset(const struct ls_resident *e)
+{
+	return e->data_of ? e->data_of->offset : e->offset;
 }
 
 static inline struct ls_slab_slot *ls_res_table_slab(const struct ls_resident *e)

@@ -460,3 +460,61 @@ Test(cli_catalog, errors_say_each_thing_once)
 	cr_assert_null(strstr(r.err, "catalog:"), "%s", r.err);
 	ls_cli_result_free(&r);
 }
+
+/* The bytes of an adapter's first tensor, summed (to see that they stay the same). */
+static uint64_t first_tensor_sum(const lorastore_adapter *ad)
+{
+	lorastore_tensor t;
+	cr_assert_eq(lorastore_adapter_tensor_at(ad, 0, &t), 0);
+	uint64_t sum = 0;
+	for (uint64_t i = 0; i < t.bytes; i++)
+		sum = sum * 31 + ((const uint8_t *)t.data)[i];
+	return sum;
+}
+
+Test(cli_catalog, two_versions_of_one_content_share_one_resident_copy)
+{
+	char *dir = adapter("same", SYNTH_LLAMA, 11);
+	struct ls_cli_result r;
+	CLI(&r, "import", dir, "--name", "t/one");
+	ls_cli_result_free(&r);
+	CLI(&r, "import", dir, "--name", "t/two");
+	ls_cli_result_free(&r);
+	lorastore *conn;
+	cr_assert_eq(lorastore_connect(daemon.socket, &conn), 0);
+	lorastore_adapter *a, *b;
+	cr_assert_eq(lorastore_acquire(conn, "t/one", -1, &a), 0, "%s", lorastore_errmsg(conn));
+	lorastore_stats s1;
+	cr_assert_eq(lorastore_stats_get(conn, &s1), 0);
+	cr_assert_eq(lorastore_acquire(conn, "t/two", -1, &b), 0, "%s", lorastore_errmsg(conn));
+	lorastore_stats s2;
+	cr_assert_eq(lorastore_stats_get(conn, &s2), 0);
+	cr_assert_eq(s2.tiers[0].adapters, 2);
+	cr_assert_gt(s2.tiers[0].used, s1.tiers[0].used, "the second version has its own table");
+	cr_assert_lt(s2.tiers[0].used - s1.tiers[0].used, s1.tiers[0].used / 2,
+		     "but not its own copy of the data (%llu, then %llu bytes)",
+		     (unsigned long long)s1.tiers[0].used, (unsigned long long)s2.tiers[0].used);
+	lorastore_tensor ta, tb;
+	cr_assert_eq(lorastore_adapter_tensor_at(a, 0, &ta), 0);
+	cr_assert_eq(lorastore_adapter_tensor_at(b, 0, &tb), 0);
+	cr_assert_eq(ta.data, tb.data, "both versions read one copy");
+	uint64_t before = first_tensor_sum(b);
+	lorastore_adapter_release(a);
+
+	/* The version whose copy it is goes from the catalog: the copy stays while read. */
+	CLI(&r, "rm", "t/one@1");
+	cr_assert_eq(r.status, 0, "%s", r.err);
+	ls_cli_result_free(&r);
+	cr_assert_eq(first_tensor_sum(b), before);
+	lorastore_adapter_release(b);
+	lorastore_adapter *again;
+	cr_assert_eq(lorastore_acquire(conn, "t/two", -1, &again), 0, "%s", lorastore_errmsg(conn));
+	cr_assert_eq(first_tensor_sum(again), before);
+	lorastore_adapter_release(again);
+	cr_assert_eq(lorastore_evict(conn, "t/two"), 0, "%s", lorastore_errmsg(conn));
+	cr_assert_eq(lorastore_stats_get(conn, &s2), 0);
+	cr_assert_eq(s2.tiers[0].adapters, 0, "the deleted version's copy went with its last reader");
+	cr_assert_eq(s2.tiers[0].used, 0);
+	lorastore_close(conn);
+	free(dir);
+}

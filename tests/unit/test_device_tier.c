@@ -913,3 +913,39 @@ Test(device, auto_without_a_driver_serves_host_memory_and_refuses_the_device_tie
 	lorastore_close(conn);
 	cr_assert_eq(ls_daemon_stop(&dp), 0);
 }
+
+Test(device, two_versions_of_one_content_share_one_device_copy)
+{
+	need_cuda(false);
+	start_device_daemon(NULL);
+	lorastore *conn = connect_ok();
+	import_seed(conn, "dev/one", 7, 2, 256);
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s/s7", work_dir);
+	lorastore_import_opts io = {.name = "dev/two"};
+	cr_assert_eq(lorastore_import_dir(conn, dir, &io, NULL), 0, "%s", lorastore_errmsg(conn));
+	lorastore_adapter *a = acquire_dev(conn, "dev/one", NULL);
+	lorastore_tier_stats one = device_stats(conn, NULL);
+	lorastore_adapter *b = acquire_dev(conn, "dev/two", NULL);
+	lorastore_tier_stats two = device_stats(conn, NULL);
+	cr_assert_eq(two.adapters, 2);
+	cr_assert_eq(two.used, one.used, "a second version of one content takes no more GPU memory");
+	lorastore_tensor ta, tb;
+	cr_assert_eq(lorastore_adapter_tensor_at(a, 0, &ta), 0);
+	cr_assert_eq(lorastore_adapter_tensor_at(b, 0, &tb), 0);
+	cr_assert_eq(ta.data, tb.data, "both versions read one device copy");
+	lorastore_adapter_info ib;
+	cr_assert_eq(lorastore_adapter_info_get(b, &ib), 0);
+	cr_assert_str_eq(ib.name, "dev/two", "each version has its own table");
+	lorastore_adapter_release(a);
+	lorastore_adapter_release(b);
+	cr_assert_eq(lorastore_evict_tier(conn, "dev/one", LORASTORE_TIER_DEVICE, NULL), -EBUSY,
+		     "the copy dev/two reads stays");
+	cr_assert_eq(lorastore_evict_tier(conn, "dev/two", LORASTORE_TIER_DEVICE, NULL), 0, "%s",
+		     lorastore_errmsg(conn));
+	cr_assert_eq(lorastore_evict_tier(conn, "dev/one", LORASTORE_TIER_DEVICE, NULL), 0, "%s",
+		     lorastore_errmsg(conn));
+	cr_assert_eq(device_stats(conn, NULL).adapters, 0);
+	cr_assert_eq(device_stats(conn, NULL).used, 0);
+	lorastore_close(conn);
+}
