@@ -612,10 +612,10 @@ static void ls_open_run(struct ls_job *job)
 	struct ls_err err;
 	int fd = -1;
 	int rc = ls_blob_open(path, t->digest, &fd, &e->hdr, &err);
-	if (rc == 0 && e->hdr.data_length != e->data_length)
+	if (rc == 0 && e->hdr.data_length != e->region_bytes)
 		rc = ls_err_set(&err, LS_E_CORRUPT, "%s: data region of %llu bytes, expected %llu",
 				path, (unsigned long long)e->hdr.data_length,
-				(unsigned long long)e->data_length);
+				(unsigned long long)e->region_bytes);
 	if (rc) {
 		if (fd >= 0)
 			close(fd);
@@ -691,7 +691,7 @@ static void ls_stream_step(struct ls_resident *e)
 		return;
 	}
 	struct ls_resident *h = e->staging;
-	uint64_t avail = e->staged ? e->data_length : h->done;
+	uint64_t avail = e->staged ? e->region_bytes : h->done;
 	if (e->uploaded < avail) {
 		struct ls_err err;
 		e->upload_len = avail - e->uploaded;
@@ -711,7 +711,7 @@ static void ls_stream_step(struct ls_resident *e)
 			 "bytes read)", (unsigned long long)e->uploaded,
 			 (unsigned long long)(e->uploaded + e->upload_len), ls_res_name(e),
 			 ls_res_version(e), e->tier->uuid, (unsigned long long)avail,
-			 (unsigned long long)e->data_length);
+			 (unsigned long long)e->region_bytes);
 		return;
 	}
 	if (!e->staged)
@@ -807,8 +807,8 @@ static int ls_entry_new(struct ls_tier *t, const Lorastore__VersionRecord *rec,
 	struct timespec now;
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	e->load_t0_ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
-	e->data_length = rec ? ls_align_up(rec->data_length ? rec->data_length : 1, LS_BLOB_PAGE)
-			     : from->data_length;
+	e->region_bytes = rec ? ls_align_up(rec->data_length ? rec->data_length : 1, LS_BLOB_PAGE)
+			     : from->region_bytes;
 	if (!rec)
 		memcpy(e->digest, from->digest, LS_DIGEST_LEN);
 	else if (rec->digest.len == LS_DIGEST_LEN)
@@ -830,12 +830,12 @@ static int ls_entry_new(struct ls_tier *t, const Lorastore__VersionRecord *rec,
 		}
 	} else if (t->kind == LS_TIER_HOST) {
 		/* The table right after the data, in the same extent. */
-		e->length = e->data_length + ls_align_up(table, LS_BLOB_PAGE);
+		e->length = e->region_bytes + ls_align_up(table, LS_BLOB_PAGE);
 		rc = ls_place(t, e->length, &e->slab, &e->offset, err);
 		e->table_slab = e->slab;
-		e->table_offset = e->offset + e->data_length;
+		e->table_offset = e->offset + e->region_bytes;
 	} else {
-		e->length = e->data_length;
+		e->length = e->region_bytes;
 		rc = ls_place_table(t, table, &e->table_slab, &e->table_offset, err);
 		if (rc == 0) {
 			rc = ls_place(t, e->length, &e->slab, &e->offset, err);

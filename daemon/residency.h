@@ -76,7 +76,8 @@ struct ls_resident {
 	uint32_t slab;                  /* index into the tier's slabs */
 	uint64_t offset;                /* bytes from the slab's start to the data region */
 	uint64_t length;                /* bytes of the extent in the slab: data (and table on host) */
-	uint64_t data_length;           /* bytes of the blob's data region (page multiple) */
+	uint64_t region_bytes;          /* bytes of the data region in memory: the record's
+					   data_length in whole pages (the blob's region) */
 	uint32_t table_slab;            /* index into the tier's table slabs */
 	uint64_t table_offset;          /* bytes from that slab's start to the table */
 	uint64_t table_length;          /* bytes of the table */
