@@ -419,12 +419,17 @@ int ls_conn_call(lorastore *c, Lorastore__Request *req, const int *fds, size_t n
 		return code;
 	}
 	if (r->body_case != expected) {
-		/* A descriptor that came with the wrong answer is nobody's. */
-		if (r->body_case == LORASTORE__RESPONSE__BODY_ACQUIRE && r->acquire &&
-		    r->acquire->fd_attached) {
-			int fd = ls_conn_take_fd(c);
-			if (fd >= 0)
-				close(fd);
+		/*
+		 * Descriptors that came with the wrong answer are nobody's: both
+		 * go, or the next reply would take the one left over.
+		 */
+		if (r->body_case == LORASTORE__RESPONSE__BODY_ACQUIRE && r->acquire) {
+			int n = !!r->acquire->fd_attached + !!r->acquire->table_fd_attached;
+			for (int i = 0; i < n; i++) {
+				int fd = ls_conn_take_fd(c);
+				if (fd >= 0)
+					close(fd);
+			}
 		}
 		int got = (int)r->body_case;
 		lorastore__response__free_unpacked(r, NULL);

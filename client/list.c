@@ -179,6 +179,9 @@ LS_PUBLIC int lorastore_list_page(lorastore *conn, const char *prefix, const cha
 	if (!conn || !out)
 		return -EINVAL;
 	*out = NULL;
+	if (limit > LS_PROTO_LIST_LIMIT_MAX)
+		return ls_conn_error(conn, -EINVAL, "list: a page holds at most %u versions, not %u",
+				     LS_PROTO_LIST_LIMIT_MAX, limit);
 	Lorastore__ListRequest lr = LORASTORE__LIST_REQUEST__INIT;
 	lr.prefix = (char *)(prefix ? prefix : "");
 	lr.cursor = (char *)(cursor ? cursor : "");

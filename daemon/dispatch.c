@@ -13,14 +13,12 @@
 #include "server.h"
 
 #define LS_LIST_PAGE_DEFAULT 100u
-#define LS_LIST_PAGE_MAX 1000u
 /*
  * Bytes of records one page of a listing holds at most (the first record
  * always goes in, and a record has at most LS_RECORD_MAX): with the entries'
  * own fields the reply stays under the 16 MiB frame cap.
  */
 #define LS_LIST_PAGE_BYTES ((size_t)8 << 20)
-#define LS_VERSION_STRING "0.1.0"
 
 static void ls_send_done(struct ls_session *s, uint64_t id)
 {
@@ -154,7 +152,7 @@ static void ls_on_hello(struct ls_session *s, Lorastore__Request *req)
 	s->hello_done = true;
 	Lorastore__HelloReply hr = LORASTORE__HELLO_REPLY__INIT;
 	hr.protocol_version = LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
-	hr.daemon_version = LS_VERSION_STRING;
+	hr.daemon_version = LS_VERSION;
 	hr.admin = s->admin;
 	hr.backend = s->srv->n_devices ? "cuda" : "host";
 	hr.instance = s->srv->instance;
@@ -982,7 +980,7 @@ static void ls_on_list(struct ls_session *s, Lorastore__Request *req)
 	if (!j)
 		return;
 	unsigned limit = lq->limit ? lq->limit : LS_LIST_PAGE_DEFAULT;
-	j->limit = limit > LS_LIST_PAGE_MAX ? LS_LIST_PAGE_MAX : limit;
+	j->limit = limit; /* the framer refused a limit over LS_PROTO_LIST_LIMIT_MAX */
 	snprintf(j->prefix, sizeof(j->prefix), "%.*s", LS_NAME_MAX, lq->prefix ? lq->prefix : "");
 	snprintf(j->cursor, sizeof(j->cursor), "%.*s", LS_NAME_MAX + 15,
 		 lq->cursor ? lq->cursor : "");

@@ -38,7 +38,9 @@
  * that one load.
  *
  * The residency reaches slab memory only through the backends (backend.h).
- * Everything here runs on the loop thread.
+ * Everything here runs on the loop thread, but for the jobs it hands the
+ * worker pool (a blob's open and checks, hashing), whose results come back
+ * to the loop.
  */
 #ifndef LS_RESIDENCY_H
 #define LS_RESIDENCY_H

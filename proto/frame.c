@@ -31,8 +31,6 @@
 #define LS_PROTO_STRING_MAX 4096u
 /* Most refs one prefetch may name. */
 #define LS_PROTO_PREFETCH_MAX 1024u
-/* Largest page a list may ask for. */
-#define LS_PROTO_LIST_LIMIT_MAX 10000u
 
 /*
  * Allocation budget for decoding one request (bytes, counting

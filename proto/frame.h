@@ -23,6 +23,12 @@
 /* Bytes of the length prefix. */
 #define LS_FRAME_HEADER 4u
 
+/*
+ * Largest page a list may ask for: the daemon's page of records, the
+ * framer's refusal and the client's check are this one number.
+ */
+#define LS_PROTO_LIST_LIMIT_MAX 1000u
+
 struct ls_framer {
 	uint8_t *buf;        /* bytes received and not yet consumed */
 	size_t len;          /* bytes in buf */

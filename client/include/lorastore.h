@@ -313,7 +313,8 @@ typedef struct lorastore_list lorastore_list;
 /*
  * One page of the versions whose name begins with prefix (NULL or "" for
  * all), after cursor (NULL for the first page); limit 0 takes the daemon's
- * page size (100; at most 1,000).  A page also ends once it holds 8 MiB of
+ * page size (100), and a limit over 1,000 is refused (-EINVAL).  A page also
+ * ends once it holds 8 MiB of
  * records (configs with long target_modules lists fill it sooner), so it
  * may hold fewer than limit: follow lorastore_list_next until it is NULL.
  * Free with lorastore_list_free.

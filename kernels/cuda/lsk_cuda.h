@@ -22,14 +22,13 @@ extern "C" {
  * passes a handle; shorter ones go to the shrink kernel.  The expand is the
  * kernel for every token (see cublas_path.cu).
  *
- * 64 is a first estimate, not a measurement: the kernel reads A once per
- * group of 4 tokens while cuBLAS tiles with tensor cores, and cuBLAS's fixed
- * cost (a few microseconds of launch and heuristics) is repaid after a few
- * dozen tokens.  It is to be measured on the H200: scripts/gpu-check runs
- * bench_kernels_cuda, whose "prefill" table times both paths for segment
- * lengths 8..2048 (in = out = 4096, rank 16 and 64, BF16) and prints the
- * shortest length from which cuBLAS stays faster; set this constant to that
- * length.
+ * 64 lies between the crossovers measured on an H200 (BENCHMARKS.md,
+ * bench_kernels_cuda's "prefill" table: cuBLAS stays faster from L = 512 at
+ * rank 16 and from L = 16 at rank 64 on one machine, from L = 48 at rank 16
+ * on another).  The kernel reads A once per group of 4 tokens while cuBLAS
+ * tiles with tensor cores, and cuBLAS's fixed cost (a few microseconds of
+ * launch and heuristics) is repaid after a few dozen tokens.  A change to
+ * the prefill kernels moves the crossover: set this from that table again.
  */
 #define LSK_CUDA_CUBLAS_MIN_TOKENS 64
 

@@ -5,6 +5,7 @@
  */
 #include <criterion/criterion.h>
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -517,4 +518,16 @@ Test(cli_catalog, two_versions_of_one_content_share_one_resident_copy)
 	cr_assert_eq(s2.tiers[0].used, 0);
 	lorastore_close(conn);
 	free(dir);
+}
+
+Test(cli_catalog, a_list_page_over_the_protocols_limit_is_refused_not_clamped)
+{
+	lorastore *conn;
+	cr_assert_eq(lorastore_connect(daemon.socket, &conn), 0);
+	lorastore_list *l = NULL;
+	cr_assert_eq(lorastore_list_page(conn, "", NULL, 1001, &l), -EINVAL);
+	cr_assert(strstr(lorastore_errmsg(conn), "at most 1000"), "%s", lorastore_errmsg(conn));
+	cr_assert_eq(lorastore_list_page(conn, "", NULL, 1000, &l), 0, "%s", lorastore_errmsg(conn));
+	lorastore_list_free(l);
+	lorastore_close(conn);
 }

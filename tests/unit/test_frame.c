@@ -703,15 +703,17 @@ static int decode_list(uint32_t limit)
 	return rc;
 }
 
-Test(request_rules, list_limit_over_10000_refused)
+Test(request_rules, list_limit_over_1000_refused)
 {
-	cr_assert_eq(decode_list(10001), LS_E_PROTOCOL);
+	cr_assert_eq(decode_list(LS_PROTO_LIST_LIMIT_MAX + 1), LS_E_PROTOCOL);
+	cr_assert_eq(decode_list(10000), LS_E_PROTOCOL);
 	cr_assert_eq(decode_list(UINT32_MAX), LS_E_PROTOCOL);
 }
 
-Test(request_rules, list_limit_of_10000_accepted)
+Test(request_rules, list_limit_of_1000_accepted)
 {
-	cr_assert_eq(decode_list(10000), 0);
+	cr_assert_eq(LS_PROTO_LIST_LIMIT_MAX, 1000);
+	cr_assert_eq(decode_list(1000), 0);
 	cr_assert_eq(decode_list(0), 0);
 }
 
