@@ -616,6 +616,21 @@ static void ls_open_run(struct ls_job *job)
 		rc = ls_err_set(&err, LS_E_CORRUPT, "%s: data region of %llu bytes, expected %llu",
 				path, (unsigned long long)e->hdr.data_length,
 				(unsigned long long)e->region_bytes);
+	if (rc == LS_E_BLOB_MISSING) {
+		/*
+		 * A delete removes a blob after its catalog commit: a version the
+		 * catalog no longer has was deleted while it loaded, which is no
+		 * fault of the store.
+		 */
+		char ref[LS_NAME_MAX + 16];
+		snprintf(ref, sizeof(ref), "%s@%u", ls_res_name(e), t->version);
+		Lorastore__VersionRecord *rec = NULL;
+		struct ls_err lerr;
+		if (ls_store_lookup(r->store, ref, &rec, &lerr) == LS_E_NOT_FOUND)
+			rc = ls_err_set(&err, LS_E_DELETED, "deleted while it was being loaded");
+		if (rec)
+			lorastore__version_record__free_unpacked(rec, NULL);
+	}
 	if (rc) {
 		if (fd >= 0)
 			close(fd);

@@ -146,6 +146,18 @@ int ls_store_export(struct ls_store *s, const char *ref, struct ls_export *out,
 	struct ls_blob_header hdr;
 	Lorastore__BlobManifest *m = NULL;
 	rc = ls_blob_open(path, out->rec->digest.data, &fd, &hdr, err);
+	if (rc == LS_E_BLOB_MISSING) {
+		/* Deleted since the lookup: its blob went after the catalog's commit. */
+		Lorastore__VersionRecord *again = NULL;
+		struct ls_err lerr;
+		char fixed[LS_NAME_MAX + 16];
+		snprintf(fixed, sizeof(fixed), "%s@%u", out->rec->name, out->rec->version);
+		if (ls_store_lookup(s, fixed, &again, &lerr) == LS_E_NOT_FOUND)
+			rc = ls_err_set(err, LS_E_NOT_FOUND, "%s was deleted while it was exported",
+					fixed);
+		if (again)
+			lorastore__version_record__free_unpacked(again, NULL);
+	}
 	if (rc == 0)
 		rc = ls_blob_read_manifest(fd, path, &hdr, &m, err);
 	if (fd >= 0)
