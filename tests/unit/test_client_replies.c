@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,7 @@
 
 static char *work_dir;
 static char sock_path[256];
+static sem_t sent; /* posted once the fake daemon has sent and closed its slabs */
 
 static void setup(void)
 {
@@ -120,6 +122,7 @@ static void *fake_daemon(void *arg)
 	fake_send(fd, &wrong, slabs, 2);
 	close(slabs[0]);
 	close(slabs[1]);
+	sem_post(&sent);
 	/* Wait for the client to go. */
 	char c;
 	while (read(fd, &c, 1) > 0)
@@ -149,6 +152,7 @@ Test(client_replies, both_slab_descriptors_of_an_unexpected_acquire_reply_are_cl
 	cr_assert_eq(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0, "%s", strerror(errno));
 	cr_assert_eq(listen(lfd, 1), 0);
 	pthread_t th;
+	cr_assert_eq(sem_init(&sent, 0, 0), 0);
 	cr_assert_eq(pthread_create(&th, NULL, fake_daemon, &lfd), 0);
 
 	lorastore *conn;
@@ -156,9 +160,13 @@ Test(client_replies, both_slab_descriptors_of_an_unexpected_acquire_reply_are_cl
 	int before = open_fds();
 	lorastore_stats s;
 	cr_assert_eq(lorastore_stats_get(conn, &s), LORASTORE_E_PROTOCOL);
+	/* The fake daemon's own copies of the slabs are closed too before counting. */
+	while (sem_wait(&sent) != 0 && errno == EINTR)
+		;
 	cr_assert_eq(open_fds(), before,
 		     "a descriptor of the out-of-turn reply stayed queued for the next one");
 	lorastore_close(conn);
 	pthread_join(th, NULL);
+	sem_destroy(&sent);
 	close(lfd);
 }
