@@ -12,6 +12,7 @@
 #include <limits.h>
 
 #include "frame.h"
+#include "ls_clock.h"
 #include "ls_name.h"
 #include "table.h"
 #include "lorastore.h"
@@ -125,9 +126,6 @@ int ls_import_source(lorastore *conn, const char *arg, const char *name,
  * at the deadline while one is set.
  */
 int ls_conn_open(lorastore *conn, const char *path);
-
-/* Milliseconds of CLOCK_MONOTONIC. */
-int64_t ls_mono_ms(void);
 
 /*
  * Send req (its id is assigned here), with fds[0..nfds) attached to the

@@ -74,13 +74,6 @@ int ls_conn_check(lorastore *c)
 	return c->fd < 0 ? LS_E_CLOSED : 0;
 }
 
-int64_t ls_mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 int ls_conn_open(lorastore *c, const char *path)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};

@@ -25,7 +25,6 @@ int ls_backend_slab_alloc(const struct ls_backend *b, uint64_t size, struct ls_s
 		return ls_err_set(err, -EINVAL, "no slab to fill");
 	/* A failed allocation leaves a slab that slab_free and callers can tell is empty. */
 	memset(out, 0, sizeof(*out));
-	out->fd = -1;
 	if (size == 0)
 		return ls_err_set(err, -EINVAL, "a slab of 0 bytes");
 	return b->iface->slab_alloc(b->ctx, size, out, err);
@@ -36,6 +35,13 @@ void ls_backend_slab_free(const struct ls_backend *b, struct ls_slab *slab)
 	if (!slab || slab->size == 0)
 		return;
 	b->iface->slab_free(b->ctx, slab);
+}
+
+int ls_backend_slab_export(const struct ls_backend *b, const struct ls_slab *slab)
+{
+	if (!slab || slab->size == 0)
+		return -1;
+	return b->iface->slab_export(b->ctx, slab);
 }
 
 /* Whether [offset, offset + len) lies inside the slab, written so that it cannot overflow. */

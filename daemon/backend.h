@@ -7,7 +7,8 @@
  * the only callers and apply those defaults.  The residency reaches slab
  * memory only through these calls: where a read lands and a table is written
  * (host_ptr), an asynchronous copy from host memory (upload, completed
- * through completion_fd and reap), memory queries, granularity.
+ * through completion_fd and reap), the descriptor clients are sent
+ * (slab_export), memory queries, granularity.
  *
  * A slab is one large allocation that adapters are sub-allocated in.  Its
  * descriptor is sent once per connection (SCM_RIGHTS); clients map it
@@ -25,8 +26,7 @@
 struct ls_slab {
 	uint32_t id;            /* set by the residency: unique among the daemon's slabs */
 	uint64_t size;          /* bytes */
-	int fd;                 /* the descriptor clients map or import; owned by the slab */
-	void *priv;             /* the backend's own state */
+	void *priv;             /* the backend's own state; NULL for no slab */
 };
 
 /* An asynchronous copy into a slab; done is called once, on the loop thread. */
@@ -54,6 +54,13 @@ struct ls_backend_i {
 	 * references).
 	 */
 	void (*slab_free)(void *ctx, struct ls_slab *slab);
+
+	/*
+	 * The descriptor that shares the slab: clients map it (host) or import
+	 * it (cuda).  It belongs to the slab: the caller sends it and never
+	 * closes it.
+	 */
+	int (*slab_export)(void *ctx, const struct ls_slab *slab);
 
 	/*
 	 * The daemon's host mapping of [offset, offset + len) of the slab,
@@ -110,6 +117,8 @@ const char *ls_backend_name(const struct ls_backend *b);
 int ls_backend_slab_alloc(const struct ls_backend *b, uint64_t size, struct ls_slab *out,
 			  struct ls_err *err);
 void ls_backend_slab_free(const struct ls_backend *b, struct ls_slab *slab);
+/* The slab's shared descriptor (owned by the slab), or -1 for no slab. */
+int ls_backend_slab_export(const struct ls_backend *b, const struct ls_slab *slab);
 void *ls_backend_host_ptr(const struct ls_backend *b, struct ls_slab *slab, uint64_t offset,
 			  uint64_t len);
 int ls_backend_upload(const struct ls_backend *b, struct ls_slab *slab, uint64_t offset,

@@ -73,6 +73,7 @@ struct ls_cuda {
 struct ls_cuda_slab {
 	CUmemGenericAllocationHandle handle;
 	CUdeviceptr va;              /* the daemon's read-write mapping */
+	int fd;                      /* the handle exported as a POSIX file descriptor */
 };
 
 static int cuda_current(struct ls_cuda *c, struct ls_err *err)
@@ -160,8 +161,8 @@ static int cuda_slab_alloc(void *ctx, uint64_t size, struct ls_slab *out, struct
 		free(s);
 		return rc;
 	}
+	s->fd = fd;
 	out->size = size;
-	out->fd = fd;
 	out->priv = s;
 	return 0;
 }
@@ -182,14 +183,20 @@ static void cuda_slab_free(void *ctx, struct ls_slab *slab)
 	struct ls_err err;
 	if (cuda_current(c, &err) == 0 && s) {
 		c->d->cuStreamSynchronize(c->stream);
-		cuda_slab_undo(c, slab->size, s, slab->fd, 4);
-	} else if (slab->fd >= 0) {
-		close(slab->fd);
+		cuda_slab_undo(c, slab->size, s, s->fd, 4);
+	} else if (s && s->fd >= 0) {
+		close(s->fd);
 	}
 	free(s);
 	slab->priv = NULL;
-	slab->fd = -1;
 	slab->size = 0;
+}
+
+static int cuda_slab_export(void *ctx, const struct ls_slab *slab)
+{
+	(void)ctx;
+	const struct ls_cuda_slab *s = slab->priv;
+	return s ? s->fd : -1;
 }
 
 /*
@@ -348,6 +355,7 @@ static const struct ls_backend_i cuda_iface = {
 	/* .name            = */ cuda_name,
 	/* .slab_alloc      = */ cuda_slab_alloc,
 	/* .slab_free       = */ cuda_slab_free,
+	/* .slab_export     = */ cuda_slab_export,
 	/* .host_ptr        = */ NULL, /* device memory: filled by upload */
 	/* .upload          = */ cuda_upload,
 	/* .completion_fd   = */ cuda_completion_fd,

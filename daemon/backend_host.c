@@ -48,6 +48,12 @@ static uint64_t host_granularity(void *ctx)
 	return LS_HOST_GRANULARITY;
 }
 
+/* A host slab: the memfd clients map, and the daemon's writable mapping of it. */
+struct ls_host_slab {
+	int fd;
+	void *map;
+};
+
 static int host_slab_alloc(void *ctx, uint64_t size, struct ls_slab *out, struct ls_err *err)
 {
 	(void)ctx;
@@ -92,9 +98,15 @@ static int host_slab_alloc(void *ctx, uint64_t size, struct ls_slab *out, struct
 		goto fail_map;
 	}
 
+	struct ls_host_slab *hs = malloc(sizeof(*hs));
+	if (!hs) {
+		rc = ls_err_set(err, -ENOMEM, "out of memory");
+		goto fail_map;
+	}
+	hs->fd = fd;
+	hs->map = host;
 	out->size = rounded;
-	out->fd = fd;
-	out->priv = host; /* the daemon's writable mapping */
+	out->priv = hs;
 	return 0;
 
 fail_map:
@@ -112,20 +124,29 @@ static void host_slab_free(void *ctx, struct ls_slab *slab)
 	 * they stay readable after this; the memory goes when the last one is
 	 * unmapped and the last descriptor is closed.
 	 */
-	if (slab->priv)
-		munmap(slab->priv, (size_t)slab->size);
-	if (slab->fd >= 0)
-		close(slab->fd);
+	struct ls_host_slab *hs = slab->priv;
+	if (hs) {
+		munmap(hs->map, (size_t)slab->size);
+		close(hs->fd);
+		free(hs);
+	}
 	slab->priv = NULL;
-	slab->fd = -1;
 	slab->size = 0;
+}
+
+static int host_slab_export(void *ctx, const struct ls_slab *slab)
+{
+	(void)ctx;
+	const struct ls_host_slab *hs = slab->priv;
+	return hs ? hs->fd : -1;
 }
 
 static void *host_host_ptr(void *ctx, struct ls_slab *slab, uint64_t offset, uint64_t len)
 {
 	(void)ctx;
 	(void)len;
-	return slab->priv ? (uint8_t *)slab->priv + offset : NULL;
+	const struct ls_host_slab *hs = slab->priv;
+	return hs ? (uint8_t *)hs->map + offset : NULL;
 }
 
 /* Parse "Key:   12345 kB" lines of /proc/meminfo; 0, or -errno. */
@@ -172,6 +193,7 @@ static const struct ls_backend_i host_iface = {
 	/* .name            = */ host_name,
 	/* .slab_alloc      = */ host_slab_alloc,
 	/* .slab_free       = */ host_slab_free,
+	/* .slab_export     = */ host_slab_export,
 	/* .host_ptr        = */ host_host_ptr,
 	/* .upload          = */ NULL, /* reads land in the slab itself */
 	/* .completion_fd   = */ NULL,

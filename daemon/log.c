@@ -1,5 +1,6 @@
 /* Logging of lorastored. */
 #include "log.h"
+#include "ls_clock.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -46,9 +47,7 @@ void ls_log(enum ls_log_level level, const char *fmt, ...)
 
 void ls_log_limited(struct ls_ratelimit *rl, enum ls_log_level level, const char *fmt, ...)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	long long now = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + 1;
+	long long now = ls_mono_ms() + 1;
 	if (rl->last_ms && now - rl->last_ms < rl->interval_ms) {
 		rl->left_out++;
 		return;

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "loop_engine.h"
+#include "ls_clock.h"
 
 /* Threads reading blobs.  Loads rarely overlap much; reads are large. */
 #define LS_EPOLL_IO_THREADS 4
@@ -98,13 +99,6 @@ static struct ls_op *ls_q_pop(struct ls_ep_queue *q)
 		op->next = NULL;
 	}
 	return op;
-}
-
-static int64_t ls_now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 /* ---- I/O threads */
@@ -386,7 +380,7 @@ static void ls_epoll_submit(struct ls_loop *loop, struct ls_op *op)
 	case LS_OP_TIMEOUT: {
 		/* Kept in deadline order, so that timers due together complete in it. */
 		op->state = LS_EP_TIMER;
-		op->deadline_ns = ls_now_ns() + op->u.timeout.sec * 1000000000 + op->u.timeout.nsec;
+		op->deadline_ns = ls_mono_ns() + op->u.timeout.sec * 1000000000 + op->u.timeout.nsec;
 		struct ls_op **p = &ep->timers;
 		while (*p && (*p)->deadline_ns <= op->deadline_ns)
 			p = &(*p)->next;
@@ -509,7 +503,7 @@ static void ls_ep_event(struct ls_epoll *ep, const struct epoll_event *ev)
 /* Complete the timers that are due; the milliseconds until the next, or -1. */
 static int ls_ep_timers(struct ls_epoll *ep)
 {
-	int64_t now = ls_now_ns(), next = -1;
+	int64_t now = ls_mono_ns(), next = -1;
 	struct ls_op **p = &ep->timers;
 	while (*p) {
 		struct ls_op *op = *p;

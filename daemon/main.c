@@ -22,9 +22,11 @@
 
 #include "backend_cuda.h"
 #include "log.h"
+#include "ls_clock.h"
 #include "ls_size.h"
 #include "metrics.h"
 #include "server.h"
+#include "stats.h"
 
 #define LS_TICK_MS 100
 
@@ -76,10 +78,14 @@ static void ls_tick_done(struct ls_loop *loop, struct ls_op *op, int res)
 	struct ls_server *srv = (struct ls_server *)((char *)op - offsetof(struct ls_server, tick_op));
 	(void)loop;
 	(void)res;
-	ls_server_tick(srv);
+	/* Expire acquires whose timeout passed; check connections. */
+	int64_t now = ls_mono_ms();
+	ls_server_check_connections(srv, now);
+	for (struct ls_session *s = srv->sessions; s; s = s->next)
+		ls_pending_expire(&s->pending, now);
 	if (srv->metrics) {
 		struct ls_metrics_snapshot snap;
-		ls_server_metrics_snapshot(srv, &snap);
+		ls_stats_snapshot(srv, &snap);
 		ls_metrics_publish(srv->metrics, &snap);
 	}
 	if (!srv->stopping)
@@ -300,7 +306,7 @@ static int ls_setup_devices(struct ls_server *srv)
 				"loads beyond them fall back to evicting", devs[i].ordinal,
 				devs[i].uuid, (unsigned long long)budget,
 				(unsigned long long)free_bytes);
-		if (ls_residency_add_device(&srv->res, b, devs[i].ordinal, devs[i].uuid, budget,
+		if (ls_residency_add_device(srv->res, b, devs[i].ordinal, devs[i].uuid, budget,
 					    cfg->device_slab_size, &err)) {
 			ls_error("GPU %d (%s): %s", devs[i].ordinal, devs[i].uuid, err.msg);
 			return LS_E_BACKEND;
@@ -309,7 +315,7 @@ static int ls_setup_devices(struct ls_server *srv)
 		ls_format_size(budget, b_s, sizeof(b_s));
 		ls_format_size(free_bytes, f_s, sizeof(f_s));
 		ls_info("device tier %u: GPU %d, %s, %s, budget %s of %s free",
-			srv->res.n_tiers - 1, devs[i].ordinal, devs[i].uuid, devs[i].name, b_s, f_s);
+			ls_res_tier_count(srv->res) - 1, devs[i].ordinal, devs[i].uuid, devs[i].name, b_s, f_s);
 	}
 	if (srv->n_devices == 0) {
 		const char *why = n == 0 ? "the driver reports no GPU"
@@ -343,17 +349,10 @@ int main(int argc, char **argv)
 	srv.cfg = &cfg;
 	srv.listen_fd = srv.signal_fd = srv.workers_efd = -1;
 	ls_connection_limits(&srv);
-	{
-		struct timespec now;
-		clock_gettime(CLOCK_REALTIME, &now);
-		srv.start_time = (double)now.tv_sec + (double)now.tv_nsec * 1e-9;
-	}
+	srv.start_time = (double)ls_unix_ns() * 1e-9;
 	/* Clients share imports of a slab within a process by (instance, slab id). */
 	if (getrandom(&srv.instance, sizeof(srv.instance), GRND_NONBLOCK) != sizeof(srv.instance)) {
-		struct timespec now;
-		clock_gettime(CLOCK_REALTIME, &now);
-		srv.instance = ((uint64_t)now.tv_sec << 30) ^ (uint64_t)now.tv_nsec ^
-			       ((uint64_t)getpid() << 48);
+		srv.instance = (uint64_t)ls_unix_ns() ^ ((uint64_t)getpid() << 48);
 	}
 	if (srv.instance == 0)
 		srv.instance = 1;
@@ -381,7 +380,7 @@ int main(int argc, char **argv)
 		ls_error("state directory: %s", err.msg);
 		goto out;
 	}
-	if (ls_catalog_count_versions(ls_store_catalog(srv.store), &srv.catalog_versions, &err)) {
+	if (ls_store_count_versions(srv.store, &srv.catalog_versions, &err)) {
 		ls_error("catalog: %s", err.msg);
 		goto out;
 	}
@@ -397,8 +396,8 @@ int main(int argc, char **argv)
 		ls_error("event loop: %s", err.msg);
 		goto out;
 	}
-	if (ls_residency_init(&srv.res, &srv.backend, cfg.host_budget, cfg.host_slab_size,
-			      &srv.loop, srv.workers, srv.store, &err)) {
+	if (ls_residency_create(&srv.backend, cfg.host_budget, cfg.host_slab_size, &srv.loop,
+				srv.workers, srv.store, &srv.res, &err)) {
 		ls_error("%s", err.msg);
 		goto out;
 	}
@@ -412,8 +411,10 @@ int main(int argc, char **argv)
 	}
 	if (ls_setup_devices(&srv))
 		goto out;
-	srv.refcache = calloc(LS_REFCACHE_SIZE, sizeof(*srv.refcache));
-	if (!srv.refcache) {
+	srv.dispatch = ls_dispatch;
+	srv.leases.pin_limit = cfg.client_pin_limit;
+	srv.name_jobs.workers = srv.workers;
+	if (ls_refcache_create(&srv.refcache)) {
 		ls_error("out of memory");
 		goto out;
 	}
@@ -425,7 +426,7 @@ int main(int argc, char **argv)
 			goto out;
 		}
 		struct ls_metrics_snapshot snap;
-		ls_server_metrics_snapshot(&srv, &snap);
+		ls_stats_snapshot(&srv, &snap);
 		ls_metrics_publish(srv.metrics, &snap);
 		ls_info("metrics at http://%s/metrics", cfg.metrics_listen);
 	}
@@ -467,15 +468,14 @@ out:
 	ls_metrics_stop(srv.metrics);
 	if (srv.workers)
 		ls_workers_stop(srv.workers);
-	if (srv.res.n_tiers)
-		ls_residency_destroy(&srv.res);
+	ls_residency_destroy(srv.res);
 	for (unsigned i = 0; i < srv.n_devices; i++)
 		ls_backend_destroy(&srv.devices[i]);
 	ls_loop_destroy(&srv.loop);
 	if (srv.backend.iface)
 		ls_backend_destroy(&srv.backend);
 	ls_store_close(srv.store);
-	free(srv.refcache);
+	ls_refcache_destroy(srv.refcache);
 	if (srv.signal_fd >= 0)
 		close(srv.signal_fd);
 	if (srv.spare_fd >= 0)

@@ -1,7 +1,7 @@
 /*
  * The Prometheus endpoint (--metrics-listen): libmicrohttpd serves /metrics
  * in the text format on its own thread, from the last snapshot the loop
- * published.  The loop never waits on a scraper: publishing copies a few
+ * published (stats.h takes it; the stats request answers from the same).  The loop never waits on a scraper: publishing copies a few
  * hundred bytes under a mutex, and the HTTP thread formats its own copy.
  */
 #ifndef LS_METRICS_H
@@ -17,7 +17,9 @@
 struct ls_metrics_tier {
 	char tier[8];                /* "host" or "device" */
 	char device[48];             /* device tier: the GPU's UUID */
-	uint64_t budget, used, slab_bytes, adapters; /* bytes, bytes, bytes, count */
+	int ordinal;                 /* device tier: the daemon's CUDA ordinal; -1 on host */
+	uint64_t budget, used, slab_bytes, table_bytes; /* bytes */
+	uint64_t adapters;           /* resident versions */
 	uint64_t loads, hits, misses, evictions, load_errors;
 	struct ls_hist load;         /* load latencies */
 };

@@ -1,5 +1,5 @@
 /* Residency of adapter versions: tiers, slabs, budgets, LRU, loads, uploads. */
-#include "residency.h"
+#include "residency_internal.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -13,6 +13,7 @@
 
 #include <xxhash.h>
 
+#include "ls_clock.h"
 #include "ls_size.h"
 #include "log.h"
 
@@ -49,19 +50,27 @@ static int ls_tier_init(struct ls_residency *r, struct ls_tier *t, enum ls_tier_
 	return 0;
 }
 
-int ls_residency_init(struct ls_residency *r, struct ls_backend *host_backend,
-		      uint64_t host_budget, uint64_t host_slab_size, struct ls_loop *loop,
-		      struct ls_workers *workers, struct ls_store *store, struct ls_err *err)
+int ls_residency_create(struct ls_backend *host_backend, uint64_t host_budget,
+			uint64_t host_slab_size, struct ls_loop *loop, struct ls_workers *workers,
+			struct ls_store *store, struct ls_residency **out, struct ls_err *err)
 {
-	memset(r, 0, sizeof(*r));
+	struct ls_residency *r = calloc(1, sizeof(*r));
+	if (!r)
+		return ls_err_set(err, -ENOMEM, "out of memory");
 	r->host_backend = host_backend;
 	r->loop = loop;
 	r->workers = workers;
 	r->store = store;
 	r->direct_io = true;
 	r->n_tiers = 1;
-	return ls_tier_init(r, &r->tiers[0], LS_TIER_HOST, host_backend, host_budget,
-			    host_slab_size, err);
+	int rc = ls_tier_init(r, &r->tiers[0], LS_TIER_HOST, host_backend, host_budget,
+			      host_slab_size, err);
+	if (rc) {
+		free(r);
+		return rc;
+	}
+	*out = r;
+	return 0;
 }
 
 /* Pin a host slab with the driver of the first device tier, so uploads from it run fast. */
@@ -174,10 +183,28 @@ static void ls_tier_destroy(struct ls_residency *r, struct ls_tier *t)
 
 void ls_residency_destroy(struct ls_residency *r)
 {
+	if (!r)
+		return;
 	/* Device tiers first: the host tier's slabs are registered with their driver. */
 	for (uint32_t i = r->n_tiers; i-- > 0;)
 		ls_tier_destroy(r, &r->tiers[i]);
-	memset(r, 0, sizeof(*r));
+	free(r);
+}
+
+struct ls_tier *ls_res_host(struct ls_residency *r)
+{
+	return &r->tiers[0];
+}
+
+const char *ls_res_name(const struct ls_resident *e)
+{
+	const struct ls_table_hdr *h = ls_res_table(e);
+	return (const char *)h + h->pool + h->name;
+}
+
+uint32_t ls_res_version(const struct ls_resident *e)
+{
+	return ls_res_table(e)->version;
 }
 
 const struct ls_table_hdr *ls_res_table(const struct ls_resident *e)
@@ -268,8 +295,14 @@ static void ls_unfollow(struct ls_resident *e)
 		}
 }
 
-/* Give back an entry's memory and forget it. */
-static void ls_res_free_entry(struct ls_resident *e)
+static void ls_res_retire(struct ls_resident *e, enum ls_retire_why why);
+
+/*
+ * Give back an entry's memory and forget it.  Two callers only: the retire
+ * point of a resident version (ls_res_retire) and the end of a load that
+ * never made its version resident (ls_load_abandon).
+ */
+static void ls_entry_free(struct ls_resident *e)
 {
 	struct ls_tier *t = e->tier;
 	ls_lru_remove(t, e);
@@ -300,10 +333,38 @@ static void ls_res_free_entry(struct ls_resident *e)
 	if (owner && --owner->sharers == 0 && owner->pins == 0 &&
 	    owner->state == LS_RES_RESIDENT) {
 		if (owner->deleted)
-			ls_res_free_entry(owner);
+			ls_res_retire(owner, LS_RETIRE_DELETED);
 		else
 			ls_lru_push(t, owner);
 	}
+}
+
+/*
+ * The one point where a resident version stops existing on a tier: evicted
+ * (for room, or by an admin) or deleted from the catalog once nothing holds
+ * it.  Whoever retires an entry has checked that no lease, staging device
+ * load or sharing version holds it; clients that still map its slab keep
+ * their mappings, but no new lease can find it.
+ */
+static void ls_res_retire(struct ls_resident *e, enum ls_retire_why why)
+{
+	struct ls_tier *t = e->tier;
+	if (why == LS_RETIRE_EVICTED) {
+		t->stats.evictions++;
+		ls_debug("evicting %s@%u (%llu bytes) from %s tier %u", ls_res_name(e),
+			 ls_res_version(e), (unsigned long long)e->length, ls_tier_kind_name(t),
+			 t->index);
+	} else {
+		ls_debug("freeing deleted %s@%u from %s tier %u", ls_res_name(e),
+			 ls_res_version(e), ls_tier_kind_name(t), t->index);
+	}
+	ls_entry_free(e);
+}
+
+/* A load that never made its version resident ends (failed, or refused at once). */
+static void ls_load_abandon(struct ls_resident *e)
+{
+	ls_entry_free(e);
 }
 
 /* Evict the least recently used unpinned entry of a tier; false when there is none. */
@@ -312,10 +373,7 @@ static bool ls_evict_one(struct ls_tier *t)
 	struct ls_resident *e = t->lru_head;
 	if (!e)
 		return false;
-	ls_debug("evicting %s@%u (%llu bytes) from %s tier %u", ls_res_name(e), ls_res_version(e),
-		 (unsigned long long)e->length, ls_tier_kind_name(t), t->index);
-	t->stats.evictions++;
-	ls_res_free_entry(e);
+	ls_res_retire(e, LS_RETIRE_EVICTED);
 	return true;
 }
 
@@ -476,7 +534,7 @@ static void ls_load_fail(struct ls_resident *e, int rc, const char *msg)
 	e->tier->stats.load_errors++;
 	/* Waiters learn of the failure (with no entry) before the entry goes. */
 	ls_wake(e, rc, msg);
-	ls_res_free_entry(e);
+	ls_load_abandon(e);
 }
 
 /* The entry is loaded: resident, on the LRU unless pinned, waiters told. */
@@ -485,9 +543,7 @@ static void ls_load_finish(struct ls_resident *e)
 	struct ls_tier *t = e->tier;
 	e->state = LS_RES_RESIDENT;
 	t->stats.loads++;
-	struct timespec now;
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	int64_t ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec - e->load_t0_ns;
+	int64_t ns = ls_mono_ns() - e->load_t0_ns;
 	ls_hist_observe(&t->stats.load_seconds, ls_hist_load_bounds, (double)ns * 1e-9);
 	ls_debug("loaded %s@%u (%llu bytes) into %s slab %u at %llu", ls_res_name(e),
 		 ls_res_version(e), (unsigned long long)e->length, ls_tier_kind_name(t),
@@ -496,7 +552,7 @@ static void ls_load_finish(struct ls_resident *e)
 		ls_lru_push(t, e);
 	ls_wake(e, 0, "ok");
 	if (!ls_held(e) && e->deleted)
-		ls_res_free_entry(e);
+		ls_res_retire(e, LS_RETIRE_DELETED);
 }
 
 /* ---- host loads: read the blob into the slab, hash it on the workers */
@@ -607,30 +663,22 @@ static void ls_open_run(struct ls_job *job)
 	struct ls_resident *e = (struct ls_resident *)((char *)job - offsetof(struct ls_resident, hash_job));
 	struct ls_residency *r = e->tier->owner;
 	const struct ls_table_hdr *t = ls_res_table(e);
-	char path[PATH_MAX];
-	ls_store_blob_path(r->store, t->digest, path, sizeof(path));
 	struct ls_err err;
 	int fd = -1;
-	int rc = ls_blob_open(path, t->digest, &fd, &e->hdr, &err);
+	bool direct_refused = false;
+	int rc = ls_store_blob_open(r->store, t->digest, e->want_direct, &fd, &e->hdr,
+				    &direct_refused, &err);
 	if (rc == 0 && e->hdr.data_length != e->region_bytes)
-		rc = ls_err_set(&err, LS_E_CORRUPT, "%s: data region of %llu bytes, expected %llu",
-				path, (unsigned long long)e->hdr.data_length,
+		rc = ls_err_set(&err, LS_E_CORRUPT, "its blob's data region is %llu bytes, expected %llu",
+				(unsigned long long)e->hdr.data_length,
 				(unsigned long long)e->region_bytes);
-	if (rc == LS_E_BLOB_MISSING) {
-		/*
-		 * A delete removes a blob after its catalog commit: a version the
-		 * catalog no longer has was deleted while it loaded, which is no
-		 * fault of the store.
-		 */
-		char ref[LS_NAME_MAX + 16];
-		snprintf(ref, sizeof(ref), "%s@%u", ls_res_name(e), t->version);
-		Lorastore__VersionRecord *rec = NULL;
-		struct ls_err lerr;
-		if (ls_store_lookup(r->store, ref, &rec, &lerr) == LS_E_NOT_FOUND)
-			rc = ls_err_set(&err, LS_E_DELETED, "deleted while it was being loaded");
-		if (rec)
-			lorastore__version_record__free_unpacked(rec, NULL);
-	}
+	/*
+	 * A delete removes a blob after its catalog commit: a version the
+	 * catalog no longer has was deleted while it loaded, which is no fault
+	 * of the store.
+	 */
+	if (rc == LS_E_BLOB_MISSING && ls_store_version_gone(r->store, ls_res_name(e), t->version))
+		rc = ls_err_set(&err, LS_E_DELETED, "deleted while it was being loaded");
 	if (rc) {
 		if (fd >= 0)
 			close(fd);
@@ -639,16 +687,7 @@ static void ls_open_run(struct ls_job *job)
 			 err.msg);
 		return;
 	}
-	/* One large O_DIRECT read into the slab: offsets and sizes are page multiples. */
-	if (e->want_direct) {
-		int dfd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
-		if (dfd >= 0) {
-			close(fd);
-			fd = dfd;
-		} else if (errno == EINVAL) {
-			e->direct_refused = true;
-		}
-	}
+	e->direct_refused = direct_refused;
 	e->fd = fd;
 }
 
@@ -795,39 +834,29 @@ static void ls_staging_ready(struct ls_waiter *w, struct ls_resident *h, int rc,
 
 _Static_assert(LS_TABLE_PAGE == LS_BLOB_PAGE, "resident pages are the blob's pages");
 
-uint64_t ls_res_footprint(const Lorastore__VersionRecord *rec)
-{
-	return ls_table_footprint(rec);
-}
-
 /*
  * A new entry of tier t, placed, its table written, in the tier's index: for
  * rec, or (rec NULL) for the version of from, a resident entry of another
  * tier whose table is copied.
  */
-static int ls_entry_new(struct ls_tier *t, const Lorastore__VersionRecord *rec,
+static int ls_entry_new(struct ls_tier *t, const struct ls_res_version *rec,
 			const struct ls_resident *from, struct ls_resident *share,
 			struct ls_resident **out, struct ls_err *err)
 {
-	size_t table = rec ? ls_table_size(rec) : from->table_length;
+	size_t table = rec ? rec->table_length : from->table_length;
 	if (table == 0)
-		return ls_err_set(err, LS_E_CATALOG, "%s@%u: malformed catalog record", rec->name,
-				  rec->version);
+		return ls_err_set(err, LS_E_CATALOG, "generation %llu: no tensor table",
+				  (unsigned long long)rec->generation);
 	struct ls_resident *e = calloc(1, sizeof(*e));
 	if (!e)
 		return ls_err_set(err, -ENOMEM, "out of memory");
 	e->tier = t;
 	e->fd = -1;
 	e->generation = rec ? rec->generation : from->generation;
-	struct timespec now;
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	e->load_t0_ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+	e->load_t0_ns = ls_mono_ns();
 	e->region_bytes = rec ? ls_align_up(rec->data_length ? rec->data_length : 1, LS_BLOB_PAGE)
 			     : from->region_bytes;
-	if (!rec)
-		memcpy(e->digest, from->digest, LS_DIGEST_LEN);
-	else if (rec->digest.len == LS_DIGEST_LEN)
-		memcpy(e->digest, rec->digest.data, LS_DIGEST_LEN);
+	memcpy(e->digest, rec ? rec->digest : from->digest, LS_DIGEST_LEN);
 	e->table_length = table;
 	e->state = LS_RES_LOADING;
 	int rc;
@@ -869,10 +898,8 @@ static int ls_entry_new(struct ls_tier *t, const Lorastore__VersionRecord *rec,
 					e->table_length);
 	if (!dst)
 		rc = -EINVAL;
-	else if (rec)
-		rc = ls_table_write(rec, dst, e->table_length);
 	else
-		memcpy(dst, ls_res_table(from), e->table_length);
+		memcpy(dst, rec ? rec->table : (const void *)ls_res_table(from), e->table_length);
 	if (rc) {
 		uint64_t gen = e->generation;
 		if (e->length)
@@ -899,7 +926,7 @@ static int ls_entry_new(struct ls_tier *t, const Lorastore__VersionRecord *rec,
  * ls_res_request and ls_res_request_staged: make generation gen resident in
  * tier t, from its record rec, or (rec NULL) by uploading the host entry h.
  */
-static int ls_request(struct ls_tier *t, uint64_t gen, const Lorastore__VersionRecord *rec,
+static int ls_request(struct ls_tier *t, uint64_t gen, const struct ls_res_version *rec,
 		      struct ls_resident *h, struct ls_waiter *w, struct ls_resident **out,
 		      struct ls_err *err)
 {
@@ -913,10 +940,7 @@ static int ls_request(struct ls_tier *t, uint64_t gen, const Lorastore__VersionR
 	if (!e) {
 		t->stats.misses++;
 		/* The same content resident already: one copy serves both versions. */
-		const uint8_t *digest = !rec ? h->digest
-				      : rec->digest.len == LS_DIGEST_LEN ? rec->digest.data
-									 : NULL;
-		struct ls_resident *same = digest ? ls_content_find(t, digest) : NULL;
+		struct ls_resident *same = ls_content_find(t, rec ? rec->digest : h->digest);
 		int rc = ls_entry_new(t, rec, h, same, &e, err);
 		if (rc)
 			return rc;
@@ -949,7 +973,7 @@ static int ls_request(struct ls_tier *t, uint64_t gen, const Lorastore__VersionR
 		if (rc) {
 			t->stats.load_errors++;
 			ls_error("%s", err ? err->msg : "load failed");
-			ls_res_free_entry(e);
+			ls_load_abandon(e);
 			return rc;
 		}
 		/* An upload can fail at once: the entry is gone then. */
@@ -972,7 +996,7 @@ static int ls_request(struct ls_tier *t, uint64_t gen, const Lorastore__VersionR
 	return 1;
 }
 
-int ls_res_request(struct ls_tier *t, const Lorastore__VersionRecord *rec, struct ls_waiter *w,
+int ls_res_request(struct ls_tier *t, const struct ls_res_version *rec, struct ls_waiter *w,
 		   struct ls_resident **out, struct ls_err *err)
 {
 	return ls_request(t, rec->generation, rec, NULL, w, out, err);
@@ -1021,7 +1045,7 @@ void ls_res_unpin(struct ls_resident *e)
 	if (e->deleted) {
 		ls_info("freeing deleted %s@%u now that its last lease ended", ls_res_name(e),
 			ls_res_version(e));
-		ls_res_free_entry(e);
+		ls_res_retire(e, LS_RETIRE_DELETED);
 		return;
 	}
 	ls_lru_push(e->tier, e);
@@ -1042,10 +1066,8 @@ int ls_res_evict(struct ls_residency *r, uint64_t generation)
 	}
 	if (n == 0)
 		return LS_E_NOT_FOUND;
-	for (uint32_t i = 0; i < n; i++) {
-		found[i]->tier->stats.evictions++;
-		ls_res_free_entry(found[i]);
-	}
+	for (uint32_t i = 0; i < n; i++)
+		ls_res_retire(found[i], LS_RETIRE_EVICTED);
 	return 0;
 }
 
@@ -1056,8 +1078,7 @@ int ls_res_evict_tier(struct ls_tier *t, uint64_t generation)
 		return LS_E_NOT_FOUND;
 	if (ls_held(e) || e->state != LS_RES_RESIDENT)
 		return -EBUSY;
-	t->stats.evictions++;
-	ls_res_free_entry(e);
+	ls_res_retire(e, LS_RETIRE_EVICTED);
 	return 0;
 }
 
@@ -1069,6 +1090,99 @@ void ls_res_deleted(struct ls_residency *r, uint64_t generation)
 			continue;
 		e->deleted = true;
 		if (!ls_held(e) && e->state == LS_RES_RESIDENT && !e->waiters)
-			ls_res_free_entry(e);
+			ls_res_retire(e, LS_RETIRE_DELETED);
 	}
+}
+
+/* ---- What the rest of the daemon may know of an entry and a tier */
+
+bool ls_res_usable(const struct ls_resident *e)
+{
+	return e->state == LS_RES_RESIDENT && !e->deleted;
+}
+
+uint64_t ls_res_generation(const struct ls_resident *e)
+{
+	return e->generation;
+}
+
+uint64_t ls_res_pinned_bytes(const struct ls_resident *e)
+{
+	return e->length;
+}
+
+void ls_res_share_of(const struct ls_resident *e, struct ls_res_share *out)
+{
+	const struct ls_slab_slot *slot = ls_res_slab(e), *tslot = ls_res_table_slab(e);
+	const struct ls_residency *r = e->tier->owner;
+	memset(out, 0, sizeof(*out));
+	out->generation = e->generation;
+	out->data_slab_id = slot->slab.id;
+	out->data_slab_size = slot->slab.size;
+	out->data_fd = ls_backend_slab_export(e->tier->backend, &slot->slab);
+	out->data_offset = ls_res_data_offset(e);
+	out->table_slab_id = tslot->slab.id;
+	out->table_slab_size = tslot->slab.size;
+	out->table_fd = ls_backend_slab_export(r->host_backend, &tslot->slab);
+	out->table_offset = e->table_offset;
+	out->table_length = e->table_length;
+	out->tier = e->tier;
+}
+
+void ls_res_presence(struct ls_residency *r, uint64_t generation, bool *host, bool *device,
+		     uint32_t *pins)
+{
+	*host = *device = false;
+	*pins = 0;
+	for (uint32_t i = 0; i < r->n_tiers; i++) {
+		struct ls_resident *e = ls_res_find(&r->tiers[i], generation);
+		if (!e)
+			continue;
+		if (e->state == LS_RES_RESIDENT)
+			*(i == 0 ? host : device) = true;
+		*pins += e->pins;
+	}
+}
+
+uint32_t ls_res_tier_count(const struct ls_residency *r)
+{
+	return r->n_tiers;
+}
+
+struct ls_tier *ls_res_tier_at(struct ls_residency *r, uint32_t i)
+{
+	return i < r->n_tiers ? &r->tiers[i] : NULL;
+}
+
+enum ls_tier_kind ls_tier_kind(const struct ls_tier *t)
+{
+	return t->kind;
+}
+
+const char *ls_tier_kind_name(const struct ls_tier *t)
+{
+	return t->kind == LS_TIER_HOST ? "host" : "device";
+}
+
+const char *ls_tier_uuid(const struct ls_tier *t)
+{
+	return t->uuid;
+}
+
+void ls_tier_figures(const struct ls_tier *t, struct ls_tier_figures *out)
+{
+	out->kind = t->kind;
+	out->ordinal = t->ordinal;
+	out->uuid = t->uuid;
+	out->budget = t->budget;
+	out->used = t->used;
+	out->slab_bytes = t->slab_bytes;
+	out->table_bytes = t->table_bytes;
+	out->adapters = t->count;
+	out->loads = t->stats.loads;
+	out->hits = t->stats.hits;
+	out->misses = t->stats.misses;
+	out->evictions = t->stats.evictions;
+	out->load_errors = t->stats.load_errors;
+	out->load_seconds = &t->stats.load_seconds;
 }

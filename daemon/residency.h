@@ -53,11 +53,11 @@
 #include "extents.h"
 #include "hist.h"
 #include "loop.h"
-#include "lorastore.pb-c.h"
 #include "store.h"
 #include "table.h"
 #include "workers.h"
 
+struct ls_residency;
 struct ls_resident;
 struct ls_tier;
 
@@ -68,130 +68,19 @@ struct ls_waiter {
 	void (*fn)(struct ls_waiter *w, struct ls_resident *res, int rc, const char *msg);
 };
 
-enum ls_res_state { LS_RES_LOADING, LS_RES_VERIFYING, LS_RES_UPLOADING, LS_RES_RESIDENT };
 
-struct ls_resident {
-	struct ls_tier *tier;
-	uint64_t generation;
-	enum ls_res_state state;
-	int64_t load_t0_ns;             /* CLOCK_MONOTONIC when its load started */
-	uint32_t slab;                  /* index into the tier's slabs */
-	uint64_t offset;                /* bytes from the slab's start to the data region */
-	uint64_t length;                /* bytes of the extent in the slab: data (and table on host) */
-	uint64_t region_bytes;          /* bytes of the data region in memory: the record's
-					   data_length in whole pages (the blob's region) */
-	uint32_t table_slab;            /* index into the tier's table slabs */
-	uint64_t table_offset;          /* bytes from that slab's start to the table */
-	uint64_t table_length;          /* bytes of the table */
-	uint32_t pins;                  /* leases, and device loads staging from this entry */
-	uint8_t digest[LS_DIGEST_LEN];  /* the content: versions of one digest share a copy */
-	/*
-	 * The entry of the same tier and digest whose data region this one
-	 * reads (its own extent is then its table alone, on a device tier
-	 * nothing), or NULL: the data is its own.  That entry counts this one
-	 * in sharers and is neither evicted nor freed while any remain.
-	 */
-	struct ls_resident *data_of;
-	uint32_t sharers;
-	bool deleted;                   /* removed from the catalog: free at pins == 0 */
-	struct ls_resident *lru_prev, *lru_next;  /* on the LRU while unpinned and resident */
-	struct ls_resident *hnext;
-	struct ls_waiter *waiters;
-	/*
-	 * Host load in progress: the data region is read in chunks, and each
-	 * chunk read is hashed (XXH3, streaming) on the worker pool while the
-	 * next one is read.
-	 */
-	int fd;
-	struct ls_blob_header hdr;
-	uint64_t done;                  /* bytes read so far */
-	uint64_t hashed;                /* bytes hashed so far */
-	uint64_t hash_len;              /* bytes the hash job in flight covers */
-	void *xxh;                      /* XXH3_state_t */
-	bool opening;                   /* the open job (blob checks, on a worker) in flight */
-	bool want_direct, direct_refused; /* O_DIRECT asked for; refused by the file system */
-	bool reading, hashing;          /* a read / a hash job in flight */
-	int fail_rc;                    /* first failure; reported once nothing is in flight */
-	char fail_msg[LS_NAME_MAX + LS_ERR_MSG_MAX + 32]; /* "name@version: " and a message */
-	struct ls_op read_op;
-	struct ls_job hash_job;
-	/*
-	 * Device load in progress: the host entry it stages from, pinned until
-	 * the last copy is done, and the copies.  While that host entry loads,
-	 * this entry is on its followers list and copies each chunk it reads.
-	 */
-	struct ls_waiter staging_wait;
-	struct ls_resident *staging;
-	struct ls_resident *follow_next; /* the next follower of the same host entry */
-	bool staged;                    /* the host copy is read and its checksum matched */
-	bool uploading;                 /* a copy in flight */
-	uint64_t uploaded;              /* bytes of the data region copied so far */
-	uint64_t upload_len;            /* bytes the copy in flight covers */
-	struct ls_upload upload;
-	/* Host entries: device entries copying this one's chunks as they are read. */
-	struct ls_resident *followers;
-};
-
-struct ls_slab_slot {
-	struct ls_slab slab;
-	struct ls_extents ext;
-	uint32_t adapters;
-};
-
-struct ls_residency_stats {
-	uint64_t loads, hits, misses, evictions, load_errors;
-	struct ls_hist load_seconds;    /* start of a load to resident */
-};
+/* Why a resident version leaves a tier (its retire point, residency.c). */
+enum ls_retire_why { LS_RETIRE_EVICTED, LS_RETIRE_DELETED };
 
 enum ls_tier_kind { LS_TIER_HOST, LS_TIER_DEVICE };
 
 /* Tiers at most: host, and one per GPU of an 8-GPU node. */
 #define LS_RES_MAX_TIERS 9
 
-struct ls_tier {
-	struct ls_residency *owner;
-	enum ls_tier_kind kind;
-	uint32_t index;                 /* in the residency's tiers */
-	int ordinal;                    /* the daemon's CUDA ordinal of a device tier; -1 on host */
-	char uuid[48];                  /* "GPU-..." of a device tier; "" on host */
-	struct ls_backend *backend;     /* of the data slabs */
-	uint64_t budget;                /* bytes of adapters */
-	uint64_t used;                  /* bytes of resident and loading adapters */
-	uint64_t slab_bytes;            /* bytes of data slabs allocated */
-	uint64_t slab_size;             /* size of a regular slab */
-	uint64_t slab_limit;            /* bytes the data slabs may total: budget + slab_size */
-	uint32_t n_slabs;
-	struct ls_slab_slot *slabs;
-	/* Device tiers: the tables, in host memory; on host, the data slabs hold them. */
-	uint32_t n_table_slabs;
-	struct ls_slab_slot *table_slabs;
-	uint64_t table_bytes;           /* bytes of table slabs allocated */
-	uint32_t count;                 /* entries */
-	struct ls_resident *lru_head, *lru_tail;   /* head: least recently used */
-	struct ls_resident **buckets;
-	uint32_t n_buckets;
-	struct ls_residency_stats stats;
-	struct ls_op completion_op;     /* watching the backend's completion_fd */
-	bool watching;
-};
-
-struct ls_residency {
-	struct ls_loop *loop;
-	struct ls_workers *workers;
-	struct ls_store *store;
-	struct ls_backend *host_backend;      /* of the host tier and device tiers' tables */
-	struct ls_backend *register_backend;  /* pins host slabs for uploads, or NULL */
-	uint32_t n_tiers;
-	struct ls_tier tiers[LS_RES_MAX_TIERS]; /* [0] host, then one per GPU */
-	uint32_t next_slab_id;                /* slab ids are unique across tiers */
-	bool direct_io;                       /* O_DIRECT reads work on this filesystem */
-};
-
 /* The residency with its host tier (budget and regular slabs in bytes). */
-int ls_residency_init(struct ls_residency *r, struct ls_backend *host_backend,
-		      uint64_t host_budget, uint64_t host_slab_size, struct ls_loop *loop,
-		      struct ls_workers *workers,
-		      struct ls_store *store, struct ls_err *err);
+int ls_residency_create(struct ls_backend *host_backend, uint64_t host_budget,
+			uint64_t host_slab_size, struct ls_loop *loop, struct ls_workers *workers,
+			struct ls_store *store, struct ls_residency **out, struct ls_err *err);
 
 /*
  * Add a device tier served by backend (its slabs of slab_size bytes, rounded
@@ -202,12 +91,10 @@ int ls_residency_add_device(struct ls_residency *r, struct ls_backend *backend, 
 			    const char *uuid, uint64_t budget, uint64_t slab_size,
 			    struct ls_err *err);
 
+/* Free the residency and every slab (NULL is a no-op). */
 void ls_residency_destroy(struct ls_residency *r);
-
-static inline struct ls_tier *ls_res_host(struct ls_residency *r)
-{
-	return &r->tiers[0];
-}
+/* The host tier. */
+struct ls_tier *ls_res_host(struct ls_residency *r);
 
 /* The device tier of a GPU by UUID ("" or NULL: the only one), or NULL. */
 struct ls_tier *ls_res_device_tier(struct ls_residency *r, const char *uuid);
@@ -216,12 +103,25 @@ struct ls_tier *ls_res_device_tier(struct ls_residency *r, const char *uuid);
 struct ls_resident *ls_res_find(struct ls_tier *t, uint64_t generation);
 
 /*
- * Make rec's version resident in tier t; its table is written at once, and
+ * A version as residency takes it: what a load needs, made from the
+ * catalog's record by the caller (catalog_reads.c, on the worker that read
+ * it), so that residency knows no catalog format.
+ */
+struct ls_res_version {
+	uint64_t generation;
+	uint8_t digest[LS_DIGEST_LEN];  /* the content: its blob, and versions sharing a copy */
+	uint64_t data_length;           /* bytes of the blob's data region */
+	void *table;                    /* the shared tensor table (table.h), as clients read it */
+	size_t table_length;            /* bytes */
+};
+
+/*
+ * Make rec's version resident in tier t; its table is copied at once, and
  * rec is not kept.  Returns 0 with *out when it is resident now (a hit), 1
  * when it is loading and w (if not NULL) will be called, or an error
  * (LS_E_NO_SPACE, LS_E_CORRUPT, LS_E_DEVICE, -errno) with err.
  */
-int ls_res_request(struct ls_tier *t, const Lorastore__VersionRecord *rec, struct ls_waiter *w,
+int ls_res_request(struct ls_tier *t, const struct ls_res_version *rec, struct ls_waiter *w,
 		   struct ls_resident **out, struct ls_err *err);
 
 /*
@@ -231,12 +131,6 @@ int ls_res_request(struct ls_tier *t, const Lorastore__VersionRecord *rec, struc
  */
 int ls_res_request_staged(struct ls_tier *t, struct ls_resident *h, struct ls_waiter *w,
 			  struct ls_resident **out, struct ls_err *err);
-
-/*
- * Bytes rec's version takes on the host tier: its data region and its table,
- * each to whole pages; 0 when rec is malformed.
- */
-uint64_t ls_res_footprint(const Lorastore__VersionRecord *rec);
 
 /* A hit on a resident entry: count it and make it the most recently used. */
 void ls_res_touch(struct ls_resident *e);
@@ -258,45 +152,57 @@ int ls_res_evict_tier(struct ls_tier *t, uint64_t generation);
 
 /* A version left the catalog: free it now in every tier, or when its last lease ends. */
 void ls_res_deleted(struct ls_residency *r, uint64_t generation);
-
-/* The slab slot of an entry's data (another version's, when it shares it), and of its table. */
-static inline struct ls_slab_slot *ls_res_slab(const struct ls_resident *e)
-{
-	const struct ls_resident *d = e->data_of ? e->data_of : e;
-	return &d->tier->slabs[d->slab];
-}
-
-/* Bytes from the start of ls_res_slab(e) to the entry's data region. */
-static inline uint64_t ls_res_data_offset(const struct ls_resident *e)
-{
-	return e->data_of ? e->data_of->offset : e->offset;
-}
-
-static inline struct ls_slab_slot *ls_res_table_slab(const struct ls_resident *e)
-{
-	return e->tier->kind == LS_TIER_HOST ? &e->tier->slabs[e->table_slab]
-					     : &e->tier->table_slabs[e->table_slab];
-}
-
-/* The entry's table, in the daemon's host mapping. */
-const struct ls_table_hdr *ls_res_table(const struct ls_resident *e);
-
 /* The entry's name and version, from its table (for messages). */
-static inline const char *ls_res_name(const struct ls_resident *e)
-{
-	const struct ls_table_hdr *h = ls_res_table(e);
-	return (const char *)h + h->pool + h->name;
-}
+const char *ls_res_name(const struct ls_resident *e);
+uint32_t ls_res_version(const struct ls_resident *e);
 
-static inline uint32_t ls_res_version(const struct ls_resident *e)
-{
-	return ls_res_table(e)->version;
-}
+/* ---- What the rest of the daemon may know of an entry and a tier */
 
+/* Resident and not deleted: a request may be answered with it at once. */
+bool ls_res_usable(const struct ls_resident *e);
+uint64_t ls_res_generation(const struct ls_resident *e);
+
+/* Bytes a lease on e counts against its connection's limit: e's own extent. */
+uint64_t ls_res_pinned_bytes(const struct ls_resident *e);
+
+/* Where a client finds a resident entry: what an acquire's reply says. */
+struct ls_res_share {
+	uint64_t generation;
+	uint32_t data_slab_id;
+	uint64_t data_slab_size;        /* bytes */
+	int data_fd;                    /* the slab's exported descriptor; owned by the slab */
+	uint64_t data_offset;           /* bytes from the slab's start to the data region */
+	uint32_t table_slab_id;         /* the data slab's id when the table is beside the data */
+	uint64_t table_slab_size;
+	int table_fd;
+	uint64_t table_offset, table_length; /* bytes */
+	const struct ls_tier *tier;
+};
+void ls_res_share_of(const struct ls_resident *e, struct ls_res_share *out);
+
+/* Whether a version is resident on the host tier, on a device tier, and its pins in all. */
+void ls_res_presence(struct ls_residency *r, uint64_t generation, bool *host, bool *device,
+		     uint32_t *pins);
+
+uint32_t ls_res_tier_count(const struct ls_residency *r);
+/* Tier i (0: host), or NULL past the last. */
+struct ls_tier *ls_res_tier_at(struct ls_residency *r, uint32_t i);
+enum ls_tier_kind ls_tier_kind(const struct ls_tier *t);
 /* "host", or "device" */
-static inline const char *ls_tier_kind_name(const struct ls_tier *t)
-{
-	return t->kind == LS_TIER_HOST ? "host" : "device";
-}
+const char *ls_tier_kind_name(const struct ls_tier *t);
+/* "GPU-..." of a device tier; "" on host. */
+const char *ls_tier_uuid(const struct ls_tier *t);
+
+/* A tier's figures, for stats and metrics. */
+struct ls_tier_figures {
+	enum ls_tier_kind kind;
+	int ordinal;
+	const char *uuid;
+	uint64_t budget, used, slab_bytes, table_bytes; /* bytes */
+	uint32_t adapters;
+	uint64_t loads, hits, misses, evictions, load_errors;
+	const struct ls_hist *load_seconds;
+};
+void ls_tier_figures(const struct ls_tier *t, struct ls_tier_figures *out);
 
 #endif

@@ -1,7 +1,25 @@
 /*
- * The daemon's state: the event loop, the store, the memory backend,
- * residency, and the client sessions.  session.c moves bytes and descriptors
- * (receive, frame, send); dispatch.c answers requests; main.c sets it up.
+ * The daemon's state: the event loop, the store, the memory backends,
+ * residency, the client sessions and what they hold.  Who owns what:
+ *   session.c       connections: accept, receive and frame, send with
+ *                   descriptors, teardown; it hands each request to
+ *                   srv->dispatch and knows nothing of what requests do
+ *   dispatch.c      Hello, and each request to the module that answers it
+ *   request.c       what every answer needs: admin checks, the tier a request
+ *                   names, the per-connection bound on worker jobs
+ *   catalog_jobs.c  catalog writes and scans on the workers (import, delete,
+ *                   tag, export, verify, gc, rebuild)
+ *   catalog_reads.c catalog reads on the workers (show, list, and the
+ *                   lookups of acquire, load, prefetch, evict)
+ *   acquire.c       acquire, load, release, prefetch, evict
+ *   leases.c        who pins what, and the per-client limits
+ *   pending.c       requests waiting for a load
+ *   refcache.c      references resolved to generations
+ *   job_queue.c     catalog writes of one name, one at a time
+ *   stats.c         the figures of stats and of /metrics, one mapping
+ *   main.c          start-up, signals, the tick, shutdown
+ * Arrows point down that list, and every module may call session.c's
+ * senders; session.c calls up only through srv->dispatch.
  */
 #ifndef LS_SERVER_H
 #define LS_SERVER_H
@@ -16,7 +34,11 @@
 #include "config.h"
 #include "frame.h"
 #include "hist.h"
+#include "job_queue.h"
+#include "leases.h"
 #include "loop.h"
+#include "pending.h"
+#include "refcache.h"
 #include "residency.h"
 #include "store.h"
 #include "workers.h"
@@ -33,13 +55,6 @@
 
 struct ls_session;
 
-/* A lease: one pin of one resident version, owned by a session. */
-struct ls_lease {
-	uint64_t id;
-	struct ls_resident *res;
-	struct ls_lease *next;
-};
-
 /* Most descriptors one response carries (a data slab and a table slab). */
 #define LS_OUTMSG_MAX_FDS 2
 
@@ -52,19 +67,7 @@ struct ls_outmsg {
 	unsigned n_fds;
 };
 
-/* An acquire or load waiting for a version to finish loading. */
-struct ls_pending {
-	struct ls_waiter waiter;     /* first: the residency calls back through it */
-	struct ls_session *session;
-	uint64_t request_id;
-	bool lease;                  /* acquire (take a lease) or load (just wait) */
-	int64_t deadline_ms;         /* CLOCK_MONOTONIC; < 0 for none */
-	int64_t t0_ns;               /* CLOCK_MONOTONIC when the request arrived */
-	struct ls_pending *next, *prev;
-};
-
 struct ls_server;
-struct ls_req_job;
 struct ls_metrics;
 
 struct ls_session {
@@ -118,12 +121,10 @@ struct ls_session {
 	struct ls_outmsg *out_head, *out_tail;
 	uint64_t out_bytes;          /* reply bytes queued and not yet sent */
 
-	struct ls_lease *leases;
-	uint64_t pinned_bytes;
-	uint64_t lease_count;
+	struct ls_lease_set leases;
 	uint8_t *slabs_sent;         /* one bit per slab id: its descriptor went to this peer */
 	uint32_t n_slabs_sent;       /* bits */
-	struct ls_pending *pending;
+	struct ls_pending_list pending;
 	unsigned jobs;               /* worker jobs that will answer this session */
 	struct ls_job_owner job_owner; /* its place in the workers' turns */
 
@@ -141,7 +142,9 @@ struct ls_server {
 	struct ls_backend backend;   /* host memory */
 	struct ls_backend devices[LS_RES_MAX_TIERS - 1]; /* one per GPU served, as the device tiers */
 	unsigned n_devices;
-	struct ls_residency res;
+	struct ls_residency *res;
+	/* Answers a request session.c framed (main.c sets it: ls_dispatch). */
+	void (*dispatch)(struct ls_session *s, Lorastore__Request *req);
 
 	int listen_fd;
 	bool listen_inherited;       /* from systemd socket activation */
@@ -177,9 +180,8 @@ struct ls_server {
 	uint32_t n_sessions;
 	uint32_t next_session_id;
 	uint64_t instance;           /* random at start: names this run's slabs to clients */
-	uint64_t next_lease_id;
-	uint64_t leases;             /* held, all sessions */
-	struct ls_req_job *name_jobs; /* imports and deletes in flight, one per name (dispatch.c) */
+	struct ls_leases leases;
+	struct ls_job_queue name_jobs; /* imports and deletes, one at a time per name */
 	/* Figures for the metrics endpoint (metrics.h) besides the residency's. */
 	struct ls_metrics *metrics;  /* NULL without --metrics-listen */
 	struct ls_hist acquire_hist; /* request to lease */
@@ -194,18 +196,9 @@ struct ls_server {
 	bool have_admin_gid;
 	gid_t admin_gid;
 
-	/*
-	 * References ("name", "name@3") resolved to generations, so a warm
-	 * acquire needs no catalog read.  Direct-mapped; entries for a name are
-	 * dropped when it gets a new version or loses one.
-	 */
-	struct ls_refcache_entry {
-		uint64_t generation;      /* 0: empty */
-		char ref[LS_NAME_MAX + 16];
-	} *refcache;
+	/* References resolved to generations: entries for a name are dropped when it changes. */
+	struct ls_refcache *refcache;
 };
-
-#define LS_REFCACHE_SIZE 4096u
 
 /* session.c */
 void ls_server_accept(struct ls_server *srv);
@@ -230,15 +223,7 @@ int ls_session_take_fd(struct ls_session *s);
 /* Free sessions that are closed and no longer referred to. */
 void ls_server_reap_sessions(struct ls_server *srv);
 
-/* dispatch.c */
+/* dispatch.c: answer a request (srv->dispatch). */
 void ls_dispatch(struct ls_session *s, Lorastore__Request *req);
-void ls_session_release_all(struct ls_session *s);
-void ls_server_tick(struct ls_server *srv);
-
-int64_t ls_now_ms(void);
-int64_t ls_now_ns(void);
-/* The figures the metrics endpoint serves, as of now (dispatch.c). */
-struct ls_metrics_snapshot;
-void ls_server_metrics_snapshot(struct ls_server *srv, struct ls_metrics_snapshot *out);
 
 #endif

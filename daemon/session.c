@@ -12,21 +12,8 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "ls_clock.h"
 #include "server.h"
-
-int64_t ls_now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-int64_t ls_now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 #define LS_CONTAINER(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
 
@@ -138,7 +125,7 @@ static void ls_accept_exhausted(struct ls_server *srv, int res)
 	}
 	unsigned backoff = srv->accept_backoff_ms ? srv->accept_backoff_ms * 2 : 50;
 	srv->accept_backoff_ms = backoff > 1000 ? 1000 : backoff;
-	srv->accept_resume_ms = ls_now_ms() + srv->accept_backoff_ms;
+	srv->accept_resume_ms = ls_mono_ms() + srv->accept_backoff_ms;
 	srv->accept_paused = true;
 	ls_log_limited(&srv->log_exhausted, LS_LOG_WARNING,
 		       "accept: %s (descriptor limit %u, %u clients, %u waiting refused); "
@@ -186,7 +173,7 @@ static void ls_accept_done(struct ls_loop *loop, struct ls_op *op, int res)
 			s->srv = srv;
 			s->fd = res;
 			s->id = ++srv->next_session_id;
-			s->accepted_ms = ls_now_ms();
+			s->accepted_ms = ls_mono_ms();
 			s->admin = ls_peer_is_admin(srv, res, &s->cred);
 			ls_framer_init(&s->framer, LS_FRAME_MAX);
 			s->next = srv->sessions;
@@ -417,7 +404,7 @@ static void ls_session_process(struct ls_session *s)
 		} else if ((!s->hello_done && req->body_case != LORASTORE__REQUEST__BODY_HELLO) ||
 			   ls_request_fds_match(s, req)) {
 			/* Before Hello every other request is refused and the connection closed. */
-			ls_dispatch(s, req);
+			s->srv->dispatch(s, req);
 		}
 		ls_request_fds_close(s);
 		if (req)
@@ -623,13 +610,8 @@ void ls_session_close(struct ls_session *s, const char *why)
 	ls_debug("session %u: %s", s->id, why);
 	s->closing = true;
 	/* Leases end with the connection, crashes included. */
-	ls_session_release_all(s);
-	while (s->pending) {
-		struct ls_pending *p = s->pending;
-		s->pending = p->next;
-		ls_res_cancel(&p->waiter);
-		free(p);
-	}
+	ls_leases_end_all(&s->srv->leases, &s->leases);
+	ls_pending_cancel_all(&s->pending);
 	ls_session_close_fds(s);
 	/* Nobody waits for the answers of jobs no worker has started. */
 	s->srv->jobs_cancelled += ls_workers_cancel(s->srv->workers, &s->job_owner);

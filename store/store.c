@@ -1,4 +1,5 @@
 /* The adapter store: state directory, import, lookup, delete, verify, gc, rebuild. */
+#define _GNU_SOURCE /* O_DIRECT */
 #include "store.h"
 
 #include <dirent.h>
@@ -17,6 +18,7 @@
 
 #include "blob.h"
 #include "fsutil.h"
+#include "ls_clock.h"
 #include "manifest.h"
 #include "store_internal.h"
 
@@ -160,12 +162,37 @@ void ls_store_blob_path(const struct ls_store *s, const uint8_t *digest, char *b
 	snprintf(buf, len, "%s/blobs/%s.blob", s->dir, hex);
 }
 
-
-static int64_t ls_now_ns(void)
+int ls_store_blob_open(struct ls_store *s, const uint8_t digest[LS_DIGEST_LEN], bool direct,
+		       int *fd, struct ls_blob_header *hdr, bool *direct_refused,
+		       struct ls_err *err)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+	char path[PATH_MAX];
+	ls_store_blob_path(s, digest, path, sizeof(path));
+	*direct_refused = false;
+	int rc = ls_blob_open(path, digest, fd, hdr, err);
+	if (rc || !direct)
+		return rc;
+	/* One large O_DIRECT read into page-aligned memory: offsets and sizes are page multiples. */
+	int dfd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+	if (dfd >= 0) {
+		close(*fd);
+		*fd = dfd;
+	} else if (errno == EINVAL) {
+		*direct_refused = true;
+	}
+	return 0;
+}
+
+bool ls_store_version_gone(struct ls_store *s, const char *name, uint32_t version)
+{
+	char ref[LS_NAME_MAX + 16];
+	snprintf(ref, sizeof(ref), "%s@%u", name, version);
+	Lorastore__VersionRecord *rec = NULL;
+	struct ls_err err;
+	int rc = ls_store_lookup(s, ref, &rec, &err);
+	if (rec)
+		lorastore__version_record__free_unpacked(rec, NULL);
+	return rc == LS_E_NOT_FOUND;
 }
 
 /* Write a small file atomically into dir_fd: temporary, fsync, rename, fsync dir. */
@@ -468,7 +495,7 @@ int ls_store_import(struct ls_store *s, const char *name, int config_fd, int st_
 		Lorastore__VersionRecord rec, *same = NULL;
 		ls_record_from_manifest(&rec, m, &hdr);
 		rec.name = (char *)name;
-		rec.created_unix_ns = ls_now_ns();
+		rec.created_unix_ns = ls_unix_ns();
 		rec.source = (char *)(opts->source ? opts->source : "");
 		pthread_mutex_lock(&s->digest_lock);
 		rc = ls_catalog_add_checked(s->cat, &rec, ls_import_check, ls_write_ref, &check,

@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "adapter.h"
+#include "blob.h"
 #include "catalog.h"
 #include "lorastore.pb-c.h"
 #include "ls_error.h"
@@ -142,9 +143,22 @@ int ls_store_untag(struct ls_store *store, const char *alias, struct ls_err *err
 int ls_store_aliases_of(struct ls_store *store, const char *name, uint32_t version,
 			char ***out, size_t *n, struct ls_err *err);
 
-/* Path of the blob of a digest into buf (PATH_MAX bytes). */
-void ls_store_blob_path(const struct ls_store *store, const uint8_t *digest, char *buf,
-			size_t len);
+/*
+ * The store's one door to a blob for a reader outside it (the daemon's
+ * loads): open the blob of a content digest, its header, digest and
+ * manifest checked as ls_blob_open does.  With direct set the descriptor
+ * reads with O_DIRECT where the file system allows it, and *direct_refused
+ * says where it did not.  Returns 0 with *fd (the caller closes it) and
+ * *hdr, LS_E_BLOB_MISSING, or what the checks return, with err.  The caller
+ * never learns where the blob is: a later store may fetch it from elsewhere
+ * first, and keep it while the descriptor is open.
+ */
+int ls_store_blob_open(struct ls_store *store, const uint8_t digest[LS_DIGEST_LEN], bool direct,
+		       int *fd, struct ls_blob_header *hdr, bool *direct_refused,
+		       struct ls_err *err);
+
+/* Whether the catalog says it has no name@version (false when it cannot be read). */
+bool ls_store_version_gone(struct ls_store *store, const char *name, uint32_t version);
 
 /* Result of verifying one version: code 0 when its blob is intact. */
 typedef void (*ls_verify_fn)(void *ud, const Lorastore__VersionRecord *rec, int code,
@@ -206,7 +220,12 @@ Lorastore__VersionRecord *ls_record_copy(const Lorastore__VersionRecord *rec);
 /* The number of versions in the catalog, in O(1). */
 int ls_store_count_versions(struct ls_store *store, uint64_t *out, struct ls_err *err);
 
-/* The catalog, for statistics and walks. */
+/*
+ * For the store's own tests and benchmarks, which look behind its door: the
+ * catalog, and where the blob of a digest is (into buf, PATH_MAX bytes).
+ */
 struct ls_catalog *ls_store_catalog(struct ls_store *store);
+void ls_store_blob_path(const struct ls_store *store, const uint8_t *digest, char *buf,
+			size_t len);
 
 #endif

@@ -2,8 +2,9 @@
  * The host memory backend (sealed memfd slabs), the backend dispatchers'
  * defaults, and the slab sub-allocator (extents).
  *
- * The sealing tests act as a client would: they map slab->fd themselves,
- * read-only, and check that every way of writing through it is refused.
+ * The sealing tests act as a client would: they map the slab's exported
+ * descriptor themselves, read-only, and check that every way of writing
+ * through it is refused.
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
@@ -107,20 +108,20 @@ Test(host_backend, slab_is_sealed_memfd_of_rounded_size)
 {
 	struct ls_slab s = alloc_slab(1);
 	cr_assert_eq(s.size, 2 * MiB);
-	cr_assert_geq(s.fd, 0);
+	cr_assert_geq(ls_backend_slab_export(&host, &s), 0);
 	cr_assert_not_null(host_of(&s));
 
 	struct stat st;
-	cr_assert_eq(fstat(s.fd, &st), 0);
+	cr_assert_eq(fstat(ls_backend_slab_export(&host, &s), &st), 0);
 	cr_assert_eq((uint64_t)st.st_size, 2 * MiB);
 
-	int seals = fcntl(s.fd, F_GET_SEALS);
+	int seals = fcntl(ls_backend_slab_export(&host, &s), F_GET_SEALS);
 	cr_assert_geq(seals, 0, "F_GET_SEALS: %s", strerror(errno));
 	cr_assert(seals & F_SEAL_SHRINK, "no F_SEAL_SHRINK: 0x%x", seals);
 	cr_assert(seals & F_SEAL_GROW, "no F_SEAL_GROW: 0x%x", seals);
 	cr_assert(seals & F_SEAL_FUTURE_WRITE, "no F_SEAL_FUTURE_WRITE: 0x%x", seals);
 	cr_assert(seals & F_SEAL_SEAL, "no F_SEAL_SEAL: 0x%x", seals);
-	cr_assert(fcntl(s.fd, F_GETFD) & FD_CLOEXEC, "slab fd is not close-on-exec");
+	cr_assert(fcntl(ls_backend_slab_export(&host, &s), F_GETFD) & FD_CLOEXEC, "slab fd is not close-on-exec");
 	ls_backend_slab_free(&host, &s);
 }
 
@@ -141,7 +142,7 @@ Test(host_backend, seals_cannot_be_changed_after_alloc)
 {
 	struct ls_slab s = alloc_slab(1);
 	errno = 0;
-	cr_assert_eq(fcntl(s.fd, F_ADD_SEALS, F_SEAL_WRITE), -1);
+	cr_assert_eq(fcntl(ls_backend_slab_export(&host, &s), F_ADD_SEALS, F_SEAL_WRITE), -1);
 	cr_assert_eq(errno, EPERM, "errno %d (%s)", errno, strerror(errno));
 	ls_backend_slab_free(&host, &s);
 }
@@ -151,7 +152,7 @@ Test(host_backend, bytes_written_through_host_are_visible_in_readonly_client_map
 	struct ls_slab s = alloc_slab(3 * MiB);
 	fill_pattern(host_of(&s), s.size);
 
-	unsigned char *client = mmap(NULL, s.size, PROT_READ, MAP_SHARED, s.fd, 0);
+	unsigned char *client = mmap(NULL, s.size, PROT_READ, MAP_SHARED, ls_backend_slab_export(&host, &s), 0);
 	cr_assert_neq(client, MAP_FAILED, "client mmap: %s", strerror(errno));
 	cr_assert(has_pattern(client, s.size));
 
@@ -166,7 +167,7 @@ Test(host_backend, client_writable_shared_mmap_is_refused_with_eperm)
 {
 	struct ls_slab s = alloc_slab(1);
 	errno = 0;
-	void *p = mmap(NULL, s.size, PROT_READ | PROT_WRITE, MAP_SHARED, s.fd, 0);
+	void *p = mmap(NULL, s.size, PROT_READ | PROT_WRITE, MAP_SHARED, ls_backend_slab_export(&host, &s), 0);
 	cr_assert_eq(p, MAP_FAILED, "a writable shared mapping of a sealed slab succeeded");
 	cr_assert_eq(errno, EPERM, "errno %d (%s)", errno, strerror(errno));
 	ls_backend_slab_free(&host, &s);
@@ -175,7 +176,7 @@ Test(host_backend, client_writable_shared_mmap_is_refused_with_eperm)
 Test(host_backend, mprotect_of_readonly_client_map_to_write_fails)
 {
 	struct ls_slab s = alloc_slab(1);
-	void *p = mmap(NULL, s.size, PROT_READ, MAP_SHARED, s.fd, 0);
+	void *p = mmap(NULL, s.size, PROT_READ, MAP_SHARED, ls_backend_slab_export(&host, &s), 0);
 	cr_assert_neq(p, MAP_FAILED, "client mmap: %s", strerror(errno));
 	errno = 0;
 	cr_assert_eq(mprotect(p, s.size, PROT_READ | PROT_WRITE), -1,
@@ -188,7 +189,7 @@ Test(host_backend, mprotect_of_readonly_client_map_to_write_fails)
 Test(host_backend, write_through_readonly_client_map_dies_of_sigsegv)
 {
 	struct ls_slab s = alloc_slab(1);
-	volatile unsigned char *p = mmap(NULL, s.size, PROT_READ, MAP_SHARED, s.fd, 0);
+	volatile unsigned char *p = mmap(NULL, s.size, PROT_READ, MAP_SHARED, ls_backend_slab_export(&host, &s), 0);
 	cr_assert_neq((void *)p, MAP_FAILED, "client mmap: %s", strerror(errno));
 
 	pid_t pid = fork();
@@ -215,13 +216,13 @@ Test(host_backend, ftruncate_of_slab_fd_fails)
 {
 	struct ls_slab s = alloc_slab(1);
 	errno = 0;
-	cr_assert_eq(ftruncate(s.fd, (off_t)(s.size / 2)), -1, "the slab shrank");
+	cr_assert_eq(ftruncate(ls_backend_slab_export(&host, &s), (off_t)(s.size / 2)), -1, "the slab shrank");
 	cr_assert_eq(errno, EPERM, "errno %d (%s)", errno, strerror(errno));
 	errno = 0;
-	cr_assert_eq(ftruncate(s.fd, (off_t)(s.size * 2)), -1, "the slab grew");
+	cr_assert_eq(ftruncate(ls_backend_slab_export(&host, &s), (off_t)(s.size * 2)), -1, "the slab grew");
 	cr_assert_eq(errno, EPERM, "errno %d (%s)", errno, strerror(errno));
 	struct stat st;
-	cr_assert_eq(fstat(s.fd, &st), 0);
+	cr_assert_eq(fstat(ls_backend_slab_export(&host, &s), &st), 0);
 	cr_assert_eq((uint64_t)st.st_size, s.size);
 	ls_backend_slab_free(&host, &s);
 }
@@ -231,7 +232,7 @@ Test(host_backend, write_syscall_to_slab_fd_fails)
 	struct ls_slab s = alloc_slab(1);
 	unsigned char b = 0x5A;
 	errno = 0;
-	cr_assert_eq(pwrite(s.fd, &b, 1, 0), -1, "write(2) to a sealed slab succeeded");
+	cr_assert_eq(pwrite(ls_backend_slab_export(&host, &s), &b, 1, 0), -1, "write(2) to a sealed slab succeeded");
 	cr_assert_eq(errno, EPERM, "errno %d (%s)", errno, strerror(errno));
 	cr_assert_eq(host_of(&s)[0], 0);
 	ls_backend_slab_free(&host, &s);
@@ -294,7 +295,7 @@ Test(host_backend, impossible_size_fails_without_leaking_a_descriptor)
 	struct ls_slab s;
 	struct ls_err err;
 	cr_assert_eq(ls_backend_slab_alloc(&host, UINT64_MAX, &s, &err), -ENOMEM);
-	cr_assert_eq(s.fd, -1);
+	cr_assert_eq(ls_backend_slab_export(&host, &s), -1);
 	cr_assert_null(s.priv);
 	/* 1 PiB: the memfd can be sized, but no address space holds the mapping. */
 	int rc = ls_backend_slab_alloc(&host, 1ull << 50, &s, &err);
@@ -380,7 +381,7 @@ Test(host_backend, fd_sent_to_another_process_maps_readonly_with_same_bytes)
 
 	struct ls_slab s = alloc_slab(2 * MiB);
 	fill_pattern(host_of(&s), s.size);
-	cr_assert_eq(send_fd(sv[0], s.fd), 0, "sendmsg: %s", strerror(errno));
+	cr_assert_eq(send_fd(sv[0], ls_backend_slab_export(&host, &s)), 0, "sendmsg: %s", strerror(errno));
 
 	int status;
 	cr_assert_eq(waitpid(pid, &status, 0), pid);
@@ -398,11 +399,11 @@ Test(host_backend, client_map_stays_readable_after_slab_free)
 	struct ls_slab s = alloc_slab(1);
 	uint64_t size = s.size;
 	fill_pattern(host_of(&s), size);
-	unsigned char *client = mmap(NULL, size, PROT_READ, MAP_SHARED, s.fd, 0);
+	unsigned char *client = mmap(NULL, size, PROT_READ, MAP_SHARED, ls_backend_slab_export(&host, &s), 0);
 	cr_assert_neq(client, MAP_FAILED, "client mmap: %s", strerror(errno));
 
 	ls_backend_slab_free(&host, &s);
-	cr_assert_eq(s.fd, -1);
+	cr_assert_eq(ls_backend_slab_export(&host, &s), -1);
 	cr_assert_null(s.priv);
 	cr_assert(has_pattern(client, size), "bytes changed after the slab was freed");
 	munmap(client, size);
@@ -430,10 +431,18 @@ static void bare_slab_free(void *ctx, struct ls_slab *slab)
 	(void)slab;
 }
 
+static int bare_slab_export(void *ctx, const struct ls_slab *slab)
+{
+	(void)ctx;
+	(void)slab;
+	return -1;
+}
+
 static const struct ls_backend_i bare_iface = {
 	/* .name            = */ bare_name,
 	/* .slab_alloc      = */ bare_slab_alloc,
 	/* .slab_free       = */ bare_slab_free,
+	/* .slab_export     = */ bare_slab_export,
 	/* .host_ptr        = */ NULL,
 	/* .upload          = */ NULL,
 	/* .completion_fd   = */ NULL,

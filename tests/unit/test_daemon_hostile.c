@@ -731,8 +731,13 @@ Test(hostile, one_connections_queue_of_jobs_does_not_hold_up_anothers)
 		lorastore__response__free_unpacked(resp, NULL);
 		a_before++;
 	}
-	/* In one queue it would wait for all 15; in turns, for the verify or two in flight. */
-	cr_assert_leq(a_before, 4, "the show waited for %u of the other connection's verifies",
+	/*
+	 * In one queue it would wait for all 15; in turns, for the verify or two
+	 * in flight.  Answers that a's verifies gave while this process was off
+	 * the CPU, before the show was even sent, count too (a loaded machine
+	 * runs a few verifies in that gap), hence the margin: well under 15.
+	 */
+	cr_assert_leq(a_before, 10, "the show waited for %u of the other connection's verifies",
 		      a_before);
 	ls_framer_free(&fa);
 	ls_framer_free(&fb);

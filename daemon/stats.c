@@ -1,0 +1,86 @@
+/* The daemon's figures (stats.h) and the stats request, answered from them. */
+#include <stdio.h>
+#include <string.h>
+
+#include "request.h"
+#include "stats.h"
+
+void ls_stats_snapshot(struct ls_server *srv, struct ls_metrics_snapshot *out)
+{
+	memset(out, 0, sizeof(*out));
+	struct ls_residency *r = srv->res;
+	out->n_tiers = ls_res_tier_count(r);
+	for (uint32_t i = 0; i < out->n_tiers; i++) {
+		struct ls_tier_figures f;
+		ls_tier_figures(ls_res_tier_at(r, i), &f);
+		struct ls_metrics_tier *m = &out->tiers[i];
+		snprintf(m->tier, sizeof(m->tier), "%s", f.kind == LS_TIER_HOST ? "host" : "device");
+		snprintf(m->device, sizeof(m->device), "%s", f.uuid);
+		m->ordinal = f.ordinal;
+		m->budget = f.budget;
+		m->used = f.used;
+		m->slab_bytes = f.slab_bytes;
+		m->table_bytes = f.table_bytes;
+		m->adapters = f.adapters;
+		m->loads = f.loads;
+		m->hits = f.hits;
+		m->misses = f.misses;
+		m->evictions = f.evictions;
+		m->load_errors = f.load_errors;
+		m->load = *f.load_seconds;
+	}
+	out->acquire = srv->acquire_hist;
+	out->clients = srv->n_sessions;
+	out->max_clients = srv->max_clients;
+	out->leases = srv->leases.held;
+	out->imports = srv->imports;
+	out->import_errors = srv->import_errors;
+	out->catalog_versions = srv->catalog_versions;
+	out->refused_connections = srv->refused_connections;
+	out->hello_timeouts = srv->hello_timeouts;
+	out->throttled = srv->throttled;
+	out->malformed = srv->malformed;
+	out->jobs_refused = srv->jobs_refused;
+	out->jobs_cancelled = srv->jobs_cancelled;
+	snprintf(out->event_loop, sizeof(out->event_loop), "%s", ls_loop_name(&srv->loop));
+	snprintf(out->backend, sizeof(out->backend), "%s", srv->n_devices ? "cuda" : "host");
+	snprintf(out->version, sizeof(out->version), "%s", LS_VERSION);
+	out->start_time = srv->start_time;
+}
+
+void ls_on_stats(struct ls_session *s, Lorastore__Request *req)
+{
+	struct ls_metrics_snapshot snap;
+	ls_stats_snapshot(s->srv, &snap);
+	Lorastore__TierStats ts[LS_RES_MAX_TIERS], *tiers[LS_RES_MAX_TIERS];
+	Lorastore__StatsReply sr = LORASTORE__STATS_REPLY__INIT;
+	for (unsigned i = 0; i < snap.n_tiers; i++) {
+		const struct ls_metrics_tier *m = &snap.tiers[i];
+		lorastore__tier_stats__init(&ts[i]);
+		tiers[i] = &ts[i];
+		ts[i].name = (char *)m->tier;
+		ts[i].device = (char *)m->device;
+		ts[i].ordinal = m->ordinal;
+		ts[i].budget = m->budget;
+		ts[i].used = m->used;
+		ts[i].adapters = (uint32_t)m->adapters;
+		ts[i].slab_bytes = m->slab_bytes;
+		ts[i].table_bytes = m->table_bytes;
+		sr.loads += m->loads;
+		sr.hits += m->hits;
+		sr.misses += m->misses;
+		sr.evictions += m->evictions;
+		sr.load_errors += m->load_errors;
+	}
+	sr.n_tiers = snap.n_tiers;
+	sr.tiers = tiers;
+	sr.clients = (uint32_t)snap.clients;
+	sr.leases = snap.leases;
+	sr.catalog_versions = snap.catalog_versions;
+	sr.event_loop = snap.event_loop;
+	Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
+	resp.id = req->id;
+	resp.body_case = LORASTORE__RESPONSE__BODY_STATS;
+	resp.stats = &sr;
+	ls_session_send(s, &resp, -1);
+}
