@@ -63,7 +63,6 @@ void ls_json_entry(cJSON *o, const lorastore_entry *e);
 int ls_json_emit(cJSON *doc);
 
 /* Text of a kind: "A", "B", "extra", "magnitude" ("?" otherwise). */
-const char *ls_kind_label(lorastore_kind k);
 
 /* "[8, 4096]" */
 void ls_format_shape(const uint64_t *shape, unsigned ndim, char *buf, size_t len);

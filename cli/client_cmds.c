@@ -298,7 +298,7 @@ static void ls_print_show(const lorastore_list *l)
 		else
 			snprintf(layer, sizeof(layer), "-");
 		printf("%-*s %5s %-9s %-16s %-5s %10llu %10s\n", w, t.module, layer,
-		       ls_kind_label(t.kind), shape, t.dtype_name, (unsigned long long)t.offset,
+		       lorastore_kind_name(t.kind), shape, t.dtype_name, (unsigned long long)t.offset,
 		       tsize);
 	}
 }
@@ -321,7 +321,7 @@ static cJSON *ls_json_show(const lorastore_list *l)
 			cJSON_AddNumberToObject(jt, "layer", t.layer);
 		else
 			cJSON_AddNullToObject(jt, "layer");
-		cJSON_AddStringToObject(jt, "kind", ls_kind_label(t.kind));
+		cJSON_AddStringToObject(jt, "kind", lorastore_kind_name(t.kind));
 		cJSON *shape = cJSON_AddArrayToObject(jt, "shape");
 		for (unsigned k = 0; k < t.ndim; k++)
 			cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t.shape[k]));

@@ -87,21 +87,6 @@ int ls_json_emit(cJSON *doc)
 	return LS_EXIT_OK;
 }
 
-const char *ls_kind_label(lorastore_kind k)
-{
-	switch (k) {
-	case LORASTORE_KIND_A:
-		return "A";
-	case LORASTORE_KIND_B:
-		return "B";
-	case LORASTORE_KIND_EXTRA:
-		return "extra";
-	case LORASTORE_KIND_MAGNITUDE:
-		return "magnitude";
-	}
-	return "?";
-}
-
 void ls_format_shape(const uint64_t *shape, unsigned ndim, char *buf, size_t len)
 {
 	size_t off = (size_t)snprintf(buf, len, "[");

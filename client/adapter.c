@@ -142,7 +142,7 @@ static void ls_adapter_info_fill(lorastore_adapter *ad, const struct ls_slab_map
 	info->generation = h->generation;
 	info->rank = h->rank;
 	info->scale = h->scale;
-	info->dtype = ls_dtype_from_str(ls_table_str(h, h->dtype));
+	info->dtype = ls_dtype_is_lora_float(h->dtype) ? (lorastore_dtype)h->dtype : 0;
 	info->tensor_count = h->n_tensors;
 	info->tensor_bytes = 0;
 	for (uint32_t i = 0; i < h->n_tensors; i++) {
@@ -190,8 +190,8 @@ LS_PUBLIC int lorastore_acquire_tier(lorastore *conn, const char *ref, lorastore
 	ar.ref = (char *)ref;
 	ar.timeout_ms = timeout_ms < 0 ? -1 : timeout_ms;
 	char current[48] = "";
+	ar.tier = (Lorastore__Tier)tier;
 	if (tier == LORASTORE_TIER_DEVICE) {
-		ar.tier = "device";
 		if (!device)
 			ls_device_current_uuid(current, sizeof(current));
 		ar.device = (char *)(device ? device : current);
@@ -209,10 +209,9 @@ LS_PUBLIC int lorastore_acquire_tier(lorastore *conn, const char *ref, lorastore
 		return ls_conn_fail(conn, LS_E_PROTOCOL, "acquire reply without a body");
 	}
 	uint64_t lease = a->lease_id;
-	bool on_device = a->tier && strcmp(a->tier, "device") == 0;
-	/* An older daemon names no table slab: the table is in the data slab. */
-	uint32_t tslab_id = a->table_slab_id ? a->table_slab_id : a->slab_id;
-	uint64_t tslab_size = a->table_slab_id ? a->table_slab_size : a->slab_size;
+	bool on_device = a->tier == LORASTORE__TIER__TIER_DEVICE;
+	uint32_t tslab_id = a->table_slab_id;
+	uint64_t tslab_size = a->table_slab_size;
 	if (on_device != (tier == LORASTORE_TIER_DEVICE) || (on_device && tslab_id == a->slab_id)) {
 		lorastore__response__free_unpacked(resp, NULL);
 		return ls_conn_fail(conn, LS_E_PROTOCOL, "acquire reply of the wrong tier");
@@ -335,8 +334,8 @@ static void ls_tensor_from_entry(const lorastore_adapter *ad, const struct ls_ta
 	out->data = ad->base + e->offset;
 	out->module = ls_table_str(h, e->module);
 	out->kind = (lorastore_kind)e->kind;
-	out->dtype_name = ls_table_str(h, e->dtype);
-	out->dtype = ls_dtype_from_str(out->dtype_name);
+	out->dtype_name = ls_dtype_name(e->dtype);
+	out->dtype = ls_dtype_is_lora_float(e->dtype) ? (lorastore_dtype)e->dtype : 0;
 	out->layer = e->layer;
 	out->ndim = e->ndim;
 	const uint64_t *dims = ls_table_dims(h, e);

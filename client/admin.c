@@ -121,11 +121,11 @@ LS_PUBLIC int lorastore_import_dir(lorastore *conn, const char *dir,
 /*
  * A request whose body is a RefRequest, answered done (a load: with the
  * version loaded, "name@N" into loaded, len bytes, when not NULL); tier
- * names a tier (NULL: the request's default), device its GPU.
+ * names a tier (NULL: every tier, for an evict), device its GPU.
  */
 static int ls_ref_call(lorastore *conn, Lorastore__Request__BodyCase body, const char *what,
-		       const char *ref, const char *tier, const char *device, char *loaded,
-		       size_t len)
+		       const char *ref, const lorastore_tier *tier, const char *device,
+		       char *loaded, size_t len)
 {
 	if (loaded && len)
 		*loaded = '\0';
@@ -137,9 +137,10 @@ static int ls_ref_call(lorastore *conn, Lorastore__Request__BodyCase body, const
 	Lorastore__RefRequest rr = LORASTORE__REF_REQUEST__INIT;
 	rr.ref = (char *)ref;
 	char current[48] = "";
+	rr.every_tier = !tier;
 	if (tier) {
-		rr.tier = (char *)tier;
-		if (!device && strcmp(tier, "device") == 0)
+		rr.tier = (Lorastore__Tier)*tier;
+		if (!device && *tier == LORASTORE_TIER_DEVICE)
 			ls_device_current_uuid(current, sizeof(current));
 		rr.device = (char *)(device ? device : current);
 	}
@@ -258,7 +259,8 @@ LS_PUBLIC int lorastore_untag(lorastore *conn, const char *alias)
 
 LS_PUBLIC int lorastore_load(lorastore *conn, const char *ref)
 {
-	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_LOAD, "load", ref, NULL, NULL, NULL, 0);
+	const lorastore_tier host = LORASTORE_TIER_HOST;
+	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_LOAD, "load", ref, &host, NULL, NULL, 0);
 }
 
 LS_PUBLIC int lorastore_evict(lorastore *conn, const char *ref)
@@ -266,36 +268,35 @@ LS_PUBLIC int lorastore_evict(lorastore *conn, const char *ref)
 	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_EVICT, "evict", ref, NULL, NULL, NULL, 0);
 }
 
-static const char *ls_tier_word(lorastore_tier tier)
+static bool ls_tier_known(lorastore_tier tier)
 {
-	return tier == LORASTORE_TIER_DEVICE ? "device" : tier == LORASTORE_TIER_HOST ? "host" : NULL;
+	return tier == LORASTORE_TIER_HOST || tier == LORASTORE_TIER_DEVICE;
 }
 
 LS_PUBLIC int lorastore_load_tier(lorastore *conn, const char *ref, lorastore_tier tier,
 				  const char *device)
 {
-	if (!ls_tier_word(tier))
+	if (!ls_tier_known(tier))
 		return -EINVAL;
-	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_LOAD, "load", ref, ls_tier_word(tier),
-			   device, NULL, 0);
+	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_LOAD, "load", ref, &tier, device, NULL, 0);
 }
 
 LS_PUBLIC int lorastore_load_resolved(lorastore *conn, const char *ref, lorastore_tier tier,
 				      const char *device, char *loaded, size_t len)
 {
-	if (!ls_tier_word(tier))
+	if (!ls_tier_known(tier))
 		return -EINVAL;
-	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_LOAD, "load", ref, ls_tier_word(tier),
-			   device, loaded, len);
+	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_LOAD, "load", ref, &tier, device, loaded,
+			   len);
 }
 
 LS_PUBLIC int lorastore_evict_tier(lorastore *conn, const char *ref, lorastore_tier tier,
 				   const char *device)
 {
-	if (!ls_tier_word(tier))
+	if (!ls_tier_known(tier))
 		return -EINVAL;
-	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_EVICT, "evict", ref, ls_tier_word(tier),
-			   device, NULL, 0);
+	return ls_ref_call(conn, LORASTORE__REQUEST__BODY_EVICT, "evict", ref, &tier, device, NULL,
+			   0);
 }
 
 LS_PUBLIC int lorastore_verify(lorastore *conn, const char *ref, size_t *bad,

@@ -13,6 +13,8 @@
 
 #include "frame.h"
 #include "ls_clock.h"
+#include "ls_digest.h"
+#include "ls_types.h"
 #include "ls_name.h"
 #include "table.h"
 #include "lorastore.h"
@@ -163,7 +165,7 @@ const Lorastore__ModuleScale *ls_record_scale(const Lorastore__VersionRecord *re
 					      const char *module);
 
 /* Lower-case hex of a digest into out[65] ("" when it is not 32 bytes). */
-void ls_list_digest_hex(const ProtobufCBinaryData *d, char out[65]);
+void ls_list_digest_hex(const ProtobufCBinaryData *d, char out[LS_DIGEST_HEX]);
 
 /*
  * Wrap resp (taken over, even on failure) in a list: the entries of its

@@ -7,15 +7,8 @@
 
 lorastore_dtype ls_dtype_from_str(const char *s)
 {
-	if (!s)
-		return 0;
-	if (strcmp(s, "F32") == 0)
-		return LORASTORE_DTYPE_F32;
-	if (strcmp(s, "F16") == 0)
-		return LORASTORE_DTYPE_F16;
-	if (strcmp(s, "BF16") == 0)
-		return LORASTORE_DTYPE_BF16;
-	return 0;
+	enum ls_dtype d = ls_dtype_from_name(s);
+	return ls_dtype_is_lora_float(d) ? (lorastore_dtype)d : 0;
 }
 
 lorastore_kind ls_kind_from_pb(Lorastore__TensorKind k)
@@ -69,22 +62,25 @@ int ls_tensor_fill(const Lorastore__VersionRecord *rec, size_t j,
 	return 0;
 }
 
-void ls_list_digest_hex(const ProtobufCBinaryData *d, char out[65])
+void ls_list_digest_hex(const ProtobufCBinaryData *d, char out[LS_DIGEST_HEX])
 {
-	static const char hex[] = "0123456789abcdef";
 	out[0] = '\0';
-	if (d->len != 32 || !d->data)
-		return;
-	for (size_t i = 0; i < 32; i++) {
-		out[2 * i] = hex[d->data[i] >> 4];
-		out[2 * i + 1] = hex[d->data[i] & 15];
-	}
-	out[64] = '\0';
+	if (d->len == LS_DIGEST_LEN && d->data)
+		ls_digest_hex(d->data, out);
 }
 
 static const char *ls_str(const char *s)
 {
 	return s ? s : "";
+}
+
+/* Where an entry is resident, as lorastore_entry says it: "host", "device", "host,device", "disk". */
+static const char *ls_entry_tiers(const Lorastore__AdapterEntry *a)
+{
+	bool host = false, device = false;
+	for (size_t i = 0; a && i < a->n_tiers; i++)
+		*(a->tiers[i] == LORASTORE__TIER__TIER_DEVICE ? &device : &host) = true;
+	return host && device ? "host,device" : host ? "host" : device ? "device" : "disk";
 }
 
 static void ls_entry_fill(lorastore_entry *e, const Lorastore__VersionRecord *r, int resident,
@@ -108,7 +104,7 @@ static void ls_entry_fill(lorastore_entry *e, const Lorastore__VersionRecord *r,
 	e->blob_bytes = r->blob_bytes;
 	e->tensor_count = tensor_count ? tensor_count : r->n_tensors;
 	e->resident = resident;
-	e->tier = tier && *tier ? tier : (resident ? "host" : "disk");
+	e->tier = tier;
 	e->pins = pins;
 	e->created_unix_ns = r->created_unix_ns;
 	e->base_model = r->config && r->config->has_base_model ? ls_str(r->config->base_model) : "";
@@ -160,7 +156,7 @@ int ls_list_from_response(lorastore *conn, Lorastore__Response *resp, lorastore_
 						     i);
 			}
 			l->records[i] = a->record;
-			ls_entry_fill(&l->entries[i], a->record, a->resident, a->tier, a->pins,
+			ls_entry_fill(&l->entries[i], a->record, a->resident, ls_entry_tiers(a), a->pins,
 				      a->tensor_count, a->resident_bytes);
 			l->entries[i].aliases = (const char *const *)a->aliases;
 			l->entries[i].alias_count = a->n_aliases;

@@ -65,13 +65,38 @@ _Static_assert((int)LORASTORE_E_ALIASED == (int)LS_E_LAST, "a code missing from 
 _Static_assert((int)LORASTORE_E_TRUNCATED == (int)LS_E_FIRST, "lorastore.h starts elsewhere");
 #undef LS_SAME
 
-/* Wire dtype and kind values equal the public ones too. */
+/* The public enums are lorastore's own (ls_types.h), and the wire's. */
+_Static_assert((int)LORASTORE_DTYPE_F32 == (int)LS_DTYPE_F32 &&
+		       (int)LORASTORE_DTYPE_F16 == (int)LS_DTYPE_F16 &&
+		       (int)LORASTORE_DTYPE_BF16 == (int)LS_DTYPE_BF16,
+	       "lorastore_dtype");
+_Static_assert((int)LORASTORE_KIND_A == (int)LS_KIND_A && (int)LORASTORE_KIND_B == (int)LS_KIND_B &&
+		       (int)LORASTORE_KIND_EXTRA == (int)LS_KIND_EXTRA &&
+		       (int)LORASTORE_KIND_MAGNITUDE == (int)LS_KIND_MAGNITUDE,
+	       "lorastore_kind");
+_Static_assert((int)LORASTORE_TIER_HOST == (int)LS_TIER_HOST &&
+		       (int)LORASTORE_TIER_DEVICE == (int)LS_TIER_DEVICE,
+	       "lorastore_tier");
 _Static_assert((int)LORASTORE_KIND_A == (int)LORASTORE__TENSOR_KIND__TENSOR_KIND_A, "kind A");
 _Static_assert((int)LORASTORE_KIND_B == (int)LORASTORE__TENSOR_KIND__TENSOR_KIND_B, "kind B");
 _Static_assert((int)LORASTORE_KIND_EXTRA == (int)LORASTORE__TENSOR_KIND__TENSOR_KIND_EXTRA,
 	       "kind extra");
 _Static_assert((int)LORASTORE_KIND_MAGNITUDE == (int)LORASTORE__TENSOR_KIND__TENSOR_KIND_MAGNITUDE,
 	       "kind magnitude");
+
+LS_PUBLIC const char *lorastore_kind_name(lorastore_kind kind)
+{
+	return ls_tensor_kind_name((enum ls_tensor_kind)kind);
+}
+
+LS_PUBLIC int lorastore_kind_from_name(const char *s, lorastore_kind *out)
+{
+	enum ls_tensor_kind k;
+	if (!out || ls_tensor_kind_from_name(s, &k) != 0)
+		return -EINVAL;
+	*out = (lorastore_kind)k;
+	return 0;
+}
 
 LS_PUBLIC const char *lorastore_strerror(int err)
 {
@@ -82,7 +107,7 @@ LS_PUBLIC const char *lorastore_strerror(int err)
 static int ls_hello(lorastore *c)
 {
 	Lorastore__Hello hello = LORASTORE__HELLO__INIT;
-	hello.protocol_version = LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+	hello.protocol_version = LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_2;
 	hello.client_name = program_invocation_short_name ? program_invocation_short_name : "";
 	Lorastore__Request req = LORASTORE__REQUEST__INIT;
 	req.body_case = LORASTORE__REQUEST__BODY_HELLO;
@@ -99,11 +124,15 @@ static int ls_hello(lorastore *c)
 		return rc;
 	}
 	const Lorastore__HelloReply *h = resp->hello;
-	if (!h || h->protocol_version != LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_1) {
-		unsigned v = h ? h->protocol_version : 0;
+	if (!h || h->protocol_version != LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_2) {
+		unsigned v = h ? (unsigned)h->protocol_version : 0;
+		char dv[64];
+		snprintf(dv, sizeof(dv), "%s", h && h->daemon_version ? h->daemon_version : "?");
 		lorastore__response__free_unpacked(resp, NULL);
-		return ls_conn_fail(c, LS_E_VERSION, "lorastored speaks protocol version %u, not %d", v,
-				    LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_1);
+		return ls_conn_fail(c, LS_E_VERSION,
+				    "lorastored %s speaks protocol version %u; this liblorastore "
+				    "speaks %d: use a client and a daemon of the same release",
+				    dv, v, LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_2);
 	}
 	c->admin = h->admin;
 	c->instance = h->instance;
@@ -243,7 +272,7 @@ LS_PUBLIC int lorastore_stats_get(lorastore *conn, lorastore_stats *out)
 	for (size_t i = 0; i < s->n_tiers && out->tier_count < max; i++) {
 		const Lorastore__TierStats *t = s->tiers[i];
 		lorastore_tier_stats *o = &out->tiers[out->tier_count++];
-		snprintf(o->name, sizeof(o->name), "%s", t->name ? t->name : "");
+		snprintf(o->name, sizeof(o->name), "%s", ls_tier_name((enum ls_tier_kind)t->tier));
 		snprintf(o->device, sizeof(o->device), "%s", t->device ? t->device : "");
 		o->ordinal = t->ordinal;
 		o->table_bytes = t->table_bytes;

@@ -65,7 +65,7 @@ static void ls_grant(struct ls_session *s, uint64_t id, struct ls_resident *e, i
 	ar.table_offset = where.table_offset;
 	ar.table_length = where.table_length;
 	ar.table_fd_attached = send_table;
-	ar.tier = (char *)ls_tier_kind_name(where.tier);
+	ar.tier = (Lorastore__Tier)ls_tier_kind(where.tier);
 	ar.device = (char *)ls_tier_uuid(where.tier);
 	int fds[2];
 	unsigned n_fds = 0;
@@ -129,7 +129,7 @@ static void ls_request_answer(struct ls_session *s, uint64_t id, struct ls_tier 
 static void ls_acquire_read_done(struct ls_read_job *j);
 
 void ls_on_acquire_or_load(struct ls_session *s, uint64_t id, const char *ref,
-			   int64_t timeout_ms, bool lease, const char *tier_name, const char *device)
+			   int64_t timeout_ms, bool lease, Lorastore__Tier tier_name, const char *device)
 {
 	struct ls_server *srv = s->srv;
 	struct ls_tier *tier = ls_request_tier(s, id, tier_name, device);
@@ -161,7 +161,7 @@ void ls_on_acquire_or_load(struct ls_session *s, uint64_t id, const char *ref,
 	j->makes_resident = true;
 	j->timeout_ms = timeout_ms;
 	j->lease = lease;
-	snprintf(j->tier, sizeof(j->tier), "%s", tier_name ? tier_name : "");
+	j->tier = tier_name;
 	snprintf(j->device, sizeof(j->device), "%s", device ? device : "");
 	ls_read_submit(j);
 }
@@ -171,8 +171,7 @@ static void ls_acquire_read_done(struct ls_read_job *j)
 {
 	struct ls_session *s = j->s;
 	struct ls_server *srv = s->srv;
-	struct ls_tier *tier = ls_request_tier(s, j->id, j->tier[0] ? j->tier : NULL,
-					       j->device[0] ? j->device : NULL);
+	struct ls_tier *tier = ls_request_tier(s, j->id, j->tier, j->device[0] ? j->device : NULL);
 	if (!tier)
 		return;
 	const Lorastore__VersionRecord *rec = j->recs[0];
@@ -240,7 +239,8 @@ void ls_on_evict(struct ls_session *s, Lorastore__Request *req)
 	struct ls_read_job *j = ls_read_lookup(s, req->id, &ref, 1, ls_evict_read_done);
 	if (!j)
 		return;
-	snprintf(j->tier, sizeof(j->tier), "%s", req->evict->tier ? req->evict->tier : "");
+	j->tier = req->evict->tier;
+	j->every_tier = req->evict->every_tier;
 	snprintf(j->device, sizeof(j->device), "%s", req->evict->device ? req->evict->device : "");
 	ls_read_submit(j);
 }
@@ -249,9 +249,9 @@ static void ls_evict_read_done(struct ls_read_job *j)
 {
 	struct ls_session *s = j->s;
 	const Lorastore__VersionRecord *rec = j->recs[0];
-	/* No tier named: every tier; else that tier alone. */
+	/* Every tier, or the tier named alone. */
 	struct ls_tier *tier = NULL;
-	if (j->tier[0]) {
+	if (!j->every_tier) {
 		tier = ls_request_tier(s, j->id, j->tier, j->device[0] ? j->device : NULL);
 		if (!tier)
 			return;

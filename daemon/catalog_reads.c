@@ -26,7 +26,6 @@ static int ls_page_add(void *ud, const Lorastore__VersionRecord *rec)
 	if (j->n && j->page_bytes + len > LS_LIST_PAGE_BYTES)
 		return LS_LIST_PAGE_FULL;
 	j->page_bytes += len;
-	uint8_t *buf = malloc(len ? len : 1);
 	Lorastore__VersionRecord **recs = realloc(j->recs, (j->n + 1) * sizeof(*recs));
 	if (recs)
 		j->recs = recs;
@@ -36,13 +35,7 @@ static int ls_page_add(void *ud, const Lorastore__VersionRecord *rec)
 	uint64_t *fp = realloc(j->footprints, (j->n + 1) * sizeof(*fp));
 	if (fp)
 		j->footprints = fp;
-	if (!buf || !recs || !counts || !fp) {
-		free(buf);
-		return j->rc = -ENOMEM;
-	}
-	lorastore__version_record__pack(&shallow, buf);
-	Lorastore__VersionRecord *copy = lorastore__version_record__unpack(NULL, len, buf);
-	free(buf);
+	Lorastore__VersionRecord *copy = recs && counts && fp ? ls_record_copy(&shallow) : NULL;
 	if (!copy)
 		return j->rc = -ENOMEM;
 	j->recs[j->n] = copy;
@@ -227,11 +220,14 @@ static void ls_entry_fill(struct ls_server *srv, Lorastore__AdapterEntry *e,
 {
 	lorastore__adapter_entry__init(e);
 	e->record = rec;
-	/* "host", "device", "host,device": every tier the version is resident in. */
+	/* Every tier the version is resident in, host first. */
 	bool host, device;
 	ls_res_presence(srv->res, rec->generation, &host, &device, &e->pins);
+	static Lorastore__Tier host_device[2] = {LORASTORE__TIER__TIER_HOST,
+						 LORASTORE__TIER__TIER_DEVICE};
+	e->n_tiers = (size_t)host + (size_t)device;
+	e->tiers = host ? &host_device[0] : &host_device[1];
 	e->resident = host || device;
-	e->tier = host && device ? "host,device" : host ? "host" : device ? "device" : "disk";
 	e->tensor_count = tensor_count;
 	e->resident_bytes = footprint;
 }

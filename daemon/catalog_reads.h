@@ -34,7 +34,8 @@ struct ls_read_job {
 	int64_t t0_ns;                  /* when the request arrived */
 	int64_t timeout_ms;
 	bool lease;
-	char tier[16];
+	Lorastore__Tier tier;
+	bool every_tier;                /* evict: from every tier */
 	char device[64];
 	/* list: a page of records without tensors, with what the tensors tell */
 	char prefix[LS_NAME_MAX + 1];

@@ -14,16 +14,16 @@ static void ls_on_hello(struct ls_session *s, Lorastore__Request *req)
 				 "once, first");
 		return;
 	}
-	if (req->hello->protocol_version != LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_1) {
+	if (req->hello->protocol_version != LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_2) {
 		ls_session_error(s, req->id, LS_E_VERSION,
-				 "protocol version %u is not supported; this daemon speaks 1",
-				 req->hello->protocol_version);
+				 "protocol version %u is not supported; this lorastored (%s) speaks 2",
+				 (unsigned)req->hello->protocol_version, LS_VERSION);
 		s->close_after_send = true;
 		return;
 	}
 	s->hello_done = true;
 	Lorastore__HelloReply hr = LORASTORE__HELLO_REPLY__INIT;
-	hr.protocol_version = LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+	hr.protocol_version = LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_2;
 	hr.daemon_version = LS_VERSION;
 	hr.admin = s->admin;
 	hr.backend = s->srv->n_devices ? "cuda" : "host";

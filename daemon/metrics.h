@@ -15,7 +15,8 @@
 #include "residency.h"
 
 struct ls_metrics_tier {
-	char tier[8];                /* "host" or "device" */
+	enum ls_tier_kind kind;
+	char tier[8];                /* its name: "host" or "device" */
 	char device[48];             /* device tier: the GPU's UUID */
 	int ordinal;                 /* device tier: the daemon's CUDA ordinal; -1 on host */
 	uint64_t budget, used, slab_bytes, table_bytes; /* bytes */

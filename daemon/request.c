@@ -26,14 +26,18 @@ bool ls_need_admin(struct ls_session *s, uint64_t id, const char *what)
 	return false;
 }
 
-struct ls_tier *ls_request_tier(struct ls_session *s, uint64_t id, const char *tier,
+_Static_assert((int)LORASTORE__TIER__TIER_HOST == (int)LS_TIER_HOST &&
+		       (int)LORASTORE__TIER__TIER_DEVICE == (int)LS_TIER_DEVICE,
+	       "the wire's tiers are lorastore's");
+
+struct ls_tier *ls_request_tier(struct ls_session *s, uint64_t id, Lorastore__Tier tier,
 				const char *device)
 {
 	struct ls_residency *r = s->srv->res;
-	if (!tier || !*tier || strcmp(tier, "host") == 0)
+	if (tier == LORASTORE__TIER__TIER_HOST)
 		return ls_res_host(r);
-	if (strcmp(tier, "device") != 0) {
-		ls_session_error(s, id, LS_E_PROTOCOL, "unknown tier '%s' (host or device)", tier);
+	if (tier != LORASTORE__TIER__TIER_DEVICE) {
+		ls_session_error(s, id, LS_E_PROTOCOL, "unknown tier %d (host or device)", (int)tier);
 		return NULL;
 	}
 	uint32_t n = ls_res_tier_count(r);

@@ -20,12 +20,11 @@ void ls_send_done(struct ls_session *s, uint64_t id);
 bool ls_need_admin(struct ls_session *s, uint64_t id, const char *what);
 
 /*
- * The tier a request names: host ("host"), or the device tier of the GPU
- * with that UUID ("device"; a UUID of "" when the daemon serves one GPU).
- * An empty name is host for a request that needs one tier.  NULL with the
- * reason sent as the error.
+ * The tier a request names: host, or the device tier of the GPU with that
+ * UUID (a UUID of "" when the daemon serves one GPU).  NULL with the reason
+ * sent as the error.
  */
-struct ls_tier *ls_request_tier(struct ls_session *s, uint64_t id, const char *tier,
+struct ls_tier *ls_request_tier(struct ls_session *s, uint64_t id, Lorastore__Tier tier,
 				const char *device);
 
 /*
@@ -50,7 +49,7 @@ void ls_on_list(struct ls_session *s, Lorastore__Request *req);
 
 /* acquire.c */
 void ls_on_acquire_or_load(struct ls_session *s, uint64_t id, const char *ref,
-			   int64_t timeout_ms, bool lease, const char *tier, const char *device);
+			   int64_t timeout_ms, bool lease, Lorastore__Tier tier, const char *device);
 void ls_on_release(struct ls_session *s, Lorastore__Request *req);
 void ls_on_prefetch(struct ls_session *s, Lorastore__Request *req);
 void ls_on_evict(struct ls_session *s, Lorastore__Request *req);

@@ -1161,7 +1161,7 @@ enum ls_tier_kind ls_tier_kind(const struct ls_tier *t)
 
 const char *ls_tier_kind_name(const struct ls_tier *t)
 {
-	return t->kind == LS_TIER_HOST ? "host" : "device";
+	return ls_tier_name(t->kind);
 }
 
 const char *ls_tier_uuid(const struct ls_tier *t)

@@ -53,6 +53,7 @@
 #include "extents.h"
 #include "hist.h"
 #include "loop.h"
+#include "ls_types.h"
 #include "store.h"
 #include "table.h"
 #include "workers.h"
@@ -72,7 +73,6 @@ struct ls_waiter {
 /* Why a resident version leaves a tier (its retire point, residency.c). */
 enum ls_retire_why { LS_RETIRE_EVICTED, LS_RETIRE_DELETED };
 
-enum ls_tier_kind { LS_TIER_HOST, LS_TIER_DEVICE };
 
 /* Tiers at most: host, and one per GPU of an 8-GPU node. */
 #define LS_RES_MAX_TIERS 9

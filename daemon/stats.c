@@ -14,7 +14,8 @@ void ls_stats_snapshot(struct ls_server *srv, struct ls_metrics_snapshot *out)
 		struct ls_tier_figures f;
 		ls_tier_figures(ls_res_tier_at(r, i), &f);
 		struct ls_metrics_tier *m = &out->tiers[i];
-		snprintf(m->tier, sizeof(m->tier), "%s", f.kind == LS_TIER_HOST ? "host" : "device");
+		m->kind = f.kind;
+		snprintf(m->tier, sizeof(m->tier), "%s", ls_tier_name(f.kind));
 		snprintf(m->device, sizeof(m->device), "%s", f.uuid);
 		m->ordinal = f.ordinal;
 		m->budget = f.budget;
@@ -58,7 +59,7 @@ void ls_on_stats(struct ls_session *s, Lorastore__Request *req)
 		const struct ls_metrics_tier *m = &snap.tiers[i];
 		lorastore__tier_stats__init(&ts[i]);
 		tiers[i] = &ts[i];
-		ts[i].name = (char *)m->tier;
+		ts[i].tier = (Lorastore__Tier)m->kind;
 		ts[i].device = (char *)m->device;
 		ts[i].ordinal = m->ordinal;
 		ts[i].budget = m->budget;

@@ -6,8 +6,13 @@
 #include <stdbool.h>
 
 #include "ls_error.h"
+#include "ls_types.h"
 #include "lsk.h"
 #include "lsk_internal.h"
+
+_Static_assert((int)LSK_F32 == (int)LS_DTYPE_F32 && (int)LSK_F16 == (int)LS_DTYPE_F16 &&
+		       (int)LSK_BF16 == (int)LS_DTYPE_BF16,
+	       "the kernels' dtypes are lorastore's");
 
 size_t lsk_dtype_size(lsk_dtype dt)
 {

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ls_types.h"
+
 static size_t ls_align8(size_t n)
 {
 	return (n + 7u) & ~(size_t)7u;
@@ -61,17 +63,17 @@ static bool ls_record_ok(const Lorastore__VersionRecord *rec)
 }
 
 /*
- * An upper bound of the pool's bytes, and the dims: every string counted
- * once per tensor.  The writer shares module and dtype names between
+ * An upper bound of the pool's bytes, and the dims: every module name
+ * counted once per tensor.  The writer shares module names between
  * tensors, so the pool it fills is smaller; the rest stays zero.
  */
 static size_t ls_pool_bound(const Lorastore__VersionRecord *rec, size_t *n_dims)
 {
-	size_t pool = strlen(rec->name) + 1 + strlen(rec->dtype) + 1 + 1;
+	size_t pool = strlen(rec->name) + 1 + 1;
 	*n_dims = 0;
 	for (size_t j = 0; j < rec->n_tensors; j++) {
 		const Lorastore__Tensor *t = rec->tensors[j];
-		pool += strlen(t->module) + 1 + strlen(t->dtype) + 1;
+		pool += strlen(t->module) + 1;
 		*n_dims += t->n_shape;
 	}
 	return pool;
@@ -102,18 +104,6 @@ static uint32_t ls_pool_add(struct ls_pool *p, const char *s)
 	uint32_t off = (uint32_t)p->len;
 	memcpy(p->base + p->len, s, n);
 	p->len += n;
-	return off;
-}
-
-/* The pool offset of a dtype name: the few names an adapter has are shared. */
-static uint32_t ls_pool_dtype(struct ls_pool *p, const char *s, uint32_t *seen, size_t *n_seen)
-{
-	for (size_t i = 0; i < *n_seen; i++)
-		if (strcmp(p->base + seen[i], s) == 0)
-			return seen[i];
-	uint32_t off = ls_pool_add(p, s);
-	if (*n_seen < 8)
-		seen[(*n_seen)++] = off;
 	return off;
 }
 
@@ -155,11 +145,8 @@ int ls_table_write(const Lorastore__VersionRecord *rec, void *dst, size_t size)
 	uint64_t *dims = (uint64_t *)(t + l.dims);
 	uint32_t *order = (uint32_t *)(t + l.order);
 	struct ls_pool pool = {.base = (char *)t + l.pool, .len = 0};
-	uint32_t dtypes[8];
-	size_t n_dtypes = 0;
-
 	h->name = ls_pool_add(&pool, rec->name);
-	h->dtype = ls_pool_dtype(&pool, rec->dtype, dtypes, &n_dtypes);
+	h->dtype = ls_dtype_from_name(rec->dtype); /* "mixed": none */
 
 	/* Modules in sorted order, each written once; entries point at them. */
 	const char *last_module = NULL;
@@ -180,7 +167,7 @@ int ls_table_write(const Lorastore__VersionRecord *rec, void *dst, size_t size)
 		struct ls_table_entry *e = &ent[j];
 		e->offset = s->offset;
 		e->bytes = s->length;
-		e->dtype = ls_pool_dtype(&pool, s->dtype, dtypes, &n_dtypes);
+		e->dtype = ls_dtype_from_name(s->dtype);
 		e->layer = s->layer;
 		e->kind = (uint8_t)s->kind;
 		e->ndim = (uint8_t)s->n_shape;
@@ -246,7 +233,7 @@ const struct ls_table_hdr *ls_table_open(const void *t, size_t avail, uint64_t g
 	if (h->pool_bytes == 0 || h->pool > bytes || h->pool_bytes > bytes - h->pool)
 		return NULL;
 	const char *pool = (const char *)t + h->pool;
-	if (pool[h->pool_bytes - 1] != '\0' || h->name >= h->pool_bytes || h->dtype >= h->pool_bytes)
+	if (pool[h->pool_bytes - 1] != '\0' || h->name >= h->pool_bytes || h->dtype >= LS_DTYPE_COUNT)
 		return NULL;
 	return h;
 }
@@ -264,7 +251,7 @@ const struct ls_table_entry *ls_table_entry(const struct ls_table_hdr *h, uint32
 		return NULL;
 	const struct ls_table_entry *e =
 		(const struct ls_table_entry *)((const uint8_t *)h + h->entries) + i;
-	if (e->module >= h->pool_bytes || e->dtype >= h->pool_bytes ||
+	if (e->module >= h->pool_bytes || e->dtype == LS_DTYPE_INVALID || e->dtype >= LS_DTYPE_COUNT ||
 	    e->ndim > LS_TABLE_MAX_DIMS || e->dim0 > h->n_dims || e->ndim > h->n_dims - e->dim0 ||
 	    e->offset > h->data_length || e->bytes > h->data_length - e->offset)
 		return NULL;

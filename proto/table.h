@@ -29,7 +29,7 @@
 #include "lorastore.pb-c.h"
 
 #define LS_TABLE_MAGIC 0x3142544cu /* "LTB1" */
-#define LS_TABLE_FORMAT 1u
+#define LS_TABLE_FORMAT 2u  /* 2: dtypes as numbers (enum ls_dtype), not names */
 #define LS_TABLE_MAX_DIMS 8u
 
 struct ls_table_hdr {
@@ -43,7 +43,7 @@ struct ls_table_hdr {
 	uint32_t n_tensors;
 	uint32_t rank;           /* config r (largest with rank_pattern) */
 	uint32_t name;           /* pool offset */
-	uint32_t dtype;          /* pool offset: "F16", ..., or "mixed" */
+	uint32_t dtype;          /* enum ls_dtype of every tensor; 0 when they differ */
 	uint32_t entries;        /* byte offset of the entries from the table's start */
 	uint32_t order;          /* byte offset of order[] */
 	uint32_t dims;           /* byte offset of dims[] (uint64) */
@@ -59,7 +59,7 @@ struct ls_table_entry {
 	uint64_t bytes;
 	double scale;            /* of the module after the patterns (A, B), else 0 */
 	uint32_t module;         /* pool offset */
-	uint32_t dtype;          /* pool offset of the safetensors dtype name */
+	uint32_t dtype;          /* enum ls_dtype (any the safetensors format names) */
 	uint32_t dim0;           /* index of the first dimension in dims[] */
 	int32_t layer;           /* -1 when the module has none */
 	uint32_t rank;           /* of the module (A, B), else 0 */

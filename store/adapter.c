@@ -17,21 +17,6 @@
 
 static const char ls_prefix[] = "base_model.model.";
 
-const char *ls_tensor_kind_name(enum ls_tensor_kind k)
-{
-	switch (k) {
-	case LS_KIND_A:
-		return "A";
-	case LS_KIND_B:
-		return "B";
-	case LS_KIND_EXTRA:
-		return "extra";
-	case LS_KIND_MAGNITUDE:
-		return "magnitude";
-	}
-	return "?";
-}
-
 int ls_path_compare(const char *a, const char *b)
 {
 	while (*a && *b) {
@@ -378,7 +363,7 @@ static int ls_check_module(struct ls_adapter *ad, size_t first, size_t last, con
 	mod->rank = (uint32_t)r;
 	mod->alpha = ls_peft_alpha_for(&ad->config, module);
 	/* The scale follows the tensors' rank, which the checks above tie to the config. */
-	mod->scale = ad->config.use_rslora ? mod->alpha / sqrt((double)r) : mod->alpha / (double)r;
+	mod->scale = ls_lora_scale(mod->alpha, r, ad->config.use_rslora);
 	mod->in = a->shape[1];
 	mod->out = b->shape[0];
 	if (mod->rank > ad->max_rank)

@@ -23,17 +23,6 @@
 #include "peft_config.h"
 #include "safetensors.h"
 
-/* Same values as lorastore.TensorKind in proto/lorastore.proto. */
-enum ls_tensor_kind {
-	LS_KIND_A = 1,
-	LS_KIND_B = 2,
-	LS_KIND_EXTRA = 3,
-	LS_KIND_MAGNITUDE = 4,
-};
-
-/* "A", "B", "extra" or "magnitude". */
-const char *ls_tensor_kind_name(enum ls_tensor_kind k);
-
 struct ls_adapter_tensor {
 	char *source_name;          /* name in the safetensors file */
 	char *module;               /* normalized module path */

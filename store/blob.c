@@ -95,16 +95,6 @@ static void ls_header_decode(const uint8_t page[LS_BLOB_PAGE], struct ls_blob_he
 	h->header_xxh3 = ls_get64(page + LS_HDR_HEADER_XXH3);
 }
 
-void ls_digest_hex(const uint8_t digest[LS_DIGEST_LEN], char buf[LS_DIGEST_HEX])
-{
-	static const char hex[] = "0123456789abcdef";
-	for (int i = 0; i < LS_DIGEST_LEN; i++) {
-		buf[2 * i] = hex[digest[i] >> 4];
-		buf[2 * i + 1] = hex[digest[i] & 15];
-	}
-	buf[2 * LS_DIGEST_LEN] = '\0';
-}
-
 static int ls_sha256(const void *a, size_t alen, const void *b, size_t blen,
 		     uint8_t out[LS_DIGEST_LEN])
 {

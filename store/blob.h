@@ -23,14 +23,13 @@
 #include <stddef.h>
 
 #include "lorastore.pb-c.h"
+#include "ls_digest.h"
 #include "ls_error.h"
 
 #define LS_BLOB_MAGIC "LSBLOB\r\n"     /* 8 bytes, no NUL */
 #define LS_BLOB_FORMAT 1
 #define LS_BLOB_PAGE 4096u             /* file and section alignment (O_DIRECT) */
 #define LS_BLOB_ALIGN 256u             /* tensor alignment inside the data region */
-#define LS_DIGEST_LEN 32
-#define LS_DIGEST_HEX (2 * LS_DIGEST_LEN + 1)
 
 struct ls_blob_header {
 	char magic[8];
@@ -53,8 +52,6 @@ static inline uint64_t ls_align_up(uint64_t n, uint64_t a)
 	return (n + a - 1) & ~(a - 1);
 }
 
-/* Hex text of a digest into buf (LS_DIGEST_HEX bytes). */
-void ls_digest_hex(const uint8_t digest[LS_DIGEST_LEN], char buf[LS_DIGEST_HEX]);
 
 /*
  * Write a blob into directory dir_fd: the manifest is packed, digests and

@@ -1,6 +1,5 @@
 /*
- * Tensor element types: names, sizes, half-precision conversions and the
- * non-finite scan.
+ * Tensor element types: half-precision conversions and the non-finite scan.
  *
  * Everything here works on bit patterns.  Element data is little-endian in
  * safetensors files and lorastore only targets little-endian hosts, so a
@@ -11,61 +10,6 @@
 
 #include <errno.h>
 #include <string.h>
-
-struct ls_dtype_info {
-	const char *name;
-	size_t size; /* bytes per element */
-};
-
-/* Indexed by enum ls_dtype; names are exactly those of the safetensors format. */
-static const struct ls_dtype_info ls_dtypes[LS_DTYPE_COUNT] = {
-	[LS_DTYPE_INVALID] = {"?", 0},
-	[LS_DTYPE_F32] = {"F32", 4},
-	[LS_DTYPE_F16] = {"F16", 2},
-	[LS_DTYPE_BF16] = {"BF16", 2},
-	[LS_DTYPE_F64] = {"F64", 8},
-	[LS_DTYPE_BOOL] = {"BOOL", 1},
-	[LS_DTYPE_U8] = {"U8", 1},
-	[LS_DTYPE_I8] = {"I8", 1},
-	[LS_DTYPE_F8_E5M2] = {"F8_E5M2", 1},
-	[LS_DTYPE_F8_E4M3] = {"F8_E4M3", 1},
-	[LS_DTYPE_I16] = {"I16", 2},
-	[LS_DTYPE_U16] = {"U16", 2},
-	[LS_DTYPE_I32] = {"I32", 4},
-	[LS_DTYPE_U32] = {"U32", 4},
-	[LS_DTYPE_I64] = {"I64", 8},
-	[LS_DTYPE_U64] = {"U64", 8},
-};
-
-static bool ls_dtype_valid(enum ls_dtype d)
-{
-	return d > LS_DTYPE_INVALID && d < LS_DTYPE_COUNT;
-}
-
-enum ls_dtype ls_dtype_from_name(const char *s)
-{
-	if (!s)
-		return LS_DTYPE_INVALID;
-	for (int d = LS_DTYPE_INVALID + 1; d < LS_DTYPE_COUNT; d++)
-		if (strcmp(s, ls_dtypes[d].name) == 0)
-			return (enum ls_dtype)d;
-	return LS_DTYPE_INVALID;
-}
-
-const char *ls_dtype_name(enum ls_dtype d)
-{
-	return ls_dtype_valid(d) ? ls_dtypes[d].name : "?";
-}
-
-size_t ls_dtype_size(enum ls_dtype d)
-{
-	return ls_dtype_valid(d) ? ls_dtypes[d].size : 0;
-}
-
-bool ls_dtype_is_lora_float(enum ls_dtype d)
-{
-	return d == LS_DTYPE_F32 || d == LS_DTYPE_F16 || d == LS_DTYPE_BF16;
-}
 
 static const char *const ls_convert_names[] = {
 	[LS_CONVERT_KEEP] = "keep",

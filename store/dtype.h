@@ -1,6 +1,6 @@
 /*
- * Tensor element types as safetensors names them, and the conversions and
- * value checks the importer needs.
+ * The conversions and value checks the importer needs on tensor element
+ * types (the types themselves, their names and sizes: ls_types.h).
  */
 #ifndef LS_DTYPE_H
 #define LS_DTYPE_H
@@ -9,42 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/*
- * Every dtype string the safetensors reference implementation accepts.  Only
- * F32, F16 and BF16 may carry LoRA weights; the others are recognised so that
- * a file using them gets "not allowed" rather than "unknown".
- */
-enum ls_dtype {
-	LS_DTYPE_INVALID = 0,
-	LS_DTYPE_F32,
-	LS_DTYPE_F16,
-	LS_DTYPE_BF16,
-	LS_DTYPE_F64,
-	LS_DTYPE_BOOL,
-	LS_DTYPE_U8,
-	LS_DTYPE_I8,
-	LS_DTYPE_F8_E5M2,
-	LS_DTYPE_F8_E4M3,
-	LS_DTYPE_I16,
-	LS_DTYPE_U16,
-	LS_DTYPE_I32,
-	LS_DTYPE_U32,
-	LS_DTYPE_I64,
-	LS_DTYPE_U64,
-	LS_DTYPE_COUNT,
-};
-
-/* The dtype named by s (exact, case-sensitive), or LS_DTYPE_INVALID. */
-enum ls_dtype ls_dtype_from_name(const char *s);
-
-/* The safetensors name of d ("F32", ...), or "?" for an invalid value. */
-const char *ls_dtype_name(enum ls_dtype d);
-
-/* Size of one element in bytes; 0 for LS_DTYPE_INVALID. */
-size_t ls_dtype_size(enum ls_dtype d);
-
-/* True for F32, F16 and BF16, the types LoRA tensors may use. */
-bool ls_dtype_is_lora_float(enum ls_dtype d);
+#include "ls_types.h"
 
 /* What an import does to tensor element types. */
 enum ls_convert {

@@ -690,9 +690,14 @@ double ls_peft_scale_for(const struct ls_peft_config *cfg, const char *module)
 	int r = ls_peft_rank_for(cfg, module);
 	double alpha = ls_peft_alpha_for(cfg, module);
 	/* Only a config that was never parsed has r < 1. */
+	return ls_lora_scale(alpha, r, cfg->use_rslora);
+}
+
+double ls_lora_scale(double alpha, int64_t r, bool use_rslora)
+{
 	if (r < 1)
 		return 0.0;
-	return cfg->use_rslora ? alpha / sqrt((double)r) : alpha / (double)r;
+	return use_rslora ? alpha / sqrt((double)r) : alpha / (double)r;
 }
 
 bool ls_peft_targets(const struct ls_peft_config *cfg, const char *module)

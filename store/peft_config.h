@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "ls_error.h"
 
@@ -83,6 +84,9 @@ void ls_peft_config_free(struct ls_peft_config *cfg);
 int ls_peft_rank_for(const struct ls_peft_config *cfg, const char *module);
 double ls_peft_alpha_for(const struct ls_peft_config *cfg, const char *module);
 double ls_peft_scale_for(const struct ls_peft_config *cfg, const char *module);
+
+/* The one formula: alpha / r, or alpha / sqrt(r) with use_rslora; 0 for r < 1. */
+double ls_lora_scale(double alpha, int64_t r, bool use_rslora);
 
 /*
  * Whether target_modules selects a module as PEFT does: a regex string must

@@ -300,9 +300,7 @@ void ls_record_from_manifest(Lorastore__VersionRecord *rec,
 
 double ls_scale_of_config(const Lorastore__AdapterConfig *c)
 {
-	if (!c || c->r == 0)
-		return 0.0;
-	return c->use_rslora ? c->lora_alpha / sqrt((double)c->r) : c->lora_alpha / (double)c->r;
+	return c ? ls_lora_scale(c->lora_alpha, c->r, c->use_rslora) : 0.0;
 }
 
 int ls_record_check_size(const Lorastore__VersionRecord *rec, const char *label,

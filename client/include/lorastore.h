@@ -138,6 +138,12 @@ typedef enum lorastore_kind {
 	LORASTORE_KIND_MAGNITUDE = 4,  /* DoRA magnitude: [out] */
 } lorastore_kind;
 
+/* "A", "B", "extra" or "magnitude" ("?" for another value). */
+const char *lorastore_kind_name(lorastore_kind kind);
+
+/* The kind named s (as lorastore_kind_name writes it): 0, or -EINVAL. */
+int lorastore_kind_from_name(const char *s, lorastore_kind *out);
+
 #define LORASTORE_MAX_DIMS 8
 
 /* A connection to lorastored. */
@@ -197,7 +203,9 @@ typedef struct lorastore_tensor {
  * Errors: -ENOENT or -ECONNREFUSED (no daemon), -EACCES, -ENAMETOOLONG,
  * -ETIMEDOUT (no answer in time), -EUSERS (the daemon serves its
  * --max-clients already), -EMFILE (the daemon ran out of descriptors),
- * LORASTORE_E_VERSION, LORASTORE_E_PROTOCOL, LORASTORE_E_CLOSED, -ENOMEM.
+ * LORASTORE_E_VERSION (the daemon speaks another protocol version: the
+ * message names its release and both versions), LORASTORE_E_PROTOCOL,
+ * LORASTORE_E_CLOSED, -ENOMEM.
  */
 int lorastore_connect(const char *socket_path, lorastore **out);
 

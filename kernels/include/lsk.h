@@ -40,10 +40,11 @@
 extern "C" {
 #endif
 
+/* Numbered as lorastore's dtypes (LS_DTYPE_*, LORASTORE_DTYPE_*); 0 is none. */
 typedef enum lsk_dtype {
-	LSK_F32 = 0,
-	LSK_F16 = 1,
-	LSK_BF16 = 2,
+	LSK_F32 = 1,
+	LSK_F16 = 2,
+	LSK_BF16 = 3,
 } lsk_dtype;
 
 /* At most this many slices in one fused operation. */

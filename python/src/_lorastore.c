@@ -567,33 +567,10 @@ static PyObject *ls_adapter_release(ls_Adapter *a, PyObject *unused)
 	Py_RETURN_NONE;
 }
 
-static const char *ls_kind_name(lorastore_kind k)
-{
-	switch (k) {
-	case LORASTORE_KIND_A:
-		return "A";
-	case LORASTORE_KIND_B:
-		return "B";
-	case LORASTORE_KIND_EXTRA:
-		return "extra";
-	case LORASTORE_KIND_MAGNITUDE:
-		return "magnitude";
-	}
-	return "?";
-}
-
 static int ls_kind_parse(const char *s, lorastore_kind *out)
 {
-	static const struct {
-		const char *name;
-		lorastore_kind kind;
-	} map[] = {{"A", LORASTORE_KIND_A}, {"B", LORASTORE_KIND_B},
-		   {"extra", LORASTORE_KIND_EXTRA}, {"magnitude", LORASTORE_KIND_MAGNITUDE}};
-	for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
-		if (strcmp(s, map[i].name) == 0) {
-			*out = map[i].kind;
-			return 0;
-		}
+	if (lorastore_kind_from_name(s, out) == 0)
+		return 0;
 	PyErr_Format(PyExc_ValueError,
 		     "kind must be \"A\", \"B\", \"extra\" or \"magnitude\", not \"%s\"", s);
 	return -1;
@@ -615,7 +592,7 @@ static PyObject *ls_adapter_tensor_rows(ls_Adapter *a, PyObject *unused)
 		PyObject *shape = PyTuple_New(t.ndim);
 		for (unsigned d = 0; shape && d < t.ndim; d++)
 			PyTuple_SetItem(shape, d, PyLong_FromUnsignedLongLong(t.shape[d]));
-		PyObject *row = shape ? Py_BuildValue("(ssisNId)", t.module, ls_kind_name(t.kind),
+		PyObject *row = shape ? Py_BuildValue("(ssisNId)", t.module, lorastore_kind_name(t.kind),
 						      t.layer, t.dtype_name, shape, t.rank, t.scale)
 				      : NULL;
 		if (!row || PyList_Append(list, row)) {
@@ -704,10 +681,7 @@ LS_ADAPTER_GET(released, PyBool_FromLong(a->lease == NULL))
 static PyObject *ls_adapter_get_digest(ls_Adapter *a, void *unused)
 {
 	(void)unused;
-	char hex[65];
-	for (int i = 0; i < 32; i++)
-		snprintf(hex + 2 * i, 3, "%02x", a->info.digest[i]);
-	return PyUnicode_FromString(hex);
+	return PyBytes_FromStringAndSize((const char *)a->info.digest, sizeof(a->info.digest));
 }
 
 static PyObject *ls_adapter_get_dtype(ls_Adapter *a, void *unused)
@@ -971,7 +945,7 @@ static PyObject *ls_tensor_dicts(const lorastore_list *l, size_t i)
 		PyObject *layer = !shape ? NULL : t.layer >= 0 ? PyLong_FromLong(t.layer)
 							       : Py_NewRef(Py_None);
 		PyObject *d = layer ? Py_BuildValue("{s:s,s:N,s:s,s:N,s:s,s:K,s:K}", "module", t.module,
-						    "layer", layer, "kind", ls_kind_name(t.kind),
+						    "layer", layer, "kind", lorastore_kind_name(t.kind),
 						    "shape", shape, "dtype", t.dtype_name, "offset",
 						    (unsigned long long)t.offset, "bytes",
 						    (unsigned long long)t.bytes)
@@ -1570,7 +1544,7 @@ static PyMethodDef ls_adapter_methods[] = {
 static PyGetSetDef ls_adapter_getset[] = {
 	{"name", (getter)ls_adapter_get_name, NULL, "The adapter's name.", NULL},
 	{"version", (getter)ls_adapter_get_version, NULL, "The version number.", NULL},
-	{"digest", (getter)ls_adapter_get_digest, NULL, "SHA-256 content digest, hex.", NULL},
+	{"digest", (getter)ls_adapter_get_digest, NULL, "SHA-256 content digest, 32 bytes.", NULL},
 	{"generation", (getter)ls_adapter_get_generation, NULL, "Unique across the store.", NULL},
 	{"rank", (getter)ls_adapter_get_rank, NULL, "The config's r.", NULL},
 	{"scale", (getter)ls_adapter_get_scale, NULL, "alpha / r (or / sqrt(r)).", NULL},

@@ -128,7 +128,7 @@ int raw_conn_read(int fd, struct ls_framer *f, int timeout_ms, Lorastore__Respon
 int raw_conn_hello(int fd, struct ls_framer *f)
 {
 	Lorastore__Hello h = LORASTORE__HELLO__INIT;
-	h.protocol_version = LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+	h.protocol_version = LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_2;
 	Lorastore__Request req = LORASTORE__REQUEST__INIT;
 	req.id = 1;
 	req.body_case = LORASTORE__REQUEST__BODY_HELLO;

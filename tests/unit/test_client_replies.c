@@ -86,26 +86,34 @@ static void fake_send(int fd, const Lorastore__Response *resp, const int *fds, i
 	free(buf);
 }
 
-/* The fake daemon: Hello, then a stats request answered with an acquire reply and two slabs. */
-static void *fake_daemon(void *arg)
+/* Accept the client on lfd and answer its Hello as a daemon of that protocol and release. */
+static int fake_accept_hello(int lfd, struct ls_framer *f, Lorastore__ProtocolVersion version,
+			     const char *release)
 {
-	int lfd = *(int *)arg;
 	int fd = accept(lfd, NULL, NULL);
 	cr_assert_geq(fd, 0);
-	struct ls_framer f;
-	ls_framer_init(&f, 0);
+	ls_framer_init(f, 0);
 	uint64_t id;
-	fake_read_request(fd, &f, &id);
+	fake_read_request(fd, f, &id);
 	Lorastore__HelloReply hr = LORASTORE__HELLO_REPLY__INIT;
-	hr.protocol_version = LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
-	hr.daemon_version = "fake";
+	hr.protocol_version = version;
+	hr.daemon_version = (char *)release;
 	hr.backend = "host";
 	Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
 	resp.id = id;
 	resp.body_case = LORASTORE__RESPONSE__BODY_HELLO;
 	resp.hello = &hr;
 	fake_send(fd, &resp, NULL, 0);
+	return fd;
+}
 
+/* The fake daemon: Hello, then a stats request answered with an acquire reply and two slabs. */
+static void *fake_daemon(void *arg)
+{
+	struct ls_framer f;
+	int fd = fake_accept_hello(*(int *)arg, &f, LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_2,
+				   "fake");
+	uint64_t id;
 	fake_read_request(fd, &f, &id);
 	int slabs[2] = {memfd_create("data", MFD_CLOEXEC), memfd_create("table", MFD_CLOEXEC)};
 	Lorastore__AcquireReply ar = LORASTORE__ACQUIRE_REPLY__INIT;
@@ -114,7 +122,7 @@ static void *fake_daemon(void *arg)
 	ar.table_slab_id = 2;
 	ar.fd_attached = true;
 	ar.table_fd_attached = true;
-	ar.tier = "host";
+	ar.tier = LORASTORE__TIER__TIER_HOST;
 	Lorastore__Response wrong = LORASTORE__RESPONSE__INIT;
 	wrong.id = id;
 	wrong.body_case = LORASTORE__RESPONSE__BODY_ACQUIRE;
@@ -132,6 +140,32 @@ static void *fake_daemon(void *arg)
 	return NULL;
 }
 
+/* A daemon of protocol 1: it answers Hello with its version, then waits for the client to go. */
+static void *fake_old_daemon(void *arg)
+{
+	struct ls_framer f;
+	int fd = fake_accept_hello(*(int *)arg, &f, LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_1,
+				   "0.0.9");
+	char c;
+	while (read(fd, &c, 1) > 0)
+		;
+	ls_framer_free(&f);
+	close(fd);
+	return NULL;
+}
+
+/* A listening socket at sock_path. */
+static int fake_listen(void)
+{
+	int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un a = {.sun_family = AF_UNIX};
+	cr_assert_lt(strlen(sock_path), sizeof(a.sun_path));
+	memcpy(a.sun_path, sock_path, strlen(sock_path) + 1);
+	cr_assert_eq(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0, "%s", strerror(errno));
+	cr_assert_eq(listen(lfd, 1), 0);
+	return lfd;
+}
+
 /* Descriptors open in this process. */
 static int open_fds(void)
 {
@@ -145,12 +179,7 @@ static int open_fds(void)
 
 Test(client_replies, both_slab_descriptors_of_an_unexpected_acquire_reply_are_closed)
 {
-	int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_un a = {.sun_family = AF_UNIX};
-	cr_assert_lt(strlen(sock_path), sizeof(a.sun_path));
-	memcpy(a.sun_path, sock_path, strlen(sock_path) + 1);
-	cr_assert_eq(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0, "%s", strerror(errno));
-	cr_assert_eq(listen(lfd, 1), 0);
+	int lfd = fake_listen();
 	pthread_t th;
 	cr_assert_eq(sem_init(&sent, 0, 0), 0);
 	cr_assert_eq(pthread_create(&th, NULL, fake_daemon, &lfd), 0);
@@ -168,5 +197,20 @@ Test(client_replies, both_slab_descriptors_of_an_unexpected_acquire_reply_are_cl
 	lorastore_close(conn);
 	pthread_join(th, NULL);
 	sem_destroy(&sent);
+	close(lfd);
+}
+
+Test(client_replies, a_daemon_of_another_protocol_version_is_refused_by_name)
+{
+	int lfd = fake_listen();
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, fake_old_daemon, &lfd), 0);
+	lorastore *conn = NULL;
+	cr_assert_eq(lorastore_connect(sock_path, &conn), LORASTORE_E_VERSION);
+	const char *msg = lorastore_errmsg(conn);
+	cr_assert_not_null(strstr(msg, "lorastored 0.0.9 speaks protocol version 1"), "%s", msg);
+	cr_assert_not_null(strstr(msg, "speaks 2"), "%s", msg);
+	lorastore_close(conn);
+	pthread_join(th, NULL);
 	close(lfd);
 }

@@ -857,7 +857,7 @@ Test(request_rules, invalid_utf8_in_a_list_names_the_element)
 Test(request_rules, invalid_utf8_in_an_optional_field_refused)
 {
 	Lorastore__Hello hello = LORASTORE__HELLO__INIT;
-	hello.protocol_version = 1;
+	hello.protocol_version = 2;
 	hello.client_name = "client\xfe";
 	Lorastore__Request req = LORASTORE__REQUEST__INIT;
 	req.body_case = LORASTORE__REQUEST__BODY_HELLO;
@@ -891,7 +891,7 @@ static void round_trip_ref(Lorastore__Request__BodyCase body, const char *ref)
 Test(round_trip, hello_request)
 {
 	Lorastore__Hello hello = LORASTORE__HELLO__INIT;
-	hello.protocol_version = LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+	hello.protocol_version = LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_2;
 	hello.client_name = "test_frame";
 	Lorastore__Request req = LORASTORE__REQUEST__INIT;
 	req.id = 1;
@@ -1026,7 +1026,7 @@ static void fill_record(Lorastore__VersionRecord *rec, Lorastore__Tensor *t,
 Test(round_trip, hello_response)
 {
 	Lorastore__HelloReply hello = LORASTORE__HELLO_REPLY__INIT;
-	hello.protocol_version = 1;
+	hello.protocol_version = 2;
 	hello.daemon_version = "0.1.0";
 	hello.admin = 1;
 	hello.backend = "host";
@@ -1061,7 +1061,9 @@ Test(round_trip, list_response)
 	Lorastore__AdapterEntry entry = LORASTORE__ADAPTER_ENTRY__INIT;
 	entry.record = &rec;
 	entry.resident = 1;
-	entry.tier = "host";
+	Lorastore__Tier host = LORASTORE__TIER__TIER_HOST;
+	entry.n_tiers = 1;
+	entry.tiers = &host;
 	entry.pins = 3;
 	Lorastore__AdapterEntry *entries[] = {&entry, &entry};
 	Lorastore__ListReply list = LORASTORE__LIST_REPLY__INIT;
@@ -1096,7 +1098,7 @@ Test(round_trip, acquire_response)
 	acq.slab_size = 1u << 30;
 	acq.offset = 4096;
 	acq.fd_attached = 1;
-	acq.tier = "device";
+	acq.tier = LORASTORE__TIER__TIER_DEVICE;
 	Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
 	resp.id = 5;
 	resp.body_case = LORASTORE__RESPONSE__BODY_ACQUIRE;
@@ -1107,7 +1109,7 @@ Test(round_trip, acquire_response)
 Test(round_trip, stats_response)
 {
 	Lorastore__TierStats host = LORASTORE__TIER_STATS__INIT;
-	host.name = "host";
+	host.tier = LORASTORE__TIER__TIER_HOST;
 	host.budget = 1u << 30;
 	host.used = 12345;
 	host.adapters = 2;

@@ -1059,7 +1059,9 @@ KT_REJECTS(workspace_one_byte_short_is_shape, false, LS_E_SHAPE, KT_CPU_ONLY,
 	   ws = buf; wsz = lsk_workspace_size(&op->l, op->b.n_tokens) - 1)
 
 KT_REJECTS(unknown_act_dtype_is_dtype, false, LS_E_DTYPE, KT_EVERYWHERE,
-	   KT_UNUSED; op->l.act_dtype = (lsk_dtype)3)
+	   KT_UNUSED; op->l.act_dtype = (lsk_dtype)4)
+KT_REJECTS(unset_act_dtype_is_dtype, false, LS_E_DTYPE, KT_EVERYWHERE,
+	   KT_UNUSED; op->l.act_dtype = (lsk_dtype)0)
 KT_REJECTS(unknown_weight_dtype_is_dtype, false, LS_E_DTYPE, KT_EVERYWHERE,
 	   KT_UNUSED; op->l.weight_dtype = (lsk_dtype)-1)
 

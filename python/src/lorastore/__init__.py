@@ -129,7 +129,7 @@ class Adapter:
 
     name = property(lambda self: self._a.name, doc="The adapter's name.")
     version = property(lambda self: self._a.version, doc="The version number.")
-    digest = property(lambda self: self._a.digest, doc="SHA-256 content digest, hex.")
+    digest = property(lambda self: self._a.digest.hex(), doc="SHA-256 content digest, hex.")
     generation = property(lambda self: self._a.generation, doc="Unique across the store.")
     rank = property(lambda self: self._a.rank, doc="The config's r.")
     scale = property(lambda self: self._a.scale, doc="alpha / r (or / sqrt(r)).")
