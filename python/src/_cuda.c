@@ -5,8 +5,9 @@
  * that `import lorastore` never needs a CUDA library: the package imports
  * this one only when a plan of device-tier adapters is made.
  *
- * The adapters come from lorastore._lorastore as handles, with the leases
- * that keep their memory: a plan holds those leases.  A Python plan keeps a
+ * The adapters come as lorastore._lorastore's Adapter objects, read through
+ * that module's C API (ls_capi.h), which gives each one's lease: a plan
+ * holds those leases.  A Python plan keeps a
  * workspace and a buffer for host-given indices on its GPU, grown when a
  * larger batch comes (so the first call of a size allocates; later ones
  * allocate nothing).
@@ -33,21 +34,12 @@
 
 static PyTypeObject *ls_CudaPlanType;
 
-/* Raise lorastore's exception for code: the package's own classes. */
+/* lorastore._lorastore's C API: Adapter objects, and the package's exceptions. */
+static const struct ls_capi *ls_api;
+
 static PyObject *ls_cuda_raise(int code, const char *message)
 {
-	PyObject *mod = PyImport_ImportModule("lorastore._lorastore");
-	PyObject *fn = mod ? PyObject_GetAttrString(mod, "_raise") : NULL;
-	PyObject *r = fn ? PyObject_CallFunction(fn, "is", code,
-						 message && *message ? message
-								     : lorastore_strerror(code))
-			 : NULL;
-	Py_XDECREF(r);
-	Py_XDECREF(fn);
-	Py_XDECREF(mod);
-	if (!PyErr_Occurred())
-		PyErr_SetString(PyExc_RuntimeError, message ? message : "lorastore error");
-	return NULL;
+	return ls_api->raise(code, message);
 }
 
 typedef struct {
@@ -77,16 +69,16 @@ static void ls_cuda_plan_dealloc(ls_CudaPlan *p)
 	Py_DECREF(tp);
 }
 
-/* plan_create(handles, leases, in_features, slices, factors) */
+/* plan_create(adapters, in_features, slices, factors) */
 static PyObject *ls_cuda_plan_create(PyObject *self, PyObject *args)
 {
 	(void)self;
-	PyObject *handles_o, *leases, *slices_o, *factors_o;
+	PyObject *adapters_o, *slices_o, *factors_o;
 	unsigned long long in;
-	if (!PyArg_ParseTuple(args, "OOKOO", &handles_o, &leases, &in, &slices_o, &factors_o))
+	if (!PyArg_ParseTuple(args, "OKOO", &adapters_o, &in, &slices_o, &factors_o))
 		return NULL;
 	struct ls_plan_args pa;
-	if (ls_plan_args_parse(handles_o, slices_o, factors_o, &pa))
+	if (ls_plan_args_parse(ls_api, adapters_o, slices_o, factors_o, &pa))
 		return NULL;
 	ls_CudaPlan *p = PyObject_New(ls_CudaPlan, ls_CudaPlanType);
 	if (p) {
@@ -95,7 +87,7 @@ static PyObject *ls_cuda_plan_create(PyObject *self, PyObject *args)
 		p->ws_size = 0;
 		p->idx = NULL;
 		p->idx_size = 0;
-		p->leases = Py_NewRef(leases);
+		p->leases = Py_NewRef(pa.keep);
 		int rc = lorastore_cuda_plan_create(pa.ads, pa.n, pa.factors, in, pa.slices, pa.ns,
 						    &p->plan);
 		if (rc) {
@@ -176,41 +168,22 @@ static PyObject *ls_cuda_plan_apply(ls_CudaPlan *p, PyObject *args)
 					  tok_on_gpu ? LS_DL_CUDA : LS_DL_CPU, dl_stream, &idx)
 			     : ls_dl_take(seg_o, "segments", false, LS_DL_CPU, NULL, &idx))
 		goto out;
-	lorastore_dtype xdt, ydt;
-	if (!ls_act_dtype(x.t, bf16_bits, &xdt) || !ls_act_dtype(y.t, bf16_bits, &ydt) ||
-	    xdt != ydt) {
-		ls_cuda_raise(LORASTORE_E_DTYPE, "x and y must share one dtype: float32, float16 or "
-						 "bfloat16");
+	lorastore_dtype xdt;
+	size_t n_tokens;
+	if (ls_apply_args_check(ls_api, x.t, y.t, idx.t, tok_o != Py_None, bf16_bits, &xdt,
+				&n_tokens))
 		goto out;
-	}
 	int dev = lorastore_cuda_plan_device(p->plan);
 	if (x.t->device.device_id != dev || y.t->device.device_id != dev ||
 	    (tok_on_gpu && idx.t->device.device_id != dev)) {
 		ls_cuda_raise(LORASTORE_E_TIER, "x, y and the indices must be on the adapters' GPU");
 		goto out;
 	}
-	if (x.t->ndim != 2 || y.t->ndim != 2 || x.t->shape[0] != y.t->shape[0]) {
-		ls_cuda_raise(LORASTORE_E_SHAPE, "x and y must be 2-D with one row per token");
-		goto out;
-	}
-	if (!ls_dl_is_int32(idx.t)) {
-		ls_cuda_raise(LORASTORE_E_DTYPE, "token_adapter and segments must be int32");
-		goto out;
-	}
-	size_t n_tokens = (size_t)x.t->shape[0];
 	lorastore_cuda_batch b = {.n_tokens = n_tokens};
 	size_t idx_bytes;
 	if (tok_o != Py_None) {
-		if (idx.t->ndim != 1 || (size_t)idx.t->shape[0] != n_tokens) {
-			ls_cuda_raise(LORASTORE_E_SHAPE, "token_adapter must have one index per token");
-			goto out;
-		}
 		idx_bytes = n_tokens * sizeof(int32_t);
 	} else {
-		if (idx.t->ndim != 2 || idx.t->shape[1] != 3) {
-			ls_cuda_raise(LORASTORE_E_SHAPE, "segments must be rows of (start, len, adapter)");
-			goto out;
-		}
 		b.n_segments = (size_t)idx.t->shape[0];
 		b.host_segments = ls_dl_data(idx.t);
 		idx_bytes = b.n_segments * sizeof(lorastore_segment);
@@ -309,7 +282,8 @@ static PyType_Spec ls_cuda_plan_spec = {
 
 static PyMethodDef ls_cuda_methods[] = {
 	{"plan_create", ls_cuda_plan_create, METH_VARARGS,
-	 "plan_create(handles, leases, in_features, slices, factors)\n--\n\nA device plan."},
+	 "plan_create(adapters, in_features, slices, factors)\n--\n\nA device plan of "
+	 "lorastore._lorastore Adapter objects."},
 	{NULL, NULL, 0, NULL},
 };
 
@@ -320,6 +294,8 @@ static struct PyModuleDef ls_cuda_module = {
 
 PyMODINIT_FUNC PyInit__cuda(void)
 {
+	if (!(ls_api = ls_capi_import()))
+		return NULL;
 	PyObject *m = PyModule_Create(&ls_cuda_module);
 	if (!m)
 		return NULL;

@@ -18,17 +18,17 @@
  *   Tensor       one tensor of an adapter: __dlpack__, __dlpack_device__,
  *                shape, dtype.
  *
+ * This file: the module, its exceptions, Connection, _Lease, Adapter, and
+ * the C API capsule (ls_capi.h) through which lorastore._cuda takes Adapter
+ * objects; tensor.c: Tensor and DLPack; plan.c: Plan (ls_py.h is what they
+ * share).
+ *
  * Connection.close() with live leases raises and unmaps nothing.  Calls
  * that may block (connect, acquire waiting for a load, import, verify, gc)
  * release the GIL; the connection's mutex is never held while waiting for
  * the GIL, so the two cannot deadlock.
  */
-/* The build defines Py_LIMITED_API (CMake: USE_SABI 3.10). */
-#ifndef Py_LIMITED_API
-#define Py_LIMITED_API 0x030A0000
-#endif
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "ls_py.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -38,11 +38,7 @@
 #include <string.h>
 #include <time.h>
 
-#include <lorastore.h>
-
 #include "ls_dlpack.h"
-#include "ls_plan_args.h"
-
 
 /* ------------------------------------------------------------------ */
 /* Module state: types and exceptions */
@@ -50,8 +46,8 @@
 static PyObject *ls_Error, *ls_NotFound, *ls_PermissionDenied, *ls_Corrupt, *ls_NoSpace,
 	*ls_InvalidAdapter, *ls_ConnectionClosed, *ls_InvalidArgument, *ls_Timeout,
 	*ls_DeviceError;
-static PyTypeObject *ls_ConnectionType, *ls_LeaseType, *ls_AdapterType, *ls_TensorType,
-	*ls_PlanType;
+static PyTypeObject *ls_ConnectionType, *ls_LeaseType, *ls_AdapterType;
+PyTypeObject *ls_TensorType, *ls_PlanType;
 
 /* The exception class of a library code. */
 static PyObject *ls_error_class(int code)
@@ -102,7 +98,7 @@ static PyObject *ls_error_class(int code)
 }
 
 /* Raise the exception of code with message (NULL: the code's description). */
-static PyObject *ls_raise(int code, const char *message)
+PyObject *ls_raise(int code, const char *message)
 {
 	PyObject *cls = ls_error_class(code);
 	const char *msg = message && *message ? message : lorastore_strerror(code);
@@ -122,13 +118,6 @@ static PyObject *ls_raise(int code, const char *message)
 
 /* ------------------------------------------------------------------ */
 /* Connection */
-
-typedef struct {
-	PyObject_HEAD
-	lorastore *conn;         /* NULL once closed */
-	pthread_mutex_t lock;    /* serializes calls on conn */
-	Py_ssize_t leases;       /* live _Lease objects of this connection */
-} ls_Connection;
 
 /*
  * Run call (an int expression on c->conn) with the GIL released and the
@@ -235,13 +224,6 @@ static PyObject *ls_connection_leases(ls_Connection *c, void *unused)
 /* ------------------------------------------------------------------ */
 /* _Lease */
 
-typedef struct {
-	PyObject_HEAD
-	ls_Connection *conn;
-	lorastore_adapter *ad;
-	lorastore_adapter_info info;
-} ls_Lease;
-
 static void ls_lease_dealloc(ls_Lease *l)
 {
 	if (l->ad) {
@@ -255,280 +237,6 @@ static void ls_lease_dealloc(ls_Lease *l)
 	freefunc f = (freefunc)PyType_GetSlot(tp, Py_tp_free);
 	f(l);
 	Py_DECREF(tp);
-}
-
-/* ------------------------------------------------------------------ */
-/* Tensor */
-
-typedef struct {
-	PyObject_HEAD
-	ls_Lease *lease;
-	lorastore_tensor t;
-	char dtype_name[16];     /* the dtype it exports as (a view may reinterpret) */
-} ls_Tensor;
-
-/* DLPack's dtype of a safetensors dtype name; false when it has none. */
-static bool ls_dl_dtype_of(const char *name, ls_dl_dtype *out)
-{
-	static const struct {
-		const char *name;
-		uint8_t code, bits;
-	} map[] = {
-		{"F64", LS_DL_FLOAT, 64}, {"F32", LS_DL_FLOAT, 32}, {"F16", LS_DL_FLOAT, 16},
-		{"BF16", LS_DL_BFLOAT, 16}, {"I64", LS_DL_INT, 64}, {"I32", LS_DL_INT, 32},
-		{"I16", LS_DL_INT, 16}, {"I8", LS_DL_INT, 8}, {"U64", LS_DL_UINT, 64},
-		{"U32", LS_DL_UINT, 32}, {"U16", LS_DL_UINT, 16}, {"U8", LS_DL_UINT, 8},
-		{"BOOL", LS_DL_BOOL, 8},
-	};
-	for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
-		if (strcmp(map[i].name, name) == 0) {
-			*out = (ls_dl_dtype){map[i].code, map[i].bits, 1};
-			return true;
-		}
-	return false;
-}
-
-static ls_Tensor *ls_tensor_make(ls_Lease *lease, const lorastore_tensor *t, const char *dtype)
-{
-	ls_Tensor *x = PyObject_New(ls_Tensor, ls_TensorType);
-	if (!x)
-		return NULL;
-	Py_INCREF(lease);
-	x->lease = lease;
-	x->t = *t;
-	snprintf(x->dtype_name, sizeof(x->dtype_name), "%s", dtype);
-	return x;
-}
-
-static void ls_tensor_dealloc(ls_Tensor *x)
-{
-	Py_XDECREF(x->lease);
-	PyTypeObject *tp = Py_TYPE(x);
-	PyObject_Free(x);
-	Py_DECREF(tp);
-}
-
-/* What a DLPack consumer holds: the lease, until its deleter runs. */
-struct ls_dl_ctx {
-	ls_Lease *lease;
-	int64_t dims[2 * LORASTORE_MAX_DIMS]; /* shape, then strides */
-};
-
-/* Fill a DLPack tensor view of x; ctx keeps its shape and strides. */
-static int ls_dl_fill(ls_Tensor *x, ls_dl_tensor *dl, struct ls_dl_ctx *ctx)
-{
-	const lorastore_tensor *t = &x->t;
-	ls_dl_dtype dt;
-	if (!ls_dl_dtype_of(x->dtype_name, &dt)) {
-		PyErr_Format(PyExc_BufferError, "dtype %s has no DLPack type", x->dtype_name);
-		return -1;
-	}
-	size_t esize = dt.bits / 8;
-	uint64_t elems = 1;
-	for (unsigned i = 0; i < t->ndim; i++)
-		elems *= t->shape[i];
-	if (elems * esize != t->bytes) {
-		PyErr_Format(PyExc_BufferError, "%s: %llu bytes are not %llu elements of %s",
-			     t->module, (unsigned long long)t->bytes, (unsigned long long)elems,
-			     x->dtype_name);
-		return -1;
-	}
-	int64_t stride = 1;
-	for (unsigned i = t->ndim; i-- > 0;) {
-		ctx->dims[i] = (int64_t)t->shape[i];
-		ctx->dims[LORASTORE_MAX_DIMS + i] = stride;
-		stride *= (int64_t)t->shape[i];
-	}
-	dl->data = (void *)t->data;
-	dl->device = t->device >= 0 ? (ls_dl_device){LS_DL_CUDA, t->device}
-				    : (ls_dl_device){LS_DL_CPU, 0};
-	dl->ndim = (int32_t)t->ndim;
-	dl->dtype = dt;
-	dl->shape = ctx->dims;
-	dl->strides = ctx->dims + LORASTORE_MAX_DIMS;
-	dl->byte_offset = 0;
-	return 0;
-}
-
-/* Drop the lease a consumer held; the deleter may run on any thread. */
-static void ls_dl_release_ctx(struct ls_dl_ctx *ctx)
-{
-	if (!ctx)
-		return;
-	if (Py_IsInitialized()) {
-		PyGILState_STATE g = PyGILState_Ensure();
-		Py_XDECREF(ctx->lease);
-		PyGILState_Release(g);
-	}
-	free(ctx);
-}
-
-static void ls_dl_deleter(ls_dl_managed *m)
-{
-	ls_dl_release_ctx(m->manager_ctx);
-	free(m);
-}
-
-static void ls_dl_deleter_v(ls_dl_managed_v *m)
-{
-	ls_dl_release_ctx(m->manager_ctx);
-	free(m);
-}
-
-/* A capsule nobody consumed still owns its tensor. */
-static void ls_capsule_destructor(PyObject *cap)
-{
-	if (PyCapsule_IsValid(cap, "dltensor")) {
-		ls_dl_managed *m = PyCapsule_GetPointer(cap, "dltensor");
-		if (m && m->deleter)
-			m->deleter(m);
-	} else if (PyCapsule_IsValid(cap, "dltensor_versioned")) {
-		ls_dl_managed_v *m = PyCapsule_GetPointer(cap, "dltensor_versioned");
-		if (m && m->deleter)
-			m->deleter(m);
-	} else {
-		PyErr_Clear(); /* consumed: the consumer calls the deleter */
-	}
-}
-
-static PyObject *ls_tensor_dlpack(ls_Tensor *x, PyObject *args, PyObject *kw)
-{
-	static char *kwlist[] = {"stream", "max_version", "dl_device", "copy", NULL};
-	PyObject *stream = Py_None, *max_version = Py_None, *dl_device = Py_None,
-		 *copy = Py_None;
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "|$OOOO", kwlist, &stream, &max_version,
-					 &dl_device, &copy))
-		return NULL;
-	(void)stream; /* the data is complete: a load finished before the acquire returned */
-	if (copy == Py_True) {
-		PyErr_SetString(PyExc_BufferError,
-				"lorastore tensors are the daemon's shared read-only memory: "
-				"export without copy=True, then copy with the consumer");
-		return NULL;
-	}
-	bool versioned = false;
-	if (max_version != Py_None) {
-		long major = -1;
-		if (PyTuple_Check(max_version) && PyTuple_Size(max_version) >= 1)
-			major = PyLong_AsLong(PyTuple_GetItem(max_version, 0));
-		if (major == -1 && PyErr_Occurred())
-			return NULL;
-		versioned = major >= 1;
-	}
-	if (dl_device != Py_None) {
-		long type = -1, id = -1;
-		if (PyTuple_Check(dl_device) && PyTuple_Size(dl_device) == 2) {
-			type = PyLong_AsLong(PyTuple_GetItem(dl_device, 0));
-			id = PyLong_AsLong(PyTuple_GetItem(dl_device, 1));
-		}
-		if (PyErr_Occurred())
-			return NULL;
-		long want_type = x->t.device >= 0 ? LS_DL_CUDA : LS_DL_CPU;
-		long want_id = x->t.device >= 0 ? x->t.device : 0;
-		if (type != want_type || id != want_id) {
-			PyErr_SetString(PyExc_BufferError,
-					"the tensor lives on another device; lorastore does not copy");
-			return NULL;
-		}
-	}
-	struct ls_dl_ctx *ctx = calloc(1, sizeof(*ctx));
-	if (!ctx)
-		return PyErr_NoMemory();
-	PyObject *cap = NULL;
-	if (versioned) {
-		ls_dl_managed_v *m = calloc(1, sizeof(*m));
-		if (!m || ls_dl_fill(x, &m->dl_tensor, ctx)) {
-			free(m);
-			free(ctx);
-			return m ? NULL : PyErr_NoMemory();
-		}
-		m->version.major = 1;
-		m->version.minor = 0;
-		m->flags = LS_DL_FLAG_READ_ONLY;
-		m->manager_ctx = ctx;
-		m->deleter = ls_dl_deleter_v;
-		Py_INCREF(x->lease);
-		ctx->lease = x->lease;
-		cap = PyCapsule_New(m, "dltensor_versioned", ls_capsule_destructor);
-		if (!cap)
-			ls_dl_deleter_v(m);
-	} else {
-		ls_dl_managed *m = calloc(1, sizeof(*m));
-		if (!m || ls_dl_fill(x, &m->dl_tensor, ctx)) {
-			free(m);
-			free(ctx);
-			return m ? NULL : PyErr_NoMemory();
-		}
-		m->manager_ctx = ctx;
-		m->deleter = ls_dl_deleter;
-		Py_INCREF(x->lease);
-		ctx->lease = x->lease;
-		cap = PyCapsule_New(m, "dltensor", ls_capsule_destructor);
-		if (!cap)
-			ls_dl_deleter(m);
-	}
-	return cap;
-}
-
-static PyObject *ls_tensor_dlpack_device(ls_Tensor *x, PyObject *unused)
-{
-	(void)unused;
-	if (x->t.device >= 0)
-		return Py_BuildValue("(ii)", LS_DL_CUDA, x->t.device);
-	return Py_BuildValue("(ii)", LS_DL_CPU, 0);
-}
-
-/* The same bytes seen as another dtype of the same element size (BF16 as U16). */
-static PyObject *ls_tensor_view_as(ls_Tensor *x, PyObject *arg)
-{
-	const char *dtype = PyUnicode_AsUTF8AndSize(arg, NULL);
-	if (!dtype)
-		return NULL;
-	ls_dl_dtype a, b;
-	if (!ls_dl_dtype_of(dtype, &b) || !ls_dl_dtype_of(x->dtype_name, &a) || a.bits != b.bits) {
-		PyErr_Format(PyExc_ValueError, "cannot view %s as %s", x->dtype_name, dtype);
-		return NULL;
-	}
-	return (PyObject *)ls_tensor_make(x->lease, &x->t, dtype);
-}
-
-static PyObject *ls_tensor_shape(ls_Tensor *x, void *unused)
-{
-	(void)unused;
-	PyObject *s = PyTuple_New(x->t.ndim);
-	for (unsigned i = 0; s && i < x->t.ndim; i++)
-		PyTuple_SetItem(s, i, PyLong_FromUnsignedLongLong(x->t.shape[i]));
-	return s;
-}
-
-static PyObject *ls_tensor_dtype(ls_Tensor *x, void *unused)
-{
-	(void)unused;
-	return PyUnicode_FromString(x->dtype_name);
-}
-
-static PyObject *ls_tensor_module(ls_Tensor *x, void *unused)
-{
-	(void)unused;
-	return PyUnicode_FromString(x->t.module);
-}
-
-static PyObject *ls_tensor_device(ls_Tensor *x, void *unused)
-{
-	(void)unused;
-	return PyLong_FromLong(x->t.device);
-}
-
-static PyObject *ls_tensor_nbytes(ls_Tensor *x, void *unused)
-{
-	(void)unused;
-	return PyLong_FromUnsignedLongLong(x->t.bytes);
-}
-
-static PyObject *ls_tensor_data_ptr(ls_Tensor *x, void *unused)
-{
-	(void)unused;
-	return PyLong_FromVoidPtr((void *)x->t.data);
 }
 
 /* ------------------------------------------------------------------ */
@@ -627,23 +335,26 @@ static PyObject *ls_adapter_tensor(ls_Adapter *a, PyObject *args, PyObject *kw)
 	return (PyObject *)ls_tensor_make(a->lease, &t, t.dtype_name);
 }
 
-/* The adapter's handle (for lorastore._cuda), valid while its lease lives. */
-static PyObject *ls_adapter_handle(ls_Adapter *a, PyObject *unused)
+/* The C API's adapter(): obj's lorastore_adapter, and its lease to keep. */
+static lorastore_adapter *ls_capi_adapter(PyObject *obj, PyObject **keep)
 {
-	(void)unused;
+	if (!PyObject_TypeCheck(obj, ls_AdapterType)) {
+		PyErr_Format(PyExc_TypeError, "expected a lorastore adapter, not %R",
+			     (PyObject *)Py_TYPE(obj));
+		return NULL;
+	}
+	ls_Adapter *a = (ls_Adapter *)obj;
 	if (ls_adapter_held(a))
 		return NULL;
-	return PyLong_FromVoidPtr(a->lease->ad);
+	*keep = Py_NewRef((PyObject *)a->lease);
+	return a->lease->ad;
 }
 
-/* The adapter's lease: whoever holds it keeps the adapter's memory. */
-static PyObject *ls_adapter_lease(ls_Adapter *a, PyObject *unused)
-{
-	(void)unused;
-	if (ls_adapter_held(a))
-		return NULL;
-	return Py_NewRef((PyObject *)a->lease);
-}
+const struct ls_capi ls_capi_local = {
+	/* .version = */ LS_CAPI_VERSION,
+	/* .adapter = */ ls_capi_adapter,
+	/* .raise   = */ ls_raise,
+};
 
 /* The i-th tensor, as a Tensor. */
 static PyObject *ls_adapter_tensor_at(ls_Adapter *a, PyObject *arg)
@@ -1266,144 +977,6 @@ static PyObject *ls_connection_rebuild(ls_Connection *c, PyObject *unused)
 }
 
 /* ------------------------------------------------------------------ */
-/* Plans: apply held adapters to arrays that export DLPack */
-
-typedef struct {
-	PyObject_HEAD
-	lorastore_plan *plan;
-	PyObject *leases;        /* what keeps the adapters' memory: the plan reads it */
-	uint64_t in;
-} ls_Plan;
-
-static void ls_plan_dealloc(ls_Plan *p)
-{
-	lorastore_plan_free(p->plan);
-	Py_XDECREF(p->leases);
-	PyTypeObject *tp = Py_TYPE(p);
-	PyObject_Free(p);
-	Py_DECREF(tp);
-}
-
-/*
- * plan_create(handles, leases, in_features, slices, factors): a Plan over
- * adapter handles (Adapter._handle()); it holds leases, what keeps them.
- */
-static PyObject *ls_plan_create(PyObject *self, PyObject *args)
-{
-	(void)self;
-	PyObject *handles_o, *leases, *slices_o, *factors_o;
-	unsigned long long in;
-	if (!PyArg_ParseTuple(args, "OOKOO", &handles_o, &leases, &in, &slices_o, &factors_o))
-		return NULL;
-	struct ls_plan_args pa;
-	if (ls_plan_args_parse(handles_o, slices_o, factors_o, &pa))
-		return NULL;
-	ls_Plan *p = PyObject_New(ls_Plan, ls_PlanType);
-	if (p) {
-		p->plan = NULL;
-		p->in = in;
-		p->leases = Py_NewRef(leases);
-		int rc = lorastore_plan_create(pa.ads, pa.n, pa.factors, in, pa.slices, pa.ns,
-					       &p->plan);
-		if (rc) {
-			Py_CLEAR(p);
-			ls_raise(rc, NULL);
-		}
-	}
-	ls_plan_args_free(&pa);
-	return (PyObject *)p;
-}
-
-/*
- * apply(x, y, token_adapter, segments, threads, bf16_bits): y += the LoRA
- * deltas, in place.
- */
-static PyObject *ls_plan_apply(ls_Plan *p, PyObject *args)
-{
-	PyObject *x_o, *y_o, *tok_o, *seg_o;
-	int threads, bf16_bits;
-	if (!PyArg_ParseTuple(args, "OOOOip", &x_o, &y_o, &tok_o, &seg_o, &threads, &bf16_bits))
-		return NULL;
-	if ((tok_o == Py_None) == (seg_o == Py_None)) {
-		PyErr_SetString(PyExc_ValueError, "give exactly one of token_adapter and segments");
-		return NULL;
-	}
-	struct ls_dl_in x, y, idx;
-	memset(&x, 0, sizeof(x));
-	memset(&y, 0, sizeof(y));
-	memset(&idx, 0, sizeof(idx));
-	PyObject *ret = NULL;
-	if (ls_dl_take(x_o, "x", false, LS_DL_CPU, NULL, &x) ||
-	    ls_dl_take(y_o, "y", true, LS_DL_CPU, NULL, &y) ||
-	    ls_dl_take(tok_o != Py_None ? tok_o : seg_o,
-		       tok_o != Py_None ? "token_adapter" : "segments", false, LS_DL_CPU, NULL, &idx))
-		goto out;
-	lorastore_dtype xdt, ydt;
-	if (!ls_act_dtype(x.t, bf16_bits, &xdt) || !ls_act_dtype(y.t, bf16_bits, &ydt) ||
-	    xdt != ydt) {
-		ls_raise(LORASTORE_E_DTYPE, "x and y must share one dtype: float32, float16 or "
-					    "bfloat16");
-		goto out;
-	}
-	if (x.t->ndim != 2 || y.t->ndim != 2 || x.t->shape[0] != y.t->shape[0]) {
-		ls_raise(LORASTORE_E_SHAPE, "x and y must be 2-D with one row per token");
-		goto out;
-	}
-	if (!ls_dl_is_int32(idx.t)) {
-		ls_raise(LORASTORE_E_DTYPE, "token_adapter and segments must be int32");
-		goto out;
-	}
-	size_t n_tokens = (size_t)x.t->shape[0];
-	lorastore_batch b = {.n_tokens = n_tokens};
-	if (tok_o != Py_None) {
-		if (idx.t->ndim != 1 || (size_t)idx.t->shape[0] != n_tokens) {
-			ls_raise(LORASTORE_E_SHAPE, "token_adapter must have one index per token");
-			goto out;
-		}
-		b.token_adapter = ls_dl_data(idx.t);
-	} else {
-		if (idx.t->ndim != 2 || idx.t->shape[1] != 3) {
-			ls_raise(LORASTORE_E_SHAPE, "segments must be rows of (start, len, adapter)");
-			goto out;
-		}
-		b.n_segments = (size_t)idx.t->shape[0];
-		b.segments = ls_dl_data(idx.t);
-	}
-	size_t ws_size = lorastore_plan_workspace_size(p->plan, n_tokens);
-	void *ws = aligned_alloc(64, (ws_size + 63) / 64 * 64 + 64);
-	if (!ws) {
-		PyErr_NoMemory();
-		goto out;
-	}
-	int rc;
-	Py_BEGIN_ALLOW_THREADS
-	rc = lorastore_apply(p->plan, &b, xdt, ls_dl_data(x.t), (size_t)x.t->shape[1],
-			     (void *)ls_dl_data(y.t), (size_t)y.t->shape[1], ws, ws_size,
-			     threads);
-	Py_END_ALLOW_THREADS
-	free(ws);
-	if (rc) {
-		ls_raise(rc, NULL);
-		goto out;
-	}
-	ret = Py_None;
-	Py_INCREF(ret);
-out:
-	ls_dl_release(&idx);
-	ls_dl_release(&y);
-	ls_dl_release(&x);
-	return ret;
-}
-
-static PyObject *ls_plan_workspace(ls_Plan *p, PyObject *arg)
-{
-	Py_ssize_t n = PyLong_AsSsize_t(arg);
-	if (n < 0)
-		return PyErr_Occurred() ? NULL : ls_raise(-EINVAL, "n_tokens < 0");
-	return PyLong_FromSize_t(lorastore_plan_workspace_size(p->plan, (size_t)n));
-}
-
-/* ------------------------------------------------------------------ */
 /* Types */
 
 static PyMethodDef ls_connection_methods[] = {
@@ -1487,40 +1060,6 @@ static PyType_Spec ls_lease_spec = {
 	"lorastore._lorastore._Lease", sizeof(ls_Lease), 0, Py_TPFLAGS_DEFAULT, ls_lease_slots,
 };
 
-static PyMethodDef ls_tensor_methods[] = {
-	{"__dlpack__", (PyCFunction)(void (*)(void))ls_tensor_dlpack, METH_VARARGS | METH_KEYWORDS,
-	 "__dlpack__(*, stream=None, max_version=None, dl_device=None, copy=None)\n--\n\nA "
-	 "DLPack capsule of the tensor, read-only, sharing its memory (versioned when the "
-	 "consumer asks for 1.0 or later).  The lease lasts until the consumer frees it."},
-	{"__dlpack_device__", (PyCFunction)ls_tensor_dlpack_device, METH_NOARGS,
-	 "__dlpack_device__()\n--\n\n(device type, device id) as DLPack names them."},
-	{"_view_as", (PyCFunction)ls_tensor_view_as, METH_O,
-	 "_view_as(dtype)\n--\n\nThe same bytes as another dtype of the same element size."},
-	{NULL, NULL, 0, NULL},
-};
-
-static PyGetSetDef ls_tensor_getset[] = {
-	{"shape", (getter)ls_tensor_shape, NULL, "The shape, a tuple.", NULL},
-	{"dtype", (getter)ls_tensor_dtype, NULL, "The dtype as safetensors names it.", NULL},
-	{"module", (getter)ls_tensor_module, NULL, "The module path.", NULL},
-	{"device", (getter)ls_tensor_device, NULL, "The CUDA ordinal, or -1 on host.", NULL},
-	{"nbytes", (getter)ls_tensor_nbytes, NULL, "Bytes of data.", NULL},
-	{"data_ptr", (getter)ls_tensor_data_ptr, NULL, "The address of the data.", NULL},
-	{NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyType_Slot ls_tensor_slots[] = {
-	{Py_tp_dealloc, ls_tensor_dealloc},
-	{Py_tp_methods, ls_tensor_methods},
-	{Py_tp_getset, ls_tensor_getset},
-	{Py_tp_doc, "One tensor of an acquired adapter, exported through DLPack without a copy."},
-	{0, NULL},
-};
-
-static PyType_Spec ls_tensor_spec = {
-	"lorastore._lorastore.Tensor", sizeof(ls_Tensor), 0, Py_TPFLAGS_DEFAULT, ls_tensor_slots,
-};
-
 static PyMethodDef ls_adapter_methods[] = {
 	{"release", (PyCFunction)ls_adapter_release, METH_NOARGS,
 	 "release()\n--\n\nGive up this adapter's hold on its lease; the lease ends when the "
@@ -1532,10 +1071,6 @@ static PyMethodDef ls_adapter_methods[] = {
 	 "_tensor_rows()\n--\n\n(module, kind, layer, dtype, shape, rank, scale) of each tensor."},
 	{"_tensor_at", (PyCFunction)ls_adapter_tensor_at, METH_O,
 	 "_tensor_at(i)\n--\n\nThe i-th tensor."},
-	{"_handle", (PyCFunction)ls_adapter_handle, METH_NOARGS,
-	 "_handle()\n--\n\nThe lorastore_adapter pointer, for lorastore._cuda."},
-	{"_lease", (PyCFunction)ls_adapter_lease, METH_NOARGS,
-	 "_lease()\n--\n\nThe adapter's lease object."},
 	{"peft_config", (PyCFunction)ls_adapter_peft_config, METH_NOARGS,
 	 "peft_config()\n--\n\nThe adapter's PEFT config fields, as a dict."},
 	{NULL, NULL, 0, NULL},
@@ -1575,27 +1110,6 @@ static PyType_Spec ls_adapter_spec = {
 	ls_adapter_slots,
 };
 
-static PyMethodDef ls_plan_methods[] = {
-	{"apply", (PyCFunction)ls_plan_apply, METH_VARARGS,
-	 "apply(x, y, token_adapter, segments, threads, bf16_bits)\n--\n\ny += the adapters' "
-	 "deltas, in place (one of token_adapter and segments is None; bf16_bits: x and y are "
-	 "uint16 views of bfloat16 arrays)."},
-	{"workspace_size", (PyCFunction)ls_plan_workspace, METH_O,
-	 "workspace_size(n_tokens)\n--\n\nBytes of workspace a batch of n_tokens uses."},
-	{NULL, NULL, 0, NULL},
-};
-
-static PyType_Slot ls_plan_slots[] = {
-	{Py_tp_dealloc, ls_plan_dealloc},
-	{Py_tp_methods, ls_plan_methods},
-	{Py_tp_doc, "Adapters prepared for one layer (lorastore_plan_create)."},
-	{0, NULL},
-};
-
-static PyType_Spec ls_plan_spec = {
-	"lorastore._lorastore.Plan", sizeof(ls_Plan), 0, Py_TPFLAGS_DEFAULT, ls_plan_slots,
-};
-
 /* ------------------------------------------------------------------ */
 /* The module */
 
@@ -1625,7 +1139,7 @@ static PyMethodDef ls_module_methods[] = {
 	{"strerror", ls_strerror, METH_O,
 	 "strerror(code)\n--\n\nThe description of a library error code."},
 	{"plan_create", ls_plan_create, METH_VARARGS,
-	 "plan_create(handles, leases, in_features, slices, factors)\n--\n\nA Plan of held "
+	 "plan_create(adapters, in_features, slices, factors)\n--\n\nA Plan of held "
 	 "adapters for one layer; slices are (module, out_offset, out)."},
 	{NULL, NULL, 0, NULL},
 };
@@ -1703,6 +1217,12 @@ PyMODINIT_FUNC PyInit__lorastore(void)
 	    !(ls_AdapterType = ls_add_type(m, &ls_adapter_spec, "Adapter")) ||
 	    !(ls_PlanType = ls_add_type(m, &ls_plan_spec, "Plan")))
 		goto fail;
+	/* Other extension modules of the package take Adapter objects through it. */
+	PyObject *capi = PyCapsule_New((void *)&ls_capi_local, LS_CAPI_NAME, NULL);
+	if (!capi || PyModule_AddObject(m, "_C_API", capi)) {
+		Py_XDECREF(capi);
+		goto fail;
+	}
 	if (PyModule_AddStringConstant(m, "__version__", LS_PY_VERSION) ||
 	    PyModule_AddStringConstant(m, "DEFAULT_SOCKET", LORASTORE_DEFAULT_SOCKET))
 		goto fail;

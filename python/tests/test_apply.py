@@ -148,3 +148,22 @@ def test_a_plan_keeps_its_adapters_leases(conn, pair):
     import gc
     gc.collect()
     assert conn.show("apply/a0")["pins"] == 0
+
+
+def test_a_released_adapter_cannot_make_a_plan(conn, pair):
+    pair[0].release()
+    with pytest.raises(lorastore.InvalidArgument, match="released"):
+        conn.plan(pair, HIDDEN, SLICES)
+
+
+def test_the_device_module_takes_adapter_objects_through_the_c_api(conn, pair):
+    """lorastore._cuda reads Adapter objects through _lorastore's capsule: anything
+    else is refused by type, and host-tier adapters by tier, before any GPU work."""
+    try:
+        from lorastore import _cuda
+    except ImportError as e:
+        pytest.skip(f"lorastore._cuda is not built here: {e}")
+    with pytest.raises(TypeError, match="expected a lorastore adapter"):
+        _cuda.plan_create([object()], HIDDEN, SLICES, None)
+    with pytest.raises(lorastore.InvalidArgument, match="another tier"):
+        _cuda.plan_create([a._a for a in pair], HIDDEN, SLICES, None)

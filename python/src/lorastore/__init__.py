@@ -325,9 +325,8 @@ class Connection:
         adapters = list(adapters)
         slices = [tuple(s) for s in slices]
         factors = None if factors is None else [float(f) for f in factors]
-        # Handles for the library; the leases keep what they point at.
-        args = ([a._a._handle() for a in adapters], tuple(a._a._lease() for a in adapters),
-                int(in_features), slices, factors)
+        # The extension modules take the Adapter objects (their leases keep the memory).
+        args = ([a._a for a in adapters], int(in_features), slices, factors)
         if {a.tier for a in adapters} == {"device"}:
             try:
                 from . import _cuda
