@@ -41,7 +41,7 @@ LS_PUBLIC int lorastore_plan_create(lorastore_adapter *const *adapters, size_t n
 	if (!p)
 		return -ENOMEM;
 	int rc = ls_plan_layout_build(&p->layout, adapters, n_adapters, factors, in, slices,
-				      n_slices, "host", NULL);
+				      n_slices, LS_TIER_HOST, NULL);
 	if (rc) {
 		free(p);
 		return rc;

@@ -39,7 +39,6 @@ struct ls_slab_map {
 
 struct lorastore {
 	int fd;                    /* the socket, -1 once the connection failed */
-	int dead_code;             /* why it failed (0 while usable) */
 	char errmsg[LS_CLIENT_ERRMSG_MAX];
 	uint64_t next_id;          /* id of the next request */
 	int64_t deadline_ms;       /* CLOCK_MONOTONIC limit of a receive; 0: none */
@@ -58,9 +57,6 @@ struct lorastore {
 
 	/* From the daemon's HelloReply. */
 	uint64_t instance;         /* the daemon's run: with a slab id, a slab's identity */
-	bool admin;
-	char backend[16];
-	char daemon_version[64];
 };
 
 struct lorastore_adapter {

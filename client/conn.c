@@ -54,7 +54,6 @@ int ls_conn_fail(lorastore *c, int code, const char *fmt, ...)
 	if (c->fd >= 0)
 		close(c->fd);
 	c->fd = -1;
-	c->dead_code = code;
 	return code;
 }
 

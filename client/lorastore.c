@@ -134,11 +134,7 @@ static int ls_hello(lorastore *c)
 				    "speaks %d: use a client and a daemon of the same release",
 				    dv, v, LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_2);
 	}
-	c->admin = h->admin;
 	c->instance = h->instance;
-	snprintf(c->backend, sizeof(c->backend), "%s", h->backend ? h->backend : "");
-	snprintf(c->daemon_version, sizeof(c->daemon_version), "%s",
-		 h->daemon_version ? h->daemon_version : "");
 	lorastore__response__free_unpacked(resp, NULL);
 	return 0;
 }

@@ -81,7 +81,7 @@ static bool ls_group_fits(const struct ls_plan_layout *p, const float *scales, s
 
 /* The arguments, and the tier (and GPU) every adapter must be held in. */
 static int ls_plan_args(lorastore_adapter *const *adapters, size_t n_adapters, uint64_t in,
-			const lorastore_slice *slices, size_t n_slices, const char *tier,
+			const lorastore_slice *slices, size_t n_slices, enum ls_tier_kind tier,
 			int *device)
 {
 	if (!adapters || !slices || n_adapters == 0 || n_adapters > INT32_MAX || n_slices == 0 ||
@@ -101,7 +101,8 @@ static int ls_plan_args(lorastore_adapter *const *adapters, size_t n_adapters, u
 		lorastore_adapter_info info;
 		if (!adapters[i] || lorastore_adapter_info_get(adapters[i], &info))
 			return -EINVAL;
-		if (strcmp(info.tier, tier) != 0 || (i > 0 && info.device != *device))
+		enum ls_tier_kind held = info.device >= 0 ? LS_TIER_DEVICE : LS_TIER_HOST;
+		if (held != tier || (i > 0 && info.device != *device))
 			return LS_E_TIER;
 		*device = info.device;
 	}
@@ -110,7 +111,7 @@ static int ls_plan_args(lorastore_adapter *const *adapters, size_t n_adapters, u
 
 int ls_plan_layout_build(struct ls_plan_layout *p, lorastore_adapter *const *adapters,
 			 size_t n_adapters, const float *factors, uint64_t in,
-			 const lorastore_slice *slices, size_t n_slices, const char *tier,
+			 const lorastore_slice *slices, size_t n_slices, enum ls_tier_kind tier,
 			 int *device)
 {
 	memset(p, 0, sizeof(*p));

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "lorastore.h"
+#include "ls_types.h"
 #include "lsk.h"
 
 struct ls_plan_group {
@@ -45,13 +46,13 @@ struct ls_plan_layout {
 /*
  * Build the layout of adapters[0..n_adapters) for slices[0..n_slices) of a
  * layer of `in` input columns (see lorastore_plan_create for the rules and
- * errors).  Every adapter must be held in `tier` ("host" or "device"), on
- * one GPU for "device": LS_E_TIER otherwise.  Its GPU's ordinal goes to
+ * errors).  Every adapter must be held in `tier` (host or device), on
+ * one GPU for device: LS_E_TIER otherwise.  Its GPU's ordinal goes to
  * *device (-1 on host) when device is not NULL.
  */
 int ls_plan_layout_build(struct ls_plan_layout *p, lorastore_adapter *const *adapters,
 			 size_t n_adapters, const float *factors, uint64_t in,
-			 const lorastore_slice *slices, size_t n_slices, const char *tier,
+			 const lorastore_slice *slices, size_t n_slices, enum ls_tier_kind tier,
 			 int *device);
 
 void ls_plan_layout_free(struct ls_plan_layout *p);

@@ -69,8 +69,8 @@ int ls_backend_upload(const struct ls_backend *b, struct ls_slab *slab, uint64_t
 	if (!b->iface->upload)
 		return ls_err_set(err, -ENOTSUP, "the %s backend does not upload",
 				  ls_backend_name(b));
-	up->next = NULL;
 	up->rc = 0;
+	up->event = NULL;
 	return b->iface->upload(b->ctx, slab, offset, src, len, up, err);
 }
 

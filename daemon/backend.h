@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "ls_error.h"
+#include "workers.h"
 
 struct ls_slab {
 	uint32_t id;            /* set by the residency: unique among the daemon's slabs */
@@ -32,9 +33,10 @@ struct ls_slab {
 /* An asynchronous copy into a slab; done is called once, on the loop thread. */
 struct ls_upload {
 	void (*done)(struct ls_upload *up, int rc);
-	struct ls_upload *next; /* the backend's, while in flight */
-	void *owner;            /* the backend's, while in flight */
 	int rc;
+	/* The backend's, while in flight: */
+	struct ls_job job;      /* waiting for the copy's end, on the backend's pool */
+	void *event;            /* what marks the copy's end */
 };
 
 struct ls_backend_i {

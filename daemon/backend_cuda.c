@@ -10,8 +10,9 @@
  *
  * Uploads are cuMemcpyHtoDAsync on the backend's copy stream, from host
  * memory the residency registered as pinned, each followed by an event.  A
- * completion thread waits on those events in order and hands each finished
- * upload, with the result of its copy, to the loop through an eventfd.  (A
+ * pool of one thread (workers.h) waits on those events in order and hands
+ * each finished upload, with the result of its copy, to the loop through the
+ * pool's eventfd.  (A
  * host function queued after the copy did the same, but the driver runs
  * host functions on a thread of its own after a delay: on an H200, 0.2 ms
  * per copy, a sixth of a 67 MB upload.)
@@ -45,9 +46,7 @@ int ls_backend_cuda_create(int ordinal, struct ls_backend *out, struct ls_err *e
 
 #else
 
-#include <pthread.h>
 #include <stdlib.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "ls_cudrv.h"
@@ -59,14 +58,13 @@ struct ls_cuda {
 	CUcontext ctx;               /* the primary context, retained */
 	CUstream stream;             /* uploads, in order */
 	uint64_t granularity;
-	int efd;                     /* readable when uploads finished */
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	struct ls_upload *wait_head, *wait_tail;  /* copies in flight, in stream order */
-	struct ls_upload *done_head, *done_tail;  /* finished uploads */
-	bool stop;
-	bool thread_started;
-	pthread_t thread;            /* waits on the events of the copies in flight */
+	/*
+	 * One thread waits, in stream order, on the event recorded after each
+	 * copy, and hands the upload to the loop (its eventfd, then reap).
+	 */
+	struct ls_workers *waits;
+	int efd;                     /* the pool's: readable when uploads finished */
+	struct ls_job_owner uploads; /* the owner of every wait job: c is found from it */
 };
 
 /* What a slab of this backend keeps. */
@@ -200,44 +198,27 @@ static int cuda_slab_export(void *ctx, const struct ls_slab *slab)
 }
 
 /*
- * The completion thread: waits, in stream order, on the event recorded
- * after each copy (spinning while a copy is in flight, per the context's
- * default scheduling, which is what makes it prompt), then hands the upload
- * and its result to the loop.
+ * A wait job, on the backend's one waiting thread: the copy's event, in
+ * stream order (spinning while a copy is in flight, per the context's
+ * default scheduling, which is what makes it prompt).
  */
-static void *cuda_completions(void *arg)
+static void cuda_wait_run(struct ls_job *job)
 {
-	struct ls_cuda *c = arg;
+	struct ls_upload *up = (struct ls_upload *)((char *)job - offsetof(struct ls_upload, job));
+	struct ls_cuda *c = (struct ls_cuda *)((char *)job->owner - offsetof(struct ls_cuda, uploads));
 	c->d->cuCtxSetCurrent(c->ctx);
-	pthread_mutex_lock(&c->lock);
-	for (;;) {
-		while (!c->wait_head && !c->stop)
-			pthread_cond_wait(&c->cond, &c->lock);
-		struct ls_upload *up = c->wait_head;
-		if (!up)
-			break; /* stopping, nothing in flight */
-		pthread_mutex_unlock(&c->lock);
-		CUevent ev = (CUevent)up->owner;
-		CUresult r = c->d->cuEventSynchronize(ev);
-		c->d->cuEventDestroy(ev);
-		up->rc = r == CUDA_SUCCESS ? 0 : r == CUDA_ERROR_OUT_OF_MEMORY ? -ENOMEM : LS_E_DEVICE;
-		pthread_mutex_lock(&c->lock);
-		if (!(c->wait_head = up->next))
-			c->wait_tail = NULL;
-		up->next = NULL;
-		up->owner = NULL;
-		if (c->done_tail)
-			c->done_tail->next = up;
-		else
-			c->done_head = up;
-		c->done_tail = up;
-		uint64_t one = 1;
-		if (write(c->efd, &one, sizeof(one)) < 0) {
-			/* The counter cannot overflow at one write per upload. */
-		}
-	}
-	pthread_mutex_unlock(&c->lock);
-	return NULL;
+	CUevent ev = (CUevent)up->event;
+	CUresult r = c->d->cuEventSynchronize(ev);
+	c->d->cuEventDestroy(ev);
+	up->event = NULL;
+	up->rc = r == CUDA_SUCCESS ? 0 : r == CUDA_ERROR_OUT_OF_MEMORY ? -ENOMEM : LS_E_DEVICE;
+}
+
+/* On the loop thread (reap): the upload is done. */
+static void cuda_wait_done(struct ls_job *job)
+{
+	struct ls_upload *up = (struct ls_upload *)((char *)job - offsetof(struct ls_upload, job));
+	up->done(up, up->rc);
 }
 
 static int cuda_upload(void *ctx, struct ls_slab *slab, uint64_t offset, const void *src,
@@ -257,15 +238,9 @@ static int cuda_upload(void *ctx, struct ls_slab *slab, uint64_t offset, const v
 		c->d->cuEventDestroy(ev);
 		return ls_cudrv_fail(c->d, err, r, "cuMemcpyHtoDAsync", __FILE__, __LINE__);
 	}
-	up->owner = (void *)ev;
-	pthread_mutex_lock(&c->lock);
-	if (c->wait_tail)
-		c->wait_tail->next = up;
-	else
-		c->wait_head = up;
-	c->wait_tail = up;
-	pthread_cond_signal(&c->cond);
-	pthread_mutex_unlock(&c->lock);
+	up->event = (void *)ev;
+	up->job = (struct ls_job){.run = cuda_wait_run, .done = cuda_wait_done, .owner = &c->uploads};
+	ls_workers_submit(c->waits, &up->job);
 	return 0;
 }
 
@@ -276,21 +251,7 @@ static int cuda_completion_fd(void *ctx)
 
 static void cuda_reap(void *ctx)
 {
-	struct ls_cuda *c = ctx;
-	uint64_t n;
-	if (read(c->efd, &n, sizeof(n)) < 0) {
-		/* EAGAIN: this batch was taken on the last pass. */
-	}
-	pthread_mutex_lock(&c->lock);
-	struct ls_upload *up = c->done_head;
-	c->done_head = c->done_tail = NULL;
-	pthread_mutex_unlock(&c->lock);
-	while (up) {
-		struct ls_upload *next = up->next;
-		up->next = NULL;
-		up->done(up, up->rc);
-		up = next;
-	}
+	ls_workers_reap(((struct ls_cuda *)ctx)->waits);
 }
 
 static int cuda_host_register(void *ctx, void *p, uint64_t len, struct ls_err *err)
@@ -331,23 +292,14 @@ static void cuda_destroy(void *ctx)
 {
 	struct ls_cuda *c = ctx;
 	struct ls_err err;
-	if (c->thread_started) {
-		pthread_mutex_lock(&c->lock);
-		c->stop = true;
-		pthread_cond_signal(&c->cond);
-		pthread_mutex_unlock(&c->lock);
-		pthread_join(c->thread, NULL);
-	}
+	/* No upload is in flight (the interface's rule): the thread ends at once. */
+	ls_workers_stop(c->waits);
 	if (c->stream && cuda_current(c, &err) == 0) {
 		c->d->cuStreamSynchronize(c->stream);
 		c->d->cuStreamDestroy(c->stream);
 	}
 	if (c->ctx)
 		c->d->cuDevicePrimaryCtxRelease(c->dev);
-	if (c->efd >= 0)
-		close(c->efd);
-	pthread_cond_destroy(&c->cond);
-	pthread_mutex_destroy(&c->lock);
 	free(c);
 }
 
@@ -430,10 +382,9 @@ static int cuda_setup(struct ls_cuda *c, struct ls_err *err)
 	      CU_MEM_ALLOC_GRANULARITY_RECOMMENDED);
 	c->granularity = g ? g : (2u << 20);
 	LS_CU(d, err, cuStreamCreate, &c->stream, CU_STREAM_NON_BLOCKING);
-	int rc = pthread_create(&c->thread, NULL, cuda_completions, c);
+	int rc = ls_workers_start(1, &c->waits, &c->efd);
 	if (rc)
-		return ls_err_set(err, -rc, "the completion thread: %s", strerror(rc));
-	c->thread_started = true;
+		return ls_err_set(err, rc, "the completion thread: %s", strerror(-rc));
 	return 0;
 }
 
@@ -444,22 +395,14 @@ int ls_backend_cuda_create(int ordinal, struct ls_backend *out, struct ls_err *e
 		return ls_err_set(err, -ENOMEM, "out of memory");
 	c->ordinal = ordinal;
 	c->efd = -1;
-	pthread_mutex_init(&c->lock, NULL);
-	pthread_cond_init(&c->cond, NULL);
 	int rc = ls_cudrv_load(&c->d, err);
-	if (rc == 0) {
-		c->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-		rc = c->efd < 0 ? ls_err_set(err, -errno, "eventfd: %s", strerror(errno))
-				: cuda_setup(c, err);
-	}
+	if (rc == 0)
+		rc = cuda_setup(c, err);
 	if (rc) {
 		if (c->d)
 			cuda_destroy(c);
-		else {
-			pthread_cond_destroy(&c->cond);
-			pthread_mutex_destroy(&c->lock);
+		else
 			free(c);
-		}
 		return rc;
 	}
 	out->iface = &cuda_iface;

@@ -20,6 +20,7 @@
 #include <sys/socket.h>
 
 #include "ls_error.h"
+#include "workers.h"
 
 enum ls_loop_kind { LS_LOOP_AUTO, LS_LOOP_IO_URING, LS_LOOP_EPOLL };
 
@@ -67,6 +68,7 @@ struct ls_op {
 	int res;
 	int64_t deadline_ns;
 	struct ls_op *next;
+	struct ls_job job;           /* epoll: a read, on the engine's I/O pool */
 };
 
 struct ls_loop_engine;

@@ -9,9 +9,9 @@
  *   until the descriptor becomes ready.  Once a receive has emptied the
  *   socket, the next one parks without trying: the edge of new data wakes it.
  * - A poll (eventfds, the signalfd) arms the descriptor one-shot.
- * - File reads go to a small pool of I/O threads doing pread (into the
- *   slab, O_DIRECT where the caller opened the file so); their completions
- *   come back through an eventfd in the epoll set.
+ * - File reads go to a small pool of I/O threads (workers.h) doing pread
+ *   (into the slab, O_DIRECT where the caller opened the file so); their
+ *   completions come back through the pool's eventfd in the epoll set.
  * - Timers are kept in a short list; the wait's timeout is the nearest.
  *
  * Completions are always delivered from ls_loop_run_once, never from inside
@@ -20,13 +20,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -69,14 +67,10 @@ struct ls_epoll {
 	struct ls_ep_queue now;       /* the part of it being run by this pass */
 	struct ls_op *timers;
 
-	/* The I/O pool: reads queued, reads done, under one lock. */
-	int io_efd;
-	pthread_mutex_t io_lock;
-	pthread_cond_t io_cond;
-	struct ls_ep_queue io_todo, io_done;
-	bool io_stop;
-	unsigned n_threads;
-	pthread_t threads[LS_EPOLL_IO_THREADS];
+	/* The I/O pool (workers.h): file reads, which epoll cannot wait on. */
+	struct ls_workers *io;
+	int io_efd;                   /* the pool's */
+	struct ls_job_owner io_reads; /* the owner of every read job: ep is found from it */
 };
 
 static void ls_q_push(struct ls_ep_queue *q, struct ls_op *op)
@@ -101,36 +95,28 @@ static struct ls_op *ls_q_pop(struct ls_ep_queue *q)
 	return op;
 }
 
-/* ---- I/O threads */
+/* ---- I/O pool */
 
-static void *ls_io_thread(void *arg)
+static void ls_ep_done(struct ls_epoll *ep, struct ls_op *op, int res);
+
+/* A read, on a thread of the I/O pool. */
+static void ls_io_read_run(struct ls_job *job)
 {
-	struct ls_epoll *ep = arg;
-	pthread_mutex_lock(&ep->io_lock);
-	for (;;) {
-		while (!ep->io_todo.head && !ep->io_stop)
-			pthread_cond_wait(&ep->io_cond, &ep->io_lock);
-		struct ls_op *op = ls_q_pop(&ep->io_todo);
-		if (!op)
-			break; /* stopping, nothing left */
-		pthread_mutex_unlock(&ep->io_lock);
-		ssize_t n;
-		do
-			n = pread(op->fd, op->u.read.buf, op->u.read.len, (off_t)op->u.read.offset);
-		while (n < 0 && errno == EINTR);
-		op->res = n < 0 ? -errno : (int)n;
-		pthread_mutex_lock(&ep->io_lock);
-		bool wake = ep->io_done.head == NULL;
-		ls_q_push(&ep->io_done, op);
-		if (wake) {
-			uint64_t one = 1;
-			if (write(ep->io_efd, &one, sizeof(one)) < 0) {
-				/* The counter cannot overflow at one write per batch. */
-			}
-		}
-	}
-	pthread_mutex_unlock(&ep->io_lock);
-	return NULL;
+	struct ls_op *op = (struct ls_op *)((char *)job - offsetof(struct ls_op, job));
+	ssize_t n;
+	do
+		n = pread(op->fd, op->u.read.buf, op->u.read.len, (off_t)op->u.read.offset);
+	while (n < 0 && errno == EINTR);
+	op->res = n < 0 ? -errno : (int)n;
+}
+
+/* The read is back on the loop thread (reaped): it completes like any op. */
+static void ls_io_read_done(struct ls_job *job)
+{
+	struct ls_op *op = (struct ls_op *)((char *)job - offsetof(struct ls_op, job));
+	struct ls_epoll *ep = (struct ls_epoll *)((char *)job->owner -
+						  offsetof(struct ls_epoll, io_reads));
+	ls_ep_done(ep, op, op->res);
 }
 
 /* ---- descriptors */
@@ -299,28 +285,23 @@ static int ls_epoll_init(struct ls_loop *loop, unsigned entries, struct ls_err *
 	if (!ep)
 		return ls_err_set(err, -ENOMEM, "out of memory");
 	ep->epfd = epoll_create1(EPOLL_CLOEXEC);
-	ep->io_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	pthread_mutex_init(&ep->io_lock, NULL);
-	pthread_cond_init(&ep->io_cond, NULL);
+	ep->io_efd = -1;
 	loop->ctx = ep;
-	if (ep->epfd < 0 || ep->io_efd < 0) {
+	if (ep->epfd < 0) {
 		int rc = -errno;
 		ls_epoll_destroy(loop);
 		return ls_err_set(err, rc, "epoll: %s", strerror(-rc));
+	}
+	int prc = ls_workers_start(LS_EPOLL_IO_THREADS, &ep->io, &ep->io_efd);
+	if (prc) {
+		ls_epoll_destroy(loop);
+		return ls_err_set(err, prc, "I/O threads: %s", strerror(-prc));
 	}
 	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = LS_EPOLL_IO_TAG};
 	if (epoll_ctl(ep->epfd, EPOLL_CTL_ADD, ep->io_efd, &ev) != 0) {
 		int rc = -errno;
 		ls_epoll_destroy(loop);
 		return ls_err_set(err, rc, "epoll: %s", strerror(-rc));
-	}
-	for (unsigned i = 0; i < LS_EPOLL_IO_THREADS; i++) {
-		int rc = pthread_create(&ep->threads[i], NULL, ls_io_thread, ep);
-		if (rc) {
-			ls_epoll_destroy(loop);
-			return ls_err_set(err, -rc, "I/O threads: %s", strerror(rc));
-		}
-		ep->n_threads++;
 	}
 	return 0;
 }
@@ -330,18 +311,10 @@ static void ls_epoll_destroy(struct ls_loop *loop)
 	struct ls_epoll *ep = loop->ctx;
 	if (!ep)
 		return;
-	pthread_mutex_lock(&ep->io_lock);
-	ep->io_stop = true;
-	pthread_cond_broadcast(&ep->io_cond);
-	pthread_mutex_unlock(&ep->io_lock);
-	for (unsigned i = 0; i < ep->n_threads; i++)
-		pthread_join(ep->threads[i], NULL);
-	pthread_mutex_destroy(&ep->io_lock);
-	pthread_cond_destroy(&ep->io_cond);
+	/* Reads still queued finish first; their completions are not delivered. */
+	ls_workers_stop(ep->io);
 	if (ep->epfd >= 0)
 		close(ep->epfd);
-	if (ep->io_efd >= 0)
-		close(ep->io_efd);
 	free(ep->fds);
 	free(ep);
 	loop->ctx = NULL;
@@ -372,10 +345,9 @@ static void ls_epoll_submit(struct ls_loop *loop, struct ls_op *op)
 	}
 	case LS_OP_READ:
 		op->state = LS_EP_IO;
-		pthread_mutex_lock(&ep->io_lock);
-		ls_q_push(&ep->io_todo, op);
-		pthread_cond_signal(&ep->io_cond);
-		pthread_mutex_unlock(&ep->io_lock);
+		op->job = (struct ls_job){
+			.run = ls_io_read_run, .done = ls_io_read_done, .owner = &ep->io_reads};
+		ls_workers_submit(ep->io, &op->job);
 		break;
 	case LS_OP_TIMEOUT: {
 		/* Kept in deadline order, so that timers due together complete in it. */
@@ -450,20 +422,10 @@ static void ls_epoll_forget_fd(struct ls_loop *loop, int fd)
 	memset(&ep->fds[fd], 0, sizeof(ep->fds[fd]));
 }
 
-/* Hand the I/O threads' finished reads to the run queue. */
+/* Hand the I/O pool's finished reads to the run queue (ls_io_read_done). */
 static void ls_ep_io_reap(struct ls_epoll *ep)
 {
-	uint64_t count;
-	if (read(ep->io_efd, &count, sizeof(count)) < 0) {
-		/* EAGAIN: a batch already taken on the last pass */
-	}
-	pthread_mutex_lock(&ep->io_lock);
-	struct ls_ep_queue done = ep->io_done;
-	ep->io_done.head = ep->io_done.tail = NULL;
-	pthread_mutex_unlock(&ep->io_lock);
-	struct ls_op *op;
-	while ((op = ls_q_pop(&done)))
-		ls_ep_done(ep, op, op->res);
+	ls_workers_reap(ep->io);
 }
 
 static void ls_ep_event(struct ls_epoll *ep, const struct epoll_event *ev)

@@ -1,8 +1,11 @@
 /*
- * The worker pool: a few threads for CPU-heavy or blocking work (imports,
- * checksums, verify, gc) so that the event loop never blocks.  A job runs
- * `run` on a worker thread, then `done` on the loop thread, after the loop
- * reads the pool's eventfd.
+ * A pool of threads for work the event loop must not wait on.  A job runs
+ * `run` on a pool thread, then `done` on the loop thread, after the loop
+ * reads the pool's eventfd and reaps.  The daemon's pools: the workers
+ * (imports, checksums, verify, gc, catalog reads), the epoll engine's reads
+ * (loop_epoll.c), and each CUDA backend's completion waits (backend_cuda.c,
+ * one thread: in submission order).  Jobs of one owner run in the order
+ * submitted; owners take turns.
  */
 #ifndef LS_WORKERS_H
 #define LS_WORKERS_H

@@ -122,7 +122,7 @@ LS_PUBLIC int lorastore_cuda_plan_create(lorastore_adapter *const *adapters, siz
 	if (!p)
 		return -ENOMEM;
 	int rc = ls_plan_layout_build(&p->layout, adapters, n_adapters, factors, in, slices,
-				      n_slices, "device", &p->device);
+				      n_slices, LS_TIER_DEVICE, &p->device);
 	if (rc == 0)
 		rc = lsk_cuda_available();
 	if (rc == 0)
