@@ -14,7 +14,7 @@
 
 #include <lorastore.h>
 
-#include "cli_run.h"
+#include "proc_run.h"
 #include "daemon_proc.h"
 #include "ls_size.h"
 #include "synth.h"
@@ -59,7 +59,7 @@ static char *adapter(const char *sub, enum synth_family family, uint64_t seed)
 	return dir;
 }
 
-static cJSON *json_of(const struct ls_cli_result *r)
+static cJSON *json_of(const struct ls_proc_result *r)
 {
 	cJSON *doc = cJSON_Parse(r->out);
 	cr_assert_not_null(doc, "not JSON (exit %d, stderr %s):\n%s", r->status, r->err, r->out);
@@ -73,65 +73,65 @@ Test(cli_catalog, a_folder_named_like_every_training_output_needs_a_name)
 		char sub[64];
 		snprintf(sub, sizeof(sub), "run%zu/%s", i, dull[i]);
 		char *dir = adapter(sub, SYNTH_GPT2, i);
-		struct ls_cli_result r;
+		struct ls_proc_result r;
 		CLI(&r, "import", dir);
 		cr_assert_eq(r.status, 1, "%s: exit %d", dull[i], r.status);
 		cr_assert(strstr(r.err, "--name"), "%s: %s", dull[i], r.err);
-		ls_cli_result_free(&r);
+		ls_proc_result_free(&r);
 		free(dir);
 	}
-	struct ls_cli_result r;
+	struct ls_proc_result r;
 	CLI(&r, "--json", "ls");
 	cJSON *doc = json_of(&r);
 	cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(doc, "adapters")), 0,
 		     "nothing was imported");
 	cJSON_Delete(doc);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	/* A telling folder name is taken as the name. */
 	char *dir = adapter("acme-support", SYNTH_GPT2, 9);
 	CLI(&r, "import", dir);
 	cr_assert_eq(r.status, 0, "%s", r.err);
 	cr_assert(strstr(r.out, "imported acme-support@1"), "%s", r.out);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	free(dir);
 }
 
 Test(cli_catalog, importing_the_same_folder_again_says_unchanged)
 {
 	char *dir = adapter("a", SYNTH_LLAMA, 1);
-	struct ls_cli_result r;
+	struct ls_proc_result r;
 	CLI(&r, "import", dir, "--name", "t/a");
 	cr_assert_eq(r.status, 0, "%s", r.err);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	CLI(&r, "import", dir, "--name", "t/a");
 	cr_assert_eq(r.status, 0, "%s", r.err);
 	cr_assert(strstr(r.out, "unchanged t/a@1"), "%s", r.out);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	CLI(&r, "--json", "import", dir, "--name", "t/a");
 	cJSON *doc = json_of(&r);
 	const cJSON *im = cJSON_GetArrayItem(cJSON_GetObjectItem(doc, "imported"), 0);
 	cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(im, "unchanged")), "%s", r.out);
 	cr_assert_eq(cJSON_GetObjectItem(im, "version")->valuedouble, 1);
 	cJSON_Delete(doc);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	free(dir);
 }
 
 Test(cli_catalog, a_version_for_another_base_model_needs_allow_new_base)
 {
 	char *llama = adapter("llama", SYNTH_LLAMA, 1), *bert = adapter("bert", SYNTH_BERT, 2);
-	struct ls_cli_result r;
+	struct ls_proc_result r;
 	CLI(&r, "import", llama, "--name", "t/m");
 	cr_assert_eq(r.status, 0, "%s", r.err);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	CLI(&r, "import", bert, "--name", "t/m");
 	cr_assert_eq(r.status, 1);
 	cr_assert(strstr(r.err, "base model") && strstr(r.err, "--allow-new-base"), "%s", r.err);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	CLI(&r, "import", bert, "--name", "t/m", "--allow-new-base");
 	cr_assert_eq(r.status, 0, "%s", r.err);
 	cr_assert(strstr(r.out, "imported t/m@2"), "%s", r.out);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	/* ls names each version's base model, and filters by it. */
 	CLI(&r, "--json", "ls", "--base-model", "google-bert/bert-base-uncased");
 	cJSON *doc = json_of(&r);
@@ -142,7 +142,7 @@ Test(cli_catalog, a_version_for_another_base_model_needs_allow_new_base)
 	cr_assert_str_eq(cJSON_GetObjectItem(e, "base_model")->valuestring,
 			 "google-bert/bert-base-uncased");
 	cJSON_Delete(doc);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	free(llama);
 	free(bert);
 }
@@ -150,15 +150,15 @@ Test(cli_catalog, a_version_for_another_base_model_needs_allow_new_base)
 Test(cli_catalog, an_alias_is_listed_read_by_a_client_moved_and_removed)
 {
 	char *v1 = adapter("v1", SYNTH_LLAMA, 1), *v2 = adapter("v2", SYNTH_LLAMA, 2);
-	struct ls_cli_result r;
+	struct ls_proc_result r;
 	CLI(&r, "import", v1, "--name", "acme/support");
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	CLI(&r, "import", v2, "--name", "acme/support");
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	CLI(&r, "tag", "acme/support@1", "acme/support:prod");
 	cr_assert_eq(r.status, 0, "%s", r.err);
 	cr_assert_str_eq(r.out, "acme/support:prod -> acme/support@1\n");
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	CLI(&r, "--json", "ls", "acme/");
 	cJSON *doc = json_of(&r);
 	const cJSON *arr = cJSON_GetObjectItem(doc, "adapters");
@@ -168,17 +168,17 @@ Test(cli_catalog, an_alias_is_listed_read_by_a_client_moved_and_removed)
 	cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(cJSON_GetArrayItem(arr, 1), "aliases")),
 		     0);
 	cJSON_Delete(doc);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 
 	/* load says which version the alias named. */
 	CLI(&r, "load", "acme/support:prod");
 	cr_assert_str_eq(r.out, "loaded acme/support:prod (acme/support@1)\n");
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	CLI(&r, "--json", "load", "acme/support");
 	doc = json_of(&r);
 	cr_assert_str_eq(cJSON_GetObjectItem(doc, "version")->valuestring, "acme/support@2");
 	cJSON_Delete(doc);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 
 	/* A client acquires through the alias. */
 	lorastore *conn;
@@ -195,10 +195,10 @@ Test(cli_catalog, an_alias_is_listed_read_by_a_client_moved_and_removed)
 	CLI(&r, "rm", "acme/support@1");
 	cr_assert_eq(r.status, 1);
 	cr_assert(strstr(r.err, "acme/support:prod"), "%s", r.err);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	CLI(&r, "tag", "acme/support", "acme/support:prod");
 	cr_assert_str_eq(r.out, "acme/support:prod -> acme/support@2\n");
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	cr_assert_eq(lorastore_acquire(conn, "acme/support:prod", -1, &ad), 0, "%s",
 		     lorastore_errmsg(conn));
 	cr_assert_eq(lorastore_adapter_info_get(ad, &info), 0);
@@ -207,10 +207,10 @@ Test(cli_catalog, an_alias_is_listed_read_by_a_client_moved_and_removed)
 	CLI(&r, "rm", "acme/support@1");
 	cr_assert_eq(r.status, 0, "%s", r.err);
 	cr_assert(strstr(r.out, "deleted acme/support@1 (1 version, "), "%s", r.out);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	CLI(&r, "untag", "acme/support:prod");
 	cr_assert_str_eq(r.out, "untagged acme/support:prod\n");
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	cr_assert_eq(lorastore_acquire(conn, "acme/support:prod", -1, &ad), LORASTORE_E_NOT_FOUND);
 	lorastore_close(conn);
 	free(v1);
@@ -220,11 +220,11 @@ Test(cli_catalog, an_alias_is_listed_read_by_a_client_moved_and_removed)
 Test(cli_catalog, rm_all_says_what_it_removed_and_frees_the_blobs)
 {
 	char *v1 = adapter("v1", SYNTH_GPT2, 1), *v2 = adapter("v2", SYNTH_GPT2, 2);
-	struct ls_cli_result r;
+	struct ls_proc_result r;
 	CLI(&r, "import", v1, "--name", "t/gone");
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	CLI(&r, "import", v2, "--name", "t/gone");
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	char blobs[PATH_MAX + 16];
 	snprintf(blobs, sizeof(blobs), "ls %s/blobs | wc -l", daemon.state);
 	FILE *p = popen(blobs, "r");
@@ -240,7 +240,7 @@ Test(cli_catalog, rm_all_says_what_it_removed_and_frees_the_blobs)
 	cr_assert_eq(cJSON_GetObjectItem(doc, "freed_bytes")->valuedouble,
 		     cJSON_GetObjectItem(doc, "blob_bytes")->valuedouble);
 	cJSON_Delete(doc);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	p = popen(blobs, "r");
 	cr_assert_eq(fscanf(p, "%d", &n), 1);
 	pclose(p);
@@ -252,10 +252,10 @@ Test(cli_catalog, rm_all_says_what_it_removed_and_frees_the_blobs)
 Test(cli_catalog, export_writes_a_directory_that_imports_back_unchanged)
 {
 	char *dir = adapter("src", SYNTH_LLAMA, 7);
-	struct ls_cli_result r;
+	struct ls_proc_result r;
 	CLI(&r, "import", dir, "--name", "t/exp");
 	cr_assert_eq(r.status, 0, "%s", r.err);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	char out[PATH_MAX];
 	snprintf(out, sizeof(out), "%s/exported", work_dir);
 	CLI(&r, "export", "t/exp", out);
@@ -263,15 +263,15 @@ Test(cli_catalog, export_writes_a_directory_that_imports_back_unchanged)
 	char want[PATH_MAX + 32];
 	snprintf(want, sizeof(want), "exported t/exp@1 to %s\n", out);
 	cr_assert_str_eq(r.out, want);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	CLI(&r, "import", out, "--name", "t/exp");
 	cr_assert_eq(r.status, 0, "%s", r.err);
 	cr_assert(strstr(r.out, "unchanged t/exp@1"), "the same digest: %s", r.out);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	CLI(&r, "export", "t/exp", out);
 	cr_assert_eq(r.status, 1, "a directory holding an adapter is not written over");
 	cr_assert(strstr(r.err, "already holds"), "%s", r.err);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	free(dir);
 }
 
@@ -285,12 +285,12 @@ static double num(const cJSON *o, const char *key)
 Test(cli_catalog, each_size_is_one_number_on_every_surface)
 {
 	char *dir = adapter("sized", SYNTH_BERT, 5);
-	struct ls_cli_result r;
+	struct ls_proc_result r;
 	CLI(&r, "--json", "inspect", dir);
 	cJSON *doc = json_of(&r);
 	double tensor = num(doc, "tensor_bytes");
 	cJSON_Delete(doc);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 
 	CLI(&r, "--json", "import", dir, "--name", "t/sized");
 	doc = json_of(&r);
@@ -303,7 +303,7 @@ Test(cli_catalog, each_size_is_one_number_on_every_surface)
 				     "digest")
 			 ->valuestring);
 	cJSON_Delete(doc);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 
 	CLI(&r, "--json", "ls", "t/sized");
 	doc = json_of(&r);
@@ -312,7 +312,7 @@ Test(cli_catalog, each_size_is_one_number_on_every_surface)
 	double resident = num(e, "resident_bytes"), blob = num(e, "blob_bytes");
 	cr_assert_gt(resident, tensor);
 	cJSON_Delete(doc);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 
 	CLI(&r, "--json", "show", "t/sized");
 	doc = json_of(&r);
@@ -325,7 +325,7 @@ Test(cli_catalog, each_size_is_one_number_on_every_surface)
 		sum += num(t, "bytes");
 	cr_assert_eq(sum, tensor, "the size is the tensors' bytes summed");
 	cJSON_Delete(doc);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 
 	char path[PATH_MAX + 96];
 	snprintf(path, sizeof(path), "%s/blobs/%s.blob", daemon.state, digest);
@@ -347,7 +347,7 @@ Test(cli_catalog, each_size_is_one_number_on_every_surface)
 	cr_assert_eq(num(cJSON_GetArrayItem(cJSON_GetObjectItem(doc, "tiers"), 0), "used"), resident,
 		     "the host tier holds resident_bytes for its one adapter");
 	cJSON_Delete(doc);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	lorastore_adapter_release(ad);
 	lorastore_close(conn);
 
@@ -356,13 +356,13 @@ Test(cli_catalog, each_size_is_one_number_on_every_surface)
 	ls_format_size((uint64_t)tensor, want, sizeof(want));
 	CLI(&r, "ls", "t/sized");
 	cr_assert(strstr(r.out, want), "ls does not show %s:\n%s", want, r.out);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	CLI(&r, "show", "t/sized");
 	cr_assert(strstr(r.out, want), "show does not show %s:\n%s", want, r.out);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	CLI(&r, "inspect", dir);
 	cr_assert(strstr(r.out, want), "inspect does not show %s:\n%s", want, r.out);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	free(dir);
 }
 
@@ -390,30 +390,30 @@ Test(cli_catalog, an_adapter_in_the_hugging_face_cache_imports_by_repository_id)
 	const char *commit = "0123456789abcdef0123456789abcdef01234567";
 	char *hub = hf_cache(commit);
 	setenv("HF_HUB_CACHE", hub, 1);
-	struct ls_cli_result r;
+	struct ls_proc_result r;
 	CLI(&r, "import", "hf:acme/tiny-lora");
 	unsetenv("HF_HUB_CACHE");
 	cr_assert_eq(r.status, 0, "%s", r.err);
 	cr_assert(strstr(r.out, "imported acme/tiny-lora@1"), "named after the repository: %s",
 		  r.out);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	/* The repository's folder is the same adapter; its snapshot folder needs a name. */
 	char repo[PATH_MAX + 64], snap[PATH_MAX + 128];
 	snprintf(repo, sizeof(repo), "%s/models--acme--tiny-lora", hub);
 	CLI(&r, "import", repo);
 	cr_assert(strstr(r.out, "unchanged acme/tiny-lora@1"), "%s%s", r.out, r.err);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	snprintf(snap, sizeof(snap), "%s/snapshots/%s", repo, commit);
 	CLI(&r, "import", snap);
 	cr_assert_eq(r.status, 1);
 	cr_assert(strstr(r.err, "--name"), "%s", r.err);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	setenv("HF_HUB_CACHE", hub, 1);
 	CLI(&r, "import", "hf:acme/not-downloaded");
 	unsetenv("HF_HUB_CACHE");
 	cr_assert_eq(r.status, 1);
 	cr_assert(strstr(r.err, "not in the Hugging Face cache"), "%s", r.err);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	free(hub);
 }
 
@@ -425,11 +425,11 @@ Test(cli_catalog, a_pickle_and_a_folder_of_adapters_are_refused_with_what_to_do)
 	char bin[PATH_MAX + 64];
 	snprintf(bin, sizeof(bin), "%s/adapter_model.bin", dir);
 	cr_assert_eq(rename(path, bin), 0);
-	struct ls_cli_result r;
+	struct ls_proc_result r;
 	CLI(&r, "import", dir, "--name", "t/pickled");
 	cr_assert_eq(r.status, 1);
 	cr_assert(strstr(r.err, "pickle") && strstr(r.err, "save_file"), "%s", r.err);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	free(dir);
 
 	free(adapter("runs/one", SYNTH_GPT2, 2));
@@ -440,26 +440,26 @@ Test(cli_catalog, a_pickle_and_a_folder_of_adapters_are_refused_with_what_to_do)
 	cr_assert_eq(r.status, 1);
 	cr_assert(strstr(r.err, "holds 2 adapter folders"), "%s", r.err);
 	cr_assert(strstr(r.err, "one") && strstr(r.err, "two"), "%s", r.err);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 }
 
 Test(cli_catalog, errors_say_each_thing_once)
 {
-	struct ls_cli_result r;
+	struct ls_proc_result r;
 	CLI(&r, "show", "my adapter");
 	cr_assert_eq(r.status, 1);
 	cr_assert_null(strstr(r.err, "show: show:"), "%s", r.err);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	char missing[PATH_MAX];
 	snprintf(missing, sizeof(missing), "%s/nowhere", work_dir);
 	CLI(&r, "import", missing, "--name", "t/x");
 	cr_assert_eq(r.status, 1);
 	const char *first = strstr(r.err, missing);
 	cr_assert(first && !strstr(first + 1, missing), "the directory is named once: %s", r.err);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	CLI(&r, "show", "t/nothing");
 	cr_assert_null(strstr(r.err, "catalog:"), "%s", r.err);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 }
 
 /* The bytes of an adapter's first tensor, summed (to see that they stay the same). */
@@ -476,11 +476,11 @@ static uint64_t first_tensor_sum(const lorastore_adapter *ad)
 Test(cli_catalog, two_versions_of_one_content_share_one_resident_copy)
 {
 	char *dir = adapter("same", SYNTH_LLAMA, 11);
-	struct ls_cli_result r;
+	struct ls_proc_result r;
 	CLI(&r, "import", dir, "--name", "t/one");
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	CLI(&r, "import", dir, "--name", "t/two");
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	lorastore *conn;
 	cr_assert_eq(lorastore_connect(daemon.socket, &conn), 0);
 	lorastore_adapter *a, *b;
@@ -505,7 +505,7 @@ Test(cli_catalog, two_versions_of_one_content_share_one_resident_copy)
 	/* The version whose copy it is goes from the catalog: the copy stays while read. */
 	CLI(&r, "rm", "t/one@1");
 	cr_assert_eq(r.status, 0, "%s", r.err);
-	ls_cli_result_free(&r);
+	ls_proc_result_free(&r);
 	cr_assert_eq(first_tensor_sum(b), before);
 	lorastore_adapter_release(b);
 	lorastore_adapter *again;

@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "proc_run.h"
 #include "synth.h"
 
 #define CLI LS_BINARY_DIR "/cli/lorastore"
@@ -36,33 +37,15 @@ static void teardown(void)
 TestSuite(cli_inspect, .init = setup, .fini = teardown);
 
 struct run {
-	int status;     /* exit status, or -1 when killed by a signal */
+	int status;     /* exit status, or 128 + the signal that ended it */
 	char *out;      /* standard output, NUL-terminated */
 	char *err;      /* standard error */
 };
-
-static char *slurp(const char *path)
-{
-	FILE *f = fopen(path, "rb");
-	cr_assert_not_null(f, "%s: %s", path, strerror(errno));
-	fseek(f, 0, SEEK_END);
-	long len = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	char *buf = malloc((size_t)len + 1);
-	cr_assert_not_null(buf);
-	cr_assert_eq(fread(buf, 1, (size_t)len, f), (size_t)len);
-	buf[len] = '\0';
-	fclose(f);
-	return buf;
-}
 
 /* Run the CLI with the arguments after argv[0] (NULL-terminated). */
 static struct run run_cli(const char *const *args)
 {
 	cr_assert(access(CLI, X_OK) == 0, "%s is not built", CLI);
-	char out_path[PATH_MAX], err_path[PATH_MAX];
-	snprintf(out_path, sizeof(out_path), "%s/stdout", work_dir);
-	snprintf(err_path, sizeof(err_path), "%s/stderr", work_dir);
 	char *argv[16];
 	size_t n = 0;
 	argv[n++] = (char *)CLI;
@@ -72,22 +55,10 @@ static struct run run_cli(const char *const *args)
 	}
 	argv[n] = NULL;
 
-	fflush(NULL);
-	pid_t pid = fork();
-	cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
-	if (pid == 0) {
-		int o = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-		int e = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-		if (o < 0 || e < 0 || dup2(o, 1) < 0 || dup2(e, 2) < 0)
-			_exit(126);
-		execv(CLI, argv);
-		_exit(127);
-	}
-	int status = 0;
-	cr_assert_eq(waitpid(pid, &status, 0), pid);
-	struct run r = {.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1};
-	r.out = slurp(out_path);
-	r.err = slurp(err_path);
+	struct ls_proc_result pr;
+	cr_assert_eq(ls_proc_run((const char *const *)argv, NULL, work_dir, &pr), 0,
+		     "could not start %s", CLI);
+	struct run r = {.status = pr.status, .out = pr.out, .err = pr.err};
 	cr_assert_neq(r.status, 126, "could not redirect the CLI's output");
 	cr_assert_neq(r.status, 127, "could not start %s", CLI);
 	return r;

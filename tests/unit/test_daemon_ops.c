@@ -32,6 +32,7 @@
 
 #include "blob.h"
 #include "daemon_proc.h"
+#include "proc_run.h"
 #include "synth.h"
 
 #define MAX_DAEMONS 2
@@ -98,13 +99,11 @@ static void child_track(pid_t pid)
 /* Wait for a tracked child; its exit status, or 128 + the signal. */
 static int child_wait(pid_t pid)
 {
-	int st = 0;
-	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
-		;
+	int st = ls_proc_wait(pid);
 	for (int i = 0; i < MAX_CHILDREN; i++)
 		if (children[i] == pid)
 			children[i] = -1;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+	return st;
 }
 
 static double now_s(void)
@@ -152,13 +151,7 @@ static lorastore *connect_to(const struct ls_daemon_proc *d)
 	return conn;
 }
 
-/* ---- processes with captured output */
-
-struct proc_out {
-	int status;  /* exit status, or 128 + the signal */
-	char *out;   /* standard output */
-	char *err;   /* standard error */
-};
+/* ---- processes with captured output (proc_run.h) */
 
 static char *slurp(const char *path, size_t *len_out)
 {
@@ -177,80 +170,17 @@ static char *slurp(const char *path, size_t *len_out)
 	return buf;
 }
 
-static void proc_out_free(struct proc_out *p)
+/* Run argv to its end, its output captured in the work directory. */
+static void run_argv(const char *const *argv, const char *const *env, struct ls_proc_result *p)
 {
-	free(p->out);
-	free(p->err);
-	p->out = p->err = NULL;
-}
-
-/*
- * Start argv[0] (looked up in PATH) with standard output and error going to
- * out_path and err_path; env holds "KEY=VALUE" to set and "KEY" to unset.
- * The child never inherits the test's NOTIFY_SOCKET or LISTEN_FDS.
- */
-static pid_t spawn(const char *const *argv, const char *const *env, const char *out_path,
-		   const char *err_path)
-{
-	pid_t pid = fork();
-	cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
-	if (pid == 0) {
-		int in = open("/dev/null", O_RDONLY);
-		int out = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-		int err = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-		if (in < 0 || out < 0 || err < 0)
-			_exit(126);
-		dup2(in, STDIN_FILENO);
-		dup2(out, STDOUT_FILENO);
-		dup2(err, STDERR_FILENO);
-		unsetenv("NOTIFY_SOCKET");
-		unsetenv("LISTEN_FDS");
-		unsetenv("LISTEN_PID");
-		for (int i = 0; env && env[i]; i++) {
-			const char *eq = strchr(env[i], '=');
-			if (eq) {
-				char key[128];
-				snprintf(key, sizeof(key), "%.*s", (int)(eq - env[i]), env[i]);
-				setenv(key, eq + 1, 1);
-			} else {
-				unsetenv(env[i]);
-			}
-		}
-		execvp(argv[0], (char *const *)argv);
-		fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
-		_exit(127);
-	}
-	child_track(pid);
-	return pid;
-}
-
-static void run_argv(const char *const *argv, const char *const *env, struct proc_out *p)
-{
-	static unsigned seq;
-	char out_path[PATH_MAX], err_path[PATH_MAX];
-	snprintf(out_path, sizeof(out_path), "%s/run-%u.out", work_dir, seq);
-	snprintf(err_path, sizeof(err_path), "%s/run-%u.err", work_dir, seq);
-	seq++;
-	pid_t pid = spawn(argv, env, out_path, err_path);
-	p->status = child_wait(pid);
-	p->out = slurp(out_path, NULL);
-	p->err = slurp(err_path, NULL);
-	unlink(out_path);
-	unlink(err_path);
+	cr_assert_eq(ls_proc_run(argv, env, work_dir, p), 0, "could not start %s", argv[0]);
 }
 
 /* The CLI against d: lorastore --socket SOCKET args... */
-static void cli_v(const struct ls_daemon_proc *d, struct proc_out *p, const char *const *args)
+static void cli_v(const struct ls_daemon_proc *d, struct ls_proc_result *p,
+		  const char *const *args)
 {
-	const char *argv[128];
-	int n = 0;
-	argv[n++] = ls_cli_binary();
-	argv[n++] = "--socket";
-	argv[n++] = d->socket;
-	for (int i = 0; args[i] && n < 127; i++)
-		argv[n++] = args[i];
-	argv[n] = NULL;
-	run_argv(argv, (const char *const[]){"LORASTORE_SOCKET", NULL}, p);
+	cr_assert_eq(ls_cli_run(d->socket, work_dir, args, p), 0, "could not start the CLI");
 }
 
 #define CLI(d, p, ...) cli_v((d), (p), (const char *const[]){__VA_ARGS__, NULL})
@@ -448,14 +378,14 @@ struct bulk_name {
  */
 static size_t bulk_check(struct ls_daemon_proc *d, size_t *tmp_before_gc)
 {
-	struct proc_out p;
+	struct ls_proc_result p;
 	CLI(d, &p, "--json", "verify");
 	cr_assert_eq(p.status, 0, "verify exited %d: %s", p.status, p.err);
 	cJSON *doc = parse_json(p.out, "verify");
 	cr_assert_eq(json_num(doc, "bad"), 0, "verify: %s", p.out);
 	cr_assert_eq(cJSON_GetArraySize(json_get(doc, "items")), 0, "verify: %s", p.out);
 	cJSON_Delete(doc);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 
 	struct bulk_name names[BULK_ADAPTERS + 1];
 	memset(names, 0, sizeof(names));
@@ -522,7 +452,7 @@ static size_t bulk_check(struct ls_daemon_proc *d, size_t *tmp_before_gc)
 	*tmp_before_gc = dir_entries(tmp);
 	CLI(d, &p, "--json", "gc");
 	cr_assert_eq(p.status, 0, "gc exited %d: %s", p.status, p.err);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 	cr_assert_eq(dir_entries(tmp), 0, "gc left files in %s", tmp);
 	return total;
 }
@@ -575,8 +505,10 @@ Test(daemon_ops, sigkill_of_the_daemon_during_a_bulk_import_then_restart_leaves_
 		snprintf(err_path, sizeof(err_path), "%s/import-%d.err", work_dir, round);
 
 		double delay = max_delay * (double)(rng_next() % 1000) / 1000.0;
-		pid_t cli = spawn(argv, (const char *const[]){"LORASTORE_SOCKET", NULL}, out_path,
-				  err_path);
+		pid_t cli = ls_proc_spawn(argv, (const char *const[]){"LORASTORE_SOCKET", NULL},
+					  out_path, err_path);
+		cr_assert_geq(cli, 0);
+		child_track(cli);
 		usleep((useconds_t)(delay * 1e6));
 		ls_daemon_kill(d);
 		int st = child_wait(cli);
@@ -685,7 +617,7 @@ Test(daemon_ops, a_corrupt_blob_gives_a_clear_error_shows_in_verify_and_the_daem
 		     lorastore_strerror(seen.code), seen.message);
 	cr_assert_neq(seen.message[0], '\0');
 
-	struct proc_out p;
+	struct ls_proc_result p;
 	CLI(d, &p, "--json", "verify");
 	cr_assert_eq(p.status, 1, "CLI verify of a broken store exited %d", p.status);
 	cJSON *doc = parse_json(p.out, "verify");
@@ -698,7 +630,7 @@ Test(daemon_ops, a_corrupt_blob_gives_a_clear_error_shows_in_verify_and_the_daem
 	cr_assert_neq(json_str(it, "code")[0], '\0');
 	cr_assert_neq(json_str(it, "message")[0], '\0');
 	cJSON_Delete(doc);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 
 	rc = lorastore_acquire(conn, "ops/good", -1, &ad);
 	cr_assert_eq(rc, 0, "acquire of the intact adapter: %s", lorastore_errmsg(conn));
@@ -826,14 +758,14 @@ Test(daemon_ops, rebuild_after_the_catalog_directory_is_lost_restores_every_vers
 	cr_assert_eq(lorastore_stats_get(conn, &st), 0);
 	cr_assert_eq(st.catalog_versions, 0);
 
-	struct proc_out p;
+	struct ls_proc_result p;
 	CLI(d, &p, "--json", "rebuild");
 	cr_assert_eq(p.status, 0, "rebuild exited %d: %s", p.status, p.err);
 	cJSON *doc = parse_json(p.out, "rebuild");
 	cr_assert_eq(json_num(doc, "versions"), 3, "%s", p.out);
 	cr_assert_eq(json_num(doc, "skipped"), 0, "%s", p.out);
 	cJSON_Delete(doc);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 
 	cr_assert_eq(list_all(conn, after, 8), n);
 	for (size_t i = 0; i < n; i++) {
@@ -863,11 +795,11 @@ Test(daemon_ops, rebuild_after_the_catalog_directory_is_lost_restores_every_vers
 
 Test(daemon_ops, the_cli_manual_of_rebuild_says_it_needs_an_admin, .timeout = 30)
 {
-	struct proc_out p;
+	struct ls_proc_result p;
 	run_argv((const char *const[]){ls_cli_binary(), "rebuild", "--help", NULL}, NULL, &p);
 	cr_assert_eq(p.status, 0);
 	cr_assert_not_null(strstr(p.out, "admin"), "%s", p.out);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 }
 
 /* ---- 3. ten thousand adapters */
@@ -1076,7 +1008,7 @@ Test(daemon_ops, config_file_sets_options_and_command_line_wins, .timeout = 60)
 					   "host-budget = 1MiB\n"
 					   "host-budgte = 2MiB\n"),
 		     0);
-	struct proc_out p;
+	struct ls_proc_result p;
 	run_argv((const char *const[]){ls_daemon_binary(), "--config", bad, "--state-dir", state,
 				       "--socket", sock, NULL},
 		 NULL, &p);
@@ -1086,7 +1018,7 @@ Test(daemon_ops, config_file_sets_options_and_command_line_wins, .timeout = 60)
 	cr_assert_not_null(strstr(p.err, where), "the message does not name %s: %s", where, p.err);
 	cr_assert_not_null(strstr(p.err, "host-budgte"), "the message does not name the key: %s",
 			   p.err);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 }
 
 static const char *engine_of(struct ls_daemon_proc *d)
@@ -1131,21 +1063,21 @@ Test(daemon_ops, bad_options_exit_with_usage_status, .timeout = 30)
 	char state[PATH_MAX], sock[PATH_MAX];
 	snprintf(state, sizeof(state), "%s/state", work_dir);
 	snprintf(sock, sizeof(sock), "%s/sock", work_dir);
-	struct proc_out p;
+	struct ls_proc_result p;
 
 	run_argv((const char *const[]){ls_daemon_binary(), "--state-dir", state, "--socket", sock,
 				       "--frobnicate", NULL},
 		 NULL, &p);
 	cr_assert_eq(p.status, 2, "an unknown option exited %d", p.status);
 	cr_assert_not_null(strstr(p.err, "--frobnicate"), "stderr: %s", p.err);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 
 	run_argv((const char *const[]){ls_daemon_binary(), "--state-dir", state, "--socket", sock,
 				       "--backend", "cuda", NULL},
 		 NULL, &p);
 	cr_assert(p.status != 0 && p.status < 128, "--backend cuda exited %d", p.status);
 	cr_assert_not_null(strstr(p.err, "cuda"), "no clear message: %s", p.err);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 
 	run_argv((const char *const[]){ls_daemon_binary(), "--state-dir", state, "--socket", sock,
 				       "--event-loop", "kqueue", NULL},
@@ -1153,7 +1085,7 @@ Test(daemon_ops, bad_options_exit_with_usage_status, .timeout = 30)
 	cr_assert_eq(p.status, 2, "--event-loop kqueue exited %d", p.status);
 	cr_assert_not_null(strstr(p.err, "--event-loop") && strstr(p.err, "kqueue"),
 			   "the message names neither the option nor the value: %s", p.err);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 
 	static const char *const bad_values[][2] = {
 		{"--max-clients", "0"}, {"--max-clients", "many"}, {"--hello-timeout", "-5"},
@@ -1165,13 +1097,13 @@ Test(daemon_ops, bad_options_exit_with_usage_status, .timeout = 30)
 		cr_assert_eq(p.status, 2, "%s %s exited %d", bad_values[i][0], bad_values[i][1],
 			     p.status);
 		cr_assert_not_null(strstr(p.err, bad_values[i][0]), "stderr: %s", p.err);
-		proc_out_free(&p);
+		ls_proc_result_free(&p);
 	}
 
 	run_argv((const char *const[]){ls_daemon_binary(), "--help", NULL}, NULL, &p);
 	cr_assert_eq(p.status, 0);
 	cr_assert_not_null(strstr(p.out, "Usage"), "--help printed: %s", p.out);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 }
 
 /* ---- 7. the CLI with --json */
@@ -1191,7 +1123,7 @@ Test(daemon_ops, cli_end_to_end_json_shapes, .timeout = 60)
 	snprintf(dir, sizeof(dir), "%s/e2e-llama", work_dir);
 	struct synth_opts o = {.family = SYNTH_LLAMA, .layers = 2, .rank = 8, .seed = 5};
 	make_adapter(dir, &o);
-	struct proc_out p;
+	struct ls_proc_result p;
 
 	CLI(d, &p, "--json", "import", dir);
 	cr_assert_eq(p.status, 0, "import: %s", p.err);
@@ -1206,7 +1138,7 @@ Test(daemon_ops, cli_end_to_end_json_shapes, .timeout = 60)
 	snprintf(digest, sizeof(digest), "%s", json_str(im, "digest"));
 	cr_assert_eq(strlen(digest), 64);
 	cJSON_Delete(doc);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 
 	CLI(d, &p, "--json", "ls");
 	cr_assert_eq(p.status, 0, "ls: %s", p.err);
@@ -1221,7 +1153,7 @@ Test(daemon_ops, cli_end_to_end_json_shapes, .timeout = 60)
 	cr_assert_str_eq(json_str(e, "tier"), "disk");
 	cr_assert_eq(json_num(e, "pins"), 0);
 	cJSON_Delete(doc);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 
 	CLI(d, &p, "--json", "show", "e2e-llama");
 	cr_assert_eq(p.status, 0, "show: %s", p.err);
@@ -1243,13 +1175,13 @@ Test(daemon_ops, cli_end_to_end_json_shapes, .timeout = 60)
 		cr_assert_gt(json_num(t, "bytes"), 0);
 	}
 	cJSON_Delete(doc);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 
 	CLI(d, &p, "--json", "load", "e2e-llama");
 	cr_assert_eq(p.status, 0, "load: %s", p.err);
 	doc = parse_json(p.out, "load");
 	cJSON_Delete(doc);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 
 	CLI(d, &p, "--json", "ls");
 	cr_assert_eq(p.status, 0, "ls: %s", p.err);
@@ -1258,7 +1190,7 @@ Test(daemon_ops, cli_end_to_end_json_shapes, .timeout = 60)
 	cr_assert(cJSON_IsTrue(json_get(e, "resident")), "not resident after load: %s", p.out);
 	cr_assert_str_eq(json_str(e, "tier"), "host");
 	cJSON_Delete(doc);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 
 	CLI(d, &p, "--json", "stats");
 	cr_assert_eq(p.status, 0, "stats: %s", p.err);
@@ -1279,21 +1211,21 @@ Test(daemon_ops, cli_end_to_end_json_shapes, .timeout = 60)
 	cr_assert_str_eq(json_str(doc, "event_loop"), d->engine,
 			 "stats --json names another engine than the daemon's READY status");
 	cJSON_Delete(doc);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 
 	CLI(d, &p, "--json", "evict", "e2e-llama");
 	cr_assert_eq(p.status, 0, "evict: %s", p.err);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 	CLI(d, &p, "--json", "ls");
 	doc = parse_json(p.out, "ls");
 	cr_assert(cJSON_IsFalse(json_get(ls_only(doc, 1), "resident")), "resident after evict");
 	cJSON_Delete(doc);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 
 	CLI(d, &p, "--json", "rm", "e2e-llama");
 	cr_assert_eq(p.status, 2, "rm of every version without --all: %s", p.err);
 	cr_assert(strstr(p.err, "--all"), "%s", p.err);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 	CLI(d, &p, "--json", "rm", "--all", "e2e-llama");
 	cr_assert_eq(p.status, 0, "rm: %s", p.err);
 	doc = parse_json(p.out, "rm");
@@ -1301,12 +1233,12 @@ Test(daemon_ops, cli_end_to_end_json_shapes, .timeout = 60)
 	cr_assert_gt(json_num(doc, "blob_bytes"), 0);
 	cr_assert_eq(json_num(doc, "freed_bytes"), json_num(doc, "blob_bytes"));
 	cJSON_Delete(doc);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 	CLI(d, &p, "--json", "ls");
 	doc = parse_json(p.out, "ls");
 	ls_only(doc, 0);
 	cJSON_Delete(doc);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 
 	CLI(d, &p, "--json", "gc");
 	cr_assert_eq(p.status, 0, "gc: %s", p.err);
@@ -1314,7 +1246,7 @@ Test(daemon_ops, cli_end_to_end_json_shapes, .timeout = 60)
 	cr_assert_geq(json_num(doc, "blobs_removed"), 0);
 	cr_assert_geq(json_num(doc, "bytes_removed"), 0);
 	cJSON_Delete(doc);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 	char blobs[PATH_MAX];
 	snprintf(blobs, sizeof(blobs), "%s/blobs", d->state);
 	cr_assert_eq(dir_entries(blobs), 0, "rm then gc left a blob");
@@ -1325,14 +1257,14 @@ Test(daemon_ops, cli_end_to_end_json_shapes, .timeout = 60)
 	cr_assert_not_null(strstr(p.err, "nope/missing"), "the message does not name it: %s",
 			   p.err);
 	cr_assert_eq(p.out[0], '\0', "stdout: %s", p.out);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 
 	CLI(d, &p, "--json", "frobnicate");
 	cr_assert_eq(p.status, 2, "an unknown command exited %d", p.status);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 	CLI(d, &p, "--json", "show");
 	cr_assert_eq(p.status, 2, "show without NAME exited %d", p.status);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 	cr_assert_eq(ls_daemon_stop(d), 0);
 }
 
@@ -1362,13 +1294,13 @@ Test(daemon_ops, the_readme_c_example_acquires_an_adapter, .timeout = 30)
 
 	char env[PATH_MAX + 32];
 	snprintf(env, sizeof(env), "LORASTORE_SOCKET=%s", d->socket);
-	struct proc_out p;
+	struct ls_proc_result p;
 	run_argv((const char *const[]){LS_BINARY_DIR "/client/lorastore_example_acquire",
 				       "demo/llama", NULL},
 		 (const char *const[]){env, NULL}, &p);
 	cr_assert_eq(p.status, 0, "the example exited %d: %s", p.status, p.err);
 	cr_assert_not_null(strstr(p.out, shape), "no '%s' in:\n%s", shape, p.out);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 	cr_assert_eq(ls_daemon_stop(d), 0);
 }
 
@@ -1390,7 +1322,7 @@ Test(daemon_ops, the_readme_apply_example_applies_two_adapters_to_one_batch, .ti
 
 	char env[PATH_MAX + 32];
 	snprintf(env, sizeof(env), "LORASTORE_SOCKET=%s", d->socket);
-	struct proc_out p;
+	struct ls_proc_result p;
 	run_argv((const char *const[]){LS_BINARY_DIR "/client/lorastore_example_apply", "demo/a",
 				       "demo/b", "model.layers.0.self_attn.q_proj", NULL},
 		 (const char *const[]){env, NULL}, &p);
@@ -1406,7 +1338,7 @@ Test(daemon_ops, the_readme_apply_example_applies_two_adapters_to_one_batch, .ti
 	cr_assert(norm[0] > 0 && norm[1] > 0 && norm[2] > 0, "an adapter added nothing:\n%s", p.out);
 	cr_assert_eq(norm[3], 0.0, "the token without adapter changed:\n%s", p.out);
 	cr_assert_not_null(strstr(p.out, "token 1 (adapter demo/b)"), "%s", p.out);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 	cr_assert_eq(ls_daemon_stop(d), 0);
 }
 
@@ -1458,10 +1390,10 @@ static const char pc_program[] =
 
 Test(daemon_ops, pkg_config_build_of_a_small_program_works, .timeout = 120)
 {
-	struct proc_out p;
+	struct ls_proc_result p;
 	run_argv((const char *const[]){"pkg-config", "--version", NULL}, NULL, &p);
 	bool have_pkg_config = p.status == 0;
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 	if (!have_pkg_config)
 		cr_skip_test("pkg-config is not installed (scripts/install-deps installs it)");
 
@@ -1470,7 +1402,7 @@ Test(daemon_ops, pkg_config_build_of_a_small_program_works, .timeout = 120)
 	run_argv((const char *const[]){"cmake", "--install", LS_BINARY_DIR, "--prefix", prefix, NULL},
 		 NULL, &p);
 	cr_assert_eq(p.status, 0, "cmake --install: %s%s", p.out, p.err);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 
 	char find[PATH_MAX + 64];
 	snprintf(find, sizeof(find), "find '%s' -name lorastore.pc", prefix);
@@ -1504,7 +1436,7 @@ Test(daemon_ops, pkg_config_build_of_a_small_program_works, .timeout = 120)
 	run_argv((const char *const[]){"sh", "-c", cmd, NULL}, (const char *const[]){env_pc, NULL},
 		 &p);
 	cr_assert_eq(p.status, 0, "%s\n%s%s", cmd, p.out, p.err);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 
 	struct ls_daemon_proc *d = daemon_start(0, NULL);
 	char dir[PATH_MAX];
@@ -1543,6 +1475,6 @@ Test(daemon_ops, pkg_config_build_of_a_small_program_works, .timeout = 120)
 		 (const char *const[]){env_ld, NULL}, &p);
 	cr_assert_eq(p.status, 0, "the program exited %d: %s%s", p.status, p.out, p.err);
 	cr_assert_not_null(strstr(p.out, "equal"), "%s", p.out);
-	proc_out_free(&p);
+	ls_proc_result_free(&p);
 	cr_assert_eq(ls_daemon_stop(d), 0);
 }

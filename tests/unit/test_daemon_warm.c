@@ -2,14 +2,17 @@
  * Warm acquires through a real lorastored: the client reads each adapter's
  * tensor table in the shared mapping and the daemon resolves references from
  * its cache, yet every acquire still sees the right version and the right
- * bytes, also after the adapter moved.
+ * bytes, also after the adapter moved.  An acquire that may not wait
+ * (timeout 0) is answered only by a resident version, such as one prefetched.
  */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <lorastore.h>
 
@@ -159,4 +162,65 @@ Test(warm, listing_and_show_give_the_resident_size_the_tier_holds_once_loaded)
 	cr_assert_eq(lorastore_stats_get(conn, &st), 0);
 	cr_assert_eq(st.tiers[0].used, listed, "the tier holds %llu bytes, ls says %llu",
 		     (unsigned long long)st.tiers[0].used, (unsigned long long)listed);
+}
+
+/* Whether ref is resident, and its pins. */
+static bool resident_of(const char *ref, uint32_t *pins)
+{
+	lorastore_list *l = NULL;
+	cr_assert_eq(lorastore_show(conn, ref, &l), 0, "show %s: %s", ref, lorastore_errmsg(conn));
+	const lorastore_entry *e = lorastore_list_entry(l, 0);
+	bool resident = e->resident;
+	*pins = e->pins;
+	lorastore_list_free(l);
+	return resident;
+}
+
+static uint64_t leases_held(void)
+{
+	lorastore_stats s;
+	cr_assert_eq(lorastore_stats_get(conn, &s), 0, "stats: %s", lorastore_errmsg(conn));
+	return s.leases;
+}
+
+Test(warm, timeout_zero_acquire_of_a_non_resident_adapter_fails_with_etimedout)
+{
+	import("t0/a", 71);
+	lorastore_adapter *ad = NULL;
+	int rc = lorastore_acquire(conn, "t0/a", 0, &ad);
+	cr_assert_eq(rc, -ETIMEDOUT, "acquire with timeout 0 gave %d (%s)", rc,
+		     lorastore_strerror(rc));
+	cr_assert_null(ad);
+	cr_assert_eq(leases_held(), 0);
+	/* Once resident, the same call succeeds at once. */
+	cr_assert_eq(lorastore_load(conn, "t0/a"), 0, "load: %s", lorastore_errmsg(conn));
+	rc = lorastore_acquire(conn, "t0/a", 0, &ad);
+	cr_assert_eq(rc, 0, "acquire of a resident adapter with timeout 0: %s",
+		     lorastore_errmsg(conn));
+	cr_assert_eq(lorastore_adapter_release(ad), 0);
+}
+
+Test(warm, prefetch_makes_adapters_resident_without_leases)
+{
+	import("pf/a", 81);
+	import("pf/b", 82);
+	const char *refs[] = {"pf/a", "pf/b"};
+	int rc = lorastore_prefetch(conn, refs, 2);
+	cr_assert_eq(rc, 0, "prefetch: %s (%s)", lorastore_errmsg(conn), lorastore_strerror(rc));
+	/* Prefetch answers before the loads finish. */
+	uint32_t pins_a = 0, pins_b = 0;
+	for (int waited_ms = 0; !resident_of("pf/a", &pins_a) || !resident_of("pf/b", &pins_b);
+	     waited_ms += 10) {
+		cr_assert_lt(waited_ms, 5000, "prefetched adapters not resident after 5 s");
+		usleep(10000);
+	}
+	cr_assert_eq(pins_a, 0);
+	cr_assert_eq(pins_b, 0);
+	cr_assert_eq(leases_held(), 0);
+	/* Resident, so a timeout-0 acquire hits; and nothing pins them: evict works. */
+	lorastore_adapter *ad = NULL;
+	cr_assert_eq(lorastore_acquire(conn, "pf/a", 0, &ad), 0, "%s", lorastore_errmsg(conn));
+	cr_assert_eq(lorastore_adapter_release(ad), 0);
+	cr_assert_eq(lorastore_evict(conn, "pf/a"), 0, "%s", lorastore_errmsg(conn));
+	cr_assert_eq(lorastore_evict(conn, "pf/b"), 0, "%s", lorastore_errmsg(conn));
 }
