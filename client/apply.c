@@ -34,20 +34,9 @@ LS_PUBLIC int lorastore_plan_create(lorastore_adapter *const *adapters, size_t n
 				    const lorastore_slice *slices, size_t n_slices,
 				    lorastore_plan **out)
 {
-	if (!out)
-		return -EINVAL;
-	*out = NULL;
-	lorastore_plan *p = calloc(1, sizeof(*p));
-	if (!p)
-		return -ENOMEM;
-	int rc = ls_plan_layout_build(&p->layout, adapters, n_adapters, factors, in, slices,
-				      n_slices, LS_TIER_HOST, NULL);
-	if (rc) {
-		free(p);
-		return rc;
-	}
-	*out = p;
-	return 0;
+	_Static_assert(offsetof(lorastore_plan, layout) == 0, "the layout comes first");
+	return ls_plan_layout_new(sizeof(lorastore_plan), adapters, n_adapters, factors, in, slices,
+				  n_slices, LS_TIER_HOST, NULL, (void **)out);
 }
 
 LS_PUBLIC size_t lorastore_plan_workspace_size(const lorastore_plan *plan, size_t n_tokens)

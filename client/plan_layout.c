@@ -109,6 +109,26 @@ static int ls_plan_args(lorastore_adapter *const *adapters, size_t n_adapters, u
 	return 0;
 }
 
+int ls_plan_layout_new(size_t plan_bytes, lorastore_adapter *const *adapters, size_t n_adapters,
+		       const float *factors, uint64_t in, const lorastore_slice *slices,
+		       size_t n_slices, enum ls_tier_kind tier, int *device, void **out)
+{
+	if (!out)
+		return -EINVAL;
+	*out = NULL;
+	struct ls_plan_layout *p = calloc(1, plan_bytes);
+	if (!p)
+		return -ENOMEM;
+	int rc = ls_plan_layout_build(p, adapters, n_adapters, factors, in, slices, n_slices, tier,
+				      device);
+	if (rc) {
+		free(p);
+		return rc;
+	}
+	*out = p;
+	return 0;
+}
+
 int ls_plan_layout_build(struct ls_plan_layout *p, lorastore_adapter *const *adapters,
 			 size_t n_adapters, const float *factors, uint64_t in,
 			 const lorastore_slice *slices, size_t n_slices, enum ls_tier_kind tier,

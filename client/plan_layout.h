@@ -57,6 +57,16 @@ int ls_plan_layout_build(struct ls_plan_layout *p, lorastore_adapter *const *ada
 
 void ls_plan_layout_free(struct ls_plan_layout *p);
 
+/*
+ * The opening both plan constructors share: a zeroed plan of plan_bytes
+ * whose first member is its struct ls_plan_layout, built as
+ * ls_plan_layout_build does.  0 with *out, -EINVAL (out NULL), -ENOMEM, or
+ * the build's error (*out NULL).
+ */
+int ls_plan_layout_new(size_t plan_bytes, lorastore_adapter *const *adapters, size_t n_adapters,
+		       const float *factors, uint64_t in, const lorastore_slice *slices,
+		       size_t n_slices, enum ls_tier_kind tier, int *device, void **out);
+
 /* Workspace bytes for batches of up to n_tokens tokens. */
 size_t ls_plan_layout_workspace(const struct ls_plan_layout *p, size_t n_tokens);
 

@@ -37,7 +37,16 @@
  * have both completed.  Every request for an entry that is loading waits on
  * that one load.
  *
- * The residency reaches slab memory only through the backends (backend.h).
+ * A resident version leaves a tier at one point only, its retire point
+ * (residency.c: ls_res_retire), evicted or deleted, once no lease, staging
+ * device load or sharing version holds it; a load that never made its
+ * version resident ends apart (ls_load_abandon).
+ *
+ * The residency reaches slab memory only through the backends (backend.h),
+ * and blobs only through the store (ls_store_blob_open, by digest): it never
+ * builds a path.  Its inputs are its own (struct ls_res_version), made from
+ * catalog records by its callers; its entries and tiers are its own too
+ * (residency_internal.h), seen from outside through the functions below.
  * Everything here runs on the loop thread, but for the jobs it hands the
  * worker pool (a blob's open and checks, hashing), whose results come back
  * to the loop.

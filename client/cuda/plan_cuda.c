@@ -115,16 +115,18 @@ LS_PUBLIC int lorastore_cuda_plan_create(lorastore_adapter *const *adapters, siz
 					 const lorastore_slice *slices, size_t n_slices,
 					 lorastore_cuda_plan **out)
 {
+	_Static_assert(offsetof(lorastore_cuda_plan, layout) == 0, "the layout comes first");
 	if (!out)
 		return -EINVAL;
 	*out = NULL;
-	lorastore_cuda_plan *p = calloc(1, sizeof(*p));
-	if (!p)
-		return -ENOMEM;
-	int rc = ls_plan_layout_build(&p->layout, adapters, n_adapters, factors, in, slices,
-				      n_slices, LS_TIER_DEVICE, &p->device);
-	if (rc == 0)
-		rc = lsk_cuda_available();
+	lorastore_cuda_plan *p = NULL;
+	int device = -1;
+	int rc = ls_plan_layout_new(sizeof(*p), adapters, n_adapters, factors, in, slices, n_slices,
+				    LS_TIER_DEVICE, &device, (void **)&p);
+	if (rc)
+		return rc;
+	p->device = device;
+	rc = lsk_cuda_available();
 	if (rc == 0)
 		rc = ls_plan_upload(p);
 	if (rc) {
