@@ -19,12 +19,6 @@
 #define LS_CONFIG_FILE "adapter_config.json"
 #define LS_WEIGHTS_FILE "adapter_model.safetensors"
 
-static bool ls_dtype_option_ok(const char *d)
-{
-	return strcmp(d, "keep") == 0 || strcmp(d, "f16") == 0 || strcmp(d, "bf16") == 0 ||
-	       strcmp(d, "f32") == 0;
-}
-
 LS_PUBLIC int lorastore_import_dir_entry(lorastore *conn, const char *dir,
 					 const lorastore_import_opts *opts, lorastore_list **out)
 {
@@ -44,10 +38,11 @@ LS_PUBLIC int lorastore_import_dir_entry(lorastore *conn, const char *dir,
 	}
 	dir = src->dir;
 	const char *name = src->name;
-	const char *dtype = opts->dtype ? opts->dtype : "keep";
-	if (!ls_dtype_option_ok(dtype))
+	enum ls_convert convert = LS_CONVERT_KEEP;
+	if (opts->dtype && ls_convert_from_name(opts->dtype, &convert) != 0)
 		rc = ls_conn_error(conn, -EINVAL,
-				   "import: dtype \"%s\" is not one of keep, f16, bf16, f32", dtype);
+				   "import: dtype \"%s\" is not one of keep, f16, bf16, f32",
+				   opts->dtype);
 	if (!rc)
 		rc = ls_conn_check(conn);
 	int dirfd = rc ? -1 : open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -78,7 +73,7 @@ LS_PUBLIC int lorastore_import_dir_entry(lorastore *conn, const char *dir,
 	Lorastore__ImportRequest ir = LORASTORE__IMPORT_REQUEST__INIT;
 	ir.name = (char *)name;
 	ir.has_config = cfg >= 0;
-	ir.dtype = (char *)dtype;
+	ir.convert = (Lorastore__Convert)convert;
 	ir.allow_nonfinite = opts->allow_nonfinite != 0;
 	ir.allow_new_base = opts->allow_new_base != 0;
 	ir.source = abs ? abs : (char *)dir;

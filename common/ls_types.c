@@ -59,6 +59,31 @@ bool ls_dtype_is_lora_float(enum ls_dtype d)
 	return d == LS_DTYPE_F32 || d == LS_DTYPE_F16 || d == LS_DTYPE_BF16;
 }
 
+static const char *const ls_convert_names[] = {
+	[LS_CONVERT_KEEP] = "keep",
+	[LS_CONVERT_F16] = "f16",
+	[LS_CONVERT_BF16] = "bf16",
+	[LS_CONVERT_F32] = "f32",
+};
+
+#define LS_CONVERT_COUNT (sizeof(ls_convert_names) / sizeof(ls_convert_names[0]))
+
+int ls_convert_from_name(const char *s, enum ls_convert *out)
+{
+	for (size_t i = 0; s && i < LS_CONVERT_COUNT; i++)
+		if (strcmp(s, ls_convert_names[i]) == 0) {
+			if (out)
+				*out = (enum ls_convert)i;
+			return 0;
+		}
+	return -EINVAL;
+}
+
+const char *ls_convert_name(enum ls_convert c)
+{
+	return (unsigned)c < LS_CONVERT_COUNT ? ls_convert_names[c] : "?";
+}
+
 static const char *const ls_kind_names[] = {
 	[LS_KIND_A] = "A",
 	[LS_KIND_B] = "B",

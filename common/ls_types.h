@@ -47,6 +47,19 @@ size_t ls_dtype_size(enum ls_dtype d);
 /* True for F32, F16 and BF16, the types LoRA tensors may use. */
 bool ls_dtype_is_lora_float(enum ls_dtype d);
 
+/* What an import does to the element types of LoRA tensors. */
+enum ls_convert {
+	LS_CONVERT_KEEP = 0, /* store tensors in the dtype of the file (default) */
+	LS_CONVERT_F16 = 1,
+	LS_CONVERT_BF16 = 2,
+	LS_CONVERT_F32 = 3,
+};
+
+/* "keep", "f16", "bf16" or "f32" to its value: 0, or -EINVAL. */
+int ls_convert_from_name(const char *s, enum ls_convert *out);
+/* Its name; "?" for another value. */
+const char *ls_convert_name(enum ls_convert c);
+
 /* What a tensor of an adapter is. */
 enum ls_tensor_kind {
 	LS_KIND_A = 1,          /* lora_A / lora_embedding_A: [r, in, ...] */

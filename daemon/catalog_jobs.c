@@ -325,6 +325,12 @@ static bool ls_catalog_writable(struct ls_session *s, uint64_t id)
 	return false;
 }
 
+_Static_assert((int)LORASTORE__CONVERT__CONVERT_KEEP == (int)LS_CONVERT_KEEP &&
+		       (int)LORASTORE__CONVERT__CONVERT_F16 == (int)LS_CONVERT_F16 &&
+		       (int)LORASTORE__CONVERT__CONVERT_BF16 == (int)LS_CONVERT_BF16 &&
+		       (int)LORASTORE__CONVERT__CONVERT_F32 == (int)LS_CONVERT_F32,
+	       "the wire's conversions are lorastore's");
+
 void ls_on_import(struct ls_session *s, Lorastore__Request *req)
 {
 	Lorastore__ImportRequest *im = req->import;
@@ -361,11 +367,13 @@ void ls_on_import(struct ls_session *s, Lorastore__Request *req)
 			goto refuse;
 		}
 	}
-	if (im->dtype && im->dtype[0] && ls_convert_from_name(im->dtype, &conv) != 0) {
-		ls_session_error(s, req->id, -EINVAL, "dtype '%s': expected keep, f16, bf16 or f32",
-				 im->dtype);
+	if (strcmp(ls_convert_name((enum ls_convert)im->convert), "?") == 0) {
+		ls_session_error(s, req->id, -EINVAL,
+				 "convert %d: expected keep, f16, bf16 or f32 (0 to 3)",
+				 (int)im->convert);
 		goto refuse;
 	}
+	conv = (enum ls_convert)im->convert;
 	if (!ls_name_valid(im->name)) {
 		ls_session_error(s, req->id, LS_E_NAME_INVALID,
 				 "'%s': a name has 1 to %d characters of [A-Za-z0-9._/-]", im->name,

@@ -11,36 +11,6 @@
 #include <errno.h>
 #include <string.h>
 
-static const char *const ls_convert_names[] = {
-	[LS_CONVERT_KEEP] = "keep",
-	[LS_CONVERT_F16] = "f16",
-	[LS_CONVERT_BF16] = "bf16",
-	[LS_CONVERT_F32] = "f32",
-};
-
-#define LS_CONVERT_COUNT (sizeof(ls_convert_names) / sizeof(ls_convert_names[0]))
-
-int ls_convert_from_name(const char *s, enum ls_convert *out)
-{
-	if (!s)
-		return -EINVAL;
-	for (size_t i = 0; i < LS_CONVERT_COUNT; i++) {
-		if (strcmp(s, ls_convert_names[i]) == 0) {
-			if (out)
-				*out = (enum ls_convert)i;
-			return 0;
-		}
-	}
-	return -EINVAL;
-}
-
-const char *ls_convert_name(enum ls_convert c)
-{
-	if ((unsigned)c < LS_CONVERT_COUNT)
-		return ls_convert_names[c];
-	return "?";
-}
-
 /*
  * Only the float types LoRA weights may use are converted; anything else keeps
  * its dtype (the importer rejects such tensors separately).

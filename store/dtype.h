@@ -11,18 +11,6 @@
 
 #include "ls_types.h"
 
-/* What an import does to tensor element types. */
-enum ls_convert {
-	LS_CONVERT_KEEP = 0, /* store tensors in the dtype of the file (default) */
-	LS_CONVERT_F16,
-	LS_CONVERT_BF16,
-	LS_CONVERT_F32,
-};
-
-/* Parse "keep", "f16", "bf16" or "f32"; returns 0 or -EINVAL. */
-int ls_convert_from_name(const char *s, enum ls_convert *out);
-const char *ls_convert_name(enum ls_convert c);
-
 /* The dtype a tensor of dtype `from` has after conversion c. */
 enum ls_dtype ls_convert_target(enum ls_convert c, enum ls_dtype from);
 

@@ -867,6 +867,45 @@ Test(hostile, requests_that_cannot_be_answered_are_logged_at_a_bounded_rate)
 	daemon_stop_ok();
 }
 
+/* A stats request (id) on fd is answered: the connection goes on after a refusal. */
+static void expect_connection_goes_on(int fd, struct ls_framer *f, uint64_t id)
+{
+	send_stats(fd, id, NULL, 0);
+	Lorastore__Response *resp = raw_answer(fd, f);
+	cr_assert_eq(resp->body_case, LORASTORE__RESPONSE__BODY_STATS);
+	lorastore__response__free_unpacked(resp, NULL);
+}
+
+Test(hostile, an_import_with_an_unknown_conversion_is_refused_and_its_files_closed)
+{
+	daemon_start(NULL);
+	struct ls_framer f;
+	int fd = raw_open_hello(&f);
+	int before = daemon_fd_count();
+	int a[2];
+	adapter_files("conv", 102, a);
+	Lorastore__ImportRequest im = LORASTORE__IMPORT_REQUEST__INIT;
+	im.name = "t/conv";
+	im.has_config = true;
+	im.convert = (Lorastore__Convert)9;
+	Lorastore__Request req = LORASTORE__REQUEST__INIT;
+	req.id = 2;
+	req.body_case = LORASTORE__REQUEST__BODY_IMPORT;
+	req.import = &im;
+	cr_assert_eq(raw_conn_send(fd, &req, a, 2), 0);
+	close(a[0]);
+	close(a[1]);
+	expect_error(raw_answer(fd, &f), 2, "convert 9: expected keep, f16, bf16 or f32");
+	int after = daemon_fds_settle(before);
+	cr_assert_eq(after, before, "the daemon holds %d descriptors, %d before the import",
+		     after, before);
+	/* The refusal was of that request alone. */
+	expect_connection_goes_on(fd, &f, 3);
+	ls_framer_free(&f);
+	close(fd);
+	daemon_stop_ok();
+}
+
 Test(hostile, a_hello_of_protocol_1_is_refused_naming_the_version_spoken)
 {
 	daemon_start(NULL);
@@ -903,10 +942,7 @@ Test(hostile, a_second_hello_on_one_connection_is_refused)
 	req.hello = &h;
 	cr_assert_eq(raw_conn_send(fd, &req, NULL, 0), 0);
 	expect_error(raw_answer(fd, &f), 2, "already said Hello");
-	send_stats(fd, 3, NULL, 0);
-	Lorastore__Response *resp = raw_answer(fd, &f);
-	cr_assert_eq(resp->body_case, LORASTORE__RESPONSE__BODY_STATS);
-	lorastore__response__free_unpacked(resp, NULL);
+	expect_connection_goes_on(fd, &f, 3);
 	ls_framer_free(&f);
 	close(fd);
 	daemon_stop_ok();

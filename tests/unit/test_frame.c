@@ -161,7 +161,7 @@ static struct wire sample_request(uint64_t id)
 	Lorastore__ImportRequest imp = LORASTORE__IMPORT_REQUEST__INIT;
 	imp.name = "tenant/adapter";
 	imp.has_config = 1;
-	imp.dtype = "bf16";
+	imp.convert = LORASTORE__CONVERT__CONVERT_BF16;
 	imp.source = "/home/user/adapters/tenant-adapter";
 	Lorastore__Request req = LORASTORE__REQUEST__INIT;
 	req.id = id;
@@ -573,7 +573,7 @@ Test(request_rules, hello_with_protocol_version_0_refused)
 Test(request_rules, import_with_empty_name_refused)
 {
 	Lorastore__ImportRequest imp = LORASTORE__IMPORT_REQUEST__INIT;
-	imp.dtype = "keep";
+	imp.convert = LORASTORE__CONVERT__CONVERT_KEEP;
 	Lorastore__Request req = LORASTORE__REQUEST__INIT;
 	req.body_case = LORASTORE__REQUEST__BODY_IMPORT;
 	req.import = &imp;
@@ -905,7 +905,7 @@ Test(round_trip, import_request)
 	Lorastore__ImportRequest imp = LORASTORE__IMPORT_REQUEST__INIT;
 	imp.name = "tenant/adapter";
 	imp.has_config = 1;
-	imp.dtype = "f16";
+	imp.convert = LORASTORE__CONVERT__CONVERT_F16;
 	imp.allow_nonfinite = 1;
 	imp.source = "/srv/adapters/x";
 	Lorastore__Request req = LORASTORE__REQUEST__INIT;
