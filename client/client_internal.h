@@ -143,7 +143,6 @@ void ls_conn_teardown_io(lorastore *conn);
 /* ---- records (list.c) */
 
 /* lorastore_dtype for a safetensors dtype name (0 when not one of ours). */
-lorastore_dtype ls_dtype_from_str(const char *s);
 
 /* lorastore_kind for a wire TensorKind (0 when unspecified). */
 lorastore_kind ls_kind_from_pb(Lorastore__TensorKind k);

@@ -5,12 +5,6 @@
 
 #include "client_internal.h"
 
-lorastore_dtype ls_dtype_from_str(const char *s)
-{
-	enum ls_dtype d = ls_dtype_from_name(s);
-	return ls_dtype_is_lora_float(d) ? (lorastore_dtype)d : 0;
-}
-
 lorastore_kind ls_kind_from_pb(Lorastore__TensorKind k)
 {
 	switch (k) {
@@ -41,14 +35,15 @@ int ls_tensor_fill(const Lorastore__VersionRecord *rec, size_t j,
 		   const Lorastore__ModuleScale *scale, const uint8_t *base, lorastore_tensor *out)
 {
 	const Lorastore__Tensor *t = rec->tensors[j];
-	if (!t || !t->module || !t->dtype || t->n_shape > LORASTORE_MAX_DIMS)
+	if (!t || !t->module || t->dtype == LORASTORE__DTYPE__DTYPE_NONE ||
+	    t->n_shape > LORASTORE_MAX_DIMS)
 		return LS_E_PROTOCOL;
 	memset(out, 0, sizeof(*out));
 	out->data = base ? base + t->offset : NULL;
 	out->module = t->module;
 	out->kind = ls_kind_from_pb(t->kind);
-	out->dtype = ls_dtype_from_str(t->dtype);
-	out->dtype_name = t->dtype;
+	out->dtype = ls_dtype_is_lora_float((enum ls_dtype)t->dtype) ? (lorastore_dtype)t->dtype : 0;
+	out->dtype_name = ls_dtype_name((enum ls_dtype)t->dtype);
 	out->layer = t->layer;
 	out->ndim = (unsigned)t->n_shape;
 	for (size_t k = 0; k < t->n_shape; k++)
@@ -94,7 +89,7 @@ static void ls_entry_fill(lorastore_entry *e, const Lorastore__VersionRecord *r,
 	e->generation = r->generation;
 	e->rank = r->rank;
 	e->scale = r->scale;
-	e->dtype = r->dtype && *r->dtype ? r->dtype : "mixed";
+	e->dtype = r->dtype ? ls_dtype_name((enum ls_dtype)r->dtype) : "mixed";
 	e->tensor_bytes = r->tensor_bytes;
 	if (!e->tensor_bytes)
 		for (size_t i = 0; i < r->n_tensors; i++)

@@ -8,6 +8,15 @@
 
 #include "ls_types.h"
 
+_Static_assert((int)LORASTORE__DTYPE__DTYPE_F32 == (int)LS_DTYPE_F32 &&
+		       (int)LORASTORE__DTYPE__DTYPE_F16 == (int)LS_DTYPE_F16 &&
+		       (int)LORASTORE__DTYPE__DTYPE_BF16 == (int)LS_DTYPE_BF16 &&
+		       (int)LORASTORE__DTYPE__DTYPE_F64 == (int)LS_DTYPE_F64 &&
+		       (int)LORASTORE__DTYPE__DTYPE_F8_E4M3 == (int)LS_DTYPE_F8_E4M3 &&
+		       (int)LORASTORE__DTYPE__DTYPE_U64 == (int)LS_DTYPE_U64 &&
+		       (int)LS_DTYPE_U64 + 1 == (int)LS_DTYPE_COUNT,
+	       "the wire's and the catalog's dtypes are lorastore's");
+
 static size_t ls_align8(size_t n)
 {
 	return (n + 7u) & ~(size_t)7u;
@@ -52,11 +61,13 @@ static int ls_cmp_scale_ptr(const void *a, const void *b)
 
 static bool ls_record_ok(const Lorastore__VersionRecord *rec)
 {
-	if (!rec->name || !rec->dtype || rec->digest.len != 32 || rec->n_tensors > UINT32_MAX / 2)
+	if (!rec->name || rec->digest.len != 32 || rec->n_tensors > UINT32_MAX / 2 ||
+	    (unsigned)rec->dtype >= LS_DTYPE_COUNT)
 		return false;
 	for (size_t j = 0; j < rec->n_tensors; j++) {
 		const Lorastore__Tensor *t = rec->tensors[j];
-		if (!t || !t->module || !t->dtype || t->n_shape > LS_TABLE_MAX_DIMS)
+		if (!t || !t->module || t->dtype == LORASTORE__DTYPE__DTYPE_NONE ||
+		    (unsigned)t->dtype >= LS_DTYPE_COUNT || t->n_shape > LS_TABLE_MAX_DIMS)
 			return false;
 	}
 	return true;
@@ -146,7 +157,7 @@ int ls_table_write(const Lorastore__VersionRecord *rec, void *dst, size_t size)
 	uint32_t *order = (uint32_t *)(t + l.order);
 	struct ls_pool pool = {.base = (char *)t + l.pool, .len = 0};
 	h->name = ls_pool_add(&pool, rec->name);
-	h->dtype = ls_dtype_from_name(rec->dtype); /* "mixed": none */
+	h->dtype = (uint32_t)rec->dtype; /* DTYPE_NONE: mixed */
 
 	/* Modules in sorted order, each written once; entries point at them. */
 	const char *last_module = NULL;
@@ -167,7 +178,7 @@ int ls_table_write(const Lorastore__VersionRecord *rec, void *dst, size_t size)
 		struct ls_table_entry *e = &ent[j];
 		e->offset = s->offset;
 		e->bytes = s->length;
-		e->dtype = ls_dtype_from_name(s->dtype);
+		e->dtype = (uint32_t)s->dtype;
 		e->layer = s->layer;
 		e->kind = (uint8_t)s->kind;
 		e->ndim = (uint8_t)s->n_shape;

@@ -35,6 +35,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ls_types.h"
+
 /* Map size of a new environment, in bytes; it doubles whenever it is full. */
 #define LS_CATALOG_MAP_INITIAL ((size_t)64 << 20)
 #define LS_CATALOG_MAXDBS 8
@@ -144,6 +146,32 @@ static int key_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
 	return alen < blen ? -1 : alen > blen;
 }
 
+/*
+ * A dtype name of a record written before the Dtype enum, as Dtype: the
+ * name goes, so that a record read from the catalog has one form.
+ */
+static Lorastore__Dtype cat_dtype_of(char **name, Lorastore__Dtype have)
+{
+	if (!*name || !**name)
+		return have;
+	Lorastore__Dtype d = (Lorastore__Dtype)ls_dtype_from_name(*name); /* "mixed": none */
+	free(*name);
+	*name = (char *)protobuf_c_empty_string;
+	return d;
+}
+
+static void cat_record_dtypes(Lorastore__VersionRecord *rec)
+{
+	rec->dtype = cat_dtype_of(&rec->dtype_name, rec->dtype);
+	for (size_t i = 0; i < rec->n_tensors; i++) {
+		Lorastore__Tensor *t = rec->tensors[i];
+		if (!t)
+			continue;
+		t->dtype = cat_dtype_of(&t->dtype_name, t->dtype);
+		t->source_dtype = cat_dtype_of(&t->source_dtype_name, t->source_dtype);
+	}
+}
+
 /* Decode the record stored under key, and check that it is the one the key names. */
 static int version_decode(const MDB_val *key, const MDB_val *val,
 			  Lorastore__VersionRecord **out, struct ls_err *err)
@@ -174,6 +202,7 @@ static int version_decode(const MDB_val *key, const MDB_val *val,
 	if (rec->tensor_bytes == 0)
 		for (size_t i = 0; i < rec->n_tensors; i++)
 			rec->tensor_bytes += rec->tensors[i] ? rec->tensors[i]->length : 0;
+	cat_record_dtypes(rec);
 	*out = rec;
 	return 0;
 }

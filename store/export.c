@@ -95,7 +95,7 @@ static int ls_export_head(const Lorastore__VersionRecord *rec, const Lorastore__
 		cJSON *shape = e ? cJSON_AddArrayToObject(e, "shape") : NULL;
 		cJSON *offs = NULL;
 		if (shape) {
-			cJSON_AddStringToObject(e, "dtype", t->dtype);
+			cJSON_AddStringToObject(e, "dtype", ls_dtype_name((enum ls_dtype)t->dtype));
 			for (size_t k = 0; k < t->n_shape; k++)
 				cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->shape[k]));
 			offs = cJSON_AddArrayToObject(e, "data_offsets");

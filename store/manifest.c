@@ -147,12 +147,12 @@ int ls_manifest_build(const struct ls_adapter *ad, const char *label, bool allow
 	uint64_t off = 0;
 	for (size_t i = 0; ok && i < ad->n_tensors; i++) {
 		const struct ls_adapter_tensor *t = &ad->tensors[i];
-		Lorastore__Tensor *pt = malloc(sizeof(*pt));
+		Lorastore__BlobTensor *pt = malloc(sizeof(*pt));
 		if (!pt) {
 			ok = false;
 			break;
 		}
-		lorastore__tensor__init(pt);
+		lorastore__blob_tensor__init(pt);
 		m->tensors[m->n_tensors++] = pt;
 		off = ls_align_up(off, LS_BLOB_ALIGN);
 		pt->module = ls_dup(t->module);

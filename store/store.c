@@ -273,29 +273,59 @@ Lorastore__VersionRecord *ls_record_copy(const Lorastore__VersionRecord *rec)
 	return copy;
 }
 
-void ls_record_from_manifest(Lorastore__VersionRecord *rec,
-				    const Lorastore__BlobManifest *m,
-				    const struct ls_blob_header *hdr)
+int ls_record_from_manifest(Lorastore__VersionRecord *rec, const Lorastore__BlobManifest *m,
+			    const struct ls_blob_header *hdr)
 {
 	lorastore__version_record__init(rec);
+	/* The record's tensors: the blob's, their dtype names turned into Dtype once, here. */
+	size_t n = m->n_tensors;
+	void *block = calloc(1, (n ? n : 1) * (sizeof(Lorastore__Tensor *) + sizeof(Lorastore__Tensor)));
+	if (!block)
+		return -ENOMEM;
+	Lorastore__Tensor **ptrs = block;
+	Lorastore__Tensor *ts = (Lorastore__Tensor *)(ptrs + (n ? n : 1));
+	for (size_t i = 0; i < n; i++) {
+		const Lorastore__BlobTensor *b = m->tensors[i];
+		Lorastore__Tensor *t = &ts[i];
+		lorastore__tensor__init(t);
+		t->module = b->module;
+		t->layer = b->layer;
+		t->kind = b->kind;
+		t->n_shape = b->n_shape;
+		t->shape = b->shape;
+		t->offset = b->offset;
+		t->length = b->length;
+		t->source_name = b->source_name;
+		t->dtype = (Lorastore__Dtype)ls_dtype_from_name(b->dtype);
+		t->source_dtype = (Lorastore__Dtype)ls_dtype_from_name(b->source_dtype);
+		ptrs[i] = t;
+	}
 	rec->digest.data = (uint8_t *)hdr->digest;
 	rec->digest.len = LS_DIGEST_LEN;
 	rec->config = m->config;
 	rec->n_scales = m->n_scales;
 	rec->scales = m->scales;
-	rec->n_tensors = m->n_tensors;
-	rec->tensors = m->tensors;
+	rec->n_tensors = n;
+	rec->tensors = ptrs;
 	rec->blob_bytes = hdr->file_length;
 	rec->data_length = m->data_length;
 	rec->tensor_bytes = 0;
 	for (size_t i = 0; i < m->n_tensors; i++)
 		rec->tensor_bytes += m->tensors[i]->length;
-	rec->dtype = m->dtype;
+	rec->dtype = (Lorastore__Dtype)ls_dtype_from_name(m->dtype); /* "mixed": none */
 	rec->rank = m->config ? m->config->r : 0;
 	for (size_t i = 0; i < m->n_scales; i++)
 		if (m->scales[i]->rank > rec->rank)
 			rec->rank = m->scales[i]->rank;
 	rec->scale = ls_scale_of_config(m->config);
+	return 0;
+}
+
+void ls_record_from_manifest_free(Lorastore__VersionRecord *rec)
+{
+	free(rec->tensors); /* the one block of pointers and tensors */
+	rec->tensors = NULL;
+	rec->n_tensors = 0;
 }
 
 double ls_scale_of_config(const Lorastore__AdapterConfig *c)
@@ -471,11 +501,16 @@ int ls_store_import(struct ls_store *s, const char *name, int config_fd, int st_
 	/* The record as it will be (digest and lengths have fixed sizes): it must fit a reply. */
 	struct ls_blob_header probe = {.file_length = UINT64_MAX};
 	Lorastore__VersionRecord sized;
-	ls_record_from_manifest(&sized, m, &probe);
-	sized.name = (char *)name;
-	sized.created_unix_ns = INT64_MAX;
-	sized.source = (char *)(opts->source ? opts->source : "");
-	rc = ls_record_check_size(&sized, label ? label : name, err);
+	rc = ls_record_from_manifest(&sized, m, &probe);
+	if (rc == 0) {
+		sized.name = (char *)name;
+		sized.created_unix_ns = INT64_MAX;
+		sized.source = (char *)(opts->source ? opts->source : "");
+		rc = ls_record_check_size(&sized, label ? label : name, err);
+		ls_record_from_manifest_free(&sized);
+	} else {
+		rc = ls_err_set(err, rc, "out of memory");
+	}
 	if (rc) {
 		lorastore__blob_manifest__free_unpacked(m, NULL);
 		free(data);
@@ -491,7 +526,10 @@ int ls_store_import(struct ls_store *s, const char *name, int config_fd, int st_
 		if (rc)
 			break;
 		Lorastore__VersionRecord rec, *same = NULL;
-		ls_record_from_manifest(&rec, m, &hdr);
+		if (ls_record_from_manifest(&rec, m, &hdr) != 0) {
+			rc = ls_err_set(err, -ENOMEM, "out of memory");
+			break;
+		}
 		rec.name = (char *)name;
 		rec.created_unix_ns = ls_unix_ns();
 		rec.source = (char *)(opts->source ? opts->source : "");
@@ -499,8 +537,10 @@ int ls_store_import(struct ls_store *s, const char *name, int config_fd, int st_
 		rc = ls_catalog_add_checked(s->cat, &rec, ls_import_check, ls_write_ref, &check,
 					    &same, err);
 		pthread_mutex_unlock(&s->digest_lock);
-		if (rc == LS_E_BLOB_MISSING && attempt < 3)
+		if (rc == LS_E_BLOB_MISSING && attempt < 3) {
+			ls_record_from_manifest_free(&rec);
 			continue;
+		}
 		if (rc == 0 && same) {
 			if (unchanged)
 				*unchanged = true;
@@ -511,6 +551,7 @@ int ls_store_import(struct ls_store *s, const char *name, int config_fd, int st_
 		} else if (rc == 0 && out && !(*out = ls_record_copy(&rec))) {
 			rc = ls_err_set(err, -ENOMEM, "out of memory");
 		}
+		ls_record_from_manifest_free(&rec);
 		break;
 	}
 	pthread_rwlock_unlock(&s->gc_lock);

@@ -203,7 +203,12 @@ static int ls_rebuild_one(struct ls_store *s, struct ls_catalog *cat, const char
 	}
 	if (rc == 0) {
 		Lorastore__VersionRecord rec;
-		ls_record_from_manifest(&rec, m, &hdr);
+		rc = ls_record_from_manifest(&rec, m, &hdr);
+		if (rc) {
+			lorastore__blob_manifest__free_unpacked(m, NULL);
+			lorastore__ref_record__free_unpacked(ref, NULL);
+			return ls_err_set(err, rc, "out of memory");
+		}
 		rec.schema = LS_CATALOG_SCHEMA;
 		rec.name = ref->name;
 		rec.version = ref->version;
@@ -212,6 +217,7 @@ static int ls_rebuild_one(struct ls_store *s, struct ls_catalog *cat, const char
 		rec.created_unix_ns = ref->created_unix_ns;
 		rec.source = ref->source;
 		rc = ls_catalog_restore(cat, &rec, err);
+		ls_record_from_manifest_free(&rec);
 		lorastore__blob_manifest__free_unpacked(m, NULL);
 	}
 	lorastore__ref_record__free_unpacked(ref, NULL);

@@ -26,11 +26,14 @@ struct ls_store {
 };
 
 /*
- * A record whose content fields point into the manifest and header (no
- * copies): the caller sets name, version, generation, time and source.
+ * A record whose content fields point into the manifest and header (keep
+ * them while it is used), with tensors of its own (the manifest's dtype
+ * names as Dtype): free them with ls_record_from_manifest_free.  The caller
+ * sets name, version, generation, time and source.  0, or -ENOMEM.
  */
-void ls_record_from_manifest(Lorastore__VersionRecord *rec, const Lorastore__BlobManifest *m,
-			     const struct ls_blob_header *hdr);
+int ls_record_from_manifest(Lorastore__VersionRecord *rec, const Lorastore__BlobManifest *m,
+			    const struct ls_blob_header *hdr);
+void ls_record_from_manifest_free(Lorastore__VersionRecord *rec);
 
 /* Scale of modules without a pattern: alpha / r, or alpha / sqrt(r) with rslora. */
 double ls_scale_of_config(const Lorastore__AdapterConfig *config);

@@ -67,7 +67,7 @@ static Lorastore__VersionRecord *record_new(const char *name, size_t ntensors, s
 	rec->data_length = 1000;
 	rec->created_unix_ns = 1700000000000000000LL;
 	rec->source = strdup("/srv/adapters/x");
-	rec->dtype = strdup("BF16");
+	rec->dtype = LORASTORE__DTYPE__DTYPE_BF16;
 	rec->rank = 16;
 	rec->scale = 2.0;
 	rec->n_tensors = ntensors;
@@ -82,7 +82,7 @@ static Lorastore__VersionRecord *record_new(const char *name, size_t ntensors, s
 		t->layer = (int32_t)(i / 2);
 		t->kind = i % 2 ? LORASTORE__TENSOR_KIND__TENSOR_KIND_B
 				: LORASTORE__TENSOR_KIND__TENSOR_KIND_A;
-		t->dtype = strdup("BF16");
+		t->dtype = LORASTORE__DTYPE__DTYPE_BF16;
 		t->n_shape = 2;
 		t->shape = calloc(2, sizeof(uint64_t));
 		t->shape[0] = 16;
@@ -95,7 +95,7 @@ static Lorastore__VersionRecord *record_new(const char *name, size_t ntensors, s
 		memset(src + n, 'x', pad);
 		src[n + pad] = '\0';
 		t->source_name = src;
-		t->source_dtype = strdup("F32");
+		t->source_dtype = LORASTORE__DTYPE__DTYPE_F32;
 		rec->tensors[i] = t;
 	}
 	return rec;
@@ -106,17 +106,14 @@ static void record_free(Lorastore__VersionRecord *rec)
 	for (size_t i = 0; i < rec->n_tensors; i++) {
 		Lorastore__Tensor *t = rec->tensors[i];
 		free(t->module);
-		free(t->dtype);
 		free(t->shape);
 		free(t->source_name);
-		free(t->source_dtype);
 		free(t);
 	}
 	free(rec->tensors);
 	free(rec->name);
 	free(rec->digest.data);
 	free(rec->source);
-	free(rec->dtype);
 	free(rec);
 }
 
@@ -179,7 +176,8 @@ Test(catalog, get_version_0_is_latest_and_a_fixed_version_is_that_one)
 	cr_assert_eq(got->tensors[1]->shape[1], 4096);
 	cr_assert_eq(got->digest.len, 32);
 	cr_assert_eq(got->digest.data[31], 0xab);
-	cr_assert_str_eq(got->dtype, "BF16");
+	cr_assert_eq(got->dtype, LORASTORE__DTYPE__DTYPE_BF16);
+	cr_assert_eq(got->tensors[1]->source_dtype, LORASTORE__DTYPE__DTYPE_F32);
 	cr_assert_eq(got->rank, 16);
 	lorastore__version_record__free_unpacked(got, NULL);
 }
@@ -203,13 +201,45 @@ Test(catalog, add_accepts_null_string_fields)
 	lorastore__version_record__init(&rec);
 	rec.name = "acme/bare";
 	rec.source = NULL;
-	rec.dtype = NULL;
+	rec.dtype_name = NULL;
 	cr_assert_eq(ls_catalog_add(cat, &rec, NULL, NULL, &err), 0, "%s", err.msg);
 	Lorastore__VersionRecord *got;
 	cr_assert_eq(ls_catalog_get(cat, "acme/bare", 1, &got, &err), 0, "%s", err.msg);
 	cr_assert_str_eq(got->source, "");
 	cr_assert_eq(got->n_tensors, 0);
 	cr_assert_null(got->config);
+	lorastore__version_record__free_unpacked(got, NULL);
+}
+
+Test(catalog, a_record_written_with_dtype_names_reads_back_with_the_dtype_enum_alone)
+{
+	/* As catalogs wrote records before the Dtype enum: names, no numbers. */
+	Lorastore__Tensor t = LORASTORE__TENSOR__INIT, *tp = &t;
+	t.module = "model.layers.0.self_attn.q_proj";
+	t.kind = LORASTORE__TENSOR_KIND__TENSOR_KIND_A;
+	t.dtype_name = "F16";
+	t.source_dtype_name = "F32";
+	Lorastore__VersionRecord rec;
+	lorastore__version_record__init(&rec);
+	rec.name = "acme/old";
+	rec.dtype_name = "F16";
+	rec.n_tensors = 1;
+	rec.tensors = &tp;
+	cr_assert_eq(ls_catalog_add(cat, &rec, NULL, NULL, &err), 0, "%s", err.msg);
+	Lorastore__VersionRecord *got;
+	cr_assert_eq(ls_catalog_get(cat, "acme/old", 1, &got, &err), 0, "%s", err.msg);
+	cr_assert_eq(got->dtype, LORASTORE__DTYPE__DTYPE_F16);
+	cr_assert_str_empty(got->dtype_name);
+	cr_assert_eq(got->tensors[0]->dtype, LORASTORE__DTYPE__DTYPE_F16);
+	cr_assert_eq(got->tensors[0]->source_dtype, LORASTORE__DTYPE__DTYPE_F32);
+	cr_assert_str_empty(got->tensors[0]->dtype_name);
+	cr_assert_str_empty(got->tensors[0]->source_dtype_name);
+	/* Packed again (a reply), it carries the numbers alone. */
+	size_t len = lorastore__version_record__get_packed_size(got);
+	uint8_t *buf = malloc(len);
+	lorastore__version_record__pack(got, buf);
+	cr_assert_null(memmem(buf, len, "F16", 3), "a dtype name is still in the record");
+	free(buf);
 	lorastore__version_record__free_unpacked(got, NULL);
 }
 

@@ -1001,7 +1001,7 @@ static void fill_record(Lorastore__VersionRecord *rec, Lorastore__Tensor *t,
 	t->module = "model.layers.0.self_attn.q_proj";
 	t->layer = 0;
 	t->kind = LORASTORE__TENSOR_KIND__TENSOR_KIND_A;
-	t->dtype = "F16";
+	t->dtype = LORASTORE__DTYPE__DTYPE_F16;
 	shape[0] = 8;
 	shape[1] = 64;
 	t->n_shape = 2;

@@ -193,8 +193,8 @@ static void assert_bit_for_bit(const Lorastore__VersionRecord *rec, const struct
 		uint64_t end = (uint64_t)cJSON_GetArrayItem(offs, 1)->valuedouble;
 
 		const Lorastore__Tensor *rt = record_tensor(rec, name);
-		cr_assert_str_eq(rt->dtype, dtype, "%s", name);
-		cr_assert_str_eq(rt->source_dtype, dtype, "%s", name);
+		cr_assert_str_eq(ls_dtype_name((enum ls_dtype)rt->dtype), dtype, "%s", name);
+		cr_assert_str_eq(ls_dtype_name((enum ls_dtype)rt->source_dtype), dtype, "%s", name);
 		cr_assert_eq(rt->n_shape, (size_t)cJSON_GetArraySize(shape), "%s", name);
 		for (size_t k = 0; k < rt->n_shape; k++)
 			cr_assert_eq(rt->shape[k],
@@ -228,7 +228,7 @@ static void round_trip(const char *dtype, int rank)
 	char name[64];
 	snprintf(name, sizeof(name), "interop/%s", sub);
 	Lorastore__VersionRecord *rec = import(name, &w);
-	cr_assert_str_eq(rec->dtype, dtype);
+	cr_assert_str_eq(ls_dtype_name((enum ls_dtype)rec->dtype), dtype);
 	cr_assert_eq(rec->rank, (uint32_t)rank);
 	assert_bit_for_bit(rec, &w);
 	lorastore__version_record__free_unpacked(rec, NULL);

@@ -94,7 +94,7 @@ Test(store, import_assigns_version_digest_and_generation)
 	cr_assert_gt(rec->generation, 0);
 	cr_assert_eq(rec->rank, 8);
 	cr_assert_eq(rec->n_tensors, synth_tensor_count(&o));
-	cr_assert_str_eq(rec->dtype, "F16");
+	cr_assert_eq(rec->dtype, LORASTORE__DTYPE__DTYPE_F16);
 	cr_assert_eq(rec->blob_bytes % LS_BLOB_PAGE, 0);
 	for (size_t i = 0; i < rec->n_tensors; i++)
 		cr_assert_eq(rec->tensors[i]->offset % LS_BLOB_ALIGN, 0, "tensor %zu misaligned", i);
@@ -317,10 +317,10 @@ Test(store, dtype_conversion_to_f32_widens_exactly)
 	struct ls_err err;
 	cr_assert_eq(import_dir("neox", make_adapter("n", &o), &opts, &rec, &err), 0, "%s",
 		     err.msg);
-	cr_assert_str_eq(rec->dtype, "F32");
+	cr_assert_eq(rec->dtype, LORASTORE__DTYPE__DTYPE_F32);
 	for (size_t i = 0; i < rec->n_tensors; i++) {
-		cr_assert_str_eq(rec->tensors[i]->dtype, "F32");
-		cr_assert_str_eq(rec->tensors[i]->source_dtype, "F16");
+		cr_assert_eq(rec->tensors[i]->dtype, LORASTORE__DTYPE__DTYPE_F32);
+		cr_assert_eq(rec->tensors[i]->source_dtype, LORASTORE__DTYPE__DTYPE_F16);
 	}
 	lorastore__version_record__free_unpacked(rec, NULL);
 }

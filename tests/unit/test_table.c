@@ -32,7 +32,7 @@ static void add_tensor(struct fixture *f, int i, const char *module, int layer,
 	t->module = (char *)module;
 	t->layer = layer;
 	t->kind = kind;
-	t->dtype = (char *)dtype;
+	t->dtype = (Lorastore__Dtype)ls_dtype_from_name(dtype);
 	f->shapes[i][0] = d0;
 	f->shapes[i][1] = d1;
 	f->shapes[i][2] = d2;
@@ -79,7 +79,7 @@ static void fixture_init(struct fixture *f)
 	f->rec.n_scales = 2;
 	f->rec.scales = f->scp;
 	f->rec.data_length = 3584;
-	f->rec.dtype = "mixed";
+	f->rec.dtype = LORASTORE__DTYPE__DTYPE_NONE; /* mixed */
 	f->rec.rank = 8;
 	f->rec.scale = 2.0;
 }
@@ -128,7 +128,7 @@ Test(table, entries_keep_record_order_with_shapes_places_and_module_scales)
 		cr_assert_not_null(e, "entry %u", i);
 		const Lorastore__Tensor *t = &f.t[i];
 		cr_assert_str_eq(ls_table_str(h, e->module), t->module);
-		cr_assert_str_eq(ls_dtype_name((enum ls_dtype)e->dtype), t->dtype);
+		cr_assert_eq(e->dtype, (uint32_t)t->dtype);
 		cr_assert_eq(e->kind, (uint8_t)t->kind);
 		cr_assert_eq(e->layer, t->layer);
 		cr_assert_eq(e->offset, t->offset);
@@ -173,7 +173,7 @@ Test(table, an_f16_adapters_dtype_is_the_number_of_f16)
 {
 	struct fixture f;
 	fixture_init(&f);
-	f.rec.dtype = "F16";
+	f.rec.dtype = LORASTORE__DTYPE__DTYPE_F16;
 	size_t size;
 	uint64_t *buf = table_of(&f, &size);
 	const struct ls_table_hdr *h = ls_table_open(buf, size, 41, 3584);
@@ -211,7 +211,7 @@ Test(table, an_adapter_of_thousands_of_tensors_fits_and_every_lookup_finds_its_o
 		t[i].module = names[i / 2];
 		t[i].kind = i % 2 ? LORASTORE__TENSOR_KIND__TENSOR_KIND_B
 				  : LORASTORE__TENSOR_KIND__TENSOR_KIND_A;
-		t[i].dtype = "F16";
+		t[i].dtype = LORASTORE__DTYPE__DTYPE_F16;
 		t[i].shape = shapes[i];
 		t[i].n_shape = 2;
 		t[i].offset = (uint64_t)i * 64;
@@ -220,7 +220,7 @@ Test(table, an_adapter_of_thousands_of_tensors_fits_and_every_lookup_finds_its_o
 	}
 	Lorastore__VersionRecord rec = LORASTORE__VERSION_RECORD__INIT;
 	rec.name = "big";
-	rec.dtype = "F16";
+	rec.dtype = LORASTORE__DTYPE__DTYPE_F16;
 	rec.digest.data = digest;
 	rec.digest.len = 32;
 	rec.generation = 5;
