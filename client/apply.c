@@ -51,11 +51,9 @@ LS_PUBLIC int lorastore_apply(const lorastore_plan *plan, const lorastore_batch 
 	if (!plan || !batch)
 		return -EINVAL;
 	lsk_dtype adt;
-	if (ls_plan_lsk_dtype(act_dtype, &adt))
-		return LS_E_DTYPE;
-	if (batch->n_tokens > INT32_MAX || batch->n_segments > INT32_MAX || ldx > INT64_MAX ||
-	    ldy > INT64_MAX)
-		return LS_E_SHAPE;
+	int crc = ls_plan_batch_check(act_dtype, batch->n_tokens, batch->n_segments, ldx, ldy, &adt);
+	if (crc)
+		return crc;
 	_Static_assert(sizeof(lorastore_segment) == sizeof(lsk_segment) &&
 			       offsetof(lorastore_segment, adapter) == offsetof(lsk_segment, adapter),
 		       "lorastore_segment and lsk_segment differ");

@@ -109,6 +109,16 @@ static int ls_plan_args(lorastore_adapter *const *adapters, size_t n_adapters, u
 	return 0;
 }
 
+int ls_plan_batch_check(lorastore_dtype act_dtype, size_t n_tokens, size_t n_segments,
+			size_t ldx, size_t ldy, lsk_dtype *adt)
+{
+	if (ls_plan_lsk_dtype(act_dtype, adt))
+		return LS_E_DTYPE;
+	if (n_tokens > INT32_MAX || n_segments > INT32_MAX || ldx > INT64_MAX || ldy > INT64_MAX)
+		return LS_E_SHAPE;
+	return 0;
+}
+
 int ls_plan_layout_new(size_t plan_bytes, lorastore_adapter *const *adapters, size_t n_adapters,
 		       const float *factors, uint64_t in, const lorastore_slice *slices,
 		       size_t n_slices, enum ls_tier_kind tier, int *device, void **out)

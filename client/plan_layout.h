@@ -67,6 +67,14 @@ int ls_plan_layout_new(size_t plan_bytes, lorastore_adapter *const *adapters, si
 		       const float *factors, uint64_t in, const lorastore_slice *slices,
 		       size_t n_slices, enum ls_tier_kind tier, int *device, void **out);
 
+/*
+ * The checks both applies make of a batch before the kernels' own: the
+ * activation dtype (into *adt) and the sizes the kernels' types hold.
+ * 0, LS_E_DTYPE or LS_E_SHAPE.
+ */
+int ls_plan_batch_check(lorastore_dtype act_dtype, size_t n_tokens, size_t n_segments,
+			size_t ldx, size_t ldy, lsk_dtype *adt);
+
 /* Workspace bytes for batches of up to n_tokens tokens. */
 size_t ls_plan_layout_workspace(const struct ls_plan_layout *p, size_t n_tokens);
 

@@ -759,7 +759,7 @@ static PyObject *ls_connection_stats(ls_Connection *c, PyObject *unused)
 			     (unsigned long long)s.catalog_versions, "event_loop", s.event_loop);
 }
 
-/* A call of one ref that may block: load, delete, evict. */
+/* A call of one ref (or alias) that may block: delete, evict, untag. */
 static PyObject *ls_ref_call(ls_Connection *c, PyObject *args,
 			     int (*fn)(lorastore *conn, const char *ref))
 {
@@ -843,15 +843,7 @@ static PyObject *ls_connection_export(ls_Connection *c, PyObject *args)
 
 static PyObject *ls_connection_untag(ls_Connection *c, PyObject *args)
 {
-	const char *alias;
-	if (!PyArg_ParseTuple(args, "s", &alias) || ls_conn_open(c))
-		return NULL;
-	int rc;
-	char msg[512] = "";
-	LS_BLOCKING(c, rc, msg, lorastore_untag(c->conn, alias));
-	if (rc)
-		return ls_raise(rc, msg);
-	Py_RETURN_NONE;
+	return ls_ref_call(c, args, lorastore_untag);
 }
 
 static PyObject *ls_connection_evict(ls_Connection *c, PyObject *args)
