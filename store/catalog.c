@@ -146,10 +146,7 @@ static int key_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
 	return alen < blen ? -1 : alen > blen;
 }
 
-/*
- * A dtype name of a record written before the Dtype enum, as Dtype: the
- * name goes, so that a record read from the catalog has one form.
- */
+/* A dtype name of a record written before the Dtype enum: read as Dtype, then gone. */
 static Lorastore__Dtype cat_dtype_of(char **name, Lorastore__Dtype have)
 {
 	if (!*name || !**name)
@@ -165,10 +162,10 @@ static void cat_record_dtypes(Lorastore__VersionRecord *rec)
 	rec->dtype = cat_dtype_of(&rec->dtype_name, rec->dtype);
 	for (size_t i = 0; i < rec->n_tensors; i++) {
 		Lorastore__Tensor *t = rec->tensors[i];
-		if (!t)
-			continue;
-		t->dtype = cat_dtype_of(&t->dtype_name, t->dtype);
-		t->source_dtype = cat_dtype_of(&t->source_dtype_name, t->source_dtype);
+		if (t) {
+			t->dtype = cat_dtype_of(&t->dtype_name, t->dtype);
+			t->source_dtype = cat_dtype_of(&t->source_dtype_name, t->source_dtype);
+		}
 	}
 }
 
