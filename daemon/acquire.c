@@ -155,10 +155,9 @@ void ls_on_acquire_or_load(struct ls_session *s, uint64_t id, const char *ref,
 		return;
 	}
 	/* Cold: the catalog is read on a worker; ls_acquire_read_done goes on. */
-	struct ls_read_job *j = ls_read_lookup(s, id, &ref, 1, ls_acquire_read_done);
+	struct ls_read_job *j = ls_read_lookup(s, id, &ref, 1, true, ls_acquire_read_done);
 	if (!j)
 		return;
-	j->makes_resident = true;
 	j->timeout_ms = timeout_ms;
 	j->lease = lease;
 	j->tier = tier_name;
@@ -209,10 +208,9 @@ static void ls_evict_read_done(struct ls_read_job *j);
 void ls_on_prefetch(struct ls_session *s, Lorastore__Request *req)
 {
 	struct ls_read_job *j = ls_read_lookup(s, req->id, (const char *const *)req->prefetch->refs,
-					       req->prefetch->n_refs, ls_prefetch_read_done);
+					       req->prefetch->n_refs, true, ls_prefetch_read_done);
 	if (!j)
 		return;
-	j->makes_resident = true;
 	ls_read_submit(j);
 }
 
@@ -236,7 +234,7 @@ void ls_on_evict(struct ls_session *s, Lorastore__Request *req)
 	if (!ls_need_admin(s, req->id, "evict"))
 		return;
 	const char *ref = req->evict->ref;
-	struct ls_read_job *j = ls_read_lookup(s, req->id, &ref, 1, ls_evict_read_done);
+	struct ls_read_job *j = ls_read_lookup(s, req->id, &ref, 1, false, ls_evict_read_done);
 	if (!j)
 		return;
 	j->tier = req->evict->tier;

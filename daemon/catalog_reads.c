@@ -337,12 +337,16 @@ static void ls_read_done(struct ls_job *job)
 }
 
 struct ls_read_job *ls_read_lookup(struct ls_session *s, uint64_t id, const char *const *refs,
-				   size_t n, void (*then)(struct ls_read_job *j))
+				   size_t n, bool makes_resident,
+				   void (*then)(struct ls_read_job *j))
 {
 	struct ls_read_job *j = ls_read_new(s, id, LS_READ_LOOKUP, refs, n);
 	if (!j)
 		return NULL;
 	j->then = then;
+	j->makes_resident = makes_resident;
+	if (!makes_resident)
+		return j; /* an evict needs the records alone */
 	j->versions = calloc(n ? n : 1, sizeof(*j->versions));
 	if (!j->versions) {
 		ls_read_free(j);

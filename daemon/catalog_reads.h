@@ -61,11 +61,14 @@ struct ls_read_job {
 };
 
 /*
- * A lookup of refs (copied) whose records then() is given on the loop; NULL
+ * A lookup of refs (copied) whose records then() is given on the loop; with
+ * makes_resident, also what residency takes of each (versions, built on the
+ * worker), and the read is redone when a delete finished meanwhile.  NULL
  * after answering the request (out of memory, or over --client-jobs).
  */
 struct ls_read_job *ls_read_lookup(struct ls_session *s, uint64_t id, const char *const *refs,
-				   size_t n, void (*then)(struct ls_read_job *j));
+				   size_t n, bool makes_resident,
+				   void (*then)(struct ls_read_job *j));
 
 /* Hand a read to the workers. */
 void ls_read_submit(struct ls_read_job *j);
