@@ -520,7 +520,12 @@ static const char ls_stats_help[] =
 	"    UUID), \"ordinal\" (the daemon's CUDA ordinal), \"table_bytes\" (host\n"
 	"    memory of its tables)}], \"clients\", \"leases\", \"loads\", \"hits\",\n"
 	"    \"misses\", \"evictions\", \"load_errors\", \"catalog_versions\",\n"
-	"    \"event_loop\"}, as the Python package's stats() gives it.\n"
+	"    \"event_loop\", \"origin\"}, as the Python package's stats() gives it.\n"
+	"    When the daemon has an origin (an S3-compatible object store), its\n"
+	"    requests, errors, bytes in and out, versions pulled, pulls in\n"
+	"    flight, downloads refused and versions published; \"origin\" is then {\"origin\", \"requests\",\n"
+	"    \"errors\", \"bytes_in\", \"bytes_out\", \"pulls\", \"pulls_in_flight\",\n"
+	"    \"refused\", \"published\"}, and null without one.\n"
 	"\n" LS_EXIT_STATUS_TEXT;
 
 static cJSON *ls_json_stats(const lorastore_stats *s)
@@ -552,6 +557,21 @@ static cJSON *ls_json_stats(const lorastore_stats *s)
 	cJSON_AddNumberToObject(o, "load_errors", (double)s->load_errors);
 	cJSON_AddNumberToObject(o, "catalog_versions", (double)s->catalog_versions);
 	cJSON_AddStringToObject(o, "event_loop", s->event_loop);
+	if (s->origin.origin[0]) {
+		const lorastore_origin_stats *g = &s->origin;
+		cJSON *jo = cJSON_AddObjectToObject(o, "origin");
+		cJSON_AddStringToObject(jo, "origin", g->origin);
+		cJSON_AddNumberToObject(jo, "requests", (double)g->requests);
+		cJSON_AddNumberToObject(jo, "errors", (double)g->errors);
+		cJSON_AddNumberToObject(jo, "bytes_in", (double)g->bytes_in);
+		cJSON_AddNumberToObject(jo, "bytes_out", (double)g->bytes_out);
+		cJSON_AddNumberToObject(jo, "pulls", (double)g->pulls);
+		cJSON_AddNumberToObject(jo, "pulls_in_flight", g->pulls_in_flight);
+		cJSON_AddNumberToObject(jo, "refused", (double)g->refused);
+		cJSON_AddNumberToObject(jo, "published", (double)g->published);
+	} else {
+		cJSON_AddNullToObject(o, "origin");
+	}
 	return o;
 }
 
@@ -583,6 +603,19 @@ static void ls_print_stats(const lorastore_stats *s)
 	printf("load errors  %llu\n", (unsigned long long)s->load_errors);
 	printf("versions     %llu\n", (unsigned long long)s->catalog_versions);
 	printf("event loop   %s\n", s->event_loop);
+	const lorastore_origin_stats *g = &s->origin;
+	if (g->origin[0]) {
+		char in[32], out[32];
+		ls_format_size(g->bytes_in, in, sizeof(in));
+		ls_format_size(g->bytes_out, out, sizeof(out));
+		printf("origin       %s\n", g->origin);
+		printf("  requests   %llu (%llu failed), %s in, %s out\n",
+		       (unsigned long long)g->requests, (unsigned long long)g->errors, in, out);
+		printf("  pulls      %llu (%u in flight, %llu refused)\n",
+		       (unsigned long long)g->pulls, g->pulls_in_flight,
+		       (unsigned long long)g->refused);
+		printf("  published  %llu\n", (unsigned long long)g->published);
+	}
 }
 
 int ls_cmd_stats(const struct ls_cli *cli, int argc, char **argv)

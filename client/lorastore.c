@@ -60,8 +60,9 @@ LS_SAME(BLOB_TRUNCATED);
 LS_SAME(ADAPTER_LIMIT);
 LS_SAME(BASE_CHANGED);
 LS_SAME(ALIASED);
+LS_SAME(ORIGIN);
 /* Both lists end at the same code, so neither has one the other lacks. */
-_Static_assert((int)LORASTORE_E_ALIASED == (int)LS_E_LAST, "a code missing from lorastore.h");
+_Static_assert((int)LORASTORE_E_ORIGIN == (int)LS_E_LAST, "a code missing from lorastore.h");
 _Static_assert((int)LORASTORE_E_TRUNCATED == (int)LS_E_FIRST, "lorastore.h starts elsewhere");
 #undef LS_SAME
 
@@ -286,6 +287,19 @@ LS_PUBLIC int lorastore_stats_get(lorastore *conn, lorastore_stats *out)
 	out->load_errors = s->load_errors;
 	out->catalog_versions = s->catalog_versions;
 	snprintf(out->event_loop, sizeof(out->event_loop), "%s", s->event_loop ? s->event_loop : "");
+	memset(&out->origin, 0, sizeof(out->origin));
+	const Lorastore__OriginStats *o = s->origin;
+	if (o) {
+		snprintf(out->origin.origin, sizeof(out->origin.origin), "%s", o->origin ? o->origin : "");
+		out->origin.requests = o->requests;
+		out->origin.errors = o->errors;
+		out->origin.bytes_in = o->bytes_in;
+		out->origin.bytes_out = o->bytes_out;
+		out->origin.pulls = o->pulls;
+		out->origin.pulls_in_flight = o->pulls_in_flight;
+		out->origin.refused = o->refused;
+		out->origin.published = o->published;
+	}
 	lorastore__response__free_unpacked(resp, NULL);
 	return 0;
 }

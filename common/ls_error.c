@@ -59,6 +59,7 @@ static const struct ls_code_text ls_codes[] = {
 	{LS_E_BASE_CHANGED, "base_changed",
 	 "a new version for another base model or other modules than the name's latest"},
 	{LS_E_ALIASED, "aliased", "an alias points at the version"},
+	{LS_E_ORIGIN, "origin", "the origin object store is unreachable or refused the request"},
 };
 
 static const struct ls_code_text *ls_code_find(int code)

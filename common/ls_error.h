@@ -75,8 +75,9 @@ enum ls_error_code {
 	LS_E_ADAPTER_LIMIT,            /* an adapter past lorastore's bounds (st_strict.h, LS_RECORD_MAX) */
 	LS_E_BASE_CHANGED,             /* a new version for another base model or other modules */
 	LS_E_ALIASED,                  /* a version an alias points at cannot be deleted */
+	LS_E_ORIGIN,                   /* the origin (object store) is unreachable or refused */
 
-	LS_E_LAST = LS_E_ALIASED,
+	LS_E_LAST = LS_E_ORIGIN,
 };
 
 /* Longest message an ls_err holds, including the terminating NUL. */

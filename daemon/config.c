@@ -79,6 +79,27 @@ static const char ls_usage[] =
 	"                         workers take connections in turn, and the waiting\n"
 	"                         jobs of a connection that closed are dropped\n"
 	"                         (default 16)\n"
+	"  --origin s3://BUCKET[/PREFIX]\n"
+	"                         an S3-compatible object store that is the origin of\n"
+	"                         every node's catalog: imports are acknowledged once\n"
+	"                         they are in it (the version number is the fleet's),\n"
+	"                         and a version this node lacks is pulled from it,\n"
+	"                         checked, and served (README: Many nodes)\n"
+	"  --origin-endpoint URL  the store's URL (default $AWS_ENDPOINT_URL_S3, then\n"
+	"                         $AWS_ENDPOINT_URL, then AWS S3 of the region)\n"
+	"  --origin-region REGION the signing region (default $AWS_REGION, then\n"
+	"                         $AWS_DEFAULT_REGION, then us-east-1)\n"
+	"  --origin-credentials FILE\n"
+	"                         an AWS credentials file (profile $AWS_PROFILE or\n"
+	"                         default), as systemd's LoadCredential= hands it over;\n"
+	"                         without it $AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY\n"
+	"                         and $AWS_SESSION_TOKEN\n"
+	"  --origin-addressing path|virtual\n"
+	"                         ENDPOINT/BUCKET/KEY (default) or BUCKET.ENDPOINT/KEY\n"
+	"  --origin-ttl MS        how long a look at the origin for a name's latest\n"
+	"                         version holds (default 5000)\n"
+	"  --origin-timeout MS    connecting to the origin, and a transfer that moves\n"
+	"                         nothing, fail after MS milliseconds (default 10000)\n"
 	"  --config FILE          read options from FILE (\"key = value\" lines);\n"
 	"                         options given on the command line win\n"
 	"  --log-level LEVEL      error, warning, info (default) or debug\n"
@@ -118,6 +139,13 @@ enum {
 	OPT_HELLO_TIMEOUT,
 	OPT_CLIENT_REPLY_LIMIT,
 	OPT_CLIENT_JOBS,
+	OPT_ORIGIN,
+	OPT_ORIGIN_ENDPOINT,
+	OPT_ORIGIN_REGION,
+	OPT_ORIGIN_CREDENTIALS,
+	OPT_ORIGIN_ADDRESSING,
+	OPT_ORIGIN_TTL,
+	OPT_ORIGIN_TIMEOUT,
 };
 
 static const struct option ls_options[] = {
@@ -141,6 +169,13 @@ static const struct option ls_options[] = {
 	{"hello-timeout", required_argument, NULL, OPT_HELLO_TIMEOUT},
 	{"client-reply-limit", required_argument, NULL, OPT_CLIENT_REPLY_LIMIT},
 	{"client-jobs", required_argument, NULL, OPT_CLIENT_JOBS},
+	{"origin", required_argument, NULL, OPT_ORIGIN},
+	{"origin-endpoint", required_argument, NULL, OPT_ORIGIN_ENDPOINT},
+	{"origin-region", required_argument, NULL, OPT_ORIGIN_REGION},
+	{"origin-credentials", required_argument, NULL, OPT_ORIGIN_CREDENTIALS},
+	{"origin-addressing", required_argument, NULL, OPT_ORIGIN_ADDRESSING},
+	{"origin-ttl", required_argument, NULL, OPT_ORIGIN_TTL},
+	{"origin-timeout", required_argument, NULL, OPT_ORIGIN_TIMEOUT},
 	{"help", no_argument, NULL, 'h'},
 	{"version", no_argument, NULL, OPT_VERSION},
 	{NULL, 0, NULL, 0},
@@ -215,6 +250,14 @@ void ls_config_defaults(struct ls_config *c)
 	c->hello_timeout_ms = 10000;
 	c->client_reply_limit = 8ull << 20;
 	c->client_jobs = 16;
+	c->origin_ttl_ms = 5000;
+	c->origin_timeout_ms = 10000;
+}
+
+/* Copy val into a field of len bytes: 0, or -EINVAL when it does not fit. */
+static int ls_config_text(char *field, size_t len, const char *val)
+{
+	return snprintf(field, len, "%s", val) >= (int)len ? -EINVAL : 0;
 }
 
 /* Apply one option (from argv or the file); where names the source in messages. */
@@ -335,6 +378,44 @@ static int ls_config_apply(struct ls_config *c, int opt, const char *val, const 
 			c->client_jobs = (unsigned)n;
 		else
 			c->hello_timeout_ms = (unsigned)n;
+		break;
+	}
+	case OPT_ORIGIN:
+		rc = strncmp(val, "s3://", 5) != 0 || !val[5] || val[5] == '/'
+			     ? -EINVAL
+			     : ls_config_text(c->origin, sizeof(c->origin), val);
+		break;
+	case OPT_ORIGIN_ENDPOINT:
+		rc = strncmp(val, "http://", 7) != 0 && strncmp(val, "https://", 8) != 0
+			     ? -EINVAL
+			     : ls_config_text(c->origin_endpoint, sizeof(c->origin_endpoint), val);
+		break;
+	case OPT_ORIGIN_REGION:
+		rc = !*val ? -EINVAL : ls_config_text(c->origin_region, sizeof(c->origin_region), val);
+		break;
+	case OPT_ORIGIN_CREDENTIALS:
+		rc = !*val ? -EINVAL
+			   : ls_config_text(c->origin_credentials, sizeof(c->origin_credentials), val);
+		break;
+	case OPT_ORIGIN_ADDRESSING:
+		if (strcmp(val, "path") == 0)
+			c->origin_virtual_host = false;
+		else if (strcmp(val, "virtual") == 0)
+			c->origin_virtual_host = true;
+		else
+			rc = -EINVAL;
+		break;
+	case OPT_ORIGIN_TTL:
+	case OPT_ORIGIN_TIMEOUT: {
+		char *end;
+		errno = 0;
+		unsigned long n = strtoul(val, &end, 10);
+		if (!isdigit((unsigned char)*val) || *end || errno || n < 1 || n > 86400000)
+			rc = -EINVAL;
+		else if (opt == OPT_ORIGIN_TTL)
+			c->origin_ttl_ms = (unsigned)n;
+		else
+			c->origin_timeout_ms = (unsigned)n;
 		break;
 	}
 	case OPT_LOG_LEVEL:

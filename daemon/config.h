@@ -35,6 +35,14 @@ struct ls_config {
 	unsigned client_jobs;            /* worker jobs one connection may have queued or
 					    running; --client-jobs */
 	char config_file[PATH_MAX];      /* --config, "" when none */
+	/* The origin (store/origin.h): every field "" or 0 when none is configured. */
+	char origin[512];                /* --origin s3://BUCKET[/PREFIX] */
+	char origin_endpoint[512];       /* --origin-endpoint URL (else AWS_ENDPOINT_URL) */
+	char origin_region[64];          /* --origin-region (else AWS_REGION) */
+	char origin_credentials[PATH_MAX]; /* --origin-credentials FILE (AWS credentials format) */
+	bool origin_virtual_host;        /* --origin-addressing virtual */
+	unsigned origin_ttl_ms;          /* --origin-ttl MS: how long "NAME" trusts a look */
+	unsigned origin_timeout_ms;      /* --origin-timeout MS: connect, and a stalled transfer */
 };
 
 /*

@@ -25,6 +25,7 @@
 #include "ls_clock.h"
 #include "ls_size.h"
 #include "metrics.h"
+#include "origin_setup.h"
 #include "server.h"
 #include "stats.h"
 
@@ -380,6 +381,10 @@ int main(int argc, char **argv)
 		ls_error("state directory: %s", err.msg);
 		goto out;
 	}
+	if (ls_origin_setup(&cfg, srv.store, &err)) {
+		ls_error("%s", err.msg);
+		goto out;
+	}
 	if (ls_store_count_versions(srv.store, &srv.catalog_versions, &err)) {
 		ls_error("catalog: %s", err.msg);
 		goto out;
@@ -418,6 +423,8 @@ int main(int argc, char **argv)
 		ls_error("out of memory");
 		goto out;
 	}
+	if (cfg.origin[0])
+		ls_refcache_set_latest_ttl(srv.refcache, (int64_t)cfg.origin_ttl_ms * 1000000);
 	/* The metrics port before the socket: whoever sees the socket accept
 	 * (a client, systemd, a test) finds the metrics served too. */
 	if (cfg.metrics_listen[0]) {

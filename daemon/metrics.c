@@ -12,6 +12,8 @@
 
 #include <microhttpd.h>
 
+#include "s3.h"
+
 const double ls_hist_acquire_bounds[LS_HIST_BUCKETS] = {
 	1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.25, 1,
 };
@@ -63,6 +65,68 @@ static void ls_tier_metric(FILE *f, const struct ls_metrics_snapshot *s, const c
 		fprintf(f, "%s{tier=\"%s\",device=\"%s\"} %llu\n", name, t->tier, t->device,
 			(unsigned long long)v);
 	}
+}
+
+/* A figure of the snapshot exposed as it is: a counter or a gauge without labels. */
+struct ls_plain_metric {
+	const char *name, *type, *help;
+	size_t offset;               /* of its uint64_t in struct ls_metrics_snapshot */
+};
+
+static void ls_plain_metrics(FILE *f, const struct ls_metrics_snapshot *s,
+			     const struct ls_plain_metric *m, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		uint64_t v;
+		memcpy(&v, (const char *)s + m[i].offset, sizeof(v));
+		fprintf(f, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", m[i].name, m[i].help,
+			m[i].name, m[i].type, m[i].name, (unsigned long long)v);
+	}
+}
+
+/* The origin's figures: only a daemon with --origin has them. */
+static void ls_origin_metrics(FILE *f, const struct ls_metrics_snapshot *s)
+{
+	/* A label value escapes backslash, quote and newline (the text format's rule). */
+	char label[2 * sizeof(s->origin)], *o = label;
+	for (const char *p = s->origin; *p; p++) {
+		if (*p == '\\' || *p == '"' || *p == '\n')
+			*o++ = '\\';
+		*o++ = *p == '\n' ? 'n' : *p;
+	}
+	*o = '\0';
+	fprintf(f, "# HELP lorastore_origin_info The daemon's origin (the value is always 1).\n"
+		   "# TYPE lorastore_origin_info gauge\n"
+		   "lorastore_origin_info{origin=\"%s\"} 1\n",
+		label);
+	static const struct ls_plain_metric origin[] = {
+		{"lorastore_origin_requests_total", "counter", "Requests to the origin.",
+		 offsetof(struct ls_metrics_snapshot, origin_requests)},
+		{"lorastore_origin_errors_total", "counter",
+		 "Requests to the origin that failed (refused, timed out, 5xx).",
+		 offsetof(struct ls_metrics_snapshot, origin_errors)},
+		{"lorastore_origin_received_bytes_total", "counter", "Bytes downloaded from the origin.",
+		 offsetof(struct ls_metrics_snapshot, origin_bytes_in)},
+		{"lorastore_origin_sent_bytes_total", "counter", "Bytes uploaded to the origin.",
+		 offsetof(struct ls_metrics_snapshot, origin_bytes_out)},
+		{"lorastore_origin_pulls_total", "counter",
+		 "Versions pulled from the origin into this node's catalog.",
+		 offsetof(struct ls_metrics_snapshot, origin_pulls)},
+		{"lorastore_origin_pulls_in_flight", "gauge", "Pulls in progress.",
+		 offsetof(struct ls_metrics_snapshot, origin_pulls_in_flight)},
+		{"lorastore_origin_refused_total", "counter",
+		 "Downloads refused: a digest, checksum, manifest or record that does not hold.",
+		 offsetof(struct ls_metrics_snapshot, origin_refused)},
+		{"lorastore_origin_published_total", "counter",
+		 "Versions this node created in the origin.",
+		 offsetof(struct ls_metrics_snapshot, origin_published)},
+	};
+	ls_plain_metrics(f, s, origin, sizeof(origin) / sizeof(origin[0]));
+	fprintf(f, "# HELP lorastore_origin_request_duration_seconds Time of one request to the "
+		   "origin, a whole blob's transfer included.\n"
+		   "# TYPE lorastore_origin_request_duration_seconds histogram\n");
+	ls_hist_write(f, "lorastore_origin_request_duration_seconds", "", &s->origin_latency,
+		      ls_s3_latency_bounds);
 }
 
 char *ls_metrics_format(const struct ls_metrics_snapshot *s, size_t *len)
@@ -120,10 +184,7 @@ char *ls_metrics_format(const struct ls_metrics_snapshot *s, size_t *len)
 		   "# TYPE lorastore_acquire_duration_seconds histogram\n");
 	ls_hist_write(f, "lorastore_acquire_duration_seconds", "", &s->acquire,
 		      ls_hist_acquire_bounds);
-	static const struct {
-		const char *name, *type, *help;
-		size_t offset;
-	} plain[] = {
+	static const struct ls_plain_metric plain[] = {
 		{"lorastore_clients", "gauge", "Connections open.",
 		 offsetof(struct ls_metrics_snapshot, clients)},
 		{"lorastore_max_clients", "gauge", "Connections served at once at most.",
@@ -158,12 +219,9 @@ char *ls_metrics_format(const struct ls_metrics_snapshot *s, size_t *len)
 		 "Worker jobs dropped unstarted because their connection closed.",
 		 offsetof(struct ls_metrics_snapshot, jobs_cancelled)},
 	};
-	for (size_t i = 0; i < sizeof(plain) / sizeof(plain[0]); i++) {
-		uint64_t v;
-		memcpy(&v, (const char *)s + plain[i].offset, sizeof(v));
-		fprintf(f, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", plain[i].name, plain[i].help,
-			plain[i].name, plain[i].type, plain[i].name, (unsigned long long)v);
-	}
+	ls_plain_metrics(f, s, plain, sizeof(plain) / sizeof(plain[0]));
+	if (s->origin[0])
+		ls_origin_metrics(f, s);
 	if (fclose(f) != 0) {
 		free(buf);
 		return NULL;

@@ -37,6 +37,11 @@ struct ls_metrics_snapshot {
 	char backend[8];
 	char version[32];
 	double start_time;           /* seconds since the epoch */
+	/* The origin (--origin): origin[0] is '\0' when there is none. */
+	char origin[256];            /* "s3://BUCKET/PREFIX at ENDPOINT" */
+	uint64_t origin_requests, origin_errors, origin_bytes_in, origin_bytes_out;
+	uint64_t origin_pulls, origin_pulls_in_flight, origin_refused, origin_published;
+	struct ls_hist origin_latency; /* request latencies */
 };
 
 struct ls_metrics;

@@ -26,6 +26,13 @@ void ls_refcache_put(struct ls_refcache *c, const char *ref, uint64_t generation
 /* Forget the references of name: "name" always, "name@N" too when all is set. */
 void ls_refcache_drop(struct ls_refcache *c, const char *name, bool all);
 
+/*
+ * With an origin, "name" (the latest version) may mean a newer version that
+ * another node imported: such a reference resolves from the cache for ttl_ns
+ * after it was read, then is read again (which asks the origin).
+ */
+void ls_refcache_set_latest_ttl(struct ls_refcache *c, int64_t ttl_ns);
+
 /* Forget every reference (the catalog was rebuilt). */
 void ls_refcache_clear(struct ls_refcache *c);
 

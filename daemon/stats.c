@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "origin.h"
 #include "request.h"
 #include "stats.h"
 
@@ -47,6 +48,25 @@ void ls_stats_snapshot(struct ls_server *srv, struct ls_metrics_snapshot *out)
 	snprintf(out->backend, sizeof(out->backend), "%s", srv->n_devices ? "cuda" : "host");
 	snprintf(out->version, sizeof(out->version), "%s", LS_VERSION);
 	out->start_time = srv->start_time;
+	struct ls_origin *o = ls_store_origin(srv->store);
+	if (o) {
+		struct ls_origin_stats st;
+		ls_origin_stats(o, &st);
+		snprintf(out->origin, sizeof(out->origin), "%s", ls_origin_label(o));
+		out->origin_requests = st.s3.requests;
+		out->origin_errors = st.s3.errors;
+		out->origin_bytes_in = st.s3.bytes_in;
+		out->origin_bytes_out = st.s3.bytes_out;
+		out->origin_pulls = st.pulls;
+		out->origin_pulls_in_flight = st.pulls_in_flight;
+		out->origin_refused = st.refused;
+		out->origin_published = st.published;
+		_Static_assert(LS_S3_LATENCY_BUCKETS == LS_HIST_BUCKETS, "one bucket count");
+		memcpy(out->origin_latency.counts, st.s3.latency, sizeof(st.s3.latency));
+		out->origin_latency.sum = st.s3.latency_sum_s;
+		for (size_t i = 0; i <= LS_HIST_BUCKETS; i++)
+			out->origin_latency.count += st.s3.latency[i];
+	}
 }
 
 void ls_on_stats(struct ls_session *s, Lorastore__Request *req)
@@ -79,6 +99,19 @@ void ls_on_stats(struct ls_session *s, Lorastore__Request *req)
 	sr.leases = snap.leases;
 	sr.catalog_versions = snap.catalog_versions;
 	sr.event_loop = snap.event_loop;
+	Lorastore__OriginStats os = LORASTORE__ORIGIN_STATS__INIT;
+	if (snap.origin[0]) {
+		os.origin = snap.origin;
+		os.requests = snap.origin_requests;
+		os.errors = snap.origin_errors;
+		os.bytes_in = snap.origin_bytes_in;
+		os.bytes_out = snap.origin_bytes_out;
+		os.pulls = snap.origin_pulls;
+		os.pulls_in_flight = (uint32_t)snap.origin_pulls_in_flight;
+		os.refused = snap.origin_refused;
+		os.published = snap.origin_published;
+		sr.origin = &os;
+	}
 	Lorastore__Response resp = LORASTORE__RESPONSE__INIT;
 	resp.id = req->id;
 	resp.body_case = LORASTORE__RESPONSE__BODY_STATS;

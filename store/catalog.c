@@ -685,6 +685,7 @@ struct add_arg {
 	ls_catalog_prepare_fn prepare;
 	void *ud;
 	Lorastore__VersionRecord *same;   /* the latest version, when check said so */
+	uint32_t fixed;                   /* the version number the caller gives, or 0 */
 };
 
 /* Decode name@version inside txn: 0 and *out, LS_E_NOT_FOUND, or LS_E_CATALOG. */
@@ -737,9 +738,20 @@ static int add_body(struct ls_catalog *cat, MDB_txn *txn, void *varg, struct ls_
 								  "catalog: same as no version")
 						     : rc;
 	}
-	if (st.next_version == 0 || st.next_version == UINT32_MAX)
+	if (a->fixed) {
+		Lorastore__VersionRecord *had = NULL;
+		rc = version_read(cat, txn, rec->name, a->name_len, a->fixed, &had, err);
+		if (rc == 0) {
+			lorastore__version_record__free_unpacked(had, NULL);
+			return ls_err_set(err, -EEXIST, "catalog: %s@%u exists", rec->name, a->fixed);
+		}
+		if (rc != LS_E_NOT_FOUND)
+			return rc;
+		ls_err_clear(err);
+	} else if (st.next_version == 0 || st.next_version == UINT32_MAX) {
 		return ls_err_set(err, LS_E_CATALOG, "catalog: %s has no version number left",
 				  rec->name);
+	}
 	uint64_t gen;
 	rc = next_generation_read(cat, txn, &gen, err);
 	if (rc)
@@ -748,7 +760,7 @@ static int add_body(struct ls_catalog *cat, MDB_txn *txn, void *varg, struct ls_
 		return ls_err_set(err, LS_E_CATALOG, "catalog: no generation number left");
 
 	rec->schema = LS_CATALOG_SCHEMA;
-	rec->version = st.next_version;
+	rec->version = a->fixed ? a->fixed : st.next_version;
 	rec->generation = gen;
 	rc = version_write(cat, txn, rec, a->name_len, err);
 	if (rc == 0)
@@ -756,9 +768,11 @@ static int add_body(struct ls_catalog *cat, MDB_txn *txn, void *varg, struct ls_
 	if (rc)
 		return rc;
 	st.exists = true;
-	st.latest_version = rec->version;
+	if (st.latest_version < rec->version)
+		st.latest_version = rec->version;
 	st.version_count++;
-	st.next_version++;
+	if (st.next_version <= rec->version)
+		st.next_version = rec->version + 1;
 	rc = name_write(cat, txn, rec->name, a->name_len, &st, err);
 	if (rc)
 		return rc;
@@ -779,15 +793,35 @@ static int add_body(struct ls_catalog *cat, MDB_txn *txn, void *varg, struct ls_
 	return rc;
 }
 
+static int cat_add(struct ls_catalog *cat, Lorastore__VersionRecord *rec, uint32_t fixed,
+		   ls_catalog_check_fn check, ls_catalog_prepare_fn prepare, void *ud,
+		   Lorastore__VersionRecord **same, struct ls_err *err);
+
 int ls_catalog_add(struct ls_catalog *cat, Lorastore__VersionRecord *rec,
 		   ls_catalog_prepare_fn prepare, void *ud, struct ls_err *err)
 {
-	return ls_catalog_add_checked(cat, rec, NULL, prepare, ud, NULL, err);
+	return cat_add(cat, rec, 0, NULL, prepare, ud, NULL, err);
+}
+
+int ls_catalog_add_version(struct ls_catalog *cat, Lorastore__VersionRecord *rec,
+			   uint32_t version, ls_catalog_prepare_fn prepare, void *ud,
+			   struct ls_err *err)
+{
+	if (version == 0 || version == UINT32_MAX)
+		return ls_err_set(err, LS_E_CATALOG, "catalog: no version %u", version);
+	return cat_add(cat, rec, version, NULL, prepare, ud, NULL, err);
 }
 
 int ls_catalog_add_checked(struct ls_catalog *cat, Lorastore__VersionRecord *rec,
 			   ls_catalog_check_fn check, ls_catalog_prepare_fn prepare, void *ud,
 			   Lorastore__VersionRecord **same, struct ls_err *err)
+{
+	return cat_add(cat, rec, 0, check, prepare, ud, same, err);
+}
+
+static int cat_add(struct ls_catalog *cat, Lorastore__VersionRecord *rec, uint32_t fixed,
+		   ls_catalog_check_fn check, ls_catalog_prepare_fn prepare, void *ud,
+		   Lorastore__VersionRecord **same, struct ls_err *err)
 {
 	if (same)
 		*same = NULL;
@@ -799,7 +833,7 @@ int ls_catalog_add_checked(struct ls_catalog *cat, Lorastore__VersionRecord *rec
 				  LS_NAME_MAX + 1, rec && rec->name ? rec->name : "", LS_NAME_MAX);
 	uint32_t schema = rec->schema, version = rec->version;
 	uint64_t generation = rec->generation;
-	struct add_arg a = {rec, strlen(rec->name), check, prepare, ud, NULL};
+	struct add_arg a = {rec, strlen(rec->name), check, prepare, ud, NULL, fixed};
 	int rc = cat_write(cat, add_body, &a, err);
 	if (rc == 0 && a.same) {
 		if (same)

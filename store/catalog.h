@@ -59,6 +59,15 @@ typedef int (*ls_catalog_prepare_fn)(void *ud, const Lorastore__VersionRecord *r
 int ls_catalog_add(struct ls_catalog *cat, Lorastore__VersionRecord *rec,
 		   ls_catalog_prepare_fn prepare, void *ud, struct ls_err *err);
 
+/*
+ * ls_catalog_add with the version number given (one an origin gave,
+ * store/origin.h) rather than the name's next: -EEXIST when the name has
+ * that version already; the name's next version moves past it.
+ */
+int ls_catalog_add_version(struct ls_catalog *cat, Lorastore__VersionRecord *rec,
+			   uint32_t version, ls_catalog_prepare_fn prepare, void *ud,
+			   struct ls_err *err);
+
 /* What a check returns to add nothing and answer with the name's latest version. */
 #define LS_CATALOG_SAME 1
 

@@ -20,6 +20,7 @@
 #include "fsutil.h"
 #include "ls_clock.h"
 #include "manifest.h"
+#include "origin.h"
 #include "store_internal.h"
 
 
@@ -132,6 +133,7 @@ void ls_store_close(struct ls_store *s)
 	if (!s)
 		return;
 	ls_catalog_close(s->cat);
+	ls_origin_close(s->origin);
 	int fds[] = {s->blobs_fd, s->refs_fd, s->tmp_fd, s->lock_fd};
 	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
 		if (fds[i] >= 0)
@@ -185,11 +187,12 @@ int ls_store_blob_open(struct ls_store *s, const uint8_t digest[LS_DIGEST_LEN], 
 
 bool ls_store_version_gone(struct ls_store *s, const char *name, uint32_t version)
 {
-	char ref[LS_NAME_MAX + 16];
-	snprintf(ref, sizeof(ref), "%s@%u", name, version);
+	/* Here, not in the origin: a version deleted here is gone whatever the origin has. */
 	Lorastore__VersionRecord *rec = NULL;
 	struct ls_err err;
-	int rc = ls_store_lookup(s, ref, &rec, &err);
+	pthread_rwlock_rdlock(&s->gc_lock);
+	int rc = ls_catalog_get(s->cat, name, version, &rec, &err);
+	pthread_rwlock_unlock(&s->gc_lock);
 	if (rec)
 		lorastore__version_record__free_unpacked(rec, NULL);
 	return rc == LS_E_NOT_FOUND;
@@ -221,14 +224,8 @@ static void ls_ref_name(uint64_t generation, char *buf, size_t len)
 	snprintf(buf, len, "%020llu.ref", (unsigned long long)generation);
 }
 
-/* What an import's catalog write is given: the store, and what its check allows. */
-struct ls_import_check {
-	struct ls_store *s;
-	bool allow_new_base;
-};
-
 /* Inside the catalog's write transaction: record the version's name beside the blobs. */
-static int ls_write_ref(void *ud, const Lorastore__VersionRecord *rec, struct ls_err *err)
+int ls_store_write_ref(void *ud, const Lorastore__VersionRecord *rec, struct ls_err *err)
 {
 	struct ls_store *s = ((const struct ls_import_check *)ud)->s;
 	/* Under digest_lock: a delete may have removed the blob since it was written. */
@@ -436,7 +433,7 @@ static const char *ls_base_of(const Lorastore__VersionRecord *rec)
 }
 
 /* Inside the catalog's write: the same content again, or a version for another base. */
-static int ls_import_check(void *ud, const Lorastore__VersionRecord *latest,
+int ls_import_check(void *ud, const Lorastore__VersionRecord *latest,
 			   const Lorastore__VersionRecord *rec, struct ls_err *err)
 {
 	const struct ls_import_check *c = ud;
@@ -519,6 +516,8 @@ int ls_store_import(struct ls_store *s, const char *name, int config_fd, int st_
 
 	pthread_rwlock_rdlock(&s->gc_lock);
 	struct ls_import_check check = {s, opts->allow_new_base};
+	uint32_t fixed = 0;          /* with an origin: the version it gave */
+	Lorastore__VersionRecord *fleet_same = NULL; /* with an origin: its latest, same content */
 	/* A delete may remove the blob between its write and the commit: write it again. */
 	for (int attempt = 0;; attempt++) {
 		struct ls_blob_header hdr;
@@ -533,14 +532,43 @@ int ls_store_import(struct ls_store *s, const char *name, int config_fd, int st_
 		rec.name = (char *)name;
 		rec.created_unix_ns = ls_unix_ns();
 		rec.source = (char *)(opts->source ? opts->source : "");
+		/* With an origin, the fleet gives the number, once: in the origin before here. */
+		if (s->origin && !fixed) {
+			rc = ls_origin_publish(s, &rec, &check, &fixed, &fleet_same, err);
+			if (rc != 0 && rc != LS_CATALOG_SAME) {
+				ls_record_from_manifest_free(&rec);
+				break;
+			}
+		}
+		if (fleet_same) {
+			rec.created_unix_ns = fleet_same->created_unix_ns;
+			rec.source = fleet_same->source;
+		}
 		pthread_mutex_lock(&s->digest_lock);
-		rc = ls_catalog_add_checked(s->cat, &rec, ls_import_check, ls_write_ref, &check,
-					    &same, err);
+		if (s->origin)
+			rc = ls_catalog_add_version(s->cat, &rec, fixed, ls_store_write_ref, &check,
+						    err);
+		else
+			rc = ls_catalog_add_checked(s->cat, &rec, ls_import_check,
+						    ls_store_write_ref, &check, &same, err);
 		pthread_mutex_unlock(&s->digest_lock);
 		if (rc == LS_E_BLOB_MISSING && attempt < 3) {
 			ls_record_from_manifest_free(&rec);
 			continue;
 		}
+		if (rc == -EEXIST && fleet_same) {
+			/* The fleet's latest is here already: that is the answer. */
+			rc = ls_catalog_get(s->cat, name, fixed, &same, err);
+		} else if (rc == -EEXIST) {
+			/* Pulled meanwhile by a lookup of this node: the same version. */
+			rc = ls_catalog_get(s->cat, name, fixed, out ? out : &same, err);
+			if (same)
+				lorastore__version_record__free_unpacked(same, NULL);
+			ls_record_from_manifest_free(&rec);
+			break;
+		}
+		if (rc == 0 && fleet_same && !same && !(same = ls_record_copy(&rec)))
+			rc = ls_err_set(err, -ENOMEM, "out of memory");
 		if (rc == 0 && same) {
 			if (unchanged)
 				*unchanged = true;
@@ -554,6 +582,8 @@ int ls_store_import(struct ls_store *s, const char *name, int config_fd, int st_
 		ls_record_from_manifest_free(&rec);
 		break;
 	}
+	if (fleet_same)
+		lorastore__version_record__free_unpacked(fleet_same, NULL);
 	pthread_rwlock_unlock(&s->gc_lock);
 	free(data);
 	lorastore__blob_manifest__free_unpacked(m, NULL);
@@ -579,7 +609,33 @@ int ls_store_lookup(struct ls_store *s, const char *ref, Lorastore__VersionRecor
 	pthread_rwlock_rdlock(&s->gc_lock);
 	rc = ls_catalog_get(s->cat, name, version, out, err);
 	pthread_rwlock_unlock(&s->gc_lock);
-	return rc;
+	if (!s->origin || (rc != 0 && rc != LS_E_NOT_FOUND) || (rc == 0 && version))
+		return rc;
+	/*
+	 * With an origin: a version missing here is pulled; "name" takes the
+	 * origin's latest when it is newer (asked at most once per TTL).  When
+	 * the origin cannot answer, what is here is served.
+	 */
+	uint32_t here = rc == 0 ? (*out)->version : 0;
+	struct ls_err oerr;
+	ls_err_clear(&oerr);
+	int orc = ls_origin_sync(s, name, version, here, &oerr);
+	if (orc != 0 && rc == 0)
+		return 0;
+	if (orc != 0) {
+		*err = oerr;
+		return orc;
+	}
+	Lorastore__VersionRecord *now = NULL;
+	pthread_rwlock_rdlock(&s->gc_lock);
+	orc = ls_catalog_get(s->cat, name, version, &now, err);
+	pthread_rwlock_unlock(&s->gc_lock);
+	if (orc != 0)
+		return rc == 0 ? 0 : orc;
+	if (rc == 0)
+		lorastore__version_record__free_unpacked(*out, NULL);
+	*out = now;
+	return 0;
 }
 
 struct ls_list_page {

@@ -3,6 +3,7 @@
 #define LS_STORE_INTERNAL_H
 
 #include <pthread.h>
+#include <stdbool.h>
 
 #include "blob.h"
 #include "catalog.h"
@@ -23,7 +24,46 @@ struct ls_store {
 	 * that an import never commits a version whose blob a delete removed.
 	 */
 	pthread_mutex_t digest_lock;
+	struct ls_origin *origin;    /* NULL, or the object store every import goes to (origin.h) */
 };
+
+/* What an import's catalog write is given: the store, and what its check allows. */
+struct ls_import_check {
+	struct ls_store *s;
+	bool allow_new_base;
+};
+
+/*
+ * An import's check of rec against the name's latest version (NULL: none):
+ * 0, LS_CATALOG_SAME for the same content, LS_E_BASE_CHANGED.  ud is a
+ * struct ls_import_check.
+ */
+int ls_import_check(void *ud, const Lorastore__VersionRecord *latest,
+		    const Lorastore__VersionRecord *rec, struct ls_err *err);
+
+/* Inside a catalog write: the version's ref file beside the blobs (ud: struct ls_import_check). */
+int ls_store_write_ref(void *ud, const Lorastore__VersionRecord *rec, struct ls_err *err);
+
+/*
+ * Bring what the origin has of name into the catalog (origin.c): version
+ * N, or with version 0 the origin's latest when it is newer than
+ * local_latest (0: none here) and the origin was not asked within the TTL.
+ * 0, LS_E_NOT_FOUND (neither here nor there), LS_E_ORIGIN, LS_E_CORRUPT,
+ * or the catalog's errors.  Called without the gc lock held.
+ */
+int ls_origin_sync(struct ls_store *s, const char *name, uint32_t version, uint32_t local_latest,
+		   struct ls_err *err);
+
+/*
+ * Create rec (blob in blobs/, version 0) in the origin: the blob uploaded
+ * when the origin lacks it, then the version record with the next number
+ * the fleet has not given, written to *version.  LS_CATALOG_SAME when the
+ * origin's latest version has the same content (*same: its record, with
+ * *version).  Called with the gc lock held shared.
+ */
+int ls_origin_publish(struct ls_store *s, Lorastore__VersionRecord *rec,
+		      struct ls_import_check *check, uint32_t *version,
+		      Lorastore__VersionRecord **same, struct ls_err *err);
 
 /*
  * A record whose content fields point into the manifest and header (keep

@@ -121,6 +121,9 @@ enum lorastore_error {
 					       latest version (allow_new_base allows it) */
 	LORASTORE_E_ALIASED,                /* a delete of a version an alias points at
 					       (untag or move the alias first) */
+	LORASTORE_E_ORIGIN,                 /* the daemon's origin (an S3-compatible object
+					       store) is unreachable, timed out or refused the
+					       request: the message names the origin */
 };
 
 /* Element types, as safetensors names them. */
@@ -395,6 +398,19 @@ typedef struct lorastore_tier_stats {
 	uint32_t adapters;             /* resident adapters */
 } lorastore_tier_stats;
 
+/* The daemon's traffic with its origin (an S3-compatible object store), since it started. */
+typedef struct lorastore_origin_stats {
+	char origin[256];              /* "s3://BUCKET/PREFIX at ENDPOINT"; "" when the
+					  daemon has no origin (then all below are 0) */
+	uint64_t requests;             /* requests to the object store */
+	uint64_t errors;               /* of them, failed (refused, timed out, 5xx) */
+	uint64_t bytes_in, bytes_out;  /* bytes downloaded and uploaded */
+	uint64_t pulls;                /* versions pulled into this node's catalog */
+	uint32_t pulls_in_flight;
+	uint64_t refused;              /* downloads refused (digest, checksum, manifest) */
+	uint64_t published;            /* versions this node created in the origin */
+} lorastore_origin_stats;
+
 typedef struct lorastore_stats {
 	size_t tier_count;
 	lorastore_tier_stats tiers[9];     /* host, then one per GPU served */
@@ -407,6 +423,7 @@ typedef struct lorastore_stats {
 	uint64_t load_errors;
 	uint64_t catalog_versions;
 	char event_loop[16];           /* the daemon's event-loop engine: "io_uring" or "epoll" */
+	lorastore_origin_stats origin;
 } lorastore_stats;
 
 int lorastore_stats_get(lorastore *conn, lorastore_stats *out);

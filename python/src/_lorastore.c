@@ -750,13 +750,30 @@ static PyObject *ls_connection_stats(ls_Connection *c, PyObject *unused)
 	}
 	if (!tiers)
 		return NULL;
-	return Py_BuildValue("{s:N,s:I,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:s}", "tiers", tiers, "clients",
-			     s.clients, "leases", (unsigned long long)s.leases, "loads",
+	const lorastore_origin_stats *g = &s.origin;
+	PyObject *origin =
+		g->origin[0]
+			? Py_BuildValue("{s:s,s:K,s:K,s:K,s:K,s:K,s:I,s:K,s:K}", "origin", g->origin,
+					"requests", (unsigned long long)g->requests, "errors",
+					(unsigned long long)g->errors, "bytes_in",
+					(unsigned long long)g->bytes_in, "bytes_out",
+					(unsigned long long)g->bytes_out, "pulls",
+					(unsigned long long)g->pulls, "pulls_in_flight",
+					g->pulls_in_flight, "refused", (unsigned long long)g->refused,
+					"published", (unsigned long long)g->published)
+			: Py_NewRef(Py_None);
+	if (!origin) {
+		Py_DECREF(tiers);
+		return NULL;
+	}
+	return Py_BuildValue("{s:N,s:I,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:s,s:N}", "tiers", tiers,
+			     "clients", s.clients, "leases", (unsigned long long)s.leases, "loads",
 			     (unsigned long long)s.loads, "hits", (unsigned long long)s.hits,
 			     "misses", (unsigned long long)s.misses, "evictions",
 			     (unsigned long long)s.evictions, "load_errors",
 			     (unsigned long long)s.load_errors, "catalog_versions",
-			     (unsigned long long)s.catalog_versions, "event_loop", s.event_loop);
+			     (unsigned long long)s.catalog_versions, "event_loop", s.event_loop,
+			     "origin", origin);
 }
 
 /* A call of one ref (or alias) that may block: delete, evict, untag. */

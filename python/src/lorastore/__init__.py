@@ -247,7 +247,8 @@ class Connection:
         return self._c.show(ref)
 
     def stats(self) -> dict:
-        """The daemon's counters and tiers."""
+        """The daemon's counters and tiers, as `lorastore stats --json` gives them;
+        "origin" is None, or the daemon's traffic with its origin (lorastored --origin)."""
         return self._c.stats()
 
     def load(self, ref: str) -> str:

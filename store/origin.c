@@ -1,0 +1,643 @@
+/* The origin: publish and pull versions through an S3-compatible object store (origin.h). */
+#define _GNU_SOURCE
+#include "origin.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "blob.h"
+#include "fsutil.h"
+#include "ls_clock.h"
+#include "ls_name.h"
+#include "store.h"
+#include "store_internal.h"
+
+/* The origin's version records are small; anything far larger is not one. */
+#define LS_ORIGIN_RECORD_MAX (LS_RECORD_MAX + (64u << 10))
+/* Races lost in a row before an import gives up (each loss is another node's version). */
+#define LS_ORIGIN_PUBLISH_TRIES 32
+/* Looks remembered for the TTL; past this many the memory is cleared and begins again. */
+#define LS_ORIGIN_LOOKS_MAX 65536
+
+/* One pull in progress, which later requests for the same version wait on. */
+struct ls_pull {
+	struct ls_pull *next;
+	char ref[LS_NAME_MAX + 16];
+	bool done;
+	int rc;
+	struct ls_err err;
+	unsigned waiters;
+};
+
+/* When a reference was last looked up in the origin (an open-addressing table). */
+struct ls_look {
+	char *ref;
+	int64_t at_ns;
+};
+
+struct ls_origin {
+	struct ls_s3 *s3;
+	char *prefix;               /* "" or "p/" */
+	char *label;
+	int64_t ttl_ns;
+	pthread_mutex_t lock;       /* pulls, looks, stats */
+	pthread_cond_t pulled;
+	struct ls_pull *pulls;
+	struct ls_look *looks;
+	size_t n_looks, cap_looks;
+	struct ls_origin_stats st;
+};
+
+int ls_origin_parse_url(const char *url, char *bucket, size_t bucket_len, char *prefix,
+			size_t prefix_len, struct ls_err *err)
+{
+	if (!url || strncmp(url, "s3://", 5) != 0 || !url[5] || url[5] == '/')
+		return ls_err_set(err, -EINVAL, "origin '%s': give s3://BUCKET or s3://BUCKET/PREFIX",
+				  url ? url : "");
+	const char *b = url + 5, *slash = strchr(b, '/');
+	size_t blen = slash ? (size_t)(slash - b) : strlen(b);
+	const char *p = slash ? slash + 1 : "";
+	size_t plen = strlen(p);
+	while (plen > 0 && p[plen - 1] == '/')
+		plen--;
+	if (blen >= bucket_len || plen >= prefix_len)
+		return ls_err_set(err, -EINVAL, "origin '%s': bucket or prefix too long", url);
+	memcpy(bucket, b, blen);
+	bucket[blen] = '\0';
+	memcpy(prefix, p, plen);
+	prefix[plen] = '\0';
+	return 0;
+}
+
+int ls_origin_open(const struct ls_origin_config *cfg, struct ls_origin **out,
+		   struct ls_err *err)
+{
+	*out = NULL;
+	struct ls_origin *o = calloc(1, sizeof(*o));
+	if (!o)
+		return ls_err_set(err, -ENOMEM, "out of memory");
+	pthread_mutex_init(&o->lock, NULL);
+	pthread_cond_init(&o->pulled, NULL);
+	o->ttl_ns = (cfg->ttl_ms > 0 ? cfg->ttl_ms : 5000) * 1000000;
+	const char *p = cfg->prefix ? cfg->prefix : "";
+	if (asprintf(&o->prefix, "%s%s", p, *p ? "/" : "") < 0)
+		o->prefix = NULL;
+	if (!o->prefix || asprintf(&o->label, "s3://%s%s%s at %s", cfg->s3.bucket ? cfg->s3.bucket : "",
+				   *p ? "/" : "", p, cfg->s3.endpoint ? cfg->s3.endpoint : "") < 0) {
+		o->label = NULL;
+		ls_origin_close(o);
+		return ls_err_set(err, -ENOMEM, "out of memory");
+	}
+	/* Every message of the client names the origin as this file does. */
+	struct ls_s3_config s3cfg = cfg->s3;
+	s3cfg.label = o->label;
+	int rc = ls_s3_new(&s3cfg, &o->s3, err);
+	if (rc) {
+		ls_origin_close(o);
+		return rc;
+	}
+	*out = o;
+	return 0;
+}
+
+void ls_origin_close(struct ls_origin *o)
+{
+	if (!o)
+		return;
+	ls_s3_free(o->s3);
+	for (size_t i = 0; i < o->cap_looks; i++)
+		free(o->looks[i].ref);
+	free(o->looks);
+	pthread_mutex_destroy(&o->lock);
+	pthread_cond_destroy(&o->pulled);
+	free(o->prefix);
+	free(o->label);
+	free(o);
+}
+
+const char *ls_origin_label(const struct ls_origin *o)
+{
+	return o->label;
+}
+
+void ls_origin_stats(struct ls_origin *o, struct ls_origin_stats *out)
+{
+	pthread_mutex_lock(&o->lock);
+	*out = o->st;
+	pthread_mutex_unlock(&o->lock);
+	ls_s3_counters(o->s3, &out->s3);
+}
+
+void ls_store_set_origin(struct ls_store *s, struct ls_origin *o)
+{
+	ls_origin_close(s->origin);
+	s->origin = o;
+}
+
+struct ls_origin *ls_store_origin(struct ls_store *s)
+{
+	return s->origin;
+}
+
+static int ls_no_key(void *ud, const char *key, uint64_t size)
+{
+	(void)ud;
+	(void)key;
+	(void)size;
+	return 1; /* one key is enough */
+}
+
+int ls_origin_check(struct ls_origin *o, struct ls_err *err)
+{
+	char prefix[PATH_MAX];
+	snprintf(prefix, sizeof(prefix), "%sversions/", o->prefix);
+	int rc = ls_s3_list(o->s3, prefix, ls_no_key, NULL, err);
+	return rc == 1 ? 0 : rc;
+}
+
+/* --- keys ------------------------------------------------------------------ */
+
+static void ls_blob_key(const struct ls_origin *o, const uint8_t *digest, char *buf, size_t len)
+{
+	char hex[LS_DIGEST_HEX];
+	ls_digest_hex(digest, hex);
+	snprintf(buf, len, "%sblobs/%s.blob", o->prefix, hex);
+}
+
+static void ls_version_key(const struct ls_origin *o, const char *name, uint32_t version,
+			   char *buf, size_t len)
+{
+	snprintf(buf, len, "%sversions/%s@%010" PRIu32, o->prefix, name, version);
+}
+
+/* --- the latest version of a name ---------------------------------------------- */
+
+struct ls_latest_walk {
+	size_t prefix_len;
+	uint32_t latest;
+};
+
+static int ls_latest_key(void *ud, const char *key, uint64_t size)
+{
+	(void)size;
+	struct ls_latest_walk *w = ud;
+	const char *v = key + w->prefix_len;
+	char *end;
+	errno = 0;
+	unsigned long n = strtoul(v, &end, 10);
+	/* Keys that are not ten digits are not ours: skipped, never trusted. */
+	if (strlen(v) == 10 && *end == '\0' && errno == 0 && n > 0 && n < UINT32_MAX &&
+	    n > w->latest)
+		w->latest = (uint32_t)n;
+	return 0;
+}
+
+/* The origin's latest version of name (0 when it has none). */
+static int ls_origin_latest(struct ls_origin *o, const char *name, uint32_t *latest,
+			    struct ls_err *err)
+{
+	char prefix[PATH_MAX];
+	snprintf(prefix, sizeof(prefix), "%sversions/%s@", o->prefix, name);
+	struct ls_latest_walk w = {strlen(prefix), 0};
+	int rc = ls_s3_list(o->s3, prefix, ls_latest_key, &w, err);
+	*latest = w.latest;
+	return rc;
+}
+
+/* Read and check the origin's record of name@version. */
+static int ls_origin_record(struct ls_origin *o, const char *name, uint32_t version,
+			    Lorastore__OriginVersion **out, struct ls_err *err)
+{
+	char key[PATH_MAX];
+	ls_version_key(o, name, version, key, sizeof(key));
+	uint8_t *buf = NULL;
+	size_t len = 0;
+	int rc = ls_s3_get(o->s3, key, LS_ORIGIN_RECORD_MAX, &buf, &len, err);
+	if (rc)
+		return rc;
+	Lorastore__OriginVersion *ov = lorastore__origin_version__unpack(NULL, len, buf);
+	free(buf);
+	const Lorastore__VersionRecord *r = ov ? ov->record : NULL;
+	if (!r || ov->format != 1 || !r->name || strcmp(r->name, name) != 0 ||
+	    r->version != version || r->digest.len != LS_DIGEST_LEN) {
+		if (ov)
+			lorastore__origin_version__free_unpacked(ov, NULL);
+		pthread_mutex_lock(&o->lock);
+		o->st.refused++;
+		pthread_mutex_unlock(&o->lock);
+		return ls_err_set(err, LS_E_CORRUPT, "origin %s: %s is not a record of %s@%u",
+				  o->label, key, name, version);
+	}
+	*out = ov;
+	return 0;
+}
+
+/* --- pull ------------------------------------------------------------------------ */
+
+/* The manifest's tensors lie inside the data region (what a load will trust). */
+static int ls_manifest_in_bounds(const Lorastore__BlobManifest *m,
+				 const struct ls_blob_header *hdr)
+{
+	if (m->data_length > hdr->data_length)
+		return -1;
+	for (size_t i = 0; i < m->n_tensors; i++) {
+		const Lorastore__BlobTensor *t = m->tensors[i];
+		if (t->offset > m->data_length || t->length > m->data_length - t->offset)
+			return -1;
+	}
+	return 0;
+}
+
+/*
+ * Download the blob of digest into blobs/ unless an intact one is there:
+ * into tmp/, checked, then renamed.  Holds the store's gc lock shared.
+ */
+static int ls_pull_blob(struct ls_store *s, const char *ref, const uint8_t *digest,
+			struct ls_err *err)
+{
+	struct ls_origin *o = s->origin;
+	char path[PATH_MAX];
+	ls_store_blob_path(s, digest, path, sizeof(path));
+	int fd;
+	struct ls_blob_header hdr;
+	struct ls_err local;
+	if (ls_blob_open(path, digest, &fd, &hdr, &local) == 0) {
+		close(fd);
+		return 0;
+	}
+	char key[PATH_MAX], tmp[64];
+	ls_blob_key(o, digest, key, sizeof(key));
+	fd = ls_tmpfile_create(s->tmp_fd, "pull", tmp, sizeof(tmp));
+	if (fd < 0)
+		return ls_err_set(err, fd, "%s/tmp: %s", s->dir, strerror(-fd));
+	uint64_t got = 0;
+	int rc = ls_s3_get_file(o->s3, key, fd, &got, err);
+	pthread_mutex_lock(&o->lock);
+	o->st.pull_bytes += got;
+	pthread_mutex_unlock(&o->lock);
+	if (rc == LS_E_NOT_FOUND)
+		rc = ls_err_set(err, LS_E_ORIGIN, "origin %s: %s names blob %s, which it lacks",
+				o->label, ref, key);
+	Lorastore__BlobManifest *m = NULL;
+	bool refused = false;
+	if (rc == 0 && fsync(fd) != 0)
+		rc = ls_err_set(err, -errno, "%s/tmp/%s: %s", s->dir, tmp, strerror(errno));
+	close(fd);
+	/* Read back through a descriptor of its own (the temporary is written write-only). */
+	fd = rc ? -1 : openat(s->tmp_fd, tmp, O_RDONLY | O_CLOEXEC);
+	if (rc == 0 && fd < 0)
+		rc = ls_err_set(err, -errno, "%s/tmp/%s: %s", s->dir, tmp, strerror(errno));
+	if (rc == 0) {
+		/* Everything a load trusts, checked before the blob is visible. */
+		char what[PATH_MAX + 64];
+		snprintf(what, sizeof(what), "origin %s: %s of %s", o->label, key, ref);
+		rc = ls_blob_read_header(fd, what, &hdr, err);
+		if (rc == 0 && memcmp(hdr.digest, digest, LS_DIGEST_LEN) != 0)
+			rc = ls_err_set(err, LS_E_CORRUPT, "%s: its digest is not the one %s names",
+					what, ref);
+		if (rc == 0)
+			rc = ls_blob_verify(fd, what, &hdr, 1, err);
+		if (rc == 0)
+			rc = ls_blob_read_manifest(fd, what, &hdr, &m, err);
+		if (rc == 0 && ls_manifest_in_bounds(m, &hdr) != 0)
+			rc = ls_err_set(err, LS_E_CORRUPT, "%s: a tensor lies outside its data", what);
+		refused = rc != 0;
+		if (refused && err->code == rc) {
+			char msg[LS_ERR_MSG_MAX];
+			snprintf(msg, sizeof(msg), "%s", err->msg);
+			ls_err_set(err, rc, "%s; refused, nothing kept", msg);
+		}
+	}
+	if (m)
+		lorastore__blob_manifest__free_unpacked(m, NULL);
+	if (fd >= 0)
+		close(fd);
+	char hex[LS_DIGEST_HEX], name[LS_DIGEST_HEX + 8];
+	ls_digest_hex(digest, hex);
+	snprintf(name, sizeof(name), "%s.blob", hex);
+	if (rc == 0 && renameat(s->tmp_fd, tmp, s->blobs_fd, name) != 0)
+		rc = ls_err_set(err, -errno, "%s: %s", path, strerror(errno));
+	if (rc == 0 && fsync(s->blobs_fd) != 0)
+		rc = ls_err_set(err, -errno, "%s/blobs: %s", s->dir, strerror(errno));
+	if (rc) {
+		unlinkat(s->tmp_fd, tmp, 0);
+		if (refused) {
+			pthread_mutex_lock(&o->lock);
+			o->st.refused++;
+			pthread_mutex_unlock(&o->lock);
+		}
+	}
+	return rc;
+}
+
+/* Commit name@version (from its origin record) into the catalog, its blob in blobs/. */
+static int ls_pull_commit(struct ls_store *s, const Lorastore__VersionRecord *orec,
+			  struct ls_err *err)
+{
+	char path[PATH_MAX];
+	ls_store_blob_path(s, orec->digest.data, path, sizeof(path));
+	int fd;
+	struct ls_blob_header hdr;
+	int rc = ls_blob_open(path, orec->digest.data, &fd, &hdr, err);
+	if (rc)
+		return rc;
+	Lorastore__BlobManifest *m = NULL;
+	rc = ls_blob_read_manifest(fd, path, &hdr, &m, err);
+	close(fd);
+	if (rc)
+		return rc;
+	/* The tensor table is the blob's own; the origin's record gives the name and history. */
+	Lorastore__VersionRecord rec;
+	if (ls_record_from_manifest(&rec, m, &hdr) != 0) {
+		lorastore__blob_manifest__free_unpacked(m, NULL);
+		return ls_err_set(err, -ENOMEM, "out of memory");
+	}
+	rec.name = orec->name;
+	rec.created_unix_ns = orec->created_unix_ns;
+	rec.source = orec->source;
+	struct ls_import_check c = {s, false};
+	pthread_mutex_lock(&s->digest_lock);
+	rc = ls_catalog_add_version(s->cat, &rec, orec->version, ls_store_write_ref, &c, err);
+	pthread_mutex_unlock(&s->digest_lock);
+	ls_record_from_manifest_free(&rec);
+	lorastore__blob_manifest__free_unpacked(m, NULL);
+	return rc == -EEXIST ? 0 : rc; /* committed meanwhile by an import of this node */
+}
+
+/* Pull name@version: the record, the blob, the commit. */
+static int ls_pull(struct ls_store *s, const char *name, uint32_t version, struct ls_err *err)
+{
+	struct ls_origin *o = s->origin;
+	Lorastore__OriginVersion *ov = NULL;
+	int rc = ls_origin_record(o, name, version, &ov, err);
+	if (rc == LS_E_NOT_FOUND)
+		return ls_err_set(err, LS_E_NOT_FOUND, "no adapter %s@%u here or in origin %s", name,
+				  version, o->label);
+	if (rc)
+		return rc;
+	char ref[LS_NAME_MAX + 16];
+	snprintf(ref, sizeof(ref), "%s@%u", name, version);
+	pthread_rwlock_rdlock(&s->gc_lock);
+	rc = ls_pull_blob(s, ref, ov->record->digest.data, err);
+	if (rc == 0)
+		rc = ls_pull_commit(s, ov->record, err);
+	pthread_rwlock_unlock(&s->gc_lock);
+	lorastore__origin_version__free_unpacked(ov, NULL);
+	if (rc == 0) {
+		pthread_mutex_lock(&o->lock);
+		o->st.pulls++;
+		pthread_mutex_unlock(&o->lock);
+	}
+	return rc;
+}
+
+/* Pull name@version once however many ask at the same time. */
+static int ls_pull_shared(struct ls_store *s, const char *name, uint32_t version,
+			  struct ls_err *err)
+{
+	struct ls_origin *o = s->origin;
+	char ref[LS_NAME_MAX + 16];
+	snprintf(ref, sizeof(ref), "%s@%u", name, version);
+	pthread_mutex_lock(&o->lock);
+	struct ls_pull *p = o->pulls;
+	while (p && strcmp(p->ref, ref) != 0)
+		p = p->next;
+	if (p) {
+		p->waiters++;
+		while (!p->done)
+			pthread_cond_wait(&o->pulled, &o->lock);
+		int rc = p->rc;
+		if (rc)
+			*err = p->err;
+		if (--p->waiters == 0)
+			free(p);
+		pthread_mutex_unlock(&o->lock);
+		return rc;
+	}
+	p = calloc(1, sizeof(*p));
+	if (!p) {
+		pthread_mutex_unlock(&o->lock);
+		return ls_err_set(err, -ENOMEM, "out of memory");
+	}
+	snprintf(p->ref, sizeof(p->ref), "%s", ref);
+	p->waiters = 1;
+	p->next = o->pulls;
+	o->pulls = p;
+	o->st.pulls_in_flight++;
+	pthread_mutex_unlock(&o->lock);
+
+	int rc = ls_pull(s, name, version, err);
+
+	pthread_mutex_lock(&o->lock);
+	o->st.pulls_in_flight--;
+	for (struct ls_pull **pp = &o->pulls; *pp; pp = &(*pp)->next)
+		if (*pp == p) {
+			*pp = p->next;
+			break;
+		}
+	p->done = true;
+	p->rc = rc;
+	if (rc)
+		p->err = *err;
+	if (--p->waiters == 0)
+		free(p);
+	else
+		pthread_cond_broadcast(&o->pulled);
+	pthread_mutex_unlock(&o->lock);
+	return rc;
+}
+
+/* --- looks (the TTL of "NAME") ------------------------------------------------------ */
+
+static size_t ls_look_hash(const char *s)
+{
+	size_t h = 1469598103934665603ull;
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ull;
+	return h;
+}
+
+/* Whether ref was looked up within the TTL; if not, it is taken as looked up now. */
+static bool ls_look_fresh(struct ls_origin *o, const char *ref)
+{
+	int64_t now = ls_mono_ns();
+	pthread_mutex_lock(&o->lock);
+	if (o->n_looks * 2 >= o->cap_looks) {
+		size_t cap = o->cap_looks ? o->cap_looks * 2 : 256;
+		if (o->n_looks >= LS_ORIGIN_LOOKS_MAX || !o->cap_looks) {
+			for (size_t i = 0; i < o->cap_looks; i++)
+				free(o->looks[i].ref);
+			free(o->looks);
+			o->looks = NULL;
+			o->n_looks = o->cap_looks = 0;
+			cap = 256;
+		}
+		struct ls_look *old = o->looks;
+		size_t old_cap = o->cap_looks;
+		struct ls_look *nl = calloc(cap, sizeof(*nl));
+		if (!nl) {
+			pthread_mutex_unlock(&o->lock);
+			return false; /* no memory to remember: look again */
+		}
+		for (size_t i = 0; i < old_cap; i++) {
+			if (!old[i].ref)
+				continue;
+			size_t j = ls_look_hash(old[i].ref) & (cap - 1);
+			while (nl[j].ref)
+				j = (j + 1) & (cap - 1);
+			nl[j] = old[i];
+		}
+		free(old);
+		o->looks = nl;
+		o->cap_looks = cap;
+	}
+	size_t j = ls_look_hash(ref) & (o->cap_looks - 1);
+	while (o->looks[j].ref && strcmp(o->looks[j].ref, ref) != 0)
+		j = (j + 1) & (o->cap_looks - 1);
+	bool fresh = false;
+	if (o->looks[j].ref) {
+		fresh = now - o->looks[j].at_ns < o->ttl_ns;
+		if (!fresh)
+			o->looks[j].at_ns = now;
+	} else if ((o->looks[j].ref = strdup(ref))) {
+		o->looks[j].at_ns = now;
+		o->n_looks++;
+	}
+	pthread_mutex_unlock(&o->lock);
+	return fresh;
+}
+
+/* Forget the look at ref (a failed one: the next request looks again). */
+static void ls_look_forget(struct ls_origin *o, const char *ref)
+{
+	pthread_mutex_lock(&o->lock);
+	if (o->cap_looks) {
+		size_t j = ls_look_hash(ref) & (o->cap_looks - 1);
+		while (o->looks[j].ref && strcmp(o->looks[j].ref, ref) != 0)
+			j = (j + 1) & (o->cap_looks - 1);
+		if (o->looks[j].ref)
+			o->looks[j].at_ns = INT64_MIN / 2;
+	}
+	pthread_mutex_unlock(&o->lock);
+}
+
+/* --- what the store calls ---------------------------------------------------------- */
+
+int ls_origin_sync(struct ls_store *s, const char *name, uint32_t version, uint32_t local_latest,
+		   struct ls_err *err)
+{
+	struct ls_origin *o = s->origin;
+	if (version)
+		return ls_pull_shared(s, name, version, err);
+	if (ls_look_fresh(o, name))
+		return local_latest ? 0
+				    : ls_err_set(err, LS_E_NOT_FOUND,
+						 "no adapter %s here or in origin %s", name, o->label);
+	uint32_t latest = 0;
+	int rc = ls_origin_latest(o, name, &latest, err);
+	if (rc == 0 && latest == 0 && !local_latest)
+		rc = ls_err_set(err, LS_E_NOT_FOUND, "no adapter %s here or in origin %s", name,
+				o->label);
+	else if (rc == 0 && latest > local_latest)
+		rc = ls_pull_shared(s, name, latest, err);
+	if (rc && rc != LS_E_NOT_FOUND)
+		ls_look_forget(o, name);
+	return rc;
+}
+
+int ls_origin_publish(struct ls_store *s, Lorastore__VersionRecord *rec,
+		      struct ls_import_check *check, uint32_t *version,
+		      Lorastore__VersionRecord **same, struct ls_err *err)
+{
+	struct ls_origin *o = s->origin;
+	*version = 0;
+	*same = NULL;
+	bool uploaded = false;
+	for (int attempt = 0; attempt < LS_ORIGIN_PUBLISH_TRIES; attempt++) {
+		uint32_t latest = 0;
+		int rc = ls_origin_latest(o, rec->name, &latest, err);
+		Lorastore__OriginVersion *ov = NULL;
+		if (rc == 0 && latest)
+			rc = ls_origin_record(o, rec->name, latest, &ov, err);
+		if (rc)
+			return rc;
+		/* The checks of an import, against the fleet's latest version. */
+		rc = ls_import_check(check, ov ? ov->record : NULL, rec, err);
+		if (rc == LS_CATALOG_SAME) {
+			*same = ls_record_copy(ov->record);
+			*version = latest;
+			lorastore__origin_version__free_unpacked(ov, NULL);
+			return *same ? LS_CATALOG_SAME : ls_err_set(err, -ENOMEM, "out of memory");
+		}
+		if (ov)
+			lorastore__origin_version__free_unpacked(ov, NULL);
+		if (rc)
+			return rc;
+		char key[PATH_MAX];
+		if (!uploaded) {
+			ls_blob_key(o, rec->digest.data, key, sizeof(key));
+			rc = ls_s3_head(o->s3, key, NULL, err);
+			if (rc == LS_E_NOT_FOUND) {
+				char path[PATH_MAX];
+				ls_store_blob_path(s, rec->digest.data, path, sizeof(path));
+				int fd = open(path, O_RDONLY | O_CLOEXEC);
+				if (fd < 0)
+					return ls_err_set(err, -errno, "%s: %s", path, strerror(errno));
+				rc = ls_s3_put_file(o->s3, key, fd, rec->blob_bytes, err);
+				close(fd);
+				if (rc == 0) {
+					pthread_mutex_lock(&o->lock);
+					o->st.uploaded_bytes += rec->blob_bytes;
+					pthread_mutex_unlock(&o->lock);
+				}
+			}
+			if (rc)
+				return rc;
+			uploaded = true;
+		}
+		/* Past both the fleet's latest and this node's (versions imported before the origin). */
+		Lorastore__VersionRecord *mine = NULL;
+		struct ls_err lerr;
+		uint32_t next = latest + 1;
+		if (ls_catalog_get(s->cat, rec->name, 0, &mine, &lerr) == 0) {
+			if (mine->version >= next)
+				next = mine->version + 1;
+			lorastore__version_record__free_unpacked(mine, NULL);
+		}
+		Lorastore__OriginVersion out = LORASTORE__ORIGIN_VERSION__INIT;
+		out.format = 1;
+		out.record = rec;
+		rec->schema = LS_CATALOG_SCHEMA;
+		rec->version = next;
+		rec->generation = 0;
+		size_t len = lorastore__origin_version__get_packed_size(&out);
+		uint8_t *buf = malloc(len ? len : 1);
+		if (!buf)
+			return ls_err_set(err, -ENOMEM, "out of memory");
+		lorastore__origin_version__pack(&out, buf);
+		rec->version = 0;
+		ls_version_key(o, rec->name, next, key, sizeof(key));
+		rc = ls_s3_put(o->s3, key, buf, len, true, err);
+		free(buf);
+		if (rc == -EEXIST)
+			continue; /* another node took that number: look again */
+		if (rc)
+			return rc;
+		pthread_mutex_lock(&o->lock);
+		o->st.published++;
+		pthread_mutex_unlock(&o->lock);
+		*version = next;
+		return 0;
+	}
+	return ls_err_set(err, LS_E_ORIGIN,
+			  "origin %s: %s: %d other versions were created while this one was; try again",
+			  o->label, rec->name, LS_ORIGIN_PUBLISH_TRIES);
+}

@@ -1,0 +1,225 @@
+/*
+ * Two real lorastored nodes, each with its own state directory, fed from one
+ * bucket of a real S3 server (SeaweedFS on loopback): what one node imports
+ * the other serves with the same digest and bytes; "NAME" follows the fleet
+ * within the TTL; a node with an empty state serves every version; the
+ * origin's absence and wrong credentials are clear errors that name the
+ * origin and never the secret.
+ */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <lorastore.h>
+
+#include "adapter_sum.h"
+#include "daemon_proc.h"
+#include "s3_server.h"
+#include "synth.h"
+
+static struct ls_s3_server srv;
+static struct ls_daemon_proc node[2];
+static lorastore *conn[2];
+static char *work_dir;
+static char creds[PATH_MAX];
+
+/* Start node i (dir NULL: a new state) with the origin and these credentials. */
+static void start_node(int i, const char *dir, const char *credentials)
+{
+	const char *args[] = {"--origin", "s3://fleet/nodes", "--origin-endpoint", srv.endpoint,
+			      "--origin-credentials", credentials, "--origin-ttl", "300",
+			      "--origin-timeout", "15000", "--host-budget", "64MiB", NULL};
+	cr_assert_eq(ls_daemon_start(&node[i], dir, args), 0, "node %d did not start", i);
+	cr_assert_eq(lorastore_connect(node[i].socket, &conn[i]), 0, "connect: %s",
+		     lorastore_errmsg(conn[i]));
+}
+
+static void stop_node(int i)
+{
+	lorastore_close(conn[i]);
+	conn[i] = NULL;
+	cr_expect_eq(ls_daemon_stop(&node[i]), 0, "node %d did not exit 0", i);
+}
+
+static void setup(void)
+{
+	if (!ls_weed_binary())
+		cr_skip_test("no SeaweedFS weed binary: run scripts/install-deps");
+	cr_assert_eq(ls_s3_server_start(&srv), 0, "weed did not start");
+	cr_assert_eq(ls_s3_server_bucket(&srv, "fleet"), 0);
+	work_dir = synth_mkdtemp("origin");
+	snprintf(creds, sizeof(creds), "%s/credentials", work_dir);
+	cr_assert_eq(ls_s3_server_credentials(creds, LS_S3_TEST_ACCESS_KEY, LS_S3_TEST_SECRET_KEY),
+		     0);
+	for (int i = 0; i < 2; i++)
+		start_node(i, NULL, creds);
+}
+
+static void teardown(void)
+{
+	for (int i = 0; i < 2; i++) {
+		if (conn[i])
+			stop_node(i);
+		ls_daemon_cleanup(&node[i]);
+	}
+	ls_s3_server_cleanup(&srv);
+	if (work_dir)
+		synth_rm_rf(work_dir);
+	free(work_dir);
+}
+
+TestSuite(origin, .init = setup, .fini = teardown, .timeout = 180);
+
+static void import_on(int i, const char *name, uint64_t seed)
+{
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s/a%llu", work_dir, (unsigned long long)seed);
+	mkdir(dir, 0755);
+	struct synth_opts o = {.family = SYNTH_LLAMA, .layers = 2, .rank = 4, .seed = seed};
+	cr_assert_eq(synth_adapter_dir(dir, &o), 0);
+	lorastore_import_opts io = {.name = name};
+	cr_assert_eq(lorastore_import_dir(conn[i], dir, &io, NULL), 0, "import %s on node %d: %s",
+		     name, i, lorastore_errmsg(conn[i]));
+}
+
+static uint64_t tensor_sum(const lorastore_adapter *ad)
+{
+	uint64_t h = ls_adapter_sum(ad);
+	cr_assert_neq(h, 0, "the adapter's tensors cannot be read");
+	return h;
+}
+
+struct held {
+	lorastore_adapter *ad;
+	lorastore_adapter_info info;
+	uint64_t sum;
+};
+
+static struct held acquire_on(int i, const char *ref)
+{
+	struct held h;
+	cr_assert_eq(lorastore_acquire(conn[i], ref, 30000, &h.ad), 0, "acquire %s on node %d: %s",
+		     ref, i, lorastore_errmsg(conn[i]));
+	cr_assert_eq(lorastore_adapter_info_get(h.ad, &h.info), 0);
+	h.sum = tensor_sum(h.ad);
+	return h;
+}
+
+Test(origin, an_adapter_imported_on_one_node_is_acquired_on_another_with_the_same_digest_and_bytes)
+{
+	import_on(0, "fleet/a", 1);
+	struct held a = acquire_on(0, "fleet/a");
+	struct held b = acquire_on(1, "fleet/a");
+	cr_assert_eq(b.info.version, 1);
+	cr_assert_eq(memcmp(a.info.digest, b.info.digest, 32), 0);
+	cr_assert_eq(a.info.tensor_count, b.info.tensor_count);
+	cr_assert_eq(a.sum, b.sum, "node 1 serves other bytes than node 0 imported");
+	lorastore_adapter_release(a.ad);
+	lorastore_adapter_release(b.ad);
+}
+
+Test(origin, a_new_version_on_one_node_is_served_by_name_on_the_other_within_the_ttl)
+{
+	import_on(0, "fleet/v", 1);
+	struct held b1 = acquire_on(1, "fleet/v");
+	cr_assert_eq(b1.info.version, 1);
+	import_on(0, "fleet/v", 2);
+	usleep(400 * 1000); /* the TTL is 300 ms */
+	struct held b2 = acquire_on(1, "fleet/v");
+	cr_assert_eq(b2.info.version, 2, "node 1 still serves version %u", b2.info.version);
+	struct held a2 = acquire_on(0, "fleet/v@2");
+	cr_assert_eq(a2.sum, b2.sum);
+	/* The fixed version stays what it was. */
+	struct held b1again = acquire_on(1, "fleet/v@1");
+	cr_assert_eq(b1again.info.version, 1);
+	cr_assert_eq(b1again.sum, b1.sum);
+	lorastore_adapter_release(b1.ad);
+	lorastore_adapter_release(b2.ad);
+	lorastore_adapter_release(a2.ad);
+	lorastore_adapter_release(b1again.ad);
+}
+
+Test(origin, a_node_restarted_with_an_empty_state_directory_serves_every_version)
+{
+	import_on(0, "fleet/r", 1);
+	import_on(1, "fleet/r", 2);
+	import_on(0, "fleet/s", 3);
+	stop_node(1);
+	ls_daemon_cleanup(&node[1]);
+	start_node(1, NULL, creds);
+	const char *refs[] = {"fleet/r@1", "fleet/r@2", "fleet/r", "fleet/s"};
+	for (size_t k = 0; k < sizeof(refs) / sizeof(refs[0]); k++) {
+		struct held a = acquire_on(0, refs[k]);
+		struct held b = acquire_on(1, refs[k]);
+		cr_assert_eq(a.info.version, b.info.version, "%s", refs[k]);
+		cr_assert_eq(a.sum, b.sum, "%s", refs[k]);
+		lorastore_adapter_release(a.ad);
+		lorastore_adapter_release(b.ad);
+	}
+}
+
+Test(origin, wrong_credentials_give_a_clear_error_naming_the_origin_not_the_secret)
+{
+	import_on(0, "fleet/c", 1);
+	stop_node(1);
+	char bad[PATH_MAX];
+	snprintf(bad, sizeof(bad), "%s/bad-credentials", work_dir);
+	static const char wrong[] = "wrong-secret-7Hk2";
+	cr_assert_eq(ls_s3_server_credentials(bad, LS_S3_TEST_ACCESS_KEY, wrong), 0);
+	start_node(1, node[1].dir, bad);
+	lorastore_adapter *ad = NULL;
+	int rc = lorastore_acquire(conn[1], "fleet/c", 30000, &ad);
+	cr_assert_eq(rc, LORASTORE_E_ORIGIN, "%d: %s", rc, lorastore_errmsg(conn[1]));
+	const char *msg = lorastore_errmsg(conn[1]);
+	cr_assert(strstr(msg, "s3://fleet/nodes"), "%s", msg);
+	cr_assert(strstr(msg, "credentials"), "%s", msg);
+	cr_assert_null(strstr(msg, wrong), "the error shows the secret: %s", msg);
+	/* Nor does the daemon's log. */
+	char cmd[PATH_MAX + 64];
+	snprintf(cmd, sizeof(cmd), "grep -c -- '%s' %s", wrong, node[1].log);
+	FILE *p = popen(cmd, "r");
+	int n = -1;
+	cr_assert(fscanf(p, "%d", &n) == 1);
+	pclose(p);
+	cr_assert_eq(n, 0, "the log shows the secret");
+}
+
+static int64_t ms_now(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+Test(origin, with_the_origin_away_local_versions_serve_and_remote_ones_fail_then_succeed_once_back)
+{
+	import_on(0, "fleet/d", 1);
+	struct held b1 = acquire_on(1, "fleet/d");
+	lorastore_adapter_release(b1.ad);
+	import_on(0, "fleet/d", 2);
+	ls_s3_server_kill(&srv);
+	usleep(400 * 1000);
+	int64_t t0 = ms_now();
+	/* "NAME" falls back on the local latest... */
+	struct held local = acquire_on(1, "fleet/d");
+	cr_assert_eq(local.info.version, 1);
+	lorastore_adapter_release(local.ad);
+	/* ...and a version only the origin has fails, clearly and soon. */
+	lorastore_adapter *ad = NULL;
+	int rc = lorastore_acquire(conn[1], "fleet/d@2", 30000, &ad);
+	cr_assert_eq(rc, LORASTORE_E_ORIGIN, "%d: %s", rc, lorastore_errmsg(conn[1]));
+	cr_assert(strstr(lorastore_errmsg(conn[1]), "s3://fleet/nodes"), "%s",
+		  lorastore_errmsg(conn[1]));
+	cr_assert_lt(ms_now() - t0, 10000);
+	cr_assert_eq(ls_s3_server_start(&srv), 0);
+	struct held b2 = acquire_on(1, "fleet/d@2");
+	cr_assert_eq(b2.info.version, 2);
+	lorastore_adapter_release(b2.ad);
+}

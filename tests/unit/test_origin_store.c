@@ -1,0 +1,422 @@
+/*
+ * The origin at the store's door, against a real S3 server (SeaweedFS on
+ * loopback): two stores with their own state directories are two nodes
+ * sharing one bucket.
+ */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "origin.h"
+#include "s3.h"
+#include "s3_server.h"
+#include "store.h"
+#include "synth.h"
+
+static struct ls_s3_server srv;
+static char *dirs[2];
+static char *work_dir;
+static struct ls_store *node[2];
+static struct ls_err err;
+
+static struct ls_origin *origin_with(const char *secret, int64_t ttl_ms)
+{
+	struct ls_origin_config cfg = {
+		.s3 = {.endpoint = srv.endpoint,
+		       .bucket = "fleet",
+		       .access_key = LS_S3_TEST_ACCESS_KEY,
+		       .secret_key = secret,
+		       .connect_timeout_ms = 1000,
+		       .stall_timeout_ms = 15000},
+		.prefix = "p",
+		.ttl_ms = ttl_ms,
+	};
+	struct ls_origin *o = NULL;
+	cr_assert_eq(ls_origin_open(&cfg, &o, &err), 0, "%s", err.msg);
+	return o;
+}
+
+static void open_node(int i, int64_t ttl_ms)
+{
+	cr_assert_eq(ls_store_open(dirs[i], &node[i], &err), 0, "%s", err.msg);
+	ls_store_set_origin(node[i], origin_with(LS_S3_TEST_SECRET_KEY, ttl_ms));
+}
+
+static void setup(void)
+{
+	if (!ls_weed_binary())
+		cr_skip_test("no SeaweedFS weed binary: run scripts/install-deps");
+	cr_assert_eq(ls_s3_server_start(&srv), 0, "weed did not start");
+	cr_assert_eq(ls_s3_server_bucket(&srv, "fleet"), 0);
+	struct ls_err e;
+	cr_assert_eq(ls_s3_global_init(&e), 0);
+	work_dir = synth_mkdtemp("adapters");
+	for (int i = 0; i < 2; i++) {
+		dirs[i] = synth_mkdtemp("node");
+		open_node(i, 200);
+	}
+}
+
+static void teardown(void)
+{
+	for (int i = 0; i < 2; i++) {
+		ls_store_close(node[i]);
+		node[i] = NULL;
+		if (dirs[i])
+			synth_rm_rf(dirs[i]);
+		free(dirs[i]);
+		dirs[i] = NULL;
+	}
+	if (work_dir)
+		synth_rm_rf(work_dir);
+	free(work_dir);
+	work_dir = NULL;
+	ls_s3_server_cleanup(&srv);
+}
+
+TestSuite(origin_store, .init = setup, .fini = teardown, .timeout = 180);
+
+static const char *make_adapter(const char *sub, uint64_t seed)
+{
+	static char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s/%s", work_dir, sub);
+	mkdir(dir, 0755);
+	struct synth_opts o = {.family = SYNTH_LLAMA, .seed = seed};
+	cr_assert_eq(synth_adapter_dir(dir, &o), 0);
+	return dir;
+}
+
+static int import_into(struct ls_store *s, const char *name, const char *dir,
+		       Lorastore__VersionRecord **rec, struct ls_err *e)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
+	int cfg = open(path, O_RDONLY);
+	snprintf(path, sizeof(path), "%s/adapter_model.safetensors", dir);
+	int st = open(path, O_RDONLY);
+	cr_assert(cfg >= 0 && st >= 0);
+	int rc = ls_store_import(s, name, cfg, st, dir, NULL, rec, NULL, e);
+	close(cfg);
+	close(st);
+	return rc;
+}
+
+static uint32_t import_version(struct ls_store *s, const char *name, const char *dir)
+{
+	Lorastore__VersionRecord *rec = NULL;
+	cr_assert_eq(import_into(s, name, dir, &rec, &err), 0, "import %s: %s", name, err.msg);
+	uint32_t v = rec->version;
+	lorastore__version_record__free_unpacked(rec, NULL);
+	return v;
+}
+
+/* The bytes of a file (malloc'ed). */
+static uint8_t *file_bytes(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	cr_assert(f, "%s: %s", path, strerror(errno));
+	fseek(f, 0, SEEK_END);
+	*len = (size_t)ftell(f);
+	fseek(f, 0, SEEK_SET);
+	uint8_t *b = malloc(*len ? *len : 1);
+	cr_assert_eq(fread(b, 1, *len, f), *len);
+	fclose(f);
+	return b;
+}
+
+static size_t files_in(const char *dir, const char *sub)
+{
+	char cmd[PATH_MAX + 64];
+	snprintf(cmd, sizeof(cmd), "ls -1 %s/%s | wc -l", dir, sub);
+	FILE *p = popen(cmd, "r");
+	size_t n = 0;
+	cr_assert(fscanf(p, "%zu", &n) == 1);
+	pclose(p);
+	return n;
+}
+
+/* A client of the bucket with the test credentials, to act behind the stores' backs. */
+static struct ls_s3 *bucket_client(void)
+{
+	struct ls_s3_config cfg = {.endpoint = srv.endpoint,
+				   .bucket = "fleet",
+				   .access_key = LS_S3_TEST_ACCESS_KEY,
+				   .secret_key = LS_S3_TEST_SECRET_KEY};
+	struct ls_s3 *c = NULL;
+	cr_assert_eq(ls_s3_new(&cfg, &c, &err), 0, "%s", err.msg);
+	return c;
+}
+
+static void blob_key(const Lorastore__VersionRecord *rec, char *key, size_t len)
+{
+	char hex[LS_DIGEST_HEX];
+	ls_digest_hex(rec->digest.data, hex);
+	snprintf(key, len, "p/blobs/%s.blob", hex);
+}
+
+Test(origin_store, a_version_imported_on_one_node_is_found_on_another_with_the_same_blob)
+{
+	cr_assert_eq(import_version(node[0], "t/a", make_adapter("a", 1)), 1);
+	Lorastore__VersionRecord *ra = NULL, *rb = NULL;
+	cr_assert_eq(ls_store_lookup(node[0], "t/a@1", &ra, &err), 0, "%s", err.msg);
+	cr_assert_eq(ls_store_lookup(node[1], "t/a@1", &rb, &err), 0, "%s", err.msg);
+	cr_assert_eq(rb->version, 1);
+	cr_assert_eq(memcmp(ra->digest.data, rb->digest.data, LS_DIGEST_LEN), 0);
+	cr_assert_eq(ra->n_tensors, rb->n_tensors);
+	char pa[PATH_MAX], pb[PATH_MAX];
+	ls_store_blob_path(node[0], ra->digest.data, pa, sizeof(pa));
+	ls_store_blob_path(node[1], rb->digest.data, pb, sizeof(pb));
+	size_t la, lb;
+	uint8_t *ba = file_bytes(pa, &la), *bb = file_bytes(pb, &lb);
+	cr_assert_eq(la, lb);
+	cr_assert_eq(memcmp(ba, bb, la), 0, "the pulled blob differs from the imported one");
+	free(ba);
+	free(bb);
+	struct ls_origin_stats st;
+	ls_origin_stats(ls_store_origin(node[1]), &st);
+	cr_assert_eq(st.pulls, 1);
+	cr_assert_eq(st.refused, 0);
+	lorastore__version_record__free_unpacked(ra, NULL);
+	lorastore__version_record__free_unpacked(rb, NULL);
+}
+
+Test(origin_store, version_numbers_come_from_the_origin_so_nodes_never_reuse_one)
+{
+	cr_assert_eq(import_version(node[0], "t/n", make_adapter("a", 1)), 1);
+	/* Node 1 has never seen t/n: its import still becomes version 2. */
+	cr_assert_eq(import_version(node[1], "t/n", make_adapter("b", 2)), 2);
+	cr_assert_eq(import_version(node[0], "t/n", make_adapter("c", 3)), 3);
+	/* The same content as the fleet's latest adds nothing. */
+	bool unchanged = false;
+	Lorastore__VersionRecord *rec = NULL;
+	const char *dir = make_adapter("c", 3);
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
+	int cfg = open(path, O_RDONLY);
+	snprintf(path, sizeof(path), "%s/adapter_model.safetensors", dir);
+	int stf = open(path, O_RDONLY);
+	cr_assert_eq(ls_store_import(node[1], "t/n", cfg, stf, dir, NULL, &rec, &unchanged, &err), 0,
+		     "%s", err.msg);
+	close(cfg);
+	close(stf);
+	cr_assert(unchanged);
+	cr_assert_eq(rec->version, 3);
+	lorastore__version_record__free_unpacked(rec, NULL);
+}
+
+struct racer {
+	int node;
+	const char *dir;
+	uint32_t version;
+	int rc;
+	struct ls_err err;
+};
+
+static void *race_import(void *arg)
+{
+	struct racer *r = arg;
+	Lorastore__VersionRecord *rec = NULL;
+	r->rc = import_into(node[r->node], "t/race", r->dir, &rec, &r->err);
+	if (r->rc == 0) {
+		r->version = rec->version;
+		lorastore__version_record__free_unpacked(rec, NULL);
+	}
+	return NULL;
+}
+
+Test(origin_store, two_nodes_importing_one_name_at_once_get_versions_1_and_2)
+{
+	char d0[PATH_MAX], d1[PATH_MAX];
+	snprintf(d0, sizeof(d0), "%s", make_adapter("r0", 10));
+	snprintf(d1, sizeof(d1), "%s", make_adapter("r1", 11));
+	struct racer r[2] = {{.node = 0, .dir = d0}, {.node = 1, .dir = d1}};
+	pthread_t t[2];
+	for (int i = 0; i < 2; i++)
+		pthread_create(&t[i], NULL, race_import, &r[i]);
+	for (int i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	for (int i = 0; i < 2; i++)
+		cr_assert_eq(r[i].rc, 0, "node %d: %s", i, r[i].err.msg);
+	cr_assert_eq(r[0].version + r[1].version, 3, "versions %u and %u", r[0].version,
+		     r[1].version);
+	/* Both are in the origin, each with its own content: nothing lost. */
+	for (int i = 0; i < 2; i++) {
+		char ref[64];
+		snprintf(ref, sizeof(ref), "t/race@%u", r[i].version);
+		Lorastore__VersionRecord *here = NULL, *there = NULL;
+		cr_assert_eq(ls_store_lookup(node[i], ref, &here, &err), 0, "%s", err.msg);
+		cr_assert_eq(ls_store_lookup(node[1 - i], ref, &there, &err), 0, "%s", err.msg);
+		cr_assert_eq(memcmp(here->digest.data, there->digest.data, LS_DIGEST_LEN), 0);
+		lorastore__version_record__free_unpacked(here, NULL);
+		lorastore__version_record__free_unpacked(there, NULL);
+	}
+}
+
+Test(origin_store, the_latest_version_imported_elsewhere_is_seen_within_the_ttl)
+{
+	import_version(node[0], "t/l", make_adapter("a", 1));
+	Lorastore__VersionRecord *rec = NULL;
+	cr_assert_eq(ls_store_lookup(node[1], "t/l", &rec, &err), 0, "%s", err.msg);
+	cr_assert_eq(rec->version, 1);
+	lorastore__version_record__free_unpacked(rec, NULL);
+	import_version(node[0], "t/l", make_adapter("b", 2));
+	usleep(250 * 1000); /* the TTL is 200 ms */
+	cr_assert_eq(ls_store_lookup(node[1], "t/l", &rec, &err), 0, "%s", err.msg);
+	cr_assert_eq(rec->version, 2);
+	lorastore__version_record__free_unpacked(rec, NULL);
+	cr_assert_eq(ls_store_lookup(node[1], "t/l@1", &rec, &err), 0, "%s", err.msg);
+	cr_assert_eq(rec->version, 1);
+	lorastore__version_record__free_unpacked(rec, NULL);
+}
+
+Test(origin_store, a_blob_overwritten_in_the_origin_is_refused_and_nothing_is_kept)
+{
+	import_version(node[0], "t/bad", make_adapter("a", 1));
+	Lorastore__VersionRecord *rec = NULL;
+	cr_assert_eq(ls_store_lookup(node[0], "t/bad@1", &rec, &err), 0);
+	char key[256], path[PATH_MAX];
+	blob_key(rec, key, sizeof(key));
+	ls_store_blob_path(node[0], rec->digest.data, path, sizeof(path));
+	size_t len;
+	uint8_t *good = file_bytes(path, &len);
+	/* One byte of the data region changed behind the stores' backs. */
+	uint8_t *bad = malloc(len);
+	memcpy(bad, good, len);
+	bad[len - 4096 - 1] ^= 0x5a;
+	bad[8192] ^= 0x01;
+	struct ls_s3 *c = bucket_client();
+	cr_assert_eq(ls_s3_put(c, key, bad, len, false, &err), 0, "%s", err.msg);
+	Lorastore__VersionRecord *got = NULL;
+	int rc = ls_store_lookup(node[1], "t/bad@1", &got, &err);
+	cr_assert_eq(rc, LS_E_CORRUPT, "%d %s", rc, err.msg);
+	cr_assert(strstr(err.msg, "refused"), "%s", err.msg);
+	cr_assert_eq(files_in(dirs[1], "blobs"), 0, "a refused blob was kept");
+	cr_assert_eq(files_in(dirs[1], "tmp"), 0, "a refused download was left in tmp/");
+	struct ls_origin_stats st;
+	ls_origin_stats(ls_store_origin(node[1]), &st);
+	cr_assert_eq(st.refused, 1);
+	cr_assert_eq(st.pulls, 0);
+	/* Put right again, the next request pulls it. */
+	cr_assert_eq(ls_s3_put(c, key, good, len, false, &err), 0, "%s", err.msg);
+	cr_assert_eq(ls_store_lookup(node[1], "t/bad@1", &got, &err), 0, "%s", err.msg);
+	lorastore__version_record__free_unpacked(got, NULL);
+	ls_s3_free(c);
+	free(good);
+	free(bad);
+	lorastore__version_record__free_unpacked(rec, NULL);
+}
+
+Test(origin_store, a_truncated_blob_in_the_origin_is_refused)
+{
+	import_version(node[0], "t/short", make_adapter("a", 1));
+	Lorastore__VersionRecord *rec = NULL;
+	cr_assert_eq(ls_store_lookup(node[0], "t/short@1", &rec, &err), 0);
+	char key[256], path[PATH_MAX];
+	blob_key(rec, key, sizeof(key));
+	ls_store_blob_path(node[0], rec->digest.data, path, sizeof(path));
+	size_t len;
+	uint8_t *good = file_bytes(path, &len);
+	struct ls_s3 *c = bucket_client();
+	cr_assert_eq(ls_s3_put(c, key, good, len / 2, false, &err), 0, "%s", err.msg);
+	Lorastore__VersionRecord *got = NULL;
+	int rc = ls_store_lookup(node[1], "t/short@1", &got, &err);
+	cr_assert(rc == LS_E_BLOB_TRUNCATED || rc == LS_E_CORRUPT, "%d %s", rc, err.msg);
+	cr_assert_eq(files_in(dirs[1], "blobs"), 0);
+	cr_assert_eq(files_in(dirs[1], "tmp"), 0);
+	ls_s3_free(c);
+	free(good);
+	lorastore__version_record__free_unpacked(rec, NULL);
+}
+
+Test(origin_store, wrong_credentials_are_refused_naming_the_origin_and_not_the_secret)
+{
+	import_version(node[0], "t/c", make_adapter("a", 1));
+	static const char wrong[] = "not-the-secret-3fQ9";
+	ls_store_set_origin(node[1], origin_with(wrong, 200));
+	Lorastore__VersionRecord *rec = NULL;
+	int rc = ls_store_lookup(node[1], "t/c@1", &rec, &err);
+	cr_assert_eq(rc, LS_E_ORIGIN, "%d %s", rc, err.msg);
+	cr_assert(strstr(err.msg, "s3://fleet"), "%s", err.msg);
+	cr_assert(strstr(err.msg, "403"), "%s", err.msg);
+	cr_assert(strstr(err.msg, "credentials"), "%s", err.msg);
+	cr_assert_null(strstr(err.msg, wrong), "the message shows the secret: %s", err.msg);
+	cr_assert_null(strstr(err.msg, LS_S3_TEST_SECRET_KEY), "%s", err.msg);
+	/* An import with them is refused too, and the catalog is unchanged. */
+	rc = import_into(node[1], "t/c2", make_adapter("b", 2), &rec, &err);
+	cr_assert_eq(rc, LS_E_ORIGIN, "%d %s", rc, err.msg);
+	cr_assert_eq(ls_store_lookup(node[1], "t/c2", &rec, &err), LS_E_ORIGIN);
+}
+
+static int64_t ms_now(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+Test(origin_store, with_the_origin_down_local_versions_serve_and_remote_ones_fail_in_bounded_time)
+{
+	import_version(node[0], "t/down", make_adapter("a", 1));
+	import_version(node[0], "t/down", make_adapter("b", 2));
+	Lorastore__VersionRecord *rec = NULL;
+	cr_assert_eq(ls_store_lookup(node[1], "t/down@1", &rec, &err), 0, "%s", err.msg);
+	lorastore__version_record__free_unpacked(rec, NULL);
+	ls_s3_server_kill(&srv);
+	usleep(250 * 1000); /* past the TTL: "t/down" asks the origin, which is away */
+	int64_t t0 = ms_now();
+	cr_assert_eq(ls_store_lookup(node[1], "t/down", &rec, &err), 0, "%s", err.msg);
+	cr_assert_eq(rec->version, 1, "the local latest is served");
+	lorastore__version_record__free_unpacked(rec, NULL);
+	int rc = ls_store_lookup(node[1], "t/down@2", &rec, &err);
+	cr_assert_eq(rc, LS_E_ORIGIN, "%d %s", rc, err.msg);
+	cr_assert(strstr(err.msg, "s3://fleet"), "%s", err.msg);
+	cr_assert_lt(ms_now() - t0, 10000, "the origin's absence took %lld ms to say",
+		     (long long)(ms_now() - t0));
+	cr_assert_eq(files_in(dirs[1], "tmp"), 0);
+	/* Back: the same request succeeds. */
+	cr_assert_eq(ls_s3_server_start(&srv), 0);
+	cr_assert_eq(ls_store_lookup(node[1], "t/down@2", &rec, &err), 0, "%s", err.msg);
+	cr_assert_eq(rec->version, 2);
+	lorastore__version_record__free_unpacked(rec, NULL);
+}
+
+Test(origin_store, a_node_with_an_empty_state_directory_serves_every_version_from_the_origin)
+{
+	for (int i = 0; i < 3; i++) {
+		char sub[16];
+		snprintf(sub, sizeof(sub), "v%d", i);
+		import_version(node[0], "t/all", make_adapter(sub, 20 + (uint64_t)i));
+	}
+	import_version(node[0], "t/other", make_adapter("o", 30));
+	for (uint32_t v = 1; v <= 3; v++) {
+		char ref[32];
+		snprintf(ref, sizeof(ref), "t/all@%u", v);
+		Lorastore__VersionRecord *a = NULL, *b = NULL;
+		cr_assert_eq(ls_store_lookup(node[0], ref, &a, &err), 0);
+		cr_assert_eq(ls_store_lookup(node[1], ref, &b, &err), 0, "%s: %s", ref, err.msg);
+		cr_assert_eq(memcmp(a->digest.data, b->digest.data, LS_DIGEST_LEN), 0);
+		lorastore__version_record__free_unpacked(a, NULL);
+		lorastore__version_record__free_unpacked(b, NULL);
+	}
+	Lorastore__VersionRecord *rec = NULL;
+	cr_assert_eq(ls_store_lookup(node[1], "t/other", &rec, &err), 0, "%s", err.msg);
+	lorastore__version_record__free_unpacked(rec, NULL);
+	cr_assert_eq(ls_store_lookup(node[1], "t/none", &rec, &err), LS_E_NOT_FOUND);
+	cr_assert(strstr(err.msg, "origin"), "%s", err.msg);
+}
+
+Test(origin_store, a_version_deleted_here_is_gone_here_whatever_the_origin_has)
+{
+	import_version(node[0], "t/gone", make_adapter("a", 1));
+	cr_assert_eq(ls_store_delete(node[0], "t/gone@1", NULL, &err), 0, "%s", err.msg);
+	cr_assert(ls_store_version_gone(node[0], "t/gone", 1));
+}
