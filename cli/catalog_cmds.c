@@ -27,9 +27,17 @@ static const char ls_rm_help[] =
 	"    The blob files no version uses any more are removed from disk at\n"
 	"    once.  Version numbers are never reused.  Prints\n"
 	"        deleted NAME (N versions, SIZE; SIZE freed on disk)\n"
-	"    With --json: {\"ref\", \"result\", \"versions\", \"blob_bytes\",\n"
-	"    \"freed_bytes\"}.  Needs an admin peer (root, the daemon's user, or its\n"
-	"    admin group).\n"
+	"    When the daemon has an origin (an S3-compatible object store shared by\n"
+	"    a fleet), the versions' records are deleted from it too, so that no\n"
+	"    node pulls them again (nodes that have them keep them until they\n"
+	"    delete them), and a version only the origin has is deleted there:\n"
+	"        deleted NAME (...); M versions from the origin s3://...\n"
+	"    When the origin cannot be reached the local delete stands, the\n"
+	"    origin's error is printed, the exit status is 1, and running rm again\n"
+	"    finishes it.  With --json: {\"ref\", \"result\", \"versions\",\n"
+	"    \"blob_bytes\", \"freed_bytes\", \"origin\", \"origin_versions\",\n"
+	"    \"origin_error\"} (\"origin\" null without one).  Needs an admin peer\n"
+	"    (root, the daemon's user, or its admin group).\n"
 	"\n"
 	"OPTIONS\n"
 	"    -a, --all\n"
@@ -177,13 +185,29 @@ int ls_cmd_rm(const struct ls_cli *cli, int argc, char **argv)
 		cJSON_AddNumberToObject(o, "versions", r.versions);
 		cJSON_AddNumberToObject(o, "blob_bytes", (double)r.blob_bytes);
 		cJSON_AddNumberToObject(o, "freed_bytes", (double)r.freed_bytes);
+		if (r.origin[0]) {
+			cJSON_AddStringToObject(o, "origin", r.origin);
+			cJSON_AddNumberToObject(o, "origin_versions", r.origin_versions);
+			cJSON_AddStringToObject(o, "origin_error", r.origin_error);
+		} else {
+			cJSON_AddNullToObject(o, "origin");
+		}
 		st = ls_json_emit(o);
 	} else {
 		char size[32], freed[32];
 		ls_format_size(r.blob_bytes, size, sizeof(size));
 		ls_format_size(r.freed_bytes, freed, sizeof(freed));
-		printf("deleted %s (%u version%s, %s; %s freed on disk)\n", ref, r.versions,
+		printf("deleted %s (%u version%s, %s; %s freed on disk)", ref, r.versions,
 		       r.versions == 1 ? "" : "s", size, freed);
+		if (r.origin[0] && !r.origin_error[0])
+			printf("; %u version%s from the origin %s", r.origin_versions,
+			       r.origin_versions == 1 ? "" : "s", r.origin);
+		printf("\n");
+	}
+	if (rc == 0 && r.origin_error[0]) {
+		fprintf(stderr, "lorastore: rm: not deleted from the origin: %s; run rm again\n",
+			r.origin_error);
+		st = LS_EXIT_ERROR;
 	}
 	lorastore_close(conn);
 	return st;

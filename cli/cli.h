@@ -70,6 +70,11 @@ void ls_format_shape(const uint64_t *shape, unsigned ndim, char *buf, size_t len
 /* "2024-05-01 12:00:00 UTC" (iso false) or "2024-05-01T12:00:00Z" (iso true). */
 void ls_format_time(int64_t unix_ns, bool iso, char *buf, size_t len);
 
+/* The EXIT STATUS section of a command's manual. */
+#define LS_EXIT_STATUS_TEXT                                                               \
+	"EXIT STATUS\n"                                                                   \
+	"    0 success, 1 error (message on standard error), 2 bad usage.\n"
+
 /* ---- commands */
 
 /* lorastore inspect DIR */
@@ -96,5 +101,10 @@ int ls_cmd_verify(const struct ls_cli *cli, int argc, char **argv);
 /* lorastore gc */
 int ls_cmd_gc(const struct ls_cli *cli, int argc, char **argv);
 int ls_cmd_rebuild(const struct ls_cli *cli, int argc, char **argv);
+
+/* lorastore push NAME[@V], pull NAME[@V]; ls --origin [PREFIX] (origin_cmds.c) */
+int ls_cmd_push(const struct ls_cli *cli, int argc, char **argv);
+int ls_cmd_pull(const struct ls_cli *cli, int argc, char **argv);
+int ls_ls_origin(const struct ls_cli *cli, const char *prefix);
 
 #endif

@@ -11,10 +11,6 @@
 #include "cli.h"
 #include "ls_error.h"
 
-#define LS_EXIT_STATUS_TEXT                                                               \
-	"EXIT STATUS\n"                                                                   \
-	"    0 success, 1 error (message on standard error), 2 bad usage.\n"
-
 /* ---- ls */
 
 static const char ls_ls_help[] =
@@ -23,6 +19,7 @@ static const char ls_ls_help[] =
 	"\n"
 	"SYNOPSIS\n"
 	"    lorastore [--json] ls [--base-model MODEL] [PREFIX]\n"
+	"    lorastore [--json] ls --origin [PREFIX]\n"
 	"\n"
 	"DESCRIPTION\n"
 	"    List every version whose name begins with PREFIX (all when none), in\n"
@@ -35,11 +32,17 @@ static const char ls_ls_help[] =
 	"    \"pins\", \"base_model\", \"aliases\"}]}: tensor_bytes is the size shown,\n"
 	"    resident_bytes what it takes in host memory when resident, blob_bytes\n"
 	"    its blob file on disk.\n"
+	"    With --origin, the versions the daemon's origin has (an S3-compatible\n"
+	"    object store that a fleet of daemons shares), read from its keys alone:\n"
+	"    name, version, and whether this node has it.  With --json:\n"
+	"    {\"versions\": [{\"name\", \"version\", \"here\"}]}.\n"
 	"\n"
 	"OPTIONS\n"
 	"    -b, --base-model MODEL\n"
 	"        Only the versions whose base model (base_model_name_or_path) is\n"
 	"        MODEL.\n"
+	"    -o, --origin\n"
+	"        List the daemon's origin rather than this node's catalog.\n"
 	"    -h, --help\n"
 	"        Print this manual.\n"
 	"\n" LS_EXIT_STATUS_TEXT;
@@ -187,19 +190,23 @@ int ls_cmd_ls(const struct ls_cli *cli, int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{"base-model", required_argument, NULL, 'b'},
+		{"origin", no_argument, NULL, 'o'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
 	const char *base = NULL;
+	bool origin = false;
 	int c, st;
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":b:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":b:oh", opts, NULL)) != -1) {
 		if (c == 'h') {
 			fputs(ls_ls_help, stdout);
 			return LS_EXIT_OK;
 		}
 		if (c == 'b')
 			base = optarg;
+		else if (c == 'o')
+			origin = true;
 		else if (c == ':')
 			return ls_cli_cmd_usage_error("ls", "option '%s' needs an argument",
 						      argv[optind - 1]);
@@ -209,6 +216,11 @@ int ls_cmd_ls(const struct ls_cli *cli, int argc, char **argv)
 	if (argc - optind > 1)
 		return ls_cli_cmd_usage_error("ls", "unexpected argument '%s'", argv[optind + 1]);
 	const char *prefix = optind < argc ? argv[optind] : "";
+	if (origin && base)
+		return ls_cli_cmd_usage_error("ls", "--origin lists names and numbers only: "
+						    "--base-model does not apply");
+	if (origin)
+		return ls_ls_origin(cli, prefix);
 	lorastore *conn;
 	if (ls_cli_connect(cli, "ls", &conn))
 		return LS_EXIT_ERROR;

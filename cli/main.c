@@ -47,6 +47,8 @@ static const char ls_usage[] =
 	"        Import PEFT adapter directories as new versions (needs an admin).\n"
 	"    ls [--base-model MODEL] [PREFIX]\n"
 	"        List every version whose name begins with PREFIX.\n"
+	"    ls --origin [PREFIX]\n"
+	"        List the versions the daemon's origin (an object store) has.\n"
 	"    show NAME[@V]\n"
 	"        Show one version's record and its tensor table.\n"
 	"    rm NAME@V | rm --all NAME\n"
@@ -69,6 +71,10 @@ static const char ls_usage[] =
 	"        Remove unreferenced blobs and what interrupted imports left.\n"
 	"    rebuild\n"
 	"        Build the catalog again from ref files and blobs (needs an admin).\n"
+	"    push NAME[@V]\n"
+	"        Upload versions of this node into the daemon's origin (needs an admin).\n"
+	"    pull NAME[@V]\n"
+	"        Bring a version of the daemon's origin onto this node.\n"
 	"    inspect [--allow-nonfinite] DIR\n"
 	"        Validate a PEFT adapter directory without a daemon.\n"
 	"\n"
@@ -97,7 +103,7 @@ static const struct ls_command ls_commands[] = {
 	{"rm", ls_cmd_rm},         {"load", ls_cmd_load},     {"evict", ls_cmd_evict},
 	{"stats", ls_cmd_stats},   {"verify", ls_cmd_verify}, {"gc", ls_cmd_gc},
 	{"rebuild", ls_cmd_rebuild}, {"tag", ls_cmd_tag},     {"untag", ls_cmd_untag},
-	{"export", ls_cmd_export},
+	{"export", ls_cmd_export}, {"push", ls_cmd_push},     {"pull", ls_cmd_pull},
 	{"inspect", ls_cmd_inspect},
 };
 

@@ -191,6 +191,11 @@ LS_PUBLIC int lorastore_delete_report(lorastore *conn, const char *ref,
 		out->versions = resp->deleted->versions;
 		out->blob_bytes = resp->deleted->blob_bytes;
 		out->freed_bytes = resp->deleted->freed_bytes;
+		const Lorastore__DeleteReply *d = resp->deleted;
+		snprintf(out->origin, sizeof(out->origin), "%s", d->origin ? d->origin : "");
+		out->origin_versions = d->origin_versions;
+		snprintf(out->origin_error, sizeof(out->origin_error), "%s",
+			 d->origin_error ? d->origin_error : "");
 	}
 	lorastore__response__free_unpacked(resp, NULL);
 	return 0;

@@ -1,6 +1,7 @@
 /*
  * Requests answered by a job on the workers that writes or scans the
- * catalog: import, delete, tag, untag, export, verify, gc, rebuild.  The
+ * catalog: import, delete, tag, untag, export, verify, gc, rebuild, and
+ * the origin's push and listing.  The
  * loop checks the request, a worker runs the store's call, and the loop
  * answers and updates what depends on the catalog (the reference cache, the
  * residency of deleted versions, the counts).  Imports and deletes of one
@@ -16,6 +17,7 @@
 #include "log.h"
 #include "ls_file.h"
 #include "ls_size.h"
+#include "origin.h"
 #include "request.h"
 
 enum ls_job_kind {
@@ -27,6 +29,8 @@ enum ls_job_kind {
 	LS_JOB_TAG,
 	LS_JOB_UNTAG,
 	LS_JOB_EXPORT,
+	LS_JOB_PUSH,
+	LS_JOB_ORIGIN_LIST,
 };
 
 struct ls_req_job {
@@ -57,7 +61,39 @@ struct ls_req_job {
 	/* rebuild */
 	struct ls_rebuild_stats rebuild;
 	uint64_t versions_after;
+	/* push */
+	uint32_t pushed, present;
+	/* origin list: a page of entries (names malloc'ed) */
+	char prefix[LS_NAME_MAX + 1];
+	char cursor[LS_NAME_MAX + 16];
+	char next[LS_NAME_MAX + 16];
+	unsigned limit;
+	Lorastore__OriginEntry *entries;
+	size_t n_entries, cap_entries;
 };
+
+
+static int ls_origin_entry_add(void *ud, const char *name, uint32_t version, bool here)
+{
+	struct ls_req_job *j = ud;
+	if (j->n_entries == j->cap_entries) {
+		size_t cap = j->cap_entries ? j->cap_entries * 2 : 16;
+		Lorastore__OriginEntry *e = realloc(j->entries, cap * sizeof(*e));
+		if (!e)
+			return -ENOMEM;
+		j->entries = e;
+		j->cap_entries = cap;
+	}
+	Lorastore__OriginEntry *e = &j->entries[j->n_entries];
+	lorastore__origin_entry__init(e);
+	e->name = strdup(name);
+	if (!e->name)
+		return -ENOMEM;
+	e->version = version;
+	e->here = here;
+	j->n_entries++;
+	return 0;
+}
 
 static void ls_name_job_done(struct ls_server *srv, struct ls_req_job *j);
 
@@ -111,6 +147,16 @@ static void ls_job_run(struct ls_job *job)
 		break;
 	case LS_JOB_GC:
 		j->rc = ls_store_gc(j->s->srv->store, &j->gc, &j->err);
+		break;
+	case LS_JOB_PUSH:
+		j->rc = ls_store_push(j->s->srv->store, j->ref, &j->pushed, &j->present, &j->err);
+		break;
+	case LS_JOB_ORIGIN_LIST:
+		j->rc = ls_store_origin_list(j->s->srv->store, j->prefix,
+					     j->cursor[0] ? j->cursor : NULL, j->limit,
+					     ls_origin_entry_add, j, j->next, &j->err);
+		if (j->rc == -ENOMEM)
+			ls_err_set(&j->err, -ENOMEM, "out of memory listing the origin");
 		break;
 	case LS_JOB_REBUILD:
 		j->rc = ls_store_rebuild(j->s->srv->store, &j->rebuild, &j->err);
@@ -180,6 +226,10 @@ static void ls_job_done(struct ls_job *job)
 		Lorastore__ImportReply ir = LORASTORE__IMPORT_REPLY__INIT;
 		Lorastore__DeleteReply dr = LORASTORE__DELETE_REPLY__INIT;
 		Lorastore__ExportReply er = LORASTORE__EXPORT_REPLY__INIT;
+		Lorastore__PushReply pr = LORASTORE__PUSH_REPLY__INIT;
+		Lorastore__OriginListReply olr = LORASTORE__ORIGIN_LIST_REPLY__INIT;
+		Lorastore__OriginEntry **eps = NULL;
+		struct ls_origin *origin = ls_store_origin(srv->store);
 		switch (j->kind) {
 		case LS_JOB_IMPORT:
 			if (j->unchanged)
@@ -206,6 +256,15 @@ static void ls_job_done(struct ls_job *job)
 			dr.versions = (uint32_t)j->deleted.n;
 			dr.blob_bytes = j->deleted.blob_bytes;
 			dr.freed_bytes = j->deleted.freed_bytes;
+			struct ls_origin *o = ls_store_origin(srv->store);
+			if (o) {
+				dr.origin = (char *)ls_origin_label(o);
+				dr.origin_versions = j->deleted.origin_versions;
+				dr.origin_error = j->deleted.origin_error;
+				if (j->deleted.origin_rc)
+					ls_warn("deleted %s here, not in the origin: %s", j->ref,
+						j->deleted.origin_error);
+			}
 			resp.body_case = LORASTORE__RESPONSE__BODY_DELETED;
 			resp.deleted = &dr;
 			ls_session_send(s, &resp, -1);
@@ -248,6 +307,33 @@ static void ls_job_done(struct ls_job *job)
 			resp.rebuild = &rr;
 			ls_session_send(s, &resp, -1);
 			break;
+		case LS_JOB_PUSH:
+			ls_info("pushed %s to the origin: %u uploaded, %u there already (uid %u)",
+				j->ref, j->pushed, j->present, (unsigned)s->cred.uid);
+			pr.pushed = j->pushed;
+			pr.present = j->present;
+			pr.origin = (char *)(origin ? ls_origin_label(origin) : "");
+			resp.body_case = LORASTORE__RESPONSE__BODY_PUSHED;
+			resp.pushed = &pr;
+			ls_session_send(s, &resp, -1);
+			break;
+		case LS_JOB_ORIGIN_LIST:
+			eps = malloc((j->n_entries ? j->n_entries : 1) * sizeof(*eps));
+			if (!eps) {
+				ls_session_error(s, j->id, -ENOMEM, "out of memory");
+				break;
+			}
+			for (size_t i = 0; i < j->n_entries; i++)
+				eps[i] = &j->entries[i];
+			olr.n_entries = j->n_entries;
+			olr.entries = eps;
+			olr.next_cursor = j->next;
+			olr.origin = (char *)(origin ? ls_origin_label(origin) : "");
+			resp.body_case = LORASTORE__RESPONSE__BODY_ORIGIN_LIST;
+			resp.origin_list = &olr;
+			ls_session_send(s, &resp, -1);
+			free(eps);
+			break;
 		case LS_JOB_GC:
 			gr.blobs_removed = j->gc.blobs_removed;
 			gr.bytes_removed = j->gc.bytes_removed;
@@ -264,6 +350,9 @@ static void ls_job_done(struct ls_job *job)
 	for (size_t i = 0; i < j->n_items; i++)
 		lorastore__verify_item__free_unpacked(j->items[i], NULL);
 	free(j->items);
+	for (size_t i = 0; i < j->n_entries; i++)
+		free(j->entries[i].name);
+	free(j->entries);
 	free(j->deleted.gens);
 	ls_export_free(&j->exported);
 	ls_name_job_done(srv, j);
@@ -507,4 +596,42 @@ void ls_on_gc(struct ls_session *s, Lorastore__Request *req)
 	struct ls_req_job *j = ls_job_new(s, req->id, LS_JOB_GC);
 	if (j)
 		ls_job_submit(j);
+}
+
+void ls_on_push(struct ls_session *s, Lorastore__Request *req)
+{
+	if (!ls_need_admin(s, req->id, "push"))
+		return;
+	char name[LS_NAME_MAX + 1];
+	uint32_t version;
+	struct ls_err err;
+	if (ls_ref_parse(req->push->ref, name, &version, &err)) {
+		ls_session_error(s, req->id, err.code, "%s", err.msg);
+		return;
+	}
+	struct ls_req_job *j = ls_job_new(s, req->id, LS_JOB_PUSH);
+	if (!j)
+		return;
+	snprintf(j->ref, sizeof(j->ref), "%s", req->push->ref);
+	/* In order with the imports and deletes of the name. */
+	snprintf(j->kjob.key, sizeof(j->kjob.key), "%s", name);
+	ls_job_submit(j);
+}
+
+void ls_on_origin_list(struct ls_session *s, Lorastore__Request *req)
+{
+	const Lorastore__ListRequest *l = req->origin_list;
+	const char *prefix = l->prefix ? l->prefix : "", *cursor = l->cursor ? l->cursor : "";
+	if (strlen(prefix) > LS_NAME_MAX || strlen(cursor) >= LS_NAME_MAX + 16) {
+		ls_session_error(s, req->id, LS_E_NAME_INVALID, "prefix or cursor too long");
+		return;
+	}
+	struct ls_req_job *j = ls_job_new(s, req->id, LS_JOB_ORIGIN_LIST);
+	if (!j)
+		return;
+	snprintf(j->prefix, sizeof(j->prefix), "%s", prefix);
+	snprintf(j->cursor, sizeof(j->cursor), "%s", cursor);
+	/* The framer bounded it (LS_PROTO_ORIGIN_LIST_LIMIT_MAX); 0 asks for a default page. */
+	j->limit = l->limit ? l->limit : 1000;
+	ls_job_submit(j);
 }

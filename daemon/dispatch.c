@@ -96,6 +96,12 @@ void ls_dispatch(struct ls_session *s, Lorastore__Request *req)
 	case LORASTORE__REQUEST__BODY_REBUILD:
 		ls_on_rebuild(s, req);
 		break;
+	case LORASTORE__REQUEST__BODY_PUSH:
+		ls_on_push(s, req);
+		break;
+	case LORASTORE__REQUEST__BODY_ORIGIN_LIST:
+		ls_on_origin_list(s, req);
+		break;
 	default:
 		ls_session_error(s, req->id, LS_E_PROTOCOL, "unknown request");
 		break;

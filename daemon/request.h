@@ -42,6 +42,8 @@ void ls_on_rebuild(struct ls_session *s, Lorastore__Request *req);
 void ls_on_tag(struct ls_session *s, Lorastore__Request *req, bool untag);
 void ls_on_export(struct ls_session *s, Lorastore__Request *req);
 void ls_on_gc(struct ls_session *s, Lorastore__Request *req);
+void ls_on_push(struct ls_session *s, Lorastore__Request *req);
+void ls_on_origin_list(struct ls_session *s, Lorastore__Request *req);
 
 /* catalog_reads.c */
 void ls_on_show(struct ls_session *s, Lorastore__Request *req);

@@ -424,6 +424,8 @@ static int check_request_body(const Lorastore__Request *req, const char *kind,
 		return ref_required(req->evict, kind, err);
 	case LORASTORE__REQUEST__BODY_EXPORT:
 		return ref_required(req->export, kind, err);
+	case LORASTORE__REQUEST__BODY_PUSH:
+		return ref_required(req->push, kind, err);
 	case LORASTORE__REQUEST__BODY_ACQUIRE:
 		if (!req->acquire->ref || !req->acquire->ref[0])
 			return ls_err_set(err, LS_E_PROTOCOL,
@@ -457,6 +459,13 @@ static int check_request_body(const Lorastore__Request *req, const char *kind,
 			return ls_err_set(err, LS_E_PROTOCOL,
 					  "list request: field list.limit is %u, more than %u",
 					  req->list->limit, LS_PROTO_LIST_LIMIT_MAX);
+		return 0;
+	case LORASTORE__REQUEST__BODY_ORIGIN_LIST:
+		if (req->origin_list->limit > LS_PROTO_ORIGIN_LIST_LIMIT_MAX)
+			return ls_err_set(err, LS_E_PROTOCOL,
+					  "origin_list request: field origin_list.limit is %u, "
+					  "more than %u",
+					  req->origin_list->limit, LS_PROTO_ORIGIN_LIST_LIMIT_MAX);
 		return 0;
 	case LORASTORE__REQUEST__BODY_TAG:
 		if (!req->tag->alias || !req->tag->alias[0] || !req->tag->ref || !req->tag->ref[0])

@@ -28,6 +28,8 @@
  * framer's refusal and the client's check are this one number.
  */
 #define LS_PROTO_LIST_LIMIT_MAX 1000u
+/* The largest page of the origin's versions a request may ask for (names and numbers only). */
+#define LS_PROTO_ORIGIN_LIST_LIMIT_MAX 10000u
 
 struct ls_framer {
 	uint8_t *buf;        /* bytes received and not yet consumed */

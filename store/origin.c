@@ -159,7 +159,7 @@ int ls_origin_check(struct ls_origin *o, struct ls_err *err)
 {
 	char prefix[PATH_MAX];
 	snprintf(prefix, sizeof(prefix), "%sversions/", o->prefix);
-	int rc = ls_s3_list(o->s3, prefix, ls_no_key, NULL, err);
+	int rc = ls_s3_list(o->s3, prefix, NULL, ls_no_key, NULL, err);
 	return rc == 1 ? 0 : rc;
 }
 
@@ -207,7 +207,7 @@ static int ls_origin_latest(struct ls_origin *o, const char *name, uint32_t *lat
 	char prefix[PATH_MAX];
 	snprintf(prefix, sizeof(prefix), "%sversions/%s@", o->prefix, name);
 	struct ls_latest_walk w = {strlen(prefix), 0};
-	int rc = ls_s3_list(o->s3, prefix, ls_latest_key, &w, err);
+	int rc = ls_s3_list(o->s3, prefix, NULL, ls_latest_key, &w, err);
 	*latest = w.latest;
 	return rc;
 }
@@ -553,6 +553,238 @@ int ls_origin_sync(struct ls_store *s, const char *name, uint32_t version, uint3
 	return rc;
 }
 
+struct ls_delete_walk {
+	struct ls_origin *o;
+	uint32_t n;
+	struct ls_err *err;
+};
+
+static int ls_delete_key(void *ud, const char *key, uint64_t size)
+{
+	(void)size;
+	struct ls_delete_walk *w = ud;
+	int rc = ls_s3_delete(w->o->s3, key, w->err);
+	if (rc == 0)
+		w->n++;
+	return rc;
+}
+
+int ls_origin_delete(struct ls_store *s, const char *name, uint32_t version, uint32_t *n,
+		     struct ls_err *err)
+{
+	struct ls_origin *o = s->origin;
+	struct ls_delete_walk w = {o, 0, err};
+	char key[PATH_MAX];
+	int rc;
+	if (version) {
+		ls_version_key(o, name, version, key, sizeof(key));
+		rc = ls_s3_head(o->s3, key, NULL, err);
+		if (rc == 0)
+			rc = ls_delete_key(&w, key, 0);
+		else if (rc == LS_E_NOT_FOUND)
+			rc = 0;
+	} else {
+		snprintf(key, sizeof(key), "%sversions/%s@", o->prefix, name);
+		rc = ls_s3_list(o->s3, key, NULL, ls_delete_key, &w, err);
+	}
+	*n = w.n;
+	/* "NAME" must not be answered from a look taken before the delete. */
+	ls_look_forget(o, name);
+	return rc;
+}
+
+/* Upload the blob of rec unless the origin has it; *sent says whether it did. */
+static int ls_origin_upload_blob(struct ls_store *s, const Lorastore__VersionRecord *rec,
+				 struct ls_err *err)
+{
+	struct ls_origin *o = s->origin;
+	char key[PATH_MAX];
+	ls_blob_key(o, rec->digest.data, key, sizeof(key));
+	int rc = ls_s3_head(o->s3, key, NULL, err);
+	if (rc != LS_E_NOT_FOUND)
+		return rc;
+	char path[PATH_MAX];
+	ls_store_blob_path(s, rec->digest.data, path, sizeof(path));
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return ls_err_set(err, errno == ENOENT ? LS_E_BLOB_MISSING : -errno, "%s: %s", path,
+				  strerror(errno));
+	rc = ls_s3_put_file(o->s3, key, fd, rec->blob_bytes, err);
+	close(fd);
+	if (rc == 0) {
+		pthread_mutex_lock(&o->lock);
+		o->st.uploaded_bytes += rec->blob_bytes;
+		pthread_mutex_unlock(&o->lock);
+	}
+	return rc;
+}
+
+/* Create the origin's record of rec under version (If-None-Match: *): 0, -EEXIST, errors. */
+static int ls_origin_put_record(struct ls_origin *o, Lorastore__VersionRecord *rec,
+				uint32_t version, struct ls_err *err)
+{
+	Lorastore__VersionRecord copy = *rec;
+	copy.schema = LS_CATALOG_SCHEMA;
+	copy.version = version;
+	copy.generation = 0; /* each node's own */
+	Lorastore__OriginVersion out = LORASTORE__ORIGIN_VERSION__INIT;
+	out.format = 1;
+	out.record = &copy;
+	size_t len = lorastore__origin_version__get_packed_size(&out);
+	uint8_t *buf = malloc(len ? len : 1);
+	if (!buf)
+		return ls_err_set(err, -ENOMEM, "out of memory");
+	lorastore__origin_version__pack(&out, buf);
+	char key[PATH_MAX];
+	ls_version_key(o, rec->name, version, key, sizeof(key));
+	int rc = ls_s3_put(o->s3, key, buf, len, true, err);
+	free(buf);
+	if (rc == 0) {
+		pthread_mutex_lock(&o->lock);
+		o->st.published++;
+		pthread_mutex_unlock(&o->lock);
+	}
+	return rc;
+}
+
+struct ls_push_walk {
+	struct ls_store *s;
+	const char *name;
+	uint32_t version;           /* 0: every version */
+	uint32_t pushed, present, seen;
+	int rc;
+	struct ls_err *err;
+};
+
+/* One local version into the origin under its own number. */
+static int ls_push_one(void *ud, const Lorastore__VersionRecord *rec)
+{
+	struct ls_push_walk *w = ud;
+	if (strcmp(rec->name, w->name) != 0 || (w->version && rec->version != w->version))
+		return 0;
+	w->seen++;
+	struct ls_origin *o = w->s->origin;
+	Lorastore__OriginVersion *ov = NULL;
+	int rc = ls_origin_record(o, rec->name, rec->version, &ov, w->err);
+	if (rc == 0) {
+		bool same = memcmp(ov->record->digest.data, rec->digest.data, LS_DIGEST_LEN) == 0;
+		lorastore__origin_version__free_unpacked(ov, NULL);
+		if (same) {
+			w->present++;
+			return 0;
+		}
+		rc = -EEXIST;
+	} else if (rc == LS_E_NOT_FOUND) {
+		ls_err_clear(w->err);
+		rc = ls_origin_upload_blob(w->s, rec, w->err);
+		if (rc == 0)
+			rc = ls_origin_put_record(o, (Lorastore__VersionRecord *)rec, rec->version,
+						  w->err);
+		if (rc == 0)
+			w->pushed++;
+	}
+	if (rc == -EEXIST)
+		ls_err_set(w->err, -EEXIST,
+			   "origin %s has another %s@%u (another node took that number); import "
+			   "its files again to give it a number of the fleet's",
+			   o->label, rec->name, rec->version);
+	w->rc = rc;
+	return rc;
+}
+
+int ls_store_push(struct ls_store *s, const char *ref, uint32_t *pushed, uint32_t *present,
+		  struct ls_err *err)
+{
+	*pushed = *present = 0;
+	if (!s->origin)
+		return ls_err_set(err, LS_E_ORIGIN, "this daemon has no origin (lorastored --origin)");
+	char name[LS_NAME_MAX + 1];
+	uint32_t version;
+	int rc = ls_ref_parse(ref, name, &version, err);
+	if (rc)
+		return rc;
+	struct ls_push_walk w = {s, name, version, 0, 0, 0, 0, err};
+	/* A walk of the name's versions; uploads run inside it, in the catalog's order. */
+	char cursor[LS_NAME_MAX + 16] = "", next[LS_NAME_MAX + 16];
+	do {
+		rc = ls_store_list(s, name, cursor[0] ? cursor : NULL, 64, ls_push_one, &w, next,
+				   err);
+		snprintf(cursor, sizeof(cursor), "%s", next);
+	} while (rc == 0 && next[0]);
+	*pushed = w.pushed;
+	*present = w.present;
+	if (rc == 0 && w.seen == 0)
+		rc = ls_err_set(err, LS_E_NOT_FOUND, "no adapter %s here", ref);
+	return rc;
+}
+
+struct ls_list_walk {
+	struct ls_store *s;
+	size_t skip;                /* characters of the key before the name */
+	size_t limit, n;
+	ls_origin_entry_fn fn;
+	void *ud;
+	char *next;
+	char last[LS_NAME_MAX + 16];
+};
+
+static int ls_list_key(void *ud, const char *key, uint64_t size)
+{
+	(void)size;
+	struct ls_list_walk *w = ud;
+	const char *ref = key + w->skip, *at = strrchr(ref, '@');
+	char name[LS_NAME_MAX + 1];
+	if (!at || (size_t)(at - ref) > LS_NAME_MAX || strlen(at + 1) != 10)
+		return 0; /* not a key of ours */
+	memcpy(name, ref, (size_t)(at - ref));
+	name[at - ref] = '\0';
+	char *end;
+	unsigned long v = strtoul(at + 1, &end, 10);
+	if (*end || v == 0 || v >= UINT32_MAX || !ls_name_valid(name))
+		return 0;
+	if (w->n == w->limit) {
+		snprintf(w->next, LS_NAME_MAX + 16, "%s", w->last);
+		return 1;
+	}
+	Lorastore__VersionRecord *rec = NULL;
+	struct ls_err e;
+	pthread_rwlock_rdlock(&w->s->gc_lock);
+	bool here = ls_catalog_get(w->s->cat, name, (uint32_t)v, &rec, &e) == 0;
+	pthread_rwlock_unlock(&w->s->gc_lock);
+	if (rec)
+		lorastore__version_record__free_unpacked(rec, NULL);
+	int rc = w->fn(w->ud, name, (uint32_t)v, here);
+	w->n++;
+	snprintf(w->last, sizeof(w->last), "%s@%lu", name, v);
+	return rc;
+}
+
+int ls_store_origin_list(struct ls_store *s, const char *prefix, const char *cursor,
+			 size_t limit, ls_origin_entry_fn fn, void *ud, char *next,
+			 struct ls_err *err)
+{
+	next[0] = '\0';
+	struct ls_origin *o = s->origin;
+	if (!o)
+		return ls_err_set(err, LS_E_ORIGIN, "this daemon has no origin (lorastored --origin)");
+	char keys[PATH_MAX], after[PATH_MAX];
+	snprintf(keys, sizeof(keys), "%sversions/%s", o->prefix, prefix ? prefix : "");
+	const char *start = NULL;
+	if (cursor && *cursor) {
+		const char *at = strrchr(cursor, '@');
+		if (!at)
+			return ls_err_set(err, LS_E_NAME_INVALID, "cursor '%s' is not NAME@VERSION",
+					  cursor);
+		snprintf(after, sizeof(after), "%sversions/%.*s@%010lu", o->prefix,
+			 (int)(at - cursor), cursor, strtoul(at + 1, NULL, 10));
+		start = after;
+	}
+	struct ls_list_walk w = {.s = s, .skip = strlen(o->prefix) + 9, .limit = limit ? limit : 1000,
+				 .fn = fn, .ud = ud, .next = next};
+	int rc = ls_s3_list(o->s3, keys, start, ls_list_key, &w, err);
+	return rc == 1 ? 0 : rc;
+}
+
 int ls_origin_publish(struct ls_store *s, Lorastore__VersionRecord *rec,
 		      struct ls_import_check *check, uint32_t *version,
 		      Lorastore__VersionRecord **same, struct ls_err *err)
@@ -581,24 +813,8 @@ int ls_origin_publish(struct ls_store *s, Lorastore__VersionRecord *rec,
 			lorastore__origin_version__free_unpacked(ov, NULL);
 		if (rc)
 			return rc;
-		char key[PATH_MAX];
 		if (!uploaded) {
-			ls_blob_key(o, rec->digest.data, key, sizeof(key));
-			rc = ls_s3_head(o->s3, key, NULL, err);
-			if (rc == LS_E_NOT_FOUND) {
-				char path[PATH_MAX];
-				ls_store_blob_path(s, rec->digest.data, path, sizeof(path));
-				int fd = open(path, O_RDONLY | O_CLOEXEC);
-				if (fd < 0)
-					return ls_err_set(err, -errno, "%s: %s", path, strerror(errno));
-				rc = ls_s3_put_file(o->s3, key, fd, rec->blob_bytes, err);
-				close(fd);
-				if (rc == 0) {
-					pthread_mutex_lock(&o->lock);
-					o->st.uploaded_bytes += rec->blob_bytes;
-					pthread_mutex_unlock(&o->lock);
-				}
-			}
+			rc = ls_origin_upload_blob(s, rec, err);
 			if (rc)
 				return rc;
 			uploaded = true;
@@ -612,28 +828,11 @@ int ls_origin_publish(struct ls_store *s, Lorastore__VersionRecord *rec,
 				next = mine->version + 1;
 			lorastore__version_record__free_unpacked(mine, NULL);
 		}
-		Lorastore__OriginVersion out = LORASTORE__ORIGIN_VERSION__INIT;
-		out.format = 1;
-		out.record = rec;
-		rec->schema = LS_CATALOG_SCHEMA;
-		rec->version = next;
-		rec->generation = 0;
-		size_t len = lorastore__origin_version__get_packed_size(&out);
-		uint8_t *buf = malloc(len ? len : 1);
-		if (!buf)
-			return ls_err_set(err, -ENOMEM, "out of memory");
-		lorastore__origin_version__pack(&out, buf);
-		rec->version = 0;
-		ls_version_key(o, rec->name, next, key, sizeof(key));
-		rc = ls_s3_put(o->s3, key, buf, len, true, err);
-		free(buf);
+		rc = ls_origin_put_record(o, rec, next, err);
 		if (rc == -EEXIST)
 			continue; /* another node took that number: look again */
 		if (rc)
 			return rc;
-		pthread_mutex_lock(&o->lock);
-		o->st.published++;
-		pthread_mutex_unlock(&o->lock);
 		*version = next;
 		return 0;
 	}

@@ -90,4 +90,30 @@ void ls_store_set_origin(struct ls_store *s, struct ls_origin *o);
 /* The store's origin, or NULL. */
 struct ls_origin *ls_store_origin(struct ls_store *s);
 
+/*
+ * Push the versions of ref ("name": every version here; "name@N": one) into
+ * the origin under their own numbers: versions imported before the store
+ * had an origin, or while it was away.  *pushed counts those uploaded,
+ * *present those the origin had with the same digest.  0, LS_E_NOT_FOUND,
+ * -EEXIST (the origin has that number with another digest: another node
+ * took it; import the files again for a new number), LS_E_ORIGIN (also: no
+ * origin configured).
+ */
+int ls_store_push(struct ls_store *s, const char *ref, uint32_t *pushed, uint32_t *present,
+		  struct ls_err *err);
+
+/* A version the origin has; here: whether this store's catalog has it too. */
+typedef int (*ls_origin_entry_fn)(void *ud, const char *name, uint32_t version, bool here);
+
+/*
+ * One page of the origin's versions whose name begins with prefix, after
+ * cursor ("name@version" of the previous page's last, or NULL), at most
+ * limit.  next gets the cursor of the next page, or "" (at least
+ * LS_NAME_MAX + 16 bytes).  Nothing is downloaded: the names and numbers
+ * are the keys'.  0, or LS_E_ORIGIN.
+ */
+int ls_store_origin_list(struct ls_store *s, const char *prefix, const char *cursor,
+			 size_t limit, ls_origin_entry_fn fn, void *ud, char *next,
+			 struct ls_err *err);
+
 #endif

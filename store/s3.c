@@ -531,18 +531,22 @@ int ls_s3_delete(struct ls_s3 *s3, const char *key, struct ls_err *err)
 	return rc == LS_E_NOT_FOUND ? 0 : rc;
 }
 
-int ls_s3_list(struct ls_s3 *s3, const char *prefix, ls_s3_key_fn fn, void *ud,
-	       struct ls_err *err)
+int ls_s3_list(struct ls_s3 *s3, const char *prefix, const char *start_after, ls_s3_key_fn fn,
+	       void *ud, struct ls_err *err)
 {
 	char *enc_prefix = ls_uri_encode(prefix, false);
+	char *enc_after = start_after ? ls_uri_encode(start_after, false) : NULL;
 	char *token = NULL;
-	int rc = enc_prefix ? 0 : ls_err_set(err, -ENOMEM, "out of memory");
+	int rc = enc_prefix && (!start_after || enc_after) ? 0
+							   : ls_err_set(err, -ENOMEM, "out of memory");
 	while (rc == 0) {
 		/* Parameters in the order the signature sorts them. */
 		char *query = NULL, *enc_token = token ? ls_uri_encode(token, false) : NULL;
 		if ((token && !enc_token) ||
-		    asprintf(&query, "%s%s%slist-type=2&prefix=%s", token ? "continuation-token=" : "",
-			     token ? enc_token : "", token ? "&" : "", enc_prefix) < 0) {
+		    asprintf(&query, "%s%s%slist-type=2&prefix=%s%s%s",
+			     token ? "continuation-token=" : "", token ? enc_token : "",
+			     token ? "&" : "", enc_prefix, enc_after ? "&start-after=" : "",
+			     enc_after ? enc_after : "") < 0) {
 			free(enc_token);
 			rc = ls_err_set(err, -ENOMEM, "out of memory");
 			break;
@@ -576,5 +580,6 @@ int ls_s3_list(struct ls_s3 *s3, const char *prefix, ls_s3_key_fn fn, void *ud,
 	}
 	free(token);
 	free(enc_prefix);
+	free(enc_after);
 	return rc;
 }

@@ -100,9 +100,12 @@ int ls_s3_delete(struct ls_s3 *s3, const char *key, struct ls_err *err);
 /* Called for each key of a listing, in order; non-zero stops it and is returned. */
 typedef int (*ls_s3_key_fn)(void *ud, const char *key, uint64_t size);
 
-/* Every key beginning with prefix (ListObjectsV2, page after page). */
-int ls_s3_list(struct ls_s3 *s3, const char *prefix, ls_s3_key_fn fn, void *ud,
-	       struct ls_err *err);
+/*
+ * Every key beginning with prefix and sorting after start_after (NULL: from
+ * the first), in order (ListObjectsV2, page after page).
+ */
+int ls_s3_list(struct ls_s3 *s3, const char *prefix, const char *start_after, ls_s3_key_fn fn,
+	       void *ud, struct ls_err *err);
 
 /* One parsed page of a ListObjectsV2 result, or an S3 error document (s3_xml.c). */
 struct ls_s3_page {

@@ -761,6 +761,28 @@ int ls_store_delete(struct ls_store *s, const char *ref, struct ls_deleted_gens 
 	pthread_rwlock_unlock(&s->gc_lock);
 	free(d.digests);
 	free(d.sizes);
+	if (s->origin && (rc == 0 || rc == LS_E_NOT_FOUND)) {
+		/* After the local delete, which an alias may refuse; the origin cannot. */
+		uint32_t n = 0;
+		struct ls_err oerr;
+		ls_err_clear(&oerr);
+		int orc = ls_origin_delete(s, name, version, &n, &oerr);
+		if (out) {
+			out->origin_versions = n;
+			out->origin_rc = orc;
+			snprintf(out->origin_error, sizeof(out->origin_error), "%s",
+				 orc ? oerr.msg : "");
+		}
+		if (rc == LS_E_NOT_FOUND && (n > 0 || orc)) {
+			/* Only the origin had it: its answer is the delete's. */
+			if (orc) {
+				*err = oerr;
+				return orc;
+			}
+			ls_err_clear(err);
+			rc = 0;
+		}
+	}
 	if (rc)
 		return rc;
 	/* A ref left behind by a failed unlink is removed by gc: the catalog decides. */

@@ -113,12 +113,21 @@ struct ls_deleted_gens {
 	uint64_t blob_bytes;   /* bytes of their blob files, a shared blob once */
 	uint64_t freed_bytes;  /* bytes of the blob files removed (no version used them) */
 	size_t blobs_freed;
+	/* With an origin (origin.h): its version records the delete removed, or why not. */
+	uint32_t origin_versions;
+	int origin_rc;         /* 0, or the origin's error (origin_error says it) */
+	char origin_error[LS_ERR_MSG_MAX];
 };
 
 /*
  * Delete a version ("name@N") or every version of a name ("name").  The ref
  * files go at once, and the blob of each deleted version when no version
  * uses it any more (a crash in between leaves a blob that gc removes).
+ * With an origin, the versions' records go from the origin too (also those
+ * this node never pulled; the blobs stay there, immutable, for versions
+ * that share them): when the origin cannot do it, the local delete stands
+ * and out->origin_rc says why (run the delete again).  A version only the
+ * origin has is deleted there.
  * Memory holding a deleted version is the daemon's to free.  With out
  * non-NULL, the generations removed are listed there (the daemon drops
  * their resident copies: a version imported while the delete waited is in

@@ -55,6 +55,13 @@ int ls_origin_sync(struct ls_store *s, const char *name, uint32_t version, uint3
 		   struct ls_err *err);
 
 /*
+ * Delete name@version (every version of name when version is 0) from the
+ * origin: its version records.  *n: how many there were.  0, or LS_E_ORIGIN.
+ */
+int ls_origin_delete(struct ls_store *s, const char *name, uint32_t version, uint32_t *n,
+		     struct ls_err *err);
+
+/*
  * Create rec (blob in blobs/, version 0) in the origin: the blob uploaded
  * when the origin lacks it, then the version record with the next number
  * the fleet has not given, written to *version.  LS_CATALOG_SAME when the

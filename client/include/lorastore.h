@@ -560,7 +560,53 @@ typedef struct lorastore_delete_result {
 	uint64_t blob_bytes;           /* bytes of their blob files (a blob two shared, once) */
 	uint64_t freed_bytes;          /* bytes of blob files removed from disk: those no
 					  version uses any more */
+	char origin[256];              /* the daemon's origin, "" when it has none */
+	uint32_t origin_versions;      /* version records removed from the origin (every
+					  node stops pulling them; nodes that have them
+					  keep serving them until they delete them too) */
+	char origin_error[512];        /* "" or why the origin kept them: the local delete
+					  stands, and deleting again finishes it */
 } lorastore_delete_result;
+
+/* ---- The origin: an S3-compatible object store that feeds every node (lorastored --origin) */
+
+/* What a push did. */
+typedef struct lorastore_push_result {
+	uint32_t pushed;               /* versions uploaded */
+	uint32_t present;              /* versions the origin had (same number and digest) */
+	char origin[256];              /* "s3://BUCKET/PREFIX at ENDPOINT" */
+} lorastore_push_result;
+
+/*
+ * Upload ref's versions ("name": every version this node has; "name@N":
+ * one) into the daemon's origin under their own numbers: versions imported
+ * before the daemon had an origin, or while it was away (imports with an
+ * origin are in it before they are acknowledged).  Needs an admin peer.
+ * Errors: LORASTORE_E_NOT_FOUND, -EEXIST (the origin has that number with
+ * other content: another node took it; import the files again for a new
+ * number), LORASTORE_E_ORIGIN (no origin, or it failed), -EPERM.
+ */
+int lorastore_push(lorastore *conn, const char *ref, lorastore_push_result *out);
+
+/* A version the origin has. */
+typedef struct lorastore_origin_entry {
+	const char *name;              /* valid during the call */
+	uint32_t version;
+	int here;                      /* 1 when this node's catalog has it */
+	const char *origin;            /* the origin, "s3://BUCKET/PREFIX at ENDPOINT" */
+} lorastore_origin_entry;
+
+/*
+ * One page of the versions the daemon's origin has whose name begins with
+ * prefix ("" for all), in name and version order, after cursor (NULL or ""
+ * for the first page; else the next of the previous page), at most limit
+ * (0: 1,000; at most 10,000).  fn is called for each; next (next_len bytes,
+ * 256 is enough) gets the cursor of the next page, "" after the last.  Only
+ * keys are read: nothing is downloaded.  Errors: LORASTORE_E_ORIGIN.
+ */
+int lorastore_origin_list(lorastore *conn, const char *prefix, const char *cursor,
+			  unsigned limit, void (*fn)(void *ud, const lorastore_origin_entry *e),
+			  void *ud, char *next, size_t next_len);
 
 /*
  * lorastore_delete, and what it removed into *out (may be NULL).  The blob

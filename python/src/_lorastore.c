@@ -817,9 +817,10 @@ static PyObject *ls_connection_delete(ls_Connection *c, PyObject *args)
 	LS_BLOCKING(c, rc, msg, lorastore_delete_report(c->conn, ref, &r));
 	if (rc)
 		return ls_raise(rc, msg);
-	return Py_BuildValue("{s:I,s:K,s:K}", "versions", r.versions, "blob_bytes",
+	return Py_BuildValue("{s:I,s:K,s:K,s:s,s:I,s:s}", "versions", r.versions, "blob_bytes",
 			     (unsigned long long)r.blob_bytes, "freed_bytes",
-			     (unsigned long long)r.freed_bytes);
+			     (unsigned long long)r.freed_bytes, "origin", r.origin,
+			     "origin_versions", r.origin_versions, "origin_error", r.origin_error);
 }
 
 static PyObject *ls_connection_tag(ls_Connection *c, PyObject *args)

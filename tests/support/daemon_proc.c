@@ -183,11 +183,15 @@ int ls_daemon_start(struct ls_daemon_proc *d, const char *dir_or_null, const cha
 int ls_daemon_start_ex(struct ls_daemon_proc *d, const char *dir_or_null, const char *const *args,
 		       unsigned flags)
 {
+	/* Copied first: a restart may pass d->dir itself, which the memset clears. */
+	char reuse[sizeof(d->dir)];
+	if (dir_or_null)
+		snprintf(reuse, sizeof(reuse), "%s", dir_or_null);
 	memset(d, 0, sizeof(*d));
 	d->pid = -1;
 	d->notify_fd = -1;
 	if (dir_or_null) {
-		snprintf(d->dir, sizeof(d->dir), "%s", dir_or_null);
+		snprintf(d->dir, sizeof(d->dir), "%s", reuse);
 	} else {
 		char *dir = synth_mkdtemp("daemon");
 		snprintf(d->dir, sizeof(d->dir), "%s", dir);

@@ -17,10 +17,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
 #include <lorastore.h>
 
 #include "adapter_sum.h"
 #include "daemon_proc.h"
+#include "proc_run.h"
 #include "s3_server.h"
 #include "synth.h"
 
@@ -222,4 +224,104 @@ Test(origin, with_the_origin_away_local_versions_serve_and_remote_ones_fail_then
 	struct held b2 = acquire_on(1, "fleet/d@2");
 	cr_assert_eq(b2.info.version, 2);
 	lorastore_adapter_release(b2.ad);
+}
+
+/* The CLI against node i: its standard output (the test frees it); the status must be 0. */
+static char *cli_on(int i, const char *const *args)
+{
+	struct ls_proc_result r;
+	cr_assert_eq(ls_cli_run(node[i].socket, work_dir, args, &r), 0);
+	cr_assert_eq(r.status, 0, "lorastore %s: %s", args[0], r.err);
+	char *out = strdup(r.out);
+	ls_proc_result_free(&r);
+	return out;
+}
+
+Test(origin, versions_imported_before_the_origin_are_pushed_and_then_served_elsewhere)
+{
+	/* Node 0 without an origin: its versions stay its own. */
+	stop_node(0);
+	const char *plain[] = {"--host-budget", "64MiB", NULL};
+	cr_assert_eq(ls_daemon_start(&node[0], node[0].dir, plain), 0);
+	cr_assert_eq(lorastore_connect(node[0].socket, &conn[0]), 0);
+	import_on(0, "fleet/old", 1);
+	import_on(0, "fleet/old", 2);
+	stop_node(0);
+	start_node(0, node[0].dir, creds);
+	lorastore_adapter *ad = NULL;
+	cr_assert_eq(lorastore_acquire(conn[1], "fleet/old@1", 30000, &ad), LORASTORE_E_NOT_FOUND,
+		     "%s", lorastore_errmsg(conn[1]));
+	const char *push[] = {"push", "fleet/old", NULL};
+	char *out = cli_on(0, push);
+	cr_assert(strstr(out, "2 uploaded, 0 there already"), "%s", out);
+	free(out);
+	out = cli_on(0, push);
+	cr_assert(strstr(out, "0 uploaded, 2 there already"), "%s", out);
+	free(out);
+	for (int v = 1; v <= 2; v++) {
+		char ref[32];
+		snprintf(ref, sizeof(ref), "fleet/old@%d", v);
+		struct held a = acquire_on(0, ref), b = acquire_on(1, ref);
+		cr_assert_eq(a.sum, b.sum, "%s", ref);
+		lorastore_adapter_release(a.ad);
+		lorastore_adapter_release(b.ad);
+	}
+	/* The next import anywhere takes the fleet's next number. */
+	import_on(1, "fleet/old", 3);
+	struct held b3 = acquire_on(1, "fleet/old@3");
+	lorastore_adapter_release(b3.ad);
+}
+
+/* In `lorastore --json ls --origin` output: -1 when name@version is not listed, else "here". */
+static int listed_here(const char *json, const char *name, uint32_t version)
+{
+	cJSON *doc = cJSON_Parse(json);
+	cr_assert_not_null(doc, "not JSON: %s", json);
+	int here = -1;
+	const cJSON *v;
+	cJSON_ArrayForEach(v, cJSON_GetObjectItem(doc, "versions"))
+	{
+		const cJSON *n = cJSON_GetObjectItem(v, "name");
+		if (cJSON_IsString(n) && strcmp(n->valuestring, name) == 0 &&
+		    cJSON_GetObjectItem(v, "version")->valuedouble == version)
+			here = cJSON_IsTrue(cJSON_GetObjectItem(v, "here"));
+	}
+	cJSON_Delete(doc);
+	return here;
+}
+
+Test(origin, the_cli_lists_the_origin_pulls_a_version_and_says_what_a_delete_did_there)
+{
+	import_on(0, "fleet/cli", 1);
+	import_on(0, "fleet/cli", 2);
+	const char *ls[] = {"--json", "ls", "--origin", "fleet/", NULL};
+	char *out = cli_on(1, ls);
+	cr_assert_eq(listed_here(out, "fleet/cli", 1), 0, "%s", out);
+	cr_assert_eq(listed_here(out, "fleet/cli", 2), 0, "%s", out);
+	cr_assert_eq(listed_here(out, "fleet/cli", 3), -1, "%s", out);
+	free(out);
+	const char *pull[] = {"pull", "fleet/cli@1", NULL};
+	out = cli_on(1, pull);
+	cr_assert(strstr(out, "fleet/cli@1 here"), "%s", out);
+	free(out);
+	out = cli_on(1, ls);
+	cr_assert_eq(listed_here(out, "fleet/cli", 1), 1, "%s", out);
+	cr_assert_eq(listed_here(out, "fleet/cli", 2), 0, "%s", out);
+	free(out);
+	const char *rm[] = {"rm", "--all", "fleet/cli", NULL};
+	out = cli_on(1, rm);
+	cr_assert(strstr(out, "deleted fleet/cli (1 version"), "%s", out);
+	cr_assert(strstr(out, "2 versions from the origin s3://fleet/nodes"), "%s", out);
+	free(out);
+	const char *ls_text[] = {"ls", "--origin", "fleet/cli", NULL};
+	out = cli_on(0, ls_text);
+	cr_assert(strstr(out, "no versions beginning with fleet/cli in the origin"), "%s", out);
+	free(out);
+	/* Stats count what the origin did for node 1. */
+	lorastore_stats st;
+	cr_assert_eq(lorastore_stats_get(conn[1], &st), 0);
+	cr_assert(strstr(st.origin.origin, "s3://fleet/nodes"), "%s", st.origin.origin);
+	cr_assert_eq(st.origin.pulls, 1);
+	cr_assert_geq(st.origin.requests, 4);
+	cr_assert_eq(st.origin.refused, 0);
 }
