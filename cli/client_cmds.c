@@ -537,7 +537,8 @@ static const char ls_stats_help[] =
 	"    requests, errors, bytes in and out, versions pulled, pulls in\n"
 	"    flight, downloads refused and versions published; \"origin\" is then {\"origin\", \"requests\",\n"
 	"    \"errors\", \"bytes_in\", \"bytes_out\", \"pulls\", \"pulls_in_flight\",\n"
-	"    \"refused\", \"published\"}, and null without one.\n"
+	"    \"refused\", \"published\", \"cache_bytes\", \"cache_budget\",\n"
+	"    \"cache_evictions\"}, and null without one.\n"
 	"\n" LS_EXIT_STATUS_TEXT;
 
 static cJSON *ls_json_stats(const lorastore_stats *s)
@@ -581,6 +582,9 @@ static cJSON *ls_json_stats(const lorastore_stats *s)
 		cJSON_AddNumberToObject(jo, "pulls_in_flight", g->pulls_in_flight);
 		cJSON_AddNumberToObject(jo, "refused", (double)g->refused);
 		cJSON_AddNumberToObject(jo, "published", (double)g->published);
+		cJSON_AddNumberToObject(jo, "cache_bytes", (double)g->cache_bytes);
+		cJSON_AddNumberToObject(jo, "cache_budget", (double)g->cache_budget);
+		cJSON_AddNumberToObject(jo, "cache_evictions", (double)g->cache_evictions);
 	} else {
 		cJSON_AddNullToObject(o, "origin");
 	}
@@ -627,6 +631,11 @@ static void ls_print_stats(const lorastore_stats *s)
 		       (unsigned long long)g->pulls, g->pulls_in_flight,
 		       (unsigned long long)g->refused);
 		printf("  published  %llu\n", (unsigned long long)g->published);
+		char used[32], budget[32];
+		ls_format_size(g->cache_bytes, used, sizeof(used));
+		ls_format_size(g->cache_budget, budget, sizeof(budget));
+		printf("  disk cache %s of pulled blobs (budget %s), %llu removed\n", used,
+		       g->cache_budget ? budget : "none", (unsigned long long)g->cache_evictions);
 	}
 }
 

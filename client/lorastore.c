@@ -299,6 +299,9 @@ LS_PUBLIC int lorastore_stats_get(lorastore *conn, lorastore_stats *out)
 		out->origin.pulls_in_flight = o->pulls_in_flight;
 		out->origin.refused = o->refused;
 		out->origin.published = o->published;
+		out->origin.cache_bytes = o->cache_bytes;
+		out->origin.cache_budget = o->cache_budget;
+		out->origin.cache_evictions = o->cache_evictions;
 	}
 	lorastore__response__free_unpacked(resp, NULL);
 	return 0;

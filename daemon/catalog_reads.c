@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "catalog_reads.h"
+#include "disk_cache.h"
 #include "request.h"
 
 #define LS_LIST_PAGE_DEFAULT 100u
@@ -290,7 +291,7 @@ void ls_on_list(struct ls_session *s, Lorastore__Request *req)
  * again when a delete finished meanwhile: the version it found may be gone,
  * and a resident copy made of it now would never learn of the delete.
  */
-static void ls_read_done(struct ls_job *job)
+static void ls_read_answer(struct ls_job *job)
 {
 	struct ls_read_job *j = (struct ls_read_job *)job;
 	struct ls_session *s = j->s;
@@ -334,6 +335,18 @@ static void ls_read_done(struct ls_job *job)
 		}
 	}
 	ls_read_free(j);
+}
+
+/*
+ * A read is back: answered, then the versions it may have pulled from the
+ * origin are counted and the disk cache kept (after the answer, so that a
+ * load it started is among what the cache keeps).
+ */
+static void ls_read_done(struct ls_job *job)
+{
+	struct ls_server *srv = ((struct ls_read_job *)job)->s->srv;
+	ls_read_answer(job);
+	ls_disk_cache_after_read(srv);
 }
 
 struct ls_read_job *ls_read_lookup(struct ls_session *s, uint64_t id, const char *const *refs,

@@ -100,6 +100,11 @@ static const char ls_usage[] =
 	"                         version holds (default 5000)\n"
 	"  --origin-timeout MS    connecting to the origin, and a transfer that moves\n"
 	"                         nothing, fail after MS milliseconds (default 10000)\n"
+	"  --disk-budget SIZE     bytes of blobs pulled from the origin that the state\n"
+	"                         directory keeps (default 0: no bound); past it the\n"
+	"                         pulled versions used least recently, held by no\n"
+	"                         tier and no alias, are removed here (the origin\n"
+	"                         keeps them; a later request pulls them again)\n"
 	"  --config FILE          read options from FILE (\"key = value\" lines);\n"
 	"                         options given on the command line win\n"
 	"  --log-level LEVEL      error, warning, info (default) or debug\n"
@@ -146,6 +151,7 @@ enum {
 	OPT_ORIGIN_ADDRESSING,
 	OPT_ORIGIN_TTL,
 	OPT_ORIGIN_TIMEOUT,
+	OPT_DISK_BUDGET,
 };
 
 static const struct option ls_options[] = {
@@ -176,6 +182,7 @@ static const struct option ls_options[] = {
 	{"origin-addressing", required_argument, NULL, OPT_ORIGIN_ADDRESSING},
 	{"origin-ttl", required_argument, NULL, OPT_ORIGIN_TTL},
 	{"origin-timeout", required_argument, NULL, OPT_ORIGIN_TIMEOUT},
+	{"disk-budget", required_argument, NULL, OPT_DISK_BUDGET},
 	{"help", no_argument, NULL, 'h'},
 	{"version", no_argument, NULL, OPT_VERSION},
 	{NULL, 0, NULL, 0},
@@ -320,6 +327,11 @@ static int ls_config_apply(struct ls_config *c, int opt, const char *val, const 
 				      (int)sizeof(c->devices)
 			     ? -EINVAL
 			     : 0;
+		break;
+	case OPT_DISK_BUDGET:
+		rc = ls_size_parse(val, &size);
+		if (rc == 0)
+			c->disk_budget = size;
 		break;
 	case OPT_HOST_BUDGET:
 	case OPT_PIN_LIMIT:

@@ -43,6 +43,7 @@ struct ls_config {
 	bool origin_virtual_host;        /* --origin-addressing virtual */
 	unsigned origin_ttl_ms;          /* --origin-ttl MS: how long "NAME" trusts a look */
 	unsigned origin_timeout_ms;      /* --origin-timeout MS: connect, and a stalled transfer */
+	uint64_t disk_budget;            /* --disk-budget: bytes of pulled blobs on disk; 0: no bound */
 };
 
 /*

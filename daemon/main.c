@@ -25,6 +25,7 @@
 #include "ls_clock.h"
 #include "ls_size.h"
 #include "metrics.h"
+#include "disk_cache.h"
 #include "origin_setup.h"
 #include "server.h"
 #include "stats.h"
@@ -425,6 +426,7 @@ int main(int argc, char **argv)
 	}
 	if (cfg.origin[0])
 		ls_refcache_set_latest_ttl(srv.refcache, (int64_t)cfg.origin_ttl_ms * 1000000);
+	ls_disk_cache_start(&srv);
 	/* The metrics port before the socket: whoever sees the socket accept
 	 * (a client, systemd, a test) finds the metrics served too. */
 	if (cfg.metrics_listen[0]) {

@@ -120,6 +120,15 @@ static void ls_origin_metrics(FILE *f, const struct ls_metrics_snapshot *s)
 		{"lorastore_origin_published_total", "counter",
 		 "Versions this node created in the origin.",
 		 offsetof(struct ls_metrics_snapshot, origin_published)},
+		{"lorastore_origin_cache_bytes", "gauge",
+		 "Bytes of blobs pulled from the origin on this node's disk.",
+		 offsetof(struct ls_metrics_snapshot, origin_cache_bytes)},
+		{"lorastore_origin_cache_budget_bytes", "gauge",
+		 "--disk-budget: the bytes of pulled blobs kept (0: no bound).",
+		 offsetof(struct ls_metrics_snapshot, origin_cache_budget)},
+		{"lorastore_origin_cache_evictions_total", "counter",
+		 "Pulled versions the disk budget removed from this node (the origin keeps them).",
+		 offsetof(struct ls_metrics_snapshot, origin_cache_evictions)},
 	};
 	ls_plain_metrics(f, s, origin, sizeof(origin) / sizeof(origin[0]));
 	fprintf(f, "# HELP lorastore_origin_request_duration_seconds Time of one request to the "

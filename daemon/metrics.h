@@ -41,6 +41,7 @@ struct ls_metrics_snapshot {
 	char origin[256];            /* "s3://BUCKET/PREFIX at ENDPOINT" */
 	uint64_t origin_requests, origin_errors, origin_bytes_in, origin_bytes_out;
 	uint64_t origin_pulls, origin_pulls_in_flight, origin_refused, origin_published;
+	uint64_t origin_cache_bytes, origin_cache_budget, origin_cache_evictions;
 	struct ls_hist origin_latency; /* request latencies */
 };
 

@@ -1144,6 +1144,31 @@ void ls_res_presence(struct ls_residency *r, uint64_t generation, bool *host, bo
 	}
 }
 
+static int ls_gen_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+size_t ls_res_generations(struct ls_residency *r, uint64_t **out)
+{
+	size_t n = 0;
+	for (uint32_t i = 0; i < r->n_tiers; i++)
+		n += r->tiers[i].count;
+	*out = malloc((n ? n : 1) * sizeof(**out));
+	if (!*out)
+		return 0;
+	size_t k = 0;
+	for (uint32_t i = 0; i < r->n_tiers; i++) {
+		const struct ls_tier *t = &r->tiers[i];
+		for (uint32_t b = 0; b < t->n_buckets; b++)
+			for (const struct ls_resident *e = t->buckets[b]; e && k < n; e = e->hnext)
+				(*out)[k++] = e->generation;
+	}
+	qsort(*out, k, sizeof(**out), ls_gen_cmp);
+	return k;
+}
+
 uint32_t ls_res_tier_count(const struct ls_residency *r)
 {
 	return r->n_tiers;

@@ -194,6 +194,14 @@ void ls_res_presence(struct ls_residency *r, uint64_t generation, bool *host, bo
 		     uint32_t *pins);
 
 uint32_t ls_res_tier_count(const struct ls_residency *r);
+
+/*
+ * Every generation present in a tier (resident, loading or pinned; one that
+ * two tiers hold, twice), sorted, in a malloc'ed array: the versions whose
+ * blobs the disk cache keeps.  Returns the count (0 with *out NULL when out
+ * of memory).
+ */
+size_t ls_res_generations(struct ls_residency *r, uint64_t **out);
 /* Tier i (0: host), or NULL past the last. */
 struct ls_tier *ls_res_tier_at(struct ls_residency *r, uint32_t i);
 enum ls_tier_kind ls_tier_kind(const struct ls_tier *t);

@@ -191,6 +191,10 @@ struct ls_server {
 	uint64_t delete_seq;         /* deletes finished so far: a catalog read older is stale */
 	uint64_t catalog_seq;        /* imports, deletes and rebuilds finished so far */
 	uint64_t catalog_versions;   /* versions in the catalog: counted at start, kept up to date */
+	/* The origin's disk cache (disk_cache.h) */
+	uint64_t origin_pulls_seen;  /* the origin's pulls already counted in catalog_versions */
+	bool cache_trimming;         /* a trim of the pulled blobs is on the workers */
+	uint64_t cache_evictions;    /* pulled versions the disk budget removed */
 	bool stopping;
 
 	bool have_admin_gid;

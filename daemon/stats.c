@@ -61,6 +61,9 @@ void ls_stats_snapshot(struct ls_server *srv, struct ls_metrics_snapshot *out)
 		out->origin_pulls_in_flight = st.pulls_in_flight;
 		out->origin_refused = st.refused;
 		out->origin_published = st.published;
+		out->origin_cache_bytes = st.cache_bytes;
+		out->origin_cache_budget = srv->cfg->disk_budget;
+		out->origin_cache_evictions = srv->cache_evictions;
 		_Static_assert(LS_S3_LATENCY_BUCKETS == LS_HIST_BUCKETS, "one bucket count");
 		memcpy(out->origin_latency.counts, st.s3.latency, sizeof(st.s3.latency));
 		out->origin_latency.sum = st.s3.latency_sum_s;
@@ -110,6 +113,9 @@ void ls_on_stats(struct ls_session *s, Lorastore__Request *req)
 		os.pulls_in_flight = (uint32_t)snap.origin_pulls_in_flight;
 		os.refused = snap.origin_refused;
 		os.published = snap.origin_published;
+		os.cache_bytes = snap.origin_cache_bytes;
+		os.cache_budget = snap.origin_cache_budget;
+		os.cache_evictions = snap.origin_cache_evictions;
 		sr.origin = &os;
 	}
 	Lorastore__Response resp = LORASTORE__RESPONSE__INIT;

@@ -41,6 +41,7 @@ struct ls_pull {
 struct ls_look {
 	char *ref;
 	int64_t at_ns;
+	uint32_t latest;            /* the origin's latest version then (0: none) */
 };
 
 struct ls_origin {
@@ -53,6 +54,14 @@ struct ls_origin {
 	struct ls_pull *pulls;
 	struct ls_look *looks;
 	size_t n_looks, cap_looks;
+	/* When each blob was last used (digest -> monotonic ns), open addressing. */
+	struct ls_use {
+		uint8_t digest[LS_DIGEST_LEN];
+		int64_t at_ns;
+		bool used;
+	} *uses;
+	size_t n_uses, cap_uses;
+	uint64_t cache_bytes;       /* pulled blobs on disk: as of the last trim, plus pulls */
 	struct ls_origin_stats st;
 };
 
@@ -116,6 +125,7 @@ void ls_origin_close(struct ls_origin *o)
 	for (size_t i = 0; i < o->cap_looks; i++)
 		free(o->looks[i].ref);
 	free(o->looks);
+	free(o->uses);
 	pthread_mutex_destroy(&o->lock);
 	pthread_cond_destroy(&o->pulled);
 	free(o->prefix);
@@ -132,6 +142,7 @@ void ls_origin_stats(struct ls_origin *o, struct ls_origin_stats *out)
 {
 	pthread_mutex_lock(&o->lock);
 	*out = o->st;
+	out->cache_bytes = o->cache_bytes;
 	pthread_mutex_unlock(&o->lock);
 	ls_s3_counters(o->s3, &out->s3);
 }
@@ -363,10 +374,18 @@ static int ls_pull_commit(struct ls_store *s, const Lorastore__VersionRecord *or
 	rec.name = orec->name;
 	rec.created_unix_ns = orec->created_unix_ns;
 	rec.source = orec->source;
+	rec.pulled = true;
 	struct ls_import_check c = {s, false};
 	pthread_mutex_lock(&s->digest_lock);
 	rc = ls_catalog_add_version(s->cat, &rec, orec->version, ls_store_write_ref, &c, err);
 	pthread_mutex_unlock(&s->digest_lock);
+	if (rc == 0) {
+		struct ls_origin *o = s->origin;
+		pthread_mutex_lock(&o->lock);
+		o->cache_bytes += rec.blob_bytes;
+		pthread_mutex_unlock(&o->lock);
+		ls_origin_touch(o, orec->digest.data);
+	}
 	ls_record_from_manifest_free(&rec);
 	lorastore__blob_manifest__free_unpacked(m, NULL);
 	return rc == -EEXIST ? 0 : rc; /* committed meanwhile by an import of this node */
@@ -396,6 +415,261 @@ static int ls_pull(struct ls_store *s, const char *name, uint32_t version, struc
 		o->st.pulls++;
 		pthread_mutex_unlock(&o->lock);
 	}
+	return rc;
+}
+
+/* The slot of digest in the table of uses (a free one when absent); o->lock held. */
+static struct ls_use *ls_use_slot(struct ls_origin *o, const uint8_t *digest)
+{
+	size_t h;
+	memcpy(&h, digest, sizeof(h)); /* a SHA-256: its first bytes are as good as a hash */
+	size_t j = h & (o->cap_uses - 1);
+	while (o->uses[j].used && memcmp(o->uses[j].digest, digest, LS_DIGEST_LEN) != 0)
+		j = (j + 1) & (o->cap_uses - 1);
+	return &o->uses[j];
+}
+
+void ls_origin_touch(struct ls_origin *o, const uint8_t *digest)
+{
+	int64_t now = ls_mono_ns();
+	pthread_mutex_lock(&o->lock);
+	if (o->n_uses * 2 >= o->cap_uses) {
+		size_t cap = o->cap_uses ? o->cap_uses * 2 : 256;
+		struct ls_use *old = o->uses, *nu = calloc(cap, sizeof(*nu));
+		if (!nu) {
+			pthread_mutex_unlock(&o->lock);
+			return; /* the blob's file time stands in for it */
+		}
+		size_t old_cap = o->cap_uses;
+		o->uses = nu;
+		o->cap_uses = cap;
+		for (size_t i = 0; i < old_cap; i++)
+			if (old[i].used)
+				*ls_use_slot(o, old[i].digest) = old[i];
+		free(old);
+	}
+	struct ls_use *u = ls_use_slot(o, digest);
+	if (!u->used) {
+		memcpy(u->digest, digest, LS_DIGEST_LEN);
+		u->used = true;
+		o->n_uses++;
+	}
+	u->at_ns = now;
+	pthread_mutex_unlock(&o->lock);
+}
+
+uint64_t ls_origin_cache_bytes(struct ls_origin *o)
+{
+	pthread_mutex_lock(&o->lock);
+	uint64_t v = o->cache_bytes;
+	pthread_mutex_unlock(&o->lock);
+	return v;
+}
+
+/* A pulled version, as a trim sees it. */
+struct ls_pulled {
+	uint8_t digest[LS_DIGEST_LEN];
+	uint64_t generation, bytes;
+	uint32_t version;
+	char name[LS_NAME_MAX + 1];
+};
+
+struct ls_trim_walk {
+	struct ls_pulled *v;
+	size_t n, cap;
+	uint8_t (*mine)[LS_DIGEST_LEN]; /* digests of versions imported here */
+	size_t n_mine, cap_mine;
+	bool oom;
+};
+
+static int ls_trim_collect(void *ud, const Lorastore__VersionRecord *rec)
+{
+	struct ls_trim_walk *w = ud;
+	if (rec->digest.len != LS_DIGEST_LEN)
+		return 0;
+	if (!rec->pulled) {
+		if (w->n_mine == w->cap_mine) {
+			size_t cap = w->cap_mine ? w->cap_mine * 2 : 64;
+			void *m = realloc(w->mine, cap * LS_DIGEST_LEN);
+			if (!m) {
+				w->oom = true;
+				return 1;
+			}
+			w->mine = m;
+			w->cap_mine = cap;
+		}
+		memcpy(w->mine[w->n_mine++], rec->digest.data, LS_DIGEST_LEN);
+		return 0;
+	}
+	if (w->n == w->cap) {
+		size_t cap = w->cap ? w->cap * 2 : 64;
+		struct ls_pulled *v = realloc(w->v, cap * sizeof(*v));
+		if (!v) {
+			w->oom = true;
+			return 1;
+		}
+		w->v = v;
+		w->cap = cap;
+	}
+	struct ls_pulled *p = &w->v[w->n++];
+	memcpy(p->digest, rec->digest.data, LS_DIGEST_LEN);
+	p->generation = rec->generation;
+	p->bytes = rec->blob_bytes;
+	p->version = rec->version;
+	snprintf(p->name, sizeof(p->name), "%s", rec->name);
+	return 0;
+}
+
+static int ls_pulled_by_digest(const void *a, const void *b)
+{
+	return memcmp(((const struct ls_pulled *)a)->digest, ((const struct ls_pulled *)b)->digest,
+		      LS_DIGEST_LEN);
+}
+
+static int ls_digest_cmp(const void *a, const void *b)
+{
+	return memcmp(a, b, LS_DIGEST_LEN);
+}
+
+static int ls_gen_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* A blob of pulled versions: v[first, first + count) of the walk. */
+struct ls_blob_group {
+	size_t first, count;
+	uint64_t bytes;
+	int64_t used_ns;            /* last use (monotonic), or the file's time mapped onto it */
+	bool kept;
+};
+
+static int ls_group_by_use(const void *a, const void *b)
+{
+	const struct ls_blob_group *x = a, *y = b;
+	return x->used_ns < y->used_ns ? -1 : x->used_ns > y->used_ns;
+}
+
+int ls_store_trim_pulled(struct ls_store *s, uint64_t budget, const uint64_t *keep,
+			 size_t n_keep, struct ls_trim_result *out, struct ls_err *err)
+{
+	memset(out, 0, sizeof(*out));
+	struct ls_origin *o = s->origin;
+	if (!o)
+		return 0;
+	int64_t started = ls_mono_ns();
+	struct ls_trim_walk w = {0};
+	pthread_rwlock_rdlock(&s->gc_lock);
+	int rc = ls_catalog_walk(s->cat, ls_trim_collect, &w, err);
+	pthread_rwlock_unlock(&s->gc_lock);
+	struct ls_blob_group *g = NULL;
+	size_t ng = 0;
+	if (rc == 0 && w.oom)
+		rc = ls_err_set(err, -ENOMEM, "out of memory");
+	if (rc == 0 && !(g = calloc(w.n ? w.n : 1, sizeof(*g))))
+		rc = ls_err_set(err, -ENOMEM, "out of memory");
+	if (rc) {
+		free(w.v);
+		free(w.mine);
+		return rc;
+	}
+	qsort(w.v, w.n, sizeof(*w.v), ls_pulled_by_digest);
+	qsort(w.mine, w.n_mine, LS_DIGEST_LEN, ls_digest_cmp);
+	/* File times are wall clock; uses are monotonic: map the former onto the latter. */
+	int64_t mono_now = ls_mono_ns(), wall_now = ls_unix_ns();
+	uint64_t total = 0;
+	for (size_t i = 0; i < w.n;) {
+		struct ls_blob_group *b = &g[ng++];
+		b->first = i;
+		while (i < w.n && memcmp(w.v[i].digest, w.v[b->first].digest, LS_DIGEST_LEN) == 0) {
+			if (n_keep && bsearch(&w.v[i].generation, keep, n_keep, sizeof(*keep),
+					      ls_gen_cmp))
+				b->kept = true;
+			i++;
+		}
+		b->count = i - b->first;
+		const uint8_t *d = w.v[b->first].digest;
+		if (w.n_mine && bsearch(d, w.mine, w.n_mine, LS_DIGEST_LEN, ls_digest_cmp)) {
+			b->kept = true; /* a version imported here uses it: not the cache's to free */
+			continue;
+		}
+		b->bytes = w.v[b->first].bytes;
+		total += b->bytes;
+		char path[PATH_MAX];
+		ls_store_blob_path(s, d, path, sizeof(path));
+		struct stat st;
+		b->used_ns = stat(path, &st) == 0
+				     ? mono_now - (wall_now - ((int64_t)st.st_mtim.tv_sec * 1000000000 +
+							       st.st_mtim.tv_nsec))
+				     : INT64_MIN / 2;
+		pthread_mutex_lock(&o->lock);
+		if (o->cap_uses) {
+			struct ls_use *u = ls_use_slot(o, d);
+			if (u->used && u->at_ns > b->used_ns)
+				b->used_ns = u->at_ns;
+		}
+		pthread_mutex_unlock(&o->lock);
+	}
+	qsort(g, ng, sizeof(*g), ls_group_by_use);
+	for (size_t k = 0; k < ng && total > budget; k++) {
+		struct ls_blob_group *b = &g[k];
+		if (b->kept || b->bytes == 0)
+			continue;
+		/* Looked up or loaded since this trim began: in use after all. */
+		bool used = false;
+		pthread_mutex_lock(&o->lock);
+		if (o->cap_uses) {
+			struct ls_use *u = ls_use_slot(o, w.v[b->first].digest);
+			used = u->used && u->at_ns >= started;
+		}
+		pthread_mutex_unlock(&o->lock);
+		if (used)
+			continue;
+		/* A version an alias points at stays, and with it its blob. */
+		bool aliased = false;
+		for (size_t i = b->first; i < b->first + b->count && !aliased; i++) {
+			char **al = NULL;
+			size_t na = 0;
+			struct ls_err e;
+			if (ls_store_aliases_of(s, w.v[i].name, w.v[i].version, &al, &na, &e) != 0)
+				aliased = true;
+			for (size_t j = 0; j < na; j++)
+				free(al[j]);
+			free(al);
+			aliased |= na > 0;
+		}
+		if (aliased)
+			continue;
+		struct ls_trimmed *t = realloc(out->versions, (out->n + b->count) * sizeof(*t));
+		if (!t) {
+			rc = ls_err_set(err, -ENOMEM, "out of memory");
+			break;
+		}
+		out->versions = t;
+		uint64_t freed = 0;
+		for (size_t i = b->first; i < b->first + b->count; i++) {
+			struct ls_deleted_gens d;
+			struct ls_err e;
+			if (ls_store_delete_here(s, w.v[i].name, w.v[i].version, &d, &e) != 0)
+				continue;
+			free(d.gens);
+			freed += d.freed_bytes;
+			struct ls_trimmed *x = &out->versions[out->n++];
+			x->generation = w.v[i].generation;
+			x->version = w.v[i].version;
+			snprintf(x->name, sizeof(x->name), "%s", w.v[i].name);
+		}
+		out->freed_bytes += freed;
+		total -= b->bytes;
+	}
+	out->cache_bytes = total;
+	pthread_mutex_lock(&o->lock);
+	o->cache_bytes = total;
+	pthread_mutex_unlock(&o->lock);
+	free(g);
+	free(w.v);
+	free(w.mine);
 	return rc;
 }
 
@@ -465,8 +739,11 @@ static size_t ls_look_hash(const char *s)
 	return h;
 }
 
-/* Whether ref was looked up within the TTL; if not, it is taken as looked up now. */
-static bool ls_look_fresh(struct ls_origin *o, const char *ref)
+/*
+ * Whether ref was looked up within the TTL (then *latest is what the origin
+ * said); if not, it is taken as looked up now (ls_look_set says the answer).
+ */
+static bool ls_look_fresh(struct ls_origin *o, const char *ref, uint32_t *latest)
 {
 	int64_t now = ls_mono_ns();
 	pthread_mutex_lock(&o->lock);
@@ -505,14 +782,30 @@ static bool ls_look_fresh(struct ls_origin *o, const char *ref)
 	bool fresh = false;
 	if (o->looks[j].ref) {
 		fresh = now - o->looks[j].at_ns < o->ttl_ns;
+		*latest = o->looks[j].latest;
 		if (!fresh)
 			o->looks[j].at_ns = now;
 	} else if ((o->looks[j].ref = strdup(ref))) {
 		o->looks[j].at_ns = now;
+		o->looks[j].latest = 0;
 		o->n_looks++;
 	}
 	pthread_mutex_unlock(&o->lock);
 	return fresh;
+}
+
+/* What the origin said of ref's latest version, for the looks within the TTL. */
+static void ls_look_set(struct ls_origin *o, const char *ref, uint32_t latest)
+{
+	pthread_mutex_lock(&o->lock);
+	if (o->cap_looks) {
+		size_t j = ls_look_hash(ref) & (o->cap_looks - 1);
+		while (o->looks[j].ref && strcmp(o->looks[j].ref, ref) != 0)
+			j = (j + 1) & (o->cap_looks - 1);
+		if (o->looks[j].ref)
+			o->looks[j].latest = latest;
+	}
+	pthread_mutex_unlock(&o->lock);
 }
 
 /* Forget the look at ref (a failed one: the next request looks again). */
@@ -537,12 +830,18 @@ int ls_origin_sync(struct ls_store *s, const char *name, uint32_t version, uint3
 	struct ls_origin *o = s->origin;
 	if (version)
 		return ls_pull_shared(s, name, version, err);
-	if (ls_look_fresh(o, name))
+	uint32_t latest = 0;
+	if (ls_look_fresh(o, name, &latest)) {
+		/* What the origin said within the TTL; a version removed here since is pulled again. */
+		if (latest > local_latest)
+			return ls_pull_shared(s, name, latest, err);
 		return local_latest ? 0
 				    : ls_err_set(err, LS_E_NOT_FOUND,
 						 "no adapter %s here or in origin %s", name, o->label);
-	uint32_t latest = 0;
+	}
 	int rc = ls_origin_latest(o, name, &latest, err);
+	if (rc == 0)
+		ls_look_set(o, name, latest);
 	if (rc == 0 && latest == 0 && !local_latest)
 		rc = ls_err_set(err, LS_E_NOT_FOUND, "no adapter %s here or in origin %s", name,
 				o->label);

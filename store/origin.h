@@ -41,6 +41,7 @@
 #include <stdint.h>
 
 #include "ls_error.h"
+#include "ls_name.h"
 #include "s3.h"
 
 struct ls_origin;
@@ -78,6 +79,7 @@ struct ls_origin_stats {
 	uint64_t refused;          /* downloads refused: digest, checksum, manifest or record */
 	uint64_t published;        /* versions this node created in the origin */
 	uint64_t uploaded_bytes;   /* bytes of blobs this node uploaded */
+	uint64_t cache_bytes;      /* pulled blobs on disk (ls_origin_cache_bytes) */
 };
 void ls_origin_stats(struct ls_origin *o, struct ls_origin_stats *out);
 
@@ -101,6 +103,38 @@ struct ls_origin *ls_store_origin(struct ls_store *s);
  */
 int ls_store_push(struct ls_store *s, const char *ref, uint32_t *pushed, uint32_t *present,
 		  struct ls_err *err);
+
+/* What a trim of the pulled blobs did. */
+struct ls_trim_result {
+	uint64_t cache_bytes;      /* bytes of pulled blobs on disk after it (a blob once) */
+	uint64_t freed_bytes;      /* bytes of the blobs it removed */
+	size_t n;                  /* versions it removed from the catalog */
+	struct ls_trimmed {
+		uint64_t generation;
+		char name[LS_NAME_MAX + 1];
+		uint32_t version;
+	} *versions;               /* malloc'ed; free() it */
+};
+
+/*
+ * The disk cache of pulled blobs: remove pulled versions here (catalog
+ * entries, ref files, and their blobs once no version uses them; the
+ * origin keeps them, and a later request pulls them again), the blobs
+ * used least recently first, until the pulled blobs total at most budget
+ * bytes.  A blob is kept when a version using it is in keep (sorted
+ * generations: resident, loading or leased), was imported here, or has an
+ * alias.  Use is an open of the blob through the store's door (every load)
+ * or its pull; before any since the store opened, the blob file's time.
+ * budget UINT64_MAX only counts.  0, or the catalog's errors.
+ */
+int ls_store_trim_pulled(struct ls_store *s, uint64_t budget, const uint64_t *keep,
+			 size_t n_keep, struct ls_trim_result *out, struct ls_err *err);
+
+/* Bytes of pulled blobs on disk as of the last trim, and pulled since. */
+uint64_t ls_origin_cache_bytes(struct ls_origin *o);
+
+/* The store's door was opened on the blob of digest: it is in use now (store.c calls it). */
+void ls_origin_touch(struct ls_origin *o, const uint8_t *digest);
 
 /* A version the origin has; here: whether this store's catalog has it too. */
 typedef int (*ls_origin_entry_fn)(void *ud, const char *name, uint32_t version, bool here);

@@ -172,6 +172,8 @@ int ls_store_blob_open(struct ls_store *s, const uint8_t digest[LS_DIGEST_LEN], 
 	ls_store_blob_path(s, digest, path, sizeof(path));
 	*direct_refused = false;
 	int rc = ls_blob_open(path, digest, fd, hdr, err);
+	if (rc == 0 && s->origin)
+		ls_origin_touch(s->origin, digest); /* the disk cache's LRU (origin.h) */
 	if (rc || !direct)
 		return rc;
 	/* One large O_DIRECT read into page-aligned memory: offsets and sizes are page multiples. */
@@ -244,6 +246,7 @@ int ls_store_write_ref(void *ud, const Lorastore__VersionRecord *rec, struct ls_
 	ref.generation = rec->generation;
 	ref.created_unix_ns = rec->created_unix_ns;
 	ref.source = rec->source;
+	ref.pulled = rec->pulled;
 	size_t len = lorastore__ref_record__get_packed_size(&ref);
 	uint8_t *buf = malloc(len ? len : 1);
 	if (!buf)
@@ -609,6 +612,9 @@ int ls_store_lookup(struct ls_store *s, const char *ref, Lorastore__VersionRecor
 	pthread_rwlock_rdlock(&s->gc_lock);
 	rc = ls_catalog_get(s->cat, name, version, out, err);
 	pthread_rwlock_unlock(&s->gc_lock);
+	/* A pulled version looked up is in use: the disk cache keeps it (origin.h). */
+	if (rc == 0 && s->origin && (*out)->pulled)
+		ls_origin_touch(s->origin, (*out)->digest.data);
 	if (!s->origin || (rc != 0 && rc != LS_E_NOT_FOUND) || (rc == 0 && version))
 		return rc;
 	/*
@@ -725,17 +731,13 @@ static int ls_unlink_ref(void *ud, const Lorastore__VersionRecord *rec)
 	return 0;
 }
 
-int ls_store_delete(struct ls_store *s, const char *ref, struct ls_deleted_gens *out,
-		    struct ls_err *err)
+int ls_store_delete_here(struct ls_store *s, const char *name, uint32_t version,
+			 struct ls_deleted_gens *out, struct ls_err *err)
 {
-	char name[LS_NAME_MAX + 1];
-	uint32_t version;
-	int rc = ls_ref_parse(ref, name, &version, err);
-	if (rc)
-		return rc;
 	struct ls_deleted d = {.s = s, .rc = 0, .out = out, .digests = NULL};
 	if (out)
 		*out = (struct ls_deleted_gens){0};
+	int rc;
 	pthread_rwlock_rdlock(&s->gc_lock);
 	pthread_mutex_lock(&s->digest_lock);
 	rc = ls_catalog_delete(s->cat, name, version, ls_unlink_ref, &d, err);
@@ -761,6 +763,25 @@ int ls_store_delete(struct ls_store *s, const char *ref, struct ls_deleted_gens 
 	pthread_rwlock_unlock(&s->gc_lock);
 	free(d.digests);
 	free(d.sizes);
+	if (rc)
+		return rc;
+	/* A ref left behind by a failed unlink is removed by gc: the catalog decides. */
+	if (d.rc == 0)
+		fsync(s->refs_fd);
+	if (unlinked)
+		fsync(s->blobs_fd);
+	return 0;
+}
+
+int ls_store_delete(struct ls_store *s, const char *ref, struct ls_deleted_gens *out,
+		    struct ls_err *err)
+{
+	char name[LS_NAME_MAX + 1];
+	uint32_t version;
+	int rc = ls_ref_parse(ref, name, &version, err);
+	if (rc)
+		return rc;
+	rc = ls_store_delete_here(s, name, version, out, err);
 	if (s->origin && (rc == 0 || rc == LS_E_NOT_FOUND)) {
 		/* After the local delete, which an alias may refuse; the origin cannot. */
 		uint32_t n = 0;
@@ -783,14 +804,7 @@ int ls_store_delete(struct ls_store *s, const char *ref, struct ls_deleted_gens 
 			rc = 0;
 		}
 	}
-	if (rc)
-		return rc;
-	/* A ref left behind by a failed unlink is removed by gc: the catalog decides. */
-	if (d.rc == 0)
-		fsync(s->refs_fd);
-	if (unlinked)
-		fsync(s->blobs_fd);
-	return 0;
+	return rc;
 }
 
 int ls_store_tag(struct ls_store *s, const char *alias, const char *ref,

@@ -216,6 +216,7 @@ static int ls_rebuild_one(struct ls_store *s, struct ls_catalog *cat, const char
 		rec.generation = ref->generation;
 		rec.created_unix_ns = ref->created_unix_ns;
 		rec.source = ref->source;
+		rec.pulled = ref->pulled;
 		rc = ls_catalog_restore(cat, &rec, err);
 		ls_record_from_manifest_free(&rec);
 		lorastore__blob_manifest__free_unpacked(m, NULL);

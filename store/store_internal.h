@@ -55,6 +55,13 @@ int ls_origin_sync(struct ls_store *s, const char *name, uint32_t version, uint3
 		   struct ls_err *err);
 
 /*
+ * ls_store_delete of this store alone (the origin keeps what it has):
+ * name@version, every version of name when version is 0.
+ */
+int ls_store_delete_here(struct ls_store *s, const char *name, uint32_t version,
+			 struct ls_deleted_gens *out, struct ls_err *err);
+
+/*
  * Delete name@version (every version of name when version is 0) from the
  * origin: its version records.  *n: how many there were.  0, or LS_E_ORIGIN.
  */

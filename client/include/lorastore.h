@@ -409,6 +409,10 @@ typedef struct lorastore_origin_stats {
 	uint32_t pulls_in_flight;
 	uint64_t refused;              /* downloads refused (digest, checksum, manifest) */
 	uint64_t published;            /* versions this node created in the origin */
+	uint64_t cache_bytes;          /* pulled blobs on this node's disk */
+	uint64_t cache_budget;         /* lorastored --disk-budget (0: no bound) */
+	uint64_t cache_evictions;      /* pulled versions the budget removed from this node
+					  (the origin keeps them) */
 } lorastore_origin_stats;
 
 typedef struct lorastore_stats {

@@ -753,14 +753,18 @@ static PyObject *ls_connection_stats(ls_Connection *c, PyObject *unused)
 	const lorastore_origin_stats *g = &s.origin;
 	PyObject *origin =
 		g->origin[0]
-			? Py_BuildValue("{s:s,s:K,s:K,s:K,s:K,s:K,s:I,s:K,s:K}", "origin", g->origin,
+			? Py_BuildValue("{s:s,s:K,s:K,s:K,s:K,s:K,s:I,s:K,s:K,s:K,s:K,s:K}", "origin",
+					g->origin,
 					"requests", (unsigned long long)g->requests, "errors",
 					(unsigned long long)g->errors, "bytes_in",
 					(unsigned long long)g->bytes_in, "bytes_out",
 					(unsigned long long)g->bytes_out, "pulls",
 					(unsigned long long)g->pulls, "pulls_in_flight",
 					g->pulls_in_flight, "refused", (unsigned long long)g->refused,
-					"published", (unsigned long long)g->published)
+					"published", (unsigned long long)g->published, "cache_bytes",
+					(unsigned long long)g->cache_bytes, "cache_budget",
+					(unsigned long long)g->cache_budget, "cache_evictions",
+					(unsigned long long)g->cache_evictions)
 			: Py_NewRef(Py_None);
 	if (!origin) {
 		Py_DECREF(tiers);

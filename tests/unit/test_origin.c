@@ -32,15 +32,22 @@ static lorastore *conn[2];
 static char *work_dir;
 static char creds[PATH_MAX];
 
-/* Start node i (dir NULL: a new state) with the origin and these credentials. */
-static void start_node(int i, const char *dir, const char *credentials)
+/* Start node i (dir NULL: a new state) with the origin, these credentials and extra (or NULL). */
+static void start_node_with(int i, const char *dir, const char *credentials, const char *extra,
+			    const char *value)
 {
 	const char *args[] = {"--origin", "s3://fleet/nodes", "--origin-endpoint", srv.endpoint,
 			      "--origin-credentials", credentials, "--origin-ttl", "300",
-			      "--origin-timeout", "15000", "--host-budget", "64MiB", NULL};
+			      "--origin-timeout", "15000", "--host-budget", "64MiB", extra, value,
+			      NULL};
 	cr_assert_eq(ls_daemon_start(&node[i], dir, args), 0, "node %d did not start", i);
 	cr_assert_eq(lorastore_connect(node[i].socket, &conn[i]), 0, "connect: %s",
 		     lorastore_errmsg(conn[i]));
+}
+
+static void start_node(int i, const char *dir, const char *credentials)
+{
+	start_node_with(i, dir, credentials, NULL, NULL);
 }
 
 static void stop_node(int i)
@@ -324,4 +331,77 @@ Test(origin, the_cli_lists_the_origin_pulls_a_version_and_says_what_a_delete_did
 	cr_assert_eq(st.origin.pulls, 1);
 	cr_assert_geq(st.origin.requests, 4);
 	cr_assert_eq(st.origin.refused, 0);
+}
+
+/* Node 1's stats once its disk cache has removed at least n versions (up to 10 s). */
+static lorastore_stats stats_after_evictions(uint64_t n)
+{
+	lorastore_stats st;
+	for (int i = 0; i < 200; i++) {
+		cr_assert_eq(lorastore_stats_get(conn[1], &st), 0);
+		if (st.origin.cache_evictions >= n)
+			return st;
+		usleep(50 * 1000);
+	}
+	cr_assert_fail("the disk cache removed %llu versions, not %llu",
+		       (unsigned long long)st.origin.cache_evictions, (unsigned long long)n);
+	return st;
+}
+
+static int here_on_1(const char *name, uint32_t version)
+{
+	const char *ls[] = {"--json", "ls", "--origin", name, NULL};
+	char *out = cli_on(1, ls);
+	int here = listed_here(out, name, version);
+	free(out);
+	return here;
+}
+
+/* Acquire on node 1, release, and drop it from memory: on disk only. */
+static void use_once_on_1(const char *ref)
+{
+	struct held h = acquire_on(1, ref);
+	lorastore_adapter_release(h.ad);
+	cr_assert_eq(lorastore_evict(conn[1], ref), 0, "%s", lorastore_errmsg(conn[1]));
+}
+
+Test(origin, the_disk_budget_removes_pulled_blobs_no_tier_holds_and_never_a_held_one)
+{
+	const char *names[] = {"cache/a", "cache/b", "cache/c", "cache/d"};
+	for (int i = 0; i < 4; i++)
+		import_on(0, names[i], 40 + (uint64_t)i);
+	lorastore_list *l = NULL;
+	cr_assert_eq(lorastore_show(conn[0], "cache/a", &l), 0);
+	uint64_t blob = lorastore_list_entry(l, 0)->blob_bytes;
+	lorastore_list_free(l);
+	/* Room for two pulled blobs and a half. */
+	stop_node(1);
+	ls_daemon_cleanup(&node[1]);
+	char budget[32];
+	snprintf(budget, sizeof(budget), "%llu", (unsigned long long)(blob * 5 / 2));
+	start_node_with(1, NULL, creds, "--disk-budget", budget);
+	struct held a = acquire_on(1, "cache/a"); /* held throughout */
+	use_once_on_1("cache/b");
+	use_once_on_1("cache/c");
+	/* Three pulled blobs: the least recently used that no tier holds goes (b). */
+	lorastore_stats st = stats_after_evictions(1);
+	cr_assert_eq(st.origin.cache_evictions, 1);
+	cr_assert_leq(st.origin.cache_bytes, blob * 5 / 2);
+	cr_assert_eq(st.origin.cache_budget, blob * 5 / 2);
+	cr_assert_eq(here_on_1("cache/a", 1), 1, "the held version was removed");
+	cr_assert_eq(here_on_1("cache/b", 1), 0);
+	cr_assert_eq(here_on_1("cache/c", 1), 1);
+	use_once_on_1("cache/d");
+	stats_after_evictions(2);
+	cr_assert_eq(here_on_1("cache/a", 1), 1, "the held version was removed");
+	cr_assert_eq(here_on_1("cache/c", 1), 0);
+	cr_assert_eq(here_on_1("cache/d", 1), 1);
+	/* The held one's bytes are the same as ever, and a removed one comes back on demand. */
+	struct held a0 = acquire_on(0, "cache/a");
+	cr_assert_eq(a.sum, a0.sum);
+	lorastore_adapter_release(a0.ad);
+	lorastore_adapter_release(a.ad);
+	struct held b = acquire_on(1, "cache/b");
+	cr_assert_eq(b.info.version, 1);
+	lorastore_adapter_release(b.ad);
 }
