@@ -1165,7 +1165,8 @@ size_t ls_res_generations(struct ls_residency *r, uint64_t **out)
 			for (const struct ls_resident *e = t->buckets[b]; e && k < n; e = e->hnext)
 				(*out)[k++] = e->generation;
 	}
-	qsort(*out, k, sizeof(**out), ls_gen_cmp);
+	if (k)
+		qsort(*out, k, sizeof(**out), ls_gen_cmp);
 	return k;
 }
 

@@ -574,8 +574,10 @@ int ls_store_trim_pulled(struct ls_store *s, uint64_t budget, const uint64_t *ke
 		free(w.mine);
 		return rc;
 	}
-	qsort(w.v, w.n, sizeof(*w.v), ls_pulled_by_digest);
-	qsort(w.mine, w.n_mine, LS_DIGEST_LEN, ls_digest_cmp);
+	if (w.n)
+		qsort(w.v, w.n, sizeof(*w.v), ls_pulled_by_digest);
+	if (w.n_mine)
+		qsort(w.mine, w.n_mine, LS_DIGEST_LEN, ls_digest_cmp);
 	/* File times are wall clock; uses are monotonic: map the former onto the latter. */
 	int64_t mono_now = ls_mono_ns(), wall_now = ls_unix_ns();
 	uint64_t total = 0;
@@ -611,7 +613,8 @@ int ls_store_trim_pulled(struct ls_store *s, uint64_t budget, const uint64_t *ke
 		}
 		pthread_mutex_unlock(&o->lock);
 	}
-	qsort(g, ng, sizeof(*g), ls_group_by_use);
+	if (ng)
+		qsort(g, ng, sizeof(*g), ls_group_by_use);
 	for (size_t k = 0; k < ng && total > budget; k++) {
 		struct ls_blob_group *b = &g[k];
 		if (b->kept || b->bytes == 0)
