@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -30,6 +31,7 @@ struct ls_s3 {
 	char *access_key, *secret_key, *token_header;
 	char *label;
 	long connect_ms, stall_ms;
+	uint64_t multipart_threshold;
 	CURLSH *share;
 	pthread_mutex_t share_locks[CURL_LOCK_DATA_LAST];
 	pthread_mutex_t counters_lock;
@@ -124,6 +126,9 @@ int ls_s3_new(const struct ls_s3_config *cfg, struct ls_s3 **out, struct ls_err 
 		ok = asprintf(&s3->token_header, "x-amz-security-token: %s", cfg->session_token) >= 0;
 	s3->connect_ms = cfg->connect_timeout_ms > 0 ? cfg->connect_timeout_ms : 3000;
 	s3->stall_ms = cfg->stall_timeout_ms > 0 ? cfg->stall_timeout_ms : 10000;
+	s3->multipart_threshold = cfg->multipart_threshold ? cfg->multipart_threshold : 64u << 20;
+	if (s3->multipart_threshold < LS_S3_PART_SIZE)
+		s3->multipart_threshold = LS_S3_PART_SIZE;
 	s3->share = curl_share_init();
 	if (!ok || !s3->access_key || !s3->secret_key || !s3->share || !s3->base) {
 		ls_s3_free(s3);
@@ -176,14 +181,14 @@ void ls_s3_counters(struct ls_s3 *s3, struct ls_s3_counters *out)
 
 /* One request: what goes out, and where what comes back goes. */
 struct ls_s3_req {
-	const char *method;         /* "GET", "PUT", "HEAD", "DELETE" */
+	const char *method;         /* "GET", "PUT", "POST", "HEAD", "DELETE" */
 	const char *key;            /* NULL: the bucket itself */
 	const char *query;          /* sorted and encoded, or NULL */
 	bool if_absent;
-	/* PUT body: from memory, or from a file */
+	/* PUT or POST body: from memory, or from a file (from body_base on) */
 	const uint8_t *body;
 	int body_fd;
-	uint64_t body_len, body_pos;
+	uint64_t body_base, body_len, body_pos;
 	char payload_sha256[65];
 	/* GET body: to memory (up to max), or to a file once the status is 2xx */
 	int out_fd;
@@ -197,6 +202,7 @@ struct ls_s3_req {
 	/* results */
 	long status;
 	curl_off_t content_length;
+	char etag[160];             /* the ETag header (a part's, for its completion) */
 };
 
 static size_t ls_on_read(char *dst, size_t size, size_t nmemb, void *ud)
@@ -211,13 +217,33 @@ static size_t ls_on_read(char *dst, size_t size, size_t nmemb, void *ud)
 	if (r->body) {
 		memcpy(dst, r->body + r->body_pos, want);
 	} else {
-		ssize_t n = pread(r->body_fd, dst, want, (off_t)r->body_pos);
+		ssize_t n = pread(r->body_fd, dst, want, (off_t)(r->body_base + r->body_pos));
 		if (n <= 0)
 			return CURL_READFUNC_ABORT;
 		want = (size_t)n;
 	}
 	r->body_pos += want;
 	return want;
+}
+
+/* Keep the ETag header: a multipart upload's completion names every part by it. */
+static size_t ls_on_header(char *line, size_t size, size_t nmemb, void *ud)
+{
+	struct ls_s3_req *r = ud;
+	size_t n = size * nmemb;
+	if (n > 5 && strncasecmp(line, "etag:", 5) == 0) {
+		const char *v = line + 5;
+		size_t len = n - 5;
+		while (len && (*v == ' ' || *v == '\t'))
+			v++, len--;
+		while (len && (v[len - 1] == '\r' || v[len - 1] == '\n' || v[len - 1] == ' '))
+			len--;
+		if (len < sizeof(r->etag)) {
+			memcpy(r->etag, v, len);
+			r->etag[len] = '\0';
+		}
+	}
+	return n;
 }
 
 static size_t ls_on_write(char *src, size_t size, size_t nmemb, void *ud)
@@ -348,7 +374,14 @@ static int ls_s3_perform(struct ls_s3 *s3, struct ls_s3_req *r, struct ls_err *e
 		curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, s3->stall_ms);
 	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, ls_on_write);
 	curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
-	if (strcmp(r->method, "PUT") == 0) {
+	curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, ls_on_header);
+	curl_easy_setopt(h, CURLOPT_HEADERDATA, r);
+	if (strcmp(r->method, "POST") == 0) {
+		curl_easy_setopt(h, CURLOPT_POST, 1L);
+		curl_easy_setopt(h, CURLOPT_POSTFIELDS, r->body ? (const char *)r->body : "");
+		curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body_len);
+		r->body_pos = r->body_len; /* sent by curl from memory: counted as sent */
+	} else if (strcmp(r->method, "PUT") == 0) {
 		curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
 		curl_easy_setopt(h, CURLOPT_READFUNCTION, ls_on_read);
 		curl_easy_setopt(h, CURLOPT_READDATA, r);
@@ -440,13 +473,10 @@ int ls_s3_put(struct ls_s3 *s3, const char *key, const void *data, size_t len, b
 	return rc;
 }
 
-int ls_s3_put_file(struct ls_s3 *s3, const char *key, int fd, uint64_t len, struct ls_err *err)
+/* SHA-256 (hex) of len bytes of fd from base. */
+static int ls_file_sha256(int fd, uint64_t base, uint64_t len, const char *key, char hex[65],
+			  struct ls_err *err)
 {
-	struct ls_s3_req r;
-	ls_req_init(&r, "PUT", key);
-	r.body_fd = fd;
-	r.body_len = len;
-	/* The payload's hash first: it is signed, and the server may check the body against it. */
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	size_t chunk = 1u << 20;
 	uint8_t *buf = malloc(chunk);
@@ -458,7 +488,7 @@ int ls_s3_put_file(struct ls_s3 *s3, const char *key, int fd, uint64_t len, stru
 	int rc = 0;
 	for (uint64_t off = 0; off < len;) {
 		size_t want = len - off < chunk ? (size_t)(len - off) : chunk;
-		ssize_t n = pread(fd, buf, want, (off_t)off);
+		ssize_t n = pread(fd, buf, want, (off_t)(base + off));
 		if (n <= 0) {
 			rc = ls_err_set(err, n < 0 ? -errno : LS_E_BLOB_TRUNCATED,
 					"uploading %s: reading the file: %s", key,
@@ -473,10 +503,131 @@ int ls_s3_put_file(struct ls_s3 *s3, const char *key, int fd, uint64_t len, stru
 	EVP_DigestFinal_ex(ctx, d, &dl);
 	EVP_MD_CTX_free(ctx);
 	free(buf);
+	if (rc == 0)
+		ls_digest_hex(d, hex);
+	return rc;
+}
+
+/* A POST of body (len bytes) to key?query, its answer parsed (an Error inside a 200 too). */
+static int ls_s3_post(struct ls_s3 *s3, const char *key, const char *query, const char *body,
+		      size_t len, struct ls_s3_page *page, struct ls_err *err)
+{
+	struct ls_s3_req r;
+	ls_req_init(&r, "POST", key);
+	r.query = query;
+	r.body = (const uint8_t *)body;
+	r.body_len = len;
+	r.max = 1u << 20;
+	ls_sha256_hex_of(body ? body : "", len, r.payload_sha256);
+	int rc = ls_s3_perform(s3, &r, err);
+	if (rc == 0)
+		rc = ls_s3_parse_page((const char *)r.buf, r.len, page, err);
+	free(r.buf);
+	if (rc == 0 && page->error_code)
+		rc = ls_err_set(err, LS_E_ORIGIN, "origin %s: POST %s: %s%s%s", s3->label, key,
+				page->error_code, page->error_message ? ": " : "",
+				page->error_message ? page->error_message : "");
+	return rc;
+}
+
+/* The text of s with &, < and > escaped for an XML element (at most cap bytes). */
+static void ls_xml_text(const char *s, char *out, size_t cap)
+{
+	size_t o = 0;
+	for (; *s && o + 6 < cap; s++) {
+		const char *e = *s == '&' ? "&amp;" : *s == '<' ? "&lt;" : *s == '>' ? "&gt;" : NULL;
+		if (e) {
+			memcpy(out + o, e, strlen(e));
+			o += strlen(e);
+		} else {
+			out[o++] = *s;
+		}
+	}
+	out[o] = '\0';
+}
+
+/* A multipart upload of the len bytes of fd: begin, each part, complete (or abort). */
+static int ls_s3_put_parts(struct ls_s3 *s3, const char *key, int fd, uint64_t len,
+			   struct ls_err *err)
+{
+	struct ls_s3_page page;
+	int rc = ls_s3_post(s3, key, "uploads=", "", 0, &page, err);
+	char *id = rc == 0 ? page.upload_id : NULL;
+	page.upload_id = NULL;
+	if (rc == 0)
+		ls_s3_page_free(&page);
 	if (rc)
 		return rc;
-	ls_digest_hex(d, r.payload_sha256);
-	rc = ls_s3_perform(s3, &r, err);
+	char *enc_id = ls_uri_encode(id, false);
+	size_t n_parts = (size_t)((len + LS_S3_PART_SIZE - 1) / LS_S3_PART_SIZE);
+	size_t cap = 128 + n_parts * 240;
+	char *xml = malloc(cap);
+	if (!enc_id || !xml) {
+		rc = ls_err_set(err, -ENOMEM, "out of memory");
+		goto abort;
+	}
+	size_t used = (size_t)snprintf(xml, cap, "<CompleteMultipartUpload>");
+	for (size_t i = 0; i < n_parts && rc == 0; i++) {
+		struct ls_s3_req r;
+		ls_req_init(&r, "PUT", key);
+		char query[512];
+		snprintf(query, sizeof(query), "partNumber=%zu&uploadId=%s", i + 1, enc_id);
+		r.query = query;
+		r.body_fd = fd;
+		r.body_base = (uint64_t)i * LS_S3_PART_SIZE;
+		r.body_len = len - r.body_base < LS_S3_PART_SIZE ? len - r.body_base : LS_S3_PART_SIZE;
+		rc = ls_file_sha256(fd, r.body_base, r.body_len, key, r.payload_sha256, err);
+		if (rc == 0)
+			rc = ls_s3_perform(s3, &r, err);
+		free(r.buf);
+		if (rc == 0 && !r.etag[0])
+			rc = ls_err_set(err, LS_E_ORIGIN, "origin %s: part %zu of %s has no ETag",
+					s3->label, i + 1, key);
+		char etag[sizeof(r.etag) * 5];
+		ls_xml_text(r.etag, etag, sizeof(etag));
+		if (rc == 0)
+			used += (size_t)snprintf(xml + used, cap - used,
+						 "<Part><PartNumber>%zu</PartNumber><ETag>%s</ETag></Part>",
+						 i + 1, etag);
+	}
+	if (rc == 0) {
+		used += (size_t)snprintf(xml + used, cap - used, "</CompleteMultipartUpload>");
+		char query[512];
+		snprintf(query, sizeof(query), "uploadId=%s", enc_id);
+		rc = ls_s3_post(s3, key, query, xml, used, &page, err);
+		if (rc == 0)
+			ls_s3_page_free(&page);
+	}
+abort:
+	if (rc && enc_id) {
+		/* Nothing of a failed upload stays in the store. */
+		struct ls_s3_req r;
+		struct ls_err e;
+		char query[512];
+		snprintf(query, sizeof(query), "uploadId=%s", enc_id);
+		ls_req_init(&r, "DELETE", key);
+		r.query = query;
+		ls_s3_perform(s3, &r, &e);
+		free(r.buf);
+	}
+	free(xml);
+	free(enc_id);
+	free(id);
+	return rc;
+}
+
+int ls_s3_put_file(struct ls_s3 *s3, const char *key, int fd, uint64_t len, struct ls_err *err)
+{
+	if (len > s3->multipart_threshold)
+		return ls_s3_put_parts(s3, key, fd, len, err);
+	struct ls_s3_req r;
+	ls_req_init(&r, "PUT", key);
+	r.body_fd = fd;
+	r.body_len = len;
+	/* The payload's hash first: it is signed, and the server may check the body against it. */
+	int rc = ls_file_sha256(fd, 0, len, key, r.payload_sha256, err);
+	if (rc == 0)
+		rc = ls_s3_perform(s3, &r, err);
 	free(r.buf);
 	return rc;
 }

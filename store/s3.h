@@ -45,6 +45,11 @@ struct ls_s3_config {
 	 * bounded by it as a whole.  0: 10,000.
 	 */
 	long stall_timeout_ms;
+	/*
+	 * ls_s3_put_file of more bytes than this is a multipart upload of
+	 * parts of LS_S3_PART_SIZE (0: 64 MiB; at least LS_S3_PART_SIZE).
+	 */
+	uint64_t multipart_threshold;
 	const char *label;         /* how messages name the store; NULL: "s3://BUCKET at ENDPOINT" */
 };
 
@@ -81,7 +86,15 @@ int ls_s3_create_bucket(struct ls_s3 *s3, struct ls_err *err);
 int ls_s3_put(struct ls_s3 *s3, const char *key, const void *data, size_t len, bool if_absent,
 	      struct ls_err *err);
 
-/* PUT the len bytes of file fd from offset 0 (read twice: hashed, then sent). */
+/* Parts of a multipart upload: S3 wants at least 5 MiB but for the last. */
+#define LS_S3_PART_SIZE ((uint64_t)16 << 20)
+
+/*
+ * PUT the len bytes of file fd from offset 0 (read twice: hashed, then
+ * sent); past the client's multipart threshold as a multipart upload (each
+ * part hashed and sent in turn; aborted on a failure, so that the store
+ * keeps no part).
+ */
 int ls_s3_put_file(struct ls_s3 *s3, const char *key, int fd, uint64_t len, struct ls_err *err);
 
 /* GET key into a malloc'ed buffer of at most max bytes (LS_E_ORIGIN when larger). */
@@ -116,12 +129,14 @@ struct ls_s3_page {
 	char *next_token;          /* NextContinuationToken, or NULL */
 	char *error_code;          /* <Error><Code>, or NULL */
 	char *error_message;       /* <Error><Message>, or NULL */
+	char *upload_id;           /* <InitiateMultipartUploadResult><UploadId>, or NULL */
 };
 
 /*
- * Parse len bytes of XML (a ListBucketResult or an Error).  0, or
- * LS_E_ORIGIN for text that is not well-formed XML of either kind.  Free
- * with ls_s3_page_free (also after a failure).
+ * Parse len bytes of XML (a ListBucketResult, an Error, or the results of
+ * a multipart upload's initiation and completion).  0, or LS_E_ORIGIN for
+ * text that is not well-formed XML of those kinds.  Free with
+ * ls_s3_page_free (also after a failure).
  */
 int ls_s3_parse_page(const char *xml, size_t len, struct ls_s3_page *out, struct ls_err *err);
 void ls_s3_page_free(struct ls_s3_page *p);

@@ -1,4 +1,7 @@
-/* The S3 XML the origin reads: a ListObjectsV2 page, or an error document (expat). */
+/*
+ * The S3 XML the origin reads (expat): a ListObjectsV2 page, the answer to
+ * a multipart upload's initiation, or an error document.
+ */
 #include <errno.h>
 #include <expat.h>
 #include <stdlib.h>
@@ -10,7 +13,7 @@
 #define LS_S3_PAGE_KEYS_MAX 10000
 #define LS_S3_TEXT_MAX 4096
 
-enum ls_s3_field { F_NONE, F_KEY, F_SIZE, F_TRUNCATED, F_TOKEN, F_CODE, F_MESSAGE };
+enum ls_s3_field { F_NONE, F_KEY, F_SIZE, F_TRUNCATED, F_TOKEN, F_CODE, F_MESSAGE, F_UPLOAD_ID };
 
 struct ls_s3_parse {
 	XML_Parser xp;
@@ -18,6 +21,8 @@ struct ls_s3_parse {
 	int depth;
 	bool list;                  /* root is ListBucketResult */
 	bool error;                 /* root is Error */
+	bool initiated;             /* root is InitiateMultipartUploadResult */
+	bool completed;             /* root is CompleteMultipartUploadResult */
 	bool in_contents;           /* inside <Contents> (depth 2) */
 	enum ls_s3_field field;
 	char text[LS_S3_TEXT_MAX + 1];
@@ -54,8 +59,14 @@ static void XMLCALL ls_start(void *ud, const XML_Char *name, const XML_Char **at
 	if (p->depth == 1) {
 		p->list = strcmp(n, "ListBucketResult") == 0;
 		p->error = strcmp(n, "Error") == 0;
-		if (!p->list && !p->error)
+		p->initiated = strcmp(n, "InitiateMultipartUploadResult") == 0;
+		p->completed = strcmp(n, "CompleteMultipartUploadResult") == 0;
+		if (!p->list && !p->error && !p->initiated && !p->completed)
 			ls_stop(p, LS_E_ORIGIN);
+		return;
+	}
+	if (p->initiated && p->depth == 2 && strcmp(n, "UploadId") == 0) {
+		p->field = F_UPLOAD_ID;
 		return;
 	}
 	if (p->list && p->depth == 2) {
@@ -165,6 +176,9 @@ static void XMLCALL ls_end(void *ud, const XML_Char *name)
 	case F_MESSAGE:
 		rc = ls_take_text(p, &p->page->error_message);
 		break;
+	case F_UPLOAD_ID:
+		rc = ls_take_text(p, &p->page->upload_id);
+		break;
 	case F_NONE:
 		if (p->list && p->depth == 2 && p->in_contents) {
 			p->in_contents = false;
@@ -204,8 +218,10 @@ int ls_s3_parse_page(const char *xml, size_t len, struct ls_s3_page *out, struct
 		rc = ls_err_set(err, LS_E_ORIGIN, "the origin's answer is not XML: %s at line %lu",
 				XML_ErrorString(XML_GetErrorCode(p.xp)),
 				(unsigned long)XML_GetCurrentLineNumber(p.xp));
-	else if (!p.list && !p.error)
+	else if (!p.list && !p.error && !p.initiated && !p.completed)
 		rc = ls_err_set(err, LS_E_ORIGIN, "the origin's answer is empty");
+	else if (p.initiated && !out->upload_id)
+		rc = ls_err_set(err, LS_E_ORIGIN, "the origin began a multipart upload without an id");
 	free(p.key);
 	XML_ParserFree(p.xp);
 	return rc;
@@ -220,5 +236,6 @@ void ls_s3_page_free(struct ls_s3_page *p)
 	free(p->next_token);
 	free(p->error_code);
 	free(p->error_message);
+	free(p->upload_id);
 	memset(p, 0, sizeof(*p));
 }

@@ -28,7 +28,7 @@ static char *work_dir;
 static struct ls_store *node[2];
 static struct ls_err err;
 
-static struct ls_origin *origin_with(const char *secret, int64_t ttl_ms)
+static struct ls_origin *origin_parts(const char *secret, int64_t ttl_ms, uint64_t multipart)
 {
 	struct ls_origin_config cfg = {
 		.s3 = {.endpoint = srv.endpoint,
@@ -36,13 +36,19 @@ static struct ls_origin *origin_with(const char *secret, int64_t ttl_ms)
 		       .access_key = LS_S3_TEST_ACCESS_KEY,
 		       .secret_key = secret,
 		       .connect_timeout_ms = 1000,
-		       .stall_timeout_ms = 15000},
+		       .stall_timeout_ms = 15000,
+		       .multipart_threshold = multipart},
 		.prefix = "p",
 		.ttl_ms = ttl_ms,
 	};
 	struct ls_origin *o = NULL;
 	cr_assert_eq(ls_origin_open(&cfg, &o, &err), 0, "%s", err.msg);
 	return o;
+}
+
+static struct ls_origin *origin_with(const char *secret, int64_t ttl_ms)
+{
+	return origin_parts(secret, ttl_ms, 0);
 }
 
 static void open_node(int i, int64_t ttl_ms)
@@ -536,4 +542,39 @@ Test(origin_store, a_download_cut_halfway_leaves_nothing_and_the_next_request_pu
 	Lorastore__VersionRecord *rec = NULL;
 	cr_assert_eq(ls_store_lookup(node[1], "t/big@1", &rec, &err), 0, "%s", err.msg);
 	lorastore__version_record__free_unpacked(rec, NULL);
+}
+
+Test(origin_store, a_blob_past_the_multipart_threshold_goes_up_in_parts_and_comes_back_whole)
+{
+	ls_store_set_origin(node[0], origin_parts(LS_S3_TEST_SECRET_KEY, 200, LS_S3_PART_SIZE));
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s/parts", work_dir);
+	mkdir(dir, 0755);
+	/* About 60 MB: four parts of 16 MiB. */
+	struct synth_opts o = {.family = SYNTH_LLAMA, .layers = 16, .rank = 64, .hidden = 4096,
+			       .heads = 32, .kv_heads = 8, .seed = 9};
+	cr_assert_eq(synth_adapter_dir(dir, &o), 0);
+	struct ls_origin_stats before, after;
+	ls_origin_stats(ls_store_origin(node[0]), &before);
+	import_version(node[0], "t/parts", dir);
+	ls_origin_stats(ls_store_origin(node[0]), &after);
+	/* list, HEAD, begin, 4 parts, complete, the record: not one PUT of the blob */
+	cr_assert_geq(after.s3.requests - before.s3.requests, 9, "%llu requests",
+		      (unsigned long long)(after.s3.requests - before.s3.requests));
+	Lorastore__VersionRecord *a = NULL, *b = NULL;
+	cr_assert_eq(ls_store_lookup(node[0], "t/parts@1", &a, &err), 0);
+	cr_assert_gt(a->blob_bytes, 3 * LS_S3_PART_SIZE);
+	char key[256];
+	blob_key(a, key, sizeof(key));
+	struct ls_s3 *c = bucket_client();
+	uint64_t size = 0;
+	cr_assert_eq(ls_s3_head(c, key, &size, &err), 0, "%s", err.msg);
+	cr_assert_eq(size, a->blob_bytes, "the object is %llu bytes, the blob %llu",
+		     (unsigned long long)size, (unsigned long long)a->blob_bytes);
+	/* The other node's pull checks its SHA-256: the parts are whole and in order. */
+	cr_assert_eq(ls_store_lookup(node[1], "t/parts@1", &b, &err), 0, "%s", err.msg);
+	cr_assert_eq(memcmp(a->digest.data, b->digest.data, LS_DIGEST_LEN), 0);
+	ls_s3_free(c);
+	lorastore__version_record__free_unpacked(a, NULL);
+	lorastore__version_record__free_unpacked(b, NULL);
 }

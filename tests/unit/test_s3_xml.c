@@ -93,3 +93,20 @@ Test(s3_xml, a_key_longer_than_any_s3_key_is_refused)
 	cr_assert_eq(parse(xml), LS_E_ORIGIN);
 	free(xml);
 }
+
+Test(s3_xml, a_multipart_upload_begun_gives_its_id)
+{
+	cr_assert_eq(parse("<?xml version=\"1.0\"?><InitiateMultipartUploadResult "
+			   "xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>b</Bucket>"
+			   "<Key>k</Key><UploadId>VXBsb2FkIElE+/=</UploadId>"
+			   "</InitiateMultipartUploadResult>"),
+		     0, "%s", err.msg);
+	cr_assert_str_eq(page.upload_id, "VXBsb2FkIElE+/=");
+}
+
+Test(s3_xml, a_multipart_upload_begun_without_an_id_is_refused)
+{
+	cr_assert_eq(parse("<InitiateMultipartUploadResult><Key>k</Key>"
+			   "</InitiateMultipartUploadResult>"),
+		     LS_E_ORIGIN);
+}
