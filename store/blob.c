@@ -192,6 +192,32 @@ int ls_blob_write(int tmp_dir_fd, int dir_fd, const Lorastore__BlobManifest *man
 	return 0;
 }
 
+/* Decode a header page and check it on its own (magic, format, checksum, offsets). */
+static int ls_header_check(const uint8_t page[LS_BLOB_PAGE], const char *what,
+			   struct ls_blob_header *hdr, struct ls_err *err)
+{
+	ls_header_decode(page, hdr);
+	if (memcmp(hdr->magic, LS_BLOB_MAGIC, 8) != 0)
+		return ls_err_set(err, LS_E_BLOB_FORMAT, "%s: not a lorastore blob (bad magic)",
+				  what);
+	if (hdr->format != LS_BLOB_FORMAT)
+		return ls_err_set(err, LS_E_BLOB_FORMAT,
+				  "%s: blob format %u, this build reads format %u", what,
+				  hdr->format, LS_BLOB_FORMAT);
+	if (XXH3_64bits(page, LS_HDR_HEADER_XXH3) != hdr->header_xxh3)
+		return ls_err_set(err, LS_E_CORRUPT, "%s: header checksum mismatch", what);
+	bool sane = hdr->header_size == LS_BLOB_PAGE && hdr->manifest_offset == LS_BLOB_PAGE &&
+		    hdr->manifest_length <= hdr->data_offset - LS_BLOB_PAGE &&
+		    hdr->data_offset % LS_BLOB_PAGE == 0 && hdr->data_offset >= LS_BLOB_PAGE &&
+		    hdr->data_length % LS_BLOB_PAGE == 0 &&
+		    hdr->file_length == hdr->data_offset + hdr->data_length &&
+		    hdr->data_offset + hdr->data_length >= hdr->data_offset;
+	if (!sane)
+		return ls_err_set(err, LS_E_CORRUPT, "%s: inconsistent offsets in the header",
+				  what);
+	return 0;
+}
+
 int ls_blob_read_header(int fd, const char *what, struct ls_blob_header *hdr,
 			struct ls_err *err)
 {
@@ -215,25 +241,9 @@ int ls_blob_read_header(int fd, const char *what, struct ls_blob_header *hdr,
 		return ls_err_set(err, rc == LS_E_TRUNCATED ? LS_E_BLOB_TRUNCATED : rc,
 				  "%s: reading the header: %s", what,
 				  rc == LS_E_TRUNCATED ? "file truncated" : strerror(-rc));
-	ls_header_decode(page, hdr);
-	if (memcmp(hdr->magic, LS_BLOB_MAGIC, 8) != 0)
-		return ls_err_set(err, LS_E_BLOB_FORMAT, "%s: not a lorastore blob (bad magic)",
-				  what);
-	if (hdr->format != LS_BLOB_FORMAT)
-		return ls_err_set(err, LS_E_BLOB_FORMAT,
-				  "%s: blob format %u, this build reads format %u", what,
-				  hdr->format, LS_BLOB_FORMAT);
-	if (XXH3_64bits(page, LS_HDR_HEADER_XXH3) != hdr->header_xxh3)
-		return ls_err_set(err, LS_E_CORRUPT, "%s: header checksum mismatch", what);
-	bool sane = hdr->header_size == LS_BLOB_PAGE && hdr->manifest_offset == LS_BLOB_PAGE &&
-		    hdr->manifest_length <= hdr->data_offset - LS_BLOB_PAGE &&
-		    hdr->data_offset % LS_BLOB_PAGE == 0 && hdr->data_offset >= LS_BLOB_PAGE &&
-		    hdr->data_length % LS_BLOB_PAGE == 0 &&
-		    hdr->file_length == hdr->data_offset + hdr->data_length &&
-		    hdr->data_offset + hdr->data_length >= hdr->data_offset;
-	if (!sane)
-		return ls_err_set(err, LS_E_CORRUPT, "%s: inconsistent offsets in the header",
-				  what);
+	rc = ls_header_check(page, what, hdr, err);
+	if (rc)
+		return rc;
 	if ((uint64_t)st.st_size < hdr->file_length)
 		return ls_err_set(err, LS_E_BLOB_TRUNCATED,
 				  "%s: file has %lld bytes, the header says %llu (file truncated)",
@@ -379,4 +389,112 @@ out:
 	XXH3_freeState(xs);
 	EVP_MD_CTX_free(md);
 	return rc;
+}
+
+struct ls_blob_check {
+	uint8_t want[LS_DIGEST_LEN];
+	uint8_t page[LS_BLOB_PAGE];
+	struct ls_blob_header hdr;
+	bool have_header;
+	uint64_t pos;               /* bytes fed */
+	EVP_MD_CTX *sha;            /* manifest, then data region */
+	XXH3_state_t *manifest, *data;
+};
+
+int ls_blob_check_new(const uint8_t digest[LS_DIGEST_LEN], struct ls_blob_check **out)
+{
+	struct ls_blob_check *c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	memcpy(c->want, digest, LS_DIGEST_LEN);
+	c->sha = EVP_MD_CTX_new();
+	c->manifest = XXH3_createState();
+	c->data = XXH3_createState();
+	if (!c->sha || !c->manifest || !c->data || !EVP_DigestInit_ex(c->sha, EVP_sha256(), NULL)) {
+		ls_blob_check_free(c);
+		return -ENOMEM;
+	}
+	XXH3_64bits_reset(c->manifest);
+	XXH3_64bits_reset(c->data);
+	*out = c;
+	return 0;
+}
+
+void ls_blob_check_free(struct ls_blob_check *c)
+{
+	if (!c)
+		return;
+	EVP_MD_CTX_free(c->sha);
+	XXH3_freeState(c->manifest);
+	XXH3_freeState(c->data);
+	free(c);
+}
+
+/* The part of [pos, pos + len) inside [lo, hi): its offset into the chunk and its length. */
+static size_t ls_overlap(uint64_t pos, size_t len, uint64_t lo, uint64_t hi, size_t *skip)
+{
+	uint64_t a = pos > lo ? pos : lo, b = pos + len < hi ? pos + len : hi;
+	if (a >= b)
+		return 0;
+	*skip = (size_t)(a - pos);
+	return (size_t)(b - a);
+}
+
+int ls_blob_check_feed(struct ls_blob_check *c, const void *data, size_t len, const char *what,
+		       struct ls_err *err)
+{
+	const uint8_t *p = data;
+	size_t skip = 0, n;
+	if (!c->have_header && (n = ls_overlap(c->pos, len, 0, LS_BLOB_PAGE, &skip))) {
+		memcpy(c->page + c->pos + skip, p + skip, n);
+		if (c->pos + skip + n == LS_BLOB_PAGE) {
+			int rc = ls_header_check(c->page, what, &c->hdr, err);
+			if (rc)
+				return rc;
+			if (memcmp(c->hdr.digest, c->want, LS_DIGEST_LEN) != 0)
+				return ls_err_set(err, LS_E_CORRUPT,
+						  "%s: the digest in its header differs", what);
+			c->have_header = true;
+		}
+	}
+	if (c->have_header) {
+		const struct ls_blob_header *h = &c->hdr;
+		if (c->pos + len > h->file_length)
+			return ls_err_set(err, LS_E_CORRUPT,
+					  "%s: longer than the %llu bytes its header says", what,
+					  (unsigned long long)h->file_length);
+		if ((n = ls_overlap(c->pos, len, h->manifest_offset,
+				    h->manifest_offset + h->manifest_length, &skip))) {
+			EVP_DigestUpdate(c->sha, p + skip, n);
+			XXH3_64bits_update(c->manifest, p + skip, n);
+		}
+		if ((n = ls_overlap(c->pos, len, h->data_offset, h->file_length, &skip))) {
+			EVP_DigestUpdate(c->sha, p + skip, n);
+			XXH3_64bits_update(c->data, p + skip, n);
+		}
+	}
+	c->pos += len;
+	return 0;
+}
+
+int ls_blob_check_end(struct ls_blob_check *c, const char *what, struct ls_blob_header *hdr,
+		      struct ls_err *err)
+{
+	if (!c->have_header || c->pos < c->hdr.file_length)
+		return ls_err_set(err, LS_E_BLOB_TRUNCATED,
+				  "%s: %llu bytes, %s (file truncated)", what,
+				  (unsigned long long)c->pos,
+				  c->have_header ? "fewer than its header says"
+						 : "shorter than a blob's header page");
+	if (XXH3_64bits_digest(c->manifest) != c->hdr.manifest_xxh3)
+		return ls_err_set(err, LS_E_CORRUPT, "%s: manifest checksum mismatch", what);
+	if (XXH3_64bits_digest(c->data) != c->hdr.data_xxh3)
+		return ls_err_set(err, LS_E_CORRUPT, "%s: data checksum mismatch", what);
+	uint8_t digest[EVP_MAX_MD_SIZE];
+	unsigned int dlen = 0;
+	EVP_DigestFinal_ex(c->sha, digest, &dlen);
+	if (dlen != LS_DIGEST_LEN || memcmp(digest, c->hdr.digest, LS_DIGEST_LEN) != 0)
+		return ls_err_set(err, LS_E_CORRUPT, "%s: SHA-256 digest mismatch", what);
+	*hdr = c->hdr;
+	return 0;
 }

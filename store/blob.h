@@ -103,4 +103,27 @@ int ls_blob_read_manifest(int fd, const char *what, const struct ls_blob_header 
 int ls_blob_verify(int fd, const char *what, const struct ls_blob_header *hdr, int full,
 		   struct ls_err *err);
 
+/*
+ * A blob checked as its bytes arrive in order (a download from the origin),
+ * so that no second read is needed: the header as soon as its page is in
+ * (and its digest against the one expected), then the manifest's and the
+ * data region's XXH3 and the SHA-256 of both as the bytes pass.
+ */
+struct ls_blob_check;
+
+/* A check for a blob of this digest: 0 or -ENOMEM. */
+int ls_blob_check_new(const uint8_t digest[LS_DIGEST_LEN], struct ls_blob_check **out);
+
+/* The next len bytes: 0, or the first fault found (LS_E_BLOB_FORMAT, LS_E_CORRUPT). */
+int ls_blob_check_feed(struct ls_blob_check *c, const void *data, size_t len, const char *what,
+		       struct ls_err *err);
+
+/*
+ * Every byte fed: 0 with *hdr when the blob is whole and every check holds,
+ * LS_E_BLOB_TRUNCATED, or LS_E_CORRUPT naming what differs.
+ */
+int ls_blob_check_end(struct ls_blob_check *c, const char *what, struct ls_blob_header *hdr,
+		      struct ls_err *err);
+void ls_blob_check_free(struct ls_blob_check *c);
+
 #endif

@@ -267,6 +267,31 @@ static int ls_manifest_in_bounds(const Lorastore__BlobManifest *m,
 	return 0;
 }
 
+/* A download going to a temporary file and through the blob's checks at once. */
+struct ls_pull_sink {
+	int fd;
+	struct ls_blob_check *check;
+	char what[PATH_MAX + 128];
+	struct ls_err *err;
+	uint64_t pos;               /* bytes written */
+	bool refused;               /* the check stopped it: not the network's doing */
+};
+
+static int ls_pull_write(void *ud, const void *data, size_t len)
+{
+	struct ls_pull_sink *k = ud;
+	int rc = ls_blob_check_feed(k->check, data, len, k->what, k->err);
+	if (rc) {
+		k->refused = true;
+		return rc;
+	}
+	rc = ls_write_all(k->fd, data, len, k->pos);
+	if (rc)
+		return ls_err_set(k->err, rc, "%s: writing: %s", k->what, strerror(-rc));
+	k->pos += len;
+	return 0;
+}
+
 /*
  * Download the blob of digest into blobs/ unless an intact one is there:
  * into tmp/, checked, then renamed.  Holds the store's gc lock shared.
@@ -289,8 +314,15 @@ static int ls_pull_blob(struct ls_store *s, const char *ref, const uint8_t *dige
 	fd = ls_tmpfile_create(s->tmp_fd, "pull", tmp, sizeof(tmp));
 	if (fd < 0)
 		return ls_err_set(err, fd, "%s/tmp: %s", s->dir, strerror(-fd));
+	/* Written and checked as the bytes arrive: no second read of the blob. */
+	struct ls_pull_sink sink = {.fd = fd, .err = err};
+	snprintf(sink.what, sizeof(sink.what), "origin %s: %s of %s", o->label, key, ref);
+	int rc = ls_blob_check_new(digest, &sink.check);
+	if (rc)
+		rc = ls_err_set(err, rc, "out of memory");
 	uint64_t got = 0;
-	int rc = ls_s3_get_file(o->s3, key, fd, &got, err);
+	if (rc == 0)
+		rc = ls_s3_get_to(o->s3, key, ls_pull_write, &sink, &got, err);
 	pthread_mutex_lock(&o->lock);
 	o->st.pull_bytes += got;
 	pthread_mutex_unlock(&o->lock);
@@ -298,35 +330,31 @@ static int ls_pull_blob(struct ls_store *s, const char *ref, const uint8_t *dige
 		rc = ls_err_set(err, LS_E_ORIGIN, "origin %s: %s names blob %s, which it lacks",
 				o->label, ref, key);
 	Lorastore__BlobManifest *m = NULL;
-	bool refused = false;
+	bool refused = sink.refused;
+	if (rc == 0) {
+		rc = ls_blob_check_end(sink.check, sink.what, &hdr, err);
+		refused = rc != 0;
+	}
 	if (rc == 0 && fsync(fd) != 0)
 		rc = ls_err_set(err, -errno, "%s/tmp/%s: %s", s->dir, tmp, strerror(errno));
 	close(fd);
-	/* Read back through a descriptor of its own (the temporary is written write-only). */
+	/* The manifest, decoded, and its tensors inside the data: what a load will trust. */
 	fd = rc ? -1 : openat(s->tmp_fd, tmp, O_RDONLY | O_CLOEXEC);
 	if (rc == 0 && fd < 0)
 		rc = ls_err_set(err, -errno, "%s/tmp/%s: %s", s->dir, tmp, strerror(errno));
 	if (rc == 0) {
-		/* Everything a load trusts, checked before the blob is visible. */
-		char what[PATH_MAX + 64];
-		snprintf(what, sizeof(what), "origin %s: %s of %s", o->label, key, ref);
-		rc = ls_blob_read_header(fd, what, &hdr, err);
-		if (rc == 0 && memcmp(hdr.digest, digest, LS_DIGEST_LEN) != 0)
-			rc = ls_err_set(err, LS_E_CORRUPT, "%s: its digest is not the one %s names",
-					what, ref);
-		if (rc == 0)
-			rc = ls_blob_verify(fd, what, &hdr, 1, err);
-		if (rc == 0)
-			rc = ls_blob_read_manifest(fd, what, &hdr, &m, err);
+		rc = ls_blob_read_manifest(fd, sink.what, &hdr, &m, err);
 		if (rc == 0 && ls_manifest_in_bounds(m, &hdr) != 0)
-			rc = ls_err_set(err, LS_E_CORRUPT, "%s: a tensor lies outside its data", what);
+			rc = ls_err_set(err, LS_E_CORRUPT, "%s: a tensor lies outside its data",
+					sink.what);
 		refused = rc != 0;
-		if (refused && err->code == rc) {
-			char msg[LS_ERR_MSG_MAX];
-			snprintf(msg, sizeof(msg), "%s", err->msg);
-			ls_err_set(err, rc, "%s; refused, nothing kept", msg);
-		}
 	}
+	if (refused && err->code == rc) {
+		char msg[LS_ERR_MSG_MAX];
+		snprintf(msg, sizeof(msg), "%s", err->msg);
+		ls_err_set(err, rc, "%s; refused, nothing kept", msg);
+	}
+	ls_blob_check_free(sink.check);
 	if (m)
 		lorastore__blob_manifest__free_unpacked(m, NULL);
 	if (fd >= 0)

@@ -190,7 +190,10 @@ struct ls_s3_req {
 	int body_fd;
 	uint64_t body_base, body_len, body_pos;
 	char payload_sha256[65];
-	/* GET body: to memory (up to max), or to a file once the status is 2xx */
+	/* GET body: to memory (up to max), or to a file or a sink once the status is 2xx */
+	ls_s3_sink_fn sink;
+	void *sink_ud;
+	int sink_rc;                /* what the sink returned to stop the transfer */
 	int out_fd;
 	size_t max;
 	uint8_t *buf;
@@ -252,6 +255,13 @@ static size_t ls_on_write(char *src, size_t size, size_t nmemb, void *ud)
 	size_t n = size * nmemb;
 	long status = 0;
 	curl_easy_getinfo(r->h, CURLINFO_RESPONSE_CODE, &status);
+	if (r->sink && status >= 200 && status < 300) {
+		r->sink_rc = r->sink(r->sink_ud, src, n);
+		if (r->sink_rc)
+			return 0;
+		r->written += n;
+		return n;
+	}
 	if (r->out_fd >= 0 && status >= 200 && status < 300) {
 		for (size_t done = 0; done < n;) {
 			ssize_t w = write(r->out_fd, src + done, n - done);
@@ -266,7 +276,7 @@ static size_t ls_on_write(char *src, size_t size, size_t nmemb, void *ud)
 		r->written += n;
 		return n;
 	}
-	size_t max = r->out_fd >= 0 || status >= 300 ? LS_S3_ERROR_BODY_MAX : r->max;
+	size_t max = r->out_fd >= 0 || r->sink || status >= 300 ? LS_S3_ERROR_BODY_MAX : r->max;
 	if (r->len + n > max) {
 		r->too_large = true;
 		return 0;
@@ -370,7 +380,7 @@ static int ls_s3_perform(struct ls_s3 *s3, struct ls_s3_req *r, struct ls_err *e
 	/* A transfer that stalls fails; one that moves goes on. */
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, (s3->stall_ms + 999) / 1000);
-	if (r->out_fd < 0 && r->body_len < (1u << 20))
+	if (r->out_fd < 0 && !r->sink && r->body_len < (1u << 20))
 		curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, s3->stall_ms);
 	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, ls_on_write);
 	curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
@@ -395,7 +405,9 @@ static int ls_s3_perform(struct ls_s3 *s3, struct ls_s3_req *r, struct ls_err *e
 	CURLcode c = curl_easy_perform(h);
 	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r->status);
 	curl_easy_getinfo(h, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &r->content_length);
-	if (c != CURLE_OK) {
+	if (c != CURLE_OK && r->sink_rc) {
+		rc = r->sink_rc; /* the sink said why */
+	} else if (c != CURLE_OK) {
 		if (r->write_errno)
 			rc = ls_err_set(err, -r->write_errno, "origin %s: GET %s: writing: %s",
 					s3->label, r->key, strerror(r->write_errno));
@@ -418,7 +430,8 @@ static int ls_s3_perform(struct ls_s3 *s3, struct ls_s3_req *r, struct ls_err *e
 	} else {
 		rc = ls_s3_http_error(s3, r, err);
 	}
-	ls_s3_count(s3, r, ls_mono_ns() - t0, rc != 0 && rc != LS_E_NOT_FOUND && rc != -EEXIST);
+	ls_s3_count(s3, r, ls_mono_ns() - t0,
+		    rc != 0 && rc != LS_E_NOT_FOUND && rc != -EEXIST && !r->sink_rc);
 out:
 	curl_slist_free_all(hdrs);
 	curl_easy_cleanup(h);
@@ -656,6 +669,19 @@ int ls_s3_get_file(struct ls_s3 *s3, const char *key, int fd, uint64_t *len, str
 	struct ls_s3_req r;
 	ls_req_init(&r, "GET", key);
 	r.out_fd = fd;
+	int rc = ls_s3_perform(s3, &r, err);
+	free(r.buf);
+	*len = r.written;
+	return rc;
+}
+
+int ls_s3_get_to(struct ls_s3 *s3, const char *key, ls_s3_sink_fn sink, void *ud, uint64_t *len,
+		 struct ls_err *err)
+{
+	struct ls_s3_req r;
+	ls_req_init(&r, "GET", key);
+	r.sink = sink;
+	r.sink_ud = ud;
 	int rc = ls_s3_perform(s3, &r, err);
 	free(r.buf);
 	*len = r.written;

@@ -104,6 +104,17 @@ int ls_s3_get(struct ls_s3 *s3, const char *key, size_t max, uint8_t **data, siz
 /* GET key into file fd (written from its current offset); *len: bytes written. */
 int ls_s3_get_file(struct ls_s3 *s3, const char *key, int fd, uint64_t *len, struct ls_err *err);
 
+/* Where a GET's body goes, piece by piece, in order: 0, or a code that stops the transfer. */
+typedef int (*ls_s3_sink_fn)(void *ud, const void *data, size_t len);
+
+/*
+ * GET key into sink; *len: bytes it took.  A code the sink returned is
+ * returned as it is (the sink says why in its own words); else as
+ * ls_s3_get_file.
+ */
+int ls_s3_get_to(struct ls_s3 *s3, const char *key, ls_s3_sink_fn sink, void *ud, uint64_t *len,
+		 struct ls_err *err);
+
 /* Whether key exists (HEAD): 0 with *size, or LS_E_NOT_FOUND. */
 int ls_s3_head(struct ls_s3 *s3, const char *key, uint64_t *size, struct ls_err *err);
 

@@ -628,3 +628,76 @@ Test(store, reimport_of_same_content_replaces_a_damaged_blob)
 	cr_assert_eq(bad, 0, "the second import wrote a good copy for both versions");
 	lorastore__version_record__free_unpacked(rec, NULL);
 }
+
+/* The blob of a fresh import, its bytes in memory (malloc'ed), and its digest. */
+static uint8_t *blob_bytes_of(const char *name, uint64_t seed, size_t *len, uint8_t digest[32])
+{
+	struct synth_opts o = {.family = SYNTH_LLAMA, .seed = seed};
+	const char *dir = make_adapter(name, &o);
+	Lorastore__VersionRecord *rec = NULL;
+	struct ls_err err;
+	cr_assert_eq(import_dir(name, dir, NULL, &rec, &err), 0, "%s", err.msg);
+	memcpy(digest, rec->digest.data, 32);
+	char path[PATH_MAX];
+	ls_store_blob_path(store, rec->digest.data, path, sizeof(path));
+	lorastore__version_record__free_unpacked(rec, NULL);
+	int fd = open(path, O_RDONLY);
+	struct stat st;
+	cr_assert(fd >= 0 && fstat(fd, &st) == 0);
+	*len = (size_t)st.st_size;
+	uint8_t *b = malloc(*len);
+	cr_assert_eq(pread(fd, b, *len, 0), (ssize_t)*len);
+	close(fd);
+	return b;
+}
+
+/* Feed b in pieces of odd sizes (as a download arrives): the check's verdict. */
+static int check_in_pieces(const uint8_t *b, size_t len, const uint8_t digest[32],
+			   struct ls_err *err)
+{
+	struct ls_blob_check *c = NULL;
+	cr_assert_eq(ls_blob_check_new(digest, &c), 0);
+	int rc = 0;
+	for (size_t off = 0, step = 1; off < len && rc == 0; off += step, step = step * 3 + 7) {
+		size_t n = len - off < step ? len - off : step;
+		rc = ls_blob_check_feed(c, b + off, n, "blob", err);
+	}
+	struct ls_blob_header hdr;
+	if (rc == 0)
+		rc = ls_blob_check_end(c, "blob", &hdr, err);
+	ls_blob_check_free(c);
+	return rc;
+}
+
+Test(store, a_blob_checked_as_it_arrives_passes_whole_and_fails_changed_cut_or_long)
+{
+	size_t len;
+	uint8_t digest[32];
+	uint8_t *b = blob_bytes_of("stream", 5, &len, digest);
+	struct ls_err err;
+	cr_assert_eq(check_in_pieces(b, len, digest, &err), 0, "%s", err.msg);
+	/* One bit of the data region. */
+	b[len - 1] ^= 1;
+	cr_assert_eq(check_in_pieces(b, len, digest, &err), LS_E_CORRUPT);
+	b[len - 1] ^= 1;
+	/* One bit of the manifest. */
+	b[LS_BLOB_PAGE + 3] ^= 1;
+	cr_assert_eq(check_in_pieces(b, len, digest, &err), LS_E_CORRUPT);
+	b[LS_BLOB_PAGE + 3] ^= 1;
+	/* Cut short, in the header and in the data. */
+	cr_assert_eq(check_in_pieces(b, 100, digest, &err), LS_E_BLOB_TRUNCATED);
+	cr_assert_eq(check_in_pieces(b, len - 4096, digest, &err), LS_E_BLOB_TRUNCATED);
+	/* Longer than its header says. */
+	uint8_t *longer = calloc(1, len + 10);
+	memcpy(longer, b, len);
+	cr_assert_eq(check_in_pieces(longer, len + 10, digest, &err), LS_E_CORRUPT);
+	free(longer);
+	/* Another blob's bytes for this digest: refused at its header. */
+	uint8_t other_digest[32];
+	size_t other_len;
+	uint8_t *other = blob_bytes_of("stream2", 6, &other_len, other_digest);
+	cr_assert_eq(check_in_pieces(other, other_len, digest, &err), LS_E_CORRUPT);
+	cr_assert(strstr(err.msg, "digest"), "%s", err.msg);
+	free(other);
+	free(b);
+}
