@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <pthread.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -404,4 +405,59 @@ Test(origin, the_disk_budget_removes_pulled_blobs_no_tier_holds_and_never_a_held
 	struct held b = acquire_on(1, "cache/b");
 	cr_assert_eq(b.info.version, 1);
 	lorastore_adapter_release(b.ad);
+}
+
+struct racer {
+	int node;
+	char dir[PATH_MAX];
+	uint32_t version;
+	int rc;
+	char msg[512];
+};
+
+static void *race_import(void *arg)
+{
+	struct racer *r = arg;
+	lorastore_import_opts io = {.name = "fleet/race"};
+	lorastore_list *l = NULL;
+	r->rc = lorastore_import_dir_entry(conn[r->node], r->dir, &io, &l);
+	if (r->rc == 0)
+		r->version = lorastore_list_entry(l, 0)->version;
+	else
+		snprintf(r->msg, sizeof(r->msg), "%s", lorastore_errmsg(conn[r->node]));
+	lorastore_list_free(l);
+	return NULL;
+}
+
+Test(origin, two_nodes_importing_one_name_at_once_get_versions_1_and_2_and_serve_both)
+{
+	struct racer r[2];
+	for (int i = 0; i < 2; i++) {
+		memset(&r[i], 0, sizeof(r[i]));
+		r[i].node = i;
+		snprintf(r[i].dir, sizeof(r[i].dir), "%s/race%d", work_dir, i);
+		mkdir(r[i].dir, 0755);
+		struct synth_opts o = {.family = SYNTH_LLAMA, .layers = 2, .rank = 4,
+				       .seed = 70 + (uint64_t)i};
+		cr_assert_eq(synth_adapter_dir(r[i].dir, &o), 0);
+	}
+	pthread_t t[2];
+	for (int i = 0; i < 2; i++)
+		pthread_create(&t[i], NULL, race_import, &r[i]);
+	for (int i = 0; i < 2; i++) {
+		pthread_join(t[i], NULL);
+		cr_assert_eq(r[i].rc, 0, "node %d: %s", i, r[i].msg);
+	}
+	cr_assert_eq(r[0].version + r[1].version, 3, "versions %u and %u", r[0].version,
+		     r[1].version);
+	/* Each node serves both, with the bytes their importer had. */
+	for (uint32_t v = 1; v <= 2; v++) {
+		char ref[32];
+		snprintf(ref, sizeof(ref), "fleet/race@%u", v);
+		struct held a = acquire_on(0, ref), b = acquire_on(1, ref);
+		cr_assert_eq(a.sum, b.sum, "%s", ref);
+		cr_assert_eq(memcmp(a.info.digest, b.info.digest, 32), 0, "%s", ref);
+		lorastore_adapter_release(a.ad);
+		lorastore_adapter_release(b.ad);
+	}
 }

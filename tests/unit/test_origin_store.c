@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -577,4 +578,55 @@ Test(origin_store, a_blob_past_the_multipart_threshold_goes_up_in_parts_and_come
 	ls_s3_free(c);
 	lorastore__version_record__free_unpacked(a, NULL);
 	lorastore__version_record__free_unpacked(b, NULL);
+}
+
+Test(origin_store, concurrent_requests_for_one_version_share_one_download)
+{
+	import_version(node[0], "t/one", make_adapter("a", 1));
+	Lorastore__VersionRecord *rec = NULL;
+	cr_assert_eq(ls_store_lookup(node[0], "t/one@1", &rec, &err), 0);
+	uint64_t blob = rec->blob_bytes;
+	lorastore__version_record__free_unpacked(rec, NULL);
+	enum { N = 6 };
+	struct puller p[N];
+	pthread_t t[N];
+	for (int i = 0; i < N; i++) {
+		p[i] = (struct puller){.ref = "t/one@1"};
+		pthread_create(&t[i], NULL, pull_one, &p[i]);
+	}
+	for (int i = 0; i < N; i++) {
+		pthread_join(t[i], NULL);
+		cr_assert_eq(p[i].rc, 0, "request %d: %s", i, p[i].err.msg);
+	}
+	struct ls_origin_stats st;
+	ls_origin_stats(ls_store_origin(node[1]), &st);
+	cr_assert_eq(st.pulls, 1, "%llu pulls", (unsigned long long)st.pulls);
+	cr_assert_eq(st.pull_bytes, blob, "%llu bytes downloaded for a blob of %llu",
+		     (unsigned long long)st.pull_bytes, (unsigned long long)blob);
+}
+
+Test(origin_store, an_origin_that_stops_answering_fails_a_remote_request_within_the_timeout)
+{
+	import_version(node[0], "t/slow", make_adapter("a", 1));
+	/* A stall of 1.5 s fails a request; the origin is frozen, its connections left open. */
+	struct ls_origin_config cfg = {
+		.s3 = {.endpoint = srv.endpoint, .bucket = "fleet",
+		       .access_key = LS_S3_TEST_ACCESS_KEY, .secret_key = LS_S3_TEST_SECRET_KEY,
+		       .connect_timeout_ms = 1000, .stall_timeout_ms = 1500},
+		.prefix = "p", .ttl_ms = 200};
+	struct ls_origin *o = NULL;
+	cr_assert_eq(ls_origin_open(&cfg, &o, &err), 0);
+	ls_store_set_origin(node[1], o);
+	cr_assert_eq(kill(srv.pid, SIGSTOP), 0);
+	int64_t t0 = ms_now();
+	Lorastore__VersionRecord *rec = NULL;
+	int rc = ls_store_lookup(node[1], "t/slow@1", &rec, &err);
+	int64_t took = ms_now() - t0;
+	kill(srv.pid, SIGCONT);
+	cr_assert_eq(rc, LS_E_ORIGIN, "%d %s", rc, err.msg);
+	cr_assert(strstr(err.msg, "s3://fleet/p"), "%s", err.msg);
+	cr_assert_lt(took, 5000, "a frozen origin held the request %lld ms", (long long)took);
+	cr_assert_eq(files_in(dirs[1], "tmp"), 0);
+	cr_assert_eq(ls_store_lookup(node[1], "t/slow@1", &rec, &err), 0, "%s", err.msg);
+	lorastore__version_record__free_unpacked(rec, NULL);
 }
