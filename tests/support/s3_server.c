@@ -121,7 +121,9 @@ int ls_s3_server_start(struct ls_s3_server *s)
 	snprintf(a[10], sizeof(a[10]), "-logdir=%s", s->dir); /* glog's files, else in /tmp */
 	const char *argv[] = {weed, a[10], "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3",
 			      "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-			      "-volume.max=100", "-master.volumeSizeLimitMB=256", a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7],
+			      "-volume.max=100", "-master.volumeSizeLimitMB=256",
+			      /* BUCKET.localhost: virtual-host addressing (curl resolves *.localhost) */
+			      "-s3.domainName=localhost", a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7],
 			      a[8], a[9], NULL};
 	pid_t pid = fork();
 	if (pid < 0)

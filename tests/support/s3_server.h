@@ -19,7 +19,8 @@ struct ls_s3_server {
 	char dir[256];          /* temporary directory: data and log */
 	char data[300];         /* dir/data, kept across a restart */
 	char log[300];          /* dir/weed.log */
-	char endpoint[64];      /* http://127.0.0.1:PORT */
+	char endpoint[64];      /* http://127.0.0.1:PORT (path style); virtual-host style at
+				   http://localhost:PORT, buckets as BUCKET.localhost */
 	int ports[8];           /* chosen at the first start, kept for restarts */
 };
 

@@ -630,3 +630,31 @@ Test(origin_store, an_origin_that_stops_answering_fails_a_remote_request_within_
 	cr_assert_eq(ls_store_lookup(node[1], "t/slow@1", &rec, &err), 0, "%s", err.msg);
 	lorastore__version_record__free_unpacked(rec, NULL);
 }
+
+Test(origin_store, virtual_host_addressing_reaches_the_same_bucket_as_path_style)
+{
+	import_version(node[0], "t/vhost", make_adapter("a", 1));
+	/* BUCKET.localhost:PORT, as AWS's virtual-hosted style names BUCKET.s3.REGION... */
+	char endpoint[64];
+	snprintf(endpoint, sizeof(endpoint), "http://localhost:%d", srv.ports[0]);
+	struct ls_origin_config cfg = {
+		.s3 = {.endpoint = endpoint, .bucket = "fleet", .virtual_host = true,
+		       .access_key = LS_S3_TEST_ACCESS_KEY, .secret_key = LS_S3_TEST_SECRET_KEY,
+		       .connect_timeout_ms = 1000, .stall_timeout_ms = 15000},
+		.prefix = "p", .ttl_ms = 200};
+	struct ls_origin *o = NULL;
+	cr_assert_eq(ls_origin_open(&cfg, &o, &err), 0);
+	ls_store_set_origin(node[1], o);
+	Lorastore__VersionRecord *a = NULL, *b = NULL;
+	cr_assert_eq(ls_store_lookup(node[0], "t/vhost@1", &a, &err), 0);
+	cr_assert_eq(ls_store_lookup(node[1], "t/vhost@1", &b, &err), 0, "%s", err.msg);
+	cr_assert_eq(memcmp(a->digest.data, b->digest.data, LS_DIGEST_LEN), 0);
+	/* And an import through it is seen path-style. */
+	lorastore__version_record__free_unpacked(b, NULL);
+	cr_assert_eq(import_version(node[1], "t/vhost", make_adapter("b", 2)), 2);
+	usleep(250 * 1000);
+	cr_assert_eq(ls_store_lookup(node[0], "t/vhost", &b, &err), 0, "%s", err.msg);
+	cr_assert_eq(b->version, 2);
+	lorastore__version_record__free_unpacked(a, NULL);
+	lorastore__version_record__free_unpacked(b, NULL);
+}
