@@ -24,6 +24,7 @@
 #include "adapter_sum.h"
 #include "daemon_proc.h"
 #include "proc_run.h"
+#include "s3.h"
 #include "s3_server.h"
 #include "synth.h"
 
@@ -460,4 +461,138 @@ Test(origin, two_nodes_importing_one_name_at_once_get_versions_1_and_2_and_serve
 		lorastore_adapter_release(a.ad);
 		lorastore_adapter_release(b.ad);
 	}
+}
+
+/* The size of a tmp-pull-* file in node 1's state, or -1 when there is none. */
+static long long pull_in_progress_on_1(void)
+{
+	char cmd[PATH_MAX + 96];
+	snprintf(cmd, sizeof(cmd), "stat -c %%s %s/tmp/tmp-pull-* 2>/dev/null | head -n 1",
+		 node[1].state);
+	FILE *p = popen(cmd, "r");
+	long long n = -1;
+	if (fscanf(p, "%lld", &n) != 1)
+		n = -1;
+	pclose(p);
+	return n;
+}
+
+struct remote_acquire {
+	const char *ref;
+	int rc;
+	char msg[512];
+	volatile bool done;
+};
+
+static void *acquire_on_1(void *arg)
+{
+	struct remote_acquire *r = arg;
+	lorastore_adapter *ad = NULL;
+	r->rc = lorastore_acquire(conn[1], r->ref, 60000, &ad);
+	if (r->rc == 0)
+		lorastore_adapter_release(ad);
+	else
+		snprintf(r->msg, sizeof(r->msg), "%s", lorastore_errmsg(conn[1]));
+	r->done = true;
+	return NULL;
+}
+
+static size_t files_on_1(const char *sub)
+{
+	char cmd[PATH_MAX + 64];
+	snprintf(cmd, sizeof(cmd), "ls -1 %s/%s | wc -l", node[1].state, sub);
+	FILE *p = popen(cmd, "r");
+	size_t n = 0;
+	cr_assert(fscanf(p, "%zu", &n) == 1);
+	pclose(p);
+	return n;
+}
+
+Test(origin, the_origin_killed_during_a_download_gives_a_clear_error_and_nothing_half_visible)
+{
+	/* About 60 MB: a transfer long enough on loopback to be cut in the middle. */
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s/big", work_dir);
+	mkdir(dir, 0755);
+	struct synth_opts o = {.family = SYNTH_LLAMA, .layers = 16, .rank = 64, .hidden = 4096,
+			       .heads = 32, .kv_heads = 8, .seed = 90};
+	cr_assert_eq(synth_adapter_dir(dir, &o), 0);
+	lorastore_import_opts io = {.name = "fleet/big"};
+	cr_assert_eq(lorastore_import_dir(conn[0], dir, &io, NULL), 0, "%s",
+		     lorastore_errmsg(conn[0]));
+	bool cut = false;
+	for (int attempt = 0; attempt < 5 && !cut; attempt++) {
+		struct remote_acquire r = {.ref = "fleet/big@1"};
+		pthread_t t;
+		pthread_create(&t, NULL, acquire_on_1, &r);
+		while (!r.done && pull_in_progress_on_1() <= 0)
+			usleep(200);
+		if (!r.done) {
+			ls_s3_server_kill(&srv);
+			cut = true;
+		}
+		pthread_join(t, NULL);
+		if (cut) {
+			cr_assert_eq(r.rc, LORASTORE_E_ORIGIN, "%d: %s", r.rc, r.msg);
+			cr_assert(strstr(r.msg, "s3://fleet/nodes"), "%s", r.msg);
+		} else {
+			/* The whole download beat the kill: start node 1 afresh and try again. */
+			cr_assert_eq(r.rc, 0, "%s", r.msg);
+			stop_node(1);
+			ls_daemon_cleanup(&node[1]);
+			start_node(1, NULL, creds);
+		}
+	}
+	cr_assert(cut, "no download could be cut in five attempts");
+	cr_assert_eq(files_on_1("blobs"), 0, "half a blob is visible");
+	cr_assert_eq(files_on_1("tmp"), 0, "half a download was left in tmp/");
+	lorastore_list *l = NULL;
+	cr_assert_eq(lorastore_show(conn[1], "fleet/big@1", &l), LORASTORE_E_ORIGIN);
+	cr_assert_eq(ls_s3_server_start(&srv), 0);
+	struct held b = acquire_on(1, "fleet/big@1");
+	struct held a = acquire_on(0, "fleet/big@1");
+	cr_assert_eq(a.sum, b.sum);
+	lorastore_adapter_release(a.ad);
+	lorastore_adapter_release(b.ad);
+}
+
+Test(origin, an_object_overwritten_behind_the_fleets_back_is_refused_and_counted)
+{
+	import_on(0, "fleet/tamper", 1);
+	lorastore_list *l = NULL;
+	cr_assert_eq(lorastore_show(conn[0], "fleet/tamper", &l), 0);
+	const lorastore_entry *e = lorastore_list_entry(l, 0);
+	char key[160], path[PATH_MAX];
+	snprintf(key, sizeof(key), "nodes/blobs/%s.blob", e->digest);
+	snprintf(path, sizeof(path), "%s/blobs/%s.blob", node[0].state, e->digest);
+	lorastore_list_free(l);
+	/* Other bytes under the blob's key: the same length, one byte of its data changed. */
+	FILE *f = fopen(path, "rb");
+	cr_assert_not_null(f);
+	fseek(f, 0, SEEK_END);
+	size_t len = (size_t)ftell(f);
+	fseek(f, 0, SEEK_SET);
+	uint8_t *b = malloc(len);
+	cr_assert_eq(fread(b, 1, len, f), len);
+	fclose(f);
+	b[len - 100] ^= 0x40;
+	struct ls_s3_config cfg = {.endpoint = srv.endpoint, .bucket = "fleet",
+				   .access_key = LS_S3_TEST_ACCESS_KEY,
+				   .secret_key = LS_S3_TEST_SECRET_KEY};
+	struct ls_s3 *c = NULL;
+	struct ls_err err;
+	cr_assert_eq(ls_s3_global_init(&err), 0);
+	cr_assert_eq(ls_s3_new(&cfg, &c, &err), 0);
+	cr_assert_eq(ls_s3_put(c, key, b, len, false, &err), 0, "%s", err.msg);
+	ls_s3_free(c);
+	free(b);
+	lorastore_adapter *ad = NULL;
+	int rc = lorastore_acquire(conn[1], "fleet/tamper", 30000, &ad);
+	cr_assert_eq(rc, LORASTORE_E_CORRUPT, "%d: %s", rc, lorastore_errmsg(conn[1]));
+	cr_assert(strstr(lorastore_errmsg(conn[1]), "refused"), "%s", lorastore_errmsg(conn[1]));
+	cr_assert_eq(files_on_1("blobs"), 0, "the tampered blob was kept");
+	lorastore_stats st;
+	cr_assert_eq(lorastore_stats_get(conn[1], &st), 0);
+	cr_assert_eq(st.origin.refused, 1);
+	cr_assert_eq(st.origin.pulls, 0);
 }
