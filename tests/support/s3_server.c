@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -130,6 +131,8 @@ int ls_s3_server_start(struct ls_s3_server *s)
 		return -1;
 	if (pid == 0) {
 		setpgid(0, 0);
+		/* A test that dies (a failed assertion in its setup) takes the server with it. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		int fd = open(s->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 		int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
 		if (fd >= 0) {
