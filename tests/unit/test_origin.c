@@ -8,6 +8,7 @@
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
+#include <criterion/hooks.h>
 #include <errno.h>
 #include <pthread.h>
 #include <limits.h>
@@ -29,6 +30,8 @@
 #include "synth.h"
 
 static struct ls_s3_server srv;
+static char bucket[32];      /* this test's own, on the shared server */
+static char origin_url[64];  /* s3://BUCKET/nodes: what the nodes are given and messages say */
 static struct ls_daemon_proc node[2];
 static lorastore *conn[2];
 static char *work_dir;
@@ -38,7 +41,7 @@ static char creds[PATH_MAX];
 static void start_node_with(int i, const char *dir, const char *credentials, const char *extra,
 			    const char *value)
 {
-	const char *args[] = {"--origin", "s3://fleet/nodes", "--origin-endpoint", srv.endpoint,
+	const char *args[] = {"--origin", origin_url, "--origin-endpoint", srv.endpoint,
 			      "--origin-credentials", credentials, "--origin-ttl", "300",
 			      "--origin-timeout", "15000", "--host-budget", "64MiB", extra, value,
 			      NULL};
@@ -63,8 +66,10 @@ static void setup(void)
 {
 	if (!ls_weed_binary())
 		cr_skip_test("no SeaweedFS weed binary: run scripts/install-deps");
-	cr_assert_eq(ls_s3_server_start(&srv), 0, "weed did not start");
-	cr_assert_eq(ls_s3_server_bucket(&srv, "fleet"), 0);
+	cr_assert_eq(ls_s3_server_use_shared(&srv), 0, "weed did not start");
+	snprintf(bucket, sizeof(bucket), "d%d", (int)getpid());
+	snprintf(origin_url, sizeof(origin_url), "s3://%s/nodes", bucket);
+	cr_assert_eq(ls_s3_server_bucket(&srv, bucket), 0);
 	work_dir = synth_mkdtemp("origin");
 	snprintf(creds, sizeof(creds), "%s/credentials", work_dir);
 	cr_assert_eq(ls_s3_server_credentials(creds, LS_S3_TEST_ACCESS_KEY, LS_S3_TEST_SECRET_KEY),
@@ -87,6 +92,33 @@ static void teardown(void)
 }
 
 TestSuite(origin, .init = setup, .fini = teardown, .timeout = 180);
+
+/* One S3 server for the tests of this binary (s3_server.h). */
+ReportHook(PRE_ALL)(struct criterion_test_set *set)
+{
+	(void)set;
+	ls_s3_shared_start();
+}
+
+ReportHook(POST_ALL)(struct criterion_global_stats *stats)
+{
+	(void)stats;
+	ls_s3_shared_stop();
+}
+
+/* A server of this test's own, which it may kill: both nodes restarted on it, empty. */
+static void private_server(void)
+{
+	for (int i = 0; i < 2; i++) {
+		stop_node(i);
+		ls_daemon_cleanup(&node[i]);
+	}
+	memset(&srv, 0, sizeof(srv));
+	cr_assert_eq(ls_s3_server_start(&srv), 0, "weed did not start");
+	cr_assert_eq(ls_s3_server_bucket(&srv, bucket), 0);
+	for (int i = 0; i < 2; i++)
+		start_node(i, NULL, creds);
+}
 
 static void import_on(int i, const char *name, uint64_t seed)
 {
@@ -189,7 +221,7 @@ Test(origin, wrong_credentials_give_a_clear_error_naming_the_origin_not_the_secr
 	int rc = lorastore_acquire(conn[1], "fleet/c", 30000, &ad);
 	cr_assert_eq(rc, LORASTORE_E_ORIGIN, "%d: %s", rc, lorastore_errmsg(conn[1]));
 	const char *msg = lorastore_errmsg(conn[1]);
-	cr_assert(strstr(msg, "s3://fleet/nodes"), "%s", msg);
+	cr_assert(strstr(msg, origin_url), "%s", msg);
 	cr_assert(strstr(msg, "credentials"), "%s", msg);
 	cr_assert_null(strstr(msg, wrong), "the error shows the secret: %s", msg);
 	/* Nor does the daemon's log. */
@@ -211,6 +243,7 @@ static int64_t ms_now(void)
 
 Test(origin, with_the_origin_away_local_versions_serve_and_remote_ones_fail_then_succeed_once_back)
 {
+	private_server();
 	import_on(0, "fleet/d", 1);
 	struct held b1 = acquire_on(1, "fleet/d");
 	lorastore_adapter_release(b1.ad);
@@ -226,7 +259,7 @@ Test(origin, with_the_origin_away_local_versions_serve_and_remote_ones_fail_then
 	lorastore_adapter *ad = NULL;
 	int rc = lorastore_acquire(conn[1], "fleet/d@2", 30000, &ad);
 	cr_assert_eq(rc, LORASTORE_E_ORIGIN, "%d: %s", rc, lorastore_errmsg(conn[1]));
-	cr_assert(strstr(lorastore_errmsg(conn[1]), "s3://fleet/nodes"), "%s",
+	cr_assert(strstr(lorastore_errmsg(conn[1]), origin_url), "%s",
 		  lorastore_errmsg(conn[1]));
 	cr_assert_lt(ms_now() - t0, 10000);
 	cr_assert_eq(ls_s3_server_start(&srv), 0);
@@ -320,7 +353,9 @@ Test(origin, the_cli_lists_the_origin_pulls_a_version_and_says_what_a_delete_did
 	const char *rm[] = {"rm", "--all", "fleet/cli", NULL};
 	out = cli_on(1, rm);
 	cr_assert(strstr(out, "deleted fleet/cli (1 version"), "%s", out);
-	cr_assert(strstr(out, "2 versions from the origin s3://fleet/nodes"), "%s", out);
+	char said[128];
+	snprintf(said, sizeof(said), "2 versions from the origin %s", origin_url);
+	cr_assert(strstr(out, said), "%s", out);
 	free(out);
 	const char *ls_text[] = {"ls", "--origin", "fleet/cli", NULL};
 	out = cli_on(0, ls_text);
@@ -329,7 +364,7 @@ Test(origin, the_cli_lists_the_origin_pulls_a_version_and_says_what_a_delete_did
 	/* Stats count what the origin did for node 1. */
 	lorastore_stats st;
 	cr_assert_eq(lorastore_stats_get(conn[1], &st), 0);
-	cr_assert(strstr(st.origin.origin, "s3://fleet/nodes"), "%s", st.origin.origin);
+	cr_assert(strstr(st.origin.origin, origin_url), "%s", st.origin.origin);
 	cr_assert_eq(st.origin.pulls, 1);
 	cr_assert_geq(st.origin.requests, 4);
 	cr_assert_eq(st.origin.refused, 0);
@@ -510,6 +545,7 @@ static size_t files_on_1(const char *sub)
 
 Test(origin, the_origin_killed_during_a_download_gives_a_clear_error_and_nothing_half_visible)
 {
+	private_server();
 	/* About 60 MB: a transfer long enough on loopback to be cut in the middle. */
 	char dir[PATH_MAX];
 	snprintf(dir, sizeof(dir), "%s/big", work_dir);
@@ -534,7 +570,7 @@ Test(origin, the_origin_killed_during_a_download_gives_a_clear_error_and_nothing
 		pthread_join(t, NULL);
 		if (cut) {
 			cr_assert_eq(r.rc, LORASTORE_E_ORIGIN, "%d: %s", r.rc, r.msg);
-			cr_assert(strstr(r.msg, "s3://fleet/nodes"), "%s", r.msg);
+			cr_assert(strstr(r.msg, origin_url), "%s", r.msg);
 		} else {
 			/* The whole download beat the kill: start node 1 afresh and try again. */
 			cr_assert_eq(r.rc, 0, "%s", r.msg);
@@ -576,7 +612,7 @@ Test(origin, an_object_overwritten_behind_the_fleets_back_is_refused_and_counted
 	cr_assert_eq(fread(b, 1, len, f), len);
 	fclose(f);
 	b[len - 100] ^= 0x40;
-	struct ls_s3_config cfg = {.endpoint = srv.endpoint, .bucket = "fleet",
+	struct ls_s3_config cfg = {.endpoint = srv.endpoint, .bucket = bucket,
 				   .access_key = LS_S3_TEST_ACCESS_KEY,
 				   .secret_key = LS_S3_TEST_SECRET_KEY};
 	struct ls_s3 *c = NULL;

@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
+#include <criterion/hooks.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -24,6 +25,8 @@
 #include "synth.h"
 
 static struct ls_s3_server srv;
+static char bucket[32];      /* this test's own, on the shared server */
+static char label[64];       /* how messages name the origin: "s3://BUCKET/p" */
 static char *dirs[2];
 static char *work_dir;
 static struct ls_store *node[2];
@@ -33,7 +36,7 @@ static struct ls_origin *origin_parts(const char *secret, int64_t ttl_ms, uint64
 {
 	struct ls_origin_config cfg = {
 		.s3 = {.endpoint = srv.endpoint,
-		       .bucket = "fleet",
+		       .bucket = bucket,
 		       .access_key = LS_S3_TEST_ACCESS_KEY,
 		       .secret_key = secret,
 		       .connect_timeout_ms = 1000,
@@ -62,8 +65,10 @@ static void setup(void)
 {
 	if (!ls_weed_binary())
 		cr_skip_test("no SeaweedFS weed binary: run scripts/install-deps");
-	cr_assert_eq(ls_s3_server_start(&srv), 0, "weed did not start");
-	cr_assert_eq(ls_s3_server_bucket(&srv, "fleet"), 0);
+	cr_assert_eq(ls_s3_server_use_shared(&srv), 0, "weed did not start");
+	snprintf(bucket, sizeof(bucket), "t%d", (int)getpid());
+	snprintf(label, sizeof(label), "s3://%s/p", bucket);
+	cr_assert_eq(ls_s3_server_bucket(&srv, bucket), 0);
 	struct ls_err e;
 	cr_assert_eq(ls_s3_global_init(&e), 0);
 	work_dir = synth_mkdtemp("adapters");
@@ -91,6 +96,29 @@ static void teardown(void)
 }
 
 TestSuite(origin_store, .init = setup, .fini = teardown, .timeout = 180);
+
+/* One S3 server for the tests of this binary (s3_server.h). */
+ReportHook(PRE_ALL)(struct criterion_test_set *set)
+{
+	(void)set;
+	ls_s3_shared_start();
+}
+
+ReportHook(POST_ALL)(struct criterion_global_stats *stats)
+{
+	(void)stats;
+	ls_s3_shared_stop();
+}
+
+/* A server of this test's own, which it may stop or kill; both nodes use it from now on. */
+static void private_server(void)
+{
+	memset(&srv, 0, sizeof(srv));
+	cr_assert_eq(ls_s3_server_start(&srv), 0, "weed did not start");
+	cr_assert_eq(ls_s3_server_bucket(&srv, bucket), 0);
+	for (int i = 0; i < 2; i++)
+		ls_store_set_origin(node[i], origin_with(LS_S3_TEST_SECRET_KEY, 200));
+}
 
 static const char *make_adapter(const char *sub, uint64_t seed)
 {
@@ -155,7 +183,7 @@ static size_t files_in(const char *dir, const char *sub)
 static struct ls_s3 *bucket_client(void)
 {
 	struct ls_s3_config cfg = {.endpoint = srv.endpoint,
-				   .bucket = "fleet",
+				   .bucket = bucket,
 				   .access_key = LS_S3_TEST_ACCESS_KEY,
 				   .secret_key = LS_S3_TEST_SECRET_KEY};
 	struct ls_s3 *c = NULL;
@@ -352,7 +380,7 @@ Test(origin_store, wrong_credentials_are_refused_naming_the_origin_and_not_the_s
 	Lorastore__VersionRecord *rec = NULL;
 	int rc = ls_store_lookup(node[1], "t/c@1", &rec, &err);
 	cr_assert_eq(rc, LS_E_ORIGIN, "%d %s", rc, err.msg);
-	cr_assert(strstr(err.msg, "s3://fleet"), "%s", err.msg);
+	cr_assert(strstr(err.msg, label), "%s", err.msg);
 	cr_assert(strstr(err.msg, "403"), "%s", err.msg);
 	cr_assert(strstr(err.msg, "credentials"), "%s", err.msg);
 	cr_assert_null(strstr(err.msg, wrong), "the message shows the secret: %s", err.msg);
@@ -372,6 +400,7 @@ static int64_t ms_now(void)
 
 Test(origin_store, with_the_origin_down_local_versions_serve_and_remote_ones_fail_in_bounded_time)
 {
+	private_server();
 	import_version(node[0], "t/down", make_adapter("a", 1));
 	import_version(node[0], "t/down", make_adapter("b", 2));
 	Lorastore__VersionRecord *rec = NULL;
@@ -385,7 +414,7 @@ Test(origin_store, with_the_origin_down_local_versions_serve_and_remote_ones_fai
 	lorastore__version_record__free_unpacked(rec, NULL);
 	int rc = ls_store_lookup(node[1], "t/down@2", &rec, &err);
 	cr_assert_eq(rc, LS_E_ORIGIN, "%d %s", rc, err.msg);
-	cr_assert(strstr(err.msg, "s3://fleet"), "%s", err.msg);
+	cr_assert(strstr(err.msg, label), "%s", err.msg);
 	cr_assert_lt(ms_now() - t0, 10000, "the origin's absence took %lld ms to say",
 		     (long long)(ms_now() - t0));
 	cr_assert_eq(files_in(dirs[1], "tmp"), 0);
@@ -450,13 +479,14 @@ Test(origin_store, a_delete_removes_the_versions_from_the_origin_so_no_node_pull
 
 Test(origin_store, with_the_origin_away_a_delete_stands_here_and_says_the_origin_kept_it)
 {
+	private_server();
 	import_version(node[0], "t/keep", make_adapter("a", 1));
 	ls_s3_server_kill(&srv);
 	struct ls_deleted_gens d;
 	cr_assert_eq(ls_store_delete(node[0], "t/keep@1", &d, &err), 0, "%s", err.msg);
 	cr_assert_eq(d.n, 1);
 	cr_assert_eq(d.origin_rc, LS_E_ORIGIN);
-	cr_assert(strstr(d.origin_error, "s3://fleet/p"), "%s", d.origin_error);
+	cr_assert(strstr(d.origin_error, label), "%s", d.origin_error);
 	free(d.gens);
 	cr_assert(ls_store_version_gone(node[0], "t/keep", 1));
 	/* Once it is back, deleting again finishes it. */
@@ -502,6 +532,7 @@ static void *pull_one(void *arg)
 
 Test(origin_store, a_download_cut_halfway_leaves_nothing_and_the_next_request_pulls_it)
 {
+	private_server();
 	/* About 60 MB: long enough a transfer on loopback to be cut in the middle. */
 	char dir[PATH_MAX];
 	snprintf(dir, sizeof(dir), "%s/big", work_dir);
@@ -524,7 +555,7 @@ Test(origin_store, a_download_cut_halfway_leaves_nothing_and_the_next_request_pu
 		pthread_join(t, NULL);
 		if (cut) {
 			cr_assert_eq(p.rc, LS_E_ORIGIN, "%d %s", p.rc, p.err.msg);
-			cr_assert(strstr(p.err.msg, "s3://fleet/p"), "%s", p.err.msg);
+			cr_assert(strstr(p.err.msg, label), "%s", p.err.msg);
 		} else {
 			/* The whole download beat the kill: forget it here and try again. */
 			cr_assert_eq(p.rc, 0, "%s", p.err.msg);
@@ -607,10 +638,11 @@ Test(origin_store, concurrent_requests_for_one_version_share_one_download)
 
 Test(origin_store, an_origin_that_stops_answering_fails_a_remote_request_within_the_timeout)
 {
+	private_server();
 	import_version(node[0], "t/slow", make_adapter("a", 1));
 	/* A stall of 1.5 s fails a request; the origin is frozen, its connections left open. */
 	struct ls_origin_config cfg = {
-		.s3 = {.endpoint = srv.endpoint, .bucket = "fleet",
+		.s3 = {.endpoint = srv.endpoint, .bucket = bucket,
 		       .access_key = LS_S3_TEST_ACCESS_KEY, .secret_key = LS_S3_TEST_SECRET_KEY,
 		       .connect_timeout_ms = 1000, .stall_timeout_ms = 1500},
 		.prefix = "p", .ttl_ms = 200};
@@ -624,7 +656,7 @@ Test(origin_store, an_origin_that_stops_answering_fails_a_remote_request_within_
 	int64_t took = ms_now() - t0;
 	kill(srv.pid, SIGCONT);
 	cr_assert_eq(rc, LS_E_ORIGIN, "%d %s", rc, err.msg);
-	cr_assert(strstr(err.msg, "s3://fleet/p"), "%s", err.msg);
+	cr_assert(strstr(err.msg, label), "%s", err.msg);
 	cr_assert_lt(took, 5000, "a frozen origin held the request %lld ms", (long long)took);
 	cr_assert_eq(files_in(dirs[1], "tmp"), 0);
 	cr_assert_eq(ls_store_lookup(node[1], "t/slow@1", &rec, &err), 0, "%s", err.msg);
@@ -638,7 +670,7 @@ Test(origin_store, virtual_host_addressing_reaches_the_same_bucket_as_path_style
 	char endpoint[64];
 	snprintf(endpoint, sizeof(endpoint), "http://localhost:%d", srv.ports[0]);
 	struct ls_origin_config cfg = {
-		.s3 = {.endpoint = endpoint, .bucket = "fleet", .virtual_host = true,
+		.s3 = {.endpoint = endpoint, .bucket = bucket, .virtual_host = true,
 		       .access_key = LS_S3_TEST_ACCESS_KEY, .secret_key = LS_S3_TEST_SECRET_KEY,
 		       .connect_timeout_ms = 1000, .stall_timeout_ms = 15000},
 		.prefix = "p", .ttl_ms = 200};
