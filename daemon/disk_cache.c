@@ -18,11 +18,16 @@ struct ls_trim_job {
 	struct ls_trim_result res;
 	int rc;
 	struct ls_err err;
+	bool first_look;             /* the start's job: is the origin there, are we let in? */
+	int look_rc;
+	struct ls_err look_err;
 };
 
 static void ls_trim_run(struct ls_job *job)
 {
 	struct ls_trim_job *j = (struct ls_trim_job *)job;
+	if (j->first_look)
+		j->look_rc = ls_origin_check(ls_store_origin(j->srv->store), &j->look_err);
 	j->rc = ls_store_trim_pulled(j->srv->store, j->budget, j->keep, j->n_keep, &j->res,
 				     &j->err);
 }
@@ -32,6 +37,9 @@ static void ls_trim_done(struct ls_job *job)
 	struct ls_trim_job *j = (struct ls_trim_job *)job;
 	struct ls_server *srv = j->srv;
 	srv->cache_trimming = false;
+	if (j->first_look && j->look_rc)
+		ls_warn("%s; local versions are served, remote ones fail until it answers",
+			j->look_err.msg);
 	if (j->rc)
 		ls_warn("disk cache: %s", j->err.msg);
 	for (size_t i = 0; i < j->res.n; i++)
@@ -57,7 +65,7 @@ static void ls_trim_done(struct ls_job *job)
 }
 
 /* Submit a trim to budget (UINT64_MAX: a count) unless one runs. */
-static void ls_trim_submit(struct ls_server *srv, uint64_t budget)
+static void ls_trim_submit(struct ls_server *srv, uint64_t budget, bool first_look)
 {
 	if (srv->cache_trimming)
 		return;
@@ -68,6 +76,7 @@ static void ls_trim_submit(struct ls_server *srv, uint64_t budget)
 	j->job.done = ls_trim_done;
 	j->srv = srv;
 	j->budget = budget;
+	j->first_look = first_look;
 	j->n_keep = ls_res_generations(srv->res, &j->keep);
 	srv->cache_trimming = true;
 	ls_workers_submit(srv->workers, &j->job);
@@ -81,7 +90,7 @@ void ls_disk_cache_start(struct ls_server *srv)
 	struct ls_origin_stats st;
 	ls_origin_stats(o, &st);
 	srv->origin_pulls_seen = st.pulls;
-	ls_trim_submit(srv, srv->cfg->disk_budget ? srv->cfg->disk_budget : UINT64_MAX);
+	ls_trim_submit(srv, srv->cfg->disk_budget ? srv->cfg->disk_budget : UINT64_MAX, true);
 }
 
 void ls_disk_cache_after_read(struct ls_server *srv)
@@ -96,5 +105,5 @@ void ls_disk_cache_after_read(struct ls_server *srv)
 	srv->catalog_versions += st.pulls - srv->origin_pulls_seen;
 	srv->origin_pulls_seen = st.pulls;
 	if (srv->cfg->disk_budget && st.cache_bytes > srv->cfg->disk_budget)
-		ls_trim_submit(srv, srv->cfg->disk_budget);
+		ls_trim_submit(srv, srv->cfg->disk_budget, false);
 }

@@ -9,7 +9,11 @@
 
 #include "server.h"
 
-/* At start, with an origin: count the pulled blobs on disk (and trim to the budget). */
+/*
+ * At start, with an origin: on a worker, a first look at it (a warning when
+ * it does not answer or refuses) and a count of the pulled blobs on disk
+ * (trimmed to the budget).
+ */
 void ls_disk_cache_start(struct ls_server *srv);
 
 /* After a catalog read came back: its pulls counted, and a trim when over the budget. */

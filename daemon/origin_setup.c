@@ -157,13 +157,8 @@ int ls_origin_setup(const struct ls_config *cfg, struct ls_store *store, struct 
 	free(c);
 	if (rc)
 		return rc;
-	/* A first look: an origin away or refusing is said at once, and local versions serve. */
-	struct ls_err cerr;
-	if (ls_origin_check(o, &cerr) != 0)
-		ls_warn("%s; local versions are served, remote ones fail until it answers",
-			cerr.msg);
-	else
-		ls_info("origin %s", ls_origin_label(o));
+	/* The first look at it is a worker's, after the socket serves (disk_cache.c). */
+	ls_info("origin %s", ls_origin_label(o));
 	ls_store_set_origin(store, o);
 	return 0;
 }

@@ -8,8 +8,8 @@
 
 /*
  * With --origin: endpoint, region and credentials found (options, then the
- * AWS environment variables), the origin opened, looked at once (a warning
- * when it does not answer), and attached to store.  0 when there is no
+ * AWS environment variables), the origin opened and attached to store.
+ * Nothing is asked of it here: start-up never waits on the network.  0 when there is no
  * origin or it is attached; -EINVAL (bad options, no credentials), -ENOMEM.
  */
 int ls_origin_setup(const struct ls_config *cfg, struct ls_store *store, struct ls_err *err);
