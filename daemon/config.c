@@ -274,15 +274,10 @@ static int ls_config_apply(struct ls_config *c, int opt, const char *val, const 
 	uint64_t size;
 	switch (opt) {
 	case OPT_SOCKET:
-		rc = snprintf(c->socket, sizeof(c->socket), "%s", val) >= (int)sizeof(c->socket)
-			     ? -EINVAL
-			     : 0;
+		rc = ls_config_text(c->socket, sizeof(c->socket), val);
 		break;
 	case OPT_STATE_DIR:
-		rc = snprintf(c->state_dir, sizeof(c->state_dir), "%s", val) >=
-				     (int)sizeof(c->state_dir)
-			     ? -EINVAL
-			     : 0;
+		rc = ls_config_text(c->state_dir, sizeof(c->state_dir), val);
 		break;
 	case OPT_BACKEND:
 		if (strcmp(val, "auto") == 0)
@@ -323,10 +318,7 @@ static int ls_config_apply(struct ls_config *c, int opt, const char *val, const 
 			c->host_slab_size = size;
 		break;
 	case OPT_DEVICES:
-		rc = !*val || snprintf(c->devices, sizeof(c->devices), "%s", val) >=
-				      (int)sizeof(c->devices)
-			     ? -EINVAL
-			     : 0;
+		rc = !*val ? -EINVAL : ls_config_text(c->devices, sizeof(c->devices), val);
 		break;
 	case OPT_DISK_BUDGET:
 		rc = ls_size_parse(val, &size);
@@ -342,22 +334,13 @@ static int ls_config_apply(struct ls_config *c, int opt, const char *val, const 
 			c->client_pin_limit = size;
 		break;
 	case OPT_ADMIN_GROUP:
-		rc = snprintf(c->admin_group, sizeof(c->admin_group), "%s", val) >=
-				     (int)sizeof(c->admin_group)
-			     ? -EINVAL
-			     : 0;
+		rc = ls_config_text(c->admin_group, sizeof(c->admin_group), val);
 		break;
 	case OPT_METRICS_LISTEN:
-		rc = !*val || snprintf(c->metrics_listen, sizeof(c->metrics_listen), "%s", val) >=
-				      (int)sizeof(c->metrics_listen)
-			     ? -EINVAL
-			     : 0;
+		rc = !*val ? -EINVAL : ls_config_text(c->metrics_listen, sizeof(c->metrics_listen), val);
 		break;
 	case OPT_SOCKET_GROUP:
-		rc = snprintf(c->socket_group, sizeof(c->socket_group), "%s", val) >=
-				     (int)sizeof(c->socket_group)
-			     ? -EINVAL
-			     : 0;
+		rc = ls_config_text(c->socket_group, sizeof(c->socket_group), val);
 		break;
 	case OPT_WORKERS: {
 		char *end;

@@ -770,6 +770,15 @@ static size_t ls_look_hash(const char *s)
 	return h;
 }
 
+/* The slot of ref in the table of looks (an empty one when absent); o->lock held, a table there. */
+static struct ls_look *ls_look_slot(struct ls_origin *o, const char *ref)
+{
+	size_t j = ls_look_hash(ref) & (o->cap_looks - 1);
+	while (o->looks[j].ref && strcmp(o->looks[j].ref, ref) != 0)
+		j = (j + 1) & (o->cap_looks - 1);
+	return &o->looks[j];
+}
+
 /*
  * Whether ref was looked up within the TTL (then *latest is what the origin
  * said); if not, it is taken as looked up now (ls_look_set says the answer).
@@ -807,18 +816,16 @@ static bool ls_look_fresh(struct ls_origin *o, const char *ref, uint32_t *latest
 		o->looks = nl;
 		o->cap_looks = cap;
 	}
-	size_t j = ls_look_hash(ref) & (o->cap_looks - 1);
-	while (o->looks[j].ref && strcmp(o->looks[j].ref, ref) != 0)
-		j = (j + 1) & (o->cap_looks - 1);
+	struct ls_look *l = ls_look_slot(o, ref);
 	bool fresh = false;
-	if (o->looks[j].ref) {
-		fresh = now - o->looks[j].at_ns < o->ttl_ns;
-		*latest = o->looks[j].latest;
+	if (l->ref) {
+		fresh = now - l->at_ns < o->ttl_ns;
+		*latest = l->latest;
 		if (!fresh)
-			o->looks[j].at_ns = now;
-	} else if ((o->looks[j].ref = strdup(ref))) {
-		o->looks[j].at_ns = now;
-		o->looks[j].latest = 0;
+			l->at_ns = now;
+	} else if ((l->ref = strdup(ref))) {
+		l->at_ns = now;
+		l->latest = 0;
 		o->n_looks++;
 	}
 	pthread_mutex_unlock(&o->lock);
@@ -829,13 +836,9 @@ static bool ls_look_fresh(struct ls_origin *o, const char *ref, uint32_t *latest
 static void ls_look_set(struct ls_origin *o, const char *ref, uint32_t latest)
 {
 	pthread_mutex_lock(&o->lock);
-	if (o->cap_looks) {
-		size_t j = ls_look_hash(ref) & (o->cap_looks - 1);
-		while (o->looks[j].ref && strcmp(o->looks[j].ref, ref) != 0)
-			j = (j + 1) & (o->cap_looks - 1);
-		if (o->looks[j].ref)
-			o->looks[j].latest = latest;
-	}
+	struct ls_look *l = o->cap_looks ? ls_look_slot(o, ref) : NULL;
+	if (l && l->ref)
+		l->latest = latest;
 	pthread_mutex_unlock(&o->lock);
 }
 
@@ -843,13 +846,9 @@ static void ls_look_set(struct ls_origin *o, const char *ref, uint32_t latest)
 static void ls_look_forget(struct ls_origin *o, const char *ref)
 {
 	pthread_mutex_lock(&o->lock);
-	if (o->cap_looks) {
-		size_t j = ls_look_hash(ref) & (o->cap_looks - 1);
-		while (o->looks[j].ref && strcmp(o->looks[j].ref, ref) != 0)
-			j = (j + 1) & (o->cap_looks - 1);
-		if (o->looks[j].ref)
-			o->looks[j].at_ns = INT64_MIN / 2;
-	}
+	struct ls_look *l = o->cap_looks ? ls_look_slot(o, ref) : NULL;
+	if (l && l->ref)
+		l->at_ns = INT64_MIN / 2;
 	pthread_mutex_unlock(&o->lock);
 }
 

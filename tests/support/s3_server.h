@@ -51,6 +51,8 @@ void ls_s3_server_cleanup(struct ls_s3_server *s);
 void ls_s3_shared_start(void);
 void ls_s3_shared_stop(void);
 
+/* The two hooks, written once for every test file that uses them: s3_shared_hooks.h. */
+
 /*
  * s as the shared server (its pid 0: kill and cleanup leave it alone), or,
  * when there is none, a private one started: 0 or -1.

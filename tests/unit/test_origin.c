@@ -93,18 +93,8 @@ static void teardown(void)
 
 TestSuite(origin, .init = setup, .fini = teardown, .timeout = 180);
 
-/* One S3 server for the tests of this binary (s3_server.h). */
-ReportHook(PRE_ALL)(struct criterion_test_set *set)
-{
-	(void)set;
-	ls_s3_shared_start();
-}
-
-ReportHook(POST_ALL)(struct criterion_global_stats *stats)
-{
-	(void)stats;
-	ls_s3_shared_stop();
-}
+/* One S3 server for the tests of this binary. */
+#include "s3_shared_hooks.h"
 
 /* A server of this test's own, which it may kill: both nodes restarted on it, empty. */
 static void private_server(void)

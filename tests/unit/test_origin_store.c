@@ -97,18 +97,8 @@ static void teardown(void)
 
 TestSuite(origin_store, .init = setup, .fini = teardown, .timeout = 180);
 
-/* One S3 server for the tests of this binary (s3_server.h). */
-ReportHook(PRE_ALL)(struct criterion_test_set *set)
-{
-	(void)set;
-	ls_s3_shared_start();
-}
-
-ReportHook(POST_ALL)(struct criterion_global_stats *stats)
-{
-	(void)stats;
-	ls_s3_shared_stop();
-}
+/* One S3 server for the tests of this binary. */
+#include "s3_shared_hooks.h"
 
 /* A server of this test's own, which it may stop or kill; both nodes use it from now on. */
 static void private_server(void)
@@ -313,16 +303,25 @@ Test(origin_store, the_latest_version_imported_elsewhere_is_seen_within_the_ttl)
 	lorastore__version_record__free_unpacked(rec, NULL);
 }
 
+/* Import a version on node 0; its record, its blob's key in the origin and its bytes (malloc'ed). */
+static uint8_t *imported_blob(const char *name, Lorastore__VersionRecord **rec, char *key,
+			      size_t key_len, size_t *len)
+{
+	import_version(node[0], name, make_adapter("a", 1));
+	char ref[64], path[PATH_MAX];
+	snprintf(ref, sizeof(ref), "%s@1", name);
+	cr_assert_eq(ls_store_lookup(node[0], ref, rec, &err), 0, "%s", err.msg);
+	blob_key(*rec, key, key_len);
+	ls_store_blob_path(node[0], (*rec)->digest.data, path, sizeof(path));
+	return file_bytes(path, len);
+}
+
 Test(origin_store, a_blob_overwritten_in_the_origin_is_refused_and_nothing_is_kept)
 {
-	import_version(node[0], "t/bad", make_adapter("a", 1));
 	Lorastore__VersionRecord *rec = NULL;
-	cr_assert_eq(ls_store_lookup(node[0], "t/bad@1", &rec, &err), 0);
-	char key[256], path[PATH_MAX];
-	blob_key(rec, key, sizeof(key));
-	ls_store_blob_path(node[0], rec->digest.data, path, sizeof(path));
+	char key[256];
 	size_t len;
-	uint8_t *good = file_bytes(path, &len);
+	uint8_t *good = imported_blob("t/bad", &rec, key, sizeof(key), &len);
 	/* One byte of the data region changed behind the stores' backs. */
 	uint8_t *bad = malloc(len);
 	memcpy(bad, good, len);
@@ -352,14 +351,10 @@ Test(origin_store, a_blob_overwritten_in_the_origin_is_refused_and_nothing_is_ke
 
 Test(origin_store, a_truncated_blob_in_the_origin_is_refused)
 {
-	import_version(node[0], "t/short", make_adapter("a", 1));
 	Lorastore__VersionRecord *rec = NULL;
-	cr_assert_eq(ls_store_lookup(node[0], "t/short@1", &rec, &err), 0);
-	char key[256], path[PATH_MAX];
-	blob_key(rec, key, sizeof(key));
-	ls_store_blob_path(node[0], rec->digest.data, path, sizeof(path));
+	char key[256];
 	size_t len;
-	uint8_t *good = file_bytes(path, &len);
+	uint8_t *good = imported_blob("t/short", &rec, key, sizeof(key), &len);
 	struct ls_s3 *c = bucket_client();
 	cr_assert_eq(ls_s3_put(c, key, good, len / 2, false, &err), 0, "%s", err.msg);
 	Lorastore__VersionRecord *got = NULL;
