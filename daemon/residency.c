@@ -861,7 +861,11 @@ static int ls_entry_new(struct ls_tier *t, const struct ls_res_version *rec,
 	e->state = LS_RES_LOADING;
 	int rc;
 	if (share) {
-		/* The data region is share's: this version places its table alone. */
+		/*
+		 * The data region is share's: this version places its table alone,
+		 * and share is pinned meanwhile, or making room could evict it.
+		 */
+		ls_res_pin(share);
 		e->data_of = share;
 		if (t->kind == LS_TIER_HOST) {
 			e->length = ls_align_up(table, LS_BLOB_PAGE);
@@ -890,6 +894,8 @@ static int ls_entry_new(struct ls_tier *t, const struct ls_res_version *rec,
 	}
 	if (rc) {
 		free(e);
+		if (share)
+			ls_res_unpin(share);
 		return rc;
 	}
 	/* The table first: messages about the load name the adapter from it. */
@@ -907,6 +913,8 @@ static int ls_entry_new(struct ls_tier *t, const struct ls_res_version *rec,
 		if (t->kind == LS_TIER_DEVICE)
 			ls_extents_free(&ts->ext, e->table_offset, ls_align_up(table, LS_BLOB_PAGE));
 		free(e);
+		if (share)
+			ls_res_unpin(share);
 		return ls_err_set(err, rc, "generation %llu: writing its tensor table: %s",
 				  (unsigned long long)gen, strerror(-rc));
 	}
@@ -914,8 +922,11 @@ static int ls_entry_new(struct ls_tier *t, const struct ls_res_version *rec,
 		t->slabs[e->slab].adapters++;
 	t->used += e->length;
 	t->count++;
-	if (share && share->sharers++ == 0)
-		ls_lru_remove(t, share); /* held while another version reads its data */
+	if (share) {
+		/* Held while another version reads its data; the placement's pin ends. */
+		share->sharers++;
+		ls_res_unpin(share);
+	}
 	e->hnext = t->buckets[e->generation % t->n_buckets];
 	t->buckets[e->generation % t->n_buckets] = e;
 	*out = e;
