@@ -1,5 +1,6 @@
 /*
- * Warm acquire + release round trips against a socket ping-pong floor.
+ * Warm acquire + release round trips: the warm path in shared memory, the
+ * request path through the daemon, and a socket ping-pong floor.
  *
  * One synthetic adapter (Llama-style q/k/v/o, LAYERS layers, rank 8, 1024
  * wide, F16: 8 tensors a layer) is imported into a real lorastored and made
@@ -21,6 +22,13 @@
  * --event-loop both starts two daemons, one per event-loop engine (io_uring
  * and epoll), and alternates floor, io_uring and epoll runs in one process,
  * so that both engines are measured against the same floors.
+ *
+ * Two lorastore paths: the request path (each acquire and release a request
+ * the daemon answers; clients connect with LORASTORE_WARM_PATH=0), and the
+ * warm path (the lease taken in the connection's lease page, no request;
+ * proto/directory.h).  After the runs one client counts the system calls
+ * of 10,000 warm acquires and releases: every system call traps (seccomp,
+ * SIGSYS) and is counted.
  *
  * Latency is per round trip (acquire + release), wall clock (CLOCK_MONOTONIC),
  * measured inside each client process.  "cpu" is the user + system time of
@@ -52,6 +60,7 @@
 #include "daemon_proc.h"
 #include "lorastore.h"
 #include "synth.h"
+#include "syscall_trap.h"
 
 /* The adapter of this benchmark, apart from the layer count (an option). */
 #define BENCH_RANK 8
@@ -63,6 +72,7 @@
 
 static uint64_t bench_tx; /* bytes sent by this process */
 static uint64_t bench_rx; /* bytes received by this process */
+static uint64_t bench_calls; /* send, sendmsg and recvmsg calls of this process */
 
 ssize_t __real_send(int fd, const void *buf, size_t len, int flags);
 ssize_t __real_sendmsg(int fd, const struct msghdr *msg, int flags);
@@ -74,6 +84,7 @@ ssize_t __wrap_recvmsg(int fd, struct msghdr *msg, int flags);
 ssize_t __wrap_send(int fd, const void *buf, size_t len, int flags)
 {
 	ssize_t n = __real_send(fd, buf, len, flags);
+	bench_calls++;
 	if (n > 0)
 		bench_tx += (uint64_t)n;
 	return n;
@@ -82,6 +93,7 @@ ssize_t __wrap_send(int fd, const void *buf, size_t len, int flags)
 ssize_t __wrap_sendmsg(int fd, const struct msghdr *msg, int flags)
 {
 	ssize_t n = __real_sendmsg(fd, msg, flags);
+	bench_calls++;
 	if (n > 0)
 		bench_tx += (uint64_t)n;
 	return n;
@@ -90,6 +102,7 @@ ssize_t __wrap_sendmsg(int fd, const struct msghdr *msg, int flags)
 ssize_t __wrap_recvmsg(int fd, struct msghdr *msg, int flags)
 {
 	ssize_t n = __real_recvmsg(fd, msg, flags);
+	bench_calls++;
 	if (n > 0)
 		bench_rx += (uint64_t)n;
 	return n;
@@ -113,6 +126,7 @@ struct bench_args {
 struct bench_frames {
 	size_t acq_req, acq_resp;
 	size_t rel_req, rel_resp;
+	size_t acq_calls, rel_calls; /* socket calls of one acquire, one release */
 };
 
 /* One run: n clients, each writing its latencies into shared memory. */
@@ -158,8 +172,10 @@ static void bench_usage(FILE *f, const char *argv0)
 		"\n"
 		"Time warm lorastore_acquire + lorastore_adapter_release round trips on one\n"
 		"resident adapter (rank %d, %d wide, F16, q/k/v/o) with 1 client and with N\n"
-		"concurrent client processes, against an AF_UNIX ping-pong of the same frame\n"
-		"sizes between 1 and N process pairs (the floor).\n"
+		"concurrent client processes: the warm path (a lease taken in shared memory)\n"
+		"and the request path (LORASTORE_WARM_PATH=0), against an AF_UNIX ping-pong of\n"
+		"the request path's frame sizes between 1 and N process pairs (the floor).\n"
+		"Then counts the system calls of 10,000 warm acquires and releases.\n"
 		"\n"
 		"  --iters N    timed round trips per client (default 20000)\n"
 		"  --clients N  processes of the concurrent runs (default 16)\n"
@@ -494,10 +510,13 @@ static void bench_floor_client(struct bench_gate *g, const struct bench_frames *
 
 /* ---- lorastore clients */
 
-static void bench_ls_client(struct bench_gate *g, const char *sock, const struct bench_args *a,
-			    struct bench_run *run, unsigned k)
+static void bench_ls_client(struct bench_gate *g, const char *sock, bool warm,
+			    const struct bench_args *a, struct bench_run *run, unsigned k)
 {
 	bench_gate_child(g);
+	/* The request path: the connection asks for no lease page. */
+	if (!warm)
+		setenv("LORASTORE_WARM_PATH", "0", 1);
 	lorastore *conn = NULL;
 	int rc = lorastore_connect(sock, &conn);
 	bool ok = rc == 0;
@@ -540,6 +559,55 @@ static void bench_ls_client(struct bench_gate *g, const char *sock, const struct
 	_exit(0);
 }
 
+/* ---- system calls of the warm path */
+
+/*
+ * System calls of n warm acquires and releases in a client of its own: every
+ * system call but exit_group and rt_sigreturn traps and is counted (and
+ * fails).  Returns the count, or -1 when the count could not be made
+ * (-2: an acquire failed, i.e. it left the warm path).
+ */
+static long bench_count_syscalls(const char *sock, const struct bench_args *a, long n)
+{
+	long *out = mmap(NULL, sizeof(long), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+			 -1, 0);
+	if (out == MAP_FAILED)
+		return -1;
+	*out = -1;
+	fflush(stdout);
+	fflush(stderr);
+	pid_t pid = fork();
+	if (pid == 0) {
+		lorastore *conn = NULL;
+		lorastore_adapter *ad = NULL;
+		if (lorastore_connect(sock, &conn))
+			_exit(1);
+		for (int i = 0; i < 1000; i++) {
+			if (lorastore_acquire_tier(conn, BENCH_NAME, a->tier, NULL, -1, &ad))
+				_exit(1);
+			lorastore_adapter_release(ad);
+		}
+		if (ls_syscall_trap_on())
+			_exit(1);
+		long failed = 0;
+		for (long i = 0; i < n; i++) {
+			if (lorastore_acquire_tier(conn, BENCH_NAME, a->tier, NULL, -1, &ad)) {
+				failed++;
+				break;
+			}
+			lorastore_adapter_release(ad);
+		}
+		*out = failed ? -2 : ls_syscall_trapped();
+		ls_syscall_trap_exit(0);
+	}
+	int st = 0;
+	if (pid > 0)
+		waitpid(pid, &st, 0);
+	long r = pid > 0 && WIFEXITED(st) ? *out : -1;
+	munmap(out, sizeof(long));
+	return r;
+}
+
 /* ---- runs */
 
 static int bench_run_alloc(struct bench_run *r, const char *label, unsigned clients, size_t iters)
@@ -580,7 +648,7 @@ static void bench_run_free(struct bench_run *r)
  * wait for them.  daemon_pid > 0 adds the daemon's CPU time to the run's.
  */
 static int bench_run(struct bench_run *r, const struct bench_args *a, const struct bench_frames *f,
-		     const char *sock, pid_t daemon_pid)
+		     const char *sock, bool warm, pid_t daemon_pid)
 {
 	struct bench_gate g;
 	if (bench_gate_open(&g) != 0) {
@@ -599,7 +667,7 @@ static int bench_run(struct bench_run *r, const struct bench_args *a, const stru
 		pid_t pid = fork();
 		if (pid == 0) {
 			if (sock)
-				bench_ls_client(&g, sock, a, r, k);
+				bench_ls_client(&g, sock, warm, a, r, k);
 			else
 				bench_floor_client(&g, f, a, r, k);
 		}
@@ -705,6 +773,9 @@ static int bench_setup(const char *work, const char *sock, const struct bench_ar
 		fprintf(stderr, "%s: synth_adapter_dir: %s\n", dir, strerror(-rc));
 		return -1;
 	}
+	/* The frames of the request path are counted (this runs in a child of its own). */
+	setenv("LORASTORE_WARM_PATH", "0", 1);
+	uint64_t calls0 = bench_calls;
 	lorastore *conn = NULL;
 	rc = lorastore_connect(sock, &conn);
 	lorastore_import_opts io = {.name = BENCH_NAME};
@@ -720,9 +791,11 @@ static int bench_setup(const char *work, const char *sock, const struct bench_ar
 		rc = lorastore_adapter_release(ad);
 	if (rc == 0) {
 		uint64_t tx = bench_tx, rx = bench_rx;
+		calls0 = bench_calls;
 		rc = lorastore_acquire_tier(conn, BENCH_NAME, a->tier, NULL, -1, &ad);
 		f->acq_req = (size_t)(bench_tx - tx);
 		f->acq_resp = (size_t)(bench_rx - rx);
+		f->acq_calls = (size_t)(bench_calls - calls0);
 		if (rc == 0) {
 			lorastore_adapter_info info;
 			lorastore_adapter_info_get(ad, &info);
@@ -730,9 +803,11 @@ static int bench_setup(const char *work, const char *sock, const struct bench_ar
 			*bytes = info.resident_bytes;
 			tx = bench_tx;
 			rx = bench_rx;
+			calls0 = bench_calls;
 			rc = lorastore_adapter_release(ad);
 			f->rel_req = (size_t)(bench_tx - tx);
 			f->rel_resp = (size_t)(bench_rx - rx);
+			f->rel_calls = (size_t)(bench_calls - calls0);
 		}
 	}
 	if (rc)
@@ -808,10 +883,11 @@ int main(int argc, char **argv)
 	int ret = 1;
 	unsigned ne = args.n_engines;
 	struct ls_daemon_proc d[2] = {{.pid = -1, .notify_fd = -1}, {.pid = -1, .notify_fd = -1}};
-	char labels[2][64];
-	/* For 1 client, then for N: the floor, then each engine. */
-	unsigned n_runs = 2 * (1 + ne);
-	struct bench_run runs[6];
+	char labels[2][64], warm_label[64];
+	/* For 1 client, then for N: the floor, the request path of each engine, the warm path. */
+	unsigned per = 2 + ne;
+	unsigned n_runs = 2 * per;
+	struct bench_run runs[8];
 	memset(runs, 0, sizeof(runs));
 	struct bench_frames f = {0};
 	size_t tensors = 0;
@@ -828,8 +904,11 @@ int main(int argc, char **argv)
 					     "--event-loop", args.engines[e], NULL};
 		if (ls_daemon_start(&d[e], ddir, dargs) != 0)
 			goto out;
-		snprintf(labels[e], sizeof(labels[e]), "lorastore (%s%s)", d[e].engine,
+		snprintf(labels[e], sizeof(labels[e]), "request path (%s%s)", d[e].engine,
 			 args.tier == LORASTORE_TIER_DEVICE ? ", device" : "");
+		if (e == 0)
+			snprintf(warm_label, sizeof(warm_label), "warm path%s",
+				 args.tier == LORASTORE_TIER_DEVICE ? " (device)" : "");
 		if (bench_setup_apart(sub, d[e].socket, &args, &f, &tensors, &bytes) != 0)
 			goto out;
 	}
@@ -837,23 +916,30 @@ int main(int argc, char **argv)
 	/* Alternate floor and lorastore so that drift on the machine hits both. */
 	for (unsigned i = 0; i < n_runs; i++) {
 		unsigned n = i < n_runs / 2 ? 1 : args.clients;
-		unsigned slot = i % (1 + ne); /* 0: floor; e + 1: engine e */
-		const char *label = slot == 0 ? "floor (AF_UNIX ping-pong)" : labels[slot - 1];
+		/* 0: floor; e + 1: request path of engine e; per - 1: warm path (engine 0's daemon) */
+		unsigned slot = i % per;
+		bool warm = slot == per - 1;
+		const char *label = slot == 0 ? "floor (AF_UNIX ping-pong)"
+				    : warm    ? warm_label
+					      : labels[slot - 1];
 		if (bench_run_alloc(&runs[i], label, n, args.iters) != 0) {
 			fprintf(stderr, "mmap: %s\n", strerror(errno));
 			goto out;
 		}
 		fprintf(stderr, "running %s with %u client%s...\n", label, n, n == 1 ? "" : "s");
-		struct ls_daemon_proc *dp = slot ? &d[slot - 1] : NULL;
-		if (bench_run(&runs[i], &args, &f, dp ? dp->socket : NULL, dp ? dp->pid : 0) != 0)
+		struct ls_daemon_proc *dp = slot == 0 ? NULL : warm ? &d[0] : &d[slot - 1];
+		if (bench_run(&runs[i], &args, &f, dp ? dp->socket : NULL, warm,
+			      dp ? dp->pid : 0) != 0)
 			goto out;
 	}
+	long syscalls = bench_count_syscalls(d[0].socket, &args, 10000);
 
 	printf("bench_acquire: warm acquire + release of one resident adapter in %s memory (%d "
 	       "layers, rank %d, %d wide, F16; %zu tensors, %.2f MB)\n",
 	       args.tier == LORASTORE_TIER_DEVICE ? "GPU" : "host", args.layers, BENCH_RANK,
 	       BENCH_HIDDEN, tensors, (double)bytes / 1e6);
-	printf("frames (4-byte length + protobuf): acquire %zu B -> %zu B, release %zu B -> %zu B\n",
+	printf("request path frames (4-byte length + protobuf): acquire %zu B -> %zu B, release %zu "
+	       "B -> %zu B\n",
 	       f.acq_req, f.acq_resp, f.rel_req, f.rel_resp);
 	printf("%zu timed round trips per client after %zu warm-up; latencies in us, per round trip;\n"
 	       "cpu = user + system time of all processes of the run (daemon included) per round "
@@ -861,20 +947,41 @@ int main(int argc, char **argv)
 	       args.iters, args.warmup);
 	printf("%7s  %-30s %9s %9s %9s %9s %9s %9s\n", "clients", "what", "rt/s", "median", "p99",
 	       "acq med", "rel med", "cpu");
-	struct bench_summary s[6];
+	struct bench_summary s[8];
 	for (unsigned i = 0; i < n_runs; i++) {
 		s[i] = bench_summarize(&runs[i]);
 		bench_print_row(&runs[i], &s[i]);
 	}
 	printf("\n");
 	unsigned half = n_runs / 2;
+	const struct bench_summary *w1 = &s[per - 1], *wn = &s[half + per - 1];
+	printf("warm path: median %.2f us, p99 %.2f us with 1 client (target p50 <= 1 us); "
+	       "%.2f us, p99 %.2f us with %u clients\n",
+	       w1->med, w1->p99, wn->med, wn->p99, args.clients);
+	printf("warm path round trips per second / floor's: %.1f with 1 client, %.1f with %u "
+	       "clients (target >= 10 with 16 clients on 16 CPUs; this machine has %ld)\n",
+	       s[0].rt_per_s > 0 ? w1->rt_per_s / s[0].rt_per_s : 0.0,
+	       s[half].rt_per_s > 0 ? wn->rt_per_s / s[half].rt_per_s : 0.0, args.clients,
+	       sysconf(_SC_NPROCESSORS_ONLN));
+	for (unsigned e = 0; e < ne; e++)
+		printf("%-10s warm path / request path, median: %.3f with 1 client, %.3f with %u "
+		       "clients\n",
+		       d[e].engine, s[e + 1].med > 0 ? w1->med / s[e + 1].med : 0.0,
+		       s[half + e + 1].med > 0 ? wn->med / s[half + e + 1].med : 0.0, args.clients);
+	if (syscalls >= 0)
+		printf("system calls of 10,000 warm acquires + releases: %ld (request path: %zu socket "
+		       "calls per acquire, %zu per release)\n",
+		       syscalls, f.acq_calls, f.rel_calls);
+	else
+		printf("system calls of the warm path: not counted (%s)\n",
+		       syscalls == -2 ? "an acquire left the warm path" : "no seccomp here");
 	for (unsigned e = 0; e < ne; e++) {
 		const struct bench_summary *a1 = &s[e + 1], *an = &s[half + e + 1];
-		printf("%-10s median lorastore/floor: %.2f with 1 client, %.2f with %u clients "
+		printf("%-10s median request path/floor: %.2f with 1 client, %.2f with %u clients "
 		       "(target <= 2)\n",
 		       d[e].engine, s[0].med > 0 ? a1->med / s[0].med : 0.0,
 		       s[half].med > 0 ? an->med / s[half].med : 0.0, args.clients);
-		printf("%-10s p99 lorastore/floor:    %.2f with 1 client, %.2f with %u clients\n",
+		printf("%-10s p99 request path/floor:    %.2f with 1 client, %.2f with %u clients\n",
 		       d[e].engine, s[0].p99 > 0 ? a1->p99 / s[0].p99 : 0.0,
 		       s[half].p99 > 0 ? an->p99 / s[half].p99 : 0.0, args.clients);
 		printf("%-10s lorastored's cpu: %.1f us per round trip with 1 client, %.1f us with "
@@ -890,7 +997,7 @@ int main(int argc, char **argv)
 	ret = 0;
 
 out:
-	for (unsigned i = 0; i < 6; i++)
+	for (unsigned i = 0; i < 8; i++)
 		bench_run_free(&runs[i]);
 	for (unsigned e = 0; e < 2; e++) {
 		if (d[e].pid > 0) {

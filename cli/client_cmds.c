@@ -524,14 +524,16 @@ static const char ls_stats_help[] =
 	"    resident adapters, the bytes of slabs allocated and the number of\n"
 	"    resident adapters (the resident_bytes of each); a device tier also\n"
 	"    says the host memory its adapters' tables take.  Then client\n"
-	"    connections (this command's own included), leases held, loads, hits,\n"
-	"    misses, evictions, failed loads, versions in the catalog and the\n"
-	"    daemon's event-loop engine (io_uring, or epoll where io_uring is\n"
-	"    refused).  With --json: {\"tiers\": [{\"name\", \"budget\", \"used\",\n"
+	"    connections (this command's own included), leases held (those taken\n"
+	"    in shared memory, the warm path, among them), warm acquires so far,\n"
+	"    loads, hits, misses, evictions, failed loads, versions in the catalog\n"
+	"    and the daemon's event-loop engine (io_uring, or epoll where io_uring\n"
+	"    is refused).  With --json: {\"tiers\": [{\"name\", \"budget\", \"used\",\n"
 	"    \"slab_bytes\", \"adapters\", and on a device tier \"device\" (the GPU's\n"
 	"    UUID), \"ordinal\" (the daemon's CUDA ordinal), \"table_bytes\" (host\n"
-	"    memory of its tables)}], \"clients\", \"leases\", \"loads\", \"hits\",\n"
-	"    \"misses\", \"evictions\", \"load_errors\", \"catalog_versions\",\n"
+	"    memory of its tables)}], \"clients\", \"leases\", \"warm_leases\",\n"
+	"    \"warm_acquires\", \"loads\", \"hits\", \"misses\", \"evictions\",\n"
+	"    \"load_errors\", \"catalog_versions\",\n"
 	"    \"event_loop\", \"origin\"}, as the Python package's stats() gives it.\n"
 	"    When the daemon has an origin (an S3-compatible object store), its\n"
 	"    requests, errors, bytes in and out, versions pulled, pulls in\n"
@@ -563,6 +565,8 @@ static cJSON *ls_json_stats(const lorastore_stats *s)
 	}
 	cJSON_AddNumberToObject(o, "clients", s->clients);
 	cJSON_AddNumberToObject(o, "leases", (double)s->leases);
+	cJSON_AddNumberToObject(o, "warm_leases", (double)s->warm_leases);
+	cJSON_AddNumberToObject(o, "warm_acquires", (double)s->warm_acquires);
 	cJSON_AddNumberToObject(o, "loads", (double)s->loads);
 	cJSON_AddNumberToObject(o, "hits", (double)s->hits);
 	cJSON_AddNumberToObject(o, "misses", (double)s->misses);
@@ -611,7 +615,9 @@ static void ls_print_stats(const lorastore_stats *s)
 			printf("%-8s tables in host memory: %s\n", s->tiers[i].name, tables);
 		}
 	printf("\nclients      %u (this command's connection included)\n", s->clients);
-	printf("leases       %llu\n", (unsigned long long)s->leases);
+	printf("leases       %llu (%llu warm: taken in shared memory)\n",
+	       (unsigned long long)s->leases, (unsigned long long)s->warm_leases);
+	printf("warm acquires %llu\n", (unsigned long long)s->warm_acquires);
 	printf("loads        %llu\n", (unsigned long long)s->loads);
 	printf("hits         %llu\n", (unsigned long long)s->hits);
 	printf("misses       %llu\n", (unsigned long long)s->misses);

@@ -9,6 +9,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -144,11 +145,7 @@ static void ls_adapter_info_fill(lorastore_adapter *ad, const struct ls_slab_map
 	info->scale = h->scale;
 	info->dtype = ls_dtype_is_lora_float(h->dtype) ? (lorastore_dtype)h->dtype : 0;
 	info->tensor_count = h->n_tensors;
-	info->tensor_bytes = 0;
-	for (uint32_t i = 0; i < h->n_tensors; i++) {
-		const struct ls_table_entry *e = ls_table_entry(h, i);
-		info->tensor_bytes += e ? e->bytes : 0;
-	}
+	info->tensor_bytes = 0; /* summed when asked for: an acquire stays O(1) */
 	/* What the lease's tier holds: a device tier's table is in host memory. */
 	info->resident_bytes =
 		ls_table_footprint_of(h->data_length, data->device >= 0 ? 0 : h->bytes);
@@ -171,6 +168,124 @@ static int ls_reply_fd(lorastore *conn, bool attached, const char *what)
 	return fd;
 }
 
+/* Where an acquire found its adapter: a reply's fields, or a directory entry's. */
+struct ls_found {
+	uint64_t generation;
+	const struct ls_slab_map *slab, *tslab;
+	uint64_t offset, table_offset, table_length; /* bytes */
+};
+
+/* A handle on the adapter at f, its table checked; 0 or an error on conn. */
+static int ls_adapter_make(lorastore *conn, const struct ls_found *f, lorastore_adapter **out)
+{
+	const struct ls_slab_map *slab = f->slab, *tslab = f->tslab;
+	const struct ls_table_hdr *table = NULL;
+	if (f->offset > slab->size || f->table_offset > tslab->size ||
+	    f->table_length > tslab->size - f->table_offset ||
+	    !(table = ls_table_open(tslab->addr + f->table_offset, (size_t)f->table_length,
+				    f->generation, slab->size - f->offset)))
+		return ls_conn_error(conn, LS_E_PROTOCOL,
+				     "the tensor table of generation %llu in slab %u is not valid",
+				     (unsigned long long)f->generation, slab->id);
+	lorastore_adapter *ad = calloc(1, sizeof(*ad));
+	if (!ad)
+		return ls_conn_error(conn, -ENOMEM, "out of memory");
+	ad->conn = conn;
+	ad->table = table;
+	ad->base = slab->addr + f->offset;
+	ls_adapter_info_fill(ad, slab);
+	*out = ad;
+	return 0;
+}
+
+static void ls_adapter_link(lorastore_adapter *ad)
+{
+	lorastore *conn = ad->conn;
+	ad->next = conn->adapters;
+	if (conn->adapters)
+		conn->adapters->prev = ad;
+	conn->adapters = ad;
+	conn->pinned_bytes += ad->pinned_bytes;
+}
+
+/* The index of a tier in the directory: host, or the device tier of GPU uuid; -1 when none. */
+static int ls_warm_tier(const struct ls_dir_hdr *d, lorastore_tier tier, const char *uuid)
+{
+	for (uint32_t i = 0; i < d->n_tiers; i++) {
+		const struct ls_dir_tier *t = &d->tiers[i];
+		if (tier == LORASTORE_TIER_HOST && t->kind == LS_TIER_HOST)
+			return (int)i;
+		if (tier == LORASTORE_TIER_DEVICE && t->kind == LS_TIER_DEVICE && uuid[0] &&
+		    strncmp(t->uuid, uuid, sizeof(t->uuid)) == 0)
+			return (int)i;
+	}
+	return -1;
+}
+
+/* Take a slot's lease back (clear its held bit; the daemon's LRU reads the rest). */
+static void ls_warm_clear(lorastore *conn, uint32_t slot, uint64_t word)
+{
+	/* Release: every read of the adapter's memory comes before the slot says so. */
+	atomic_store_explicit(&conn->page->slots[slot], word & ~(uint64_t)LS_LEASE_HELD,
+			      memory_order_release);
+}
+
+/*
+ * The warm path (proto/directory.h): a lease on ref's resident version in
+ * tier, taken in shared memory without a request.  0 with *out; 1 when it
+ * cannot be taken that way (not in the directory, a slab not mapped yet,
+ * a full page, the pin limit near, the entry changing): the request path
+ * answers then.  An error only for a table that does not check.
+ */
+static int ls_warm_acquire(lorastore *conn, const char *ref, lorastore_tier tier,
+			   const char *uuid, lorastore_adapter **out)
+{
+	const struct ls_dir_hdr *d = conn->dir;
+	if (!d || !conn->n_free)
+		return 1;
+	int t = ls_warm_tier(d, tier, uuid);
+	uint64_t gen = t < 0 ? 0 : ls_dir_ref_get(d, ref, -1);
+	struct ls_dir_where w;
+	const struct ls_dir_res *entry;
+	uint64_t seq;
+	if (!gen || !ls_dir_res_get(d, gen, (uint32_t)t, &w, &entry, &seq))
+		return 1;
+	uint64_t limit = atomic_load_explicit(&d->pin_limit, memory_order_relaxed);
+	if (limit && conn->pinned_bytes + w.pinned_bytes > limit)
+		return 1; /* the request path says why it is refused, or counts exactly */
+	struct ls_found f = {.generation = gen,
+			     .slab = ls_slab_find(conn, w.data_slab_id),
+			     .offset = w.data_offset,
+			     .table_offset = w.table_offset,
+			     .table_length = w.table_length};
+	f.tslab = w.table_slab_id == w.data_slab_id ? f.slab : ls_slab_find(conn, w.table_slab_id);
+	if (!f.slab || !f.tslab || (f.slab->device >= 0) != (tier == LORASTORE_TIER_DEVICE) ||
+	    f.tslab->device >= 0)
+		return 1; /* a slab this connection has not mapped yet: the reply will bring it */
+	uint32_t slot = conn->free_slots[conn->n_free - 1];
+	uint64_t word = LS_LEASE_WORD(gen, (uint32_t)t) | LS_LEASE_HELD;
+	/* The slot, then the sequence again, both seq_cst (directory.h: why it is safe). */
+	atomic_store_explicit(&conn->page->slots[slot], word, memory_order_seq_cst);
+	if (atomic_load_explicit(&entry->seq, memory_order_seq_cst) != seq) {
+		ls_warm_clear(conn, slot, word);
+		return 1;
+	}
+	lorastore_adapter *ad;
+	int rc = ls_adapter_make(conn, &f, &ad);
+	if (rc) {
+		ls_warm_clear(conn, slot, word);
+		return rc;
+	}
+	conn->n_free--;
+	ad->warm_slot = slot + 1;
+	ad->pinned_bytes = w.pinned_bytes;
+	/* The page's count: the daemon's figures and LRU order read it. */
+	atomic_store_explicit(&conn->page->acquires, ++conn->warm_acquires, memory_order_relaxed);
+	ls_adapter_link(ad);
+	*out = ad;
+	return 0;
+}
+
 LS_PUBLIC int lorastore_acquire(lorastore *conn, const char *ref, int timeout_ms,
 				lorastore_adapter **out)
 {
@@ -186,16 +301,18 @@ LS_PUBLIC int lorastore_acquire_tier(lorastore *conn, const char *ref, lorastore
 	int rc = ls_ref_check(conn, "acquire", ref);
 	if (rc)
 		return rc;
+	char current[48] = "";
+	if (tier == LORASTORE_TIER_DEVICE && !device)
+		ls_device_current_uuid(current, sizeof(current));
+	const char *uuid = device ? device : current;
+	if (conn->fd >= 0 && (rc = ls_warm_acquire(conn, ref, tier, uuid, out)) <= 0)
+		return rc;
 	Lorastore__AcquireRequest ar = LORASTORE__ACQUIRE_REQUEST__INIT;
 	ar.ref = (char *)ref;
 	ar.timeout_ms = timeout_ms < 0 ? -1 : timeout_ms;
-	char current[48] = "";
 	ar.tier = (Lorastore__Tier)tier;
-	if (tier == LORASTORE_TIER_DEVICE) {
-		if (!device)
-			ls_device_current_uuid(current, sizeof(current));
-		ar.device = (char *)(device ? device : current);
-	}
+	if (tier == LORASTORE_TIER_DEVICE)
+		ar.device = (char *)uuid;
 	Lorastore__Request req = LORASTORE__REQUEST__INIT;
 	req.body_case = LORASTORE__REQUEST__BODY_ACQUIRE;
 	req.acquire = &ar;
@@ -225,60 +342,41 @@ LS_PUBLIC int lorastore_acquire_tier(lorastore *conn, const char *ref, lorastore
 		return fd < -1 ? fd : tfd;
 	}
 	lorastore_adapter *ad = NULL;
-	const struct ls_slab_map *slab = NULL, *tslab = NULL;
-	const struct ls_table_hdr *table = NULL;
-	rc = ls_slab_get(conn, a->slab_id, a->slab_size, fd, on_device ? a->device : NULL, &slab);
+	struct ls_found f = {.generation = a->generation,
+			     .offset = a->offset,
+			     .table_offset = a->table_offset,
+			     .table_length = a->table_length};
+	rc = ls_slab_get(conn, a->slab_id, a->slab_size, fd, on_device ? a->device : NULL, &f.slab);
 	fd = -1;
 	if (rc == 0 && tslab_id != a->slab_id) {
-		rc = ls_slab_get(conn, tslab_id, tslab_size, tfd, NULL, &tslab);
+		rc = ls_slab_get(conn, tslab_id, tslab_size, tfd, NULL, &f.tslab);
 		tfd = -1;
 		/* The second may have moved the slab table: look the first up again. */
-		slab = ls_slab_find(conn, a->slab_id);
+		f.slab = ls_slab_find(conn, a->slab_id);
 	} else if (rc == 0) {
-		tslab = slab;
+		f.tslab = f.slab;
 	}
 	if (tfd >= 0)
 		close(tfd);
-	if (rc)
-		goto fail;
-	if (a->offset > slab->size || a->table_offset > tslab->size ||
-	    a->table_length > tslab->size - a->table_offset ||
-	    !(table = ls_table_open(tslab->addr + a->table_offset, (size_t)a->table_length,
-				    a->generation, slab->size - a->offset))) {
-		rc = ls_conn_error(conn, LS_E_PROTOCOL,
-				   "the tensor table of generation %llu in slab %u is not valid",
-				   (unsigned long long)a->generation, a->slab_id);
-		goto fail;
+	if (rc == 0)
+		rc = ls_adapter_make(conn, &f, &ad);
+	if (rc) {
+		lorastore__response__free_unpacked(resp, NULL);
+		ls_release_quietly(conn, lease);
+		return rc;
 	}
-	ad = calloc(1, sizeof(*ad));
-	if (!ad) {
-		rc = ls_conn_error(conn, -ENOMEM, "out of memory");
-		goto fail;
-	}
-	ad->conn = conn;
 	ad->lease_id = lease;
-	ad->table = table;
-	ad->base = slab->addr + a->offset;
-	ls_adapter_info_fill(ad, slab);
+	ad->pinned_bytes = a->pinned_bytes;
 	lorastore__response__free_unpacked(resp, NULL);
-	ad->next = conn->adapters;
-	if (conn->adapters)
-		conn->adapters->prev = ad;
-	conn->adapters = ad;
+	ls_adapter_link(ad);
 	*out = ad;
 	return 0;
-
-fail:
-	if (ad)
-		ls_adapter_free(ad);
-	lorastore__response__free_unpacked(resp, NULL);
-	ls_release_quietly(conn, lease);
-	return rc;
 }
 
 static void ls_adapter_unlink(lorastore_adapter *ad)
 {
 	lorastore *c = ad->conn;
+	c->pinned_bytes -= ad->pinned_bytes;
 	if (ad->prev)
 		ad->prev->next = ad->next;
 	else if (c->adapters == ad)
@@ -293,9 +391,18 @@ LS_PUBLIC int lorastore_adapter_release(lorastore_adapter *adapter)
 	if (!adapter)
 		return -EINVAL;
 	lorastore *c = adapter->conn;
-	int rc = ls_conn_check(c);
-	if (rc == 0)
-		rc = ls_release_request(c, adapter->lease_id);
+	int rc = 0;
+	if (adapter->warm_slot) {
+		/* A warm lease ends in the page; the daemon's scans see it gone. */
+		uint32_t slot = adapter->warm_slot - 1;
+		ls_warm_clear(c, slot,
+			      atomic_load_explicit(&c->page->slots[slot], memory_order_relaxed));
+		c->free_slots[c->n_free++] = (uint16_t)slot;
+	} else {
+		rc = ls_conn_check(c);
+		if (rc == 0)
+			rc = ls_release_request(c, adapter->lease_id);
+	}
 	ls_adapter_unlink(adapter);
 	ls_adapter_free(adapter);
 	return rc;
@@ -316,6 +423,11 @@ LS_PUBLIC int lorastore_adapter_info_get(const lorastore_adapter *adapter,
 	if (!adapter || !out)
 		return -EINVAL;
 	*out = adapter->info;
+	const struct ls_table_hdr *h = adapter->table;
+	for (uint32_t i = 0; i < h->n_tensors; i++) {
+		const struct ls_table_entry *e = ls_table_entry(h, i);
+		out->tensor_bytes += e ? e->bytes : 0;
+	}
 	return 0;
 }
 

@@ -11,6 +11,7 @@
 
 #include <limits.h>
 
+#include "directory.h"
 #include "frame.h"
 #include "ls_clock.h"
 #include "ls_digest.h"
@@ -57,12 +58,23 @@ struct lorastore {
 
 	/* From the daemon's HelloReply. */
 	uint64_t instance;         /* the daemon's run: with a slab id, a slab's identity */
+
+	/* The warm path (proto/directory.h), when the daemon gave it; else NULL. */
+	const struct ls_dir_hdr *dir;  /* the directory, mapped read-only */
+	size_t dir_bytes;
+	struct ls_lease_page *page;    /* this connection's lease page, mapped read-write */
+	uint16_t *free_slots;          /* the page's free slots, a stack */
+	uint32_t n_free;
+	uint64_t pinned_bytes;         /* what this connection's leases pin, as the daemon counts */
+	uint64_t warm_acquires;        /* acquires made in shared memory (the page's count) */
 };
 
 struct lorastore_adapter {
 	lorastore *conn;
 	struct lorastore_adapter *prev, *next;
-	uint64_t lease_id;
+	uint64_t lease_id;                    /* 0 for a warm lease */
+	uint32_t warm_slot;                   /* a warm lease: its slot in the page, plus one */
+	uint64_t pinned_bytes;                /* what it counts against the pin limit */
 	const struct ls_table_hdr *table;     /* in the slab mapping, shared by every client */
 	const uint8_t *base;                  /* the data region in the slab mapping */
 	lorastore_adapter_info info;          /* its strings point into the table */
@@ -175,6 +187,14 @@ void ls_adapters_drop(lorastore *conn);
 
 /* Unmap every slab of conn. */
 void ls_slabs_unmap(lorastore *conn);
+
+/* ---- the warm path (lorastore.c) */
+
+/* Map the directory and the lease page a HelloReply brought (each fd closed here). */
+int ls_warm_map(lorastore *conn, int dir_fd, uint64_t dir_size, int page_fd);
+
+/* Unmap them. */
+void ls_warm_unmap(lorastore *conn);
 
 /* ---- device slabs (device.c; the only client file that sees the CUDA driver) */
 

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "client_internal.h"
@@ -110,6 +111,8 @@ static int ls_hello(lorastore *c)
 	Lorastore__Hello hello = LORASTORE__HELLO__INIT;
 	hello.protocol_version = LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_2;
 	hello.client_name = program_invocation_short_name ? program_invocation_short_name : "";
+	const char *warm = getenv("LORASTORE_WARM_PATH");
+	hello.warm_path = !(warm && strcmp(warm, "0") == 0);
 	Lorastore__Request req = LORASTORE__REQUEST__INIT;
 	req.body_case = LORASTORE__REQUEST__BODY_HELLO;
 	req.hello = &hello;
@@ -136,8 +139,69 @@ static int ls_hello(lorastore *c)
 				    dv, v, LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_2);
 	}
 	c->instance = h->instance;
+	int dir_fd = -1, page_fd = -1;
+	if (h->warm_attached) {
+		dir_fd = ls_conn_take_fd(c);
+		page_fd = ls_conn_take_fd(c);
+	}
+	uint64_t dir_size = h->directory_size;
+	bool attached = h->warm_attached;
 	lorastore__response__free_unpacked(resp, NULL);
+	if (attached && (dir_fd < 0 || page_fd < 0)) {
+		if (dir_fd >= 0)
+			close(dir_fd);
+		return ls_conn_fail(c, LS_E_PROTOCOL,
+				    "hello reply said the warm path came with it, but it did not");
+	}
+	/* Without it (an older daemon, or a map refused) acquires take requests. */
+	if (attached)
+		ls_warm_map(c, dir_fd, dir_size, page_fd);
 	return 0;
+}
+
+int ls_warm_map(lorastore *c, int dir_fd, uint64_t dir_size, int page_fd)
+{
+	void *d = MAP_FAILED, *p = MAP_FAILED;
+	if (dir_size >= sizeof(struct ls_dir_hdr) && dir_size <= (1ull << 30))
+		d = mmap(NULL, (size_t)dir_size, PROT_READ, MAP_SHARED, dir_fd, 0);
+	p = mmap(NULL, LS_LEASE_PAGE_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, page_fd, 0);
+	close(dir_fd);
+	close(page_fd);
+	const struct ls_dir_hdr *dir = d == MAP_FAILED ? NULL : ls_dir_open(d, (size_t)dir_size);
+	struct ls_lease_page *page = p == MAP_FAILED ? NULL : p;
+	uint16_t *slots = NULL;
+	if (page && (page->magic != LS_LEASE_PAGE_MAGIC || page->n_slots != LS_LEASE_SLOTS))
+		page = NULL;
+	if (dir && page && dir->instance == c->instance)
+		slots = malloc(LS_LEASE_SLOTS * sizeof(*slots));
+	if (!slots) {
+		if (d != MAP_FAILED)
+			munmap(d, (size_t)dir_size);
+		if (p != MAP_FAILED)
+			munmap(p, LS_LEASE_PAGE_BYTES);
+		return -1;
+	}
+	for (uint32_t i = 0; i < LS_LEASE_SLOTS; i++)
+		slots[i] = (uint16_t)(LS_LEASE_SLOTS - 1 - i);
+	c->dir = dir;
+	c->dir_bytes = (size_t)dir_size;
+	c->page = page;
+	c->free_slots = slots;
+	c->n_free = (uint32_t)LS_LEASE_SLOTS;
+	return 0;
+}
+
+void ls_warm_unmap(lorastore *c)
+{
+	if (c->dir)
+		munmap((void *)c->dir, c->dir_bytes);
+	if (c->page)
+		munmap(c->page, LS_LEASE_PAGE_BYTES);
+	free(c->free_slots);
+	c->dir = NULL;
+	c->page = NULL;
+	c->free_slots = NULL;
+	c->n_free = 0;
 }
 
 /* The default limit of a connect and its handshake (milliseconds). */
@@ -209,6 +273,7 @@ LS_PUBLIC void lorastore_close(lorastore *conn)
 		close(conn->fd);
 	conn->fd = -1;
 	ls_slabs_unmap(conn);
+	ls_warm_unmap(conn);
 	ls_conn_teardown_io(conn);
 	free(conn);
 }
@@ -280,6 +345,8 @@ LS_PUBLIC int lorastore_stats_get(lorastore *conn, lorastore_stats *out)
 	}
 	out->clients = s->clients;
 	out->leases = s->leases;
+	out->warm_leases = s->warm_leases;
+	out->warm_acquires = s->warm_acquires;
 	out->loads = s->loads;
 	out->hits = s->hits;
 	out->misses = s->misses;

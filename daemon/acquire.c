@@ -39,6 +39,8 @@ static void ls_grant(struct ls_session *s, uint64_t id, struct ls_resident *e, i
 		ls_session_error(s, id, rc, "%s", err.msg);
 		return;
 	}
+	/* Acquired once through a request, it can be acquired in shared memory next time. */
+	ls_res_publish(e);
 	struct ls_res_share where;
 	ls_res_share_of(e, &where);
 	int send_data = ls_session_slab_unsent(s, where.data_slab_id);
@@ -55,6 +57,7 @@ static void ls_grant(struct ls_session *s, uint64_t id, struct ls_resident *e, i
 
 	Lorastore__AcquireReply ar = LORASTORE__ACQUIRE_REPLY__INIT;
 	ar.lease_id = l->id;
+	ar.pinned_bytes = l->pinned_bytes;
 	ar.generation = where.generation;
 	ar.slab_id = where.data_slab_id;
 	ar.slab_size = where.data_slab_size;

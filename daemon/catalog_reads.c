@@ -217,13 +217,27 @@ static struct ls_read_job *ls_read_new(struct ls_session *s, uint64_t id, enum l
  * size of the full record (its tensor table counts).
  */
 static void ls_entry_fill(struct ls_server *srv, Lorastore__AdapterEntry *e,
-			  Lorastore__VersionRecord *rec, uint32_t tensor_count, uint64_t footprint)
+			  Lorastore__VersionRecord *rec, uint32_t tensor_count, uint64_t footprint,
+			  const uint64_t *warm, size_t n_warm)
 {
 	lorastore__adapter_entry__init(e);
 	e->record = rec;
 	/* Every tier the version is resident in, host first. */
 	bool host, device;
 	ls_res_presence(srv->res, rec->generation, &host, &device, &e->pins);
+	/* Leases taken in lease pages pin too (warm: sorted generations). */
+	size_t lo = 0, hi = n_warm;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (warm[mid] < rec->generation)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	while (lo < n_warm && warm[lo] == rec->generation) {
+		e->pins++;
+		lo++;
+	}
 	static Lorastore__Tier host_device[2] = {LORASTORE__TIER__TIER_HOST,
 						 LORASTORE__TIER__TIER_DEVICE};
 	e->n_tiers = (size_t)host + (size_t)device;
@@ -244,17 +258,21 @@ static void ls_pack_entries(struct ls_read_job *j, const char *next_cursor)
 		ls_read_free(j);
 		return;
 	}
+	uint64_t *warm;
+	size_t n_warm = ls_lease_pages_held(&srv->leases, &warm);
 	for (size_t i = 0; i < j->n; i++) {
 		const Lorastore__VersionRecord *r = j->recs[i];
 		ls_entry_fill(srv, &j->entries[i], j->recs[i],
 			      j->tensor_counts ? j->tensor_counts[i] : (uint32_t)r->n_tensors,
-			      j->footprints ? j->footprints[i] : ls_table_footprint(r));
+			      j->footprints ? j->footprints[i] : ls_table_footprint(r), warm,
+			      n_warm);
 		if (j->aliases && j->n_aliases) {
 			j->entries[i].n_aliases = j->n_aliases[i];
 			j->entries[i].aliases = j->aliases[i];
 		}
 		j->entry_ptrs[i] = &j->entries[i];
 	}
+	free(warm);
 	lorastore__list_reply__init(&j->reply);
 	j->reply.n_adapters = j->n;
 	j->reply.adapters = j->entry_ptrs;

@@ -3,6 +3,7 @@
  * them by file), and Hello, the one request that is the connection's own.
  * Nothing else: no request's work is done here.
  */
+#include "log.h"
 #include "ls_clock.h"
 #include "request.h"
 
@@ -32,6 +33,18 @@ static void ls_on_hello(struct ls_session *s, Lorastore__Request *req)
 	resp.id = req->id;
 	resp.body_case = LORASTORE__RESPONSE__BODY_HELLO;
 	resp.hello = &hr;
+	/* The warm path: the directory (the daemon's) and a lease page (the message's). */
+	int fds[2] = {s->srv->warm.dir_fd, -1};
+	struct ls_err err;
+	if (req->hello->warm_path && s->srv->warm.dir) {
+		if (ls_lease_page_open(&s->srv->leases, &s->leases, &fds[1], &err) == 0) {
+			hr.warm_attached = true;
+			hr.directory_size = s->srv->warm.dir_bytes;
+			ls_session_send_fds_owned(s, &resp, fds, 2, 2u);
+			return;
+		}
+		ls_debug("session %u: no lease page, acquires take requests: %s", s->id, err.msg);
+	}
 	ls_session_send(s, &resp, -1);
 }
 void ls_dispatch(struct ls_session *s, Lorastore__Request *req)

@@ -85,6 +85,7 @@ static void ls_tick_done(struct ls_loop *loop, struct ls_op *op, int res)
 	ls_server_check_connections(srv, now);
 	for (struct ls_session *s = srv->sessions; s; s = s->next)
 		ls_pending_expire(&s->pending, now);
+	ls_warm_tick(srv);
 	if (srv->metrics) {
 		struct ls_metrics_snapshot snap;
 		ls_stats_snapshot(srv, &snap);
@@ -349,7 +350,7 @@ int main(int argc, char **argv)
 	struct ls_server srv;
 	memset(&srv, 0, sizeof(srv));
 	srv.cfg = &cfg;
-	srv.listen_fd = srv.signal_fd = srv.workers_efd = -1;
+	srv.listen_fd = srv.signal_fd = srv.workers_efd = srv.warm.dir_fd = -1;
 	ls_connection_limits(&srv);
 	srv.start_time = (double)ls_unix_ns() * 1e-9;
 	/* Clients share imports of a slab within a process by (instance, slab id). */
@@ -420,7 +421,11 @@ int main(int argc, char **argv)
 	srv.dispatch = ls_dispatch;
 	srv.leases.pin_limit = cfg.client_pin_limit;
 	srv.name_jobs.workers = srv.workers;
-	if (ls_refcache_create(&srv.refcache)) {
+	if (ls_warm_init(&srv, &err)) {
+		ls_error("%s", err.msg);
+		goto out;
+	}
+	if (ls_refcache_create(srv.warm.dir, &srv.refcache)) {
 		ls_error("out of memory");
 		goto out;
 	}
@@ -485,6 +490,7 @@ out:
 		ls_backend_destroy(&srv.backend);
 	ls_store_close(srv.store);
 	ls_refcache_destroy(srv.refcache);
+	ls_warm_destroy(&srv.warm);
 	if (srv.signal_fd >= 0)
 		close(srv.signal_fd);
 	if (srv.spare_fd >= 0)

@@ -1,6 +1,7 @@
 /*
  * The reference cache (refcache.h): direct-mapped, one entry per hash slot,
- * a newer reference replacing an older one in its slot.
+ * a newer reference replacing an older one in its slot.  The slots are the
+ * directory's (proto/directory.h), which clients read without a request.
  */
 #include "refcache.h"
 
@@ -9,30 +10,19 @@
 #include <string.h>
 
 #include "ls_clock.h"
-#include "ls_name.h"
-
-#define LS_REFCACHE_SIZE 4096u
-
-struct ls_refcache_entry {
-	uint64_t generation;         /* 0: empty */
-	int64_t put_ns;              /* when it was resolved (monotonic) */
-	char ref[LS_ALIAS_MAX + 16];
-};
 
 struct ls_refcache {
-	int64_t latest_ttl_ns;       /* 0: "name" holds until dropped */
-	struct ls_refcache_entry e[LS_REFCACHE_SIZE];
+	struct ls_dir_hdr *dir;
 };
 
-void ls_refcache_set_latest_ttl(struct ls_refcache *c, int64_t ttl_ns)
+int ls_refcache_create(struct ls_dir_hdr *dir, struct ls_refcache **out)
 {
-	c->latest_ttl_ns = ttl_ns;
-}
-
-int ls_refcache_create(struct ls_refcache **out)
-{
-	*out = calloc(1, sizeof(**out));
-	return *out ? 0 : -ENOMEM;
+	struct ls_refcache *c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->dir = dir;
+	*out = c;
+	return 0;
 }
 
 void ls_refcache_destroy(struct ls_refcache *c)
@@ -40,49 +30,57 @@ void ls_refcache_destroy(struct ls_refcache *c)
 	free(c);
 }
 
-static uint32_t ls_ref_hash(const char *ref)
+void ls_refcache_set_latest_ttl(struct ls_refcache *c, int64_t ttl_ns)
 {
-	uint32_t h = 2166136261u; /* FNV-1a */
-	for (const unsigned char *p = (const unsigned char *)ref; *p; p++)
-		h = (h ^ *p) * 16777619u;
-	return h % LS_REFCACHE_SIZE;
+	atomic_store_explicit(&c->dir->latest_ttl_ns, ttl_ns, memory_order_relaxed);
 }
 
 uint64_t ls_refcache_get(const struct ls_refcache *c, const char *ref)
 {
-	const struct ls_refcache_entry *e = &c->e[ls_ref_hash(ref)];
-	if (!e->generation || strcmp(e->ref, ref) != 0)
-		return 0;
-	/* "name" may mean a newer version elsewhere (an origin): it holds for the TTL only. */
-	if (c->latest_ttl_ns && !strpbrk(ref, "@:") && ls_mono_ns() - e->put_ns >= c->latest_ttl_ns)
-		return 0;
-	return e->generation;
+	/* The one lookup, the clients' too: the TTL of "name" is applied there. */
+	return ls_dir_ref_get(c->dir, ref, ls_mono_ns());
 }
 
 void ls_refcache_put(struct ls_refcache *c, const char *ref, uint64_t generation)
 {
-	size_t len = strlen(ref);
-	if (len >= sizeof(c->e[0].ref))
+	if (strlen(ref) > LS_ALIAS_MAX || !generation)
 		return;
-	struct ls_refcache_entry *e = &c->e[ls_ref_hash(ref)];
-	e->generation = generation;
-	e->put_ns = ls_mono_ns();
-	memcpy(e->ref, ref, len + 1);
+	ls_dir_name_write(&ls_dir_names(c->dir)[ls_dir_ref_slot(ref)], ref, generation,
+			  ls_mono_ns());
+}
+
+/* The reference of slot n into buf (LS_ALIAS_MAX + 1 bytes); the cache's own writes. */
+static void ls_refcache_ref(const struct ls_dir_name *n, char *buf)
+{
+	for (size_t w = 0; w < LS_DIR_REF_WORDS; w++) {
+		uint64_t word = atomic_load_explicit(&n->ref[w], memory_order_relaxed);
+		size_t part = LS_ALIAS_MAX + 1 - w * 8 < 8 ? LS_ALIAS_MAX + 1 - w * 8 : 8;
+		memcpy(buf + w * 8, &word, part);
+	}
+	buf[LS_ALIAS_MAX] = '\0';
 }
 
 void ls_refcache_drop(struct ls_refcache *c, const char *name, bool all)
 {
 	size_t len = strlen(name);
-	for (uint32_t i = 0; i < LS_REFCACHE_SIZE; i++) {
-		struct ls_refcache_entry *e = &c->e[i];
-		if (!e->generation || strncmp(e->ref, name, len) != 0)
+	struct ls_dir_name *names = ls_dir_names(c->dir);
+	char ref[LS_ALIAS_MAX + 1];
+	for (uint32_t i = 0; i < LS_DIR_NAMES; i++) {
+		struct ls_dir_name *n = &names[i];
+		if (!atomic_load_explicit(&n->generation, memory_order_relaxed))
 			continue;
-		if (e->ref[len] == '\0' || (all && e->ref[len] == '@'))
-			e->generation = 0;
+		ls_refcache_ref(n, ref);
+		if (strncmp(ref, name, len) != 0)
+			continue;
+		if (ref[len] == '\0' || (all && ref[len] == '@'))
+			ls_dir_name_write(n, "", 0, 0);
 	}
 }
 
 void ls_refcache_clear(struct ls_refcache *c)
 {
-	memset(c->e, 0, sizeof(c->e));
+	struct ls_dir_name *names = ls_dir_names(c->dir);
+	for (uint32_t i = 0; i < LS_DIR_NAMES; i++)
+		if (atomic_load_explicit(&names[i].generation, memory_order_relaxed))
+			ls_dir_name_write(&names[i], "", 0, 0);
 }

@@ -3,7 +3,7 @@
  * to generations, so that a warm acquire needs no catalog read.  It owns
  * nothing but that mapping; who fills it (a catalog read that came back)
  * and who empties it (a finished import, delete, tag or rebuild) are its
- * callers.  Loop thread only.
+ * callers.  Loop thread only (clients read the directory's copy of it).
  */
 #ifndef LS_REFCACHE_H
 #define LS_REFCACHE_H
@@ -11,10 +11,12 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "directory.h"
+
 struct ls_refcache;
 
-/* An empty cache. 0 or -ENOMEM. */
-int ls_refcache_create(struct ls_refcache **out);
+/* An empty cache in the directory dir's reference slots, where clients read it.  0 or -ENOMEM. */
+int ls_refcache_create(struct ls_dir_hdr *dir, struct ls_refcache **out);
 void ls_refcache_destroy(struct ls_refcache *c);
 
 /* The generation ref resolved to when it was last read, or 0. */

@@ -296,6 +296,7 @@ static void ls_unfollow(struct ls_resident *e)
 }
 
 static void ls_res_retire(struct ls_resident *e, enum ls_retire_why why);
+static void ls_retire_deleted(struct ls_resident *e);
 
 /*
  * Give back an entry's memory and forget it.  Two callers only: the retire
@@ -333,7 +334,7 @@ static void ls_entry_free(struct ls_resident *e)
 	if (owner && --owner->sharers == 0 && owner->pins == 0 &&
 	    owner->state == LS_RES_RESIDENT) {
 		if (owner->deleted)
-			ls_res_retire(owner, LS_RETIRE_DELETED);
+			ls_retire_deleted(owner);
 		else
 			ls_lru_push(t, owner);
 	}
@@ -367,14 +368,112 @@ static void ls_load_abandon(struct ls_resident *e)
 	ls_entry_free(e);
 }
 
-/* Evict the least recently used unpinned entry of a tier; false when there is none. */
+/* ---- The warm path: a published version leaves only once no lease page holds it */
+
+/*
+ * Whether a lease page holds e.  One ever published is taken out of the
+ * directory and the pages are scanned (directory.h says why in that order); one
+ * never published cannot be in a page.
+ */
+static bool ls_warm_held(struct ls_resident *e)
+{
+	struct ls_residency *r = e->tier->owner;
+	if (!e->published || !r->warm.held)
+		return false;
+	if (r->warm.held(r->warm.ctx, e))
+		return true;
+	e->published = false;
+	return false;
+}
+
+void ls_res_publish(struct ls_resident *e)
+{
+	struct ls_residency *r = e->tier->owner;
+	if (r->warm.publish && ls_res_usable(e) && r->warm.publish(r->warm.ctx, e))
+		e->published = true;
+}
+
+/* A deleted version a lease page holds: looked at again by ls_res_rescan. */
+static void ls_defer(struct ls_resident *e)
+{
+	if (!e->deferred) {
+		struct ls_residency *r = e->tier->owner;
+		e->deferred = true;
+		e->deferred_next = r->deferred;
+		r->deferred = e;
+		ls_debug("deleted %s@%u waits for the warm leases on it to end", ls_res_name(e),
+			 ls_res_version(e));
+	}
+}
+
+/* A deleted version nothing else holds: freed now, or once no page holds it. */
+static void ls_retire_deleted(struct ls_resident *e)
+{
+	if (ls_warm_held(e))
+		ls_defer(e);
+	else
+		ls_res_retire(e, LS_RETIRE_DELETED);
+}
+
+void ls_res_rescan(struct ls_residency *r)
+{
+	struct ls_resident **p = &r->deferred;
+	while (*p) {
+		struct ls_resident *e = *p;
+		if (ls_warm_held(e)) {
+			p = &e->deferred_next;
+			continue;
+		}
+		*p = e->deferred_next;
+		e->deferred = false;
+		ls_res_retire(e, LS_RETIRE_DELETED);
+	}
+}
+
+uint32_t ls_res_deferred_count(const struct ls_residency *r)
+{
+	uint32_t n = 0;
+	for (const struct ls_resident *e = r->deferred; e; e = e->deferred_next)
+		n++;
+	return n;
+}
+
+void ls_res_used(struct ls_residency *r, uint32_t tier, uint64_t generation)
+{
+	if (tier >= r->n_tiers)
+		return;
+	struct ls_tier *t = &r->tiers[tier];
+	struct ls_resident *e = ls_res_find(t, generation);
+	if (e && ls_on_lru(t, e)) {
+		ls_lru_remove(t, e);
+		ls_lru_push(t, e);
+	}
+}
+
+void ls_residency_set_warm(struct ls_residency *r, const struct ls_res_warm *warm)
+{
+	r->warm = *warm;
+}
+
+/*
+ * Evict the least recently used entry of a tier that nothing holds; false
+ * when there is none.  One a lease page holds goes to the back of the LRU,
+ * published again: each is looked at once at most.
+ */
 static bool ls_evict_one(struct ls_tier *t)
 {
-	struct ls_resident *e = t->lru_head;
-	if (!e)
-		return false;
-	ls_res_retire(e, LS_RETIRE_EVICTED);
-	return true;
+	for (uint32_t n = t->count; n > 0 && t->lru_head; n--) {
+		struct ls_resident *e = t->lru_head;
+		if (ls_warm_held(e)) {
+			ls_lru_remove(t, e);
+			ls_lru_push(t, e);
+			ls_res_publish(e);
+			continue;
+		}
+		ls_res_retire(e, LS_RETIRE_EVICTED);
+		return true;
+	}
+	return false;
 }
 
 /* A new slab for a tier's slot array (data or tables); 0 or an error. */
@@ -452,6 +551,9 @@ static int ls_place(struct ls_tier *t, uint64_t len, uint32_t *slab, uint64_t *o
 				  "adapter needs %llu bytes but the %s budget is %llu",
 				  (unsigned long long)len, ls_tier_kind_name(t),
 				  (unsigned long long)t->budget);
+	/* Deleted versions that warm leases held may be free to go by now. */
+	if (t->used + len > t->budget && t->owner->deferred)
+		ls_res_rescan(t->owner);
 	while (t->used + len > t->budget)
 		if (!ls_evict_one(t))
 			return ls_err_set(err, LS_E_NO_SPACE,
@@ -552,7 +654,7 @@ static void ls_load_finish(struct ls_resident *e)
 		ls_lru_push(t, e);
 	ls_wake(e, 0, "ok");
 	if (!ls_held(e) && e->deleted)
-		ls_res_retire(e, LS_RETIRE_DELETED);
+		ls_retire_deleted(e);
 }
 
 /* ---- host loads: read the blob into the slab, hash it on the workers */
@@ -1056,7 +1158,7 @@ void ls_res_unpin(struct ls_resident *e)
 	if (e->deleted) {
 		ls_info("freeing deleted %s@%u now that its last lease ended", ls_res_name(e),
 			ls_res_version(e));
-		ls_res_retire(e, LS_RETIRE_DELETED);
+		ls_retire_deleted(e);
 		return;
 	}
 	ls_lru_push(e->tier, e);
@@ -1077,6 +1179,15 @@ int ls_res_evict(struct ls_residency *r, uint64_t generation)
 	}
 	if (n == 0)
 		return LS_E_NOT_FOUND;
+	bool warm = false;
+	for (uint32_t i = 0; i < n; i++)
+		warm |= ls_warm_held(found[i]);
+	if (warm) {
+		/* Leased through a page: nothing is evicted, and all stay published. */
+		for (uint32_t i = 0; i < n; i++)
+			ls_res_publish(found[i]);
+		return -EBUSY;
+	}
 	for (uint32_t i = 0; i < n; i++)
 		ls_res_retire(found[i], LS_RETIRE_EVICTED);
 	return 0;
@@ -1089,6 +1200,10 @@ int ls_res_evict_tier(struct ls_tier *t, uint64_t generation)
 		return LS_E_NOT_FOUND;
 	if (ls_held(e) || e->state != LS_RES_RESIDENT)
 		return -EBUSY;
+	if (ls_warm_held(e)) {
+		ls_res_publish(e);
+		return -EBUSY;
+	}
 	ls_res_retire(e, LS_RETIRE_EVICTED);
 	return 0;
 }
@@ -1100,7 +1215,13 @@ void ls_res_deleted(struct ls_residency *r, uint64_t generation)
 		if (!e)
 			continue;
 		e->deleted = true;
-		if (!ls_held(e) && e->state == LS_RES_RESIDENT && !e->waiters)
+		/* Out of the directory at once: no warm lease is taken on it from now on. */
+		bool warm = ls_warm_held(e);
+		if (ls_held(e) || e->state != LS_RES_RESIDENT || e->waiters)
+			continue; /* freed when the last of those ends */
+		if (warm)
+			ls_defer(e);
+		else
 			ls_res_retire(e, LS_RETIRE_DELETED);
 	}
 }
@@ -1115,6 +1236,11 @@ bool ls_res_usable(const struct ls_resident *e)
 uint64_t ls_res_generation(const struct ls_resident *e)
 {
 	return e->generation;
+}
+
+const struct ls_tier *ls_res_tier_of(const struct ls_resident *e)
+{
+	return e->tier;
 }
 
 uint64_t ls_res_pinned_bytes(const struct ls_resident *e)
@@ -1189,6 +1315,11 @@ uint32_t ls_res_tier_count(const struct ls_residency *r)
 struct ls_tier *ls_res_tier_at(struct ls_residency *r, uint32_t i)
 {
 	return i < r->n_tiers ? &r->tiers[i] : NULL;
+}
+
+uint32_t ls_tier_index(const struct ls_tier *t)
+{
+	return t->index;
 }
 
 enum ls_tier_kind ls_tier_kind(const struct ls_tier *t)

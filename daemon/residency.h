@@ -100,6 +100,37 @@ int ls_residency_add_device(struct ls_residency *r, struct ls_backend *backend, 
 			    const char *uuid, uint64_t budget, uint64_t slab_size,
 			    struct ls_err *err);
 
+/*
+ * The warm path (proto/directory.h) as residency sees it: a version it may
+ * be leased through shared memory once published, and leaves a tier only
+ * after a scan of the lease pages finds it in none (directory.h gives the
+ * protocol).  Residency calls:
+ *   publish(ctx, e)  e is usable: put it in the directory (false: not
+ *                    published, its set is full);
+ *   held(ctx, e)     e is about to leave: remove it from the directory,
+ *                    fence, and say whether any lease page holds it.
+ * An eviction passes over a version a page holds (and publishes it again);
+ * a deleted one waits, and is looked at again by ls_res_rescan.
+ */
+struct ls_res_warm {
+	void *ctx;
+	bool (*publish)(void *ctx, const struct ls_resident *e);
+	bool (*held)(void *ctx, const struct ls_resident *e);
+};
+void ls_residency_set_warm(struct ls_residency *r, const struct ls_res_warm *warm);
+
+/* Publish a usable entry for warm leases (nothing without hooks, or for one not usable). */
+void ls_res_publish(struct ls_resident *e);
+
+/* Free the deleted versions that no lease page holds any more. */
+void ls_res_rescan(struct ls_residency *r);
+
+/* A warm lease used generation in tier (index) lately: most recently used now. */
+void ls_res_used(struct ls_residency *r, uint32_t tier, uint64_t generation);
+
+/* Deleted versions waiting for lease pages to let go. */
+uint32_t ls_res_deferred_count(const struct ls_residency *r);
+
 /* Free the residency and every slab (NULL is a no-op). */
 void ls_residency_destroy(struct ls_residency *r);
 /* The host tier. */
@@ -170,6 +201,7 @@ uint32_t ls_res_version(const struct ls_resident *e);
 /* Resident and not deleted: a request may be answered with it at once. */
 bool ls_res_usable(const struct ls_resident *e);
 uint64_t ls_res_generation(const struct ls_resident *e);
+const struct ls_tier *ls_res_tier_of(const struct ls_resident *e);
 
 /* Bytes a lease on e counts against its connection's limit: e's own extent. */
 uint64_t ls_res_pinned_bytes(const struct ls_resident *e);
@@ -205,6 +237,8 @@ size_t ls_res_generations(struct ls_residency *r, uint64_t **out);
 /* Tier i (0: host), or NULL past the last. */
 struct ls_tier *ls_res_tier_at(struct ls_residency *r, uint32_t i);
 enum ls_tier_kind ls_tier_kind(const struct ls_tier *t);
+/* The tier's index: 0 for host, then the device tiers in order. */
+uint32_t ls_tier_index(const struct ls_tier *t);
 /* "host", or "device" */
 const char *ls_tier_kind_name(const struct ls_tier *t);
 /* "GPU-..." of a device tier; "" on host. */

@@ -33,6 +33,13 @@ struct ls_resident {
 	struct ls_resident *data_of;
 	uint32_t sharers;
 	bool deleted;                   /* removed from the catalog: free at pins == 0 */
+	/*
+	 * Published in the directory since the last scan of the lease pages
+	 * that found it in none: a page may hold it (the warm path).
+	 */
+	bool published;
+	bool deferred;                  /* deleted, and waiting for the pages to let go */
+	struct ls_resident *deferred_next;
 	struct ls_resident *lru_prev, *lru_next;  /* on the LRU while unpinned and resident */
 	struct ls_resident *hnext;
 	struct ls_waiter *waiters;
@@ -119,6 +126,8 @@ struct ls_residency {
 	struct ls_tier tiers[LS_RES_MAX_TIERS]; /* [0] host, then one per GPU */
 	uint32_t next_slab_id;                /* slab ids are unique across tiers */
 	bool direct_io;                       /* O_DIRECT reads work on this filesystem */
+	struct ls_res_warm warm;              /* the warm path's hooks; zeroed: none */
+	struct ls_resident *deferred;         /* deleted versions a lease page still holds */
 };
 
 /* The slab slot of an entry's data (another version's, when it shares it), and of its table. */

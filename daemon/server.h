@@ -14,7 +14,8 @@
  *   acquire.c       acquire, load, release, prefetch, evict
  *   leases.c        who pins what, and the per-client limits
  *   pending.c       requests waiting for a load
- *   refcache.c      references resolved to generations
+ *   refcache.c      references resolved to generations (kept in the directory)
+ *   warm.c          the warm path: the directory, residency's hooks, the pages' look
  *   job_queue.c     catalog writes of one name, one at a time
  *   stats.c         the figures of stats and of /metrics, one mapping
  *   main.c          start-up, signals, the tick, shutdown
@@ -41,6 +42,7 @@
 #include "refcache.h"
 #include "residency.h"
 #include "store.h"
+#include "warm.h"
 #include "workers.h"
 
 /*
@@ -63,8 +65,9 @@ struct ls_outmsg {
 	struct ls_outmsg *next;
 	uint8_t *buf;
 	size_t len, off;
-	int fds[LS_OUTMSG_MAX_FDS];  /* sent with the first bytes; not owned */
+	int fds[LS_OUTMSG_MAX_FDS];  /* sent with the first bytes */
 	unsigned n_fds;
+	unsigned owned;              /* bit i: fds[i] is the message's, closed once sent or dropped */
 };
 
 struct ls_server;
@@ -202,6 +205,7 @@ struct ls_server {
 
 	/* References resolved to generations: entries for a name are dropped when it changes. */
 	struct ls_refcache *refcache;
+	struct ls_warm warm;         /* the directory and the warm path (warm.h) */
 };
 
 /* session.c */
@@ -214,6 +218,9 @@ void ls_session_send_packed(struct ls_session *s, uint8_t *frame, size_t len);
 /* The same with up to LS_OUTMSG_MAX_FDS descriptors. */
 void ls_session_send_fds(struct ls_session *s, const Lorastore__Response *resp, const int *fds,
 			 unsigned n_fds);
+/* The same, the descriptors whose bit is set in owned closed once sent (or dropped). */
+void ls_session_send_fds_owned(struct ls_session *s, const Lorastore__Response *resp,
+			       const int *fds, unsigned n_fds, unsigned owned);
 /*
  * Whether slab id's descriptor still has to go to this peer; marks it sent.
  * -ENOMEM when the record cannot grow.

@@ -456,6 +456,15 @@ static void ls_recv_submit(struct ls_session *s)
 	ls_loop_recvmsg(&s->srv->loop, &s->recv_op, ls_recv_done, s->fd, &s->rmsg, MSG_CMSG_CLOEXEC);
 }
 
+/* Close the descriptors a message owns (they went with it, or it is dropped). */
+static void ls_outmsg_close_owned(struct ls_outmsg *m)
+{
+	for (unsigned i = 0; i < m->n_fds; i++)
+		if (m->owned & (1u << i))
+			close(m->fds[i]);
+	m->owned = 0;
+}
+
 static void ls_send_done(struct ls_loop *loop, struct ls_op *op, int res)
 {
 	struct ls_session *s = LS_CONTAINER(op, struct ls_session, send_op);
@@ -469,6 +478,7 @@ static void ls_send_done(struct ls_loop *loop, struct ls_op *op, int res)
 	struct ls_outmsg *m = s->out_head;
 	m->off += (size_t)res;
 	s->out_bytes -= (uint64_t)res;
+	ls_outmsg_close_owned(m);
 	m->n_fds = 0; /* the descriptors went with the first bytes */
 	if (m->off >= m->len) {
 		s->out_head = m->next;
@@ -547,14 +557,19 @@ static void ls_outmsg_queue(struct ls_session *s, struct ls_outmsg *m)
 		ls_send_next(s);
 }
 
-void ls_session_send_fds(struct ls_session *s, const Lorastore__Response *resp, const int *fds,
-			 unsigned n_fds)
+void ls_session_send_fds_owned(struct ls_session *s, const Lorastore__Response *resp,
+			       const int *fds, unsigned n_fds, unsigned owned)
 {
-	if (s->closing)
+	struct ls_outmsg *m = s->closing || n_fds > LS_OUTMSG_MAX_FDS ? NULL : calloc(1, sizeof(*m));
+	int rc = !m ? -ENOMEM : ls_response_encode(resp, &m->buf, &m->len);
+	if (rc)
+		for (unsigned i = 0; i < n_fds; i++)
+			if (owned & (1u << i))
+				close(fds[i]);
+	if (s->closing) {
+		free(m);
 		return;
-	struct ls_outmsg *m = calloc(1, sizeof(*m));
-	int rc = !m || n_fds > LS_OUTMSG_MAX_FDS ? -ENOMEM
-						 : ls_response_encode(resp, &m->buf, &m->len);
+	}
 	if (rc == LS_E_FRAME_TOO_LARGE && !resp->error) {
 		/* Bounds upstream keep replies small; should one still be over, say so. */
 		free(m);
@@ -570,7 +585,14 @@ void ls_session_send_fds(struct ls_session *s, const Lorastore__Response *resp, 
 	}
 	memcpy(m->fds, fds, sizeof(int) * n_fds);
 	m->n_fds = n_fds;
+	m->owned = owned;
 	ls_outmsg_queue(s, m);
+}
+
+void ls_session_send_fds(struct ls_session *s, const Lorastore__Response *resp, const int *fds,
+			 unsigned n_fds)
+{
+	ls_session_send_fds_owned(s, resp, fds, n_fds, 0);
 }
 
 void ls_session_send_packed(struct ls_session *s, uint8_t *frame, size_t len)
@@ -651,6 +673,7 @@ void ls_server_reap_sessions(struct ls_server *srv)
 			while (s->out_head) {
 				struct ls_outmsg *m = s->out_head;
 				s->out_head = m->next;
+				ls_outmsg_close_owned(m);
 				free(m->buf);
 				free(m);
 			}

@@ -34,7 +34,13 @@ void ls_stats_snapshot(struct ls_server *srv, struct ls_metrics_snapshot *out)
 	out->acquire = srv->acquire_hist;
 	out->clients = srv->n_sessions;
 	out->max_clients = srv->max_clients;
-	out->leases = srv->leases.held;
+	for (const struct ls_lease_set *set = srv->leases.pages; set; set = set->page_next) {
+		uint64_t n;
+		ls_lease_page_pinned(&srv->leases, set, &n);
+		out->warm_leases += n;
+	}
+	out->leases = srv->leases.held + out->warm_leases;
+	out->warm_acquires = srv->leases.warm_acquires;
 	out->imports = srv->imports;
 	out->import_errors = srv->import_errors;
 	out->catalog_versions = srv->catalog_versions;
@@ -100,6 +106,8 @@ void ls_on_stats(struct ls_session *s, Lorastore__Request *req)
 	sr.tiers = tiers;
 	sr.clients = (uint32_t)snap.clients;
 	sr.leases = snap.leases;
+	sr.warm_leases = snap.warm_leases;
+	sr.warm_acquires = snap.warm_acquires;
 	sr.catalog_versions = snap.catalog_versions;
 	sr.event_loop = snap.event_loop;
 	Lorastore__OriginStats os = LORASTORE__ORIGIN_STATS__INIT;

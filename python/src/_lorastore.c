@@ -770,8 +770,10 @@ static PyObject *ls_connection_stats(ls_Connection *c, PyObject *unused)
 		Py_DECREF(tiers);
 		return NULL;
 	}
-	return Py_BuildValue("{s:N,s:I,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:s,s:N}", "tiers", tiers,
-			     "clients", s.clients, "leases", (unsigned long long)s.leases, "loads",
+	return Py_BuildValue("{s:N,s:I,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:s,s:N}", "tiers",
+			     tiers, "clients", s.clients, "leases", (unsigned long long)s.leases,
+			     "warm_leases", (unsigned long long)s.warm_leases, "warm_acquires",
+			     (unsigned long long)s.warm_acquires, "loads",
 			     (unsigned long long)s.loads, "hits", (unsigned long long)s.hits,
 			     "misses", (unsigned long long)s.misses, "evictions",
 			     (unsigned long long)s.evictions, "load_errors",

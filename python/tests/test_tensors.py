@@ -187,3 +187,20 @@ def test_peft_config_gives_the_files_fields(conn, fixture):
                          ("bias", "none"), ("base_model_name_or_path", None),
                          ("rank_pattern", {}), ("alpha_pattern", {})):
         assert got[key] == (want.get(key) if want.get(key) is not None else default), key
+
+
+def test_a_second_acquire_is_taken_in_shared_memory_with_the_same_tensors(conn):
+    """The warm path (proto/directory.h): once a version was acquired by a
+    request on this connection, the next acquire needs none, and counts as a
+    lease like any other."""
+    conn.import_dir(FIXTURES / "gemma-dora-bf16", name="fx/warm")
+    with conn.acquire("fx/warm") as first:
+        a = next(r for r in first.tensors() if r.kind == "A")
+        want = first.tensor(a.module, "A").numpy().tobytes()
+        before = conn.stats()["warm_leases"]
+        with conn.acquire("fx/warm") as second:
+            assert conn.stats()["warm_leases"] == before + 1
+            assert conn.show("fx/warm")["pins"] == 2
+            assert second.version == first.version
+            assert second.tensor(a.module, "A").numpy().tobytes() == want
+        assert conn.stats()["warm_leases"] == before

@@ -3,6 +3,7 @@
 #include "raw_conn.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -125,15 +126,22 @@ int raw_conn_read(int fd, struct ls_framer *f, int timeout_ms, Lorastore__Respon
 	return ls_response_decode(p, n, out, &e) == 0 ? 0 : -EPROTO;
 }
 
-int raw_conn_hello(int fd, struct ls_framer *f)
+/* Send Hello (request id 1), asking for the warm path or not. */
+static int raw_hello_send(int fd, bool warm)
 {
 	Lorastore__Hello h = LORASTORE__HELLO__INIT;
 	h.protocol_version = LORASTORE__PROTOCOL_VERSION__PROTOCOL_VERSION_2;
+	h.warm_path = warm;
 	Lorastore__Request req = LORASTORE__REQUEST__INIT;
 	req.id = 1;
 	req.body_case = LORASTORE__REQUEST__BODY_HELLO;
 	req.hello = &h;
-	int rc = raw_conn_send(fd, &req, NULL, 0);
+	return raw_conn_send(fd, &req, NULL, 0);
+}
+
+int raw_conn_hello(int fd, struct ls_framer *f)
+{
+	int rc = raw_hello_send(fd, false);
 	Lorastore__Response *resp = NULL;
 	if (rc == 0)
 		rc = raw_conn_read(fd, f, 10000, &resp);
@@ -141,5 +149,52 @@ int raw_conn_hello(int fd, struct ls_framer *f)
 		rc = -EPROTO;
 	if (resp)
 		lorastore__response__free_unpacked(resp, NULL);
+	return rc;
+}
+
+int raw_conn_hello_warm(int fd, struct ls_framer *f, int *dir_fd, uint64_t *dir_size,
+			int *page_fd)
+{
+	*dir_fd = *page_fd = -1;
+	int rc = raw_hello_send(fd, true);
+	if (rc)
+		return rc;
+	/* The descriptors ride on the reply's first bytes: one recvmsg takes both. */
+	struct pollfd pf = {.fd = fd, .events = POLLIN};
+	if (poll(&pf, 1, 10000) <= 0)
+		return -ETIMEDOUT;
+	size_t avail = 0;
+	uint8_t *space = ls_framer_space(f, 64 << 10, &avail);
+	if (!space)
+		return -ENOMEM;
+	union {
+		char buf[CMSG_SPACE(sizeof(int) * 2)];
+		struct cmsghdr align;
+	} cbuf;
+	struct iovec iov = {.iov_base = space, .iov_len = avail};
+	struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.buf,
+			   .msg_controllen = sizeof(cbuf.buf)};
+	ssize_t got = recvmsg(fd, &m, MSG_CMSG_CLOEXEC);
+	if (got <= 0)
+		return got == 0 ? -EPIPE : -errno;
+	ls_framer_commit(f, (size_t)got);
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
+		    c->cmsg_len == CMSG_LEN(sizeof(int) * 2)) {
+			int fds[2];
+			memcpy(fds, CMSG_DATA(c), sizeof(fds));
+			*dir_fd = fds[0];
+			*page_fd = fds[1];
+		}
+	Lorastore__Response *resp = NULL;
+	rc = raw_conn_read(fd, f, 10000, &resp);
+	if (rc == 0 && (resp->body_case != LORASTORE__RESPONSE__BODY_HELLO || !resp->hello->warm_attached))
+		rc = -EPROTO;
+	if (rc == 0)
+		*dir_size = resp->hello->directory_size;
+	if (resp)
+		lorastore__response__free_unpacked(resp, NULL);
+	if (rc == 0 && *page_fd < 0)
+		rc = -ENOMSG;
 	return rc;
 }

@@ -34,4 +34,12 @@ int raw_conn_read(int fd, struct ls_framer *f, int timeout_ms, Lorastore__Respon
 /* Say Hello (request id 1) and read the answer: 0, or an error as above (-EPROTO: refused). */
 int raw_conn_hello(int fd, struct ls_framer *f);
 
+/*
+ * Say Hello asking for the warm path, and take what the reply brings: the
+ * directory's descriptor (and its size) and the lease page's.  0, or an
+ * error as above (-ENOMSG: the reply brought no descriptors).
+ */
+int raw_conn_hello_warm(int fd, struct ls_framer *f, int *dir_fd, uint64_t *dir_size,
+			int *page_fd);
+
 #endif
