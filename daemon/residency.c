@@ -308,6 +308,19 @@ static void ls_entry_free(struct ls_resident *e)
 	struct ls_tier *t = e->tier;
 	ls_lru_remove(t, e);
 	ls_hash_remove(t, e);
+	/*
+	 * Off the deferred list too: a deleted version waiting there can be
+	 * retired by another path (leased again by a request that read the
+	 * catalog before the delete, then released).
+	 */
+	if (e->deferred) {
+		struct ls_resident **p = &t->owner->deferred;
+		while (*p && *p != e)
+			p = &(*p)->deferred_next;
+		if (*p)
+			*p = e->deferred_next;
+		e->deferred = false;
+	}
 	if (e->length) {
 		/* Its own extent: data and table, or (sharing another's data) the table. */
 		struct ls_slab_slot *slot = &t->slabs[e->slab];
