@@ -208,18 +208,24 @@ static void ls_adapter_link(lorastore_adapter *ad)
 	conn->pinned_bytes += ad->pinned_bytes;
 }
 
-/* The index of a tier in the directory: host, or the device tier of GPU uuid; -1 when none. */
+/*
+ * The index of a tier in the directory: host, or the device tier of GPU uuid
+ * ("": the only device tier, as the daemon reads it); -1 when none.
+ */
 static int ls_warm_tier(const struct ls_dir_hdr *d, lorastore_tier tier, const char *uuid)
 {
+	int found = -1, devices = 0;
 	for (uint32_t i = 0; i < d->n_tiers; i++) {
 		const struct ls_dir_tier *t = &d->tiers[i];
 		if (tier == LORASTORE_TIER_HOST && t->kind == LS_TIER_HOST)
 			return (int)i;
-		if (tier == LORASTORE_TIER_DEVICE && t->kind == LS_TIER_DEVICE && uuid[0] &&
-		    strncmp(t->uuid, uuid, sizeof(t->uuid)) == 0)
-			return (int)i;
+		if (tier != LORASTORE_TIER_DEVICE || t->kind != LS_TIER_DEVICE)
+			continue;
+		devices++;
+		if (!uuid[0] || strncmp(t->uuid, uuid, sizeof(t->uuid)) == 0)
+			found = (int)i;
 	}
-	return -1;
+	return uuid[0] || devices == 1 ? found : -1;
 }
 
 /* Take a slot's lease back (clear its held bit; the daemon's LRU reads the rest). */

@@ -319,6 +319,39 @@ Test(warm_path, a_full_lease_page_sends_the_next_acquires_through_requests)
 	lorastore_close(c);
 }
 
+Test(warm_path, a_device_tier_acquire_is_warm_too_without_naming_the_gpu)
+{
+#ifndef LS_HAVE_CUDRV
+	cr_skip_test("this build has no CUDA path: no device tier, GPU or driver double");
+#else
+	const char *gpu = getenv("LS_TEST_REAL_GPU");
+	if (!(gpu && strcmp(gpu, "1") == 0))
+		setenv("LORASTORE_CUDA_DRIVER", LS_CUDA_DOUBLE_PATH, 1);
+	const char *args[] = {"--backend", "cuda", "--device-budget", "64MiB", NULL};
+	if (ls_daemon_start(&dp, NULL, args) != 0)
+		cr_skip_test("this lorastored has no CUDA device tier (built without the CUDA path, "
+			     "as the ThreadSanitizer daemon is): %.200s", daemon_log());
+	lorastore *c = connect_ok();
+	import(c, "w/dev", 1);
+	lorastore_adapter *ad = NULL;
+	/* NULL: the GPU of the thread's context, or the daemon's only one; this thread has none. */
+	cr_assert_eq(lorastore_acquire_tier(c, "w/dev", LORASTORE_TIER_DEVICE, NULL, -1, &ad), 0,
+		     "%s", lorastore_errmsg(c));
+	lorastore_adapter_release(ad);
+	cr_assert_eq(lorastore_acquire_tier(c, "w/dev", LORASTORE_TIER_DEVICE, NULL, -1, &ad), 0,
+		     "%s", lorastore_errmsg(c));
+	lorastore_adapter_info info;
+	lorastore_adapter_info_get(ad, &info);
+	cr_assert_str_eq(info.tier, "device");
+	cr_assert_eq(stats(c).warm_leases, 1, "the second device acquire took a request");
+	cr_assert_eq(lorastore_evict_tier(c, "w/dev", LORASTORE_TIER_DEVICE, NULL), -EBUSY);
+	lorastore_adapter_release(ad);
+	cr_assert_eq(lorastore_evict_tier(c, "w/dev", LORASTORE_TIER_DEVICE, NULL), 0, "%s",
+		     lorastore_errmsg(c));
+	lorastore_close(c);
+#endif
+}
+
 /* ---- no request, no system call */
 
 Test(warm_path, a_warm_acquire_and_its_release_make_no_system_call)
