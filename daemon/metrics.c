@@ -206,6 +206,13 @@ char *ls_metrics_format(const struct ls_metrics_snapshot *s, size_t *len)
 		{"lorastore_warm_acquires_total", "counter",
 		 "Acquires made in shared memory, as the clients count them.",
 		 offsetof(struct ls_metrics_snapshot, warm_acquires)},
+		{"lorastore_warm_unpublished_total", "counter",
+		 "Times a version could not be published in the warm path's directory (its set "
+		 "was full).",
+		 offsetof(struct ls_metrics_snapshot, warm_unpublished)},
+		{"lorastore_warm_over_limit_total", "counter",
+		 "Connections closed for pinning more than --client-pin-limit through a lease page.",
+		 offsetof(struct ls_metrics_snapshot, warm_over_limit)},
 		{"lorastore_imports_total", "counter", "Imports that added a version.",
 		 offsetof(struct ls_metrics_snapshot, imports)},
 		{"lorastore_import_errors_total", "counter", "Imports refused or failed.",

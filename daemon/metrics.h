@@ -32,6 +32,8 @@ struct ls_metrics_snapshot {
 	uint64_t clients, max_clients, leases;
 	uint64_t warm_leases;        /* of leases: held in lease pages */
 	uint64_t warm_acquires;      /* acquires in shared memory, as the clients count them */
+	uint64_t warm_unpublished;   /* publications refused: the version's set was full */
+	uint64_t warm_over_limit;    /* connections closed for pinning too much through a page */
 	uint64_t imports, import_errors, catalog_versions;
 	uint64_t refused_connections, hello_timeouts;
 	uint64_t throttled, malformed, jobs_refused, jobs_cancelled; /* per-connection bounds */

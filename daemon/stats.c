@@ -41,6 +41,8 @@ void ls_stats_snapshot(struct ls_server *srv, struct ls_metrics_snapshot *out)
 	}
 	out->leases = srv->leases.held + out->warm_leases;
 	out->warm_acquires = srv->leases.warm_acquires;
+	out->warm_unpublished = srv->warm.unpublished;
+	out->warm_over_limit = srv->warm.over_limit;
 	out->imports = srv->imports;
 	out->import_errors = srv->import_errors;
 	out->catalog_versions = srv->catalog_versions;

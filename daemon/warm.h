@@ -22,7 +22,7 @@ struct ls_warm {
 	int dir_fd;                  /* the directory's memfd: sent at each Hello that asks */
 	struct ls_dir_hdr *dir;      /* the daemon's writable mapping */
 	size_t dir_bytes;
-	uint64_t unpublished;        /* versions not published: their set was full */
+	uint64_t unpublished;        /* publications refused: the version's set was full */
 	uint64_t over_limit;         /* connections closed for pinning too much through a page */
 };
 

@@ -91,10 +91,12 @@ def test_metrics_follow_imports_loads_acquires_and_clients(metrics_daemon):
 
 def test_the_per_connection_bounds_are_counted_and_start_at_zero(metrics_daemon):
     """The bounds of one connection (reply queue, worker jobs, unanswerable
-    requests) have counters; the C tests of test_daemon_hostile drive them."""
+    requests, a lease page over the pin limit) have counters; the C tests of
+    test_daemon_hostile and test_daemon_warm_path drive them."""
     fam = scrape(metrics_daemon.url)
     for name in ("lorastore_client_reads_paused", "lorastore_malformed_requests",
-                 "lorastore_jobs_refused", "lorastore_jobs_cancelled"):
+                 "lorastore_jobs_refused", "lorastore_jobs_cancelled",
+                 "lorastore_warm_unpublished", "lorastore_warm_over_limit"):
         assert fam[name].type == "counter", name
         assert value(fam, name, name + "_total") == 0, name
     # A frame that is no request closes its connection and is counted.

@@ -724,7 +724,7 @@ Test(warm_path, eight_acquirers_never_read_a_wrong_byte_while_an_admin_evicts_de
 		device = false;
 	}
 	if (!device) {
-		cr_log_warn("no device tier (a build or a daemon without the CUDA path): the stress "
+		cr_log_info("no device tier (a build or a daemon without the CUDA path): the stress "
 			    "runs on the host tier alone");
 		start(host_args);
 	}
