@@ -211,6 +211,20 @@ static void ls_dir_res_write(struct ls_dir_res *e, uint64_t key, const struct ls
 	ls_seq_end(&e->seq);
 }
 
+/* Whether entry e says what w says (the writer's own words: relaxed loads). */
+static bool ls_dir_res_same(const struct ls_dir_res *e, const struct ls_dir_where *w)
+{
+	return atomic_load_explicit(&e->slab_ids, memory_order_relaxed) ==
+		       ((uint64_t)w->data_slab_id << 32 | w->table_slab_id) &&
+	       atomic_load_explicit(&e->data_slab_size, memory_order_relaxed) == w->data_slab_size &&
+	       atomic_load_explicit(&e->data_offset, memory_order_relaxed) == w->data_offset &&
+	       atomic_load_explicit(&e->table_slab_size, memory_order_relaxed) ==
+		       w->table_slab_size &&
+	       atomic_load_explicit(&e->table_offset, memory_order_relaxed) == w->table_offset &&
+	       atomic_load_explicit(&e->table_length, memory_order_relaxed) == w->table_length &&
+	       atomic_load_explicit(&e->pinned_bytes, memory_order_relaxed) == w->pinned_bytes;
+}
+
 bool ls_dir_res_put(struct ls_dir_hdr *d, const struct ls_dir_where *w)
 {
 	uint64_t key = LS_LEASE_WORD(w->generation, w->tier);
@@ -219,7 +233,12 @@ bool ls_dir_res_put(struct ls_dir_hdr *d, const struct ls_dir_where *w)
 	for (uint32_t i = 0; i < LS_DIR_WAYS; i++) {
 		uint64_t k = atomic_load_explicit(&set[i].key, memory_order_relaxed);
 		if (k == key) {
-			ls_dir_res_write(&set[i], key, w);
+			/*
+			 * Published already where it still lies: no write, so the
+			 * sequence stays and warm acquires under way keep their lease.
+			 */
+			if (!ls_dir_res_same(&set[i], w))
+				ls_dir_res_write(&set[i], key, w);
 			return true;
 		}
 		if (!k && !free_way)

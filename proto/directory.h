@@ -186,7 +186,10 @@ bool ls_dir_res_get(const struct ls_dir_hdr *d, uint64_t generation, uint32_t ti
 void ls_dir_name_write(struct ls_dir_name *n, const char *ref, uint64_t generation,
 		       int64_t put_ns);
 
-/* Publish w (replacing its entry, if any); false when its set is full. */
+/*
+ * Publish w (replacing its entry, if any; an entry that says the same is left
+ * as it is, its sequence too); false when its set is full.
+ */
 bool ls_dir_res_put(struct ls_dir_hdr *d, const struct ls_dir_where *w);
 
 /* Remove the entry of (generation, tier), if there is one: its sequence changes. */

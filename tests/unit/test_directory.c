@@ -191,3 +191,23 @@ Test(directory, a_full_set_refuses_another_version_and_a_removal_makes_room)
 	cr_assert(ls_dir_res_get(shared, refused, 1, &got, &e, &seq) && where_whole(&got));
 	free(shared);
 }
+
+Test(directory, publishing_a_version_again_where_it_lies_leaves_its_sequence_alone)
+{
+	/* Every request's grant publishes again: warm acquires under way must not back out. */
+	shared = dir_new();
+	struct ls_dir_where w = where_of(3, 3), got;
+	const struct ls_dir_res *e;
+	uint64_t seq0, seq1, seq2;
+	cr_assert(ls_dir_res_put(shared, &w));
+	cr_assert(ls_dir_res_get(shared, 3, 1, &got, &e, &seq0));
+	cr_assert(ls_dir_res_put(shared, &w));
+	cr_assert(ls_dir_res_get(shared, 3, 1, &got, &e, &seq1));
+	cr_assert_eq(seq1, seq0, "the same entry published again moved its sequence");
+	w.data_offset += 4096;
+	cr_assert(ls_dir_res_put(shared, &w));
+	cr_assert(ls_dir_res_get(shared, 3, 1, &got, &e, &seq2));
+	cr_assert_neq(seq2, seq1, "a changed entry kept its sequence");
+	cr_assert_eq(got.data_offset, w.data_offset);
+	free(shared);
+}
